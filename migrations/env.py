@@ -1,0 +1,30 @@
+"""Alembic environment: the schema is made only by these migrations."""
+
+from alembic import context
+from sqlalchemy import pool
+
+from clearhouse.kit.db import make_engine
+from clearhouse.kit.models import Base
+import clearhouse.ledger.models  # noqa: F401  (registers the tables)
+
+target_metadata = Base.metadata
+
+
+def run_migrations_online() -> None:
+    url = context.config.get_main_option("sqlalchemy.url")
+    engine = make_engine(url, pool_size=1)
+    engine.pool = pool.NullPool(engine.pool._creator)  # type: ignore[attr-defined]
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline migrations are not supported; run `clearhouse db upgrade`")
+run_migrations_online()

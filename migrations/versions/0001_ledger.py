@@ -1,0 +1,141 @@
+"""Ledger: accounts, hash chain head, journal entries, postings, immutability triggers.
+
+Revision ID: 0001_ledger
+Revises:
+Create Date: 2026-11-23
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from clearhouse.kit.types import UTCDateTime
+
+revision = "0001_ledger"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+IMMUTABLE = ("ledger_transfers", "ledger_postings")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "ledger_accounts",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("type", sa.String(16), nullable=False),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("code", sa.String(128), nullable=False),
+        sa.Column("owner_id", sa.String(128)),
+        sa.Column("metadata_json", sa.Text, nullable=False, server_default="{}"),
+        sa.Column("debits_must_not_exceed_credits", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("credits_must_not_exceed_debits", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("overdraft_limit", sa.BigInteger),
+        sa.Column("closed", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("debits_posted", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("credits_posted", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("debits_pending", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("credits_pending", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.CheckConstraint(
+            "type IN ('asset', 'liability', 'equity', 'revenue', 'expense')", name="type"
+        ),
+        sa.CheckConstraint(
+            "NOT (debits_must_not_exceed_credits AND credits_must_not_exceed_debits)",
+            name="one_limit_flag",
+        ),
+        sa.CheckConstraint("overdraft_limit IS NULL OR overdraft_limit >= 0", name="overdraft"),
+        sa.CheckConstraint(
+            "debits_posted >= 0 AND credits_posted >= 0 AND debits_pending >= 0 AND credits_pending >= 0",
+            name="balances_non_negative",
+        ),
+        sa.CheckConstraint("length(currency) = 3", name="currency_code"),
+    )
+    op.create_index("ix_ledger_accounts_owner", "ledger_accounts", ["owner_id"])
+
+    op.create_table(
+        "ledger_chain",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("seq", sa.BigInteger, nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+        sa.CheckConstraint("id = 1", name="single_row"),
+    )
+    op.execute("INSERT INTO ledger_chain (id, seq, hash) VALUES (1, 0, '" + "0" * 64 + "')")
+
+    op.create_table(
+        "ledger_transfers",
+        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("id", sa.String(64), nullable=False, unique=True),
+        sa.Column("pending", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("pending_id", sa.String(64), unique=True),
+        sa.Column("resolution", sa.String(8)),
+        sa.Column("timeout_seconds", sa.Integer),
+        sa.Column("timeout_at", UTCDateTime),
+        sa.Column("code", sa.String(128)),
+        sa.Column("reference", sa.String(256)),
+        sa.Column("metadata_json", sa.Text, nullable=False, server_default="{}"),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+        sa.CheckConstraint("(pending_id IS NULL) = (resolution IS NULL)", name="resolution"),
+        sa.CheckConstraint("resolution IS NULL OR resolution IN ('post', 'void')", name="resolution_kind"),
+        sa.CheckConstraint("NOT (pending AND pending_id IS NOT NULL)", name="pending_not_resolution"),
+        sa.CheckConstraint("timeout_seconds IS NULL OR timeout_seconds > 0", name="timeout"),
+    )
+    op.create_index("ix_ledger_transfers_created_at", "ledger_transfers", ["created_at"])
+    op.create_index("ix_ledger_transfers_timeout_at", "ledger_transfers", ["timeout_at"])
+
+    op.create_table(
+        "ledger_postings",
+        sa.Column("seq", sa.BigInteger, sa.ForeignKey("ledger_transfers.seq"), primary_key=True, autoincrement=False),
+        sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("account_id", sa.String(64), sa.ForeignKey("ledger_accounts.id"), nullable=False),
+        sa.Column("direction", sa.String(6), nullable=False),
+        sa.Column("kind", sa.String(8), nullable=False),
+        sa.Column("amount", sa.BigInteger, nullable=False),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.CheckConstraint("direction IN ('debit', 'credit')", name="direction"),
+        sa.CheckConstraint("kind IN ('posted', 'pending', 'release')", name="kind"),
+        sa.CheckConstraint("amount > 0", name="amount_positive"),
+    )
+    op.create_index("ix_ledger_postings_account_seq", "ledger_postings", ["account_id", "seq"])
+
+    # Posted rows are immutable: corrections are new reversing entries. The database
+    # refuses UPDATE and DELETE itself, so no code path (or person with a SQL prompt
+    # through the application's role) can rewrite history.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            """
+            CREATE FUNCTION ledger_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'ledger rows are immutable: % on % refused', TG_OP, TG_TABLE_NAME
+                    USING ERRCODE = 'restrict_violation';
+            END $$
+            """
+        )
+        for table in IMMUTABLE:
+            op.execute(
+                f"CREATE TRIGGER {table}_immutable BEFORE UPDATE OR DELETE ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()"
+            )
+            op.execute(
+                f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()"
+            )
+    else:
+        for table in IMMUTABLE:
+            for action in ("UPDATE", "DELETE"):
+                op.execute(
+                    f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
+                    f"BEGIN SELECT RAISE(ABORT, 'ledger rows are immutable: {action} on {table} refused'); END"
+                )
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for table in IMMUTABLE:
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_immutable ON {table}")
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
+        op.execute("DROP FUNCTION IF EXISTS ledger_refuse_change()")
+    op.drop_table("ledger_postings")
+    op.drop_table("ledger_transfers")
+    op.drop_table("ledger_chain")
+    op.drop_table("ledger_accounts")

@@ -1,0 +1,202 @@
+"""Database engines, the transaction boundary, and the few dialect-specific bulk paths.
+
+Everything SQLite- or PostgreSQL-specific outside the migrations lives here, so the
+rest of the code stays portable SQL.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine with the settings Clearhouse relies on.
+
+    SQLite: WAL, ``synchronous=FULL`` (an acknowledged write survives a power cut),
+    foreign keys on, and every transaction opened with ``BEGIN IMMEDIATE`` so writers
+    queue on the database lock up front instead of failing on upgrade.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 60},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    raise ValueError(f"unsupported database: {parsed.get_backend_name()} (use sqlite or postgresql)")
+
+
+def is_postgresql(session_or_engine: Session | Engine) -> bool:
+    bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
+    return bind.dialect.name == "postgresql"
+
+
+_RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock detected
+
+
+def _retryable(error: DBAPIError, retry_integrity: bool) -> bool:
+    if isinstance(error, IntegrityError):
+        return retry_integrity
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate in _RETRYABLE_PG:
+        return True
+    return isinstance(error, OperationalError) and "database is locked" in str(error.orig)
+
+
+def transact(
+    engine: Engine,
+    work: Callable[[Session], T],
+    *,
+    attempts: int = 8,
+    retry_integrity: bool = False,
+) -> T:
+    """Run ``work`` in one transaction and commit once, at this boundary.
+
+    Services only flush; this is where a request or a task commits. A deadlock or
+    serialization failure (and, with ``retry_integrity``, a unique-constraint race such
+    as two requests creating the same idempotent id) rolls back and runs ``work``
+    again, so the caller never sees it.
+    """
+    for attempt in range(1, attempts + 1):
+        with Session(engine, expire_on_commit=False, autoflush=False) as session:
+            try:
+                with session.begin():
+                    return work(session)
+            except DBAPIError as error:
+                if attempt == attempts or not _retryable(error, retry_integrity):
+                    raise
+                log.info("transaction_retry", attempt=attempt, error=type(error.orig).__name__)
+                time.sleep(random.uniform(0, 0.005 * attempt))
+    raise AssertionError("unreachable")
+
+
+def _processors(session: Session, table: Table, columns: Sequence[str]) -> list[Any]:
+    dialect = session.get_bind().dialect
+    return [table.c[name].type._cached_bind_processor(dialect) for name in columns]
+
+
+def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    """Insert many rows fast: ``COPY`` on PostgreSQL, ``executemany`` on SQLite.
+
+    Values pass through each column type's bind processing, so the stored form is
+    exactly what the ORM would have written.
+    """
+    if not rows:
+        return
+    processors = _processors(session, table, columns)
+    if any(processors):
+        rows = [
+            tuple(p(v) if p is not None and v is not None else v for p, v in zip(processors, row, strict=True))
+            for row in rows
+        ]
+    dbapi = session.connection().connection.driver_connection
+    column_list = ", ".join(columns)
+    if is_postgresql(session):
+        with dbapi.cursor() as cursor, cursor.copy(f"COPY {table.name} ({column_list}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        marks = ", ".join("?" for _ in columns)
+        cursor = dbapi.cursor()
+        try:
+            cursor.executemany(f"INSERT INTO {table.name} ({column_list}) VALUES ({marks})", rows)
+        finally:
+            cursor.close()
+
+
+def bulk_increment(
+    session: Session, table: Table, key: str, columns: Sequence[str], rows: Iterable[tuple]
+) -> None:
+    """``UPDATE table SET col = col + delta ... WHERE key = k`` for many keys in one round trip.
+
+    ``rows`` are ``(key, delta_1, ..., delta_n)``. PostgreSQL gets a single statement
+    over ``unnest`` arrays; SQLite (in process) an ``executemany``.
+    """
+    rows = list(rows)
+    if not rows:
+        return
+    dbapi = session.connection().connection.driver_connection
+    if is_postgresql(session):
+        assignments = ", ".join(f"{c} = t.{c} + v.{c}" for c in columns)
+        unnests = ", ".join([f"%s::text[]"] + ["%s::bigint[]"] * len(columns))
+        names = ", ".join([key, *columns])
+        arrays = [list(col) for col in zip(*rows, strict=True)]
+        with dbapi.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table.name} AS t SET {assignments} "
+                f"FROM unnest({unnests}) AS v({names}) WHERE t.{key} = v.{key}",
+                arrays,
+            )
+    else:
+        assignments = ", ".join(f"{c} = {c} + ?" for c in columns)
+        cursor = dbapi.cursor()
+        try:
+            cursor.executemany(
+                f"UPDATE {table.name} SET {assignments} WHERE {key} = ?",
+                [(*row[1:], row[0]) for row in rows],
+            )
+        finally:
+            cursor.close()
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the schema to ``revision``: the only way the schema is made."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

@@ -1,0 +1,130 @@
+"""The error base class and its rendering as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ClearhouseError(Exception):
+    """A broken rule, reported to the caller with a stable ``code``.
+
+    Subclasses set ``code``, ``status`` and ``title``, and say in their docstring
+    which rule was broken.
+    """
+
+    code: ClassVar[str] = "error"
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Request failed"
+
+    def __init__(self, detail: str = "", *, errors: list[Any] | None = None, **extra: Any):
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.errors = errors
+        self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": f"https://clearhouse.dev/problems/{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "code": self.code,
+            "detail": self.detail,
+        }
+        if self.errors is not None:
+            body["errors"] = self.errors
+        body.update(self.extra)
+        return body
+
+
+class NotFound(ClearhouseError):
+    """The object does not exist (or is not the caller's to see)."""
+
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class ValidationFailed(ClearhouseError):
+    """The request is well-formed JSON but a field breaks its rule."""
+
+    code = "validation_error"
+    status = 422
+    title = "Invalid request"
+
+
+class MalformedRequest(ClearhouseError):
+    """The body is not valid JSON or not the expected shape at all."""
+
+    code = "malformed_request"
+    status = 400
+    title = "Malformed request"
+
+
+def problem_response(error: ClearhouseError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        error.problem(), status_code=error.status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        out.append(
+            {
+                "loc": [str(p) for p in err.get("loc", ())],
+                "type": err.get("type"),
+                "msg": err.get("msg"),
+            }
+        )
+    return out
+
+
+async def _on_clearhouse_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ClearhouseError)
+    return problem_response(exc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc)
+    if any(e["type"] in ("json_invalid", "model_attributes_type") for e in errors) or any(
+        e["loc"] == ["body"] for e in errors
+    ):
+        return problem_response(MalformedRequest("The body is not a JSON object of the expected shape", errors=errors))
+    return problem_response(ValidationFailed("One or more fields are invalid", errors=errors))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated", 403: "forbidden"}
+    error = ClearhouseError(str(exc.detail))
+    error.code = codes.get(exc.status_code, "http_error")  # type: ignore[misc]
+    error.status = exc.status_code  # type: ignore[misc]
+    error.title = str(exc.detail)  # type: ignore[misc]
+    return problem_response(error, headers=getattr(exc, "headers", None))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled_error", path=request.url.path)
+    error = ClearhouseError("An unexpected error occurred; it has been logged")
+    error.code = "internal_error"  # type: ignore[misc]
+    error.status = 500  # type: ignore[misc]
+    error.title = "Internal error"  # type: ignore[misc]
+    return problem_response(error)
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClearhouseError, _on_clearhouse_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,123 @@
+"""Money as an integer count of minor units plus an ISO 4217 currency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+
+import iso4217
+
+MAX_AMOUNT = 2**63 - 1
+"""The largest amount a ledger column (BIGINT) can hold."""
+
+
+class UnknownCurrency(ValueError):
+    """The code is not an active ISO 4217 currency with a minor unit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Currency:
+    code: str
+    exponent: int
+
+    @staticmethod
+    @lru_cache(maxsize=None)
+    def of(code: str) -> Currency:
+        """The currency for an upper-case ISO 4217 code; exponent from the ISO data."""
+        if not isinstance(code, str) or len(code) != 3 or not code.isupper():
+            raise UnknownCurrency(code)
+        try:
+            data = iso4217.Currency(code)
+        except ValueError:
+            raise UnknownCurrency(code) from None
+        # Funds codes and metals (XAU, XDR...) have no minor unit: they are not money here.
+        if data.exponent is None:
+            raise UnknownCurrency(code)
+        return Currency(code, data.exponent)
+
+    def __str__(self) -> str:
+        return self.code
+
+
+def is_currency(code: str) -> bool:
+    try:
+        Currency.of(code)
+    except UnknownCurrency:
+        return False
+    return True
+
+
+class CurrencyMixed(ValueError):
+    """Arithmetic was asked to combine two currencies."""
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    minor: int
+    currency: Currency
+
+    def __post_init__(self) -> None:
+        if type(self.minor) is not int:
+            raise TypeError("Money.minor must be an int count of minor units")
+
+    @classmethod
+    def of(cls, minor: int, code: str) -> Money:
+        return cls(minor, Currency.of(code))
+
+    def _same(self, other: Money) -> None:
+        if self.currency != other.currency:
+            raise CurrencyMixed(f"{self.currency} and {other.currency}")
+
+    def __add__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.minor + other.minor, self.currency)
+
+    def __sub__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.minor - other.minor, self.currency)
+
+    def __neg__(self) -> Money:
+        return Money(-self.minor, self.currency)
+
+    def __lt__(self, other: Money) -> bool:
+        self._same(other)
+        return self.minor < other.minor
+
+    def __le__(self, other: Money) -> bool:
+        self._same(other)
+        return self.minor <= other.minor
+
+    @property
+    def amount(self) -> Decimal:
+        """The value in major units, exact (for display only)."""
+        return Decimal(self.minor).scaleb(-self.currency.exponent)
+
+    def __str__(self) -> str:
+        return f"{self.currency.code} {self.amount:.{self.currency.exponent}f}"
+
+    def allocate(self, weights: list[int]) -> list[Money]:
+        """Split into parts proportional to ``weights`` that always sum to the whole."""
+        return [Money(part, self.currency) for part in allocate(self.minor, weights)]
+
+
+def allocate(total: int, weights: list[int]) -> list[int]:
+    """Largest-remainder allocation of an integer total in proportion to integer weights.
+
+    The parts always sum to ``total``; ties in the remainder go to the earlier weight,
+    so the result is deterministic.
+    """
+    if not weights or any(w < 0 for w in weights):
+        raise ValueError("weights must be non-negative and not empty")
+    weight_sum = sum(weights)
+    if weight_sum == 0:
+        raise ValueError("weights must not all be zero")
+    sign = -1 if total < 0 else 1
+    magnitude = abs(total)
+    floors = [magnitude * w // weight_sum for w in weights]
+    remainders = [magnitude * w % weight_sum for w in weights]
+    short = magnitude - sum(floors)
+    order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
+    for i in order[:short]:
+        floors[i] += 1
+    return [sign * part for part in floors]

@@ -1,0 +1,1 @@
+"""The double-entry ledger: the single source of truth for every balance."""
