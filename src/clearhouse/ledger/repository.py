@@ -1,0 +1,203 @@
+"""Every query the ledger makes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from clearhouse.kit.db import bulk_increment, bulk_insert
+from clearhouse.ledger.models import accounts, chain, entries, postings
+
+CHUNK = 5000  # stays under every driver's bind-parameter limit
+
+ENTRY_COLUMNS = (
+    "seq", "id", "pending", "pending_id", "resolution", "timeout_seconds", "timeout_at",
+    "code", "reference", "metadata_json", "created_at", "hash",
+)
+POSTING_COLUMNS = ("seq", "idx", "account_id", "direction", "kind", "amount", "currency")
+BALANCE_COLUMNS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
+
+
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), CHUNK):
+        yield values[start:start + CHUNK]
+
+
+def insert_account(session: Session, values: dict[str, Any]) -> None:
+    session.execute(insert(accounts).values(**values))
+
+
+def get_account(session: Session, account_id: str) -> Row | None:
+    return session.execute(select(accounts).where(accounts.c.id == account_id)).first()
+
+
+def list_accounts(session: Session, *, limit: int, starting_after: str | None, owner_id: str | None) -> list[Row]:
+    query = select(accounts).order_by(accounts.c.id).limit(limit)
+    if starting_after:
+        query = query.where(accounts.c.id > starting_after)
+    if owner_id:
+        query = query.where(accounts.c.owner_id == owner_id)
+    return list(session.execute(query))
+
+
+def lock_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Row]:
+    """Read and lock accounts for a write.
+
+    Locks are taken in ascending id order, the one order every ledger writer uses, so
+    two writers touching overlapping accounts queue instead of deadlocking.
+    (On SQLite the whole database is already locked by ``BEGIN IMMEDIATE``.)
+    """
+    found: dict[str, Row] = {}
+    for chunk in _chunks(sorted(set(account_ids))):
+        query = select(accounts).where(accounts.c.id.in_(chunk)).order_by(accounts.c.id).with_for_update()
+        for row in session.execute(query):
+            found[row.id] = row
+    return found
+
+
+def set_account_closed(session: Session, account_id: str) -> None:
+    session.execute(update(accounts).where(accounts.c.id == account_id).values(closed=True))
+
+
+def lock_chain(session: Session) -> tuple[int, str]:
+    """Lock the head of the hash chain; taken after the account locks, by every writer."""
+    row = session.execute(select(chain.c.seq, chain.c.hash).where(chain.c.id == 1).with_for_update()).one()
+    return row.seq, row.hash
+
+
+def advance_chain(session: Session, seq: int, hash_: str) -> None:
+    session.execute(update(chain).where(chain.c.id == 1).values(seq=seq, hash=hash_))
+
+
+def write_journal(
+    session: Session,
+    entry_rows: list[tuple],
+    posting_rows: list[tuple],
+    balance_deltas: list[tuple],
+) -> None:
+    bulk_insert(session, entries, ENTRY_COLUMNS, entry_rows)
+    bulk_insert(session, postings, POSTING_COLUMNS, posting_rows)
+    bulk_increment(session, accounts, "id", BALANCE_COLUMNS, balance_deltas)
+
+
+def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(ids):
+        found.update(session.scalars(select(entries.c.id).where(entries.c.id.in_(chunk))))
+    return found
+
+
+def entries_with_postings(session: Session, ids: Iterable[str]) -> dict[str, tuple[Row, list[Row]]]:
+    """Entries by id, each with its postings in order."""
+    ids = sorted(set(ids))
+    out: dict[str, tuple[Row, list[Row]]] = {}
+    by_seq: dict[int, str] = {}
+    for chunk in _chunks(ids):
+        for row in session.execute(select(entries).where(entries.c.id.in_(chunk))):
+            out[row.id] = (row, [])
+            by_seq[row.seq] = row.id
+    seqs = sorted(by_seq)
+    for start in range(0, len(seqs), CHUNK):
+        chunk_seqs = seqs[start:start + CHUNK]
+        query = select(postings).where(postings.c.seq.in_(chunk_seqs)).order_by(postings.c.seq, postings.c.idx)
+        for row in session.execute(query):
+            out[by_seq[row.seq]][1].append(row)
+    return out
+
+
+def resolutions_of(session: Session, pending_ids: Iterable[str]) -> dict[str, Row]:
+    """The entry that posted or voided each pending entry, where there is one."""
+    found: dict[str, Row] = {}
+    for chunk in _chunks(sorted(set(pending_ids))):
+        for row in session.execute(select(entries).where(entries.c.pending_id.in_(chunk))):
+            found[row.pending_id] = row
+    return found
+
+
+def expired_pending_ids(session: Session, now: datetime, limit: int) -> list[str]:
+    resolution = entries.alias("resolution")
+    query = (
+        select(entries.c.id)
+        .outerjoin(resolution, resolution.c.pending_id == entries.c.id)
+        .where(and_(entries.c.pending, entries.c.timeout_at <= now, resolution.c.seq.is_(None)))
+        .order_by(entries.c.timeout_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def last_seq_at(session: Session, as_of: datetime) -> int:
+    return session.scalar(select(func.coalesce(func.max(entries.c.seq), 0)).where(entries.c.created_at <= as_of)) or 0
+
+
+def balance_sums(session: Session, account_id: str, up_to_seq: int | None) -> dict[tuple[str, str], int]:
+    """Sum of an account's postings by (direction, kind), up to a point in the chain."""
+    query = (
+        select(postings.c.direction, postings.c.kind, func.sum(postings.c.amount))
+        .where(postings.c.account_id == account_id)
+        .group_by(postings.c.direction, postings.c.kind)
+    )
+    if up_to_seq is not None:
+        query = query.where(postings.c.seq <= up_to_seq)
+    return {(d, k): int(total) for d, k, total in session.execute(query)}
+
+
+def account_history(
+    session: Session, account_id: str, *, after: tuple[int, int] | None, up_to_seq: int | None, limit: int
+) -> list[Row]:
+    query = (
+        select(
+            postings.c.seq, postings.c.idx, postings.c.direction, postings.c.kind,
+            postings.c.amount, postings.c.currency, entries.c.id.label("transfer_id"),
+            entries.c.created_at, entries.c.code, entries.c.reference,
+        )
+        .join(entries, entries.c.seq == postings.c.seq)
+        .where(postings.c.account_id == account_id)
+        .order_by(postings.c.seq, postings.c.idx)
+        .limit(limit)
+    )
+    if after is not None:
+        seq, idx = after
+        query = query.where((postings.c.seq > seq) | ((postings.c.seq == seq) & (postings.c.idx > idx)))
+    if up_to_seq is not None:
+        query = query.where(postings.c.seq <= up_to_seq)
+    return list(session.execute(query))
+
+
+def journal(session: Session, batch: int = 20000) -> Iterator[tuple[Row, list[Row]]]:
+    """Every entry in chain order with its postings, streamed in slices."""
+    last = 0
+    while True:
+        entry_rows = list(
+            session.execute(select(entries).where(entries.c.seq > last).order_by(entries.c.seq).limit(batch))
+        )
+        if not entry_rows:
+            return
+        high = entry_rows[-1].seq
+        grouped: dict[int, list[Row]] = {row.seq: [] for row in entry_rows}
+        query = (
+            select(postings)
+            .where(postings.c.seq > last, postings.c.seq <= high)
+            .order_by(postings.c.seq, postings.c.idx)
+        )
+        for row in session.execute(query):
+            grouped.setdefault(row.seq, []).append(row)
+        for row in entry_rows:
+            yield row, grouped.pop(row.seq)
+        # Postings whose entry is missing would be left in ``grouped``.
+        for seq, orphans in grouped.items():
+            yield None, orphans  # type: ignore[misc]
+        last = high
+
+
+def all_accounts(session: Session) -> Iterator[Row]:
+    yield from session.execute(select(accounts).order_by(accounts.c.id))
+
+
+def chain_head(session: Session) -> tuple[int, str]:
+    row = session.execute(select(chain.c.seq, chain.c.hash).where(chain.c.id == 1)).one()
+    return row.seq, row.hash
