@@ -1,0 +1,76 @@
+"""Builds the ASGI app from the domains' routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+
+import clearhouse
+from clearhouse import worker
+from clearhouse.kit.db import current_revision, head_revision, make_engine
+from clearhouse.kit.errors import install_handlers
+from clearhouse.kit.metrics import install_metrics, metrics_response
+from clearhouse.kit.settings import Settings, get_settings
+from clearhouse.ledger.endpoints import router as ledger_router
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
+               run_worker: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+    engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = None
+        if run_worker:
+            _thread, stop = worker.start_in_thread(engine, settings.worker_interval_seconds)
+        yield
+        if stop is not None:
+            stop.set()
+
+    app = FastAPI(
+        title="Clearhouse",
+        version=clearhouse.__version__,
+        description="Payment and settlement platform. Money is integer minor units plus an ISO 4217 code; "
+        "errors are RFC 9457 problem+json with a stable `code`.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.settings = settings
+    install_handlers(app)
+    install_metrics(app)
+    app.include_router(ledger_router)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    expected_revision = head_revision()
+
+    @app.get("/readyz", tags=["operations"])
+    def readyz() -> Response:
+        """The database answers and its schema is at the revision this code expects."""
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            revision = current_revision(engine)
+        except Exception as error:  # noqa: BLE001 - readiness reports any failure
+            return JSONResponse({"status": "unavailable", "detail": type(error).__name__}, status_code=503)
+        if revision != expected_revision:
+            return JSONResponse(
+                {"status": "unavailable", "detail": f"schema at {revision}, expected {expected_revision}"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready", "schema": revision})
+
+    if settings.metrics_public:
+        @app.get("/metrics", tags=["operations"], include_in_schema=False)
+        def metrics(request: Request) -> Response:
+            return metrics_response()
+
+    return app

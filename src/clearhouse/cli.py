@@ -1,0 +1,128 @@
+"""The ``clearhouse`` command: serve, worker, database, ledger, demo and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from clearhouse.kit.db import make_engine, transact, upgrade
+from clearhouse.kit.logging import configure_logging
+from clearhouse.kit.settings import get_settings
+
+app = typer.Typer(help="Clearhouse: payments, ledger and settlement.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
+ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(ledger_app, name="ledger")
+console = Console(stderr=True)
+
+
+@app.callback()
+def _setup() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000)")] = None,
+    demo: Annotated[bool, typer.Option(help="Migrate, load demo data and run the worker in this process")] = False,
+    workers: Annotated[int, typer.Option(help="HTTP worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    from clearhouse.app import create_app
+
+    settings = get_settings()
+    if demo:
+        upgrade(settings.database_url)
+        _load_demo(settings.database_url)
+    host = host or settings.host
+    port = port or settings.port
+    console.print(f"Clearhouse on http://{host}:{port}  (database: {settings.database_url})")
+    if workers > 1:
+        uvicorn.run("clearhouse.app:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning")
+    else:
+        uvicorn.run(create_app(settings, run_worker=demo), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def worker(once: Annotated[bool, typer.Option(help="Run each job once and exit")] = False) -> None:
+    """Run the background worker (expiry of pending transfers, and later outbox delivery)."""
+    import threading
+
+    from clearhouse import worker as worker_module
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    if once:
+        console.print_json(json.dumps(worker_module.run_once(engine)))
+        return
+    stop = threading.Event()
+    try:
+        worker_module.run_forever(engine, settings.worker_interval_seconds, stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command()
+def demo() -> None:
+    """Load the demo data (idempotent)."""
+    settings = get_settings()
+    upgrade(settings.database_url)
+    created = _load_demo(settings.database_url)
+    console.print(f"demo data loaded ({created} new entries)")
+
+
+def _load_demo(url: str) -> int:
+    from clearhouse import demo as demo_module
+
+    return transact(make_engine(url, pool_size=1), demo_module.load)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    settings = get_settings()
+    upgrade(settings.database_url, revision)
+    console.print(f"database at {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision the database is at."""
+    from clearhouse.kit.db import current_revision
+
+    print(current_revision(make_engine(get_settings().database_url, pool_size=1)))
+
+
+@ledger_app.command("verify")
+def ledger_verify(as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False) -> None:
+    """Recompute the hash chain, zero-sum, limits and balances; exit 1 on the first failure."""
+    from clearhouse.ledger.verify import verify
+
+    report = transact(make_engine(get_settings().database_url, pool_size=1), verify)
+    result = report.as_dict()
+    if as_json:
+        print(json.dumps(result))
+    elif report.ok:
+        console.print(f"[green]ledger verified[/]: {report.entries_checked} entries, "
+                      f"{report.postings_checked} postings, {report.accounts_checked} accounts")
+    else:
+        console.print(f"[red]ledger verification failed[/]: {json.dumps(report.first_failure)}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

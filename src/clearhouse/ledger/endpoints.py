@@ -1,0 +1,278 @@
+"""Ledger HTTP endpoints: parse, call the service inside one transaction, render."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
+from sqlalchemy import Row
+from sqlalchemy.orm import Session
+
+from clearhouse.kit.api import Page, UtcTime, json_body, validate
+from clearhouse.kit.db import transact
+from clearhouse.kit.errors import problem_response
+from clearhouse.kit.metrics import ledger_transfers
+from clearhouse.ledger import errors, service
+from clearhouse.ledger.schemas import (
+    AccountBalanceOut,
+    AccountCreate,
+    AccountOut,
+    BatchOut,
+    BatchResult,
+    EntryCreate,
+    EntryLine,
+    PostPending,
+    TransferBatch,
+    TransferCreate,
+    TransferOut,
+    VerifyOut,
+    VoidPending,
+)
+from clearhouse.ledger.verify import verify
+
+router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed JSON (`malformed_request`)"},
+    404: {"description": "Unknown object (`not_found`, `transfer_not_found`)"},
+    409: {"description": "Conflict with current state (`insufficient_funds`, `exceeds_credit_limit`, "
+          "`account_closed`, `transfer_exists_with_different_fields`, `pending_transfer_already_posted`, ...)"},
+    422: {"description": "A rule is broken (`validation_error`, `currency_mismatch`, `account_not_found`, "
+          "`entry_not_balanced`, `batch_too_large`, `linked_batch_failed`, ...)"},
+}
+
+
+def _engine(request: Request) -> Any:
+    return request.app.state.engine
+
+
+def _account_out(row: Row) -> AccountOut:
+    balance = service.balance_of(row.type, row.debits_posted, row.credits_posted, row.debits_pending,
+                                 row.credits_pending)
+    return AccountOut(
+        id=row.id, type=row.type, currency=row.currency, code=row.code, owner_id=row.owner_id,
+        flags={"debits_must_not_exceed_credits": row.debits_must_not_exceed_credits,
+               "credits_must_not_exceed_debits": row.credits_must_not_exceed_debits},
+        overdraft_limit=row.overdraft_limit, closed=row.closed, metadata=orjson.loads(row.metadata_json),
+        created_at=row.created_at, balance=_as_dict(balance),
+    )
+
+
+def _as_dict(balance: service.Balance) -> dict[str, int]:
+    return dataclasses.asdict(balance)
+
+
+@router.post("/accounts", status_code=201, response_model=AccountOut, responses=_ERRORS)
+def create_account(body: AccountCreate, request: Request, response: Response) -> AccountOut:
+    """Open an account. An id that exists with the same fields returns it with 200."""
+
+    def work(session: Session) -> tuple[Row, bool]:
+        return service.create_account(
+            session, id=body.id, type=body.type, currency=body.currency, code=body.code, owner_id=body.owner_id,
+            debits_must_not_exceed_credits=body.flags.debits_must_not_exceed_credits,
+            credits_must_not_exceed_debits=body.flags.credits_must_not_exceed_debits,
+            overdraft_limit=body.overdraft_limit, metadata=body.metadata,
+        )
+
+    row, created = transact(_engine(request), work, retry_integrity=True)
+    if not created:
+        response.status_code = 200
+    return _account_out(row)
+
+
+@router.get("/accounts", response_model=Page[AccountOut])
+def list_accounts(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    starting_after: str | None = None,
+    owner_id: str | None = None,
+) -> Page[AccountOut]:
+    rows, more = transact(
+        _engine(request),
+        lambda s: service.list_accounts(s, limit=limit, starting_after=starting_after, owner_id=owner_id),
+    )
+    return Page(data=[_account_out(r) for r in rows], has_more=more, next_cursor=rows[-1].id if more else None)
+
+
+@router.get("/accounts/{account_id}", response_model=AccountOut, responses=_ERRORS)
+def get_account(account_id: str, request: Request) -> AccountOut:
+    return _account_out(transact(_engine(request), lambda s: service.get_account(s, account_id)))
+
+
+@router.post("/accounts/{account_id}/close", response_model=AccountOut, responses=_ERRORS)
+def close_account(account_id: str, request: Request) -> AccountOut:
+    """Close an account whose balances are all zero; it takes no new entries afterwards."""
+    return _account_out(transact(_engine(request), lambda s: service.close_account(s, account_id)))
+
+
+@router.get("/accounts/{account_id}/balance", response_model=AccountBalanceOut, responses=_ERRORS)
+def get_balance(
+    account_id: str, request: Request, as_of: Annotated[datetime | None, Query()] = None
+) -> AccountBalanceOut:
+    """The balance now, or exactly as it stood at ``as_of`` (RFC 3339)."""
+    as_of_utc = validate(TypeAdapter(UtcTime | None), as_of) if as_of is not None else None
+
+    def work(session: Session) -> AccountBalanceOut:
+        row = service.get_account(session, account_id)
+        balance = service.account_balance(session, account_id, as_of_utc)
+        return AccountBalanceOut(account_id=account_id, currency=row.currency, as_of=as_of_utc, **_as_dict(balance))
+
+    return transact(_engine(request), work)
+
+
+@router.get("/accounts/{account_id}/entries", response_model=Page[EntryLine], responses=_ERRORS)
+def list_entries(
+    account_id: str,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    starting_after: str | None = None,
+    as_of: Annotated[datetime | None, Query()] = None,
+) -> Page[EntryLine]:
+    """The postings behind the balance, oldest first (``as_of`` stops the history there)."""
+    as_of_utc = validate(TypeAdapter(UtcTime | None), as_of) if as_of is not None else None
+    rows, more = transact(
+        _engine(request),
+        lambda s: service.account_entries(s, account_id, limit=limit, starting_after=starting_after, as_of=as_of_utc),
+    )
+    lines = [
+        EntryLine(cursor=f"{r.seq}:{r.idx}", transfer_id=r.transfer_id, seq=r.seq, direction=r.direction,
+                  kind=r.kind, amount=r.amount, currency=r.currency, code=r.code, reference=r.reference,
+                  created_at=r.created_at)
+        for r in rows
+    ]
+    return Page(data=lines, has_more=more, next_cursor=lines[-1].cursor if more else None)
+
+
+_TRANSFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/TransferCreate"},
+                        {"$ref": "#/components/schemas/EntryCreate"},
+                        {"$ref": "#/components/schemas/TransferBatch"},
+                    ]
+                }
+            }
+        },
+    }
+}
+_transfer_adapter = TypeAdapter(TransferCreate)
+_entry_adapter = TypeAdapter(EntryCreate)
+
+
+def _request_of(item: Any, at: tuple[Any, ...] = ()) -> service.EntryRequest:
+    if isinstance(item, dict) and "postings" in item:
+        entry: EntryCreate = _validate_at(_entry_adapter, item, at)
+        return service.EntryRequest(
+            id=entry.id, code=entry.code, reference=entry.reference, metadata=entry.metadata,
+            pending=entry.pending, timeout_seconds=entry.timeout_seconds,
+            postings=[service.PostingRequest(p.account_id, p.direction, p.amount, p.currency)
+                      for p in entry.postings],
+        )
+    transfer: TransferCreate = _validate_at(_transfer_adapter, item, at)
+    return service.EntryRequest.transfer(
+        transfer.debit_account_id, transfer.credit_account_id, transfer.amount, transfer.currency,
+        id=transfer.id, code=transfer.code, reference=transfer.reference, metadata=transfer.metadata,
+        pending=transfer.pending, timeout_seconds=transfer.timeout_seconds,
+    )
+
+
+def _validate_at(adapter: TypeAdapter[Any], item: Any, at: tuple[Any, ...]) -> Any:
+    from fastapi.exceptions import RequestValidationError
+
+    try:
+        return validate(adapter, item)
+    except RequestValidationError as error:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *at, *tuple(e["loc"])[1:])} for e in error.errors()]
+        ) from None
+
+
+@router.post(
+    "/transfers",
+    status_code=201,
+    openapi_extra=_TRANSFER_BODY,
+    responses={200: {"model": BatchOut, "description": "A batch: one result per transfer"}, **_ERRORS},
+    response_model=TransferOut,
+)
+async def create_transfers(request: Request) -> Any:
+    """One transfer, one multi-leg entry, or a batch of up to 8190 (``linked`` for all-or-none)."""
+    body = await json_body(request)
+    engine = _engine(request)
+    if isinstance(body, dict) and "transfers" in body:
+        batch: TransferBatch = validate(TransferBatch, body)
+        if len(batch.transfers) > service.MAX_BATCH:
+            raise errors.BatchTooLarge(f"a batch holds at most {service.MAX_BATCH} transfers")
+        requests = [_request_of(item, ("transfers", i)) for i, item in enumerate(batch.transfers)]
+        outcomes = await _run(engine, lambda s: service.create_transfers(s, requests, linked=batch.linked))
+        results = [BatchResult(index=o.index, id=o.id, status=o.status, code=o.code, detail=o.detail)
+                   for o in outcomes]
+        _count(outcomes)
+        if batch.linked and any(o.status == "failed" for o in outcomes):
+            failure = next(o for o in outcomes if o.code != errors.LINKED_EVENT_FAILED)
+            return problem_response(errors.LinkedBatchFailed(
+                f"transfer {failure.index} failed with {failure.code}; nothing was written",
+                results=[r.model_dump() for r in results],
+            ))
+        return JSONResponse(BatchOut(results=results).model_dump(mode="json"), status_code=200)
+    entry = _request_of(body)
+
+    def work(session: Session) -> tuple[dict[str, Any], bool]:
+        transfer_id, created = service.create_transfer(session, entry)
+        return service.get_transfer(session, transfer_id), created
+
+    view, created = await _run(engine, work)
+    ledger_transfers.labels("created" if created else "exists").inc()
+    return JSONResponse(TransferOut(**view).model_dump(mode="json"), status_code=201 if created else 200)
+
+
+def _count(outcomes: list[service.Outcome]) -> None:
+    for outcome in outcomes:
+        ledger_transfers.labels(outcome.status).inc()
+
+
+async def _run(engine: Any, work: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(transact, engine, work, retry_integrity=True)
+
+
+@router.get("/transfers/{transfer_id}", response_model=TransferOut, responses=_ERRORS)
+def get_transfer(transfer_id: str, request: Request) -> Any:
+    return TransferOut(**transact(_engine(request), lambda s: service.get_transfer(s, transfer_id)))
+
+
+def _resolve(request: Request, transfer_id: str, resolution: str, amount: int | None, entry_id: str | None) -> Any:
+    def work(session: Session) -> dict[str, Any]:
+        service.resolve_pending(session, transfer_id, resolution, amount=amount, id=entry_id)
+        return service.get_transfer(session, transfer_id)
+
+    return TransferOut(**transact(_engine(request), work, retry_integrity=True))
+
+
+@router.post("/transfers/{transfer_id}/post", response_model=TransferOut, responses=_ERRORS)
+def post_pending(transfer_id: str, request: Request, body: PostPending | None = None) -> Any:
+    """Post a pending transfer, fully or partly (``amount``); returns the pending transfer, now posted."""
+    body = body or PostPending()
+    return _resolve(request, transfer_id, "post", body.amount, body.id)
+
+
+@router.post("/transfers/{transfer_id}/void", response_model=TransferOut, responses=_ERRORS)
+def void_pending(transfer_id: str, request: Request, body: VoidPending | None = None) -> Any:
+    """Void a pending transfer, releasing what it reserved; returns it, now voided."""
+    body = body or VoidPending()
+    return _resolve(request, transfer_id, "void", None, body.id)
+
+
+@router.get("/verify", response_model=VerifyOut)
+def verify_ledger(request: Request) -> Any:
+    """Recompute the hash chain, zero-sum per currency, every limit, and every balance."""
+    return VerifyOut(**transact(_engine(request), lambda s: verify(s).as_dict()))

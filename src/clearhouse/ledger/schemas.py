@@ -1,0 +1,172 @@
+"""Ledger request and response models (the Core shapes of api.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, StrictBool
+
+from clearhouse.kit.api import Amount, ClientId, CurrencyCode, Model, ShortText, UtcTime
+from clearhouse.kit.money import MAX_AMOUNT
+
+AccountType = Literal["asset", "liability", "equity", "revenue", "expense"]
+Metadata = dict[str, Any]
+MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
+
+
+class AccountFlags(Model):
+    debits_must_not_exceed_credits: StrictBool = False
+    credits_must_not_exceed_debits: StrictBool = False
+
+
+class AccountCreate(Model):
+    id: ClientId | None = None
+    type: AccountType
+    currency: CurrencyCode
+    code: str = Field(min_length=1, max_length=128)
+    owner_id: str | None = Field(default=None, min_length=1, max_length=128)
+    flags: AccountFlags = AccountFlags()
+    overdraft_limit: int | None = Field(default=None, strict=True, ge=0, le=MAX_AMOUNT)
+    metadata: Metadata | None = None
+
+
+class BalanceOut(BaseModel):
+    debits_posted: int
+    credits_posted: int
+    debits_pending: int
+    credits_pending: int
+    posted: int = Field(description="Credits minus debits for liability, equity and revenue; the reverse otherwise")
+    available: int = Field(description="Posted balance less outgoing pending amounts")
+
+
+class AccountOut(BaseModel):
+    id: str
+    type: AccountType
+    currency: str
+    code: str
+    owner_id: str | None
+    flags: AccountFlags
+    overdraft_limit: int | None
+    closed: bool
+    metadata: Metadata
+    created_at: UtcTime
+    balance: BalanceOut
+
+
+class AccountBalanceOut(BalanceOut):
+    account_id: str
+    currency: str
+    as_of: UtcTime | None
+
+
+class TransferCreate(Model):
+    id: ClientId | None = None
+    debit_account_id: str = Field(min_length=1, max_length=64)
+    credit_account_id: str = Field(min_length=1, max_length=64)
+    amount: Amount
+    currency: CurrencyCode
+    code: str | None = Field(default=None, max_length=128)
+    reference: ShortText | None = None
+    pending: StrictBool = False
+    timeout_seconds: int | None = Field(default=None, strict=True, gt=0, le=MAX_TIMEOUT_SECONDS)
+    metadata: Metadata | None = None
+
+
+class PostingIn(Model):
+    account_id: str = Field(min_length=1, max_length=64)
+    direction: Literal["debit", "credit"]
+    amount: Amount
+    currency: CurrencyCode
+
+
+class EntryCreate(Model):
+    """A multi-leg journal entry: two or more postings summing to zero per currency."""
+
+    id: ClientId | None = None
+    postings: list[PostingIn] = Field(min_length=2, max_length=1000)
+    code: str | None = Field(default=None, max_length=128)
+    reference: ShortText | None = None
+    pending: StrictBool = False
+    timeout_seconds: int | None = Field(default=None, strict=True, gt=0, le=MAX_TIMEOUT_SECONDS)
+    metadata: Metadata | None = None
+
+
+class TransferBatch(Model):
+    transfers: list[dict[str, Any]] = Field(description="Up to 8190 transfers or multi-leg entries")
+    linked: StrictBool = False
+
+
+class PostPending(Model):
+    id: ClientId | None = Field(default=None, description="Optional id for the posting entry (idempotency)")
+    amount: Amount | None = Field(default=None, description="Post part of the pending amount; all by default")
+
+
+class VoidPending(Model):
+    id: ClientId | None = None
+
+
+class PostingOut(BaseModel):
+    account_id: str
+    direction: Literal["debit", "credit"]
+    kind: Literal["posted", "pending", "release"]
+    amount: int
+    currency: str
+
+
+class TransferOut(BaseModel):
+    id: str
+    seq: int
+    status: Literal["posted", "pending", "voided"]
+    debit_account_id: str | None
+    credit_account_id: str | None
+    amount: int
+    currency: str | None
+    pending: bool
+    pending_id: str | None
+    resolution: Literal["post", "void"] | None
+    resolved_by: str | None = None
+    timeout_seconds: int | None
+    timeout_at: UtcTime | None
+    code: str | None
+    reference: str | None
+    metadata: Metadata
+    created_at: UtcTime
+    hash: str
+    postings: list[PostingOut]
+
+
+class BatchResult(BaseModel):
+    index: int
+    id: str
+    status: Literal["created", "exists", "failed"]
+    code: str | None = None
+    detail: str | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResult]
+
+
+class EntryLine(BaseModel):
+    """One posting on the account, with the entry it belongs to."""
+
+    cursor: str
+    transfer_id: str
+    seq: int
+    direction: Literal["debit", "credit"]
+    kind: Literal["posted", "pending", "release"]
+    amount: int
+    currency: str
+    code: str | None
+    reference: str | None
+    created_at: UtcTime
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    entries_checked: int
+    postings_checked: int
+    accounts_checked: int
+    chain_head: dict[str, Any]
+    first_failure: dict[str, Any] | None
+    failures: list[dict[str, Any]]
