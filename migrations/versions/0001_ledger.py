@@ -16,6 +16,8 @@ branch_labels = None
 depends_on = None
 
 IMMUTABLE = ("ledger_transfers", "ledger_postings")
+# On SQLite an INTEGER PRIMARY KEY is the rowid itself: no second index to maintain.
+SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
@@ -63,10 +65,10 @@ def upgrade() -> None:
 
     op.create_table(
         "ledger_transfers",
-        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("seq", SEQ, primary_key=True, autoincrement=False),
         sa.Column("id", sa.String(64), nullable=False, unique=True),
         sa.Column("pending", sa.Boolean, nullable=False, server_default=sa.false()),
-        sa.Column("pending_id", sa.String(64), unique=True),
+        sa.Column("pending_id", sa.String(64)),
         sa.Column("resolution", sa.String(8)),
         sa.Column("timeout_seconds", sa.Integer),
         sa.Column("timeout_at", UTCDateTime),
@@ -81,11 +83,21 @@ def upgrade() -> None:
         sa.CheckConstraint("timeout_seconds IS NULL OR timeout_seconds > 0", name="timeout"),
     )
     op.create_index("ix_ledger_transfers_created_at", "ledger_transfers", ["created_at"])
-    op.create_index("ix_ledger_transfers_timeout_at", "ledger_transfers", ["timeout_at"])
+    # Partial indexes: the many plain transfers pay nothing for the few pending ones.
+    # At most one entry resolves a pending entry, so "post or void once" holds under any
+    # concurrency.
+    op.create_index(
+        "uq_ledger_transfers_pending_id", "ledger_transfers", ["pending_id"], unique=True,
+        sqlite_where=sa.text("pending_id IS NOT NULL"), postgresql_where=sa.text("pending_id IS NOT NULL"),
+    )
+    op.create_index(
+        "ix_ledger_transfers_timeout_at", "ledger_transfers", ["timeout_at"],
+        sqlite_where=sa.text("pending"), postgresql_where=sa.text("pending"),
+    )
 
     op.create_table(
         "ledger_postings",
-        sa.Column("seq", sa.BigInteger, sa.ForeignKey("ledger_transfers.seq"), primary_key=True, autoincrement=False),
+        sa.Column("seq", SEQ, sa.ForeignKey("ledger_transfers.seq"), primary_key=True, autoincrement=False),
         sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("account_id", sa.String(64), sa.ForeignKey("ledger_accounts.id"), nullable=False),
         sa.Column("direction", sa.String(6), nullable=False),
@@ -95,6 +107,8 @@ def upgrade() -> None:
         sa.CheckConstraint("direction IN ('debit', 'credit')", name="direction"),
         sa.CheckConstraint("kind IN ('posted', 'pending', 'release')", name="kind"),
         sa.CheckConstraint("amount > 0", name="amount_positive"),
+        # Postings are written and read by entry: cluster them on (seq, idx) on SQLite.
+        sqlite_with_rowid=False,
     )
     op.create_index("ix_ledger_postings_account_seq", "ledger_postings", ["account_id", "seq"])
 

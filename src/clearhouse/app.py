@@ -13,6 +13,7 @@ import clearhouse
 from clearhouse import worker
 from clearhouse.kit.db import current_revision, head_revision, make_engine
 from clearhouse.kit.errors import install_handlers
+from clearhouse.kit.logging import install_request_logging
 from clearhouse.kit.metrics import install_metrics, metrics_response
 from clearhouse.kit.settings import Settings, get_settings
 from clearhouse.ledger.endpoints import router as ledger_router
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings = settings
     install_handlers(app)
     install_metrics(app)
+    install_request_logging(app)
     app.include_router(ledger_router)
 
     @app.get("/healthz", tags=["operations"])

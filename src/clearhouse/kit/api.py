@@ -66,13 +66,19 @@ async def json_body(request: Request) -> Any:
         raise MalformedRequest(f"the body is not valid JSON: {error}") from None
 
 
-def validate(adapter: TypeAdapter[T] | type[BaseModel], value: Any) -> Any:
-    """Validate like FastAPI would, so errors render the same way (422 ``validation_error``)."""
+def validate(
+    adapter: TypeAdapter[T] | type[BaseModel], value: Any, loc: tuple[str, ...] = ("body",)
+) -> Any:
+    """Validate like FastAPI would, so errors render the same way (422 ``validation_error``).
+
+    ``loc`` says where the value came from: the body by default, ``("query", name)`` for a
+    query parameter (an error located at the bare body is rendered as a malformed request).
+    """
     try:
         if isinstance(adapter, TypeAdapter):
             return adapter.validate_python(value)
         return adapter.model_validate(value)
     except PydanticValidationError as error:
         raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False, include_context=False)]
+            [{**e, "loc": (*loc, *e["loc"])} for e in error.errors(include_url=False, include_context=False)]
         ) from None

@@ -71,6 +71,17 @@ def is_postgresql(session_or_engine: Session | Engine) -> bool:
     return bind.dialect.name == "postgresql"
 
 
+def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one parameter however
+    many values, so thousands of ids cost neither compile time nor bind-parameter limits."""
+    if is_postgresql(session):
+        from sqlalchemy import any_, bindparam
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
+
+
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock detected
 
 
@@ -115,6 +126,29 @@ def _processors(session: Session, table: Table, columns: Sequence[str]) -> list[
     return [table.c[name].type._cached_bind_processor(dialect) for name in columns]
 
 
+def _process(rows: list[tuple], processors: list[Any]) -> list[tuple]:
+    """Apply bind processing column by column, once per distinct value.
+
+    Batches repeat the same few values in processed columns (one timestamp per batch,
+    booleans), so a memo turns a per-row call into a dictionary lookup.
+    """
+    columns = list(zip(*rows, strict=True))
+    for index, processor in enumerate(processors):
+        if processor is None:
+            continue
+        memo: dict[Any, Any] = {None: None}
+
+        def process(value: Any, memo: dict[Any, Any] = memo, processor: Any = processor) -> Any:
+            try:
+                return memo[value]
+            except KeyError:
+                result = memo[value] = processor(value)
+                return result
+
+        columns[index] = tuple(map(process, columns[index]))
+    return list(zip(*columns, strict=True))
+
+
 def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
     """Insert many rows fast: ``COPY`` on PostgreSQL, ``executemany`` on SQLite.
 
@@ -125,10 +159,7 @@ def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: li
         return
     processors = _processors(session, table, columns)
     if any(processors):
-        rows = [
-            tuple(p(v) if p is not None and v is not None else v for p, v in zip(processors, row, strict=True))
-            for row in rows
-        ]
+        rows = _process(rows, processors)
     dbapi = session.connection().connection.driver_connection
     column_list = ", ".join(columns)
     if is_postgresql(session):

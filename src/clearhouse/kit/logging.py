@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
@@ -28,3 +29,36 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def install_request_logging(app: Any) -> None:
+    """Give every request an id (``X-Request-Id``, taken from the caller when it is sane),
+    bind it to every log line written while the request runs, and log one line per request."""
+    import re
+    import time
+
+    from fastapi import Request
+
+    from clearhouse.kit.ids import new_id
+
+    log = structlog.get_logger("clearhouse.http")
+    sane = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+    @app.middleware("http")
+    async def _request_context(request: Request, call_next: Any) -> Any:
+        given = request.headers.get("x-request-id", "")
+        request_id = given if sane.match(given) else new_id("req")
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request_id
+        route = request.scope.get("route")
+        log.info(
+            "request",
+            method=request.method,
+            route=getattr(route, "path", request.url.path),
+            status=response.status_code,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return response

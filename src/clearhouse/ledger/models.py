@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearhouse.kit.models import Base
 from clearhouse.kit.types import UTCDateTime
 
 GENESIS_HASH = "0" * 64
+SEQ = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Account(Base):
@@ -79,15 +80,18 @@ class Entry(Base):
         CheckConstraint("NOT (pending AND pending_id IS NOT NULL)", name="pending_not_resolution"),
         CheckConstraint("timeout_seconds IS NULL OR timeout_seconds > 0", name="timeout"),
         Index("ix_ledger_transfers_created_at", "created_at"),
-        Index("ix_ledger_transfers_timeout_at", "timeout_at"),
+        Index("ix_ledger_transfers_timeout_at", "timeout_at", sqlite_where=text("pending"),
+              postgresql_where=text("pending")),
+        # At most one entry resolves a pending entry: this unique index makes "post or
+        # void once" hold under any concurrency.
+        Index("uq_ledger_transfers_pending_id", "pending_id", unique=True,
+              sqlite_where=text("pending_id IS NOT NULL"), postgresql_where=text("pending_id IS NOT NULL")),
     )
 
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(SEQ, primary_key=True, autoincrement=False)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     pending: Mapped[bool] = mapped_column(Boolean, default=False)
-    # At most one entry resolves a pending entry: the unique constraint makes
-    # "post or void once" hold under any concurrency.
-    pending_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    pending_id: Mapped[str | None] = mapped_column(String(64))
     resolution: Mapped[str | None] = mapped_column(String(8))
     timeout_seconds: Mapped[int | None] = mapped_column(Integer)
     timeout_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -105,10 +109,11 @@ class Posting(Base):
         CheckConstraint("kind IN ('posted', 'pending', 'release')", name="kind"),
         CheckConstraint("amount > 0", name="amount_positive"),
         Index("ix_ledger_postings_account_seq", "account_id", "seq"),
+        {"sqlite_with_rowid": False},
     )
 
     seq: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("ledger_transfers.seq"), primary_key=True, autoincrement=False
+        SEQ, ForeignKey("ledger_transfers.seq"), primary_key=True, autoincrement=False
     )
     idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     account_id: Mapped[str] = mapped_column(String(64), ForeignKey("ledger_accounts.id"))

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import Row, and_, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from clearhouse.kit.db import bulk_increment, bulk_insert
+from clearhouse.kit.db import bulk_increment, bulk_insert, one_of
 from clearhouse.ledger.models import accounts, chain, entries, postings
 
-CHUNK = 5000  # stays under every driver's bind-parameter limit
+CHUNK = 5000  # SQLite binds each value separately: stay under its parameter limit
 
 ENTRY_COLUMNS = (
     "seq", "id", "pending", "pending_id", "resolution", "timeout_seconds", "timeout_at",
@@ -44,6 +44,13 @@ def list_accounts(session: Session, *, limit: int, starting_after: str | None, o
     return list(session.execute(query))
 
 
+LOCKED_ACCOUNT_COLUMNS = (
+    accounts.c.id, accounts.c.currency, accounts.c.closed, accounts.c.debits_must_not_exceed_credits,
+    accounts.c.credits_must_not_exceed_debits, accounts.c.overdraft_limit,
+    accounts.c.debits_posted, accounts.c.credits_posted, accounts.c.debits_pending, accounts.c.credits_pending,
+)
+
+
 def lock_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Row]:
     """Read and lock accounts for a write.
 
@@ -53,7 +60,12 @@ def lock_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Row
     """
     found: dict[str, Row] = {}
     for chunk in _chunks(sorted(set(account_ids))):
-        query = select(accounts).where(accounts.c.id.in_(chunk)).order_by(accounts.c.id).with_for_update()
+        query = (
+            select(*LOCKED_ACCOUNT_COLUMNS)
+            .where(one_of(session, accounts.c.id, chunk))
+            .order_by(accounts.c.id)
+            .with_for_update()
+        )
         for row in session.execute(query):
             found[row.id] = row
     return found
@@ -87,7 +99,7 @@ def write_journal(
 def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for chunk in _chunks(ids):
-        found.update(session.scalars(select(entries.c.id).where(entries.c.id.in_(chunk))))
+        found.update(session.scalars(select(entries.c.id).where(one_of(session, entries.c.id, chunk))))
     return found
 
 
@@ -97,13 +109,17 @@ def entries_with_postings(session: Session, ids: Iterable[str]) -> dict[str, tup
     out: dict[str, tuple[Row, list[Row]]] = {}
     by_seq: dict[int, str] = {}
     for chunk in _chunks(ids):
-        for row in session.execute(select(entries).where(entries.c.id.in_(chunk))):
+        for row in session.execute(select(entries).where(one_of(session, entries.c.id, chunk))):
             out[row.id] = (row, [])
             by_seq[row.seq] = row.id
     seqs = sorted(by_seq)
     for start in range(0, len(seqs), CHUNK):
         chunk_seqs = seqs[start:start + CHUNK]
-        query = select(postings).where(postings.c.seq.in_(chunk_seqs)).order_by(postings.c.seq, postings.c.idx)
+        query = (
+            select(postings)
+            .where(one_of(session, postings.c.seq, chunk_seqs))
+            .order_by(postings.c.seq, postings.c.idx)
+        )
         for row in session.execute(query):
             out[by_seq[row.seq]][1].append(row)
     return out
@@ -113,7 +129,7 @@ def resolutions_of(session: Session, pending_ids: Iterable[str]) -> dict[str, Ro
     """The entry that posted or voided each pending entry, where there is one."""
     found: dict[str, Row] = {}
     for chunk in _chunks(sorted(set(pending_ids))):
-        for row in session.execute(select(entries).where(entries.c.pending_id.in_(chunk))):
+        for row in session.execute(select(entries).where(one_of(session, entries.c.pending_id, chunk))):
             found[row.pending_id] = row
     return found
 

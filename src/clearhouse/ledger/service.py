@@ -116,17 +116,20 @@ def limit_breach(account: Any, values: list[int]) -> type[errors.LedgerError] | 
 class _Balances:
     """An account's running balances while a batch is checked, before anything is written."""
 
-    __slots__ = ("id", "currency", "closed", "row", "values", "start")
+    __slots__ = ("id", "currency", "closed", "limited", "row", "values", "start")
 
     def __init__(self, row: Row):
         self.id = row.id
         self.currency = row.currency
         self.closed = row.closed
+        self.limited = row.debits_must_not_exceed_credits or row.credits_must_not_exceed_debits
         self.row = row
         self.values = [row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending]
-        self.start = list(self.values)
+        self.start = self.values
 
     def check(self, values: list[int]) -> None:
+        if not self.limited and max(values) <= MAX_AMOUNT:
+            return  # the common case: an account with no limit, far from overflow
         breach = limit_breach(self.row, values)
         if breach is not None:
             raise _Failure(breach, f"account {self.id}: {breach.title.lower()}")
@@ -465,6 +468,8 @@ def _apply(rows: list[tuple[str, str, str, int, str]], balances: dict[str, _Bala
     """Check an entry against its accounts and move their in-memory balances.
 
     Nothing moves unless every account passes, so a failed entry leaves no trace.
+    Balance lists are replaced, never mutated, so ``start`` keeps the value read from
+    the database and the delta written at the end is exact.
     """
     touched: dict[str, list[int]] = {}
     for account_id, direction, kind, amount, currency in rows:
