@@ -18,6 +18,9 @@ db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_i
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ledger_app, name="ledger")
+bench_app = typer.Typer(help="Benchmarks: each figure beside a baseline measured in the same run.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
 
@@ -119,6 +122,19 @@ def ledger_verify(as_json: Annotated[bool, typer.Option("--json", help="Print th
         console.print(f"[red]ledger verification failed[/]: {json.dumps(report.first_failure)}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+@bench_app.command("ledger")
+def bench_ledger(
+    quick: Annotated[bool, typer.Option(help="100,000 transfers and 500 HTTP requests, not 1,000,000 and 2,000")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report as the last line")] = False,
+) -> None:
+    """Ledger transfers/s on SQLite and PostgreSQL against their raw insert ceilings; HTTP p99."""
+    from clearhouse.bench.ledger import main as run_ledger_bench
+
+    code = run_ledger_bench(quick=quick, as_json=as_json)
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:
