@@ -1,0 +1,105 @@
+"""Ids: a type prefix, then 26 Crockford base32 characters that sort by creation time."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from clearhouse.kit.ids import new_id, new_ids
+
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+BODY = re.compile(rf"^[{ALPHABET}]{{26}}$")
+
+
+def wait_for_the_next_millisecond(after: int) -> None:
+    deadline = time.monotonic() + 1
+    while time.time_ns() // 1_000_000 <= after:
+        assert time.monotonic() < deadline, f"{after} is not a millisecond of the wall clock"
+        time.sleep(0.0005)
+
+
+def millis_of(identifier: str) -> int:
+    """The creation millisecond encoded in the first 10 characters after the prefix."""
+    body = identifier.split("_", 1)[1]
+    value = 0
+    for char in body[:10]:
+        value = value * 32 + ALPHABET.index(char)
+    return value
+
+
+class TestShape:
+    @pytest.mark.parametrize("prefix", ["acct", "tr", "pay", "mch", "fxq"])
+    def test_prefix_then_26_crockford_characters(self, prefix):
+        identifier = new_id(prefix)
+        head, body = identifier.split("_", 1)
+        assert head == prefix
+        assert BODY.match(body), identifier
+
+    def test_alphabet_sorts_in_its_own_order(self):
+        # Lexicographic order of the characters must be numeric order, or ids would not sort.
+        assert list(ALPHABET) == sorted(ALPHABET)
+
+    def test_encodes_the_wall_clock_millisecond(self):
+        before = time.time_ns() // 1_000_000
+        identifier = new_id("tr")
+        after = time.time_ns() // 1_000_000
+        assert before <= millis_of(identifier) <= after
+
+
+class TestOrdering:
+    def test_ids_sort_by_creation_time_across_milliseconds(self):
+        made: list[str] = []
+        deadline = time.monotonic() + 0.05
+        while time.monotonic() < deadline:
+            made.append(new_id("tr"))
+            time.sleep(0.0002)
+        millis = [millis_of(i) for i in made]
+        assert len(set(millis)) >= 5, "the loop should span several milliseconds"
+        # Sorting by id never puts a later millisecond before an earlier one.
+        by_id = sorted(made)
+        assert [millis_of(i) for i in by_id] == sorted(millis)
+
+    def test_an_id_from_a_later_millisecond_sorts_after(self):
+        first = new_id("tr")
+        wait_for_the_next_millisecond(millis_of(first))
+        second = new_id("tr")
+        assert first < second
+
+
+class TestUniqueness:
+    def test_100k_ids_are_unique(self):
+        ids = [new_id("tr") for _ in range(100_000)]
+        assert len(set(ids)) == 100_000
+
+    def test_100k_batch_ids_are_unique(self):
+        ids = new_ids("tr", 100_000)
+        assert len(ids) == 100_000
+        assert len(set(ids)) == 100_000
+
+
+class TestBatch:
+    def test_batch_has_count_ids_with_the_prefix_and_one_timestamp(self):
+        before = time.time_ns() // 1_000_000
+        ids = new_ids("tr", 1000)
+        after = time.time_ns() // 1_000_000
+        assert len(ids) == 1000
+        assert all(i.startswith("tr_") and BODY.match(i[3:]) for i in ids)
+        assert len({millis_of(i) for i in ids}) == 1
+        assert before <= millis_of(ids[0]) <= after
+
+    def test_empty_batch(self):
+        assert new_ids("tr", 0) == []
+
+    def test_batch_ids_differ_from_single_ids_and_each_other(self):
+        batch = new_ids("tr", 10)
+        single = new_id("tr")
+        assert single not in batch
+        assert len(set(batch)) == 10
+
+    def test_a_later_batch_sorts_after_an_earlier_one(self):
+        first = new_ids("tr", 50)
+        wait_for_the_next_millisecond(millis_of(first[0]))
+        second = new_ids("tr", 50)
+        assert max(first) < min(second)
