@@ -110,12 +110,20 @@ def close_account(account_id: str, request: Request) -> AccountOut:
     return _account_out(transact(_engine(request), lambda s: service.close_account(s, account_id)))
 
 
+_as_of_adapter = TypeAdapter(UtcTime)
+
+
+def _as_of_utc(as_of: datetime | None) -> datetime | None:
+    """``as_of`` needs its offset; a naive time is a 422 on the query parameter."""
+    return validate(_as_of_adapter, as_of, loc=("query", "as_of")) if as_of is not None else None
+
+
 @router.get("/accounts/{account_id}/balance", response_model=AccountBalanceOut, responses=_ERRORS)
 def get_balance(
     account_id: str, request: Request, as_of: Annotated[datetime | None, Query()] = None
 ) -> AccountBalanceOut:
     """The balance now, or exactly as it stood at ``as_of`` (RFC 3339)."""
-    as_of_utc = validate(TypeAdapter(UtcTime | None), as_of) if as_of is not None else None
+    as_of_utc = _as_of_utc(as_of)
 
     def work(session: Session) -> AccountBalanceOut:
         row = service.get_account(session, account_id)
@@ -134,7 +142,7 @@ def list_entries(
     as_of: Annotated[datetime | None, Query()] = None,
 ) -> Page[EntryLine]:
     """The postings behind the balance, oldest first (``as_of`` stops the history there)."""
-    as_of_utc = validate(TypeAdapter(UtcTime | None), as_of) if as_of is not None else None
+    as_of_utc = _as_of_utc(as_of)
     rows, more = transact(
         _engine(request),
         lambda s: service.account_entries(s, account_id, limit=limit, starting_after=starting_after, as_of=as_of_utc),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool
+import orjson
+from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
 from clearhouse.kit.api import Amount, ClientId, CurrencyCode, Model, ShortText, UtcTime
 from clearhouse.kit.money import MAX_AMOUNT
@@ -12,6 +13,22 @@ from clearhouse.kit.money import MAX_AMOUNT
 AccountType = Literal["asset", "liability", "equity", "revenue", "expense"]
 Metadata = dict[str, Any]
 MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
+
+
+def _canonical_json_safe(value: dict[str, Any]) -> dict[str, Any]:
+    """Metadata is stored and hashed as canonical JSON, so it must survive that exactly:
+    no integers beyond 64 bits, no lone surrogates, no NaN or Infinity (a 500 or a
+    silently changed value otherwise)."""
+    try:
+        stored = orjson.loads(orjson.dumps(value))
+    except TypeError as error:  # orjson.JSONEncodeError is a TypeError
+        raise ValueError(f"metadata must be plain JSON: {error}") from None
+    if stored != value:
+        raise ValueError("metadata must be plain JSON (no NaN or Infinity)")
+    return value
+
+
+MetadataIn = Annotated[Metadata, AfterValidator(_canonical_json_safe)]
 
 
 class AccountFlags(Model):
@@ -27,7 +44,7 @@ class AccountCreate(Model):
     owner_id: str | None = Field(default=None, min_length=1, max_length=128)
     flags: AccountFlags = AccountFlags()
     overdraft_limit: int | None = Field(default=None, strict=True, ge=0, le=MAX_AMOUNT)
-    metadata: Metadata | None = None
+    metadata: MetadataIn | None = None
 
 
 class BalanceOut(BaseModel):
@@ -69,7 +86,7 @@ class TransferCreate(Model):
     reference: ShortText | None = None
     pending: StrictBool = False
     timeout_seconds: int | None = Field(default=None, strict=True, gt=0, le=MAX_TIMEOUT_SECONDS)
-    metadata: Metadata | None = None
+    metadata: MetadataIn | None = None
 
 
 class PostingIn(Model):
@@ -88,7 +105,7 @@ class EntryCreate(Model):
     reference: ShortText | None = None
     pending: StrictBool = False
     timeout_seconds: int | None = Field(default=None, strict=True, gt=0, le=MAX_TIMEOUT_SECONDS)
-    metadata: Metadata | None = None
+    metadata: MetadataIn | None = None
 
 
 class TransferBatch(Model):
