@@ -97,9 +97,14 @@ def upgrade() -> None:
 
     op.create_table(
         "ledger_postings",
-        sa.Column("seq", SEQ, sa.ForeignKey("ledger_transfers.seq"), primary_key=True, autoincrement=False),
+        # No foreign keys: they cost two lookups per posting (most of a bulk write on
+        # PostgreSQL), and what they would guard is guarded otherwise: postings are written
+        # only with their entry, in one statement pair, by code holding the account locks;
+        # accounts can never be deleted (trigger below); and verify reports any posting
+        # whose entry or account is missing.
+        sa.Column("seq", SEQ, primary_key=True, autoincrement=False),
         sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("account_id", sa.String(64), sa.ForeignKey("ledger_accounts.id"), nullable=False),
+        sa.Column("account_id", sa.String(64), nullable=False),
         sa.Column("direction", sa.String(6), nullable=False),
         sa.Column("kind", sa.String(8), nullable=False),
         sa.Column("amount", sa.BigInteger, nullable=False),
@@ -134,7 +139,40 @@ def upgrade() -> None:
                 f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
                 f"FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()"
             )
+        # Accounts: balances and the closed flag change; what postings rely on never does,
+        # and an account is never deleted.
+        op.execute(
+            """
+            CREATE FUNCTION ledger_account_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP = 'DELETE' OR NEW.id <> OLD.id OR NEW.type <> OLD.type
+                        OR NEW.currency <> OLD.currency OR NEW.created_at <> OLD.created_at THEN
+                    RAISE EXCEPTION 'ledger accounts keep id, type, currency and creation time: % refused', TG_OP
+                        USING ERRCODE = 'restrict_violation';
+                END IF;
+                RETURN NEW;
+            END $$
+            """
+        )
+        op.execute(
+            "CREATE TRIGGER ledger_accounts_guard BEFORE UPDATE OR DELETE ON ledger_accounts "
+            "FOR EACH ROW EXECUTE FUNCTION ledger_account_guard()"
+        )
+        op.execute(
+            "CREATE TRIGGER ledger_accounts_no_truncate BEFORE TRUNCATE ON ledger_accounts "
+            "FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()"
+        )
     else:
+        op.execute(
+            "CREATE TRIGGER ledger_accounts_no_delete BEFORE DELETE ON ledger_accounts "
+            "BEGIN SELECT RAISE(ABORT, 'ledger accounts are never deleted'); END"
+        )
+        op.execute(
+            "CREATE TRIGGER ledger_accounts_fixed_fields BEFORE UPDATE OF id, type, currency, created_at "
+            "ON ledger_accounts WHEN NEW.id IS NOT OLD.id OR NEW.type IS NOT OLD.type "
+            "OR NEW.currency IS NOT OLD.currency OR NEW.created_at IS NOT OLD.created_at "
+            "BEGIN SELECT RAISE(ABORT, 'ledger accounts keep id, type, currency and creation time'); END"
+        )
         for table in IMMUTABLE:
             for action in ("UPDATE", "DELETE"):
                 op.execute(
@@ -148,6 +186,9 @@ def downgrade() -> None:
         for table in IMMUTABLE:
             op.execute(f"DROP TRIGGER IF EXISTS {table}_immutable ON {table}")
             op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
+        op.execute("DROP TRIGGER IF EXISTS ledger_accounts_guard ON ledger_accounts")
+        op.execute("DROP TRIGGER IF EXISTS ledger_accounts_no_truncate ON ledger_accounts")
+        op.execute("DROP FUNCTION IF EXISTS ledger_account_guard()")
         op.execute("DROP FUNCTION IF EXISTS ledger_refuse_change()")
     op.drop_table("ledger_postings")
     op.drop_table("ledger_transfers")

@@ -138,7 +138,26 @@ def bench_ledger(
 
 
 def main() -> None:
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except (SQLAlchemyError, ArgumentError, ValueError) as error:
+        # Misconfiguration (bad URL, server down, wrong credentials) is an operator's
+        # problem to fix, not a bug: one clear line, no traceback.
+        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        console.print(f"[red]error[/]: {type(error).__name__}: {detail}")
+        console.print(f"check CLEARHOUSE_DATABASE_URL (now {_safe_url()})")
+        sys.exit(2)
+
+
+def _safe_url() -> str:
+    from sqlalchemy.engine import make_url
+
+    url = get_settings().database_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as "unparsable", never echoed raw
+        return "<unparsable>"

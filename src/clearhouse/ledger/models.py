@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearhouse.kit.models import Base
@@ -112,11 +112,10 @@ class Posting(Base):
         {"sqlite_with_rowid": False},
     )
 
-    seq: Mapped[int] = mapped_column(
-        SEQ, ForeignKey("ledger_transfers.seq"), primary_key=True, autoincrement=False
-    )
+    # No foreign keys, by design: see the migration 0001_ledger for why.
+    seq: Mapped[int] = mapped_column(SEQ, primary_key=True, autoincrement=False)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    account_id: Mapped[str] = mapped_column(String(64), ForeignKey("ledger_accounts.id"))
+    account_id: Mapped[str] = mapped_column(String(64))
     direction: Mapped[str] = mapped_column(String(6))
     kind: Mapped[str] = mapped_column(String(8))
     amount: Mapped[int] = mapped_column(BigInteger)
