@@ -3,9 +3,10 @@
 from alembic import context
 from sqlalchemy import pool
 
+import clearhouse.kit.idempotency  # noqa: F401  (registers the tables)
+import clearhouse.ledger.models  # noqa: F401
 from clearhouse.kit.db import make_engine
 from clearhouse.kit.models import Base
-import clearhouse.ledger.models  # noqa: F401  (registers the tables)
 
 target_metadata = Base.metadata
 

@@ -13,6 +13,7 @@ import clearhouse
 from clearhouse import worker
 from clearhouse.kit.db import current_revision, head_revision, make_engine
 from clearhouse.kit.errors import install_handlers
+from clearhouse.kit.idempotency import IdempotencyMiddleware
 from clearhouse.kit.logging import install_request_logging
 from clearhouse.kit.metrics import install_metrics, metrics_response
 from clearhouse.kit.settings import Settings, get_settings
@@ -43,6 +44,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.engine = engine
     app.state.settings = settings
     install_handlers(app)
+    # Middleware added first runs innermost: a replayed answer costs no route work, and
+    # is still counted and logged.
+    app.add_middleware(IdempotencyMiddleware, engine=engine)
     install_metrics(app)
     install_request_logging(app)
     app.include_router(ledger_router)

@@ -126,7 +126,9 @@ def ledger_verify(as_json: Annotated[bool, typer.Option("--json", help="Print th
 
 @bench_app.command("ledger")
 def bench_ledger(
-    quick: Annotated[bool, typer.Option(help="100,000 transfers and 500 HTTP requests, not 1,000,000 and 2,000")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="100,000 transfers and 500 HTTP requests, not 1,000,000 and 2,000")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report as the last line")] = False,
 ) -> None:
     """Ledger transfers/s on SQLite and PostgreSQL against their raw insert ceilings; HTTP p99."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from clearhouse.ledger import service as ledger
-from clearhouse.ledger.service import DEBIT, CREDIT, EntryRequest, PostingRequest
+from clearhouse.ledger.service import CREDIT, DEBIT, EntryRequest, PostingRequest
 
 ACCOUNTS = [
     ("acct_demo_channel_clearing_card", "asset", "channel_clearing:card", {}),
     ("acct_demo_bank_main", "asset", "bank:main", {}),
-    ("acct_demo_merchant_pending_m1", "liability", "merchant_pending:mch_demo", {"debits_must_not_exceed_credits": True}),
+    ("acct_demo_merchant_pending_m1", "liability", "merchant_pending:mch_demo",
+     {"debits_must_not_exceed_credits": True}),
     ("acct_demo_merchant_available_m1", "liability", "merchant_available:mch_demo", {}),
     ("acct_demo_fee_revenue", "revenue", "fee_revenue", {}),
     ("acct_demo_channel_cost_card", "expense", "channel_cost:card", {}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 
 import iso4217
 
@@ -22,7 +22,7 @@ class Currency:
     exponent: int
 
     @staticmethod
-    @lru_cache(maxsize=None)
+    @cache
     def of(code: str) -> Currency:
         """The currency for an upper-case ISO 4217 code; exponent from the ISO data."""
         if not isinstance(code, str) or len(code) != 3 or not code.isupper():

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from clearhouse.kit.api import Page, UtcTime, json_body, validate
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import problem_response
+from clearhouse.kit.idempotency import derived_id
 from clearhouse.kit.metrics import ledger_transfers
 from clearhouse.ledger import errors, service
 from clearhouse.ledger.schemas import (
@@ -73,7 +74,8 @@ def create_account(body: AccountCreate, request: Request, response: Response) ->
 
     def work(session: Session) -> tuple[Row, bool]:
         return service.create_account(
-            session, id=body.id, type=body.type, currency=body.currency, code=body.code, owner_id=body.owner_id,
+            session, id=body.id or derived_id(request, "acct"), type=body.type, currency=body.currency,
+            code=body.code, owner_id=body.owner_id,
             debits_must_not_exceed_credits=body.flags.debits_must_not_exceed_credits,
             credits_must_not_exceed_debits=body.flags.credits_must_not_exceed_debits,
             overdraft_limit=body.overdraft_limit, metadata=body.metadata,
@@ -220,6 +222,8 @@ async def create_transfers(request: Request) -> Any:
         if len(batch.transfers) > service.MAX_BATCH:
             raise errors.BatchTooLarge(f"a batch holds at most {service.MAX_BATCH} transfers")
         requests = [_request_of(item, ("transfers", i)) for i, item in enumerate(batch.transfers)]
+        for index, entry in enumerate(requests):
+            entry.id = entry.id or derived_id(request, "tr", index)
         outcomes = await _run(engine, lambda s: service.create_transfers(s, requests, linked=batch.linked))
         results = [BatchResult(index=o.index, id=o.id, status=o.status, code=o.code, detail=o.detail)
                    for o in outcomes]
@@ -232,6 +236,7 @@ async def create_transfers(request: Request) -> Any:
             ))
         return JSONResponse(BatchOut(results=results).model_dump(mode="json"), status_code=200)
     entry = _request_of(body)
+    entry.id = entry.id or derived_id(request, "tr")
 
     def work(session: Session) -> tuple[dict[str, Any], bool]:
         transfer_id, created = service.create_transfer(session, entry)
@@ -270,14 +275,14 @@ def _resolve(request: Request, transfer_id: str, resolution: str, amount: int | 
 def post_pending(transfer_id: str, request: Request, body: PostPending | None = None) -> Any:
     """Post a pending transfer, fully or partly (``amount``); returns the pending transfer, now posted."""
     body = body or PostPending()
-    return _resolve(request, transfer_id, "post", body.amount, body.id)
+    return _resolve(request, transfer_id, "post", body.amount, body.id or derived_id(request, "tr", "post"))
 
 
 @router.post("/transfers/{transfer_id}/void", response_model=TransferOut, responses=_ERRORS)
 def void_pending(transfer_id: str, request: Request, body: VoidPending | None = None) -> Any:
     """Void a pending transfer, releasing what it reserved; returns it, now voided."""
     body = body or VoidPending()
-    return _resolve(request, transfer_id, "void", None, body.id)
+    return _resolve(request, transfer_id, "void", None, body.id or derived_id(request, "tr", "void"))
 
 
 @router.get("/verify", response_model=VerifyOut)

@@ -192,6 +192,12 @@ def journal(session: Session, batch: int = 20000) -> Iterator[tuple[Row, list[Ro
             session.execute(select(entries).where(entries.c.seq > last).order_by(entries.c.seq).limit(batch))
         )
         if not entry_rows:
+            # Postings past the last entry belong to no entry at all.
+            stray: dict[int, list[Row]] = {}
+            for row in session.execute(select(postings).where(postings.c.seq > last).order_by(postings.c.seq)):
+                stray.setdefault(row.seq, []).append(row)
+            for orphans in stray.values():
+                yield None, orphans  # type: ignore[misc]
             return
         high = entry_rows[-1].seq
         grouped: dict[int, list[Row]] = {row.seq: [] for row in entry_rows}
@@ -205,7 +211,7 @@ def journal(session: Session, batch: int = 20000) -> Iterator[tuple[Row, list[Ro
         for row in entry_rows:
             yield row, grouped.pop(row.seq)
         # Postings whose entry is missing would be left in ``grouped``.
-        for seq, orphans in grouped.items():
+        for _seq, orphans in grouped.items():
             yield None, orphans  # type: ignore[misc]
         last = high
 

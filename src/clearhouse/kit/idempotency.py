@@ -1,0 +1,226 @@
+"""``Idempotency-Key`` for every POST under ``/v1`` (api.md, Conventions).
+
+Same key and same request within 24 h: the first response again, with
+``Idempotent-Replayed: true``. Same key, different request: 409
+``idempotency_key_reused``. Same key while the first request still runs: 409
+``idempotency_key_in_use``. Keys are scoped to the caller (``request.state``'s
+``idempotency_scope``, set by authentication; ``public`` until then).
+
+Exactly-once effects do not rest on this table alone: an endpoint that creates an
+object without a client-chosen id derives the id from the key (``derived_id``), so a
+retry after a crash between the work's commit and the response being stored finds the
+object already there instead of creating a second one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import CheckConstraint, Engine, Index, String, Text, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from clearhouse.kit import clock
+from clearhouse.kit.db import transact
+from clearhouse.kit.errors import ClearhouseError
+from clearhouse.kit.models import Base
+from clearhouse.kit.types import UTCDateTime
+
+HEADER = b"idempotency-key"
+WINDOW = timedelta(hours=24)
+LEASE = timedelta(seconds=60)
+"""How long a claimed key waits for its request; past that a retry may take it over."""
+
+
+class IdempotencyRecord(Base):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        CheckConstraint("state IN ('in_progress', 'done')", name="state"),
+        Index("ix_idempotency_keys_created_at", "created_at"),
+    )
+
+    scope: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(12))  # in_progress | done
+    response_status: Mapped[int | None]
+    response_content_type: Mapped[str | None] = mapped_column(String(128))
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+records = IdempotencyRecord.__table__
+
+
+class InvalidIdempotencyKey(ClearhouseError):
+    """An Idempotency-Key is 1 to 255 printable ASCII characters."""
+
+    code = "invalid_idempotency_key"
+    status = 400
+    title = "Invalid Idempotency-Key"
+
+
+class IdempotencyKeyReused(ClearhouseError):
+    """A key names one request: the same key with a different request is refused."""
+
+    code = "idempotency_key_reused"
+    status = 409
+    title = "Idempotency key reused"
+
+
+class IdempotencyKeyInUse(ClearhouseError):
+    """The first request with this key is still running; retry when it has answered."""
+
+    code = "idempotency_key_in_use"
+    status = 409
+    title = "Idempotency key in use"
+
+
+def derived_id(request: Request, prefix: str, *parts: Any) -> str | None:
+    """A stable id for an object this request creates, when it carries an Idempotency-Key."""
+    key = getattr(request.state, "idempotency_key", None)
+    if key is None:
+        return None
+    scope = getattr(request.state, "idempotency_scope", "public")
+    digest = hashlib.sha256(orjson.dumps([scope, key, *parts])).hexdigest()[:26]
+    return f"{prefix}_ik{digest}"
+
+
+def request_fingerprint(path: str, query: bytes, body: bytes) -> str:
+    """What makes two requests "the same": path, query and body, with a JSON body compared
+    as data (key order and spacing do not matter)."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        body = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(b"\n".join([path.encode(), query, body])).hexdigest()
+
+
+def _claim(session: Session, scope: str, key: str, request_hash: str) -> tuple[str, Any]:
+    now = clock.now()
+    row = session.execute(
+        select(records).where(records.c.scope == scope, records.c.key == key).with_for_update()
+    ).first()
+    if row is not None and row.created_at + WINDOW < now:
+        session.execute(delete(records).where(records.c.scope == scope, records.c.key == key))
+        row = None
+    if row is None:
+        session.execute(insert(records).values(
+            scope=scope, key=key, request_hash=request_hash, state="in_progress",
+            created_at=now, lease_until=now + LEASE,
+        ))
+        return "proceed", None
+    if row.request_hash != request_hash:
+        return "reused", None
+    if row.state == "done":
+        return "replay", row
+    if row.lease_until > now:
+        return "in_use", None
+    # The first request died without answering: take its lease over.
+    session.execute(update(records).where(records.c.scope == scope, records.c.key == key)
+                    .values(lease_until=now + LEASE))
+    return "proceed", None
+
+
+def _finish(session: Session, scope: str, key: str, status: int, content_type: str, body: bytes) -> None:
+    where = (records.c.scope == scope, records.c.key == key)
+    if status >= 500:
+        # Nothing was decided: let the client try again with the same key.
+        session.execute(delete(records).where(*where))
+        return
+    session.execute(update(records).where(*where).values(
+        state="done", response_status=status, response_content_type=content_type,
+        response_body=body.decode("utf-8", "replace"),
+    ))
+
+
+class IdempotencyMiddleware:
+    """Pure ASGI, so the request body can be hashed and the response captured whole."""
+
+    def __init__(self, app: ASGIApp, engine: Engine):
+        self.app = app
+        self.engine = engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        raw_key = dict(scope["headers"]).get(HEADER)
+        if raw_key is None:
+            await self.app(scope, receive, send)
+            return
+        key = raw_key.decode("latin-1")
+        if not 1 <= len(key) <= 255 or not all(32 <= ord(c) < 127 for c in key):
+            await _send_problem(send, InvalidIdempotencyKey("Idempotency-Key must be 1-255 printable ASCII"))
+            return
+        body = await _read_body(receive)
+        state = scope.setdefault("state", {})
+        caller = state.get("idempotency_scope", "public")
+        request_hash = request_fingerprint(scope["path"], scope.get("query_string", b""), body)
+
+        try:
+            verdict, row = await run_in_threadpool(
+                transact, self.engine, lambda s: _claim(s, caller, key, request_hash), retry_integrity=True
+            )
+        except IntegrityError:
+            verdict, row = "in_use", None
+        if verdict == "reused":
+            await _send_problem(send, IdempotencyKeyReused("this Idempotency-Key was used for a different request"))
+            return
+        if verdict == "in_use":
+            await _send_problem(send, IdempotencyKeyInUse("a request with this Idempotency-Key is still running"))
+            return
+        if verdict == "replay":
+            await _send(send, row.response_status, row.response_content_type, row.response_body.encode(),
+                        [(b"idempotent-replayed", b"true")])
+            return
+
+        state["idempotency_key"] = key
+        captured: dict[str, Any] = {"status": 500, "content_type": "", "body": []}
+
+        async def replay_body() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured["status"] = message["status"]
+                headers = dict(message.get("headers", []))
+                captured["content_type"] = headers.get(b"content-type", b"").decode("latin-1")
+            elif message["type"] == "http.response.body":
+                captured["body"].append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, replay_body, capture)
+        finally:
+            await run_in_threadpool(
+                transact, self.engine,
+                lambda s: _finish(s, caller, key, captured["status"], captured["content_type"],
+                                  b"".join(captured["body"])),
+            )
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, content_type: str, body: bytes,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", content_type.encode("latin-1")), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_problem(send: Send, error: ClearhouseError) -> None:
+    await _send(send, error.status, "application/problem+json", orjson.dumps(error.problem()))
