@@ -30,19 +30,13 @@ PROBLEM_FIELDS = ("type", "title", "status", "code", "detail")
 # ---------------------------------------------------------------- helpers
 
 
-def open_account(
-    client: Any, type: str, currency: str = "CNY", code: str = "test", **fields: Any
-) -> str:
-    response = client.post(
-        "/v1/ledger/accounts", json={"type": type, "currency": currency, "code": code, **fields}
-    )
+def open_account(client: Any, type: str, currency: str = "CNY", code: str = "test", **fields: Any) -> str:
+    response = client.post("/v1/ledger/accounts", json={"type": type, "currency": currency, "code": code, **fields})
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
 
-def transfer_body(
-    debit: str, credit: str, amount: Any, currency: str = "CNY", **fields: Any
-) -> dict[str, Any]:
+def transfer_body(debit: str, credit: str, amount: Any, currency: str = "CNY", **fields: Any) -> dict[str, Any]:
     return {
         "debit_account_id": debit,
         "credit_account_id": credit,
@@ -52,12 +46,8 @@ def transfer_body(
     }
 
 
-def transfer(
-    client: Any, debit: str, credit: str, amount: Any, currency: str = "CNY", **fields: Any
-) -> Any:
-    return client.post(
-        "/v1/ledger/transfers", json=transfer_body(debit, credit, amount, currency, **fields)
-    )
+def transfer(client: Any, debit: str, credit: str, amount: Any, currency: str = "CNY", **fields: Any) -> Any:
+    return client.post("/v1/ledger/transfers", json=transfer_body(debit, credit, amount, currency, **fields))
 
 
 def balance(client: Any, account_id: str, **params: str) -> dict[str, int]:
@@ -157,9 +147,7 @@ def plain_tracebacks() -> Iterator[None]:
         structlog.configure(**saved)
 
 
-def race_behind_an_open_write(
-    engine: Any, backend: str, first_write: Any, second_request: Any
-) -> Any:
+def race_behind_an_open_write(engine: Any, backend: str, first_write: Any, second_request: Any) -> Any:
     """Hold ``first_write`` open in a transaction, let ``second_request`` queue behind its
     locks, then commit: the second sees the first only after it has read its own state."""
     with plain_tracebacks(), ThreadPoolExecutor(max_workers=1) as pool:
@@ -275,9 +263,7 @@ class TestAccounts:
 
     def test_account_in_an_unknown_currency_is_refused(self, client):
         for currency in ("XYZ", "cny", "XAU", "CN"):
-            response = client.post(
-                "/v1/ledger/accounts", json={"type": "asset", "currency": currency, "code": "x"}
-            )
+            response = client.post("/v1/ledger/accounts", json={"type": "asset", "currency": currency, "code": "x"})
             body = assert_problem(response, 422, "validation_error")
             assert [e["loc"] for e in body["errors"]] == [["body", "currency"]], currency
         assert client.get("/v1/ledger/accounts").json()["data"] == []
@@ -294,9 +280,7 @@ class TestAccounts:
             {"type": "liability", "overdraft_limit": 1.0},
             {"type": "liability", "code": ""},
         ):
-            response = client.post(
-                "/v1/ledger/accounts", json={"currency": "CNY", "code": "x", **fields}
-            )
+            response = client.post("/v1/ledger/accounts", json={"currency": "CNY", "code": "x", **fields})
             assert_problem(response, 422, "validation_error")
         assert client.get("/v1/ledger/accounts").json()["data"] == []
 
@@ -306,12 +290,8 @@ class TestAccounts:
             b'{"n": "\\ud800"}',  # a lone surrogate is not UTF-8
             b'{"n": NaN}',  # not JSON at all, though Python's parser takes it
         ):
-            raw = (
-                b'{"type": "asset", "currency": "CNY", "code": "x", "metadata": ' + metadata + b"}"
-            )
-            response = client.post(
-                "/v1/ledger/accounts", content=raw, headers={"content-type": "application/json"}
-            )
+            raw = b'{"type": "asset", "currency": "CNY", "code": "x", "metadata": ' + metadata + b"}"
+            response = client.post("/v1/ledger/accounts", content=raw, headers={"content-type": "application/json"})
             body = assert_problem(response, 422, "validation_error")
             assert [e["loc"] for e in body["errors"]] == [["body", "metadata"]], metadata
         assert client.get("/v1/ledger/accounts").json()["data"] == []
@@ -375,9 +355,7 @@ class TestTransfers:
             "order 42",
             {"order": 42},
         )
-        assert [
-            (p["account_id"], p["direction"], p["kind"], p["amount"]) for p in created["postings"]
-        ] == [
+        assert [(p["account_id"], p["direction"], p["kind"], p["amount"]) for p in created["postings"]] == [
             (books.wallet, "debit", "posted", 1999),
             (books.merchant, "credit", "posted", 1999),
         ]
@@ -395,9 +373,7 @@ class TestTransfers:
         assert balance(client, bank)["posted"] == MAX_AMOUNT
         assert_verified(client)
         before = balances(client, bank, equity)
-        assert_refused_without_trace(
-            client, transfer(client, bank, equity, 1), 422, "balance_overflow", before
-        )
+        assert_refused_without_trace(client, transfer(client, bank, equity, 1), 422, "balance_overflow", before)
 
     def test_multi_leg_entry_moves_every_account(self, client, books):
         fee = open_account(client, "revenue", code="fee_revenue")
@@ -507,9 +483,7 @@ class TestBatches:
         ]
         assert balance(client, books.wallet)["posted"] == 0
         assert balance(client, books.merchant)["posted"] == 10000
-        assert_problem(
-            client.get(f"/v1/ledger/transfers/{results[1]['id']}"), 404, "transfer_not_found"
-        )
+        assert_problem(client.get(f"/v1/ledger/transfers/{results[1]['id']}"), 404, "transfer_not_found")
         assert_verified(client)
 
     def test_linked_batch_writes_all_members(self, client, books):
@@ -519,9 +493,7 @@ class TestBatches:
                 "linked": True,
                 "transfers": [
                     transfer_body(books.wallet, books.merchant, 3000),
-                    transfer_body(
-                        books.merchant, books.bank, 1000
-                    ),  # the liability shrinks, the asset too
+                    transfer_body(books.merchant, books.bank, 1000),  # the liability shrinks, the asset too
                 ],
             },
         )
@@ -538,9 +510,7 @@ class TestBatches:
                 "linked": True,
                 "transfers": [
                     transfer_body(books.bank, books.wallet, 500),
-                    transfer_body(
-                        books.wallet, books.merchant, 10500
-                    ),  # needs the 500 just credited
+                    transfer_body(books.wallet, books.merchant, 10500),  # needs the 500 just credited
                 ],
             },
         )
@@ -623,9 +593,7 @@ class TestBadInput:
     def test_a_body_that_is_not_a_json_object_is_400(self, client, books):
         before = balances(client, books.wallet)
         for raw in (b"", b"[1, 2]", b"null", b'"transfer"'):
-            response = client.post(
-                "/v1/ledger/transfers", content=raw, headers={"content-type": "application/json"}
-            )
+            response = client.post("/v1/ledger/transfers", content=raw, headers={"content-type": "application/json"})
             assert_refused_without_trace(client, response, 400, "malformed_request", before)
 
     def test_unknown_account_is_422_account_not_found(self, client, books):
@@ -703,9 +671,7 @@ class TestBadInput:
             (2, "failed", "linked_event_failed"),
         ]
         for result in body["results"]:
-            assert_problem(
-                client.get(f"/v1/ledger/transfers/{result['id']}"), 404, "transfer_not_found"
-            )
+            assert_problem(client.get(f"/v1/ledger/transfers/{result['id']}"), 404, "transfer_not_found")
         assert assert_verified(client)["entries_checked"] == 1
 
     def test_linked_batch_fails_as_one_on_insufficient_funds(self, client, books):
@@ -787,20 +753,14 @@ class TestLimits:
 
     def test_asset_flagged_credits_must_not_exceed_debits_cannot_be_overdrawn(self, client):
         equity = open_account(client, "equity", code="opening")
-        bank = open_account(
-            client, "asset", code="bank:B", flags={"credits_must_not_exceed_debits": True}
-        )
+        bank = open_account(client, "asset", code="bank:B", flags={"credits_must_not_exceed_debits": True})
         assert transfer(client, bank, equity, 5000).status_code == 201
         assert transfer(client, equity, bank, 5000).status_code == 201
         before = balances(client, bank, equity)
-        assert_refused_without_trace(
-            client, transfer(client, equity, bank, 1), 409, "exceeds_credit_limit", before
-        )
+        assert_refused_without_trace(client, transfer(client, equity, bank, 1), 409, "exceeds_credit_limit", before)
 
     def test_overdraft_limit_allows_a_bounded_overdraft(self, client, books):
-        merchant = open_account(
-            client, "liability", code="merchant_available:M", overdraft_limit=500
-        )
+        merchant = open_account(client, "liability", code="merchant_available:M", overdraft_limit=500)
         account = client.get(f"/v1/ledger/accounts/{merchant}").json()
         assert account["overdraft_limit"] == 500
         assert account["flags"]["debits_must_not_exceed_credits"] is True
@@ -834,9 +794,7 @@ class TestLimits:
 
 class TestIdempotency:
     def test_same_id_and_fields_replays_with_200_and_moves_nothing(self, client, books):
-        body = transfer_body(
-            books.wallet, books.merchant, 2500, id="order-42-payment", metadata={"order": 42}
-        )
+        body = transfer_body(books.wallet, books.merchant, 2500, id="order-42-payment", metadata={"order": 42})
         first = client.post("/v1/ledger/transfers", json=body)
         assert first.status_code == 201
         after_first = balances(client, books.wallet, books.merchant)
@@ -872,9 +830,7 @@ class TestIdempotency:
         assert balance(client, books.merchant)["posted"] == 300 + 2500 + 100  # each written once
 
     def test_same_id_with_other_fields_is_409(self, client, books):
-        body = transfer_body(
-            books.wallet, books.merchant, 2500, id="order-42-payment", metadata={"order": 42}
-        )
+        body = transfer_body(books.wallet, books.merchant, 2500, id="order-42-payment", metadata={"order": 42})
         client.post("/v1/ledger/transfers", json=body)
         before = balances(client, books.wallet, books.merchant, books.bank)
         changes = [
@@ -890,9 +846,7 @@ class TestIdempotency:
         ]
         for change in changes:
             response = client.post("/v1/ledger/transfers", json={**body, **change})
-            assert_refused_without_trace(
-                client, response, 409, "transfer_exists_with_different_fields", before
-            )
+            assert_refused_without_trace(client, response, 409, "transfer_exists_with_different_fields", before)
         assert client.get("/v1/ledger/transfers/order-42-payment").json()["amount"] == 2500
 
     def test_replay_succeeds_even_when_the_funds_are_gone_since(self, client, books):
@@ -909,11 +863,7 @@ class TestIdempotency:
         assert first.json()["id"] != second.json()["id"]
         assert balance(client, books.merchant)["posted"] == 200
 
-    def test_a_replay_that_raced_the_first_request_is_200_not_500(
-        self, http, engine, backend, request
-    ):
-        if backend == "postgresql":
-            request.applymarker(pytest.mark.xfail(strict=True, reason=RACE_500))
+    def test_a_replay_that_raced_the_first_request_is_200_not_500(self, http, engine, backend):
         bank = open_account(http, "asset", code="bank:B")
         merchant = open_account(http, "liability", code="merchant_pending:M")
         body = transfer_body(bank, merchant, 2500, id="order-42-payment")
@@ -929,29 +879,25 @@ class TestIdempotency:
         assert balance(http, merchant)["posted"] == 2500
         assert_verified(http)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="api.md: POSTs that move money accept an Idempotency-Key header; "
-        "the ledger ignores it, so a retried request moves money twice",
-    )
     def test_idempotency_key_header_replays_the_first_response(self, client, books):
         body = transfer_body(books.wallet, books.merchant, 100)
         headers = {"Idempotency-Key": "retry-7f3a"}
         first = client.post("/v1/ledger/transfers", json=body, headers=headers)
+        assert first.status_code == 201
         again = client.post("/v1/ledger/transfers", json=body, headers=headers)
+        assert again.status_code == 201
         assert again.headers.get("Idempotent-Replayed") == "true"
-        assert again.json()["id"] == first.json()["id"]
+        assert again.json() == first.json()
         assert balance(client, books.merchant)["posted"] == 100
+        before = balances(client, books.wallet, books.merchant)
+        other = transfer_body(books.wallet, books.merchant, 101)
+        reused = client.post("/v1/ledger/transfers", json=other, headers=headers)
+        assert_refused_without_trace(client, reused, 409, "idempotency_key_reused", before)
 
 
 # ---------------------------------------------------------------- history
 
 
-RACE_500 = (
-    "PostgreSQL: bulk_insert writes with COPY on the raw psycopg cursor, so a unique violation "
-    "(same client id, or a second post of one pending transfer, committed by a concurrent request) "
-    "is a bare psycopg.errors.UniqueViolation that kit.db.transact does not retry: HTTP 500"
-)
 T0 = datetime(2031, 3, 1, 9, 0, 0, tzinfo=UTC)
 
 
@@ -971,15 +917,9 @@ class TestBalancesAsOf:
             t3 = frozen.tick(minutes=1)
             transfer(client, bank, merchant, 40, pending=True)
             frozen.tick(minutes=1)
-            assert (
-                balance(client, merchant, as_of=rfc3339(t1 - timedelta(microseconds=1)))["posted"]
-                == 0
-            )
+            assert balance(client, merchant, as_of=rfc3339(t1 - timedelta(microseconds=1)))["posted"] == 0
             assert balance(client, merchant, as_of=rfc3339(t1))["posted"] == 1000
-            assert (
-                balance(client, merchant, as_of=rfc3339(t2 - timedelta(seconds=1)))["posted"]
-                == 1000
-            )
+            assert balance(client, merchant, as_of=rfc3339(t2 - timedelta(seconds=1)))["posted"] == 1000
             assert balance(client, merchant, as_of=rfc3339(t2))["posted"] == 1250
             at_t2 = balance(client, merchant, as_of=rfc3339(t2))
             assert (at_t2["credits_pending"], at_t2["available"]) == (0, 1250)
@@ -997,21 +937,15 @@ class TestBalancesAsOf:
             t1 = frozen.tick(minutes=1)
             transfer(client, bank, merchant, 1000)
             beijing = (t1 - timedelta(seconds=1)).astimezone(ZoneInfo("Asia/Shanghai"))
-            response = client.get(
-                f"/v1/ledger/accounts/{merchant}/balance", params={"as_of": beijing.isoformat()}
-            )
+            response = client.get(f"/v1/ledger/accounts/{merchant}/balance", params={"as_of": beijing.isoformat()})
             assert response.status_code == 200
             assert response.json()["posted"] == 0
             assert response.json()["as_of"] == rfc3339(t1 - timedelta(seconds=1))
 
-    def test_as_of_without_a_time_zone_or_not_a_time_is_422_naming_the_parameter(
-        self, client, books
-    ):
+    def test_as_of_without_a_time_zone_or_not_a_time_is_422_naming_the_parameter(self, client, books):
         for path in ("balance", "entries"):
             for as_of in ("2031-03-01T09:00:00", "yesterday"):
-                response = client.get(
-                    f"/v1/ledger/accounts/{books.wallet}/{path}", params={"as_of": as_of}
-                )
+                response = client.get(f"/v1/ledger/accounts/{books.wallet}/{path}", params={"as_of": as_of})
                 body = assert_problem(response, 422, "validation_error")
                 assert body["errors"][0]["loc"] == ["query", "as_of"], (path, as_of)
 
@@ -1031,9 +965,7 @@ class TestEntriesHistory:
         ]
         seqs = [e["seq"] for e in page["data"]]
         assert seqs == sorted(seqs)
-        signed = sum(
-            e["amount"] if e["direction"] == "credit" else -e["amount"] for e in page["data"]
-        )
+        signed = sum(e["amount"] if e["direction"] == "credit" else -e["amount"] for e in page["data"])
         assert signed == balance(client, books.wallet)["posted"] == 9000
 
     def test_history_as_of_stops_at_that_time(self, client):
@@ -1051,9 +983,7 @@ class TestEntriesHistory:
             assert [e["reference"] for e in response.json()["data"]] == ["first"]
             assert response.json()["data"][0]["created_at"] == rfc3339(T0 + timedelta(minutes=1))
 
-    def test_history_of_a_pending_transfer_shows_the_reservation_and_its_release(
-        self, client, books
-    ):
+    def test_history_of_a_pending_transfer_shows_the_reservation_and_its_release(self, client, books):
         held = transfer(client, books.wallet, books.merchant, 300, pending=True).json()
         client.post(f"/v1/ledger/transfers/{held['id']}/post")
         lines = client.get(f"/v1/ledger/accounts/{books.merchant}/entries").json()["data"]
@@ -1088,9 +1018,7 @@ class TestPagination:
     def test_odd_count_ends_with_a_short_last_page(self, client, books):
         for amount in (1, 2, 3):
             transfer(client, books.wallet, books.merchant, amount)
-        first = client.get(
-            f"/v1/ledger/accounts/{books.merchant}/entries", params={"limit": 2}
-        ).json()
+        first = client.get(f"/v1/ledger/accounts/{books.merchant}/entries", params={"limit": 2}).json()
         assert ([e["amount"] for e in first["data"]], first["has_more"]) == ([1, 2], True)
         second = client.get(
             f"/v1/ledger/accounts/{books.merchant}/entries",
@@ -1104,9 +1032,7 @@ class TestPagination:
 
     def test_cursor_that_this_list_did_not_give_or_a_bad_limit_is_422(self, client, books):
         for cursor in ("garbage", "1:x", "1:2:3"):
-            response = client.get(
-                f"/v1/ledger/accounts/{books.wallet}/entries", params={"starting_after": cursor}
-            )
+            response = client.get(f"/v1/ledger/accounts/{books.wallet}/entries", params={"starting_after": cursor})
             assert_problem(response, 422, "validation_error")
         for path in (f"/v1/ledger/accounts/{books.wallet}/entries", "/v1/ledger/accounts"):
             for limit in (0, 501, -1, "ten"):
@@ -1116,15 +1042,12 @@ class TestPagination:
 
     def test_accounts_page_through_by_id_and_filter_by_owner(self, client):
         ids = sorted(
-            open_account(client, "liability", code=f"m{i}", owner_id="mch_a" if i % 2 else "mch_b")
-            for i in range(5)
+            open_account(client, "liability", code=f"m{i}", owner_id="mch_a" if i % 2 else "mch_b") for i in range(5)
         )
         first = client.get("/v1/ledger/accounts", params={"limit": 3}).json()
         assert [a["id"] for a in first["data"]] == ids[:3]
         assert (first["has_more"], first["next_cursor"]) == (True, ids[2])
-        rest = client.get(
-            "/v1/ledger/accounts", params={"limit": 3, "starting_after": first["next_cursor"]}
-        ).json()
+        rest = client.get("/v1/ledger/accounts", params={"limit": 3, "starting_after": first["next_cursor"]}).json()
         assert ([a["id"] for a in rest["data"]], rest["has_more"], rest["next_cursor"]) == (
             ids[3:],
             False,
@@ -1168,9 +1091,7 @@ class TestProblemDetails:
             assert_problem(response, status, code)
 
     def test_validation_errors_list_each_field(self, client, books):
-        response = client.post(
-            "/v1/ledger/transfers", json={"debit_account_id": books.wallet, "amount": "1"}
-        )
+        response = client.post("/v1/ledger/transfers", json={"debit_account_id": books.wallet, "amount": "1"})
         body = assert_problem(response, 422, "validation_error")
         locs = sorted(tuple(e["loc"]) for e in body["errors"])
         assert locs == [("body", "amount"), ("body", "credit_account_id"), ("body", "currency")]
@@ -1198,12 +1119,8 @@ class TestOverRealHTTP:
         assert http.post("/v1/ledger/transfers", json=pay).status_code == 200
         before = balances(http, wallet, merchant)
         assert before[wallet]["posted"] == 3001 and before[merchant]["posted"] == 1999
-        assert_refused_without_trace(
-            http, transfer(http, wallet, merchant, 3002), 409, "insufficient_funds", before
-        )
-        assert_refused_without_trace(
-            http, transfer(http, wallet, merchant, 1.5), 422, "validation_error", before
-        )
+        assert_refused_without_trace(http, transfer(http, wallet, merchant, 3002), 409, "insufficient_funds", before)
+        assert_refused_without_trace(http, transfer(http, wallet, merchant, 1.5), 422, "validation_error", before)
         response = http.post(
             "/v1/ledger/transfers",
             content=b"{not json",
@@ -1225,9 +1142,7 @@ class TestOverRealHTTP:
             responses = list(pool.map(lambda _: transfer(http, wallet, merchant, 100), range(16)))
         codes = sorted(r.status_code for r in responses)
         assert codes == [201] * 10 + [409] * 6
-        assert {r.json()["code"] for r in responses if r.status_code == 409} == {
-            "insufficient_funds"
-        }
+        assert {r.json()["code"] for r in responses if r.status_code == 409} == {"insufficient_funds"}
         assert balance(http, wallet)["posted"] == 0
         assert balance(http, merchant)["posted"] == 1000
         assert_verified(http)

@@ -226,6 +226,21 @@ class TestTamperingIsCaught:
         }
         assert mismatched == {books.bank, books.merchant}
 
+    def test_an_entry_deleted_without_its_postings_leaves_orphans_that_are_reported(
+        self, client, engine, backend, database_url
+    ):
+        write_ledger(client)
+        with behind_the_applications_back(engine, backend) as db:
+            db.execute(text("DELETE FROM ledger_transfers WHERE seq = 2"))
+        report = assert_caught(
+            client,
+            database_url,
+            {"check": "chain_gap", "seq": 3, "transfer_id": "pay-1002"},
+            cli=False,
+        )
+        orphans = [f for f in report["failures"] if f["check"] == "orphan_postings"]
+        assert [f["seq"] for f in orphans] == [2]
+
     def test_deleting_the_newest_entry_is_caught_by_the_chain_head(
         self, client, engine, backend, database_url
     ):

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
-
 from clearhouse import worker
 from clearhouse.kit import clock
 from clearhouse.kit.db import transact
 from clearhouse.ledger import service
 from clearhouse.ledger.service import EntryRequest, PostingRequest
 from tests.ledger.test_api import (
-    RACE_500,
     assert_problem,
     assert_refused_without_trace,
     assert_verified,
@@ -282,11 +279,7 @@ class TestResolvedOnce:
         assert_problem(post(client, "tr_nope"), 404, "pending_transfer_not_found")
         assert_problem(void(client, "tr_nope"), 404, "pending_transfer_not_found")
 
-    def test_a_post_that_queued_behind_another_post_is_409_not_500(
-        self, http, engine, backend, request
-    ):
-        if backend == "postgresql":
-            request.applymarker(pytest.mark.xfail(strict=True, reason=RACE_500))
+    def test_a_post_that_queued_behind_another_post_is_409_not_500(self, http, engine, backend):
         _bank, wallet, merchant = open_wallet(http)
         held = hold(http, wallet, merchant, 3000)
         second = race_behind_an_open_write(
