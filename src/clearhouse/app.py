@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
@@ -14,7 +15,7 @@ from clearhouse import worker
 from clearhouse.kit.db import current_revision, head_revision, make_engine
 from clearhouse.kit.errors import install_handlers
 from clearhouse.kit.idempotency import IdempotencyMiddleware
-from clearhouse.kit.logging import install_request_logging
+from clearhouse.kit.logging import configure_logging, install_request_logging
 from clearhouse.kit.metrics import install_metrics, metrics_response
 from clearhouse.kit.settings import Settings, get_settings
 from clearhouse.ledger.endpoints import router as ledger_router
@@ -23,6 +24,10 @@ from clearhouse.ledger.endpoints import router as ledger_router
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
                run_worker: bool = False) -> FastAPI:
     settings = settings or get_settings()
+    if not structlog.is_configured():
+        # Embedded (tests, another ASGI host): without this, structlog's default renderer
+        # would print every frame's locals for each 500, slowly, inside the event loop.
+        configure_logging(settings.log_level, settings.log_json)
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
 
     @asynccontextmanager

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+
+if TYPE_CHECKING:  # the web stack loads only where HTTP is served, not for every CLI command
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +72,8 @@ class MalformedRequest(ClearhouseError):
 
 
 def problem_response(error: ClearhouseError, headers: dict[str, str] | None = None) -> JSONResponse:
+    from fastapi.responses import JSONResponse
+
     return JSONResponse(
         error.problem(), status_code=error.status, media_type=PROBLEM_JSON, headers=headers
     )
@@ -95,6 +98,8 @@ async def _on_clearhouse_error(request: Request, exc: Exception) -> JSONResponse
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    from fastapi.exceptions import RequestValidationError
+
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc)
     if any(e["type"] in ("json_invalid", "model_attributes_type") for e in errors) or any(
@@ -105,6 +110,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated", 403: "forbidden"}
     error = ClearhouseError(str(exc.detail))
@@ -124,6 +131,9 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_handlers(app: FastAPI) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
     app.add_exception_handler(ClearhouseError, _on_clearhouse_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

@@ -136,7 +136,7 @@ class TransferOut(BaseModel):
     status: Literal["posted", "pending", "voided"]
     debit_account_id: str | None
     credit_account_id: str | None
-    amount: int
+    amount: int | None = Field(description="The amount moved; null for an entry in several currencies")
     currency: str | None
     pending: bool
     pending_id: str | None

@@ -662,9 +662,13 @@ def get_transfer(session: Session, transfer_id: str) -> dict[str, Any]:
             currency=debits[0].currency,
         )
     else:
+        # A multi-leg entry has an amount only when it is in one currency.
+        currencies = {p.currency for p in debits}
+        single = len(currencies) == 1
         view.update(
             debit_account_id=None, credit_account_id=None,
-            amount=sum(p.amount for p in debits), currency=debits[0].currency if debits else None,
+            amount=sum(p.amount for p in debits) if single else None,
+            currency=currencies.pop() if single else None,
         )
     return view
 
