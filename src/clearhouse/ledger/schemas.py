@@ -13,6 +13,8 @@ from clearhouse.kit.money import MAX_AMOUNT
 AccountType = Literal["asset", "liability", "equity", "revenue", "expense"]
 Metadata = dict[str, Any]
 MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
+MAX_METADATA_BYTES = 16 * 1024
+"""Metadata is hashed into the chain and read with every entry: keep it to a note, not a document."""
 
 
 def _canonical_json_safe(value: dict[str, Any]) -> dict[str, Any]:
@@ -20,10 +22,12 @@ def _canonical_json_safe(value: dict[str, Any]) -> dict[str, Any]:
     no integers beyond 64 bits, no lone surrogates, no NaN or Infinity (a 500 or a
     silently changed value otherwise)."""
     try:
-        stored = orjson.loads(orjson.dumps(value))
+        encoded = orjson.dumps(value)
     except TypeError as error:  # orjson.JSONEncodeError is a TypeError
         raise ValueError(f"metadata must be plain JSON: {error}") from None
-    if stored != value:
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is at most {MAX_METADATA_BYTES} bytes of JSON")
+    if orjson.loads(encoded) != value:
         raise ValueError("metadata must be plain JSON (no NaN or Infinity)")
     return value
 
