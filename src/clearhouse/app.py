@@ -56,14 +56,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     install_request_logging(app)
     app.include_router(ledger_router)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"])
     def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
     expected_revision = head_revision()
 
-    @app.get("/readyz", tags=["operations"])
+    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["operations"])
     def readyz() -> Response:
         """The database answers and its schema is at the revision this code expects."""
         try:

@@ -66,7 +66,7 @@ def worker(once: Annotated[bool, typer.Option(help="Run each job once and exit")
     settings = get_settings()
     engine = make_engine(settings.database_url)
     if once:
-        console.print_json(json.dumps(worker_module.run_once(engine)))
+        print(json.dumps(worker_module.run_once(engine)))
         return
     stop = threading.Event()
     try:
@@ -103,7 +103,8 @@ def db_current() -> None:
     """Print the schema revision the database is at."""
     from clearhouse.kit.db import current_revision
 
-    print(current_revision(make_engine(get_settings().database_url, pool_size=1)))
+    revision = current_revision(make_engine(get_settings().database_url, pool_size=1))
+    print(revision or "none (not migrated: run `clearhouse db upgrade`)")
 
 
 @ledger_app.command("verify")

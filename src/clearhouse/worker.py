@@ -1,6 +1,7 @@
 """The background worker: periodic jobs that keep the system moving.
 
-Today: voiding pending ledger transfers past their timeout. Each job runs in its own
+Today: voiding pending ledger transfers past their timeout, and forgetting
+idempotency keys past their 24 h window. Each job runs in its own
 transaction; a failing job is logged and retried on the next tick, never fatal.
 """
 
@@ -13,6 +14,7 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from clearhouse.kit import idempotency
 from clearhouse.kit.db import transact
 from clearhouse.ledger import service as ledger
 
@@ -20,6 +22,7 @@ log = structlog.get_logger(__name__)
 
 JOBS: list[tuple[str, Callable[[Session], int]]] = [
     ("ledger.void_expired", ledger.void_expired),
+    ("idempotency.purge_expired", idempotency.purge_expired),
 ]
 
 

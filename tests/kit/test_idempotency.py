@@ -155,3 +155,20 @@ def _hash_of(accounts, amount):
 
 def _db_time(engine, value):
     return value.replace(tzinfo=None) if engine.dialect.name == "sqlite" else value
+
+
+class TestPurge:
+    def test_the_worker_forgets_keys_past_their_window_and_keeps_the_rest(self, client, accounts, engine):
+        from clearhouse import worker
+
+        with clock.frozen(T0) as frozen:
+            pay(client, accounts, 10, "old")
+            frozen.tick(hours=23)
+            pay(client, accounts, 10, "young")
+            frozen.tick(hours=1, seconds=1)
+            assert worker.run_once(engine)["idempotency.purge_expired"] == 1
+            again = pay(client, accounts, 10, "young")
+        assert again.headers["Idempotent-Replayed"] == "true"
+        with engine.connect() as connection:
+            keys = {row[0] for row in connection.execute(text("SELECT key FROM idempotency_keys"))}
+        assert keys == {"young"}

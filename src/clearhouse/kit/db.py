@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -74,6 +74,16 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 def is_postgresql(session_or_engine: Session | Engine) -> bool:
     bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
     return bind.dialect.name == "postgresql"
+
+
+def read_snapshot(session: Session) -> None:
+    """Make the rest of this transaction read one consistent snapshot.
+
+    Call first in the transaction. PostgreSQL: REPEATABLE READ, READ ONLY. SQLite:
+    already so, since the transaction holds the database's write lock.
+    """
+    if is_postgresql(session):
+        session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
 
 
 def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:

@@ -128,6 +128,14 @@ def _claim(session: Session, scope: str, key: str, request_hash: str) -> tuple[s
     return "proceed", None
 
 
+def purge_expired(session: Session) -> int:
+    """Forget keys past their 24 h window (run by the worker); returns how many."""
+    now = clock.now()
+    # A key whose request is somehow still running keeps its row until its lease ends.
+    result = session.execute(delete(records).where(records.c.created_at < now - WINDOW, records.c.lease_until < now))
+    return result.rowcount or 0
+
+
 def _finish(session: Session, scope: str, key: str, status: int, content_type: str, body: bytes) -> None:
     where = (records.c.scope == scope, records.c.key == key)
     if status >= 500:

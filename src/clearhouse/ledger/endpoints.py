@@ -242,7 +242,11 @@ async def create_transfers(request: Request) -> Any:
         transfer_id, created = service.create_transfer(session, entry)
         return service.get_transfer(session, transfer_id), created
 
-    view, created = await _run(engine, work)
+    try:
+        view, created = await _run(engine, work)
+    except errors.LedgerError:
+        ledger_transfers.labels("failed").inc()
+        raise
     ledger_transfers.labels("created" if created else "exists").inc()
     return JSONResponse(TransferOut(**view).model_dump(mode="json"), status_code=201 if created else 200)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from clearhouse.kit.db import read_snapshot
 from clearhouse.ledger import repository
 from clearhouse.ledger.models import GENESIS_HASH
 from clearhouse.ledger.service import _SLOT, entry_hash, limit_breach
@@ -52,6 +53,9 @@ def verify(session: Session) -> Report:
     accounts' currencies, and no limit may be broken after any entry. Then every
     account's running balances must equal the sums of its postings.
     """
+    # Accounts, journal and chain head are read by several statements: one snapshot, or
+    # a write committing in between would look like a broken ledger.
+    read_snapshot(session)
     report = Report()
     accounts = {row.id: row for row in repository.all_accounts(session)}
     sums = {account_id: [0, 0, 0, 0] for account_id in accounts}
