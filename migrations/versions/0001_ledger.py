@@ -81,6 +81,7 @@ def upgrade() -> None:
         sa.CheckConstraint("resolution IS NULL OR resolution IN ('post', 'void')", name="resolution_kind"),
         sa.CheckConstraint("NOT (pending AND pending_id IS NOT NULL)", name="pending_not_resolution"),
         sa.CheckConstraint("timeout_seconds IS NULL OR timeout_seconds > 0", name="timeout"),
+        sa.CheckConstraint("seq >= 1", name="seq_positive"),
     )
     op.create_index("ix_ledger_transfers_created_at", "ledger_transfers", ["created_at"])
     # Partial indexes: the many plain transfers pay nothing for the few pending ones.
@@ -112,6 +113,7 @@ def upgrade() -> None:
         sa.CheckConstraint("direction IN ('debit', 'credit')", name="direction"),
         sa.CheckConstraint("kind IN ('posted', 'pending', 'release')", name="kind"),
         sa.CheckConstraint("amount > 0", name="amount_positive"),
+        sa.CheckConstraint("seq >= 1 AND idx >= 0", name="position"),
         # Postings are written and read by entry: cluster them on (seq, idx) on SQLite.
         sqlite_with_rowid=False,
     )

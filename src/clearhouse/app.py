@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 
 import clearhouse
 from clearhouse import worker
+from clearhouse.kit.api import install_input_guards
 from clearhouse.kit.db import current_revision, head_revision, make_engine
 from clearhouse.kit.errors import install_handlers
 from clearhouse.kit.idempotency import IdempotencyMiddleware
@@ -52,18 +53,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     # Middleware added first runs innermost: a replayed answer costs no route work, and
     # is still counted and logged.
     app.add_middleware(IdempotencyMiddleware, engine=engine)
+    install_input_guards(app)
     install_metrics(app)
     install_request_logging(app)
     app.include_router(ledger_router)
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"])
+    # HEAD for probes that send it; kept out of the OpenAPI document, which lists GET.
+    @app.head("/healthz", include_in_schema=False)
+    @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
     expected_revision = head_revision()
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["operations"])
+    @app.head("/readyz", include_in_schema=False)
+    @app.get("/readyz", tags=["operations"])
     def readyz() -> Response:
         """The database answers and its schema is at the revision this code expects."""
         try:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 from clearhouse.kit import clock
@@ -21,7 +30,10 @@ T = TypeVar("T")
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("a time needs its offset (RFC 3339, e.g. 2026-11-23T05:25:56Z)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is outside the years 1 to 9999 once in UTC") from None
 
 
 UtcTime = Annotated[datetime, AfterValidator(_aware), PlainSerializer(clock.rfc3339, return_type=str)]
@@ -44,9 +56,18 @@ ShortText = Annotated[str, StringConstraints(max_length=256)]
 
 
 class Model(BaseModel):
-    """Request models refuse unknown fields: a typo is an error, not a silent no-op."""
+    """Request models refuse unknown fields (a typo is an error, not a silent no-op) and
+    NUL characters in text (PostgreSQL cannot store them; SQLite would, and the two
+    backends must agree)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul_in_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("text may not contain the NUL character")
+        return value
 
 
 class Page(BaseModel, Generic[T]):
@@ -55,15 +76,36 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
+def install_input_guards(app: Any) -> None:
+    """Refuse a NUL character in the path or query before any route sees it."""
+    from clearhouse.kit.errors import problem_response
+
+    @app.middleware("http")
+    async def _no_nul(request: Request, call_next: Any) -> Any:
+        if "\x00" in request.scope["path"] or b"%00" in request.scope.get("query_string", b"").lower():
+            return problem_response(MalformedRequest("the path or query contains a NUL character"))
+        return await call_next(request)
+
+
 async def json_body(request: Request) -> Any:
     """The request body as JSON, or 400 ``malformed_request``."""
     raw = await request.body()
     if not raw:
         raise MalformedRequest("the request needs a JSON body")
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON to Python exactly: integers of any size stay integers (orjson would turn one
+    past 64 bits into a float, silently changing a value), NaN and Infinity are refused."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
         raise MalformedRequest(f"the body is not valid JSON: {error}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def validate(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clearhouse.kit import clock
 from clearhouse.kit.db import transact
-from clearhouse.kit.errors import ClearhouseError
+from clearhouse.kit.errors import ClearhouseError, MalformedRequest
 from clearhouse.kit.models import Base
 from clearhouse.kit.types import UTCDateTime
 
@@ -85,24 +86,31 @@ class IdempotencyKeyInUse(ClearhouseError):
 
 
 def derived_id(request: Request, prefix: str, *parts: Any) -> str | None:
-    """A stable id for an object this request creates, when it carries an Idempotency-Key."""
+    """A stable id for an object this request creates, when it carries an Idempotency-Key.
+
+    Stable for the life of the key's record (its creation time is part of it), so a retry
+    finds the object; a key used again after its 24 h window creates a new one.
+    """
     key = getattr(request.state, "idempotency_key", None)
     if key is None:
         return None
     scope = getattr(request.state, "idempotency_scope", "public")
-    digest = hashlib.sha256(orjson.dumps([scope, key, *parts])).hexdigest()[:26]
+    claimed_at = getattr(request.state, "idempotency_claimed_at", "")
+    digest = hashlib.sha256(orjson.dumps([scope, key, claimed_at, *parts])).hexdigest()[:26]
     return f"{prefix}_ik{digest}"
 
 
 def request_fingerprint(path: str, query: bytes, body: bytes) -> str:
     """What makes two requests "the same": path, query and body, with a JSON body compared
     as data (key order and spacing do not matter)."""
-    with contextlib.suppress(orjson.JSONDecodeError):
-        body = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    with contextlib.suppress(ValueError, TypeError, RecursionError):
+        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(b"\n".join([path.encode(), query, body])).hexdigest()
 
 
 def _claim(session: Session, scope: str, key: str, request_hash: str) -> tuple[str, Any]:
+    """Decide what to do with a keyed request: ("proceed", the record's creation time),
+    ("replay", the stored record), ("reused", None) or ("in_use", None)."""
     now = clock.now()
     row = session.execute(
         select(records).where(records.c.scope == scope, records.c.key == key).with_for_update()
@@ -115,7 +123,7 @@ def _claim(session: Session, scope: str, key: str, request_hash: str) -> tuple[s
             scope=scope, key=key, request_hash=request_hash, state="in_progress",
             created_at=now, lease_until=now + LEASE,
         ))
-        return "proceed", None
+        return "proceed", now
     if row.request_hash != request_hash:
         return "reused", None
     if row.state == "done":
@@ -125,7 +133,7 @@ def _claim(session: Session, scope: str, key: str, request_hash: str) -> tuple[s
     # The first request died without answering: take its lease over.
     session.execute(update(records).where(records.c.scope == scope, records.c.key == key)
                     .values(lease_until=now + LEASE))
-    return "proceed", None
+    return "proceed", row.created_at
 
 
 def purge_expired(session: Session) -> int:
@@ -168,16 +176,20 @@ class IdempotencyMiddleware:
             await _send_problem(send, InvalidIdempotencyKey("Idempotency-Key must be 1-255 printable ASCII"))
             return
         body = await _read_body(receive)
+        if body is None:
+            # The client went away mid-upload: claim nothing, so its retry is welcome.
+            await _send_problem(send, MalformedRequest("the client disconnected before the body arrived"))
+            return
         state = scope.setdefault("state", {})
         caller = state.get("idempotency_scope", "public")
         request_hash = request_fingerprint(scope["path"], scope.get("query_string", b""), body)
 
         try:
-            verdict, row = await run_in_threadpool(
+            verdict, found = await run_in_threadpool(
                 transact, self.engine, lambda s: _claim(s, caller, key, request_hash), retry_integrity=True
             )
         except IntegrityError:
-            verdict, row = "in_use", None
+            verdict, found = "in_use", None
         if verdict == "reused":
             await _send_problem(send, IdempotencyKeyReused("this Idempotency-Key was used for a different request"))
             return
@@ -185,11 +197,12 @@ class IdempotencyMiddleware:
             await _send_problem(send, IdempotencyKeyInUse("a request with this Idempotency-Key is still running"))
             return
         if verdict == "replay":
-            await _send(send, row.response_status, row.response_content_type, row.response_body.encode(),
+            await _send(send, found.response_status, found.response_content_type, found.response_body.encode(),
                         [(b"idempotent-replayed", b"true")])
             return
 
         state["idempotency_key"] = key
+        state["idempotency_claimed_at"] = clock.rfc3339(found)
         captured: dict[str, Any] = {"status": 500, "content_type": "", "body": []}
 
         async def replay_body() -> Message:
@@ -214,10 +227,12 @@ class IdempotencyMiddleware:
             )
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive) -> bytes | None:
     chunks = []
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)

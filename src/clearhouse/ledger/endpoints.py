@@ -279,14 +279,15 @@ def _resolve(request: Request, transfer_id: str, resolution: str, amount: int | 
 def post_pending(transfer_id: str, request: Request, body: PostPending | None = None) -> Any:
     """Post a pending transfer, fully or partly (``amount``); returns the pending transfer, now posted."""
     body = body or PostPending()
-    return _resolve(request, transfer_id, "post", body.amount, body.id or derived_id(request, "tr", "post"))
+    entry_id = body.id or derived_id(request, "tr", "post", transfer_id)
+    return _resolve(request, transfer_id, "post", body.amount, entry_id)
 
 
 @router.post("/transfers/{transfer_id}/void", response_model=TransferOut, responses=_ERRORS)
 def void_pending(transfer_id: str, request: Request, body: VoidPending | None = None) -> Any:
     """Void a pending transfer, releasing what it reserved; returns it, now voided."""
     body = body or VoidPending()
-    return _resolve(request, transfer_id, "void", None, body.id or derived_id(request, "tr", "void"))
+    return _resolve(request, transfer_id, "void", None, body.id or derived_id(request, "tr", "void", transfer_id))
 
 
 @router.get("/verify", response_model=VerifyOut)

@@ -79,6 +79,7 @@ class Entry(Base):
         CheckConstraint("resolution IS NULL OR resolution IN ('post', 'void')", name="resolution_kind"),
         CheckConstraint("NOT (pending AND pending_id IS NOT NULL)", name="pending_not_resolution"),
         CheckConstraint("timeout_seconds IS NULL OR timeout_seconds > 0", name="timeout"),
+        CheckConstraint("seq >= 1", name="seq_positive"),
         Index("ix_ledger_transfers_created_at", "created_at"),
         Index("ix_ledger_transfers_timeout_at", "timeout_at", sqlite_where=text("pending"),
               postgresql_where=text("pending")),
@@ -108,6 +109,7 @@ class Posting(Base):
         CheckConstraint("direction IN ('debit', 'credit')", name="direction"),
         CheckConstraint("kind IN ('posted', 'pending', 'release')", name="kind"),
         CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("seq >= 1 AND idx >= 0", name="position"),
         Index("ix_ledger_postings_account_seq", "account_id", "seq"),
         {"sqlite_with_rowid": False},
     )

@@ -216,6 +216,14 @@ def journal(session: Session, batch: int = 20000) -> Iterator[tuple[Row, list[Ro
         last = high
 
 
+def rows_before_the_chain(session: Session) -> tuple[int, int]:
+    """Entries and postings at seq 0 or below: outside the chain, which starts at 1."""
+    return (
+        session.scalar(select(func.count()).select_from(entries).where(entries.c.seq < 1)) or 0,
+        session.scalar(select(func.count()).select_from(postings).where(postings.c.seq < 1)) or 0,
+    )
+
+
 def all_accounts(session: Session) -> Iterator[Row]:
     yield from session.execute(select(accounts).order_by(accounts.c.id))
 

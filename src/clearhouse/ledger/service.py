@@ -277,6 +277,8 @@ def account_entries(
         try:
             seq, idx = starting_after.split(":")
             after = (int(seq), int(idx))
+            if not (0 <= after[0] <= MAX_AMOUNT and 0 <= after[1] <= MAX_AMOUNT):
+                raise ValueError(starting_after)
         except ValueError:
             raise errors.ValidationFailed("starting_after is not a cursor from this list") from None
     up_to = repository.last_seq_at(session, as_of) if as_of is not None else None

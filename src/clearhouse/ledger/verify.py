@@ -98,6 +98,9 @@ def verify(session: Session) -> Report:
             problem = _limit_problem(accounts[account_id], sums[account_id])
             if problem:
                 report.fail(problem, f"account {account_id} breaks its limit", account_id=account_id, **where)
+    stray_entries, stray_postings = repository.rows_before_the_chain(session)
+    if stray_entries or stray_postings:
+        report.fail("outside_chain", f"{stray_entries} entries and {stray_postings} postings at seq 0 or below")
     head_seq, head_hash = repository.chain_head(session)
     report.chain_head = {"seq": head_seq, "hash": head_hash}
     if (head_seq, head_hash) != (expected_seq - 1, prev):
