@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from clearhouse.kit import clock
-from tests.ledger.test_api import assert_problem, assert_verified, open_account, transfer, transfer_body
+from tests.ledger.support import assert_problem, assert_verified, open_account, transfer, transfer_body
 
 TRANSFERS = "/v1/ledger/transfers"
 

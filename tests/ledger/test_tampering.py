@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from clearhouse.kit.db import transact
 from clearhouse.ledger import repository, service
-from tests.ledger.test_api import assert_verified, open_account, transfer_body
+from tests.ledger.support import assert_verified, open_account, transfer_body
 
 CLI = Path(sys.executable).with_name("clearhouse")
 

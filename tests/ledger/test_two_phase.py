@@ -14,7 +14,7 @@ from clearhouse.kit import clock
 from clearhouse.kit.db import transact
 from clearhouse.ledger import service
 from clearhouse.ledger.service import EntryRequest, PostingRequest
-from tests.ledger.test_api import (
+from tests.ledger.support import (
     assert_problem,
     assert_refused_without_trace,
     assert_verified,

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.ledger.test_api import assert_problem, assert_verified, balances, open_account
+from tests.ledger.support import assert_problem, assert_verified, balances, open_account
 
 CHART = [
     # (name in this file, code in the chart of accounts, type, currency, flags)
