@@ -80,17 +80,24 @@ class AccountBalanceOut(BalanceOut):
     as_of: UtcTime | None
 
 
-class TransferCreate(Model):
+class EntryFields(Model):
+    """What every new entry carries, whether a plain transfer or a multi-leg entry."""
+
     id: ClientId | None = None
-    debit_account_id: str = Field(min_length=1, max_length=64)
-    credit_account_id: str = Field(min_length=1, max_length=64)
-    amount: Amount
-    currency: CurrencyCode
     code: str | None = Field(default=None, max_length=128)
     reference: ShortText | None = None
     pending: StrictBool = False
     timeout_seconds: int | None = Field(default=None, strict=True, gt=0, le=MAX_TIMEOUT_SECONDS)
     metadata: MetadataIn | None = None
+
+
+class TransferCreate(EntryFields):
+    """A plain transfer: one debit and one credit of the same amount."""
+
+    debit_account_id: str = Field(min_length=1, max_length=64)
+    credit_account_id: str = Field(min_length=1, max_length=64)
+    amount: Amount
+    currency: CurrencyCode
 
 
 class PostingIn(Model):
@@ -100,16 +107,10 @@ class PostingIn(Model):
     currency: CurrencyCode
 
 
-class EntryCreate(Model):
+class EntryCreate(EntryFields):
     """A multi-leg journal entry: two or more postings summing to zero per currency."""
 
-    id: ClientId | None = None
     postings: list[PostingIn] = Field(min_length=2, max_length=1000)
-    code: str | None = Field(default=None, max_length=128)
-    reference: ShortText | None = None
-    pending: StrictBool = False
-    timeout_seconds: int | None = Field(default=None, strict=True, gt=0, le=MAX_TIMEOUT_SECONDS)
-    metadata: MetadataIn | None = None
 
 
 class TransferBatch(Model):
