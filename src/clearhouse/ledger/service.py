@@ -496,26 +496,32 @@ def _apply(rows: list[tuple[str, str, str, int, str]], balances: dict[str, _Bala
         balances[account_id].values = values
 
 
-def _hash(prev: str, seq: int, entry_id: str, created: str, request: EntryRequest, timeout_at: str | None,
-          metadata_json: str, rows: list[tuple[str, str, str, int, str]]) -> str:
-    """SHA-256 over the previous hash and this entry's canonical content (see docs/ledger.md)."""
+def chain_hash(
+    prev: str, seq: int, entry_id: str, created_at: str, pending: bool, pending_id: str | None,
+    resolution: str | None, timeout_seconds: int | None, timeout_at: str | None, code: str | None,
+    reference: str | None, metadata_json: str, rows: list[tuple[str, str, str, int, str]],
+) -> str:
+    """SHA-256 over the previous hash and an entry's canonical content (docs/ledger.md).
+
+    The one definition of the canonical form: writing and verifying both call it.
+    Times are RFC 3339 strings (``clock.rfc3339``).
+    """
     content = orjson.dumps([
-        prev, seq, entry_id, created, request.pending, request.pending_id, request.resolution,
-        request.timeout_seconds, timeout_at, request.code, request.reference, metadata_json, rows,
+        prev, seq, entry_id, created_at, pending, pending_id, resolution,
+        timeout_seconds, timeout_at, code, reference, metadata_json, rows,
     ])
     return hashlib.sha256(content).hexdigest()
 
 
 def entry_hash(prev: str, entry: Row, posting_rows: list[Row]) -> str:
     """The hash of a stored entry, recomputed from its rows (used by verify)."""
-    rows = [(p.account_id, p.direction, p.kind, p.amount, p.currency) for p in posting_rows]
-    content = orjson.dumps([
+    return chain_hash(
         prev, entry.seq, entry.id, clock.rfc3339(entry.created_at), entry.pending, entry.pending_id,
         entry.resolution, entry.timeout_seconds,
         clock.rfc3339(entry.timeout_at) if entry.timeout_at is not None else None,
-        entry.code, entry.reference, entry.metadata_json, rows,
-    ])
-    return hashlib.sha256(content).hexdigest()
+        entry.code, entry.reference, entry.metadata_json,
+        [(p.account_id, p.direction, p.kind, p.amount, p.currency) for p in posting_rows],
+    )
 
 
 def _write(session: Session, prepared: list[_Prepared], balances: dict[str, _Balances]) -> None:
@@ -532,8 +538,11 @@ def _write(session: Session, prepared: list[_Prepared], balances: dict[str, _Bal
             if request.pending and request.timeout_seconds
             else None
         )
-        prev = _hash(prev, seq, item.id, created, request,
-                     clock.rfc3339(timeout_at) if timeout_at is not None else None, item.metadata_json, item.rows)
+        prev = chain_hash(
+            prev, seq, item.id, created, request.pending, request.pending_id, request.resolution,
+            request.timeout_seconds, clock.rfc3339(timeout_at) if timeout_at is not None else None,
+            request.code, request.reference, item.metadata_json, item.rows,
+        )
         entry_rows.append((
             seq, item.id, request.pending, request.pending_id, request.resolution, request.timeout_seconds,
             timeout_at, request.code, request.reference, item.metadata_json, created_at, prev,
