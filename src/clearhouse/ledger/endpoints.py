@@ -8,10 +8,12 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from clearhouse.kit.api import Page, UtcTime, json_body, validate
 from clearhouse.kit.db import transact
@@ -128,8 +130,7 @@ def get_balance(
     as_of_utc = _as_of_utc(as_of)
 
     def work(session: Session) -> AccountBalanceOut:
-        row = service.get_account(session, account_id)
-        balance = service.account_balance(session, account_id, as_of_utc)
+        row, balance = service.account_balance(session, account_id, as_of_utc)
         return AccountBalanceOut(account_id=account_id, currency=row.currency, as_of=as_of_utc, **_as_dict(balance))
 
     return transact(_engine(request), work)
@@ -196,8 +197,6 @@ def _request_of(item: Any, at: tuple[Any, ...] = ()) -> service.EntryRequest:
 
 
 def _validate_at(adapter: TypeAdapter[Any], item: Any, at: tuple[Any, ...]) -> Any:
-    from fastapi.exceptions import RequestValidationError
-
     try:
         return validate(adapter, item)
     except RequestValidationError as error:
@@ -257,8 +256,6 @@ def _count(outcomes: list[service.Outcome]) -> None:
 
 
 async def _run(engine: Any, work: Any) -> Any:
-    from starlette.concurrency import run_in_threadpool
-
     return await run_in_threadpool(transact, engine, work, retry_integrity=True)
 
 

@@ -249,13 +249,15 @@ def balance_of(account_type: str, dp: int, cp: int, dpend: int, cpend: int) -> B
     return Balance(dp, cp, dpend, cpend, posted, available)
 
 
-def account_balance(session: Session, account_id: str, as_of: datetime | None = None) -> Balance:
-    """The balance now (from the running totals) or as of a past time (from the postings)."""
+def account_balance(session: Session, account_id: str, as_of: datetime | None = None) -> tuple[Row, Balance]:
+    """The account and its balance now (from the running totals) or as of a past time
+    (from the postings)."""
     row = get_account(session, account_id)
     if as_of is None:
-        return balance_of(row.type, row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending)
+        return row, balance_of(row.type, row.debits_posted, row.credits_posted, row.debits_pending,
+                               row.credits_pending)
     sums = _signed_sums(repository.balance_sums(session, account_id, repository.last_seq_at(session, as_of)))
-    return balance_of(row.type, *sums)
+    return row, balance_of(row.type, *sums)
 
 
 def _signed_sums(sums: dict[tuple[str, str], int]) -> list[int]:
