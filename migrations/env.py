@@ -3,8 +3,12 @@
 from alembic import context
 from sqlalchemy import pool
 
-import clearhouse.kit.idempotency  # noqa: F401  (registers the tables)
+import clearhouse.audit.models  # noqa: F401  (each import registers its tables)
+import clearhouse.identity.models  # noqa: F401
+import clearhouse.kit.crypto  # noqa: F401
+import clearhouse.kit.idempotency  # noqa: F401
 import clearhouse.ledger.models  # noqa: F401
+import clearhouse.vault.models  # noqa: F401
 from clearhouse.kit.db import make_engine
 from clearhouse.kit.models import Base
 

@@ -58,7 +58,9 @@ def reset_postgres(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(text("SET LOCAL session_replication_role = replica"))
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        connection.execute(text("INSERT INTO ledger_chain (id, seq, hash) VALUES (1, 0, :h)"), {"h": GENESIS_HASH})
+        # The single-row chain heads are part of the schema (seeded by their migrations).
+        for chain in ("ledger_chain", "audit_chain"):
+            connection.execute(text(f"INSERT INTO {chain} (id, seq, hash) VALUES (1, 0, :h)"), {"h": GENESIS_HASH})
 
 
 @pytest.fixture(params=BACKENDS)

@@ -22,6 +22,27 @@ class Settings(BaseSettings):
     worker_interval_seconds: float = 1.0
     db_pool_size: int = 10
 
+    # Data protection (kit/crypto.py): the master keys that wrap the data keys.
+    master_key_file: Path | None = Path("var/master.key")
+    """A file of master keys, one ``<key id> <base64 of 32 bytes>`` per line; the last line is
+    the active key. ``clearhouse keys rotate`` appends a new one."""
+    master_key: str | None = None
+    """One master key as ``<key id>:<base64 of 32 bytes>``; used instead of the file when set."""
+
+    # Authentication (identity/).
+    signature_tolerance_seconds: int = 300
+    nonce_ttl_seconds: int = 600
+    api_key_rate_limit_per_minute: int = 6000
+    """Requests per API key per minute, shared by every server process (0: no limit)."""
+    login_rate_limit_per_minute: int = 10
+    """Login attempts per source address per minute (0: no limit)."""
+    login_lockout_threshold: int = 5
+    """Failed logins in a row before an account is locked; each further failure doubles the lock."""
+    login_lockout_seconds: int = 60
+    session_idle_minutes: int = 30
+    session_absolute_hours: int = 12
+    approval_ttl_hours: int = 24
+
     def sqlite_path(self) -> Path | None:
         prefix = "sqlite:///"
         if self.database_url.startswith(prefix):

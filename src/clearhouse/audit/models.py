@@ -1,0 +1,1 @@
+"""Audit tables (filled by the audit work)."""

@@ -1,0 +1,1 @@
+"""Identity: merchants, API keys and request signing, people, roles, approvals."""

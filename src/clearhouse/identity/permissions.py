@@ -1,0 +1,206 @@
+"""Who may do what: the one permission matrix, the caller (``Principal``), and the
+``requires`` dependency every route declares.
+
+A permission is ``<area>:<action>``. People get permissions from their role (the matrix
+below); API keys from their scopes, which are permissions too, limited to what the kind
+of key may ever hold. Merchant principals (merchant keys, merchant staff) additionally
+see only their own merchant's objects: services filter by ``principal.merchant_id`` and
+answer 404 for anything else, so other tenants' ids never leak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from clearhouse.kit.errors import ClearhouseError
+
+PUBLIC = "public"
+"""Declared by routes that answer without a key or a session (probes, login, inbound
+channel notifications that carry their own signatures)."""
+AUTHENTICATED = "authenticated"
+"""Declared by routes any signed-in caller may use on itself (``/v1/auth/me``, TOTP set-up)."""
+
+PERMISSIONS: dict[str, str] = {
+    "ledger:read": "Read ledger accounts, balances, entries, transfers; verify the ledger",
+    "ledger:write": "Open and close ledger accounts; create, post and void transfers",
+    "merchants:read": "Read merchants (merchant callers: their own)",
+    "merchants:create": "Create merchants",
+    "merchants:write": "Change a merchant's settings, status and KYC status",
+    "api_keys:read": "List API keys (never their secrets)",
+    "api_keys:write": "Create and revoke API keys (live and platform keys need an approval)",
+    "users:read": "List people and their roles",
+    "users:write": "Create and disable people; change roles (needs an approval)",
+    "approvals:read": "List actions waiting for a second person",
+    "approvals:decide": "Approve or reject another person's held action",
+    "audit:read": "Read and verify the audit trail",
+    "vault:read": "Read vaulted cards and bank accounts (masked)",
+    "vault:write": "Tokenize card and bank account numbers",
+    "payments:read": "Read payments and refunds",
+    "payments:write": "Create, capture, cancel and refund payments",
+    "settlement:read": "Read settlements and payouts",
+    "settlement:write": "Run settlements, create payout batches",
+    "recon:read": "Read reconciliations and cases",
+    "recon:write": "Upload statements, resolve reconciliation cases",
+    "risk:read": "Read risk rules, lists and reviews",
+    "risk:write": "Change risk rules and lists, decide reviews",
+    "reports:read": "Read reports and exports",
+    "metrics:read": "Read Prometheus metrics when they are not public",
+}
+
+_ALL = frozenset(PERMISSIONS)
+_READS = frozenset(p for p in PERMISSIONS if p.endswith(":read"))
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": _ALL,
+    "operator": frozenset({
+        "ledger:read", "merchants:read", "merchants:write", "api_keys:read", "users:read", "approvals:read",
+        "approvals:decide", "vault:read", "payments:read", "payments:write", "settlement:read", "recon:read",
+        "recon:write", "risk:read", "reports:read", "metrics:read",
+    }),
+    "finance": frozenset({
+        "ledger:read", "ledger:write", "merchants:read", "approvals:read", "approvals:decide", "payments:read",
+        "settlement:read", "settlement:write", "recon:read", "recon:write", "reports:read",
+    }),
+    "risk_analyst": frozenset({
+        "merchants:read", "payments:read", "risk:read", "risk:write", "approvals:read", "reports:read",
+    }),
+    # Reads everything, the audit trail included, and changes nothing.
+    "auditor": _READS,
+    "merchant_admin": frozenset({
+        "merchants:read", "api_keys:read", "api_keys:write", "users:read", "users:write", "approvals:read",
+        "approvals:decide", "vault:read", "vault:write", "payments:read", "payments:write", "settlement:read",
+        "reports:read",
+    }),
+    "merchant_viewer": frozenset({
+        "merchants:read", "api_keys:read", "users:read", "vault:read", "payments:read", "settlement:read",
+        "reports:read",
+    }),
+}
+
+MFA_REQUIRED_ROLES = frozenset({"admin", "finance"})
+"""Roles that must set up TOTP before a session may do anything else."""
+
+MERCHANT_KEY_SCOPES = frozenset({
+    "merchants:read", "vault:read", "vault:write", "payments:read", "payments:write", "settlement:read",
+    "reports:read",
+})
+"""All a merchant's API key may ever hold (its default scope list)."""
+PLATFORM_KEY_SCOPES = _ALL - {"users:write", "approvals:decide"}
+"""Deciding approvals and managing people are for people, not for machines."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    kind: str  # "api_key" | "user"
+    id: str  # the API key id or the user id
+    role: str  # a user's role; "merchant_key" or "platform_key" for keys
+    merchant_id: str | None
+    permissions: frozenset[str]
+    session_id: str | None = None
+    mode: str | None = None  # an API key's mode: test | live | platform
+    mfa_pending: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def idempotency_scope(self) -> str:
+        """api.md: Idempotency-Keys are scoped to the caller's merchant."""
+        return f"merchant:{self.merchant_id}" if self.merchant_id else "platform"
+
+    def can(self, permission: str) -> bool:
+        return permission in self.permissions
+
+    def sees(self, merchant_id: str | None) -> bool:
+        """Whether an object owned by ``merchant_id`` is visible (platform callers see all)."""
+        return self.merchant_id is None or self.merchant_id == merchant_id
+
+
+class AuthenticationRequired(ClearhouseError):
+    """Every route but the public ones needs a signed request or a session."""
+
+    code = "authentication_required"
+    status = 401
+    title = "Authentication required"
+
+
+class Forbidden(ClearhouseError):
+    """The caller is authenticated but its role or scopes do not include the permission."""
+
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class MfaEnrollmentRequired(ClearhouseError):
+    """This role must set up two-factor authentication before doing anything else."""
+
+    code = "mfa_enrollment_required"
+    status = 403
+    title = "Two-factor set-up required"
+
+
+def role_permissions(role: str) -> frozenset[str]:
+    return ROLE_PERMISSIONS[role]
+
+
+def key_permissions(mode: str, scopes: list[str]) -> frozenset[str]:
+    allowed = PLATFORM_KEY_SCOPES if mode == "platform" else MERCHANT_KEY_SCOPES
+    return frozenset(scopes) & allowed
+
+
+def principal_of(request: Any) -> Principal:
+    """The caller of a request that passed authentication (every non-public route)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        raise AuthenticationRequired("sign the request with an API key or sign in")
+    return principal
+
+
+class _Requirement:
+    """The callable behind ``requires``; the permission stays readable on it, so the
+    route walk (tests) and the OpenAPI document (``x-permission``) can see what each
+    route needs."""
+
+    def __init__(self, permission: str):
+        if permission not in PERMISSIONS and permission not in (PUBLIC, AUTHENTICATED):
+            raise ValueError(f"unknown permission {permission!r}")
+        self.permission = permission
+
+    def __call__(self, request: Any) -> Principal | None:
+        if self.permission == PUBLIC:
+            return getattr(request.state, "principal", None)
+        principal = principal_of(request)
+        if self.permission == AUTHENTICATED:
+            return principal
+        if principal.mfa_pending:
+            raise MfaEnrollmentRequired("set up two-factor authentication first (POST /v1/auth/totp/setup)")
+        if not principal.can(self.permission):
+            raise Forbidden(f"this needs the {self.permission} permission")
+        return principal
+
+
+def requires(permission: str) -> Any:
+    """A route dependency: ``dependencies=[requires("ledger:write")]``."""
+    from fastapi import Depends, Request
+
+    requirement = _Requirement(permission)
+
+    def check(request: Request) -> Principal | None:
+        return requirement(request)
+
+    check.permission = permission  # type: ignore[attr-defined]
+    return Depends(check)
+
+
+def route_permission(route: Any) -> str | None:
+    """The permission a FastAPI route declared through ``requires`` (None: undeclared)."""
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return None
+    for dependency in dependant.dependencies:
+        permission = getattr(dependency.call, "permission", None)
+        if permission is not None:
+            return permission
+    return None

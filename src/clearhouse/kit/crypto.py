@@ -1,0 +1,1 @@
+"""Envelope encryption (filled by the data-protection work)."""

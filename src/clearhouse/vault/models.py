@@ -1,0 +1,1 @@
+"""Vault tables (filled by the vault work)."""
