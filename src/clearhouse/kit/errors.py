@@ -46,6 +46,10 @@ class ClearhouseError(Exception):
         body.update(self.extra)
         return body
 
+    def headers(self) -> dict[str, str] | None:
+        """Response headers the error carries (``Retry-After`` on a 429, for instance)."""
+        return None
+
 
 class NotFound(ClearhouseError):
     """The object does not exist (or is not the caller's to see)."""
@@ -75,7 +79,7 @@ def problem_response(error: ClearhouseError, headers: dict[str, str] | None = No
     from fastapi.responses import JSONResponse
 
     return JSONResponse(
-        error.problem(), status_code=error.status, media_type=PROBLEM_JSON, headers=headers
+        error.problem(), status_code=error.status, media_type=PROBLEM_JSON, headers=headers or error.headers()
     )
 
 
