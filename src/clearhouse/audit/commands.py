@@ -1,0 +1,35 @@
+"""``clearhouse audit ...``: operations on the audit trail."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="The audit trail: who changed what, hash-chained.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@app.command("verify")
+def verify(as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False) -> None:
+    """Recompute the audit hash chain; exit 1 on the first failure."""
+    from clearhouse.audit.service import verify as verify_trail
+    from clearhouse.kit.db import make_engine, transact
+    from clearhouse.kit.settings import get_settings
+
+    engine = make_engine(get_settings().database_url, pool_size=1)
+    try:
+        report = transact(engine, verify_trail)
+    finally:
+        engine.dispose()
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    elif report.ok:
+        console.print(f"[green]audit trail verified[/]: {report.events_checked} events, "
+                      f"head {report.chain_head.get('hash')}")
+    else:
+        console.print(f"[red]audit trail verification failed[/]: {json.dumps(report.first_failure)}")
+    if not report.ok:
+        raise typer.Exit(1)
