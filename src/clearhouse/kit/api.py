@@ -124,3 +124,30 @@ def validate(
         raise RequestValidationError(
             [{**e, "loc": (*loc, *e["loc"])} for e in error.errors(include_url=False, include_context=False)]
         ) from None
+
+
+async def read_body(receive: Any) -> bytes | None:
+    """The whole request body from pure ASGI code; None when the client went away first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def replay_body(body: bytes, receive: Any) -> Any:
+    """An ASGI ``receive`` that hands the already-read body to the next application, then
+    passes on whatever the client sends next (its disconnect)."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -26,12 +26,17 @@ T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, durable: bool = True) -> Engine:
     """An engine with the settings Clearhouse relies on.
 
     SQLite: WAL, ``synchronous=FULL`` (an acknowledged write survives a power cut),
     foreign keys on, and every transaction opened with ``BEGIN IMMEDIATE`` so writers
     queue on the database lock up front instead of failing on upgrade.
+
+    ``durable=False`` is for bookkeeping that may be lost in a power cut but never
+    half-written (request nonces, rate-limit counters): commits do not wait for the
+    disk (SQLite ``synchronous=NORMAL`` in WAL mode, PostgreSQL ``synchronous_commit=off``),
+    which makes them about ten times cheaper. Never for money.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -50,7 +55,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             dbapi_connection.create_function("clearhouse_add", 2, _checked_add, deterministic=True)
             cursor.execute("PRAGMA busy_timeout=60000")
@@ -67,7 +72,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        connect_args = {} if durable else {"options": "-c synchronous_commit=off"}
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                             connect_args=connect_args)
     raise ValueError(f"unsupported database: {parsed.get_backend_name()} (use sqlite or postgresql)")
 
 

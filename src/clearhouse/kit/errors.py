@@ -75,6 +75,17 @@ class MalformedRequest(ClearhouseError):
     title = "Malformed request"
 
 
+async def send_problem(send: Any, error: ClearhouseError) -> None:
+    """Answer with ``error`` from pure ASGI code (middleware that runs before FastAPI's handlers)."""
+    import orjson
+
+    body = orjson.dumps(error.problem())
+    headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (error.headers() or {}).items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def problem_response(error: ClearhouseError, headers: dict[str, str] | None = None) -> JSONResponse:
     from fastapi.responses import JSONResponse
 

@@ -29,8 +29,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clearhouse.kit import clock
+from clearhouse.kit.api import read_body, replay_body
 from clearhouse.kit.db import transact
-from clearhouse.kit.errors import ClearhouseError, MalformedRequest
+from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
 from clearhouse.kit.models import Base
 from clearhouse.kit.types import UTCDateTime
 
@@ -173,12 +174,12 @@ class IdempotencyMiddleware:
             return
         key = raw_key.decode("latin-1")
         if not 1 <= len(key) <= 255 or not all(32 <= ord(c) < 127 for c in key):
-            await _send_problem(send, InvalidIdempotencyKey("Idempotency-Key must be 1-255 printable ASCII"))
+            await send_problem(send, InvalidIdempotencyKey("Idempotency-Key must be 1-255 printable ASCII"))
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if body is None:
             # The client went away mid-upload: claim nothing, so its retry is welcome.
-            await _send_problem(send, MalformedRequest("the client disconnected before the body arrived"))
+            await send_problem(send, MalformedRequest("the client disconnected before the body arrived"))
             return
         state = scope.setdefault("state", {})
         caller = state.get("idempotency_scope", "public")
@@ -191,10 +192,10 @@ class IdempotencyMiddleware:
         except IntegrityError:
             verdict, found = "in_use", None
         if verdict == "reused":
-            await _send_problem(send, IdempotencyKeyReused("this Idempotency-Key was used for a different request"))
+            await send_problem(send, IdempotencyKeyReused("this Idempotency-Key was used for a different request"))
             return
         if verdict == "in_use":
-            await _send_problem(send, IdempotencyKeyInUse("a request with this Idempotency-Key is still running"))
+            await send_problem(send, IdempotencyKeyInUse("a request with this Idempotency-Key is still running"))
             return
         if verdict == "replay":
             await _send(send, found.response_status, found.response_content_type, found.response_body.encode(),
@@ -204,9 +205,6 @@ class IdempotencyMiddleware:
         state["idempotency_key"] = key
         state["idempotency_claimed_at"] = clock.rfc3339(found)
         captured: dict[str, Any] = {"status": 500, "content_type": "", "body": []}
-
-        async def replay_body() -> Message:
-            return {"type": "http.request", "body": body, "more_body": False}
 
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -218,7 +216,7 @@ class IdempotencyMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, replay_body, capture)
+            await self.app(scope, replay_body(body, receive), capture)
         finally:
             await run_in_threadpool(
                 transact, self.engine,
@@ -227,23 +225,9 @@ class IdempotencyMiddleware:
             )
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
 async def _send(send: Send, status: int, content_type: str, body: bytes,
                 extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(b"content-type", content_type.encode("latin-1")), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
     await send({"type": "http.response.body", "body": body})
 
-
-async def _send_problem(send: Send, error: ClearhouseError) -> None:
-    await _send(send, error.status, "application/problem+json", orjson.dumps(error.problem()))
