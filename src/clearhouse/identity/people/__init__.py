@@ -1,0 +1,1 @@
+"""People: users, passwords, two-factor codes, console sessions and login lockout."""
