@@ -1,19 +1,100 @@
-"""Structured logging (structlog), JSON in production, readable on a terminal."""
+"""Structured logging (structlog), JSON in production, readable on a terminal.
+
+Every line is scrubbed before it is written (kit/masking.py): card numbers lose their
+middle digits, secrets become ``***``. structlog lines pass ``scrub_event`` just before the
+renderer; stdlib lines (uvicorn, SQLAlchemy, libraries) pass ``ScrubFilter`` on the root
+handler and on uvicorn's own loggers, which do not propagate to the root.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
+from clearhouse.kit.masking import mask_value, scrub
 
-def configure_logging(level: str = "INFO", json: bool = False) -> None:
+
+def scrub_event(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: mask card numbers and secrets in every value, and the values of
+    keys named like secrets (``password=...``, ``api_secret=...``)."""
+    return mask_value(event_dict)
+
+
+class ScrubFilter(logging.Filter):
+    """Scrubs a stdlib record's message (with its arguments merged in) and its traceback.
+
+    SQLAlchemy puts statement parameters in messages and in exception text, uvicorn
+    request lines carry paths and headers: both are scrubbed before any handler formats them.
+    """
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_clearhouse_scrubbed", False):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not lose the line
+            message = f"{record.msg!r} {record.args!r}"
+        scrubbed = scrub(message)
+        if scrubbed != message:
+            # Scrub the parts first: formatters such as uvicorn's access log read record.args.
+            # When a secret only shows once merged (an object's repr), keep the merged text.
+            msg = scrub(record.msg) if isinstance(record.msg, str) else record.msg
+            args = mask_value(record.args) if record.args else record.args
+            try:
+                merged = msg % args if args else str(msg)
+            except Exception:  # noqa: BLE001
+                merged = None
+            if merged is not None and scrub(merged) == merged:
+                record.msg, record.args = msg, args
+            else:
+                record.msg, record.args = scrubbed, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        record._clearhouse_scrubbed = True
+        return True
+
+
+class _CurrentStream:
+    """The stream structlog writes to, looked up at each write: loggers bound before a
+    later ``configure_logging`` (structlog caches them) follow the new stream too."""
+
+    target: IO[str] = sys.stderr
+
+    def write(self, text: str) -> int:
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+_stream = _CurrentStream()
+_scrub_filter = ScrubFilter()
+
+
+def configure_logging(level: str = "INFO", json: bool = False, stream: IO[str] | None = None) -> None:
+    """Configure structlog and the stdlib root logger; ``stream`` defaults to stderr."""
+    stream = stream or sys.stderr
+    _stream.target = stream
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper(), force=True)
+    logging.basicConfig(format="%(message)s", stream=stream, level=level.upper(), force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_scrub_filter)
+    # uvicorn's loggers keep their own handlers and do not propagate: filter them where records start.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if _scrub_filter not in logger.filters:
+            logger.addFilter(_scrub_filter)
     # Alembic and uvicorn narrate every step at INFO; operators want their warnings only.
     for noisy in ("alembic", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -23,10 +104,11 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            scrub_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_stream),
         cache_logger_on_first_use=True,
     )
 

@@ -1,0 +1,183 @@
+"""Masking: card numbers and secrets are shown only in part, or not at all, everywhere
+outside the vault (API responses, the console, exports, the audit trail and the logs).
+
+``scrub`` works on free text and errs towards hiding: any 13-19 digits in a row (spaces
+or dashes allowed between them) that pass the Luhn check lose their middle digits, also
+when they sit inside a longer run of digits, so a card number cannot survive by having
+digits glued to either end. A long number that merely happens to pass Luhn is masked
+too; in a log that costs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+MASK = "***"
+_DIGITS = re.compile(r"[^0-9]")  # ASCII only: \d would take any script's digits
+
+# A run of digits where a single space or dash may sit between any two digits.
+_DIGIT_RUN = re.compile(r"[0-9](?:[ \-]?[0-9]){12,}")
+_API_SECRET = re.compile(r"cks_[A-Za-z0-9_\-]{16,}")
+# Header-shaped secrets: "Authorization: ...", {"authorization": "..."}, (b'authorization', b'...').
+_HEADER = re.compile(
+    r"(?i)(authorization|x-clearhouse-signature|proxy-authorization|cookie|set-cookie|x-csrf-token)"
+    r"(['\"]?\s*[:=,]\s*b?['\"]?)([^'\"\r\n]+)"
+)
+# key=value and "key": "value" forms of passwords and secrets (TOTP seeds in otpauth://
+# URIs are a ``secret=`` query parameter).
+_ASSIGNMENT = re.compile(
+    r"(?i)\b(password|passwd|new_password|current_password|api_secret|secret|totp_secret|recovery_code)"
+    r"(['\"]?\s*[:=]\s*['\"]?)([^\s'\"&,;}]+)"
+)
+# The cheap first look: text without any of these needs no further work.
+_SUSPECT = re.compile(
+    r"[0-9][0-9 \-]{11,}[0-9]|cks_|(?i:authoriz|signature|cookie|csrf|passw|secret|recovery)"
+)
+
+SENSITIVE_KEYS = frozenset({
+    "password", "passwords", "passwd", "secret", "secrets", "token", "tokens", "cvc", "cvv", "cvv2", "cvc2",
+    "pin", "pins", "totp", "recovery", "authorization", "signature", "cookie", "otp", "seed",
+})
+"""A key whose name has one of these as a part (``api_secret``, ``csrf_token``,
+``recovery_codes``) has its value replaced by ``***``."""
+NUMBER_KEYS = frozenset({"number", "pan", "iban"})
+"""A key named like these (``number``, ``card_number``, ``account_number``, ``iban``) keeps
+only the visible part of a card number: first six and last four, or last four."""
+_KEY_PARTS = re.compile(r"[^a-z0-9]+")
+
+
+def luhn_ok(number: str) -> bool:
+    """The Luhn (mod 10) check digit is right; non-digits are ignored."""
+    digits = _DIGITS.sub("", number)
+    if not digits:
+        return False
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def last4(number: str) -> str:
+    return _DIGITS.sub("", number)[-4:]
+
+
+def mask_pan(number: str) -> str:
+    """``424242******4242``: the first six (the BIN) and last four digits, as PCI DSS allows.
+    Shorter numbers (account numbers) keep their last four only."""
+    digits = _DIGITS.sub("", number)
+    if len(digits) >= 13:
+        return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
+    if len(digits) > 4:
+        return "*" * (len(digits) - 4) + digits[-4:]
+    return "*" * len(digits)
+
+
+def mask_account(value: str) -> str:
+    """Everything but the last four letters or digits hidden (account numbers, IBANs)."""
+    compact = re.sub(r"[\s\-]", "", value)
+    if len(compact) <= 4:
+        return "*" * len(compact)
+    return "*" * (len(compact) - 4) + compact[-4:]
+
+
+def _luhn_windows(digits: str) -> set[int]:
+    """Positions to hide in a run of digits: the middle of every 13-19 digit window that
+    passes Luhn, so no Luhn-valid number of card length is left whole.
+
+    Linear in the run's length: prefix sums per position parity give each window's Luhn
+    sum in constant time (a digit is doubled when its distance from the window's last
+    digit is odd)."""
+    values = [ord(char) - 48 for char in digits]
+    count = len(values)
+    # plain[p][i], doubled[p][i]: sums over positions j < i with j % 2 == p.
+    plain = [[0] * (count + 1), [0] * (count + 1)]
+    doubled = [[0] * (count + 1), [0] * (count + 1)]
+    for i, value in enumerate(values):
+        for parity in (0, 1):
+            same = i % 2 == parity
+            plain[parity][i + 1] = plain[parity][i] + (value if same else 0)
+            twice = value * 2 - 9 if value > 4 else value * 2
+            doubled[parity][i + 1] = doubled[parity][i] + (twice if same else 0)
+    hidden: set[int] = set()
+    for start in range(count - 12):
+        for length in range(13, min(19, count - start) + 1):
+            end = start + length  # exclusive
+            last = (end - 1) % 2
+            total = (plain[last][end] - plain[last][start]) + (doubled[1 - last][end] - doubled[1 - last][start])
+            if total % 10 == 0:
+                hidden.update(range(start + 6, end - 4))
+    return hidden
+
+
+def _mask_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    digit_positions = [i for i, char in enumerate(run) if "0" <= char <= "9"]
+    hidden = _luhn_windows("".join(run[i] for i in digit_positions))
+    if not hidden:
+        return run
+    chars = list(run)
+    for index in hidden:
+        chars[digit_positions[index]] = "*"
+    return "".join(chars)
+
+
+def scrub(text: str) -> str:
+    """``text`` with card numbers masked and secrets replaced by ``***``."""
+    if not _SUSPECT.search(text):
+        return text
+    text = _DIGIT_RUN.sub(_mask_run, text)
+    text = _API_SECRET.sub("cks_***", text)
+    text = _HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    return _ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+
+
+def _key_kind(key: str) -> str | None:
+    parts = set(_KEY_PARTS.split(key.lower()))
+    if parts & SENSITIVE_KEYS:
+        return "secret"
+    if parts & NUMBER_KEYS:
+        return "number"
+    return None
+
+
+def _mask_number(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        value = str(value)
+    if not isinstance(value, str):
+        return MASK
+    if any(char.isalpha() for char in value):  # an IBAN
+        return mask_account(value)
+    return mask_pan(value)
+
+
+def mask_value(value: Any) -> Any:
+    """A copy of ``value`` safe to show or log: recursive over dicts, lists and tuples;
+    strings scrubbed; values of secret-named keys replaced; number-named keys masked."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            kind = _key_kind(key) if isinstance(key, str) else None
+            if kind == "secret" and item is not None:
+                out[key] = MASK
+            elif kind == "number":
+                out[key] = _mask_number(item)
+            else:
+                out[key] = mask_value(item)
+        return out
+    if isinstance(value, list | tuple):
+        return type(value)(mask_value(item) for item in value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
+        text = str(value)
+        scrubbed = scrub(text)
+        return value if scrubbed == text else scrubbed
+    return value
