@@ -26,6 +26,7 @@ from clearhouse.kit import clock
 from clearhouse.kit.db import read_snapshot
 from clearhouse.kit.errors import ValidationFailed
 from clearhouse.kit.ids import new_id
+from clearhouse.kit.masking import mask_value
 
 # The module, not the name: the ledger will record audit events itself, and a
 # module-level name import would then be circular. canonical_json belongs in kit.
@@ -73,7 +74,8 @@ def actor_of(principal: Any, request: Any = None) -> Actor:
 
 # Words that make a key's value a secret. Keys are split into words (snake, kebab,
 # dotted and camel case), so "api_secret", "apiSecret", "recovery_codes" and "cvc" match
-# while "totp_enabled" keeps a boolean and "currency" never matches "cvc" by accident.
+# while "currency" never matches "cvc" by accident. A superset of kit.masking's list:
+# "code" too, since TOTP, recovery and digital-goods codes are secrets in a change.
 SECRET_WORDS = frozenset({
     "password", "passwords", "passwd", "passphrase", "secret", "secrets", "token", "tokens",
     "cvc", "cvv", "cvv2", "totp", "otp", "code", "codes", "pin",
@@ -91,8 +93,7 @@ def _json_safe(value: Any) -> Any:
 
     Canonical JSON needs exact, portable values: string keys, 64-bit integers (a bigger
     one is kept as its decimal text), aware times as RFC 3339; anything else as its text.
-    A boolean or a null under a secret key stays: it says that something changed
-    ("totp_enabled": true), not what the secret is.
+    A null under a secret key stays: it says that the secret was cleared, not what it was.
     """
     if value is None or isinstance(value, bool | str | float):
         return value
@@ -100,7 +101,7 @@ def _json_safe(value: Any) -> Any:
         return value if -(2**63) <= value < 2**63 else str(value)
     if isinstance(value, dict):
         return {
-            str(k): (MASK if is_secret_key(str(k)) and v is not None and not isinstance(v, bool) else _json_safe(v))
+            str(k): (MASK if v is not None and is_secret_key(str(k)) else _json_safe(v))
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -120,15 +121,8 @@ def _json_safe(value: Any) -> Any:
 
 def mask_changes(changes: dict | None) -> dict:
     """A change as it is stored: plain JSON, secret-named keys masked, then card numbers and
-    secret-shaped values masked by the platform's masking (kit.masking) where it exists."""
-    safe = _json_safe(changes or {})
-    try:
-        # Imported here: kit.masking is written alongside this module; until it lands,
-        # only the key-based masking above applies.
-        from clearhouse.kit.masking import mask_value
-    except ImportError:
-        return safe
-    return _json_safe(mask_value(safe))
+    secret-shaped values masked by the platform's masking (kit.masking)."""
+    return _json_safe(mask_value(_json_safe(changes or {})))
 
 
 def _text(value: str | None, limit: int) -> str | None:
