@@ -92,8 +92,10 @@ def login(body: LoginIn, request: Request, response: Response) -> LoginOut:
     session cookie and returns the CSRF token to send with state-changing requests."""
     engine, settings = _engine(request), _settings(request)
     source_ip = _source_ip(request)
-    # Counted in its own transaction: a refused attempt must still count.
-    wait = transact(engine, lambda s: ratelimit.hit(s, f"login:{source_ip or 'unknown'}",
+    # Counted in its own transaction, so a refused attempt still counts; on the bookkeeping
+    # engine when the app has one (a counter need not wait for the disk).
+    counters = getattr(request.app.state, "bookkeeping_engine", None) or engine
+    wait = transact(counters, lambda s: ratelimit.hit(s, f"login:{source_ip or 'unknown'}",
                                                     settings.login_rate_limit_per_minute, 60))
     if wait is not None:
         raise ratelimit.RateLimited("too many login attempts from this address", retry_after=wait)
