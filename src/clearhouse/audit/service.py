@@ -165,7 +165,12 @@ def stored_event_hash(prev: str, event: Any) -> str:
 
 def record(session: Session, actor: Actor, action: str, object_type: str, object_id: str, *,
            changes: dict | None = None, merchant_id: str | None = None) -> str:
-    """Append one event in the caller's transaction (commits or rolls back with the change); returns its id."""
+    """Append one event in the caller's transaction (commits or rolls back with the change); returns its id.
+
+    Takes the audit chain's lock, held until the caller commits: every audited change
+    queues on it. Call it last, after the change's own locks, so the lock order is
+    always "domain rows, then the audit chain" and two writers never deadlock.
+    """
     if actor.type not in ACTOR_TYPES:
         raise ValueError(f"actor type must be one of {ACTOR_TYPES}, not {actor.type!r}")
     event_id = new_id("aev")
@@ -184,8 +189,7 @@ def record(session: Session, actor: Actor, action: str, object_type: str, object
         "request_id": _text(actor.request_id, models.REQUEST_ID_MAX),
         "changes_json": ledger_service.canonical_json(mask_changes(changes)),
     }
-    # Masking and serializing happen before the lock: the chain head is held only for
-    # the hash and two short statements.
+    # Masking and serializing happen before the lock, which is then held until commit.
     seq, prev = repository.lock_chain(session)
     seq += 1
     occurred_at = clock.now()  # read under the chain lock, so time never runs backwards along the chain
