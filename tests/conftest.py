@@ -7,12 +7,14 @@ The backends come from ``CLEARHOUSE_TEST_BACKENDS`` (``make test`` sets
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from clearhouse.app import create_app
-from clearhouse.kit.db import make_engine, upgrade
+from clearhouse.audit.service import SYSTEM
+from clearhouse.identity import service as identity
+from clearhouse.identity.signing import ClearhouseAuth
+from clearhouse.kit.db import make_engine, transact, upgrade
 from clearhouse.kit.models import Base
 from clearhouse.kit.settings import Settings
 from clearhouse.ledger.models import GENESIS_HASH
@@ -89,20 +94,107 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+TEST_MASTER_KEY = "mk_test:" + base64.b64encode(bytes(range(32))).decode()
+"""A fixed master key for tests (a real deployment's lives in a key file or the environment)."""
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url)
+    return Settings(database_url=database_url, master_key=TEST_MASTER_KEY, master_key_file=None)
 
 
 @pytest.fixture
-def app(settings: Settings, engine: Engine):
-    return create_app(settings, engine=engine)
+def bookkeeping_engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url, pool_size=4, durable=False)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
-def client(app) -> Iterator[TestClient]:
+def app(settings: Settings, engine: Engine, bookkeeping_engine: Engine):
+    return create_app(settings, engine=engine, bookkeeping_engine=bookkeeping_engine)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    key_id: str
+    secret: str
+    merchant_id: str | None = None
+
+    @property
+    def auth(self) -> ClearhouseAuth:
+        return ClearhouseAuth(self.key_id, self.secret)
+
+
+def make_key(app, *, merchant_id: str | None = None, mode: str = "platform",
+             scopes: list[str] | None = None) -> Credentials:
+    """A key made straight through the service (what `clearhouse keys create` does)."""
+    row, secret = transact(app.state.engine, lambda s: identity.create_api_key(
+        s, app.state.cipher, SYSTEM, merchant_id=merchant_id, mode=mode, scopes=scopes, created_by="tests"))
+    return Credentials(row.id, secret, merchant_id)
+
+
+def make_merchant(app, name: str = "Shop") -> Credentials:
+    """A merchant with one test key."""
+    merchant = transact(app.state.engine, lambda s: identity.create_merchant(s, SYSTEM, name=name))
+    return make_key(app, merchant_id=merchant.id, mode="test")
+
+
+@pytest.fixture
+def platform_key(app) -> Credentials:
+    """A platform key holding every scope a platform key may hold."""
+    return make_key(app)
+
+
+@pytest.fixture
+def client(app, platform_key: Credentials) -> Iterator[TestClient]:
+    """Signed with ``platform_key``: what the operator's own back office would send."""
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        test_client.auth = platform_key.auth
+        yield test_client
+
+
+@pytest.fixture
+def anonymous_client(app) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def merchant_client_factory(app) -> Iterator[Callable[..., tuple[TestClient, str]]]:
+    """``factory(name)`` -> (a client signed with a new merchant's test key, the merchant id)."""
+    opened: list[TestClient] = []
+
+    def factory(name: str = "Shop") -> tuple[TestClient, str]:
+        credentials = make_merchant(app, name)
+        test_client = TestClient(app, raise_server_exceptions=False)
+        test_client.auth = credentials.auth
+        opened.append(test_client)
+        return test_client, credentials.merchant_id or ""
+
+    yield factory
+    for test_client in opened:
+        test_client.close()
+
+
+@pytest.fixture
+def user_client_factory(app) -> Iterator[Callable[..., TestClient]]:
+    """``factory(role, merchant_id=None)`` -> a client signed in as a new person with that role."""
+    from tests.identity.people_support import create_user, login
+
+    opened: list[TestClient] = []
+
+    def factory(role: str, merchant_id: str | None = None) -> TestClient:
+        user = create_user(app.state.engine, role, merchant_id, cipher=app.state.cipher)
+        test_client = TestClient(app, raise_server_exceptions=False)
+        opened.append(test_client)
+        login(test_client, user)
+        test_client.user = user  # type: ignore[attr-defined]
+        return test_client
+
+    yield factory
+    for test_client in opened:
+        test_client.close()
 
 
 def _free_port() -> int:
@@ -129,6 +221,7 @@ def live_server(app) -> Iterator[str]:
 
 
 @pytest.fixture
-def http(live_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server, timeout=30) as client:
+def http(live_server: str, platform_key: Credentials) -> Iterator[httpx.Client]:
+    """Real HTTP, signed with ``platform_key``."""
+    with httpx.Client(base_url=live_server, timeout=30, auth=platform_key.auth) as client:
         yield client

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from clearhouse.identity.signing import ClearhouseAuth
 from clearhouse.kit import clock
 from clearhouse.kit.db import head_revision, make_engine, transact, upgrade
 from clearhouse.ledger import service
@@ -280,6 +281,9 @@ class TestWorker:
         assert json_object(result.stdout, "ledger.void_expired") == {
             "ledger.void_expired": 0,
             "idempotency.purge_expired": 0,
+            "identity.purge_nonces": 0,
+            "identity.purge_rate_limits": 0,
+            "identity.expire_approvals": 0,
         }
 
     def test_once_voids_an_expired_pending_transfer(self, demo_db):
@@ -366,16 +370,29 @@ def server(db) -> Iterator[tuple[str, str, Path, subprocess.Popen]]:
                 process.wait()
 
 
+def demo_client(base: str, url: str, who: str = "platform") -> httpx.Client:
+    """A client signed with the key ``serve --demo`` wrote to demo-credentials.json."""
+    credentials = json.loads((sqlite_file(url).parent / "demo-credentials.json").read_text())[who]
+    return httpx.Client(base_url=base, timeout=30,
+                        auth=ClearhouseAuth(credentials["api_key_id"], credentials["api_secret"]))
+
+
 class TestServe:
     def test_serve_demo_is_ready_over_real_http_and_stops_on_sigterm(self, server):
         base, url, log, process = server
         ready = httpx.get(f"{base}/readyz", timeout=10)
         assert ready.json() == {"status": "ready", "schema": head_revision()}
         assert httpx.get(f"{base}/healthz", timeout=10).json() == {"status": "ok"}
-        account = httpx.get(f"{base}/v1/ledger/accounts/acct_demo_bank_main", timeout=10)
-        assert account.status_code == 200
-        assert account.json()["currency"] == "CNY"
-        assert httpx.get(f"{base}/v1/ledger/verify", timeout=30).json()["ok"] is True
+        assert httpx.get(f"{base}/v1/ledger/accounts/acct_demo_bank_main", timeout=10).status_code == 401
+        with demo_client(base, url) as signed:
+            account = signed.get("/v1/ledger/accounts/acct_demo_bank_main")
+            assert account.status_code == 200
+            assert account.json()["currency"] == "CNY"
+            assert signed.get("/v1/ledger/verify").json()["ok"] is True
+            assert signed.get("/v1/merchants/mch_demo").json()["name"] == "Demo Shop"
+        with demo_client(base, url, "merchant") as merchant:
+            assert merchant.get("/v1/merchants/mch_demo").status_code == 200
+            assert merchant.get("/v1/ledger/accounts/acct_demo_bank_main").json()["code"] == "forbidden"
         assert "clearhouse_http_requests_total" in httpx.get(f"{base}/metrics", timeout=10).text
         process.terminate()
         # uvicorn shuts down gracefully, then re-raises the signal it caught.
@@ -385,8 +402,9 @@ class TestServe:
     def test_serve_demo_runs_the_worker_in_process(self, server):
         base, url, log, process = server
         deadline = time.monotonic() + 30
+        signed = demo_client(base, url)
         while True:
-            status = httpx.get(f"{base}/v1/ledger/transfers/tr_cli_serve_expired", timeout=10).json()["status"]
+            status = signed.get("/v1/ledger/transfers/tr_cli_serve_expired").json()["status"]
             if status == "voided":
                 break
             assert time.monotonic() < deadline, f"still {status}:\n{log.read_text()}"

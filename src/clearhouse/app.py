@@ -12,7 +12,13 @@ from sqlalchemy import Engine, text
 
 import clearhouse
 from clearhouse import worker
+from clearhouse.audit.endpoints import router as audit_router
+from clearhouse.identity import service as identity_service
+from clearhouse.identity.endpoints import router as identity_router
+from clearhouse.identity.middleware import AuthenticationMiddleware
+from clearhouse.identity.permissions import PUBLIC, requires, route_permission
 from clearhouse.kit.api import install_input_guards
+from clearhouse.kit.crypto import FieldCipher, load_master_keys
 from clearhouse.kit.db import current_revision, head_revision, make_engine
 from clearhouse.kit.errors import install_handlers
 from clearhouse.kit.idempotency import IdempotencyMiddleware
@@ -23,13 +29,20 @@ from clearhouse.ledger.endpoints import router as ledger_router
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
+               bookkeeping_engine: Engine | None = None, cipher: FieldCipher | None = None,
                run_worker: bool = False) -> FastAPI:
+    """The ASGI app. Start-up stops here, with a clear ``CryptoConfigError``, when the master
+    keys are missing or do not unwrap the database's data keys."""
     settings = settings or get_settings()
     if not structlog.is_configured():
         # Embedded (tests, another ASGI host): without this, structlog's default renderer
         # would print every frame's locals for each 500, slowly, inside the event loop.
         configure_logging(settings.log_level, settings.log_json)
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    owned_bookkeeping = bookkeeping_engine is None
+    bookkeeping_engine = bookkeeping_engine or make_engine(settings.database_url, pool_size=4, durable=False)
+    cipher = cipher or FieldCipher.open(engine, load_master_keys(settings))
+    identity_service.use_cipher(cipher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,6 +52,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         yield
         if stop is not None:
             stop.set()
+        if owned_bookkeeping:
+            bookkeeping_engine.dispose()
 
     app = FastAPI(
         title="Clearhouse",
@@ -49,26 +64,32 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.cipher = cipher
     install_handlers(app)
     # Middleware added first runs innermost: a replayed answer costs no route work, and
-    # is still counted and logged.
+    # is still counted and logged; authentication runs before idempotency, so a key is
+    # scoped to its caller and strangers never reach the idempotency table.
     app.add_middleware(IdempotencyMiddleware, engine=engine)
+    app.add_middleware(AuthenticationMiddleware, fastapi_app=app, engine=bookkeeping_engine, cipher=cipher,
+                       settings=settings)
     install_input_guards(app)
     install_metrics(app)
     install_request_logging(app)
     app.include_router(ledger_router)
+    app.include_router(identity_router)
+    app.include_router(audit_router)
 
     # HEAD for probes that send it; kept out of the OpenAPI document, which lists GET.
-    @app.head("/healthz", include_in_schema=False)
-    @app.get("/healthz", tags=["operations"])
+    @app.head("/healthz", include_in_schema=False, dependencies=[requires(PUBLIC)])
+    @app.get("/healthz", tags=["operations"], dependencies=[requires(PUBLIC)])
     def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
     expected_revision = head_revision()
 
-    @app.head("/readyz", include_in_schema=False)
-    @app.get("/readyz", tags=["operations"])
+    @app.head("/readyz", include_in_schema=False, dependencies=[requires(PUBLIC)])
+    @app.get("/readyz", tags=["operations"], dependencies=[requires(PUBLIC)])
     def readyz() -> Response:
         """The database answers and its schema is at the revision this code expects."""
         try:
@@ -84,9 +105,19 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             )
         return JSONResponse({"status": "ready", "schema": revision})
 
-    if settings.metrics_public:
-        @app.get("/metrics", tags=["operations"], include_in_schema=False)
-        def metrics(request: Request) -> Response:
-            return metrics_response()
+    metrics_permission = PUBLIC if settings.metrics_public else "metrics:read"
 
+    @app.get("/metrics", tags=["operations"], include_in_schema=False, dependencies=[requires(metrics_permission)])
+    def metrics(request: Request) -> Response:
+        return metrics_response()
+
+    _document_permissions(app)
     return app
+
+
+def _document_permissions(app: FastAPI) -> None:
+    """Show each route's permission in the OpenAPI document (``x-permission``)."""
+    for route in app.routes:
+        permission = route_permission(route)
+        if permission is not None and hasattr(route, "openapi_extra"):
+            route.openapi_extra = {**(route.openapi_extra or {}), "x-permission": permission}

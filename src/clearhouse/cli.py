@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from clearhouse.audit import commands as audit_commands
+from clearhouse.identity import commands as identity_commands
 from clearhouse.kit.db import make_engine, transact, upgrade
 from clearhouse.kit.logging import configure_logging
 from clearhouse.kit.settings import get_settings
@@ -21,6 +23,9 @@ app.add_typer(ledger_app, name="ledger")
 bench_app = typer.Typer(help="Benchmarks: each figure beside a baseline measured in the same run.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(identity_commands.keys_app, name="keys")
+app.add_typer(identity_commands.merchants_app, name="merchants")
+app.add_typer(audit_commands.app, name="audit")
 console = Console(stderr=True)
 
 
@@ -44,8 +49,7 @@ def serve(
 
     settings = get_settings()
     if demo:
-        upgrade(settings.database_url)
-        _load_demo(settings.database_url)
+        _prepare_demo(settings)
     host = host or settings.host
     port = port or settings.port
     console.print(f"Clearhouse on http://{host}:{port}  (database: {settings.database_url})")
@@ -78,16 +82,27 @@ def worker(once: Annotated[bool, typer.Option(help="Run each job once and exit")
 @app.command()
 def demo() -> None:
     """Load the demo data (idempotent)."""
-    settings = get_settings()
-    upgrade(settings.database_url)
-    created = _load_demo(settings.database_url)
+    created = _prepare_demo(get_settings())
     console.print(f"demo data loaded ({created} new entries)")
 
 
-def _load_demo(url: str) -> int:
+def _prepare_demo(settings: Any) -> int:
+    """Migrate, make a master key file if there is none, load the demo data, and write the
+    demo credentials (``var/demo-credentials.json``) the first time."""
     from clearhouse import demo as demo_module
+    from clearhouse.kit.crypto import ensure_key_file
 
-    return transact(make_engine(url, pool_size=1), demo_module.load)
+    upgrade(settings.database_url)
+    if settings.master_key is None and settings.master_key_file is not None \
+            and ensure_key_file(settings.master_key_file):
+        console.print(f"created master key file {settings.master_key_file} (keep it safe and backed up)")
+    engine = make_engine(settings.database_url, pool_size=1)
+    created = transact(engine, demo_module.load)
+    credentials = demo_module.write_credentials(engine, settings)
+    if credentials is not None:
+        console.print(f"demo credentials written to {credentials}")
+    engine.dispose()
+    return created
 
 
 @db_app.command("upgrade")
@@ -143,10 +158,16 @@ def bench_ledger(
 def main() -> None:
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+    from clearhouse.kit.crypto import CryptoConfigError
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except CryptoConfigError as error:
+        console.print(f"[red]error[/]: {error}")
+        console.print("check CLEARHOUSE_MASTER_KEY or CLEARHOUSE_MASTER_KEY_FILE (docs/data-protection.md)")
+        sys.exit(2)
     except (SQLAlchemyError, ArgumentError, ValueError) as error:
         # Misconfiguration (bad URL, server down, wrong credentials) is an operator's
         # problem to fix, not a bug: one clear line, no traceback.

@@ -6,8 +6,15 @@ Every id is fixed, so loading twice changes nothing.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from clearhouse.kit.db import transact
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.service import CREDIT, DEBIT, EntryRequest, PostingRequest
 
@@ -40,8 +47,20 @@ def _payment(n: int, amount: int) -> EntryRequest:
     )
 
 
+DEMO_MERCHANT = "mch_demo"
+
+
 def load(session: Session) -> int:
-    """Create the demo accounts and entries; returns how many entries were new."""
+    """Create the demo merchant, accounts and entries; returns how many entries were new."""
+    from clearhouse.audit.service import Actor
+    from clearhouse.identity import service as identity
+    from clearhouse.kit.errors import NotFound
+
+    try:
+        identity.get_merchant(session, None, DEMO_MERCHANT)
+    except NotFound:
+        identity.create_merchant(session, Actor(type="system", id="demo"), merchant_id=DEMO_MERCHANT,
+                                 name="Demo Shop", country="CN", default_currency="CNY", timezone="Asia/Shanghai")
     for account_id, account_type, code, flags in ACCOUNTS:
         ledger.create_account(session, id=account_id, type=account_type, currency="CNY", code=code,
                               owner_id="mch_demo" if "merchant" in code else None, **flags)
@@ -57,3 +76,39 @@ def load(session: Session) -> int:
     ))
     outcomes = ledger.create_transfers(session, requests)
     return sum(1 for o in outcomes if o.status == "created")
+
+
+def credentials_path(settings: Any) -> Path:
+    database = settings.sqlite_path()
+    return (database.parent if database is not None else Path("var")) / "demo-credentials.json"
+
+
+def write_credentials(engine: Engine, settings: Any) -> Path | None:
+    """The first time: a platform key (every scope) and a test key for the demo merchant,
+    written to ``demo-credentials.json`` (mode 0600) beside the database. None if it exists."""
+    from clearhouse.audit.service import Actor
+    from clearhouse.identity import service as identity
+    from clearhouse.kit.crypto import FieldCipher, load_master_keys
+
+    path = credentials_path(settings)
+    if path.exists():
+        return None
+    cipher = FieldCipher.open(engine, load_master_keys(settings))
+    actor = Actor(type="system", id="demo")
+
+    def work(session: Session) -> dict[str, Any]:
+        platform, platform_secret = identity.create_api_key(
+            session, cipher, actor, merchant_id=None, mode="platform", name="demo", created_by="demo")
+        merchant, merchant_secret = identity.create_api_key(
+            session, cipher, actor, merchant_id=DEMO_MERCHANT, mode="test", name="demo", created_by="demo")
+        return {
+            "platform": {"api_key_id": platform.id, "api_secret": platform_secret},
+            "merchant": {"merchant_id": DEMO_MERCHANT, "api_key_id": merchant.id, "api_secret": merchant_secret},
+        }
+
+    credentials = transact(engine, work)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(credentials, handle, indent=2)
+    return path

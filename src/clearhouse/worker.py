@@ -1,7 +1,8 @@
 """The background worker: periodic jobs that keep the system moving.
 
-Today: voiding pending ledger transfers past their timeout, and forgetting
-idempotency keys past their 24 h window. Each job runs in its own
+Today: voiding pending ledger transfers past their timeout, forgetting idempotency
+keys past their 24 h window, request nonces past their window and old rate-limit
+counters, and marking overdue approvals expired. Each job runs in its own
 transaction; a failing job is logged and retried on the next tick, never fatal.
 """
 
@@ -14,8 +15,11 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from clearhouse.identity import approvals, ratelimit
+from clearhouse.identity import service as identity
 from clearhouse.kit import idempotency
 from clearhouse.kit.db import transact
+from clearhouse.kit.settings import get_settings
 from clearhouse.ledger import service as ledger
 
 log = structlog.get_logger(__name__)
@@ -23,6 +27,9 @@ log = structlog.get_logger(__name__)
 JOBS: list[tuple[str, Callable[[Session], int]]] = [
     ("ledger.void_expired", ledger.void_expired),
     ("idempotency.purge_expired", idempotency.purge_expired),
+    ("identity.purge_nonces", lambda session: identity.purge_nonces(session, get_settings().nonce_ttl_seconds)),
+    ("identity.purge_rate_limits", ratelimit.purge),
+    ("identity.expire_approvals", approvals.expire_overdue),
 ]
 
 

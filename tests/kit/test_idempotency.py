@@ -93,7 +93,7 @@ class TestConflicts:
                 connection.execute(
                     text(
                         "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at, lease_until) "
-                        "VALUES ('public', 'busy', :h, 'in_progress', :now, :lease)"
+                        "VALUES ('platform', 'busy', :h, 'in_progress', :now, :lease)"
                     ),
                     {"h": _hash_of(accounts, 300), "now": _db_time(engine, T0),
                      "lease": _db_time(engine, T0 + timedelta(seconds=30))},

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import Request
+
 from clearhouse.kit.errors import ClearhouseError
 
 PUBLIC = "public"
@@ -183,7 +185,7 @@ class _Requirement:
 
 def requires(permission: str) -> Any:
     """A route dependency: ``dependencies=[requires("ledger:write")]``."""
-    from fastapi import Depends, Request
+    from fastapi import Depends
 
     requirement = _Requirement(permission)
 
@@ -204,3 +206,10 @@ def route_permission(route: Any) -> str | None:
         if permission is not None:
             return permission
     return None
+
+
+def actor_of(request: Any) -> Any:
+    """The audit trail's view of who made this request (principal, source address, request id)."""
+    from clearhouse.audit.service import actor_of as audit_actor
+
+    return audit_actor(principal_of(request), request)

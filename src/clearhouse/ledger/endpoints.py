@@ -15,6 +15,7 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from clearhouse.identity.permissions import requires
 from clearhouse.kit.api import Page, UtcTime, json_body, validate
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import problem_response
@@ -39,6 +40,8 @@ from clearhouse.ledger.schemas import (
 from clearhouse.ledger.verify import verify
 
 router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+_READ = [requires("ledger:read")]
+_WRITE = [requires("ledger:write")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed JSON (`malformed_request`)"},
@@ -70,7 +73,7 @@ def _as_dict(balance: service.Balance) -> dict[str, int]:
     return dataclasses.asdict(balance)
 
 
-@router.post("/accounts", status_code=201, response_model=AccountOut, responses=_ERRORS)
+@router.post("/accounts", status_code=201, response_model=AccountOut, responses=_ERRORS, dependencies=_WRITE)
 def create_account(body: AccountCreate, request: Request, response: Response) -> AccountOut:
     """Open an account. An id that exists with the same fields returns it with 200."""
 
@@ -89,7 +92,7 @@ def create_account(body: AccountCreate, request: Request, response: Response) ->
     return _account_out(row)
 
 
-@router.get("/accounts", response_model=Page[AccountOut])
+@router.get("/accounts", response_model=Page[AccountOut], dependencies=_READ)
 def list_accounts(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -103,12 +106,12 @@ def list_accounts(
     return Page(data=[_account_out(r) for r in rows], has_more=more, next_cursor=rows[-1].id if more else None)
 
 
-@router.get("/accounts/{account_id}", response_model=AccountOut, responses=_ERRORS)
+@router.get("/accounts/{account_id}", response_model=AccountOut, responses=_ERRORS, dependencies=_READ)
 def get_account(account_id: str, request: Request) -> AccountOut:
     return _account_out(transact(_engine(request), lambda s: service.get_account(s, account_id)))
 
 
-@router.post("/accounts/{account_id}/close", response_model=AccountOut, responses=_ERRORS)
+@router.post("/accounts/{account_id}/close", response_model=AccountOut, responses=_ERRORS, dependencies=_WRITE)
 def close_account(account_id: str, request: Request) -> AccountOut:
     """Close an account whose balances are all zero; it takes no new entries afterwards."""
     return _account_out(transact(_engine(request), lambda s: service.close_account(s, account_id)))
@@ -122,7 +125,7 @@ def _as_of_utc(as_of: datetime | None) -> datetime | None:
     return validate(_as_of_adapter, as_of, loc=("query", "as_of")) if as_of is not None else None
 
 
-@router.get("/accounts/{account_id}/balance", response_model=AccountBalanceOut, responses=_ERRORS)
+@router.get("/accounts/{account_id}/balance", response_model=AccountBalanceOut, responses=_ERRORS, dependencies=_READ)
 def get_balance(
     account_id: str, request: Request, as_of: Annotated[datetime | None, Query()] = None
 ) -> AccountBalanceOut:
@@ -136,7 +139,7 @@ def get_balance(
     return transact(_engine(request), work)
 
 
-@router.get("/accounts/{account_id}/entries", response_model=Page[EntryLine], responses=_ERRORS)
+@router.get("/accounts/{account_id}/entries", response_model=Page[EntryLine], responses=_ERRORS, dependencies=_READ)
 def list_entries(
     account_id: str,
     request: Request,
@@ -211,6 +214,7 @@ def _validate_at(adapter: TypeAdapter[Any], item: Any, at: tuple[Any, ...]) -> A
     openapi_extra=_TRANSFER_BODY,
     responses={200: {"model": BatchOut, "description": "A batch: one result per transfer"}, **_ERRORS},
     response_model=TransferOut,
+    dependencies=_WRITE,
 )
 async def create_transfers(request: Request) -> Any:
     """One transfer, one multi-leg entry, or a batch of up to 8190 (``linked`` for all-or-none)."""
@@ -259,7 +263,7 @@ async def _run(engine: Any, work: Any) -> Any:
     return await run_in_threadpool(transact, engine, work, retry_integrity=True)
 
 
-@router.get("/transfers/{transfer_id}", response_model=TransferOut, responses=_ERRORS)
+@router.get("/transfers/{transfer_id}", response_model=TransferOut, responses=_ERRORS, dependencies=_READ)
 def get_transfer(transfer_id: str, request: Request) -> Any:
     return TransferOut(**transact(_engine(request), lambda s: service.get_transfer(s, transfer_id)))
 
@@ -272,7 +276,7 @@ def _resolve(request: Request, transfer_id: str, resolution: str, amount: int | 
     return TransferOut(**transact(_engine(request), work, retry_integrity=True))
 
 
-@router.post("/transfers/{transfer_id}/post", response_model=TransferOut, responses=_ERRORS)
+@router.post("/transfers/{transfer_id}/post", response_model=TransferOut, responses=_ERRORS, dependencies=_WRITE)
 def post_pending(transfer_id: str, request: Request, body: PostPending | None = None) -> Any:
     """Post a pending transfer, fully or partly (``amount``); returns the pending transfer, now posted."""
     body = body or PostPending()
@@ -280,14 +284,14 @@ def post_pending(transfer_id: str, request: Request, body: PostPending | None = 
     return _resolve(request, transfer_id, "post", body.amount, entry_id)
 
 
-@router.post("/transfers/{transfer_id}/void", response_model=TransferOut, responses=_ERRORS)
+@router.post("/transfers/{transfer_id}/void", response_model=TransferOut, responses=_ERRORS, dependencies=_WRITE)
 def void_pending(transfer_id: str, request: Request, body: VoidPending | None = None) -> Any:
     """Void a pending transfer, releasing what it reserved; returns it, now voided."""
     body = body or VoidPending()
     return _resolve(request, transfer_id, "void", None, body.id or derived_id(request, "tr", "void", transfer_id))
 
 
-@router.get("/verify", response_model=VerifyOut)
+@router.get("/verify", response_model=VerifyOut, dependencies=_READ)
 def verify_ledger(request: Request) -> Any:
     """Recompute the hash chain, zero-sum per currency, every limit, and every balance."""
     return VerifyOut(**transact(_engine(request), lambda s: verify(s).as_dict()))

@@ -1,0 +1,170 @@
+"""Maker-checker: a sensitive action is held, with its exact content, until a second
+person with the needed permission approves it; then it runs, in the approver's
+transaction, exactly as it was held.
+
+Each kind of action registers an executor (``register``); the domain that owns the
+action decides what "run it" means. The maker can never approve their own action,
+an approval expires after ``approval_ttl_hours``, and a decision is final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Row, select, update
+from sqlalchemy.orm import Session
+
+from clearhouse.audit import service as audit
+from clearhouse.identity.models import Approval
+from clearhouse.identity.permissions import Forbidden, Principal
+from clearhouse.kit import clock
+from clearhouse.kit.errors import ClearhouseError, NotFound
+from clearhouse.kit.ids import new_id
+
+approvals = Approval.__table__
+
+Executor = Callable[[Session, dict[str, Any], Principal], dict[str, Any]]
+_EXECUTORS: dict[str, Executor] = {}
+DEFAULT_TTL = timedelta(hours=24)
+
+
+class SelfApprovalRefused(ClearhouseError):
+    """Four eyes: the person who asked for an action cannot approve it."""
+
+    code = "self_approval_refused"
+    status = 403
+    title = "You cannot approve your own request"
+
+
+class ApprovalNotPending(ClearhouseError):
+    """An approval is decided once; an approved, rejected or expired one stays so."""
+
+    code = "approval_not_pending"
+    status = 409
+    title = "Approval already decided"
+
+
+class ApprovalExpired(ClearhouseError):
+    """A held action waits ``approval_ttl_hours`` at most; after that the maker must ask again."""
+
+    code = "approval_expired"
+    status = 409
+    title = "Approval expired"
+
+
+def register(action: str, executor: Executor) -> None:
+    """Say how a held ``action`` runs once approved (called at import by the owning module)."""
+    _EXECUTORS[action] = executor
+
+
+def hold(session: Session, principal: Principal, *, action: str, payload: dict[str, Any], summary: str,
+         permission: str, merchant_id: str | None, actor: audit.Actor | None = None,
+         ttl: timedelta = DEFAULT_TTL) -> dict[str, Any]:
+    """Hold ``action`` for a second person; returns the approval as the API shows it."""
+    if action not in _EXECUTORS:
+        raise ValueError(f"no executor registered for {action!r}")
+    now = clock.now()
+    approval_id = new_id("apr")
+    session.execute(approvals.insert().values(
+        id=approval_id, action=action, payload_json=orjson.dumps(payload).decode(), summary=summary[:500],
+        permission=permission, merchant_id=merchant_id, maker_type=principal.kind, maker_id=principal.id,
+        status="pending", created_at=now, expires_at=now + ttl,
+    ))
+    audit.record(session, actor or _actor(principal), "approval.request", "approval", approval_id,
+                 changes={"action": action, "summary": summary, "payload": payload}, merchant_id=merchant_id)
+    return as_dict(_row(session, approval_id))
+
+
+def _actor(principal: Principal) -> audit.Actor:
+    return audit.Actor(type=principal.kind, id=principal.id, role=principal.role, merchant_id=principal.merchant_id)
+
+
+def _row(session: Session, approval_id: str, *, lock: bool = False) -> Row:
+    query = select(approvals).where(approvals.c.id == approval_id)
+    row = session.execute(query.with_for_update() if lock else query).first()
+    if row is None:
+        raise NotFound(f"no approval {approval_id}")
+    return row
+
+
+def status_of(row: Row) -> str:
+    """A pending approval past its expiry reads as expired even before the worker marks it."""
+    if row.status == "pending" and row.expires_at <= clock.now():
+        return "expired"
+    return row.status
+
+
+def as_dict(row: Row) -> dict[str, Any]:
+    return {
+        "id": row.id, "action": row.action, "summary": row.summary, "payload": orjson.loads(row.payload_json),
+        "permission": row.permission, "merchant_id": row.merchant_id, "maker_type": row.maker_type,
+        "maker_id": row.maker_id, "status": status_of(row), "created_at": row.created_at,
+        "expires_at": row.expires_at, "checker_id": row.checker_id, "decided_at": row.decided_at,
+        "reason": row.reason, "result": orjson.loads(row.result_json) if row.result_json else None,
+    }
+
+
+def get(session: Session, principal: Principal, approval_id: str) -> dict[str, Any]:
+    row = _row(session, approval_id)
+    if not principal.sees(row.merchant_id):
+        raise NotFound(f"no approval {approval_id}")
+    return as_dict(row)
+
+
+def list_approvals(session: Session, principal: Principal, *, status: str | None, limit: int,
+                   starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
+    query = select(approvals).order_by(approvals.c.id).limit(limit + 1)
+    if principal.merchant_id is not None:
+        query = query.where(approvals.c.merchant_id == principal.merchant_id)
+    if starting_after:
+        query = query.where(approvals.c.id > starting_after)
+    now = clock.now()
+    if status == "pending":
+        query = query.where(approvals.c.status == "pending", approvals.c.expires_at > now)
+    elif status == "expired":
+        query = query.where((approvals.c.status == "expired")
+                            | ((approvals.c.status == "pending") & (approvals.c.expires_at <= now)))
+    elif status is not None:
+        query = query.where(approvals.c.status == status)
+    rows = session.execute(query).all()
+    return [as_dict(r) for r in rows[:limit]], len(rows) > limit
+
+
+def decide(session: Session, checker: Principal, approval_id: str, *, approve: bool, reason: str | None,
+           actor: audit.Actor | None = None) -> dict[str, Any]:
+    """Approve (and run) or reject a held action."""
+    # The row lock makes two checkers deciding at once take turns; the second sees a decision.
+    row = _row(session, approval_id, lock=True)
+    if not checker.sees(row.merchant_id):
+        raise NotFound(f"no approval {approval_id}")
+    if checker.kind != "user":
+        raise Forbidden("approvals are decided by people, not API keys")
+    if row.maker_id == checker.id:
+        raise SelfApprovalRefused("a different person must approve this")
+    if not checker.can(row.permission):
+        raise Forbidden(f"approving this needs the {row.permission} permission")
+    status = status_of(row)
+    if status == "expired":
+        raise ApprovalExpired(f"approval {approval_id} expired at {clock.rfc3339(row.expires_at)}")
+    if status != "pending":
+        raise ApprovalNotPending(f"approval {approval_id} is already {status}")
+    now = clock.now()
+    result = _EXECUTORS[row.action](session, orjson.loads(row.payload_json), checker) if approve else None
+    session.execute(update(approvals).where(approvals.c.id == approval_id).values(
+        status="approved" if approve else "rejected", checker_id=checker.id, decided_at=now, reason=reason,
+        result_json=orjson.dumps(result).decode() if result is not None else None,
+    ))
+    audit.record(session, actor or _actor(checker), "approval.approve" if approve else "approval.reject",
+                 "approval", approval_id, changes={"action": row.action, "reason": reason},
+                 merchant_id=row.merchant_id)
+    return as_dict(_row(session, approval_id))
+
+
+def expire_overdue(session: Session) -> int:
+    """Mark pending approvals past their expiry as expired (run by the worker); returns how many."""
+    result = session.execute(update(approvals).where(
+        approvals.c.status == "pending", approvals.c.expires_at <= clock.now()).values(status="expired"))
+    return result.rowcount or 0

@@ -1,0 +1,142 @@
+"""Authentication at the edge: every request but the public routes carries a valid
+signature (API keys) or a live session (people), or it stops here with a 401.
+
+Pure ASGI, outside the idempotency middleware: an unauthenticated request never
+reaches the idempotency table, and an authenticated one has its Idempotency-Key
+scoped to its merchant. Permissions are checked later, per route (``requires``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import cookie_parser
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from clearhouse.identity import service, signing
+from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, route_permission
+from clearhouse.identity.ratelimit import RateLimited
+from clearhouse.kit.api import read_body, replay_body
+from clearhouse.kit.crypto import FieldCipher
+from clearhouse.kit.db import transact
+from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
+from clearhouse.kit.settings import Settings
+
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_KEY = signing.KEY_HEADER.lower().encode()
+_TIMESTAMP = signing.TIMESTAMP_HEADER.lower().encode()
+_NONCE = signing.NONCE_HEADER.lower().encode()
+_SIGNATURE = signing.SIGNATURE_HEADER.lower().encode()
+_DUMMY_SECRET = "cks_" + "0" * 43
+"""Signs for unknown keys too, so an unknown key costs the same time as a wrong signature."""
+
+
+class CsrfFailed(ClearhouseError):
+    """A state-changing request made with a session must echo the session's CSRF token."""
+
+    code = "csrf_failed"
+    status = 403
+    title = "CSRF token missing or wrong"
+
+
+class AuthenticationMiddleware:
+    def __init__(self, app: ASGIApp, *, fastapi_app: Any, engine: Engine, cipher: FieldCipher, settings: Settings):
+        self.app = app
+        self.fastapi_app = fastapi_app
+        # Nonces, rate-limit counters and session touches are bookkeeping, not money: their
+        # commits need not wait for the disk (see kit.db.make_engine).
+        self.engine = engine
+        self.cipher = cipher
+        self.settings = settings
+        self._public: list[Any] | None = None
+
+    def _is_public(self, scope: Scope) -> bool:
+        if self._public is None:
+            self._public = [r for r in self.fastapi_app.routes if route_permission(r) == PUBLIC]
+        return any(route.matches(scope)[0] == Match.FULL for route in self._public)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._is_public(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        try:
+            if _KEY in headers:
+                body = await read_body(receive)
+                if body is None:
+                    raise MalformedRequest("the client disconnected before the body arrived")
+                receive = replay_body(body, receive)
+                principal = await run_in_threadpool(self._key_principal, scope, headers, body)
+            elif b"cookie" in headers:
+                principal = await run_in_threadpool(self._session_principal, scope, headers)
+            else:
+                raise AuthenticationRequired("sign the request with an API key (api.md, Authentication) or sign in")
+        except ClearhouseError as error:
+            await send_problem(send, error)
+            return
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        state["idempotency_scope"] = principal.idempotency_scope
+        await self.app(scope, receive, send)
+
+    def _key_principal(self, scope: Scope, headers: dict[bytes, bytes], body: bytes) -> Principal:
+        key_id = headers[_KEY].decode("latin-1")
+        timestamp = headers.get(_TIMESTAMP, b"").decode("latin-1")
+        nonce = headers.get(_NONCE, b"").decode("latin-1")
+        given = headers.get(_SIGNATURE, b"").decode("latin-1")
+        missing = [name for name, value in ((signing.TIMESTAMP_HEADER, timestamp), (signing.NONCE_HEADER, nonce),
+                                            (signing.SIGNATURE_HEADER, given)) if not value]
+        if missing:
+            raise service.SignatureInvalid(f"missing {', '.join(missing)}")
+        if not timestamp.isdigit() or len(timestamp) > 12:
+            raise service.SignatureInvalid(f"{signing.TIMESTAMP_HEADER} must be unix seconds")
+        if abs(int(timestamp) - _now_seconds()) > self.settings.signature_tolerance_seconds:
+            raise service.SignatureExpired(
+                f"the timestamp is more than {self.settings.signature_tolerance_seconds} s from server time")
+        if not signing.NONCE_PATTERN.match(nonce):
+            raise service.SignatureInvalid(f"{signing.NONCE_HEADER} must be 16-64 printable ASCII characters")
+        path = scope.get("raw_path") or scope["path"].encode()
+        message = signing.signing_string(scope["method"], path.decode("latin-1"),
+                                         scope.get("query_string", b"").decode("latin-1"), timestamp, nonce, body)
+
+        def work(session: Any) -> tuple[Principal, int | None]:
+            key = service.find_key(session, key_id)
+            secret = service.key_secret(self.cipher, key) if key is not None else _DUMMY_SECRET
+            if not signing.signature_matches(secret, message, given) or key is None:
+                raise service.SignatureInvalid("the signature does not match the request, or the key is unknown")
+            service.check_key_state(key)
+            wait = service.consume_nonce(session, key.id, nonce,
+                                         rate_limit_per_minute=self.settings.api_key_rate_limit_per_minute)
+            return service.key_principal(key), wait
+
+        principal, wait = transact(self.engine, work)
+        if wait is not None:
+            raise RateLimited("this API key is over its rate limit", retry_after=wait)
+        return principal
+
+    def _session_principal(self, scope: Scope, headers: dict[bytes, bytes]) -> Principal:
+        from clearhouse.identity.people.service import SESSION_COOKIE, session_principal
+
+        token = cookie_parser(headers[b"cookie"].decode("latin-1")).get(SESSION_COOKIE)
+        if not token:
+            raise AuthenticationRequired("sign the request with an API key (api.md, Authentication) or sign in")
+        found = transact(self.engine, lambda session: session_principal(session, token, self.settings))
+        if found is None:
+            raise AuthenticationRequired("the session has ended; sign in again")
+        principal, csrf_token = found
+        if scope["method"] in _UNSAFE:
+            given = headers.get(b"x-csrf-token", b"")
+            if not hmac.compare_digest(given, csrf_token.encode()):
+                raise CsrfFailed("send the session's CSRF token in X-CSRF-Token")
+        return principal
+
+
+def _now_seconds() -> int:
+    # Wall time, not kit.clock: the timestamp is about the network, and a test (or a
+    # replayed business day) that freezes the business clock must not expire signatures.
+    return int(time.time())
