@@ -14,6 +14,11 @@ app = typer.Typer(help="People who sign in to the console.", no_args_is_help=Tru
 console = Console(stderr=True)
 
 
+@app.callback()
+def _group() -> None:
+    """People who sign in to the console (a group even with one command, so ``users create`` stays)."""
+
+
 def _read_password() -> str:
     """One line from stdin (never a command-line argument, which other users can see in
     the process list); a prompt without echo when stdin is a terminal."""
