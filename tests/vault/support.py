@@ -44,18 +44,32 @@ def find_pans(blob: bytes, pans: list[str]) -> list[str]:
 
 
 @contextmanager
-def captured_logs(path: Path, level: str = "DEBUG", json: bool = False) -> Iterator[Path]:
+def captured_logs(path: Path, level: str = "DEBUG", json: bool = False, *, uvicorn: bool = False) -> Iterator[Path]:
     """Every log line (structlog and stdlib) written to ``path`` through the production
-    configuration (kit/logging.configure_logging) while the block runs; then restored."""
+    configuration (kit/logging.configure_logging) while the block runs; then restored.
+
+    ``uvicorn``: also uvicorn's own loggers, which keep their own handlers and do not
+    propagate to the root (their records pass the scrub filter configure_logging puts on them).
+    """
     was_configured = structlog.is_configured()
     previous_config = structlog.get_config()
     root = logging.getLogger()
     previous_handlers, previous_level = root.handlers[:], root.level
+    server_loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.access")] if uvicorn else []
+    previous_server_levels = [logger.level for logger in server_loggers]
     with path.open("w", encoding="utf-8") as stream:
         kit_logging.configure_logging(level, json=json, stream=stream)
+        server_handler = logging.StreamHandler(stream)
+        for logger in server_loggers:
+            logger.addHandler(server_handler)
+            logger.setLevel(level)
+        logging.getLogger("uvicorn.error").setLevel(level) if uvicorn else None
         try:
             yield path
         finally:
+            for logger, previous in zip(server_loggers, previous_server_levels, strict=True):
+                logger.removeHandler(server_handler)
+                logger.setLevel(previous)
             for handler in root.handlers:
                 handler.flush()
             stream.flush()
