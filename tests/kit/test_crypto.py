@@ -296,3 +296,15 @@ class TestRotation:
         rotate_data_key(engine, rotated_elsewhere)
         token = rotated_elsewhere.encrypt(PAN, CONTEXT)
         assert cipher.decrypt(token, CONTEXT) == PAN  # re-reads the key file for the new master key
+
+    def test_data_key_rotation_after_master_rotation_wraps_under_the_new_master_key(
+        self, engine: Engine, key_settings: Settings, cipher: FieldCipher
+    ):
+        # `clearhouse keys rotate --data-key` opens its cipher before rotating the master key.
+        master = rotate_master_key(engine, key_settings)
+        data = rotate_data_key(engine, cipher)
+        with engine.connect() as connection:
+            wrapped_by = connection.execute(
+                select(DataKey.master_key_id).where(DataKey.id == data["data_key_id"])
+            ).scalar_one()
+        assert wrapped_by == master["master_key_id"]

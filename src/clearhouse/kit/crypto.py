@@ -133,8 +133,8 @@ def parse_key_file(path: Path) -> Keyring:
         content = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CryptoConfigError(
-            f"master key file {path} does not exist (create one with `clearhouse keys init`, "
-            f"or set {ENV_NAME})"
+            f"master key file {path} does not exist: restore it from your backup, set {ENV_NAME}, "
+            "or, for development only, let `clearhouse demo` create one"
         ) from None
     except (OSError, UnicodeDecodeError) as error:
         raise CryptoConfigError(f"master key file {path} cannot be read: {type(error).__name__}") from None
@@ -425,13 +425,19 @@ def rotate_data_key(engine: Engine, cipher: FieldCipher) -> dict[str, Any]:
     Other running processes keep encrypting under the key they opened with, which stays
     readable, so nothing needs restarting."""
 
+    keyring = cipher.keyring
+    if keyring.path is not None:
+        # The key file may have a newer active master key (rotate_master_key just ran, or
+        # ran in another process): wrap under that one, not the key this cipher opened with.
+        keyring = cipher.keyring = parse_key_file(keyring.path)
+
     def rotate(session: Session) -> tuple[str, bytes, list[str]]:
         retired = list(session.scalars(
             select(DataKey.id).where(DataKey.purpose == "field", DataKey.active.is_(True)).with_for_update()
         ))
         session.execute(update(DataKey).where(DataKey.id.in_(retired)).values(active=False))
         session.flush()  # the partial unique index allows the new active key only after this
-        data_key_id, data_key = _new_data_key(session, cipher.keyring, "field")
+        data_key_id, data_key = _new_data_key(session, keyring, "field")
         return data_key_id, data_key, retired
 
     data_key_id, data_key, retired = transact(engine, rotate)
