@@ -15,7 +15,8 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from clearhouse.identity.permissions import requires
+from clearhouse.audit import service as audit
+from clearhouse.identity.permissions import actor_of, requires
 from clearhouse.kit.api import Page, UtcTime, json_body, validate
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import problem_response
@@ -77,14 +78,20 @@ def _as_dict(balance: service.Balance) -> dict[str, int]:
 def create_account(body: AccountCreate, request: Request, response: Response) -> AccountOut:
     """Open an account. An id that exists with the same fields returns it with 200."""
 
+    actor = actor_of(request)
+
     def work(session: Session) -> tuple[Row, bool]:
-        return service.create_account(
+        row, created = service.create_account(
             session, id=body.id or derived_id(request, "acct"), type=body.type, currency=body.currency,
             code=body.code, owner_id=body.owner_id,
             debits_must_not_exceed_credits=body.flags.debits_must_not_exceed_credits,
             credits_must_not_exceed_debits=body.flags.credits_must_not_exceed_debits,
             overdraft_limit=body.overdraft_limit, metadata=body.metadata,
         )
+        if created:
+            audit.record(session, actor, "ledger.account.create", "ledger_account", row.id,
+                         changes=body.model_dump(mode="json", exclude_none=True))
+        return row, created
 
     row, created = transact(_engine(request), work, retry_integrity=True)
     if not created:
@@ -114,7 +121,14 @@ def get_account(account_id: str, request: Request) -> AccountOut:
 @router.post("/accounts/{account_id}/close", response_model=AccountOut, responses=_ERRORS, dependencies=_WRITE)
 def close_account(account_id: str, request: Request) -> AccountOut:
     """Close an account whose balances are all zero; it takes no new entries afterwards."""
-    return _account_out(transact(_engine(request), lambda s: service.close_account(s, account_id)))
+    actor = actor_of(request)
+
+    def work(session: Session) -> Row:
+        row = service.close_account(session, account_id)
+        audit.record(session, actor, "ledger.account.close", "ledger_account", account_id)
+        return row
+
+    return _account_out(transact(_engine(request), work))
 
 
 _as_of_adapter = TypeAdapter(UtcTime)
@@ -227,7 +241,20 @@ async def create_transfers(request: Request) -> Any:
         requests = [_request_of(item, ("transfers", i)) for i, item in enumerate(batch.transfers)]
         for index, entry in enumerate(requests):
             entry.id = entry.id or derived_id(request, "tr", index)
-        outcomes = await _run(engine, lambda s: service.create_transfers(s, requests, linked=batch.linked))
+        actor = actor_of(request)
+
+        def write_batch(session: Session) -> list[service.Outcome]:
+            outcomes = service.create_transfers(session, requests, linked=batch.linked)
+            created = [o.id for o in outcomes if o.status == "created"]
+            if created:
+                # One event per batch, not per transfer: the ledger's own hash chain holds each
+                # transfer; this says who wrote them.
+                audit.record(session, actor, "ledger.transfers.create", "ledger_transfer_batch", created[0],
+                             changes={"created": len(created), "first_id": created[0], "last_id": created[-1],
+                                      "linked": batch.linked})
+            return outcomes
+
+        outcomes = await _run(engine, write_batch)
         results = [BatchResult(index=o.index, id=o.id, status=o.status, code=o.code, detail=o.detail)
                    for o in outcomes]
         _count(outcomes)
@@ -241,8 +268,12 @@ async def create_transfers(request: Request) -> Any:
     entry = _request_of(body)
     entry.id = entry.id or derived_id(request, "tr")
 
+    actor = actor_of(request)
+
     def work(session: Session) -> tuple[dict[str, Any], bool]:
         transfer_id, created = service.create_transfer(session, entry)
+        if created:
+            audit.record(session, actor, "ledger.transfer.create", "ledger_transfer", transfer_id)
         return service.get_transfer(session, transfer_id), created
 
     try:
@@ -269,8 +300,13 @@ def get_transfer(transfer_id: str, request: Request) -> Any:
 
 
 def _resolve(request: Request, transfer_id: str, resolution: str, amount: int | None, entry_id: str | None) -> Any:
+    actor = actor_of(request)
+
     def work(session: Session) -> dict[str, Any]:
-        service.resolve_pending(session, transfer_id, resolution, amount=amount, id=entry_id)
+        _entry_id, created = service.resolve_pending(session, transfer_id, resolution, amount=amount, id=entry_id)
+        if created:
+            audit.record(session, actor, f"ledger.transfer.{resolution}", "ledger_transfer", transfer_id,
+                         changes={"amount": amount} if amount is not None else None)
         return service.get_transfer(session, transfer_id)
 
     return TransferOut(**transact(_engine(request), work, retry_integrity=True))
