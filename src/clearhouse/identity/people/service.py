@@ -11,6 +11,7 @@ error instead of raising it: the caller commits, then raises.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -53,7 +54,6 @@ PASSWORD_MIN_LENGTH = 12
 PASSWORD_MAX_LENGTH = 256
 
 _hasher = PasswordHasher()  # argon2id with the library's RFC 9106 low-memory profile
-_DUMMY_HASH = _hasher.hash("not a real password: for timing only")
 _RECOVERY_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, no i, l, o, u
 _DOMAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _EMAIL_SHAPE = re.compile(rf"^[^@\s\x00-\x1f\x7f]{{1,64}}@{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})+$")
@@ -256,6 +256,13 @@ def check_password_policy(password: str, email: str) -> None:
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check unknown emails against, so they cost what a known one costs
+    (made on first use: every CLI command need not pay for it)."""
+    return _hasher.hash("not a real password: for timing only")
 
 
 def _password_matches(password_hash: str, password: str) -> bool:
@@ -562,7 +569,7 @@ def login(session: Session, settings: Settings, cipher: FieldCipher | None, *, e
                changes={"reason": reason}, merchant_id=user.merchant_id if user else None)
 
     if user is None or user.disabled:
-        _password_matches(_DUMMY_HASH if user is None else user.password_hash, password)  # the same time
+        _password_matches(_dummy_hash() if user is None else user.password_hash, password)  # the same time
         failed(user, "unknown_email" if user is None else "disabled")
         return InvalidCredentials("wrong email or password")
     if user.locked_until is not None and user.locked_until > now:
