@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -16,7 +17,8 @@ from clearhouse.audit.endpoints import router as audit_router
 from clearhouse.identity import service as identity_service
 from clearhouse.identity.endpoints import router as identity_router
 from clearhouse.identity.middleware import AuthenticationMiddleware
-from clearhouse.identity.permissions import PUBLIC, requires, route_permission
+from clearhouse.identity.people.endpoints import router as people_router
+from clearhouse.identity.permissions import PUBLIC, leaf_routes, requires, route_permission
 from clearhouse.kit.api import install_input_guards
 from clearhouse.kit.crypto import FieldCipher, load_master_keys
 from clearhouse.kit.db import current_revision, head_revision, make_engine
@@ -26,6 +28,7 @@ from clearhouse.kit.logging import configure_logging, install_request_logging
 from clearhouse.kit.metrics import install_metrics, metrics_response
 from clearhouse.kit.settings import Settings, get_settings
 from clearhouse.ledger.endpoints import router as ledger_router
+from clearhouse.vault.endpoints import router as vault_router
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.engine = engine
     app.state.settings = settings
     app.state.cipher = cipher
+    app.state.bookkeeping_engine = bookkeeping_engine
     install_handlers(app)
     # Middleware added first runs innermost: a replayed answer costs no route work, and
     # is still counted and logged; authentication runs before idempotency, so a key is
@@ -78,6 +82,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(ledger_router)
     app.include_router(identity_router)
     app.include_router(audit_router)
+    app.include_router(people_router)
+    app.include_router(vault_router)
 
     # HEAD for probes that send it; kept out of the OpenAPI document, which lists GET.
     @app.head("/healthz", include_in_schema=False, dependencies=[requires(PUBLIC)])
@@ -116,8 +122,18 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
 
 def _document_permissions(app: FastAPI) -> None:
-    """Show each route's permission in the OpenAPI document (``x-permission``)."""
-    for route in app.routes:
-        permission = route_permission(route)
-        if permission is not None and hasattr(route, "openapi_extra"):
-            route.openapi_extra = {**(route.openapi_extra or {}), "x-permission": permission}
+    """Show each operation's permission in the OpenAPI document (``x-permission``)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for route in leaf_routes(app):
+                permission = route_permission(route)
+                operations = schema["paths"].get(getattr(route, "path", ""), {})
+                for method in getattr(route, "methods", None) or ():
+                    if permission is not None and method.lower() in operations:
+                        operations[method.lower()]["x-permission"] = permission
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from clearhouse.audit import commands as audit_commands
 from clearhouse.identity import commands as identity_commands
+from clearhouse.identity.people import commands as people_commands
 from clearhouse.kit.db import make_engine, transact, upgrade
 from clearhouse.kit.logging import configure_logging
 from clearhouse.kit.settings import get_settings
@@ -26,6 +27,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(identity_commands.keys_app, name="keys")
 app.add_typer(identity_commands.merchants_app, name="merchants")
 app.add_typer(audit_commands.app, name="audit")
+app.add_typer(people_commands.app, name="users")
 console = Console(stderr=True)
 
 

@@ -445,9 +445,10 @@ class HttpResult:
     failures: list[str] = field(default_factory=list)
 
 
-def serve(database_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(database_url: str, port: int, log: Path, master_key: str) -> subprocess.Popen[bytes]:
     """``clearhouse serve`` in its own process, as an operator would run it."""
-    env = {**os.environ, "CLEARHOUSE_DATABASE_URL": database_url, "CLEARHOUSE_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "CLEARHOUSE_DATABASE_URL": database_url, "CLEARHOUSE_LOG_LEVEL": "WARNING",
+           "CLEARHOUSE_MASTER_KEY": master_key, "CLEARHOUSE_API_KEY_RATE_LIMIT_PER_MINUTE": "0"}
     command = [
         sys.executable,
         "-c",
@@ -460,6 +461,24 @@ def serve(database_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     ]
     with log.open("wb") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def bench_credentials(engine: Engine) -> tuple[str, Any]:
+    """A fresh master key and a platform key signed with it: the benchmark's client signs
+    every request, as real clients do."""
+    import base64
+
+    from clearhouse.audit.service import Actor
+    from clearhouse.identity import service as identity
+    from clearhouse.identity.signing import ClearhouseAuth
+    from clearhouse.kit.crypto import FieldCipher, load_master_keys
+    from clearhouse.kit.settings import Settings
+
+    master_key = "mk_bench:" + base64.b64encode(os.urandom(32)).decode()
+    cipher = FieldCipher.open(engine, load_master_keys(Settings(master_key=master_key, master_key_file=None)))
+    row, secret = transact(engine, lambda s: identity.create_api_key(
+        s, cipher, Actor(type="system", id="bench"), merchant_id=None, mode="platform", created_by="bench"))
+    return master_key, ClearhouseAuth(row.id, secret)
 
 
 def wait_until_up(
@@ -493,6 +512,7 @@ def http_part(directory: Path, sizes: Sizes, progress: ProgressFn = no_progress)
     engine = make_engine(database_url, pool_size=1)
     account_ids = [f"acct_bench_{i:05d}" for i in range(sizes.accounts)]
     open_accounts(engine, account_ids)
+    master_key, auth = bench_credentials(engine)
     engine.dispose()
 
     rng = random.Random(SEED + 1)
@@ -502,9 +522,9 @@ def http_part(directory: Path, sizes: Sizes, progress: ProgressFn = no_progress)
     task = "http: single transfers"
     port = free_port()
     log = directory / "serve.log"
-    process = serve(database_url, port, log)
+    process = serve(database_url, port, log, master_key)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, auth=auth) as client:
             wait_until_up(client, process, log)
             progress(task, 0, total)
             for n in range(total):

@@ -19,7 +19,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clearhouse.identity import service, signing
-from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, route_permission
+from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, leaf_routes, route_permission
 from clearhouse.identity.ratelimit import RateLimited
 from clearhouse.kit.api import read_body, replay_body
 from clearhouse.kit.crypto import FieldCipher
@@ -57,7 +57,7 @@ class AuthenticationMiddleware:
 
     def _is_public(self, scope: Scope) -> bool:
         if self._public is None:
-            self._public = [r for r in self.fastapi_app.routes if route_permission(r) == PUBLIC]
+            self._public = [r for r in leaf_routes(self.fastapi_app) if route_permission(r) == PUBLIC]
         return any(route.matches(scope)[0] == Match.FULL for route in self._public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

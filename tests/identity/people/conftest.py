@@ -14,30 +14,9 @@ from tests.identity.people_support import TestUser, create_user
 T0 = datetime(2026, 11, 23, 9, 0, 0, tzinfo=UTC)
 
 
-def _has_login(app) -> bool:
-    def walk(routes):
-        for route in routes:
-            if getattr(route, "path", None) == "/v1/auth/login":
-                return True
-            original = getattr(route, "original_router", None)
-            if original is not None and walk(original.routes):
-                return True
-        return False
-
-    return walk(app.routes)
-
-
 @pytest.fixture
 def app(app):
-    """The app, with the people routes (included here too until app.py includes them)."""
-    from clearhouse.identity.people.endpoints import router
-
-    if not _has_login(app):
-        # Added as plain routes, not include_router: FastAPI 0.165 keeps included routers as
-        # opaque _IncludedRouter entries in app.routes, which the middleware's public-route
-        # scan does not look into (reported to the lead).
-        app.router.routes.extend(router.routes)
-        getattr(app.router, "_mark_routes_changed", lambda: None)()
+    """The app, with a login rate limit that many sign-ins from one address stay under."""
     # Many sign-ins from one test client's address: the rate limit has its own test.
     app.state.settings = app.state.settings.model_copy(update={"login_rate_limit_per_minute": 1000})
     return app
