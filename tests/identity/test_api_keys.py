@@ -219,3 +219,32 @@ class TestWhoMayMakeKeys:
     def test_a_key_for_an_unknown_merchant_is_404(self, client):
         response = create_key(client, "mch_does_not_exist")
         assert response.status_code == 404 and response.json()["code"] == "not_found", response.text
+
+
+class TestIdempotentKeyCreation:
+    """api.md: a POST may carry an Idempotency-Key, and a repeat gets the first answer. The
+    first answer of a key creation holds the key's secret, so the repeat must not become a
+    second way to read it."""
+
+    def test_a_repeat_by_a_caller_without_api_keys_write_is_refused_not_replayed(self, app, client, shop,
+                                                                                anonymous_client):
+        """Found by this suite: the idempotency middleware answers a repeat before the route's
+        permission check, so a ledger:read platform key that sends the same path, body and
+        Idempotency-Key gets the stored 201, with the new key's secret."""
+        path, headers = f"/v1/merchants/{shop.merchant_id}/api_keys", {"Idempotency-Key": "make-key-0001"}
+        first = client.post(path, content=b"{}", headers={**headers, "Content-Type": "application/json"})
+        assert first.status_code == 201, first.text
+        reader = make_key(app, scopes=["ledger:read"])
+        repeat = anonymous_client.post(path, content=b"{}", auth=reader.auth,
+                                       headers={**headers, "Content-Type": "application/json"})
+        assert first.json()["secret"] not in repeat.text
+        assert repeat.status_code == 403, repeat.text
+        assert repeat.json()["code"] == "forbidden"
+
+    def test_a_secret_made_under_an_idempotency_key_is_not_stored_in_clear(self, app, client, shop):
+        """Found by this suite: the idempotency record keeps the whole 201 body, secret included,
+        as plain text in idempotency_records."""
+        made = client.post(f"/v1/merchants/{shop.merchant_id}/api_keys", json={"name": "idem"},
+                           headers={"Idempotency-Key": "make-key-0002"})
+        assert made.status_code == 201, made.text
+        assert made.json()["secret"] not in everything_stored(app.state.engine)

@@ -151,6 +151,21 @@ class TestDecisions:
             refused(robot.post("/v1/ledger/accounts", json={"id": "acct_robot", "type": "asset",
                                                             "currency": "CNY", "code": "robot"}), 403, "forbidden")
 
+    def test_a_repeat_of_the_makers_collection_does_not_show_the_secret_to_the_checker(
+            self, client, user_client_factory, shop):
+        """Found by this suite: the maker collects with an Idempotency-Key (api.md invites it on
+        POSTs); the checker sends the same POST with the same key and the idempotency middleware
+        replays the maker's 200, secret included, before the route checks who is asking."""
+        maker, checker = user_client_factory("admin"), user_client_factory("admin")
+        approval = hold_live_key(maker, shop.merchant_id)
+        key_id = checker.post(f"/v1/approvals/{approval['id']}/approve").json()["result"]["api_key_id"]
+        secret_path = f"/v1/merchants/{shop.merchant_id}/api_keys/{key_id}/secret"
+        collected = maker.post(secret_path, headers={"Idempotency-Key": "collect-0001"})
+        assert collected.status_code == 200, collected.text
+        repeat = checker.post(secret_path, headers={"Idempotency-Key": "collect-0001"})
+        assert collected.json()["secret"] not in repeat.text
+        refused(repeat, 403, "forbidden")
+
     def test_reject_makes_nothing_and_is_final(self, client, user_client_factory, shop):
         maker, checker = user_client_factory("admin"), user_client_factory("admin")
         approval = hold_live_key(maker, shop.merchant_id)
