@@ -157,6 +157,19 @@ def bench_ledger(
         raise typer.Exit(code)
 
 
+@bench_app.command("auth")
+def bench_auth(
+    quick: Annotated[bool, typer.Option(help="10,000 requests per database, not 100,000")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report as the last line")] = False,
+) -> None:
+    """What signature checks and permission checks add per request (p99), on SQLite and PostgreSQL."""
+    from clearhouse.bench.auth import main as run_auth_bench
+
+    code = run_auth_bench(quick=quick, as_json=as_json)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 

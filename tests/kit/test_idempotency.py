@@ -87,7 +87,7 @@ class TestConflicts:
         assert response.json()["code"] == "idempotency_key_reused"
         assert wallet(client, accounts) == 100
 
-    def test_a_key_still_running_is_409_in_use(self, client, accounts, engine):
+    def test_a_key_still_running_is_409_in_use(self, client, accounts, engine, platform_key):
         with clock.frozen(T0):
             with engine.begin() as connection:
                 connection.execute(
@@ -95,7 +95,7 @@ class TestConflicts:
                         "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at, lease_until) "
                         "VALUES ('platform', 'busy', :h, 'in_progress', :now, :lease)"
                     ),
-                    {"h": _hash_of(accounts, 300), "now": _db_time(engine, T0),
+                    {"h": _hash_of(accounts, 300, platform_key.key_id), "now": _db_time(engine, T0),
                      "lease": _db_time(engine, T0 + timedelta(seconds=30))},
                 )
             response = pay(client, accounts, 300, "busy")
@@ -146,9 +146,9 @@ class TestCrashRecovery:
         assert account.json()["id"].startswith("acct_ik")
 
 
-def _hash_of(accounts, amount):
+def _hash_of(accounts, amount, caller):
     body = {"debit_account_id": accounts[0], "credit_account_id": accounts[1], "amount": amount, "currency": "CNY"}
-    return request_fingerprint("/v1/ledger/transfers", b"", orjson.dumps(body))
+    return request_fingerprint("/v1/ledger/transfers", b"", orjson.dumps(body), caller)
 
 
 def _db_time(engine, value):

@@ -26,6 +26,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[3]
 POSTGRES_SCRIPT = ROOT / "scripts" / "postgres.sh"
+POSTGRES_URL_ENV = "CLEARHOUSE_BENCH_POSTGRES_URL"
+"""A PostgreSQL server to benchmark on instead of starting one (fresh databases are made on it)."""
 
 # (task, completed, total): how a benchmark reports progress without knowing about rich.
 ProgressFn = Callable[[str, int, int], None]

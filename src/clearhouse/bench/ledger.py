@@ -38,6 +38,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from clearhouse.bench import (
+    POSTGRES_URL_ENV,
     PostgresServer,
     ProgressFn,
     Report,
@@ -60,7 +61,6 @@ CURRENCY = "USD"
 SEED = 20261123
 MAX_AMOUNT_PER_TRANSFER = 1_000_000
 HTTP_WARMUP = 50
-POSTGRES_URL_ENV = "CLEARHOUSE_BENCH_POSTGRES_URL"
 PARTS = ("sqlite", "postgresql", "http")
 
 # The goals, reported beside the figures (met or not), never used to pass or fail.

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from clearhouse.identity import service, signing
 from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, leaf_routes, route_permission
 from clearhouse.identity.ratelimit import RateLimited
+from clearhouse.kit import clock
 from clearhouse.kit.api import read_body, replay_body
 from clearhouse.kit.crypto import FieldCipher
 from clearhouse.kit.db import transact
@@ -32,6 +33,7 @@ _KEY = signing.KEY_HEADER.lower().encode()
 _TIMESTAMP = signing.TIMESTAMP_HEADER.lower().encode()
 _NONCE = signing.NONCE_HEADER.lower().encode()
 _SIGNATURE = signing.SIGNATURE_HEADER.lower().encode()
+_KEY_CACHE_SIZE = 10_000
 _DUMMY_SECRET = "cks_" + "0" * 43
 """Signs for unknown keys too, so an unknown key costs the same time as a wrong signature."""
 
@@ -54,6 +56,7 @@ class AuthenticationMiddleware:
         self.cipher = cipher
         self.settings = settings
         self._public: list[Any] | None = None
+        self._keys: dict[str, tuple[service.KeyRecord, str, Principal]] = {}
 
     def _is_public(self, scope: Scope) -> bool:
         if self._public is None:
@@ -82,6 +85,7 @@ class AuthenticationMiddleware:
         state = scope.setdefault("state", {})
         state["principal"] = principal
         state["idempotency_scope"] = principal.idempotency_scope
+        state["idempotency_caller"] = principal.id
         await self.app(scope, receive, send)
 
     def _key_principal(self, scope: Scope, headers: dict[bytes, bytes], body: bytes) -> Principal:
@@ -104,20 +108,33 @@ class AuthenticationMiddleware:
         message = signing.signing_string(scope["method"], path.decode("latin-1"),
                                          scope.get("query_string", b"").decode("latin-1"), timestamp, nonce, body)
 
-        def work(session: Any) -> tuple[Principal, int | None]:
-            key = service.find_key(session, key_id)
-            secret = service.key_secret(self.cipher, key) if key is not None else _DUMMY_SECRET
-            if not signing.signature_matches(secret, message, given) or key is None:
-                raise service.SignatureInvalid("the signature does not match the request, or the key is unknown")
-            service.check_key_state(key)
-            wait = service.consume_nonce(session, key.id, nonce,
-                                         rate_limit_per_minute=self.settings.api_key_rate_limit_per_minute)
-            return service.key_principal(key), wait
-
-        principal, wait = transact(self.engine, work)
+        cached = self._key(key_id)
+        secret = cached[1] if cached is not None else _DUMMY_SECRET
+        if not signing.signature_matches(secret, message, given) or cached is None:
+            raise service.SignatureInvalid("the signature does not match the request, or the key is unknown")
+        key, _secret, principal = cached
+        if key.expires_at is not None and key.expires_at <= clock.now():
+            raise service.ApiKeyExpired(f"API key {key.id} expired at {clock.rfc3339(key.expires_at)}")
+        wait = service.consume_nonce(self.engine, key.id, nonce,
+                                     rate_limit_per_minute=self.settings.api_key_rate_limit_per_minute)
         if wait is not None:
             raise RateLimited("this API key is over its rate limit", retry_after=wait)
         return principal
+
+    def _key(self, key_id: str) -> tuple[service.KeyRecord, str, Principal] | None:
+        """A key's unchanging parts (secret, scopes, merchant, expiry), read and decrypted once
+        per process; what can change (revocation, the merchant's status) is checked on every
+        request by the nonce write itself."""
+        cached = self._keys.get(key_id)
+        if cached is None:
+            key = transact(self.engine, lambda session: service.find_key(session, key_id))
+            if key is None:
+                return None
+            cached = (key, service.key_secret(self.cipher, key), service.key_principal(key))
+            if len(self._keys) >= _KEY_CACHE_SIZE:
+                self._keys.pop(next(iter(self._keys)))
+            self._keys[key_id] = cached
+        return cached
 
     def _session_principal(self, scope: Scope, headers: dict[bytes, bytes]) -> Principal:
         from clearhouse.identity.people.service import SESSION_COOKIE, session_principal

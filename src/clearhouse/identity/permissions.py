@@ -189,7 +189,8 @@ def requires(permission: str) -> Any:
 
     requirement = _Requirement(permission)
 
-    def check(request: Request) -> Principal | None:
+    # async: FastAPI would run a plain function in the thread pool, a thread hop per request.
+    async def check(request: Request) -> Principal | None:
         return requirement(request)
 
     check.permission = permission  # type: ignore[attr-defined]

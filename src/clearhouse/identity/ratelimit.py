@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, delete, text
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.models import RateLimitCounter
+from clearhouse.kit.db import RawCursor
 from clearhouse.kit.errors import ClearhouseError
 
 counters = RateLimitCounter.__table__
@@ -33,7 +33,16 @@ class RateLimited(ClearhouseError):
         return {"Retry-After": str(self.retry_after)}
 
 
-def hit(session: Session, bucket: str, limit: int, window_seconds: int = 60) -> int | None:
+COUNT_ONE = (
+    "INSERT INTO rate_limit_counters (bucket, window_start, count) VALUES (:bucket, :window_start, 1) "
+    "ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_limit_counters.count + 1 "
+    "RETURNING count"
+)
+"""One statement, race-free on both databases (SQLite 3.35+, PostgreSQL 9.5+)."""
+_count_one = text(COUNT_ONE)
+
+
+def hit(session: Session | Connection | RawCursor, bucket: str, limit: int, window_seconds: int = 60) -> int | None:
     """Count one event in ``bucket``; return the seconds to wait if it is over ``limit``, else None.
 
     ``limit`` <= 0 means no limit (nothing is counted).
@@ -42,16 +51,11 @@ def hit(session: Session, bucket: str, limit: int, window_seconds: int = 60) -> 
         return None
     now = time.time()
     window = int(now // window_seconds) * window_seconds
-    where = (counters.c.bucket == bucket, counters.c.window_start == window)
-    updated = session.execute(update(counters).where(*where).values(count=counters.c.count + 1))
-    if not updated.rowcount:
-        try:
-            # A savepoint, so losing the race to another process costs only this insert.
-            with session.begin_nested():
-                session.execute(insert(counters).values(bucket=bucket, window_start=window, count=1))
-        except IntegrityError:
-            session.execute(update(counters).where(*where).values(count=counters.c.count + 1))
-    count = session.execute(select(counters.c.count).where(*where)).scalar_one()
+    params = {"bucket": bucket, "window_start": window}
+    if isinstance(session, RawCursor):
+        count = session.scalar(COUNT_ONE, params)
+    else:
+        count = session.execute(_count_one, params).scalar_one()
     if count > limit:
         return int(window + window_seconds - now) + 1
     return None

@@ -13,8 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, Row, insert, select, update
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
@@ -29,6 +28,7 @@ from clearhouse.identity.permissions import (
 )
 from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
+from clearhouse.kit.db import raw_transaction, transact
 from clearhouse.kit.errors import ClearhouseError, NotFound, ValidationFailed
 from clearhouse.kit.ids import new_id
 
@@ -181,10 +181,9 @@ def _secret_context(key_id: str) -> str:
     return f"api_keys.secret:{key_id}"
 
 
-def create_api_key(session: Session, cipher: FieldCipher, actor: audit.Actor, *, merchant_id: str | None,
-                   mode: str, name: str = "", scopes: list[str] | None = None, expires_at: datetime | None = None,
-                   created_by: str, collected: bool = True) -> tuple[Row, str]:
-    """Make a key now (no approval: callers decide that); returns the row and its secret."""
+def checked_scopes(mode: str, scopes: list[str] | None, expires_at: datetime | None) -> list[str]:
+    """The scopes a new key of ``mode`` gets (all it may hold when None), refusing any it may
+    not hold and an expiry in the past: checked before a key is made or held for approval."""
     allowed = PLATFORM_KEY_SCOPES if mode == "platform" else MERCHANT_KEY_SCOPES
     chosen = sorted(allowed if scopes is None else set(scopes))
     refused = set(chosen) - allowed
@@ -195,6 +194,14 @@ def create_api_key(session: Session, cipher: FieldCipher, actor: audit.Actor, *,
     if expires_at is not None and expires_at <= clock.now():
         raise ValidationFailed("expires_at must be in the future",
                                errors=[{"loc": ["body", "expires_at"], "type": "in_the_past", "msg": "in the past"}])
+    return chosen
+
+
+def create_api_key(session: Session, cipher: FieldCipher, actor: audit.Actor, *, merchant_id: str | None,
+                   mode: str, name: str = "", scopes: list[str] | None = None, expires_at: datetime | None = None,
+                   created_by: str, collected: bool = True) -> tuple[Row, str]:
+    """Make a key now (no approval: callers decide that); returns the row and its secret."""
+    chosen = checked_scopes(mode, scopes, expires_at)
     key_id = new_id(f"ck_{mode}")
     secret = "cks_" + secrets.token_urlsafe(32)
     session.execute(insert(api_keys).values(
@@ -217,6 +224,7 @@ def request_api_key(session: Session, cipher: FieldCipher, principal: Principal,
         get_merchant(session, principal, merchant_id)
     elif principal.merchant_id is not None:
         raise NotFound("platform keys are not a merchant's to manage")
+    checked_scopes(mode, scopes, expires_at)
     if mode == "test":
         row, secret = create_api_key(session, cipher, actor, merchant_id=merchant_id, mode=mode, name=name,
                                      scopes=scopes, expires_at=expires_at, created_by=principal.id)
@@ -338,7 +346,7 @@ _key_query = (
 )
 
 
-def find_key(session: Session, key_id: str) -> KeyRecord | None:
+def find_key(session: Session | Connection, key_id: str) -> KeyRecord | None:
     row = session.execute(_key_query.where(api_keys.c.id == key_id)).first()
     if row is None:
         return None
@@ -367,15 +375,31 @@ def check_key_state(key: KeyRecord) -> None:
         raise MerchantSuspended("this merchant is suspended")
 
 
-def consume_nonce(session: Session, key_id: str, nonce: str, *, rate_limit_per_minute: int) -> int | None:
-    """Record the nonce (a replay raises ``SignatureReplayed``) and count the request against
-    the key's rate limit; returns seconds to wait when over the limit."""
-    try:
-        with session.begin_nested():
-            session.execute(insert(nonces).values(key_id=key_id, nonce=nonce, seen_at=clock.now()))
-    except IntegrityError:
-        raise SignatureReplayed("this nonce was already used with this key") from None
-    return ratelimit.hit(session, f"key:{key_id}", rate_limit_per_minute)
+RECORD_NONCE = (
+    "INSERT INTO api_nonces (key_id, nonce, seen_at) "
+    "SELECT k.id, :nonce, :seen_at FROM api_keys k LEFT JOIN merchants m ON m.id = k.merchant_id "
+    "WHERE k.id = :key_id AND k.revoked_at IS NULL AND (m.status IS NULL OR m.status = 'active') "
+    "ON CONFLICT DO NOTHING"
+)
+"""The per-request write, one statement: the nonce is recorded only if it is new AND the key
+is still live AND its merchant is active, so revocation and suspension take effect on the
+very next request in every process while the immutable rest of the key is cached."""
+
+
+def consume_nonce(engine: Engine, key_id: str, nonce: str, *, rate_limit_per_minute: int) -> int | None:
+    """Record the nonce and count the request against the key's rate limit (one transaction
+    on the driver's cursor: this runs for every signed request); returns seconds to wait
+    when over the limit. Raises the reason when the nonce was not recorded (replayed, key
+    revoked, merchant suspended)."""
+    with raw_transaction(engine) as cursor:
+        recorded = cursor.rowcount(RECORD_NONCE, {"key_id": key_id, "nonce": nonce, "seen_at": clock.now()})
+        if recorded:
+            return ratelimit.hit(cursor, f"key:{key_id}", rate_limit_per_minute)
+    key = transact(engine, lambda session: find_key(session, key_id))
+    if key is None:
+        raise SignatureInvalid("the signature does not match the request, or the key is unknown")
+    check_key_state(key)
+    raise SignatureReplayed("this nonce was already used with this key")
 
 
 def purge_nonces(session: Session, ttl_seconds: int) -> int:

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -36,7 +37,15 @@ def _aware(value: datetime) -> datetime:
         raise ValueError("the time is outside the years 1 to 9999 once in UTC") from None
 
 
-UtcTime = Annotated[datetime, AfterValidator(_aware), PlainSerializer(clock.rfc3339, return_type=str)]
+def _rfc3339_text(value: Any) -> Any:
+    # pydantic would read 1893456000 as a time; api.md says times are RFC 3339 strings.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("a time is an RFC 3339 string (e.g. 2026-11-23T05:25:56Z), not a number")
+    return value
+
+
+UtcTime = Annotated[datetime, BeforeValidator(_rfc3339_text), AfterValidator(_aware),
+                    PlainSerializer(clock.rfc3339, return_type=str)]
 """RFC 3339 in UTC with a Z, in and out."""
 
 ClientId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")]

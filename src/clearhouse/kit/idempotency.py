@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clearhouse.kit import clock
 from clearhouse.kit.api import read_body, replay_body
+from clearhouse.kit.crypto import FieldCipher
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
 from clearhouse.kit.models import Base
@@ -101,12 +102,17 @@ def derived_id(request: Request, prefix: str, *parts: Any) -> str | None:
     return f"{prefix}_ik{digest}"
 
 
-def request_fingerprint(path: str, query: bytes, body: bytes) -> str:
-    """What makes two requests "the same": path, query and body, with a JSON body compared
-    as data (key order and spacing do not matter)."""
+def request_fingerprint(path: str, query: bytes, body: bytes, caller: str = "") -> str:
+    """What makes two requests "the same": the caller, path, query and body, with a JSON body
+    compared as data (key order and spacing do not matter).
+
+    The caller (the API key or person) is part of it: keys are scoped to the merchant, so
+    two callers of one merchant cannot run one request twice, but a response (which may
+    hold a secret shown once) is never replayed to anyone but the caller who made it.
+    """
     with contextlib.suppress(ValueError, TypeError, RecursionError):
         body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(b"\n".join([path.encode(), query, body])).hexdigest()
+    return hashlib.sha256(b"\n".join([caller.encode(), path.encode(), query, body])).hexdigest()
 
 
 def _claim(session: Session, scope: str, key: str, request_hash: str) -> tuple[str, Any]:
@@ -145,7 +151,12 @@ def purge_expired(session: Session) -> int:
     return result.rowcount or 0
 
 
-def _finish(session: Session, scope: str, key: str, status: int, content_type: str, body: bytes) -> None:
+def _body_context(scope: str, key: str) -> str:
+    return f"idempotency_keys.response_body:{scope}:{key}"
+
+
+def _finish(session: Session, cipher: FieldCipher, scope: str, key: str, status: int, content_type: str,
+            body: bytes) -> None:
     where = (records.c.scope == scope, records.c.key == key)
     if status >= 500:
         # Nothing was decided: let the client try again with the same key.
@@ -153,16 +164,18 @@ def _finish(session: Session, scope: str, key: str, status: int, content_type: s
         return
     session.execute(update(records).where(*where).values(
         state="done", response_status=status, response_content_type=content_type,
-        response_body=body.decode("utf-8", "replace"),
+        # Encrypted: a first response may hold what is shown only once (a new API key's secret).
+        response_body=cipher.encrypt(body.decode("utf-8", "replace"), _body_context(scope, key)),
     ))
 
 
 class IdempotencyMiddleware:
     """Pure ASGI, so the request body can be hashed and the response captured whole."""
 
-    def __init__(self, app: ASGIApp, engine: Engine):
+    def __init__(self, app: ASGIApp, engine: Engine, cipher: FieldCipher):
         self.app = app
         self.engine = engine
+        self.cipher = cipher
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
@@ -183,7 +196,8 @@ class IdempotencyMiddleware:
             return
         state = scope.setdefault("state", {})
         caller = state.get("idempotency_scope", "public")
-        request_hash = request_fingerprint(scope["path"], scope.get("query_string", b""), body)
+        request_hash = request_fingerprint(scope["path"], scope.get("query_string", b""), body,
+                                           state.get("idempotency_caller", ""))
 
         try:
             verdict, found = await run_in_threadpool(
@@ -198,7 +212,11 @@ class IdempotencyMiddleware:
             await send_problem(send, IdempotencyKeyInUse("a request with this Idempotency-Key is still running"))
             return
         if verdict == "replay":
-            await _send(send, found.response_status, found.response_content_type, found.response_body.encode(),
+            stored = found.response_body
+            # Rows written before responses were encrypted (at most 24 h old) are read as they are.
+            text = self.cipher.decrypt(stored, _body_context(caller, key)) if stored.startswith("v1.") else stored
+            body = text.encode()
+            await _send(send, found.response_status, found.response_content_type, body,
                         [(b"idempotent-replayed", b"true")])
             return
 
@@ -220,7 +238,7 @@ class IdempotencyMiddleware:
         finally:
             await run_in_threadpool(
                 transact, self.engine,
-                lambda s: _finish(s, caller, key, captured["status"], captured["content_type"],
+                lambda s: _finish(s, self.cipher, caller, key, captured["status"], captured["content_type"],
                                   b"".join(captured["body"])),
             )
 
