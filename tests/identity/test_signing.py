@@ -533,3 +533,27 @@ class TestRateLimit:
         theirs = signed_headers(platform_key.key_id, platform_key.secret, "POST", "/v1/x", "a=1", b"{}",
                                 timestamp=1763875556, nonce="n" * 20)
         assert ours == theirs
+
+
+class TestBodyIsReadOnlyForPlausibleRequests:
+    def test_headers_that_already_fail_are_answered_without_waiting_for_a_huge_body(self, live_server):
+        """Found by this suite: the middleware reads (and holds in memory) the whole body before
+        it looks at the timestamp, nonce or key, and there is no size limit, so anyone who adds
+        an X-Clearhouse-Key header can make the server buffer any amount of data. A request
+        whose headers already decide a 401 should be answered at once."""
+        import socket
+        from urllib.parse import urlsplit
+
+        address = urlsplit(live_server)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+            connection.sendall(
+                b"POST /v1/merchants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000000000\r\nX-Clearhouse-Key: ck_platform_unknown\r\n"
+                b"X-Clearhouse-Timestamp: 1\r\nX-Clearhouse-Nonce: short\r\nX-Clearhouse-Signature: v1=00\r\n\r\n"
+                + b"{" * 1024)
+            connection.settimeout(5)
+            try:
+                head = connection.recv(4096)
+            except TimeoutError:
+                head = b""
+        assert head.startswith(b"HTTP/1.1 401"), "no answer within 5 s: the server waits for the 1 GB body"
