@@ -228,9 +228,9 @@ class TestIdempotentKeyCreation:
 
     def test_a_repeat_by_a_caller_without_api_keys_write_is_refused_not_replayed(self, app, client, shop,
                                                                                 anonymous_client):
-        """Found by this suite: the idempotency middleware answers a repeat before the route's
-        permission check, so a ledger:read platform key that sends the same path, body and
-        Idempotency-Key gets the stored 201, with the new key's secret."""
+        """Found by this suite: the idempotency middleware answered a repeat before the route's
+        permission check, so a ledger:read platform key that sent the same path, body and
+        Idempotency-Key got the stored 201, with the new key's secret (fixed in 473eb30)."""
         path, headers = f"/v1/merchants/{shop.merchant_id}/api_keys", {"Idempotency-Key": "make-key-0001"}
         first = client.post(path, content=b"{}", headers={**headers, "Content-Type": "application/json"})
         assert first.status_code == 201, first.text
@@ -238,8 +238,10 @@ class TestIdempotentKeyCreation:
         repeat = anonymous_client.post(path, content=b"{}", auth=reader.auth,
                                        headers={**headers, "Content-Type": "application/json"})
         assert first.json()["secret"] not in repeat.text
-        assert repeat.status_code == 403, repeat.text
-        assert repeat.json()["code"] == "forbidden"
+        # The fix: the caller is part of what makes two requests the same, so another caller's
+        # repeat is a different request under a used key (api.md: keys are scoped to the merchant).
+        assert repeat.status_code == 409, repeat.text
+        assert repeat.json()["code"] == "idempotency_key_reused"
 
     def test_a_secret_made_under_an_idempotency_key_is_not_stored_in_clear(self, app, client, shop):
         """Found by this suite: the idempotency record keeps the whole 201 body, secret included,

@@ -154,8 +154,9 @@ class TestDecisions:
     def test_a_repeat_of_the_makers_collection_does_not_show_the_secret_to_the_checker(
             self, client, user_client_factory, shop):
         """Found by this suite: the maker collects with an Idempotency-Key (api.md invites it on
-        POSTs); the checker sends the same POST with the same key and the idempotency middleware
-        replays the maker's 200, secret included, before the route checks who is asking."""
+        POSTs); the checker sent the same POST with the same key and the idempotency middleware
+        replayed the maker's 200, secret included, before the route checked who was asking
+        (fixed in 473eb30)."""
         maker, checker = user_client_factory("admin"), user_client_factory("admin")
         approval = hold_live_key(maker, shop.merchant_id)
         key_id = checker.post(f"/v1/approvals/{approval['id']}/approve").json()["result"]["api_key_id"]
@@ -164,7 +165,9 @@ class TestDecisions:
         assert collected.status_code == 200, collected.text
         repeat = checker.post(secret_path, headers={"Idempotency-Key": "collect-0001"})
         assert collected.json()["secret"] not in repeat.text
-        refused(repeat, 403, "forbidden")
+        # The caller is part of what makes two requests the same: another person's repeat is a
+        # different request under a used key.
+        refused(repeat, 409, "idempotency_key_reused")
 
     def test_reject_makes_nothing_and_is_final(self, client, user_client_factory, shop):
         maker, checker = user_client_factory("admin"), user_client_factory("admin")
