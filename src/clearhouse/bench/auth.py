@@ -15,13 +15,14 @@ on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from clearhouse.bench import (
     POSTGRES_URL_ENV,
@@ -155,8 +156,9 @@ def _figure(report: Report, label: str, signed_ms: list[float], plain_ms: list[f
 def _backend(report: Report, label: str, database_url: str, count: int, progress: ProgressFn) -> None:
     protected, baseline, key_id, secret, engines = _apps(database_url)
     try:
-        signed_ms, plain_ms = asyncio.run(_measure(protected, baseline, key_id, secret, count, label, progress,
-                                                   report.failures))
+        # uvloop, as `clearhouse serve` runs (uvicorn picks it when installed).
+        signed_ms, plain_ms = uvloop.run(_measure(protected, baseline, key_id, secret, count, label, progress,
+                                                  report.failures))
     finally:
         for engine in engines:
             engine.dispose()
@@ -167,7 +169,7 @@ def run(count: int, *, postgres_url: str | None = None, progress: ProgressFn = n
     report = Report("auth", {"requests": count, "warmup": WARMUP})
     report.notes["measured"] = (
         "AuthenticationMiddleware (key read, HMAC-SHA256 check, nonce insert, rate-limit counter, on the "
-        "non-durable bookkeeping engine) + requires('ledger:read'), called in process as ASGI"
+        "non-durable bookkeeping engine) + requires('ledger:read'), called in process as ASGI on uvloop"
     )
     with tempfile.TemporaryDirectory(prefix="clearhouse-bench-auth-") as tmp:
         directory = Path(tmp)

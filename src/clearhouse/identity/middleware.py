@@ -8,12 +8,13 @@ scoped to its merchant. Permissions are checked later, per route (``requires``).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Engine
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import cookie_parser
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -34,8 +35,6 @@ _TIMESTAMP = signing.TIMESTAMP_HEADER.lower().encode()
 _NONCE = signing.NONCE_HEADER.lower().encode()
 _SIGNATURE = signing.SIGNATURE_HEADER.lower().encode()
 _KEY_CACHE_SIZE = 10_000
-_DUMMY_SECRET = "cks_" + "0" * 43
-"""Signs for unknown keys too, so an unknown key costs the same time as a wrong signature."""
 
 
 class CsrfFailed(ClearhouseError):
@@ -57,6 +56,12 @@ class AuthenticationMiddleware:
         self.settings = settings
         self._public: list[Any] | None = None
         self._keys: dict[str, tuple[service.KeyRecord, str, Principal]] = {}
+        # Its own threads, not anyio's shared pool: about half the cost of a hop, which this
+        # pays on every request (clearhouse bench auth), and a slow route cannot starve it.
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auth")
+
+    async def _in_thread(self, work: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
 
     def _is_public(self, scope: Scope) -> bool:
         if self._public is None:
@@ -70,13 +75,18 @@ class AuthenticationMiddleware:
         headers = dict(scope["headers"])
         try:
             if _KEY in headers:
-                body = await read_body(receive)
+                # Everything the headers alone can refuse is refused before a byte of body is read.
+                signed = self._signed_headers(headers)
+                key = self._keys.get(signed[0]) or await self._in_thread(self._key, signed[0])
+                if key is None:
+                    raise service.SignatureInvalid("the signature does not match the request, or the key is unknown")
+                body = await read_body(receive, limit=self.settings.max_request_bytes)
                 if body is None:
                     raise MalformedRequest("the client disconnected before the body arrived")
                 receive = replay_body(body, receive)
-                principal = await run_in_threadpool(self._key_principal, scope, headers, body)
+                principal = await self._in_thread(self._key_principal, scope, signed, key, body)
             elif b"cookie" in headers:
-                principal = await run_in_threadpool(self._session_principal, scope, headers)
+                principal = await self._in_thread(self._session_principal, scope, headers)
             else:
                 raise AuthenticationRequired("sign the request with an API key (api.md, Authentication) or sign in")
         except ClearhouseError as error:
@@ -88,7 +98,8 @@ class AuthenticationMiddleware:
         state["idempotency_caller"] = principal.id
         await self.app(scope, receive, send)
 
-    def _key_principal(self, scope: Scope, headers: dict[bytes, bytes], body: bytes) -> Principal:
+    def _signed_headers(self, headers: dict[bytes, bytes]) -> tuple[str, str, str, str]:
+        """(key id, timestamp, nonce, signature), checked for shape and clock skew."""
         key_id = headers[_KEY].decode("latin-1")
         timestamp = headers.get(_TIMESTAMP, b"").decode("latin-1")
         nonce = headers.get(_NONCE, b"").decode("latin-1")
@@ -97,22 +108,25 @@ class AuthenticationMiddleware:
                                             (signing.SIGNATURE_HEADER, given)) if not value]
         if missing:
             raise service.SignatureInvalid(f"missing {', '.join(missing)}")
-        if not timestamp.isdigit() or len(timestamp) > 12:
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
             raise service.SignatureInvalid(f"{signing.TIMESTAMP_HEADER} must be unix seconds")
         if abs(int(timestamp) - _now_seconds()) > self.settings.signature_tolerance_seconds:
             raise service.SignatureExpired(
                 f"the timestamp is more than {self.settings.signature_tolerance_seconds} s from server time")
         if not signing.NONCE_PATTERN.match(nonce):
             raise service.SignatureInvalid(f"{signing.NONCE_HEADER} must be 16-64 printable ASCII characters")
+        return key_id, timestamp, nonce, given
+
+    def _key_principal(self, scope: Scope, signed: tuple[str, str, str, str],
+                       cached: tuple[service.KeyRecord, str, Principal], body: bytes) -> Principal:
+        _key_id, timestamp, nonce, given = signed
         path = scope.get("raw_path") or scope["path"].encode()
         message = signing.signing_string(scope["method"], path.decode("latin-1"),
                                          scope.get("query_string", b"").decode("latin-1"), timestamp, nonce, body)
 
-        cached = self._key(key_id)
-        secret = cached[1] if cached is not None else _DUMMY_SECRET
-        if not signing.signature_matches(secret, message, given) or cached is None:
+        key, secret, principal = cached
+        if not signing.signature_matches(secret, message, given):
             raise service.SignatureInvalid("the signature does not match the request, or the key is unknown")
-        key, _secret, principal = cached
         if key.expires_at is not None and key.expires_at <= clock.now():
             raise service.ApiKeyExpired(f"API key {key.id} expired at {clock.rfc3339(key.expires_at)}")
         wait = service.consume_nonce(self.engine, key.id, nonce,

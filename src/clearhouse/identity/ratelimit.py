@@ -12,7 +12,7 @@ from sqlalchemy import Connection, delete, text
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.models import RateLimitCounter
-from clearhouse.kit.db import RawCursor
+from clearhouse.identity.repository import COUNT_REQUEST
 from clearhouse.kit.errors import ClearhouseError
 
 counters = RateLimitCounter.__table__
@@ -33,16 +33,10 @@ class RateLimited(ClearhouseError):
         return {"Retry-After": str(self.retry_after)}
 
 
-COUNT_ONE = (
-    "INSERT INTO rate_limit_counters (bucket, window_start, count) VALUES (:bucket, :window_start, 1) "
-    "ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_limit_counters.count + 1 "
-    "RETURNING count"
-)
-"""One statement, race-free on both databases (SQLite 3.35+, PostgreSQL 9.5+)."""
-_count_one = text(COUNT_ONE)
+_count_one = text(COUNT_REQUEST)
 
 
-def hit(session: Session | Connection | RawCursor, bucket: str, limit: int, window_seconds: int = 60) -> int | None:
+def hit(session: Session | Connection, bucket: str, limit: int, window_seconds: int = 60) -> int | None:
     """Count one event in ``bucket``; return the seconds to wait if it is over ``limit``, else None.
 
     ``limit`` <= 0 means no limit (nothing is counted).
@@ -51,11 +45,7 @@ def hit(session: Session | Connection | RawCursor, bucket: str, limit: int, wind
         return None
     now = time.time()
     window = int(now // window_seconds) * window_seconds
-    params = {"bucket": bucket, "window_start": window}
-    if isinstance(session, RawCursor):
-        count = session.scalar(COUNT_ONE, params)
-    else:
-        count = session.execute(_count_one, params).scalar_one()
+    count = session.execute(_count_one, {"bucket": bucket, "window_start": window}).scalar_one()
     if count > limit:
         return int(window + window_seconds - now) + 1
     return None

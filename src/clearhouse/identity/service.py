@@ -8,6 +8,7 @@ A merchant caller sees only its own merchant: every read here filters by
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import Connection, Engine, Row, insert, select, update
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
-from clearhouse.identity import approvals, ratelimit
+from clearhouse.identity import approvals, repository
 from clearhouse.identity.models import ApiKey, ApiNonce, Merchant
 from clearhouse.identity.permissions import (
     MERCHANT_KEY_SCOPES,
@@ -28,7 +29,7 @@ from clearhouse.identity.permissions import (
 )
 from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
-from clearhouse.kit.db import raw_transaction, transact
+from clearhouse.kit.db import transact
 from clearhouse.kit.errors import ClearhouseError, NotFound, ValidationFailed
 from clearhouse.kit.ids import new_id
 
@@ -375,31 +376,24 @@ def check_key_state(key: KeyRecord) -> None:
         raise MerchantSuspended("this merchant is suspended")
 
 
-RECORD_NONCE = (
-    "INSERT INTO api_nonces (key_id, nonce, seen_at) "
-    "SELECT k.id, :nonce, :seen_at FROM api_keys k LEFT JOIN merchants m ON m.id = k.merchant_id "
-    "WHERE k.id = :key_id AND k.revoked_at IS NULL AND (m.status IS NULL OR m.status = 'active') "
-    "ON CONFLICT DO NOTHING"
-)
-"""The per-request write, one statement: the nonce is recorded only if it is new AND the key
-is still live AND its merchant is active, so revocation and suspension take effect on the
-very next request in every process while the immutable rest of the key is cached."""
-
-
 def consume_nonce(engine: Engine, key_id: str, nonce: str, *, rate_limit_per_minute: int) -> int | None:
-    """Record the nonce and count the request against the key's rate limit (one transaction
-    on the driver's cursor: this runs for every signed request); returns seconds to wait
+    """Record the nonce and count the request against the key's rate limit (this runs for
+    every signed request, so in one raw statement on PostgreSQL); returns seconds to wait
     when over the limit. Raises the reason when the nonce was not recorded (replayed, key
     revoked, merchant suspended)."""
-    with raw_transaction(engine) as cursor:
-        recorded = cursor.rowcount(RECORD_NONCE, {"key_id": key_id, "nonce": nonce, "seen_at": clock.now()})
-        if recorded:
-            return ratelimit.hit(cursor, f"key:{key_id}", rate_limit_per_minute)
-    key = transact(engine, lambda session: find_key(session, key_id))
-    if key is None:
-        raise SignatureInvalid("the signature does not match the request, or the key is unknown")
-    check_key_state(key)
-    raise SignatureReplayed("this nonce was already used with this key")
+    window_seconds = 60
+    now = time.time()
+    window = int(now // window_seconds) * window_seconds
+    recorded, count = repository.record_request(engine, key_id, nonce, clock.now(), f"key:{key_id}", window)
+    if not recorded:
+        key = transact(engine, lambda session: find_key(session, key_id))
+        if key is None:
+            raise SignatureInvalid("the signature does not match the request, or the key is unknown")
+        check_key_state(key)
+        raise SignatureReplayed("this nonce was already used with this key")
+    if 0 < rate_limit_per_minute < count:
+        return int(window + window_seconds - now) + 1
+    return None
 
 
 def purge_nonces(session: Session, ttl_seconds: int) -> int:

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from clearhouse.kit import clock
-from clearhouse.kit.errors import MalformedRequest
+from clearhouse.kit.errors import ClearhouseError, MalformedRequest
 from clearhouse.kit.money import MAX_AMOUNT, is_currency
 
 T = TypeVar("T")
@@ -135,14 +135,28 @@ def validate(
         ) from None
 
 
-async def read_body(receive: Any) -> bytes | None:
-    """The whole request body from pure ASGI code; None when the client went away first."""
+class RequestTooLarge(ClearhouseError):
+    """A request body is at most ``max_request_bytes`` (settings)."""
+
+    code = "request_too_large"
+    status = 413
+    title = "Request too large"
+
+
+async def read_body(receive: Any, limit: int | None = None) -> bytes | None:
+    """The whole request body from pure ASGI code; None when the client went away first.
+    Past ``limit`` bytes it stops reading and raises ``RequestTooLarge``."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise RequestTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
 

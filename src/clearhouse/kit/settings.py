@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     """Serve ``/metrics`` without credentials (scrapers on a private network)."""
     worker_interval_seconds: float = 1.0
     db_pool_size: int = 10
+    max_request_bytes: int = 64 * 1024 * 1024
+    """The largest request body accepted (413 ``request_too_large`` past it)."""
 
     # Data protection (kit/crypto.py): the master keys that wrap the data keys.
     master_key_file: Path | None = Path("var/master.key")
