@@ -65,7 +65,11 @@ class AuthenticationMiddleware:
 
     def _is_public(self, scope: Scope) -> bool:
         if self._public is None:
-            self._public = [r for r in leaf_routes(self.fastapi_app) if route_permission(r) == PUBLIC]
+            app = self.fastapi_app
+            # The API's own description is public: it is the published contract (api.md).
+            documents = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+            self._public = [r for r in leaf_routes(app)
+                            if route_permission(r) == PUBLIC or getattr(r, "path", None) in documents]
         return any(route.matches(scope)[0] == Match.FULL for route in self._public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
