@@ -21,6 +21,8 @@ from tests.test_cli import CLI, clearhouse, environment, free_port, ok
 
 MASTER_KEY = "mk_cli:" + base64.b64encode(bytes(range(100, 132))).decode()
 SAME_ID_OTHER_BYTES = "mk_cli:" + base64.b64encode(bytes(range(1, 33))).decode()
+pytestmark = pytest.mark.slow  # every test starts `clearhouse` processes (about 2.5 s each)
+
 UNKNOWN_ID = "mk_stranger:" + base64.b64encode(bytes(range(1, 33))).decode()
 
 
@@ -98,7 +100,6 @@ ACCOUNT = {"id": "acct_cli_scope", "type": "asset", "currency": "CNY", "code": "
 
 
 class TestKeysCreate:
-    @pytest.mark.slow
     def test_a_platform_key_with_ledger_read_reads_the_ledger_and_is_refused_writes(self, where):
         made = printed_json(run(where, "keys", "create", "--platform", "--scopes", "ledger:read", "--json"))
         assert set(made) == {"api_key_id", "api_secret"}
@@ -122,7 +123,6 @@ class TestKeysCreate:
 
 
 class TestMerchantsCreate:
-    @pytest.mark.slow
     def test_prints_the_merchant_and_a_test_key_that_works_for_that_merchant_only(self, where):
         made = printed_json(run(where, "merchants", "create", "--name", "CLI Shop", "--json"))
         assert set(made) == {"merchant_id", "api_key_id", "api_secret"}
@@ -144,7 +144,6 @@ def key_lines(path: Path) -> list[str]:
 
 
 class TestRotate:
-    @pytest.mark.slow
     def test_after_rotation_a_server_with_the_rotated_file_still_opens_old_secrets(self, where, tmp_path):
         key_file = tmp_path / "master.key"
         key_file.write_text("mk_first " + base64.b64encode(bytes(range(50, 82))).decode() + "\n")
@@ -186,7 +185,6 @@ class TestWrongMasterKey:
                                first_words, last_words)
         assert wrong.split(":")[1] not in line  # the key bytes are never echoed
 
-    @pytest.mark.slow
     def test_serve_with_a_wrong_master_key_stops_at_start_up(self, where):
         printed_json(run(where, "merchants", "create", "--name", "Keyed Shop", "--json"))
         url, cwd = where

@@ -470,11 +470,23 @@ class TestNothingAnswersWithoutCredentials:
                     assert response.json()["code"] == "authentication_required", (method, path)
         assert walked >= 20
 
-    @pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc", "/v1/does-not-exist", "/"])
-    def test_documents_and_unknown_paths_want_credentials_too(self, anonymous_client, path):
+    @pytest.mark.parametrize("path", ["/v1/does-not-exist", "/", "/v1", "/v1/merchants/", "/healthz/x",
+                                      "/openapi.json/x", "/docs/../v1/merchants"])
+    def test_unknown_paths_want_credentials_too(self, anonymous_client, path):
         response = anonymous_client.get(path)
         assert response.status_code == 401, response.text
         assert response.json()["code"] == "authentication_required"
+
+    def test_the_published_contract_is_public_and_nothing_else_rides_on_it(self, anonymous_client):
+        """The OpenAPI document and its viewers are public (the lead's decision, eac1cbc): they
+        are the published contract. Other methods on those paths are not."""
+        document = anonymous_client.get("/openapi.json")
+        assert document.status_code == 200 and "paths" in document.json()
+        for path in ("/docs", "/redoc"):
+            assert anonymous_client.get(path).status_code == 200
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            response = anonymous_client.request(method, "/openapi.json")
+            assert response.status_code == 401, (method, response.text)
 
     def test_probes_answer_without_credentials(self, anonymous_client):
         assert anonymous_client.get("/healthz").status_code == 200
