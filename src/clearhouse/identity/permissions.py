@@ -20,8 +20,9 @@ from clearhouse.kit.errors import ClearhouseError
 PUBLIC = "public"
 """Declared by routes that answer without a key or a session (probes, login, inbound
 channel notifications that carry their own signatures)."""
-AUTHENTICATED = "authenticated"
-"""Declared by routes any signed-in caller may use on itself (``/v1/auth/me``, TOTP set-up)."""
+SESSION = "session"
+"""Declared by routes a signed-in person uses on their own session (``/v1/auth/me``, TOTP
+set-up, logout): any role, also before TOTP set-up; API keys are refused (403)."""
 
 PERMISSIONS: dict[str, str] = {
     "ledger:read": "Read ledger accounts, balances, entries, transfers; verify the ledger",
@@ -166,7 +167,7 @@ class _Requirement:
     route needs."""
 
     def __init__(self, permission: str):
-        if permission not in PERMISSIONS and permission not in (PUBLIC, AUTHENTICATED):
+        if permission not in PERMISSIONS and permission not in (PUBLIC, SESSION):
             raise ValueError(f"unknown permission {permission!r}")
         self.permission = permission
 
@@ -174,7 +175,9 @@ class _Requirement:
         if self.permission == PUBLIC:
             return getattr(request.state, "principal", None)
         principal = principal_of(request)
-        if self.permission == AUTHENTICATED:
+        if self.permission == SESSION:
+            if principal.kind != "user" or principal.session_id is None:
+                raise Forbidden("this is for a signed-in person's session, not an API key")
             return principal
         if principal.mfa_pending:
             raise MfaEnrollmentRequired("set up two-factor authentication first (POST /v1/auth/totp/setup)")

@@ -28,7 +28,7 @@ from clearhouse.identity.people.schemas import (
     UserPatch,
     user_out,
 )
-from clearhouse.identity.permissions import AUTHENTICATED, PUBLIC, Forbidden, Principal, principal_of, requires
+from clearhouse.identity.permissions import PUBLIC, SESSION, Forbidden, Principal, principal_of, requires
 from clearhouse.identity.schemas import ApprovalOut
 from clearhouse.kit.api import Page
 from clearhouse.kit.db import transact
@@ -117,7 +117,7 @@ def login(body: LoginIn, request: Request, response: Response) -> LoginOut:
 
 
 @router.post("/auth/logout", status_code=204, tags=["auth"], responses=_AUTH_ERRORS,
-             dependencies=[requires(AUTHENTICATED)])
+             dependencies=[requires(SESSION)])
 def logout(request: Request) -> Response:
     """End this session."""
     principal = _session_of(request)
@@ -129,7 +129,7 @@ def logout(request: Request) -> Response:
 
 
 @router.post("/auth/logout_all", response_model=LogoutAllOut, tags=["auth"], responses=_AUTH_ERRORS,
-             dependencies=[requires(AUTHENTICATED)])
+             dependencies=[requires(SESSION)])
 def logout_all(request: Request, response: Response) -> LogoutAllOut:
     """End every session of the signed-in person, this one included."""
     principal = _session_of(request)
@@ -140,7 +140,7 @@ def logout_all(request: Request, response: Response) -> LogoutAllOut:
 
 
 @router.get("/auth/me", response_model=MeOut, tags=["auth"], responses=_AUTH_ERRORS,
-            dependencies=[requires(AUTHENTICATED)])
+            dependencies=[requires(SESSION)])
 def me(request: Request) -> MeOut:
     """The signed-in person, their session and what their role may do."""
     principal = _session_of(request)
@@ -152,7 +152,7 @@ def me(request: Request) -> MeOut:
 
 
 @router.post("/auth/totp/setup", response_model=TotpSetupOut, tags=["auth"], responses=_AUTH_ERRORS,
-             dependencies=[requires(AUTHENTICATED)])
+             dependencies=[requires(SESSION)])
 def totp_setup(request: Request, response: Response) -> TotpSetupOut:
     """A new TOTP seed (as text, otpauth URI and QR code); enabled only by ``/auth/totp/confirm``."""
     principal = _session_of(request)
@@ -165,7 +165,7 @@ def totp_setup(request: Request, response: Response) -> TotpSetupOut:
 
 
 @router.post("/auth/totp/confirm", response_model=TotpConfirmOut, tags=["auth"], responses=_AUTH_ERRORS,
-             dependencies=[requires(AUTHENTICATED)])
+             dependencies=[requires(SESSION)])
 def totp_confirm(body: TotpConfirmIn, request: Request, response: Response) -> TotpConfirmOut:
     """Turn TOTP on with a code from the app; returns ten recovery codes, shown this once."""
     principal = _session_of(request)
@@ -177,7 +177,7 @@ def totp_confirm(body: TotpConfirmIn, request: Request, response: Response) -> T
 
 
 @router.post("/auth/password", status_code=204, tags=["auth"], responses=_AUTH_ERRORS,
-             dependencies=[requires(AUTHENTICATED)])
+             dependencies=[requires(SESSION)])
 def change_password(body: PasswordChangeIn, request: Request) -> Response:
     """A new password; every other session of the person ends."""
     principal = _session_of(request)
