@@ -23,14 +23,11 @@ from sqlalchemy.orm import Session
 from clearhouse.audit import models, repository
 from clearhouse.audit.models import GENESIS_HASH
 from clearhouse.kit import clock
+from clearhouse.kit.canonical import canonical_json
 from clearhouse.kit.db import read_snapshot
 from clearhouse.kit.errors import ValidationFailed
 from clearhouse.kit.ids import new_id
 from clearhouse.kit.masking import mask_value
-
-# The module, not the name: the ledger will record audit events itself, and a
-# module-level name import would then be circular. canonical_json belongs in kit.
-from clearhouse.ledger import service as ledger_service
 
 ACTOR_TYPES = ("api_key", "user", "system")
 MASK = "***"
@@ -187,7 +184,7 @@ def record(session: Session, actor: Actor, action: str, object_type: str, object
         "object_id": _text(object_id, models.OBJECT_ID_MAX),
         "source_ip": _text(actor.source_ip, models.SOURCE_IP_MAX),
         "request_id": _text(actor.request_id, models.REQUEST_ID_MAX),
-        "changes_json": ledger_service.canonical_json(mask_changes(changes)),
+        "changes_json": canonical_json(mask_changes(changes)),
     }
     # Masking and serializing happen before the lock, which is then held until commit.
     seq, prev = repository.lock_chain(session)

@@ -17,6 +17,7 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from clearhouse.kit import clock
+from clearhouse.kit.canonical import canonical_json
 from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.kit.money import MAX_AMOUNT, allocate, is_currency
 from clearhouse.ledger import errors, repository
@@ -34,11 +35,6 @@ _SLOT = {
     (DEBIT, PENDING): (2, 1), (CREDIT, PENDING): (3, 1),
     (DEBIT, RELEASE): (2, -1), (CREDIT, RELEASE): (3, -1),
 }
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no spaces: the one stored and hashed form of metadata."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 # ---------------------------------------------------------------- requests and results
