@@ -10,16 +10,13 @@ import sqlalchemy as sa
 from alembic import op
 
 from clearhouse.identity.models import MERCHANT_ROLES, ROLES
+from clearhouse.kit.models import sql_list
 from clearhouse.kit.types import UTCDateTime
 
 revision = "0003_identity"
 down_revision = "0002_idempotency_keys"
 branch_labels = None
 depends_on = None
-
-
-def _quoted(values: tuple[str, ...]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
 
 
 def upgrade() -> None:
@@ -84,8 +81,8 @@ def upgrade() -> None:
         sa.Column("disabled", sa.Boolean, nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
-        sa.CheckConstraint(f"role IN ({_quoted(ROLES)})", name="role"),
-        sa.CheckConstraint(f"(role IN ({_quoted(MERCHANT_ROLES)})) = (merchant_id IS NOT NULL)", name="tenant"),
+        sa.CheckConstraint(f"role IN ({sql_list(ROLES)})", name="role"),
+        sa.CheckConstraint(f"(role IN ({sql_list(MERCHANT_ROLES)})) = (merchant_id IS NOT NULL)", name="tenant"),
         sa.CheckConstraint("failed_logins >= 0", name="failed_logins"),
     )
     op.create_index("ix_users_merchant", "users", ["merchant_id"])

@@ -8,6 +8,7 @@ Create Date: 2026-11-23
 import sqlalchemy as sa
 from alembic import op
 
+from clearhouse.kit.models import sql_list
 from clearhouse.kit.types import UTCDateTime
 from clearhouse.vault.models import ACCOUNT_KINDS, BRANDS
 
@@ -15,10 +16,6 @@ revision = "0005_vault"
 down_revision = "0004_audit"
 branch_labels = None
 depends_on = None
-
-
-def _quoted(values: tuple[str, ...]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
 
 
 def upgrade() -> None:
@@ -50,7 +47,7 @@ def upgrade() -> None:
         sa.Column("exp_month", sa.Integer, nullable=False),
         sa.Column("exp_year", sa.Integer, nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
-        sa.CheckConstraint(f"brand IN ({_quoted(BRANDS)})", name="brand"),
+        sa.CheckConstraint(f"brand IN ({sql_list(BRANDS)})", name="brand"),
         sa.CheckConstraint("exp_month BETWEEN 1 AND 12", name="exp_month"),
     )
     op.create_index("ix_vault_cards_merchant", "vault_cards", ["merchant_id", "id"])
@@ -68,7 +65,7 @@ def upgrade() -> None:
         sa.Column("country", sa.String(2), nullable=False),
         sa.Column("currency", sa.String(3)),
         sa.Column("created_at", UTCDateTime, nullable=False),
-        sa.CheckConstraint(f"kind IN ({_quoted(ACCOUNT_KINDS)})", name="kind"),
+        sa.CheckConstraint(f"kind IN ({sql_list(ACCOUNT_KINDS)})", name="kind"),
     )
     op.create_index("ix_vault_bank_accounts_merchant", "vault_bank_accounts", ["merchant_id", "id"])
     op.create_index("ix_vault_bank_accounts_fingerprint", "vault_bank_accounts", ["fingerprint"])

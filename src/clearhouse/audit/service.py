@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -28,10 +28,10 @@ from clearhouse.kit.db import read_snapshot
 from clearhouse.kit.errors import ValidationFailed
 from clearhouse.kit.ids import new_id
 from clearhouse.kit.masking import mask_value
+from clearhouse.kit.verification import Findings
 
 ACTOR_TYPES = ("api_key", "user", "system")
 MASK = "***"
-MAX_FAILURES = 100
 
 
 @dataclass(frozen=True)
@@ -228,29 +228,8 @@ def list_events(
 
 
 @dataclass
-class Report:
-    ok: bool = True
+class Report(Findings):
     events_checked: int = 0
-    chain_head: dict[str, Any] = field(default_factory=dict)
-    first_failure: dict[str, Any] | None = None
-    failures: list[dict[str, Any]] = field(default_factory=list)
-
-    def fail(self, check: str, detail: str, **where: Any) -> None:
-        failure = {"check": check, "detail": detail, **where}
-        if self.first_failure is None:
-            self.first_failure = failure
-        self.ok = False
-        if len(self.failures) < MAX_FAILURES:
-            self.failures.append(failure)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "events_checked": self.events_checked,
-            "chain_head": self.chain_head,
-            "first_failure": self.first_failure,
-            "failures": self.failures,
-        }
 
 
 def verify(session: Session) -> Report:

@@ -13,16 +13,12 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from clearhouse.kit.models import Base
+from clearhouse.kit.models import Base, sql_list
 from clearhouse.kit.types import UTCDateTime
 
 PLATFORM_ROLES = ("admin", "operator", "finance", "risk_analyst", "auditor")
 MERCHANT_ROLES = ("merchant_admin", "merchant_viewer")
 ROLES = PLATFORM_ROLES + MERCHANT_ROLES
-
-
-def _quoted(values: tuple[str, ...]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
 
 
 class Merchant(Base):
@@ -91,8 +87,8 @@ class RateLimitCounter(Base):
 class User(Base):
     __tablename__ = "users"
     __table_args__ = (
-        CheckConstraint(f"role IN ({_quoted(ROLES)})", name="role"),
-        CheckConstraint(f"(role IN ({_quoted(MERCHANT_ROLES)})) = (merchant_id IS NOT NULL)", name="tenant"),
+        CheckConstraint(f"role IN ({sql_list(ROLES)})", name="role"),
+        CheckConstraint(f"(role IN ({sql_list(MERCHANT_ROLES)})) = (merchant_id IS NOT NULL)", name="tenant"),
         CheckConstraint("failed_logins >= 0", name="failed_logins"),
         Index("ix_users_merchant", "merchant_id"),
     )

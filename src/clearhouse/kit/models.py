@@ -14,3 +14,8 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+def sql_list(values: tuple[str, ...]) -> str:
+    """``'a', 'b'`` for a CHECK constraint's ``IN (...)`` over fixed words (never user input)."""
+    return ", ".join(f"'{v}'" for v in values)

@@ -2,47 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from clearhouse.kit.db import read_snapshot
+from clearhouse.kit.verification import Findings
 from clearhouse.ledger import repository
 from clearhouse.ledger.models import GENESIS_HASH
 from clearhouse.ledger.service import _SLOT, entry_hash, limit_breach
 
-MAX_FAILURES = 100
-
 
 @dataclass
-class Report:
-    ok: bool = True
+class Report(Findings):
     entries_checked: int = 0
     postings_checked: int = 0
     accounts_checked: int = 0
-    chain_head: dict[str, Any] = field(default_factory=dict)
-    first_failure: dict[str, Any] | None = None
-    failures: list[dict[str, Any]] = field(default_factory=list)
-
-    def fail(self, check: str, detail: str, **where: Any) -> None:
-        failure = {"check": check, "detail": detail, **where}
-        if self.first_failure is None:
-            self.first_failure = failure
-        self.ok = False
-        if len(self.failures) < MAX_FAILURES:
-            self.failures.append(failure)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "entries_checked": self.entries_checked,
-            "postings_checked": self.postings_checked,
-            "accounts_checked": self.accounts_checked,
-            "chain_head": self.chain_head,
-            "first_failure": self.first_failure,
-            "failures": self.failures,
-        }
 
 
 def verify(session: Session) -> Report:

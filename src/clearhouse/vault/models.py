@@ -12,21 +12,17 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from clearhouse.kit.models import Base
+from clearhouse.kit.models import Base, sql_list
 from clearhouse.kit.types import UTCDateTime
 
 BRANDS = ("visa", "mastercard", "amex", "unionpay", "jcb", "discover", "diners", "unknown")
 ACCOUNT_KINDS = ("account_number", "iban")
 
 
-def _quoted(values: tuple[str, ...]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
-
-
 class VaultCard(Base):
     __tablename__ = "vault_cards"
     __table_args__ = (
-        CheckConstraint(f"brand IN ({_quoted(BRANDS)})", name="brand"),
+        CheckConstraint(f"brand IN ({sql_list(BRANDS)})", name="brand"),
         CheckConstraint("exp_month BETWEEN 1 AND 12", name="exp_month"),
         Index("ix_vault_cards_merchant", "merchant_id", "id"),
         Index("ix_vault_cards_fingerprint", "fingerprint"),
@@ -51,7 +47,7 @@ class VaultCard(Base):
 class VaultBankAccount(Base):
     __tablename__ = "vault_bank_accounts"
     __table_args__ = (
-        CheckConstraint(f"kind IN ({_quoted(ACCOUNT_KINDS)})", name="kind"),
+        CheckConstraint(f"kind IN ({sql_list(ACCOUNT_KINDS)})", name="kind"),
         Index("ix_vault_bank_accounts_merchant", "merchant_id", "id"),
         Index("ix_vault_bank_accounts_fingerprint", "fingerprint"),
     )
