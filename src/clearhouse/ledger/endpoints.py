@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -16,11 +16,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from clearhouse.audit import service as audit
-from clearhouse.identity.permissions import actor_of, requires
+from clearhouse.identity import approvals
+from clearhouse.identity.permissions import actor_of, principal_of, requires
 from clearhouse.kit.api import Page, UtcTime, json_body, validate
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import problem_response
 from clearhouse.kit.idempotency import derived_id
+from clearhouse.kit.ids import new_id
 from clearhouse.kit.metrics import ledger_transfers
 from clearhouse.ledger import errors, service
 from clearhouse.ledger.schemas import (
@@ -231,41 +233,45 @@ def _validate_at(adapter: TypeAdapter[Any], item: Any, at: tuple[Any, ...]) -> A
     dependencies=_WRITE,
 )
 async def create_transfers(request: Request) -> Any:
-    """One transfer, one multi-leg entry, or a batch of up to 8190 (``linked`` for all-or-none)."""
+    """One transfer, one multi-leg entry, or a batch of up to 8190 (``linked`` for all-or-none).
+
+    Sent by a person (a console session) this is a manual ledger adjustment: it is checked,
+    then held with its exact content for a second person's approval (202) and written when
+    approved. Systems (API keys) post directly.
+    """
     body = await json_body(request)
     engine = _engine(request)
-    if isinstance(body, dict) and "transfers" in body:
-        batch: TransferBatch = validate(TransferBatch, body)
-        if len(batch.transfers) > service.MAX_BATCH:
-            raise errors.BatchTooLarge(f"a batch holds at most {service.MAX_BATCH} transfers")
-        requests = [_request_of(item, ("transfers", i)) for i, item in enumerate(batch.transfers)]
+    if principal_of(request).kind == "user":
+        return await _hold_adjustment(request, body)
+    requests, linked, is_batch = _parse_entries(body)
+    if is_batch:
         for index, entry in enumerate(requests):
             entry.id = entry.id or derived_id(request, "tr", index)
         actor = actor_of(request)
 
         def write_batch(session: Session) -> list[service.Outcome]:
-            outcomes = service.create_transfers(session, requests, linked=batch.linked)
+            outcomes = service.create_transfers(session, requests, linked=linked)
             created = [o.id for o in outcomes if o.status == "created"]
             if created:
                 # One event per batch, not per transfer: the ledger's own hash chain holds each
                 # transfer; this says who wrote them.
                 audit.record(session, actor, "ledger.transfers.create", "ledger_transfer_batch", created[0],
                              changes={"created": len(created), "first_id": created[0], "last_id": created[-1],
-                                      "linked": batch.linked})
+                                      "linked": linked})
             return outcomes
 
         outcomes = await _run(engine, write_batch)
         results = [BatchResult(index=o.index, id=o.id, status=o.status, code=o.code, detail=o.detail)
                    for o in outcomes]
         _count(outcomes)
-        if batch.linked and any(o.status == "failed" for o in outcomes):
+        if linked and any(o.status == "failed" for o in outcomes):
             failure = next(o for o in outcomes if o.code != errors.LINKED_EVENT_FAILED)
             return problem_response(errors.LinkedBatchFailed(
                 f"transfer {failure.index} failed with {failure.code}; nothing was written",
                 results=[r.model_dump() for r in results],
             ))
         return JSONResponse(BatchOut(results=results).model_dump(mode="json"), status_code=200)
-    entry = _request_of(body)
+    entry = requests[0]
     entry.id = entry.id or derived_id(request, "tr")
 
     actor = actor_of(request)
@@ -283,6 +289,50 @@ async def create_transfers(request: Request) -> Any:
         raise
     ledger_transfers.labels("created" if created else "exists").inc()
     return JSONResponse(TransferOut(**view).model_dump(mode="json"), status_code=201 if created else 200)
+
+
+def _parse_entries(body: Any) -> tuple[list[service.EntryRequest], bool, bool]:
+    """(entry requests, linked, is a batch), validated as ``create_transfers`` validates them."""
+    if isinstance(body, dict) and "transfers" in body:
+        batch: TransferBatch = validate(TransferBatch, body)
+        if len(batch.transfers) > service.MAX_BATCH:
+            raise errors.BatchTooLarge(f"a batch holds at most {service.MAX_BATCH} transfers")
+        return [_request_of(item, ("transfers", i)) for i, item in enumerate(batch.transfers)], batch.linked, True
+    return [_request_of(body)], True, False
+
+
+async def _hold_adjustment(request: Request, body: Any) -> JSONResponse:
+    from clearhouse.identity.schemas import ApprovalOut
+
+    entries, _linked, is_batch = _parse_entries(body)
+    # Ids fixed now, so what is approved is exactly what will be written.
+    items = body["transfers"] if is_batch else [body]
+    fixed = [{**item, "id": entry.id or new_id("tr")} for item, entry in zip(items, entries, strict=True)]
+    held_body = {**body, "transfers": fixed} if is_batch else fixed[0]
+    principal, actor = principal_of(request), actor_of(request)
+    ttl = timedelta(hours=request.app.state.settings.approval_ttl_hours)
+    summary = (f"ledger adjustment: {len(fixed)} transfers" if is_batch else
+               f"ledger adjustment {fixed[0]['id']}")
+    approval = await run_in_threadpool(transact, _engine(request), lambda s: approvals.hold(
+        s, principal, action="ledger.adjustment", payload={"body": held_body}, summary=summary,
+        permission="ledger:write", merchant_id=None, actor=actor, ttl=ttl))
+    return JSONResponse(ApprovalOut(**approval).model_dump(mode="json"), status_code=202)
+
+
+def _apply_adjustment(session: Session, payload: dict[str, Any], checker: Any) -> dict[str, Any]:
+    """The approved adjustment, written in the approver's transaction; all of it or nothing."""
+    entries, linked, _is_batch = _parse_entries(payload["body"])
+    outcomes = service.create_transfers(session, entries, linked=linked)
+    failed = [o for o in outcomes if o.status == "failed" and o.code != errors.LINKED_EVENT_FAILED]
+    if failed:
+        raise errors.LinkedBatchFailed(
+            f"transfer {failed[0].index} failed with {failed[0].code}; nothing was written",
+            results=[{"index": o.index, "id": o.id, "status": o.status, "code": o.code} for o in outcomes])
+    _count(outcomes)
+    return {"transfer_ids": [o.id for o in outcomes]}
+
+
+approvals.register("ledger.adjustment", _apply_adjustment)
 
 
 def _count(outcomes: list[service.Outcome]) -> None:
