@@ -32,6 +32,12 @@ from clearhouse.kit.models import Base
 from clearhouse.kit.settings import Settings
 from clearhouse.ledger.models import GENESIS_HASH
 
+# Cheap argon2id for the many people the suite signs in (set before any settings are read,
+# so CLI subprocesses inherit it); production keeps RFC 9106's profile (kit/settings.py).
+os.environ.setdefault("CLEARHOUSE_PASSWORD_HASH_TIME_COST", "1")
+os.environ.setdefault("CLEARHOUSE_PASSWORD_HASH_MEMORY_KIB", "1024")
+os.environ.setdefault("CLEARHOUSE_PASSWORD_HASH_PARALLELISM", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("CLEARHOUSE_TEST_POSTGRES_URL", "")
 BACKENDS = [

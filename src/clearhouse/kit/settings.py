@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     login_lockout_threshold: int = 5
     """Failed logins in a row before an account is locked; each further failure doubles the lock."""
     login_lockout_seconds: int = 60
+    password_hash_time_cost: int = 3
+    password_hash_memory_kib: int = 65536
+    password_hash_parallelism: int = 4
+    """argon2id parameters for new password hashes (RFC 9106's low-memory profile by default)."""
     session_idle_minutes: int = 30
     session_absolute_hours: int = 12
     approval_ttl_hours: int = 24

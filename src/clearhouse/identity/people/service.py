@@ -38,7 +38,7 @@ from clearhouse.identity.permissions import MFA_REQUIRED_ROLES, ROLE_PERMISSIONS
 from clearhouse.kit import clock
 from clearhouse.kit.errors import ClearhouseError, NotFound
 from clearhouse.kit.ids import new_id
-from clearhouse.kit.settings import Settings
+from clearhouse.kit.settings import Settings, get_settings
 
 SESSION_COOKIE = "clearhouse_session"
 TOTP_STEP_SECONDS = 30
@@ -53,7 +53,14 @@ every request into a row update."""
 PASSWORD_MIN_LENGTH = 12
 PASSWORD_MAX_LENGTH = 256
 
-_hasher = PasswordHasher()  # argon2id with the library's RFC 9106 low-memory profile
+@functools.cache
+def _hasher() -> PasswordHasher:
+    """argon2id; by default the library's RFC 9106 low-memory profile (t=3, 64 MiB, p=4).
+    Hashes made under other parameters are re-made at the next sign-in."""
+    settings = get_settings()
+    return PasswordHasher(time_cost=settings.password_hash_time_cost,
+                          memory_cost=settings.password_hash_memory_kib,
+                          parallelism=settings.password_hash_parallelism)
 _RECOVERY_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, no i, l, o, u
 _DOMAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _EMAIL_SHAPE = re.compile(rf"^[^@\s\x00-\x1f\x7f]{{1,64}}@{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})+$")
@@ -255,19 +262,19 @@ def check_password_policy(password: str, email: str) -> None:
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher().hash(password)
 
 
 @functools.cache
 def _dummy_hash() -> str:
     """A hash to check unknown emails against, so they cost what a known one costs
     (made on first use: every CLI command need not pay for it)."""
-    return _hasher.hash("not a real password: for timing only")
+    return _hasher().hash("not a real password: for timing only")
 
 
 def _password_matches(password_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher().verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -600,7 +607,7 @@ def login(session: Session, settings: Settings, cipher: FieldCipher | None, *, e
 
     user.failed_logins = 0
     user.locked_until = None
-    if _hasher.check_needs_rehash(user.password_hash):
+    if _hasher().check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.updated_at = now
     if previous_token:
