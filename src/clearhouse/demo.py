@@ -84,10 +84,14 @@ def credentials_path(settings: Any) -> Path:
 
 
 def write_credentials(engine: Engine, settings: Any) -> Path | None:
-    """The first time: a platform key (every scope) and a test key for the demo merchant,
+    """The first time: a platform key (every scope), a test key for the demo merchant, and an
+    admin and a merchant admin who can sign in (the admin sets up TOTP at first sign-in),
     written to ``demo-credentials.json`` (mode 0600) beside the database. None if it exists."""
+    import secrets
+
     from clearhouse.audit.service import Actor
     from clearhouse.identity import service as identity
+    from clearhouse.identity.people import service as people
     from clearhouse.kit.crypto import FieldCipher, load_master_keys
 
     path = credentials_path(settings)
@@ -101,9 +105,16 @@ def write_credentials(engine: Engine, settings: Any) -> Path | None:
             session, cipher, actor, merchant_id=None, mode="platform", name="demo", created_by="demo")
         merchant, merchant_secret = identity.create_api_key(
             session, cipher, actor, merchant_id=DEMO_MERCHANT, mode="test", name="demo", created_by="demo")
+        users = {}
+        for role, email, merchant_id in (("admin", "admin@demo.clearhouse.dev", None),
+                                         ("merchant_admin", "owner@demo.clearhouse.dev", DEMO_MERCHANT)):
+            password = f"Demo-{secrets.token_urlsafe(12)}"
+            people.create_user(session, actor, email=email, role=role, merchant_id=merchant_id, password=password)
+            users[role] = {"email": email, "password": password}
         return {
             "platform": {"api_key_id": platform.id, "api_secret": platform_secret},
             "merchant": {"merchant_id": DEMO_MERCHANT, "api_key_id": merchant.id, "api_secret": merchant_secret},
+            "users": users,
         }
 
     credentials = transact(engine, work)
