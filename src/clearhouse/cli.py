@@ -7,13 +7,12 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from clearhouse.audit import commands as audit_commands
 from clearhouse.identity import commands as identity_commands
 from clearhouse.identity.people import commands as people_commands
 from clearhouse.kit.db import make_engine, transact, upgrade
-from clearhouse.kit.logging import configure_logging
+from clearhouse.kit.logging import configure_logging, operator_console
 from clearhouse.kit.settings import get_settings
 
 app = typer.Typer(help="Clearhouse: payments, ledger and settlement.", no_args_is_help=True)
@@ -28,7 +27,7 @@ app.add_typer(identity_commands.keys_app, name="keys")
 app.add_typer(identity_commands.merchants_app, name="merchants")
 app.add_typer(audit_commands.app, name="audit")
 app.add_typer(people_commands.app, name="users")
-console = Console(stderr=True)
+console = operator_console()
 
 
 @app.callback()

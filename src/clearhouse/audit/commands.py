@@ -6,10 +6,11 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from clearhouse.kit.logging import operator_console
 
 app = typer.Typer(help="The audit trail: who changed what, hash-chained.", no_args_is_help=True)
-console = Console(stderr=True)
+console = operator_console()
 
 
 @app.callback()

@@ -166,6 +166,7 @@ def _backend(report: Report, label: str, database_url: str, count: int, progress
 
 
 def run(count: int, *, postgres_url: str | None = None, progress: ProgressFn = no_progress) -> Report:
+    started = time.perf_counter()
     report = Report("auth", {"requests": count, "warmup": WARMUP})
     report.notes["measured"] = (
         "AuthenticationMiddleware (key read, HMAC-SHA256 check, nonce insert, rate-limit counter, on the "
@@ -193,6 +194,7 @@ def run(count: int, *, postgres_url: str | None = None, progress: ProgressFn = n
         finally:
             if server is not None:
                 server.stop()
+    report.seconds = time.perf_counter() - started
     return report
 
 

@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from clearhouse.audit.service import Actor
 from clearhouse.identity.permissions import PERMISSIONS
+from clearhouse.kit.logging import operator_console
 
 keys_app = typer.Typer(help="API keys and the master keys that protect stored secrets.", no_args_is_help=True)
 merchants_app = typer.Typer(help="Merchants (tenants).", no_args_is_help=True)
-console = Console(stderr=True)
+console = operator_console()
 CLI_ACTOR = Actor(type="system", id="cli")
 
 
@@ -30,6 +30,13 @@ def _open() -> tuple[object, object]:
     settings = get_settings()
     engine = make_engine(settings.database_url, pool_size=1)
     return engine, FieldCipher.open(engine, load_master_keys(settings))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A time given without an offset is UTC; one with an offset keeps it."""
+    if value is None:
+        return None
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _scopes(raw: str | None) -> list[str] | None:
@@ -69,7 +76,7 @@ def keys_create(
             transact(engine, lambda s: service.get_merchant(s, None, merchant_id))
         row, secret = transact(engine, lambda s: service.create_api_key(
             s, cipher, CLI_ACTOR, merchant_id=merchant_id, mode=mode, name=name, scopes=chosen,
-            expires_at=expires_at.replace(tzinfo=UTC) if expires_at else None, created_by="cli"))
+            expires_at=_utc(expires_at), created_by="cli"))
     except ClearhouseError as error:
         console.print(f"[red]error[/]: {error.code}: {error.detail}")
         raise typer.Exit(2) from None
@@ -78,6 +85,34 @@ def keys_create(
     else:
         console.print(f"API key [bold]{row.id}[/] ({mode}); secret, shown once:")
         print(secret)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The API key id (ck_...)")]) -> None:
+    """Revoke an API key at once, in every server process (a leaked secret)."""
+    from clearhouse.identity import service
+    from clearhouse.identity.permissions import Principal
+    from clearhouse.kit.db import make_engine, transact
+    from clearhouse.kit.errors import ClearhouseError, NotFound
+    from clearhouse.kit.settings import get_settings
+
+    engine = make_engine(get_settings().database_url, pool_size=1)
+    # The operator at the machine sees every tenant: a platform principal with no permissions
+    # beyond this one command.
+    operator = Principal(kind="user", id="cli", role="admin", merchant_id=None, permissions=frozenset())
+
+    def work(session: object) -> object:
+        key = service.find_key(session, key_id)
+        if key is None:
+            raise NotFound(f"no API key {key_id}")
+        return service.revoke_api_key(session, CLI_ACTOR, operator, key.merchant_id, key_id)
+
+    try:
+        row = transact(engine, work)
+    except ClearhouseError as error:
+        console.print(f"[red]error[/]: {error.code}: {error.detail}")
+        raise typer.Exit(2) from None
+    console.print(f"API key [bold]{row.id}[/] revoked")
 
 
 @keys_app.command("rotate")

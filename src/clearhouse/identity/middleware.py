@@ -23,7 +23,7 @@ from clearhouse.identity import service, signing
 from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, leaf_routes, route_permission
 from clearhouse.identity.ratelimit import RateLimited
 from clearhouse.kit import clock
-from clearhouse.kit.api import read_body, replay_body
+from clearhouse.kit.api import RequestTooLarge, read_body, replay_body
 from clearhouse.kit.crypto import FieldCipher
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
@@ -73,10 +73,18 @@ class AuthenticationMiddleware:
         return any(route.matches(scope)[0] == Match.FULL for route in self._public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._is_public(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        declared, limit = headers.get(b"content-length", b"0"), self.settings.max_request_bytes
+        if declared.isdigit() and int(declared) > limit:
+            # Said up front by the client: refused before anything else, public routes included.
+            await send_problem(send, RequestTooLarge(f"the body is larger than {limit} bytes"))
+            return
+        if self._is_public(scope):
+            await self.app(scope, receive, send)
+            return
         try:
             if _KEY in headers:
                 # Everything the headers alone can refuse is refused before a byte of body is read.

@@ -397,8 +397,8 @@ def consume_nonce(engine: Engine, key_id: str, nonce: str, *, rate_limit_per_min
 
 
 def purge_nonces(session: Session, ttl_seconds: int) -> int:
-    """Forget nonces older than the window (run by the worker): a replay that old fails
-    the timestamp check anyway, as long as ``ttl_seconds`` > the signature tolerance."""
+    """Forget nonces older than the window (run by the worker): a replay that old fails the
+    timestamp check anyway, since settings hold ``ttl_seconds`` >= 2 x the signature tolerance."""
     from datetime import timedelta
 
     cutoff = clock.now() - timedelta(seconds=ttl_seconds)

@@ -144,3 +144,11 @@ def install_request_logging(app: Any) -> None:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return response
+
+
+def operator_console() -> Any:
+    """Where commands speak to the operator: stderr, lines never wrapped (an error stays
+    one line for whoever greps it), stdout kept for the JSON a command prints."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)

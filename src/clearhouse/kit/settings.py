@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +49,14 @@ class Settings(BaseSettings):
     session_idle_minutes: int = 30
     session_absolute_hours: int = 12
     approval_ttl_hours: int = 24
+
+    @model_validator(mode="after")
+    def _nonces_outlive_skew(self) -> Settings:
+        # A request stamped `tolerance` seconds ahead stays acceptable for 2 x tolerance:
+        # its nonce must be remembered at least that long, or it could be replayed.
+        if self.nonce_ttl_seconds < 2 * self.signature_tolerance_seconds:
+            raise ValueError("nonce_ttl_seconds must be at least twice signature_tolerance_seconds")
+        return self
 
     def sqlite_path(self) -> Path | None:
         prefix = "sqlite:///"

@@ -8,10 +8,11 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from clearhouse.kit.logging import operator_console
 
 app = typer.Typer(help="People who sign in to the console.", no_args_is_help=True)
-console = Console(stderr=True)
+console = operator_console()
 
 
 @app.callback()

@@ -399,7 +399,8 @@ def request_role_change(session: Session, principal: Principal, actor: Actor, us
     payload = {"user_id": user.id, "role": role, "previous_role": user.role}
     approval = approvals.hold(session, principal, action=ROLE_CHANGE_ACTION, payload=payload,
                               summary=f"change {user.email} from {user.role} to {role}",
-                              permission="users:write", merchant_id=user.merchant_id, actor=actor)
+                              permission="users:write", merchant_id=user.merchant_id, actor=actor,
+                              ttl=timedelta(hours=get_settings().approval_ttl_hours))
     _audit(session, actor, "user.role_change_requested", user,
            {"role": role, "previous_role": user.role, "approval_id": approval.get("id")})
     return approval
@@ -624,7 +625,8 @@ def login(session: Session, settings: Settings, cipher: FieldCipher | None, *, e
 
 def session_principal(session: Session, token: str, settings: Settings) -> tuple[Principal, str] | None:
     """(the principal, the session's csrf token) for a live session, else None (unknown, expired by idle or
-    absolute timeout, revoked, user disabled or locked). Touches last_seen_at at most once a minute."""
+    absolute timeout, revoked, user disabled or locked, merchant suspended). Touches last_seen_at at most
+    once a minute."""
     if not token or len(token) > 256:
         return None
     row = session.get(UserSession, token_digest(token))
@@ -636,6 +638,9 @@ def session_principal(session: Session, token: str, settings: Settings) -> tuple
     user = session.get(User, row.user_id)
     if user is None or user.disabled or (user.locked_until is not None and user.locked_until > now):
         return None
+    if user.merchant_id is not None and session.execute(
+            select(Merchant.status).where(Merchant.id == user.merchant_id)).scalar_one() != "active":
+        return None  # a suspended merchant's staff are out, as its API keys are
     if now - row.last_seen_at >= LAST_SEEN_RESOLUTION:
         row.last_seen_at = now
         session.flush()
