@@ -74,12 +74,13 @@ def served_document() -> dict[str, Any]:
     from clearhouse.kit.settings import Settings
     from tests.conftest import TEST_MASTER_KEY
 
-    directory = Path(tempfile.mkdtemp(prefix="injection-doc-"))
-    url = f"sqlite:///{directory / 'document.db'}"
-    upgrade(url)
-    app = create_app(Settings(database_url=url, master_key=TEST_MASTER_KEY, master_key_file=None))
-    document = app.openapi()
-    app.state.engine.dispose()
+    with tempfile.TemporaryDirectory(prefix="injection-doc-") as directory:
+        url = f"sqlite:///{Path(directory) / 'document.db'}"
+        upgrade(url)
+        app = create_app(Settings(database_url=url, master_key=TEST_MASTER_KEY, master_key_file=None))
+        document = app.openapi()
+        app.state.engine.dispose()
+        app.state.bookkeeping_engine.dispose()
     return document
 
 
