@@ -7,4 +7,5 @@ url=$(scripts/postgres.sh start "$pgdir")
 trap 'scripts/postgres.sh stop "$pgdir"' EXIT
 export CLEARHOUSE_TEST_POSTGRES_URL="$url"
 export CLEARHOUSE_TEST_BACKENDS="sqlite,postgresql"
-.venv/bin/pytest "$@"
+# Two workers on two cores: each gets its own PostgreSQL database (tests/conftest.py).
+.venv/bin/pytest -n auto "$@"

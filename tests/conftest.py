@@ -40,6 +40,29 @@ os.environ.setdefault("CLEARHOUSE_PASSWORD_HASH_PARALLELISM", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("CLEARHOUSE_TEST_POSTGRES_URL", "")
+
+
+def _worker_database(url: str) -> str:
+    """Under pytest-xdist each worker gets its own PostgreSQL database on the one server
+    (tests empty their database between tests, so two workers cannot share one)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        if connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+POSTGRES_URL = _worker_database(POSTGRES_URL)
 BACKENDS = [
     b.strip()
     for b in os.environ.get("CLEARHOUSE_TEST_BACKENDS", "sqlite,postgresql" if POSTGRES_URL else "sqlite").split(",")

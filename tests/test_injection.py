@@ -408,7 +408,7 @@ def walk_body(world: World, walk: Walk, operation: Operation, only: tuple[str, s
         for slot in all_slots(SCHEMAS, operation.body_schema(), template):
             for name, raw in PAYLOADS:
                 case = (slot_label(slot), name)
-                if (only is not None and case != only) or (only is None and (operation.label, *case) in KNOWN_BUGS):
+                if only is not None and case != only:
                     continue
                 value, payload = as_sent(slot, raw)
                 caller = world.caller(kind) if fresh_caller else template_caller
@@ -533,31 +533,10 @@ def run_walk(app, client, merchant_client_factory, user_client_factory, operatio
     assert not walk.failures, "\n".join(walk.failures)
 
 
-_MERCHANT_METADATA_SURROGATE = (
-    "bug: merchant metadata holding a lone surrogate (valid JSON \\ud800) answers 500: identity/service.py "
-    "orjson.dumps(metadata) raises TypeError ('str is not valid UTF-8: surrogates not allowed'); the ledger's "
-    "metadata refuses it with 422 (ledger/schemas.py _canonical_json_safe), MerchantFields.metadata does not")
-KNOWN_BUGS: dict[tuple[str, str, str], str] = {
-    (operation, slot, "lone_surrogate"): _MERCHANT_METADATA_SURROGATE
-    for operation in ("POST /v1/merchants", "PATCH /v1/merchants/{merchant_id}")
-    for slot in ("metadata.note", "metadata.<key>", "metadata.nested.0")
-}
-"""(operation, field, payload) cases that fail today: each has its own strict xfail below, and
-the walk above leaves them out so it still guards every other case of those operations."""
-
-
 class TestInjectionShapedStrings:
     @pytest.mark.parametrize("operation", WALKED, ids=lambda o: o.label)
     def test_every_string_input(self, app, client, merchant_client_factory, user_client_factory, operation):
         run_walk(app, client, merchant_client_factory, user_client_factory, operation)
-
-    @pytest.mark.parametrize("label, slot, payload", [
-        pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason=reason), id=" ".join(case))
-        for case, reason in KNOWN_BUGS.items()
-    ])
-    def test_known_bug(self, app, client, merchant_client_factory, user_client_factory, label, slot, payload):
-        operation = next(o for o in WALKED if o.label == label)
-        run_walk(app, client, merchant_client_factory, user_client_factory, operation, only=(slot, payload))
 
 
 class TestTheWalkReachesEveryRoute:
@@ -660,10 +639,6 @@ class TestIdempotencyKeyHeader:
 
 
 class TestTheDocument:
-    @pytest.mark.xfail(strict=True, reason=(
-        "bug: POST /v1/ledger/transfers (ledger/endpoints.py _TRANSFER_BODY, openapi_extra) refers to "
-        "#/components/schemas/TransferCreate, EntryCreate and TransferBatch, which the served document never "
-        "defines: the request body cannot be resolved by any OpenAPI tool (schemathesis, client generators)"))
     def test_every_schema_reference_resolves(self):
         """The walk builds bodies from the document, so a reference leading nowhere is a body
         nobody (no client generator, no fuzzer, not this walk) can build."""

@@ -27,6 +27,7 @@ from clearhouse.kit.idempotency import IdempotencyMiddleware
 from clearhouse.kit.logging import configure_logging, install_request_logging
 from clearhouse.kit.metrics import install_metrics, metrics_response
 from clearhouse.kit.settings import Settings, get_settings
+from clearhouse.ledger.endpoints import BODY_MODELS as ledger_body_models
 from clearhouse.ledger.endpoints import router as ledger_router
 from clearhouse.vault.endpoints import router as vault_router
 
@@ -117,17 +118,24 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     def metrics(request: Request) -> Response:
         return metrics_response()
 
-    _document_permissions(app)
+    _complete_openapi(app, extra_models=ledger_body_models)
     return app
 
 
-def _document_permissions(app: FastAPI) -> None:
-    """Show each operation's permission in the OpenAPI document (``x-permission``)."""
+def _complete_openapi(app: FastAPI, extra_models: list[Any]) -> None:
+    """Show each operation's permission in the OpenAPI document (``x-permission``), and
+    define the models that request bodies read by hand refer to (``extra_models``)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in extra_models:
+                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, nested in definition.pop("$defs", {}).items():
+                    components.setdefault(name, nested)
+                components.setdefault(model.__name__, definition)
             for route in leaf_routes(app):
                 permission = route_permission(route)
                 operations = schema["paths"].get(getattr(route, "path", ""), {})

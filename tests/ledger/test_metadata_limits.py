@@ -1,6 +1,6 @@
 """Metadata is a note on an account or entry, bounded so it cannot bloat the journal."""
 
-from clearhouse.ledger.schemas import MAX_METADATA_BYTES
+from clearhouse.kit.api import MAX_METADATA_BYTES
 
 
 class TestMetadataSize:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from clearhouse.identity.permissions import PERMISSIONS
-from clearhouse.kit.api import CurrencyCode, Model, UtcTime
+from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, UtcTime
 
 Text200 = Field(min_length=1, max_length=200)
 
@@ -30,7 +30,7 @@ class MerchantFields(Model):
     default_currency: CurrencyCode | None = None
     timezone: str | None = Field(default=None, max_length=64, description="IANA time zone of business dates")
     settlement_cycle: str | None = Field(default=None, pattern=r"^T\+[0-9]{1,2}$", description="T+0, T+1, ... T+N")
-    metadata: dict[str, Any] | None = None
+    metadata: MetadataIn | None = None
 
     _timezone = field_validator("timezone")(_known_timezone)
 

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
@@ -62,6 +63,29 @@ def _currency(value: str) -> str:
 
 CurrencyCode = Annotated[str, StringConstraints(min_length=3, max_length=3), AfterValidator(_currency)]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
+
+
+MAX_METADATA_BYTES = 16 * 1024
+"""Metadata is hashed into chains and read with every object: keep it to a note, not a document."""
+
+
+def _canonical_json_safe(value: dict[str, Any]) -> dict[str, Any]:
+    """Metadata is stored and hashed as canonical JSON, so it must survive that exactly:
+    no integers beyond 64 bits, no lone surrogates, no NaN or Infinity (a 500 or a
+    silently changed value otherwise)."""
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError as error:  # orjson.JSONEncodeError is a TypeError
+        raise ValueError(f"metadata must be plain JSON: {error}") from None
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is at most {MAX_METADATA_BYTES} bytes of JSON")
+    if orjson.loads(encoded) != value:
+        raise ValueError("metadata must be plain JSON (no NaN or Infinity)")
+    return value
+
+
+MetadataIn = Annotated[dict[str, Any], AfterValidator(_canonical_json_safe)]
+"""A free-form ``metadata`` object of a request (ledger entries, accounts, merchants)."""
 
 
 class Model(BaseModel):

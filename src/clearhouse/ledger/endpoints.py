@@ -194,6 +194,8 @@ _TRANSFER_BODY = {
         },
     }
 }
+BODY_MODELS = [TransferCreate, EntryCreate, TransferBatch]
+"""What ``_TRANSFER_BODY`` refers to: defined in the OpenAPI components by the app."""
 _transfer_adapter = TypeAdapter(TransferCreate)
 _entry_adapter = TypeAdapter(EntryCreate)
 

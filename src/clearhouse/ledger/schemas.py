@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import orjson
-from pydantic import AfterValidator, BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool
 
-from clearhouse.kit.api import Amount, ClientId, CurrencyCode, Model, ShortText, UtcTime
+from clearhouse.kit.api import Amount, ClientId, CurrencyCode, MetadataIn, Model, ShortText, UtcTime
 from clearhouse.kit.money import MAX_AMOUNT
 
 AccountType = Literal["asset", "liability", "equity", "revenue", "expense"]
 Metadata = dict[str, Any]
 MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
-MAX_METADATA_BYTES = 16 * 1024
-"""Metadata is hashed into the chain and read with every entry: keep it to a note, not a document."""
-
-
-def _canonical_json_safe(value: dict[str, Any]) -> dict[str, Any]:
-    """Metadata is stored and hashed as canonical JSON, so it must survive that exactly:
-    no integers beyond 64 bits, no lone surrogates, no NaN or Infinity (a 500 or a
-    silently changed value otherwise)."""
-    try:
-        encoded = orjson.dumps(value)
-    except TypeError as error:  # orjson.JSONEncodeError is a TypeError
-        raise ValueError(f"metadata must be plain JSON: {error}") from None
-    if len(encoded) > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata is at most {MAX_METADATA_BYTES} bytes of JSON")
-    if orjson.loads(encoded) != value:
-        raise ValueError("metadata must be plain JSON (no NaN or Infinity)")
-    return value
-
-
-MetadataIn = Annotated[Metadata, AfterValidator(_canonical_json_safe)]
 
 
 class AccountFlags(Model):
