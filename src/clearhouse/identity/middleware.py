@@ -55,6 +55,8 @@ class AuthenticationMiddleware:
         self.cipher = cipher
         self.settings = settings
         self._public: list[Any] | None = None
+        self._public_paths: set[str] = set()
+        self._public_patterns = False
         self._keys: dict[str, tuple[service.KeyRecord, str, Principal]] = {}
         # Its own threads, not anyio's shared pool: about half the cost of a hop, which this
         # pays on every request (clearhouse bench auth), and a slow route cannot starve it.
@@ -70,6 +72,12 @@ class AuthenticationMiddleware:
             documents = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
             self._public = [r for r in leaf_routes(app)
                             if route_permission(r) == PUBLIC or getattr(r, "path", None) in documents]
+            # Every request asks this: most public paths are fixed strings, so a set answers
+            # "not public" without a regex per public route.
+            self._public_paths = {r.path for r in self._public if "{" not in r.path}
+            self._public_patterns = any("{" in r.path for r in self._public)
+        if scope["path"] not in self._public_paths and not self._public_patterns:
+            return False
         return any(route.matches(scope)[0] == Match.FULL for route in self._public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
