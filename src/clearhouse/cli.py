@@ -126,18 +126,13 @@ def db_current() -> None:
 @ledger_app.command("verify")
 def ledger_verify(as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False) -> None:
     """Recompute the hash chain, zero-sum, limits and balances; exit 1 on the first failure."""
+    from clearhouse.kit.verification import report_to_operator
     from clearhouse.ledger.verify import verify
 
     report = transact(make_engine(get_settings().database_url, pool_size=1), verify)
-    result = report.as_dict()
-    if as_json:
-        print(json.dumps(result))
-    elif report.ok:
-        console.print(f"[green]ledger verified[/]: {report.entries_checked} entries, "
-                      f"{report.postings_checked} postings, {report.accounts_checked} accounts")
-    else:
-        console.print(f"[red]ledger verification failed[/]: {json.dumps(report.first_failure)}")
-    if not report.ok:
+    summary = (f"{report.entries_checked} entries, {report.postings_checked} postings, "
+               f"{report.accounts_checked} accounts")
+    if report_to_operator(report, as_json=as_json, what="ledger", summary=summary, console=console):
         raise typer.Exit(1)
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from clearhouse.kit.logging import operator_console
+from clearhouse.kit.verification import report_to_operator
 
 app = typer.Typer(help="The audit trail: who changed what, hash-chained.", no_args_is_help=True)
 console = operator_console()
@@ -31,12 +31,6 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="Print the repor
         report = transact(engine, verify_trail)
     finally:
         engine.dispose()
-    if as_json:
-        print(json.dumps(report.as_dict()))
-    elif report.ok:
-        console.print(f"[green]audit trail verified[/]: {report.events_checked} events, "
-                      f"head {report.chain_head.get('hash')}")
-    else:
-        console.print(f"[red]audit trail verification failed[/]: {json.dumps(report.first_failure)}")
-    if not report.ok:
+    summary = f"{report.events_checked} events, head {report.chain_head.get('hash')}"
+    if report_to_operator(report, as_json=as_json, what="audit trail", summary=summary, console=console):
         raise typer.Exit(1)

@@ -31,3 +31,17 @@ class Findings:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, **self.counts(), "chain_head": self.chain_head, "first_failure": self.first_failure,
                 "failures": self.failures}
+
+
+def report_to_operator(findings: Findings, *, as_json: bool, what: str, summary: str, console: Any) -> int:
+    """What a ``verify`` command prints (the JSON report, or one line) and its exit code:
+    0 when ``what`` verified, 1 at the first failure."""
+    import json
+
+    if as_json:
+        print(json.dumps(findings.as_dict()))
+    elif findings.ok:
+        console.print(f"[green]{what} verified[/]: {summary}")
+    else:
+        console.print(f"[red]{what} verification failed[/]: {json.dumps(findings.first_failure)}")
+    return 0 if findings.ok else 1
