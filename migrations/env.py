@@ -4,11 +4,15 @@ from alembic import context
 from sqlalchemy import pool
 
 import clearhouse.audit.models  # noqa: F401  (each import registers its tables)
+import clearhouse.channels.models  # noqa: F401
 import clearhouse.identity.models  # noqa: F401
 import clearhouse.kit.crypto  # noqa: F401
 import clearhouse.kit.idempotency  # noqa: F401
 import clearhouse.ledger.models  # noqa: F401
+import clearhouse.payments.models  # noqa: F401
+import clearhouse.payments.orders.models  # noqa: F401
 import clearhouse.vault.models  # noqa: F401
+import clearhouse.webhooks.models  # noqa: F401
 from clearhouse.kit.db import make_engine
 from clearhouse.kit.models import Base
 

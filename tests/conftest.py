@@ -23,6 +23,10 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
+import clearhouse.channels.models  # noqa: F401  (every table, so each test empties them all)
+import clearhouse.payments.models  # noqa: F401
+import clearhouse.payments.orders.models  # noqa: F401
+import clearhouse.webhooks.models  # noqa: F401
 from clearhouse.app import create_app
 from clearhouse.audit.service import SYSTEM
 from clearhouse.identity import service as identity
@@ -128,8 +132,9 @@ TEST_MASTER_KEY = "mk_test:" + base64.b64encode(bytes(range(32))).decode()
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, master_key=TEST_MASTER_KEY, master_key_file=None)
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, master_key=TEST_MASTER_KEY, master_key_file=None,
+                    sandbox_dir=tmp_path / "sandbox")
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from sqlalchemy import Engine, text
 import clearhouse
 from clearhouse import worker
 from clearhouse.audit.endpoints import router as audit_router
+from clearhouse.channels import connectors as _connectors  # noqa: F401  (registers the built-in channels)
+from clearhouse.channels.protocol import ChannelSet
 from clearhouse.identity import service as identity_service
 from clearhouse.identity.endpoints import router as identity_router
 from clearhouse.identity.middleware import AuthenticationMiddleware
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings = settings
     app.state.cipher = cipher
     app.state.bookkeeping_engine = bookkeeping_engine
+    app.state.channels = ChannelSet(settings)
     install_handlers(app)
     # Middleware added first runs innermost: a replayed answer costs no route work, and
     # is still counted and logged; authentication runs before idempotency, so a key is

@@ -40,7 +40,11 @@ PERMISSIONS: dict[str, str] = {
     "vault:read": "Read vaulted cards and bank accounts (masked)",
     "vault:write": "Tokenize card and bank account numbers",
     "payments:read": "Read payments and refunds",
-    "payments:write": "Create, capture, cancel and refund payments",
+    "payments:write": "Create, capture, cancel and refund payments; sell card codes",
+    "webhooks:read": "Read webhook endpoints and their delivery log",
+    "webhooks:write": "Add, change and remove webhook endpoints; redeliver events",
+    "routing:read": "Read routing rules and channel health",
+    "routing:write": "Change routing rules (merchant callers: their own)",
     "settlement:read": "Read settlements and payouts",
     "settlement:write": "Run settlements, create payout batches",
     "recon:read": "Read reconciliations and cases",
@@ -59,7 +63,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "operator": frozenset({
         "ledger:read", "merchants:read", "merchants:write", "api_keys:read", "users:read", "approvals:read",
         "approvals:decide", "vault:read", "payments:read", "payments:write", "settlement:read", "recon:read",
-        "recon:write", "risk:read", "reports:read", "metrics:read",
+        "recon:write", "risk:read", "reports:read", "metrics:read", "webhooks:read", "webhooks:write",
+        "routing:read", "routing:write",
     }),
     "finance": frozenset({
         "ledger:read", "ledger:write", "merchants:read", "approvals:read", "approvals:decide", "payments:read",
@@ -73,11 +78,11 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "merchant_admin": frozenset({
         "merchants:read", "api_keys:read", "api_keys:write", "users:read", "users:write", "approvals:read",
         "approvals:decide", "vault:read", "vault:write", "payments:read", "payments:write", "settlement:read",
-        "reports:read",
+        "reports:read", "webhooks:read", "webhooks:write", "routing:read", "routing:write",
     }),
     "merchant_viewer": frozenset({
         "merchants:read", "api_keys:read", "users:read", "vault:read", "payments:read", "settlement:read",
-        "reports:read",
+        "reports:read", "webhooks:read", "routing:read",
     }),
 }
 
@@ -86,7 +91,7 @@ MFA_REQUIRED_ROLES = frozenset({"admin", "finance"})
 
 MERCHANT_KEY_SCOPES = frozenset({
     "merchants:read", "vault:read", "vault:write", "payments:read", "payments:write", "settlement:read",
-    "reports:read",
+    "reports:read", "webhooks:read", "webhooks:write", "routing:read", "routing:write",
 })
 """All a merchant's API key may ever hold (its default scope list)."""
 PLATFORM_KEY_SCOPES = _ALL - {"users:write", "approvals:decide"}

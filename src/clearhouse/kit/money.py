@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 
 import iso4217
@@ -121,3 +121,11 @@ def allocate(total: int, weights: list[int]) -> list[int]:
     for i in order[:short]:
         floors[i] += 1
     return [sign * part for part in floors]
+
+
+def rate_of(amount: int, rate: Decimal, fixed: int = 0) -> int:
+    """``amount`` x ``rate`` + ``fixed``, in minor units, rounded half-up (the way fee
+    schedules are written: 0.6% of 1.25 is 0.0075, charged as 0.01)."""
+    if amount < 0:
+        raise ValueError("amount must not be negative")
+    return int((Decimal(amount) * rate).quantize(Decimal(1), rounding=ROUND_HALF_UP)) + fixed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,27 @@ class Settings(BaseSettings):
     session_idle_minutes: int = 30
     session_absolute_hours: int = 12
     approval_ttl_hours: int = 24
+
+    # Payments and channels (payments/, channels/).
+    public_base_url: str = "http://127.0.0.1:8000"
+    """Where this server is reached from outside: channels send notifications here and buyers
+    open the hosted pages (QR payment, delivered codes)."""
+    channel_timeout_seconds: float = 10.0
+    """How long a channel call may take before it counts as a timeout (the payment stays
+    ``processing`` and the worker asks the channel until it is final)."""
+    authorization_hold_hours: int = 168
+    """How long a manual-capture authorization holds the funds before it is voided."""
+    sandbox_dir: Path = Path("var/sandbox")
+    """The sandbox channels' own store (their side of every call, their signing keys, their
+    statements): a different system from ours, so it is not in our database."""
+    sandbox_faults: dict[str, dict[str, Any]] = {}
+    """Fault profile per sandbox channel, as JSON: ``{"sandbox_card": {"latency_ms": 200,
+    "decline_rate": 0.1, "timeout_rate": 0.05, "outages": [["02:00", "02:15"]]}}``."""
+
+    # Webhooks (webhooks/).
+    webhook_timeout_seconds: float = 5.0
+    webhook_retry_hours: int = 72
+    """Deliveries are retried with exponential backoff for this long, then given up."""
 
     @model_validator(mode="after")
     def _nonces_outlive_skew(self) -> Settings:
