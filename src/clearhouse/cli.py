@@ -164,6 +164,21 @@ def bench_auth(
         raise typer.Exit(code)
 
 
+@bench_app.command("payments")
+def bench_payments(
+    quick: Annotated[bool, typer.Option(help="Rounds of 1.5 s and 2.5 s at 500/s, not 5 s and 10 s")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report as the last line")] = False,
+    postgres: Annotated[str | None, typer.Option(
+        help="Also on this PostgreSQL server (default: CLEARHOUSE_BENCH_POSTGRES_URL; neither: SQLite only)")] = None,
+) -> None:
+    """Card payments/s over HTTP against the same server's /healthz rate; p99 at 500 payments/s."""
+    from clearhouse.bench.payments import main as run_payments_bench
+
+    code = run_payments_bench(quick=quick, as_json=as_json, postgres_url=postgres)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 

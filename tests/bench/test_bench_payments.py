@@ -1,0 +1,156 @@
+"""The payments benchmark: the command's JSON contract and the checks that make a fast wrong answer fail.
+
+Speed is never asserted here (docs/benchmarks.md): only that the benchmark measures what
+it says (latency from the schedule, so queueing counts), checks its own answer, and
+reports in the agreed shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import orjson
+import pytest
+
+from clearhouse.bench.payments import OPEN_LOOP_RATE, Load, check_database, payment_amount
+from tests.conftest import BACKENDS, POSTGRES_URL
+
+
+class TestCommand:
+    @pytest.mark.slow  # it starts `clearhouse serve --workers <cores>` once per database: about 20 s each
+    def test_quick_json_run_checks_its_answer_and_reports_the_contract_shape(self, tmp_path):
+        env = {**os.environ, "TMPDIR": str(tmp_path)}
+        env.pop("CLEARHOUSE_BENCH_POSTGRES_URL", None)
+        with_postgresql = "postgresql" in BACKENDS
+        command = [sys.executable, "-c", "from clearhouse.cli import main; main()", "bench", "payments",
+                   "--quick", "--json"]
+        if with_postgresql:
+            command += ["--postgres", POSTGRES_URL]
+        finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+        data = json.loads(finished.stdout.strip().splitlines()[-1])
+
+        assert data["failures"] == [], finished.stdout[-3000:]
+        assert data["ok"] is True
+        assert finished.returncode == 0
+        assert data["name"] == "payments"
+        assert data["sizes"]["open_loop_rate"] == OPEN_LOOP_RATE
+        assert data["sizes"]["server_workers"] == os.cpu_count()
+        labels = ["sqlite"] + (["postgresql"] if with_postgresql else [])
+        figures = {f["figure"]: f for f in data["figures"]}
+        expected = {}
+        for label in labels:
+            expected[f"{label}_payments_per_s"] = (f"{label}_healthz_per_s", "1/s")
+            expected[f"{label}_p99_ms_at_500_per_s"] = (f"{label}_healthz_p99_ms_at_500_per_s", "ms")
+        assert set(figures) == set(expected)
+        for name, (baseline, unit) in expected.items():
+            figure = figures[name]
+            assert set(figure) == {"figure", "value", "unit", "baseline", "baseline_value", "ratio"}
+            assert (figure["baseline"], figure["unit"]) == (baseline, unit)
+            assert figure["value"] > 0 and figure["baseline_value"] > 0
+        rate = figures["sqlite_payments_per_s"]
+        assert rate["ratio"] == pytest.approx(rate["value"] / rate["baseline_value"], abs=0.002)
+        p99 = figures["sqlite_p99_ms_at_500_per_s"]
+        assert p99["ratio"] == pytest.approx(p99["baseline_value"] / p99["value"], abs=0.002)
+        assert "payments sent in all" in data["notes"]["sqlite_client"]
+
+
+def _load_answering(answer) -> Load:
+    """A Load whose HTTP client is answered by ``answer(request, n)`` in process (the server's side is
+    what the slow test above exercises; here only the client's judgement of answers is under test)."""
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return answer(request, len(sent) - 1)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://bench")
+    load = Load(client, lambda _line: None)
+    load.requests = sent  # type: ignore[attr-defined]
+    return load
+
+
+def _payment(request: httpx.Request, n: int, **changes) -> httpx.Response:
+    body = orjson.loads(request.content)
+    answer = {"id": f"pay_{n}", "status": "succeeded", "amount": body["amount"], "currency": body["currency"]}
+    return httpx.Response(201, json={**answer, **changes})
+
+
+class TestAnswerJudgement:
+    def test_a_succeeded_payment_is_counted_and_each_request_has_a_fresh_idempotency_key(self):
+        load = _load_answering(_payment)
+        assert asyncio.run(self._send(load, 3)) == [True, True, True]
+        assert load.payment_ids == ["pay_0", "pay_1", "pay_2"]
+        keys = {r.headers["idempotency-key"] for r in load.requests}  # type: ignore[attr-defined]
+        assert len(keys) == 3
+        bodies = [orjson.loads(r.content) for r in load.requests]  # type: ignore[attr-defined]
+        assert [b["amount"] for b in bodies] == [payment_amount(n) for n in range(3)]
+        assert bodies[0]["payment_details"]["card"]["number"] == "4242424242424242"
+
+    @pytest.mark.parametrize("wrong", [
+        {"status": "processing"},
+        {"status": "failed"},
+        {"amount": 1},
+        {"currency": "USD"},
+    ])
+    def test_a_payment_that_did_not_succeed_as_sent_is_a_failure(self, wrong):
+        load = _load_answering(lambda request, n: _payment(request, n, **wrong))
+        assert asyncio.run(self._send(load, 2)) == [False, False]
+        assert load.payment_ids == []
+        assert sum(load.failures.values()) == 2
+        assert load.examples
+
+    def test_a_problem_answer_is_a_failure_named_by_its_code(self):
+        problem = {"type": "about:blank", "status": 409, "code": "idempotency_key_reused"}
+        load = _load_answering(lambda _request, _n: httpx.Response(409, json=problem))
+        assert asyncio.run(self._send(load, 1)) == [False]
+        assert load.failures == {"payment 409 idempotency_key_reused": 1}
+
+    @staticmethod
+    async def _send(load: Load, count: int) -> list[bool]:
+        try:
+            return [await load.payment() for _ in range(count)]
+        finally:
+            await load.client.aclose()
+
+
+class TestOpenLoop:
+    def test_latency_is_counted_from_the_schedule_so_queueing_counts(self):
+        """A server that answers one request at a time in 10 ms cannot keep up with 500/s: by the
+        100th request the queue is long, and the latencies must say so (timed from the send, they
+        would all be about 10 ms)."""
+        load = Load(None, lambda _line: None)
+        one_at_a_time = asyncio.Semaphore(1)
+
+        async def slow_send() -> bool:
+            async with one_at_a_time:
+                await asyncio.sleep(0.010)
+            return True
+
+        result = asyncio.run(load.open_loop(slow_send, 0.2, OPEN_LOOP_RATE, "test"))
+        latencies = result["latencies_ms"]
+        assert result["requests"] == len(latencies) == 100
+        # The last waits behind 99 others (at least 990 ms of service) and was scheduled 198 ms in.
+        assert max(latencies) >= 990 - 198
+        assert min(latencies) >= 10
+
+
+class TestDatabaseCheck:
+    def test_answered_payments_that_are_not_stored_fail_the_run(self, database_url):
+        from clearhouse.bench.payments import prepare
+
+        merchant = prepare(database_url)
+        failures = check_database(database_url, merchant.merchant_id, ["pay_a", "pay_a"], 2, "db")
+        assert any("0 payments stored, 2 sent" in f for f in failures)
+        assert any("answered payments not stored" in f and "pay_a" in f for f in failures)
+        assert any("answered twice" in f for f in failures)
+
+    def test_an_empty_run_on_a_fresh_database_checks_clean(self, database_url):
+        from clearhouse.bench.payments import prepare
+
+        merchant = prepare(database_url)
+        assert check_database(database_url, merchant.merchant_id, [], 0, "db") == []
