@@ -13,11 +13,10 @@ import os
 import subprocess
 import sys
 
-import httpx
 import orjson
 import pytest
 
-from clearhouse.bench.payments import OPEN_LOOP_RATE, Load, check_database, payment_amount
+from clearhouse.bench.payments import OPEN_LOOP_RATE, Load, SignedHttp, check_database, payment_amount
 from tests.conftest import BACKENDS, POSTGRES_URL
 
 
@@ -59,35 +58,39 @@ class TestCommand:
         assert "payments sent in all" in data["notes"]["sqlite_client"]
 
 
-def _load_answering(answer) -> Load:
-    """A Load whose HTTP client is answered by ``answer(request, n)`` in process (the server's side is
-    what the slow test above exercises; here only the client's judgement of answers is under test)."""
-    sent = []
+class Answering:
+    """Stands in for ``SignedHttp``: ``answer(body, n)`` -> (status, JSON) decides each answer (the
+    server's side is what the slow test above and TestSignedHttp exercise; here only the client's
+    judgement of answers is under test)."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return answer(request, len(sent) - 1)
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests: list[tuple[str, str, bytes, dict]] = []
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://bench")
-    load = Load(client, lambda _line: None)
-    load.requests = sent  # type: ignore[attr-defined]
-    return load
+    async def request(self, method, path, body=b"", headers=None):
+        self.requests.append((method, path, body, headers or {}))
+        status, answer = self.answer(orjson.loads(body), len(self.requests) - 1)
+        return status, orjson.dumps(answer)
 
 
-def _payment(request: httpx.Request, n: int, **changes) -> httpx.Response:
-    body = orjson.loads(request.content)
+def _payment(body: dict, n: int, **changes) -> tuple[int, dict]:
     answer = {"id": f"pay_{n}", "status": "succeeded", "amount": body["amount"], "currency": body["currency"]}
-    return httpx.Response(201, json={**answer, **changes})
+    return 201, {**answer, **changes}
+
+
+def _load(answer) -> Load:
+    return Load(Answering(answer), lambda _line: None)
 
 
 class TestAnswerJudgement:
     def test_a_succeeded_payment_is_counted_and_each_request_has_a_fresh_idempotency_key(self):
-        load = _load_answering(_payment)
+        load = _load(_payment)
         assert asyncio.run(self._send(load, 3)) == [True, True, True]
         assert load.payment_ids == ["pay_0", "pay_1", "pay_2"]
-        keys = {r.headers["idempotency-key"] for r in load.requests}  # type: ignore[attr-defined]
-        assert len(keys) == 3
-        bodies = [orjson.loads(r.content) for r in load.requests]  # type: ignore[attr-defined]
+        requests = load.http.requests
+        assert {(method, path) for method, path, _body, _headers in requests} == {("POST", "/v1/payments")}
+        assert len({headers["idempotency-key"] for _m, _p, _b, headers in requests}) == 3
+        bodies = [orjson.loads(body) for _m, _p, body, _h in requests]
         assert [b["amount"] for b in bodies] == [payment_amount(n) for n in range(3)]
         assert bodies[0]["payment_details"]["card"]["number"] == "4242424242424242"
 
@@ -98,7 +101,7 @@ class TestAnswerJudgement:
         {"currency": "USD"},
     ])
     def test_a_payment_that_did_not_succeed_as_sent_is_a_failure(self, wrong):
-        load = _load_answering(lambda request, n: _payment(request, n, **wrong))
+        load = _load(lambda body, n: _payment(body, n, **wrong))
         assert asyncio.run(self._send(load, 2)) == [False, False]
         assert load.payment_ids == []
         assert sum(load.failures.values()) == 2
@@ -106,16 +109,42 @@ class TestAnswerJudgement:
 
     def test_a_problem_answer_is_a_failure_named_by_its_code(self):
         problem = {"type": "about:blank", "status": 409, "code": "idempotency_key_reused"}
-        load = _load_answering(lambda _request, _n: httpx.Response(409, json=problem))
+        load = _load(lambda _body, _n: (409, problem))
         assert asyncio.run(self._send(load, 1)) == [False]
         assert load.failures == {"payment 409 idempotency_key_reused": 1}
 
     @staticmethod
     async def _send(load: Load, count: int) -> list[bool]:
-        try:
-            return [await load.payment() for _ in range(count)]
-        finally:
-            await load.client.aclose()
+        return [await load.payment() for _ in range(count)]
+
+
+class TestSignedHttp:
+    """The bench's own HTTP client against the real server: signed as ``ClearhouseAuth`` signs."""
+
+    def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(self, live_server, platform_key):
+        port = int(live_server.rsplit(":", 1)[1])
+
+        async def scenario() -> list[tuple[int, dict]]:
+            http = SignedHttp("127.0.0.1", port, platform_key.key_id, platform_key.secret)
+            forged = SignedHttp("127.0.0.1", port, platform_key.key_id, platform_key.secret + "x")
+            body = orjson.dumps({"type": "asset", "currency": "CNY", "code": "bench"})
+            try:
+                answers = [
+                    await http.request("GET", "/healthz"),
+                    await http.request("POST", "/v1/ledger/accounts", body, {"content-type": "application/json"}),
+                    await http.request("POST", "/v1/ledger/accounts", body, {"content-type": "application/json"}),
+                    await forged.request("GET", "/v1/ledger/accounts"),
+                ]
+            finally:
+                await http.close()
+                await forged.close()
+            return [(status, orjson.loads(content)) for status, content in answers]
+
+        healthz, first, second, refused = asyncio.run(scenario())
+        assert healthz == (200, {"status": "ok"})
+        assert first[0] == second[0] == 201  # the kept-alive connection carries the second request
+        assert first[1]["id"] != second[1]["id"] and first[1]["currency"] == "CNY"
+        assert refused[0] == 401 and refused[1]["code"]
 
 
 class TestOpenLoop:
