@@ -1,0 +1,93 @@
+"""The ledger entries of payments, exactly as docs/accounting.md writes them.
+
+Each function returns one balanced ``EntryRequest``; the caller writes it in the same
+transaction as the payment's change of state. Accounts are named per accounting.md and
+opened on first use (``ledger.chart``). Zero legs are left out (a fee plan of 0 %).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from clearhouse.ledger.chart import account_for
+from clearhouse.ledger.service import CREDIT, DEBIT, EntryRequest, PostingRequest
+
+
+def _legs(session: Session, currency: str, legs: list[tuple[str, str, str, int, dict]]) -> list[PostingRequest]:
+    return [
+        PostingRequest(account_for(session, name, type_, currency, **flags), direction, amount, currency)
+        for name, type_, direction, amount, flags in legs
+        if amount
+    ]
+
+
+def clearing(channel: str) -> tuple[str, str]:
+    return f"channel_clearing:{channel}", "asset"
+
+
+def wallet_account(session: Session, wallet_id: str, currency: str) -> str:
+    """A customer's wallet: a liability that never goes below zero (the ledger refuses it)."""
+    return account_for(session, f"customer_wallet:{wallet_id}", "liability", currency,
+                       debits_must_not_exceed_credits=True)
+
+
+def payment_entry(session: Session, *, payment_id: str, merchant_id: str, channel: str, amount: int,
+                  currency: str, fee: int, cost: int, wallet_id: str | None, top_up: bool, pending: bool,
+                  entry_id: str) -> EntryRequest:
+    """Recipe 1 (a sale), 7 (a wallet top-up: no merchant, no fee) and 7b (paying from a wallet).
+
+    Pending (recipe 2, manual capture) writes the same postings as a pending entry."""
+    if channel == "wallet":
+        assert wallet_id is not None
+        legs: list[tuple[str, str, str, int, dict]] = [
+            (f"customer_wallet:{wallet_id}", "liability", DEBIT, amount, {"debits_must_not_exceed_credits": True}),
+        ]
+    else:
+        legs = [
+            (*clearing(channel), DEBIT, amount - cost, {}),
+            (f"channel_cost:{channel}", "expense", DEBIT, cost, {}),
+        ]
+    if top_up:
+        assert wallet_id is not None
+        legs.append((f"customer_wallet:{wallet_id}", "liability", CREDIT, amount,
+                     {"debits_must_not_exceed_credits": True}))
+    else:
+        legs += [
+            (f"merchant_pending:{merchant_id}", "liability", CREDIT, amount - fee, {}),
+            ("fee_revenue", "revenue", CREDIT, fee, {}),
+        ]
+    return EntryRequest(
+        id=entry_id, postings=_legs(session, currency, legs), code="payment", reference=payment_id,
+        metadata={"payment_id": payment_id, "merchant_id": merchant_id, "channel": channel},
+        pending=pending,
+    )
+
+
+def refund_entry(session: Session, *, refund_id: str, payment_id: str, merchant_id: str, channel: str,
+                 amount: int, currency: str, fee_back: int, cost_charged: int, wallet_id: str | None,
+                 top_up: bool) -> EntryRequest:
+    """Recipe 3: the merchant gives back the amount less the fee returned to it; the channel
+    (or the wallet) takes the amount back. What the channel keeps of its fee is charged to
+    the merchant (``cost_charged``) when its plan says the merchant bears it."""
+    if top_up:
+        assert wallet_id is not None
+        legs: list[tuple[str, str, str, int, dict]] = [
+            (f"customer_wallet:{wallet_id}", "liability", DEBIT, amount, {"debits_must_not_exceed_credits": True}),
+        ]
+    else:
+        net_fee = fee_back - cost_charged
+        legs = [(f"merchant_pending:{merchant_id}", "liability", DEBIT, amount - net_fee, {})]
+        if net_fee > 0:
+            legs.append(("fee_revenue", "revenue", DEBIT, net_fee, {}))
+        elif net_fee < 0:
+            legs.append(("fee_revenue", "revenue", CREDIT, -net_fee, {}))
+    if channel == "wallet":
+        assert wallet_id is not None
+        legs.append((f"customer_wallet:{wallet_id}", "liability", CREDIT, amount,
+                     {"debits_must_not_exceed_credits": True}))
+    else:
+        legs.append((*clearing(channel), CREDIT, amount, {}))
+    return EntryRequest(
+        id=f"tr_{refund_id}", postings=_legs(session, currency, legs), code="refund", reference=refund_id,
+        metadata={"payment_id": payment_id, "refund_id": refund_id, "merchant_id": merchant_id, "channel": channel},
+    )

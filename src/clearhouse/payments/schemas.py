@@ -1,0 +1,194 @@
+"""Payments request and response shapes (api.md, "Payment" and "Refund")."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, UtcTime
+from clearhouse.kit.money import MAX_AMOUNT
+from clearhouse.vault.schemas import CardNumber, HolderName, MerchantRef
+
+Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT, description="Minor units of the currency")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+Ref = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class CardIn(Model):
+    number: CardNumber | None = None
+    exp_month: int | None = Field(default=None, strict=True, ge=1, le=12)
+    exp_year: int | None = Field(default=None, strict=True, ge=2000, le=2999)
+    cvc: Annotated[str, StringConstraints(pattern=r"^[0-9]{3,4}$")] | None = Field(
+        default=None, description="Sent to the channel once, never stored (PCI DSS 3.2)")
+    holder_name: HolderName | None = None
+    card_id: MerchantRef | None = Field(default=None, description="A card vaulted before (POST /v1/vault/cards)")
+
+    @model_validator(mode="after")
+    def _number_or_token(self) -> CardIn:
+        if self.card_id is None and (self.number is None or self.exp_month is None or self.exp_year is None):
+            raise ValueError("give number, exp_month and exp_year, or card_id")
+        if self.card_id is not None and self.number is not None:
+            raise ValueError("give either a card number or card_id, not both")
+        return self
+
+
+class PaymentDetails(Model):
+    card: CardIn | None = None
+
+
+class Customer(Model):
+    id: Ref | None = None
+    email: Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    ip: Annotated[str, StringConstraints(max_length=45)] | None = None
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+
+
+class PaymentCreate(Model):
+    amount: Amount
+    currency: CurrencyCode
+    method: Literal["card", "bank_transfer", "alipay", "wechat_pay", "wallet"]
+    capture_method: Literal["automatic", "manual"] = "automatic"
+    merchant_id: MerchantRef | None = Field(default=None, description="Platform callers name the merchant")
+    merchant_order_id: Ref | None = None
+    description: Text | None = None
+    customer: Customer | None = None
+    payment_details: PaymentDetails | None = None
+    return_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://")] | None = None
+    metadata: MetadataIn | None = None
+
+
+class CaptureIn(Model):
+    amount: Amount | None = Field(default=None, description="Omit to capture the whole authorization")
+
+
+class CancelIn(Model):
+    reason: Text | None = None
+
+
+class RefundCreate(Model):
+    amount: Amount | None = Field(default=None, description="Omit to refund everything not yet refunded")
+    reason: Text | None = None
+
+
+class FeeOut(BaseModel):
+    type: str
+    amount: int
+    percent: str | None = None
+    fixed: int | None = None
+    minimum: int | None = None
+
+
+class AttemptOut(BaseModel):
+    id: str
+    channel: str
+    status: str
+    reason: str
+    decline_code: str | None
+    message: str | None
+    latency_ms: int | None
+    created_at: UtcTime
+    finished_at: UtcTime | None
+
+
+class TimelineEvent(BaseModel):
+    type: str
+    from_status: str | None
+    to_status: str | None
+    detail: dict[str, Any]
+    at: UtcTime
+
+
+class PaymentOut(BaseModel):
+    id: str
+    object: Literal["payment"]
+    merchant_id: str
+    status: Literal["requires_action", "processing", "requires_capture", "succeeded", "failed", "canceled"]
+    amount: int
+    amount_captured: int
+    amount_refunded: int
+    currency: str
+    method: str
+    capture_method: str
+    purpose: str
+    channel: str | None
+    merchant_order_id: str | None
+    description: str | None
+    customer: dict[str, Any]
+    card_id: str | None
+    wallet_id: str | None
+    return_url: str | None
+    metadata: dict[str, Any]
+    fees: list[FeeOut]
+    net_amount: int
+    next_action: dict[str, Any] | None
+    failure_code: str | None
+    failure_message: str | None
+    authorization_expires_at: UtcTime | None
+    ledger_transfer_id: str | None
+    risk: dict[str, Any] | None
+    attempts: list[AttemptOut]
+    timeline: list[TimelineEvent] | None = None
+    created_at: UtcTime
+    updated_at: UtcTime
+
+
+class RefundOut(BaseModel):
+    id: str
+    object: Literal["refund"]
+    payment_id: str
+    merchant_id: str
+    amount: int
+    currency: str
+    status: Literal["pending", "succeeded", "failed"]
+    reason: str | None
+    fee_refunded: int
+    failure_code: str | None
+    ledger_transfer_id: str | None
+    created_at: UtcTime
+    updated_at: UtcTime
+
+
+class FeeRuleIn(Model):
+    method: Literal["card", "bank_transfer", "alipay", "wechat_pay", "wallet"] | None = None
+    currency: CurrencyCode | None = None
+    percent: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,3}(\.[0-9]{1,6})?$")] = Field(
+        description="Percent as a decimal string: \"0.6\" is 0.6 %")
+    fixed: int = Field(default=0, strict=True, ge=0, le=2**53)
+    minimum: int = Field(default=0, strict=True, ge=0, le=2**53)
+    refund_fee_policy: Literal["proportional", "none"] = "proportional"
+    refund_cost_bearer: Literal["platform", "merchant"] = "platform"
+
+
+class FeePlanIn(Model):
+    rules: list[FeeRuleIn] = Field(max_length=100)
+
+
+class FeePlanOut(BaseModel):
+    merchant_id: str | None
+    rules: list[dict[str, Any]]
+
+
+class WalletCreate(Model):
+    customer_id: Ref
+    currency: CurrencyCode
+    merchant_id: MerchantRef | None = None
+
+
+class WalletOut(BaseModel):
+    id: str
+    object: Literal["wallet"]
+    merchant_id: str
+    customer_id: str
+    currency: str
+    balance: int
+    pending: int
+    created_at: UtcTime
+
+
+class TopUpCreate(Model):
+    amount: Amount
+    method: Literal["card", "bank_transfer", "alipay", "wechat_pay"]
+    payment_details: PaymentDetails | None = None
+    return_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://")] | None = None
+    metadata: MetadataIn | None = None

@@ -1,0 +1,940 @@
+"""Payments: create, drive through the channels, capture, cancel, refund, and apply what the
+channels tell us later (notifications, status queries).
+
+A payment spans several short transactions with channel calls between them, never inside
+them: a channel may take seconds, and a row lock held that long would stall everyone.
+The order that makes this safe:
+
+1. One transaction opens the payment and its first attempt (``started``) and commits.
+2. The channel is called with the attempt id as its idempotency reference.
+3. One transaction applies the answer: the payment's new status, its ledger entry, its
+   timeline event and its webhook event, all together or none.
+
+A crash between 2 and 3 leaves a ``started`` attempt; the worker asks the channel
+(``query``) and applies the answer through the same function, so nobody is charged twice.
+A timeout is settled the same way before any other channel is tried: only when the first
+channel says it never saw the reference is the next candidate called.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from clearhouse.audit import service as audit
+from clearhouse.channels import protocol
+from clearhouse.channels.protocol import (
+    ChannelError,
+    ChannelResult,
+    ChannelTimeout,
+    ChannelUnavailable,
+    ChargeRequest,
+    Connector,
+)
+from clearhouse.identity.permissions import Principal
+from clearhouse.kit import clock
+from clearhouse.kit.canonical import canonical_json
+from clearhouse.kit.db import is_postgresql, transact
+from clearhouse.kit.ids import new_id
+from clearhouse.kit.money import allocate, rate_of
+from clearhouse.ledger import errors as ledger_errors
+from clearhouse.ledger import service as ledger
+from clearhouse.payments import errors, fees, postings, state
+from clearhouse.payments.models import ChannelNotification, Payment, PaymentAttempt, PaymentEvent, Refund, Wallet
+from clearhouse.vault import service as vault
+from clearhouse.webhooks import service as webhooks
+
+log = structlog.get_logger(__name__)
+
+payments = Payment.__table__
+events = PaymentEvent.__table__
+attempts = PaymentAttempt.__table__
+refunds = Refund.__table__
+notifications = ChannelNotification.__table__
+wallets = Wallet.__table__
+
+WALLET = "wallet"
+"""The internal channel of the Clearhouse e-wallet: a ledger transfer, no outside system."""
+
+# What each channel answer means for the attempt and for the payment.
+_ATTEMPT_STATUS = {
+    protocol.APPROVED: "approved", protocol.AUTHORIZED: "authorized", protocol.DECLINED: "declined",
+    protocol.REQUIRES_ACTION: "requires_action", protocol.PENDING: "pending", protocol.FAILED: "failed",
+    protocol.CANCELED: "canceled", protocol.NOT_FOUND: "not_found",
+}
+_PAYMENT_STATUS = {
+    protocol.APPROVED: state.SUCCEEDED, protocol.AUTHORIZED: state.REQUIRES_CAPTURE,
+    protocol.DECLINED: state.FAILED, protocol.FAILED: state.FAILED, protocol.REQUIRES_ACTION: state.REQUIRES_ACTION,
+    protocol.PENDING: state.PROCESSING, protocol.CANCELED: state.CANCELED,
+}
+_FINAL_ATTEMPT = frozenset({"approved", "authorized", "declined", "failed", "canceled"})
+
+
+@dataclass
+class Runtime:
+    """What a payment flow needs besides the caller: the database, the channels, the router."""
+
+    engine: Any
+    channels: protocol.ChannelSet
+    router: Any
+    cipher: Any
+    settings: Any
+
+    @classmethod
+    def of(cls, app: Any) -> Runtime:
+        s = app.state
+        return cls(engine=s.engine, channels=s.channels, router=s.router, cipher=s.cipher, settings=s.settings)
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def _payment(session: Session, payment_id: str, *, lock: bool = False) -> Row:
+    query = select(payments).where(payments.c.id == payment_id)
+    if lock and is_postgresql(session):
+        query = query.with_for_update()
+    row = session.execute(query).first()
+    if row is None:
+        raise errors.PaymentNotFound(f"no payment {payment_id}")
+    return row
+
+
+def get_payment_row(session: Session, principal: Principal | None, payment_id: str) -> Row:
+    row = _payment(session, payment_id)
+    if principal is not None and not principal.sees(row.merchant_id):
+        raise errors.PaymentNotFound(f"no payment {payment_id}")
+    return row
+
+
+def _attempt_views(session: Session, payment_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {pid: [] for pid in payment_ids}
+    if not payment_ids:
+        return found
+    rows = session.execute(
+        select(attempts).where(attempts.c.payment_id.in_(payment_ids)).order_by(attempts.c.payment_id,
+                                                                                attempts.c.seq)
+    ).all()
+    for a in rows:
+        found[a.payment_id].append({
+            "id": a.id, "channel": a.channel, "status": a.status, "reason": a.reason,
+            "decline_code": a.decline_code, "message": a.message, "latency_ms": a.latency_ms,
+            "created_at": a.created_at, "finished_at": a.finished_at,
+        })
+    return found
+
+
+def payment_view(row: Row, attempt_views: list[dict[str, Any]], timeline: list[dict[str, Any]] | None = None,
+                 ) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": row.id, "object": "payment", "merchant_id": row.merchant_id, "status": row.status,
+        "amount": row.amount, "amount_captured": row.amount_captured, "amount_refunded": row.amount_refunded,
+        "currency": row.currency, "method": row.method, "capture_method": row.capture_method,
+        "purpose": row.purpose, "channel": row.channel, "merchant_order_id": row.merchant_order_id,
+        "description": row.description, "customer": orjson.loads(row.customer_json), "card_id": row.card_id,
+        "wallet_id": row.wallet_id, "return_url": row.return_url, "metadata": orjson.loads(row.metadata_json),
+        "fees": orjson.loads(row.fees_json), "net_amount": row.amount_captured - row.fee_amount
+        if row.status == state.SUCCEEDED else row.amount - row.fee_amount,
+        "next_action": orjson.loads(row.next_action_json) if row.next_action_json else None,
+        "failure_code": row.failure_code, "failure_message": row.failure_message,
+        "authorization_expires_at": row.authorization_expires_at, "ledger_transfer_id": row.ledger_entry_id,
+        "risk": None, "attempts": attempt_views, "created_at": row.created_at, "updated_at": row.updated_at,
+    }
+    if timeline is not None:
+        view["timeline"] = timeline
+    return view
+
+
+def timeline_of(session: Session, payment_id: str) -> list[dict[str, Any]]:
+    rows = session.execute(select(events).where(events.c.payment_id == payment_id).order_by(events.c.id)).all()
+    return [{"type": e.type, "from_status": e.from_status, "to_status": e.to_status,
+             "detail": orjson.loads(e.detail_json), "at": e.created_at} for e in rows]
+
+
+def get_payment(session: Session, principal: Principal | None, payment_id: str) -> dict[str, Any]:
+    row = get_payment_row(session, principal, payment_id)
+    return payment_view(row, _attempt_views(session, [row.id])[row.id], timeline_of(session, row.id))
+
+
+def list_payments(session: Session, principal: Principal, *, merchant_id: str | None, status: str | None,
+                  merchant_order_id: str | None, limit: int, starting_after: str | None,
+                  ) -> tuple[list[dict[str, Any]], bool]:
+    query = select(payments).order_by(payments.c.id.desc()).limit(limit + 1)
+    owner = principal.merchant_id or merchant_id
+    if principal.merchant_id and merchant_id and merchant_id != principal.merchant_id:
+        return [], False
+    if owner:
+        query = query.where(payments.c.merchant_id == owner)
+    if status:
+        query = query.where(payments.c.status == status)
+    if merchant_order_id:
+        query = query.where(payments.c.merchant_order_id == merchant_order_id)
+    if starting_after:
+        query = query.where(payments.c.id < starting_after)
+    rows = session.execute(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    views = _attempt_views(session, [r.id for r in rows])
+    return [payment_view(r, views[r.id]) for r in rows], more
+
+
+# ------------------------------------------------------------------------------ timeline
+
+
+def _event(session: Session, payment_id: str, type_: str, *, from_status: str | None = None,
+           to_status: str | None = None, **detail: Any) -> None:
+    session.execute(insert(events).values(
+        id=new_id("pev"), payment_id=payment_id, type=type_, from_status=from_status, to_status=to_status,
+        detail_json=canonical_json(detail), created_at=clock.now(),
+    ))
+
+
+def _publish(session: Session, row: Row, status: str) -> None:
+    """The merchant's webhook for a new status, in this transaction (transactional outbox)."""
+    fresh = _payment(session, row.id)
+    webhooks.emit(session, merchant_id=fresh.merchant_id, event_type=state.WEBHOOK_EVENTS[status],
+                  data=_json_safe(payment_view(fresh, _attempt_views(session, [fresh.id])[fresh.id])))
+
+
+def _json_safe(view: dict[str, Any]) -> dict[str, Any]:
+    return orjson.loads(orjson.dumps(view))
+
+
+# ------------------------------------------------------------------------------ creating
+
+
+@dataclass
+class NewPayment:
+    """A validated request to take money (the HTTP schema or the orders saga builds it)."""
+
+    amount: int
+    currency: str
+    method: str
+    capture_method: str = "automatic"
+    merchant_id: str | None = None
+    merchant_order_id: str | None = None
+    description: str | None = None
+    customer: dict[str, Any] | None = None
+    card: dict[str, Any] | None = None
+    """``{"number", "exp_month", "exp_year", "cvc"?, "holder_name"?}`` or ``{"card_id"}``."""
+    return_url: str | None = None
+    metadata: dict[str, Any] | None = None
+    purpose: str = "merchant_sale"
+    wallet_id: str | None = None
+
+
+@dataclass
+class _Opened:
+    payment_id: str
+    attempt_id: str | None
+    channel: str | None
+    candidates: list[Any]
+    card: protocol.CardData | None
+    existing: bool = False
+
+
+def create_payment(rt: Runtime, principal: Principal, actor: audit.Actor, request: NewPayment, *,
+                   payment_id: str | None = None) -> dict[str, Any]:
+    """Take a payment; returns its view. A declined payment is a payment with status ``failed``."""
+    opened = transact(rt.engine, lambda s: _open(s, rt, principal, actor, request, payment_id),
+                      retry_integrity=True)
+    if not opened.existing and opened.attempt_id is not None:
+        _drive(rt, opened)
+    return transact(rt.engine, lambda s: get_payment(s, None, opened.payment_id))
+
+
+def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Actor, request: NewPayment,
+          payment_id: str | None) -> _Opened:
+    if payment_id is not None and session.execute(
+            select(payments.c.id).where(payments.c.id == payment_id)).first() is not None:
+        return _Opened(payment_id, None, None, [], None, existing=True)
+    merchant_id = vault.owner_of(session, principal, request.merchant_id)
+    if request.capture_method == "manual" and request.method != "card":
+        raise errors.CaptureMethodNotSupported("manual capture is for card payments")
+    card_data, card_id = _card_of(session, rt, principal, actor, merchant_id, request)
+    wallet_id = request.wallet_id
+    if request.method == "wallet":
+        wallet_id = _paying_wallet(session, merchant_id, request)
+    customer = request.customer or {}
+    rule = fees.rule_for(session, merchant_id, request.method, request.currency)
+    fee = 0 if request.purpose == "wallet_top_up" else rule.fee(request.amount)
+    plan = rt.router.plan(session, merchant_id=merchant_id, method=request.method, currency=request.currency,
+                          amount=request.amount, country=customer.get("country"),
+                          card_bin=card_data.bin if card_data else None)
+    now = clock.now()
+    pid = payment_id or new_id("pay")
+    fee_items = [{"type": "processing_fee", "amount": fee, "percent": rule.percent, "fixed": rule.fixed,
+                  "minimum": rule.minimum}] if request.purpose != "wallet_top_up" else []
+    session.execute(insert(payments).values(
+        id=pid, merchant_id=merchant_id, purpose=request.purpose, amount=request.amount,
+        currency=request.currency, method=request.method, capture_method=request.capture_method,
+        status=state.PROCESSING, merchant_order_id=request.merchant_order_id, description=request.description,
+        customer_json=canonical_json(customer), card_id=card_id, wallet_id=wallet_id,
+        return_url=request.return_url, metadata_json=canonical_json(request.metadata or {}),
+        fee_amount=fee, fees_json=canonical_json(fee_items), fee_rule_json=canonical_json(rule.as_dict()),
+        created_at=now, updated_at=now,
+    ))
+    _event(session, pid, "created", to_status=state.PROCESSING, amount=request.amount, currency=request.currency,
+           method=request.method, rule=plan.rule_id,
+           skipped=[{"channel": s.channel, "reason": s.reason} for s in plan.skipped])
+    if not plan.candidates and not any(s.transient for s in plan.skipped):
+        raise plan.no_candidate_error()  # nothing could ever take it: refused, nothing stored
+    if not plan.candidates:
+        _fail(session, _payment(session, pid), "no_channel_available",
+              "; ".join(f"{s.channel}: {s.reason}" for s in plan.skipped) or "no channel available")
+        return _Opened(pid, None, None, [], None)
+    first = plan.candidates[0]
+    if first.channel == WALLET:
+        _pay_from_wallet(session, _payment(session, pid), first.reason)
+        return _Opened(pid, None, None, [], None)
+    attempt_id = _start_attempt(session, pid, 1, first.channel, first.reason,
+                                cost_of(rt, first.channel, request.amount))
+    return _Opened(pid, attempt_id, first.channel, list(plan.candidates[1:]), card_data)
+
+
+def _card_of(session: Session, rt: Runtime, principal: Principal, actor: audit.Actor, merchant_id: str,
+             request: NewPayment) -> tuple[protocol.CardData | None, str | None]:
+    if request.method != "card":
+        return None, None
+    card = request.card
+    if not card:
+        raise errors.PaymentDetailsRequired("a card payment needs payment_details.card")
+    if card.get("card_id"):
+        details = vault.reveal_card(session, rt.cipher, card["card_id"], merchant_id, actor=actor)
+        cvc = None
+    else:
+        row = vault.create_card(session, rt.cipher, actor, principal, number=card["number"],
+                                exp_month=card["exp_month"], exp_year=card["exp_year"],
+                                holder_name=card.get("holder_name"), merchant_id=merchant_id)
+        details = vault.CardDetails(card_id=row.id, merchant_id=merchant_id,
+                                    number=vault.normalize_card_number(card["number"]), exp_month=row.exp_month,
+                                    exp_year=row.exp_year, brand=row.brand, bin=row.bin, last4=row.last4)
+        cvc = card.get("cvc")
+    data = protocol.CardData(number=details.number, exp_month=details.exp_month, exp_year=details.exp_year,
+                             cvc=cvc, brand=details.brand, bin=details.bin, last4=details.last4)
+    return data, details.card_id
+
+
+def _paying_wallet(session: Session, merchant_id: str, request: NewPayment) -> str:
+    customer_id = (request.customer or {}).get("id")
+    if request.wallet_id:
+        row = session.execute(select(wallets).where(wallets.c.id == request.wallet_id,
+                                                    wallets.c.merchant_id == merchant_id)).first()
+    elif customer_id:
+        row = session.execute(select(wallets).where(
+            wallets.c.merchant_id == merchant_id, wallets.c.customer_id == customer_id,
+            wallets.c.currency == request.currency)).first()
+    else:
+        raise errors.PaymentDetailsRequired("a wallet payment needs customer.id (or wallet_id)")
+    if row is None:
+        raise errors.WalletNotFound("the customer has no wallet in this currency")
+    if row.currency != request.currency:
+        raise errors.CurrencyNotSupported(f"wallet {row.id} holds {row.currency}")
+    return row.id
+
+
+def _start_attempt(session: Session, payment_id: str, seq: int, channel: str, reason: str, cost: int) -> str:
+    attempt_id = new_id("pat")
+    session.execute(insert(attempts).values(
+        id=attempt_id, payment_id=payment_id, seq=seq, channel=channel, status="started", reason=reason[:500],
+        created_at=clock.now(),
+    ))
+    session.execute(update(payments).where(payments.c.id == payment_id).values(
+        channel=channel, reference=attempt_id, channel_cost=cost, updated_at=clock.now()))
+    _event(session, payment_id, "attempt_started", channel=channel, attempt=attempt_id, reason=reason[:500])
+    return attempt_id
+
+
+def _pay_from_wallet(session: Session, row: Row, reason: str) -> None:
+    """The e-wallet is ours: the payment is one ledger entry in this transaction, refused by
+    the ledger itself when the wallet's balance does not cover it."""
+    attempt_id = new_id("pat")
+    now = clock.now()
+    entry = postings.payment_entry(
+        session, payment_id=row.id, merchant_id=row.merchant_id, channel=WALLET, amount=row.amount,
+        currency=row.currency, fee=row.fee_amount, cost=0, wallet_id=row.wallet_id, top_up=False, pending=False,
+        entry_id=f"tr_{row.id}")
+    try:
+        with session.begin_nested():
+            ledger.create_transfer(session, entry)
+    except ledger_errors.InsufficientFunds:
+        session.execute(insert(attempts).values(
+            id=attempt_id, payment_id=row.id, seq=1, channel=WALLET, status="declined", reason=reason[:500],
+            decline_code="insufficient_funds", message="the wallet balance does not cover the payment",
+            created_at=now, finished_at=now, latency_ms=0))
+        _fail(session, row, "insufficient_funds", "the wallet balance does not cover the payment", channel=WALLET)
+        return
+    session.execute(insert(attempts).values(
+        id=attempt_id, payment_id=row.id, seq=1, channel=WALLET, status="approved", reason=reason[:500],
+        created_at=now, finished_at=now, latency_ms=0))
+    session.execute(update(payments).where(payments.c.id == row.id).values(
+        status=state.SUCCEEDED, channel=WALLET, reference=attempt_id, amount_captured=row.amount,
+        ledger_entry_id=entry.id, updated_at=now))
+    _event(session, row.id, "status_changed", from_status=row.status, to_status=state.SUCCEEDED, channel=WALLET)
+    _publish(session, row, state.SUCCEEDED)
+
+
+def _fail(session: Session, row: Row, code: str, message: str, *, channel: str | None = None) -> None:
+    session.execute(update(payments).where(payments.c.id == row.id).values(
+        status=state.FAILED, failure_code=code, failure_message=message[:500], next_action_json=None,
+        channel=channel or row.channel, updated_at=clock.now()))
+    _event(session, row.id, "status_changed", from_status=row.status, to_status=state.FAILED, code=code,
+           message=message[:500])
+    _publish(session, row, state.FAILED)
+
+
+# ------------------------------------------------------------------------------ driving
+
+
+def _charge_request(row: Row, attempt_id: str, card: protocol.CardData | None) -> ChargeRequest:
+    return ChargeRequest(
+        reference=attempt_id, payment_id=row.id, merchant_id=row.merchant_id, amount=row.amount,
+        currency=row.currency, method=row.method, capture=row.capture_method == "automatic", card=card,
+        customer=orjson.loads(row.customer_json), description=row.description, return_url=row.return_url,
+    )
+
+
+def _drive(rt: Runtime, opened: _Opened) -> None:
+    """Call the candidates in order until one gives a definite answer; fail over only when
+    the channel certainly did not act (outage, error, or a timeout it then denies)."""
+    row = transact(rt.engine, lambda s: _payment(s, opened.payment_id))
+    attempt_id, channel = opened.attempt_id, opened.channel
+    candidates = list(opened.candidates)
+    seq = 1
+    while attempt_id is not None and channel is not None:
+        connector = rt.channels[channel]
+        started = time.monotonic()
+        failure: str | None = None
+        result: ChannelResult | None = None
+        try:
+            result = connector.authorize(_charge_request(row, attempt_id, opened.card))
+        except ChannelTimeout:
+            result = _settle_timeout(connector, attempt_id)
+            if result is None:
+                _record(rt, channel, "failure", started)
+                transact(rt.engine, lambda s, a=attempt_id: _mark_attempt(
+                    s, a, "timeout", "the channel did not answer; the worker will ask it until it is final"))
+                return
+            if result.status == protocol.NOT_FOUND:
+                result, failure = None, "timeout"
+        except ChannelUnavailable as error:
+            failure = f"unavailable: {error.detail}"
+        except ChannelError as error:
+            failure = f"error: {error.detail}"
+        if result is not None:
+            _record(rt, channel, "decline" if result.status == protocol.DECLINED else "success", started)
+            latency = _ms(started)
+            transact(rt.engine, lambda s, r=result, a=attempt_id, ms=latency: apply_result(
+                s, a, r, source="authorize", hold_hours=_hold(rt), latency_ms=ms))
+            return
+        _record(rt, channel, "failure", started)
+        next_candidate = _next_available(rt, candidates)
+        seq += 1
+        latency = _ms(started)
+        attempt_id, channel = transact(
+            rt.engine, lambda s, a=attempt_id, f=failure, n=next_candidate, q=seq, ms=latency: _fail_over(
+                s, opened.payment_id, a, f or "error", n, q, ms,
+                cost_of(rt, n.channel, row.amount) if n is not None else 0),
+            retry_integrity=True)
+
+
+def _next_available(rt: Runtime, candidates: list[Any]) -> Any | None:
+    while candidates:
+        candidate = candidates.pop(0)
+        if rt.router.breaker(candidate.channel).allow():
+            return candidate
+    return None
+
+
+def _fail_over(session: Session, payment_id: str, attempt_id: str, failure: str, candidate: Any, seq: int,
+               latency_ms: int, cost: int) -> tuple[str | None, str | None]:
+    status = "timeout" if failure == "timeout" else ("unavailable" if failure.startswith("unavailable") else "error")
+    _mark_attempt(session, attempt_id, status, failure, latency_ms=latency_ms)
+    row = _payment(session, payment_id, lock=True)
+    if row.status != state.PROCESSING or row.reference != attempt_id:
+        return None, None  # a notification got there first
+    if candidate is None:
+        _fail(session, row, "channels_unavailable", f"every candidate channel failed; last: {failure}")
+        return None, None
+    reason = f"failover after {row.channel} {status}; {candidate.reason}"
+    return _start_attempt(session, payment_id, seq, candidate.channel, reason, cost), candidate.channel
+
+
+def _settle_timeout(connector: Connector, reference: str) -> ChannelResult | None:
+    """After a timeout, ask the channel once what it did. None: still unknown."""
+    try:
+        return connector.query(reference)
+    except (ChannelTimeout, ChannelUnavailable, ChannelError):
+        return None
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _hold(rt: Runtime) -> int:
+    return rt.settings.authorization_hold_hours
+
+
+def _record(rt: Runtime, channel: str, outcome: str, started: float) -> None:
+    rt.router.record(channel, outcome, (time.monotonic() - started) * 1000)
+
+
+def _mark_attempt(session: Session, attempt_id: str, status: str, message: str | None = None, *,
+                  decline_code: str | None = None, external_id: str | None = None,
+                  latency_ms: int | None = None) -> None:
+    values: dict[str, Any] = {"status": status, "finished_at": clock.now()}
+    if message is not None:
+        values["message"] = message[:500]
+    if decline_code is not None:
+        values["decline_code"] = decline_code
+    if external_id is not None:
+        values["external_id"] = external_id
+    if latency_ms is not None:
+        values["latency_ms"] = latency_ms
+    session.execute(update(attempts).where(attempts.c.id == attempt_id,
+                                           attempts.c.status.not_in(_FINAL_ATTEMPT)).values(**values))
+
+
+# ------------------------------------------------------------------------------ applying answers
+
+
+def apply_result(session: Session, reference: str, result: ChannelResult | protocol.Notification, *,
+                 source: str, hold_hours: int, latency_ms: int | None = None) -> str:
+    """Apply a channel's answer about one attempt, once, whatever the order of arrival.
+    Returns what happened (for the notification log)."""
+    attempt = session.execute(select(attempts).where(attempts.c.id == reference)).first()
+    if attempt is None:
+        return "unknown_reference"
+    row = _payment(session, attempt.payment_id, lock=True)
+    if result.status == protocol.NOT_FOUND:
+        return "not_found"
+    attempt_status = _ATTEMPT_STATUS.get(result.status)
+    if attempt_status is None:
+        return f"ignored_status:{result.status}"
+    _mark_attempt(session, reference, attempt_status, getattr(result, "message", None),
+                  decline_code=getattr(result, "decline_code", None), external_id=result.external_id,
+                  latency_ms=latency_ms)
+    target = _PAYMENT_STATUS[result.status]
+    if row.reference != reference:
+        if target == state.SUCCEEDED:
+            # Only reachable if a channel acted after saying it had not: money to give back.
+            log.error("payment_late_success_on_other_attempt", payment=row.id, attempt=reference)
+        _event(session, row.id, "stale_attempt_result", attempt=reference, status=result.status, source=source)
+        return "stale_attempt"
+    if target == row.status:
+        next_action = getattr(result, "next_action", None)
+        if next_action:
+            session.execute(update(payments).where(payments.c.id == row.id).values(
+                next_action_json=canonical_json(dict(next_action))))
+        _event(session, row.id, "channel_repeated", status=result.status, source=source)
+        return "unchanged"
+    if not state.allowed(row.status, target):
+        _event(session, row.id, "channel_ignored", status=result.status, source=source, current=row.status)
+        return f"ignored:{row.status}"
+    now = clock.now()
+    values: dict[str, Any] = {"status": target, "updated_at": now, "external_id": result.external_id or row.external_id}
+    if target == state.SUCCEEDED and row.status != state.REQUIRES_CAPTURE:
+        entry = _entry(session, row, pending=False)
+        ledger.create_transfer(session, entry)
+        values.update(amount_captured=row.amount, ledger_entry_id=entry.id, next_action_json=None)
+    elif target == state.REQUIRES_CAPTURE:
+        entry = _entry(session, row, pending=True)
+        ledger.create_transfer(session, entry)
+        values.update(ledger_entry_id=entry.id, authorization_expires_at=now + timedelta(hours=hold_hours),
+                      next_action_json=None)
+    elif target == state.CANCELED and row.status == state.REQUIRES_CAPTURE:
+        _void_hold(session, row)
+    elif target == state.FAILED:
+        values.update(failure_code=getattr(result, "decline_code", None) or "channel_failed",
+                      failure_message=(getattr(result, "message", None) or "the channel refused the payment")[:500],
+                      next_action_json=None)
+    elif target in (state.REQUIRES_ACTION, state.PROCESSING):
+        next_action = getattr(result, "next_action", None)
+        if next_action:
+            values["next_action_json"] = canonical_json(dict(next_action))
+    session.execute(update(payments).where(payments.c.id == row.id).values(**values))
+    _event(session, row.id, "status_changed", from_status=row.status, to_status=target, source=source,
+           channel=attempt.channel, attempt=reference)
+    _publish(session, row, target)
+    return f"{row.status}->{target}"
+
+
+def cost_of(rt: Runtime, channel: str, amount: int) -> int:
+    """What the channel charges us for ``amount`` (its published ``cost``), at most the amount."""
+    if channel == WALLET:
+        return 0
+    cost = rt.channels[channel].cost
+    return min(amount, rate_of(amount, cost.rate, cost.fixed))
+
+
+def _entry(session: Session, row: Row, *, pending: bool) -> ledger.EntryRequest:
+    return postings.payment_entry(
+        session, payment_id=row.id, merchant_id=row.merchant_id, channel=row.channel, amount=row.amount,
+        currency=row.currency, fee=row.fee_amount, cost=row.channel_cost, wallet_id=row.wallet_id,
+        top_up=row.purpose == "wallet_top_up", pending=pending, entry_id=f"tr_{row.id}")
+
+
+def _void_hold(session: Session, row: Row) -> None:
+    try:
+        with session.begin_nested():
+            ledger.resolve_pending(session, row.ledger_entry_id, "void", id=f"tr_{row.id}_void")
+    except (ledger_errors.PendingAlreadyVoided, ledger_errors.PendingAlreadyPosted):
+        pass
+
+
+# ------------------------------------------------------------------------------ capture and cancel
+
+
+def capture(rt: Runtime, principal: Principal, payment_id: str, amount: int | None) -> dict[str, Any]:
+    """Post a held authorization, fully or partly; the rest of the hold is released."""
+    row = transact(rt.engine, lambda s: get_payment_row(s, principal, payment_id))
+    if row.status != state.REQUIRES_CAPTURE:
+        raise errors.PaymentStateConflict(f"payment {payment_id} is {row.status}, not requires_capture")
+    amount = row.amount if amount is None else amount
+    if not 0 < amount <= row.amount:
+        raise errors.CaptureExceedsAuthorized(f"capture between 1 and {row.amount}")
+    result = rt.channels[row.channel].capture(row.reference, amount, row.currency)
+    if result.status not in (protocol.APPROVED,):
+        raise errors.PaymentStateConflict(f"the channel refused the capture: {result.decline_code or result.status}")
+    transact(rt.engine, lambda s: _captured(s, payment_id, amount))
+    return transact(rt.engine, lambda s: get_payment(s, None, payment_id))
+
+
+def _captured(session: Session, payment_id: str, amount: int) -> None:
+    row = _payment(session, payment_id, lock=True)
+    if row.status != state.REQUIRES_CAPTURE:
+        return  # a concurrent capture or expiry got there first; it recorded the outcome
+    try:
+        ledger.resolve_pending(session, row.ledger_entry_id, "post", amount=None if amount == row.amount else amount,
+                               id=f"tr_{row.id}_capture")
+    except ledger_errors.PendingExpired as error:
+        raise errors.PaymentStateConflict("the authorization expired") from error
+    fee = allocate(amount, [row.amount - row.fee_amount, row.fee_amount])[1] if row.fee_amount else 0
+    cost = allocate(amount, [row.amount - row.channel_cost, row.channel_cost])[1] if row.channel_cost else 0
+    items = orjson.loads(row.fees_json)
+    for item in items:
+        item["amount"] = fee
+    session.execute(update(payments).where(payments.c.id == row.id).values(
+        status=state.SUCCEEDED, amount_captured=amount, fee_amount=fee, channel_cost=cost,
+        fees_json=canonical_json(items), updated_at=clock.now()))
+    _event(session, row.id, "status_changed", from_status=row.status, to_status=state.SUCCEEDED, captured=amount)
+    _publish(session, row, state.SUCCEEDED)
+
+
+def cancel(rt: Runtime, principal: Principal, payment_id: str, reason: str | None = None) -> dict[str, Any]:
+    """Cancel a payment the customer has not completed, or release a held authorization."""
+    row = transact(rt.engine, lambda s: get_payment_row(s, principal, payment_id))
+    if row.status in state.FINAL:
+        raise errors.PaymentStateConflict(f"payment {payment_id} is already {row.status}")
+    if row.reference is not None and row.channel not in (None, WALLET):
+        result = rt.channels[row.channel].cancel(row.reference)
+        if result.status in (protocol.APPROVED,):
+            transact(rt.engine, lambda s: apply_result(s, row.reference, result, source="cancel",
+                                                                 hold_hours=_hold(rt)))
+            raise errors.PaymentStateConflict("the customer completed the payment before the cancel")
+    transact(rt.engine, lambda s: _canceled(s, payment_id, reason or "requested"))
+    return transact(rt.engine, lambda s: get_payment(s, None, payment_id))
+
+
+def _canceled(session: Session, payment_id: str, reason: str) -> None:
+    row = _payment(session, payment_id, lock=True)
+    if row.status in state.FINAL:
+        return
+    if row.status == state.REQUIRES_CAPTURE:
+        _void_hold(session, row)
+    session.execute(update(payments).where(payments.c.id == row.id).values(
+        status=state.CANCELED, next_action_json=None, failure_code=None, updated_at=clock.now()))
+    if row.reference:
+        _mark_attempt(session, row.reference, "canceled", reason)
+    _event(session, row.id, "status_changed", from_status=row.status, to_status=state.CANCELED, reason=reason)
+    _publish(session, row, state.CANCELED)
+
+
+# ------------------------------------------------------------------------------ refunds
+
+
+def refund_view(row: Row) -> dict[str, Any]:
+    return {
+        "id": row.id, "object": "refund", "payment_id": row.payment_id, "merchant_id": row.merchant_id,
+        "amount": row.amount, "currency": row.currency, "status": row.status, "reason": row.reason,
+        "fee_refunded": row.fee_refunded, "failure_code": row.failure_code,
+        "ledger_transfer_id": row.ledger_entry_id, "created_at": row.created_at, "updated_at": row.updated_at,
+    }
+
+
+def get_refund(session: Session, principal: Principal | None, refund_id: str) -> dict[str, Any]:
+    row = session.execute(select(refunds).where(refunds.c.id == refund_id)).first()
+    if row is None or (principal is not None and not principal.sees(row.merchant_id)):
+        raise errors.RefundNotFound(f"no refund {refund_id}")
+    return refund_view(row)
+
+
+def list_refunds(session: Session, principal: Principal, payment_id: str) -> list[dict[str, Any]]:
+    get_payment_row(session, principal, payment_id)
+    rows = session.execute(select(refunds).where(refunds.c.payment_id == payment_id).order_by(refunds.c.id)).all()
+    return [refund_view(r) for r in rows]
+
+
+def refund(rt: Runtime, principal: Principal, payment_id: str, amount: int | None, reason: str | None, *,
+           refund_id: str | None = None) -> dict[str, Any]:
+    """Give money back; several partial refunds never add up to more than was captured,
+    however many arrive at once (the payment row is locked while the amount is reserved)."""
+    opened = transact(rt.engine, lambda s: _reserve_refund(s, principal, payment_id, amount, reason, refund_id),
+                      retry_integrity=True)
+    rid, created = opened
+    if created:
+        _send_refund(rt, rid)
+    return transact(rt.engine, lambda s: get_refund(s, None, rid))
+
+
+def _reserve_refund(session: Session, principal: Principal, payment_id: str, amount: int | None,
+                    reason: str | None, refund_id: str | None) -> tuple[str, bool]:
+    if refund_id is not None and session.execute(
+            select(refunds.c.id).where(refunds.c.id == refund_id)).first() is not None:
+        return refund_id, False
+    get_payment_row(session, principal, payment_id)
+    # Locked (PostgreSQL FOR UPDATE; SQLite's BEGIN IMMEDIATE already serializes writers), so
+    # concurrent refunds see each other's reservations.
+    row = _payment(session, payment_id, lock=True)
+    if row.status != state.SUCCEEDED:
+        raise errors.PaymentStateConflict(f"payment {payment_id} is {row.status}; only succeeded payments refund")
+    available = row.amount_captured - row.amount_refunded - row.amount_refund_pending
+    amount = available if amount is None else amount
+    if amount <= 0 or amount > available:
+        raise errors.RefundExceedsCaptured(
+            f"{amount} is more than the {available} left to refund of {row.amount_captured} captured")
+    rid = refund_id or new_id("re")
+    now = clock.now()
+    session.execute(insert(refunds).values(
+        id=rid, payment_id=row.id, merchant_id=row.merchant_id, amount=amount, currency=row.currency,
+        status="pending", reason=reason, channel=row.channel, created_at=now, updated_at=now))
+    session.execute(update(payments).where(payments.c.id == row.id).values(
+        amount_refund_pending=payments.c.amount_refund_pending + amount, updated_at=now))
+    _event(session, row.id, "refund_requested", refund=rid, amount=amount, reason=reason)
+    return rid, True
+
+
+def _send_refund(rt: Runtime, refund_id: str) -> None:
+    row = transact(rt.engine, lambda s: session_refund(s, refund_id))
+    payment = transact(rt.engine, lambda s: _payment(s, row.payment_id))
+    if payment.channel == WALLET:
+        transact(rt.engine, lambda s: apply_refund_result(s, refund_id, protocol.REFUNDED, None, None,
+                                                          source="wallet"))
+        return
+    connector = rt.channels[payment.channel]
+    try:
+        result = connector.refund(payment.reference, refund_id, row.amount, row.currency)
+    except ChannelTimeout:
+        result = _settle_timeout(connector, refund_id)
+        if result is None or result.status == protocol.NOT_FOUND:
+            return  # still pending: the worker asks again
+    except (ChannelUnavailable, ChannelError) as error:
+        code = error.code
+        transact(rt.engine, lambda s: apply_refund_result(s, refund_id, protocol.FAILED, None, code,
+                                                          source="refund"))
+        return
+    transact(rt.engine, lambda s: apply_refund_result(s, refund_id, result.status, result.external_id,
+                                                      result.decline_code, source="refund"))
+
+
+def session_refund(session: Session, refund_id: str, *, lock: bool = False) -> Row:
+    query = select(refunds).where(refunds.c.id == refund_id)
+    if lock and is_postgresql(session):
+        query = query.with_for_update()
+    row = session.execute(query).first()
+    if row is None:
+        raise errors.RefundNotFound(f"no refund {refund_id}")
+    return row
+
+
+def apply_refund_result(session: Session, refund_id: str, status: str, external_id: str | None,
+                        failure_code: str | None, *, source: str) -> str:
+    """Apply a channel's answer about a refund, once: pending until the channel says."""
+    found = session.execute(select(refunds.c.payment_id).where(refunds.c.id == refund_id)).first()
+    if found is None:
+        return "unknown_reference"
+    payment = _payment(session, found.payment_id, lock=True)  # payment first: the lock order of every refund path
+    row = session_refund(session, refund_id, lock=True)
+    if row.status != "pending":
+        return f"unchanged:{row.status}"
+    now = clock.now()
+    if status in (protocol.REFUNDED, protocol.APPROVED):
+        rule = fees.Rule(**orjson.loads(payment.fee_rule_json))
+        before, after = payment.amount_refunded, payment.amount_refunded + row.amount
+        fee_back = 0
+        if rule.refund_fee_policy == "proportional":
+            fee_back = (fees.share(payment.fee_amount, after, payment.amount_captured)
+                        - fees.share(payment.fee_amount, before, payment.amount_captured))
+        cost_charged = 0
+        if rule.refund_cost_bearer == "merchant":
+            cost_charged = (fees.share(payment.channel_cost, after, payment.amount_captured)
+                            - fees.share(payment.channel_cost, before, payment.amount_captured))
+        entry = postings.refund_entry(
+            session, refund_id=row.id, payment_id=payment.id, merchant_id=payment.merchant_id,
+            channel=payment.channel, amount=row.amount, currency=row.currency, fee_back=fee_back,
+            cost_charged=cost_charged, wallet_id=payment.wallet_id, top_up=payment.purpose == "wallet_top_up")
+        ledger.create_transfer(session, entry)
+        session.execute(update(refunds).where(refunds.c.id == row.id).values(
+            status="succeeded", external_id=external_id, fee_refunded=fee_back, channel_cost_charged=cost_charged,
+            ledger_entry_id=entry.id, updated_at=now))
+        session.execute(update(payments).where(payments.c.id == payment.id).values(
+            amount_refunded=payments.c.amount_refunded + row.amount,
+            amount_refund_pending=payments.c.amount_refund_pending - row.amount, updated_at=now))
+        new_status = "succeeded"
+    elif status in (protocol.DECLINED, protocol.FAILED, protocol.CANCELED):
+        session.execute(update(refunds).where(refunds.c.id == row.id).values(
+            status="failed", failure_code=failure_code or status, updated_at=now))
+        session.execute(update(payments).where(payments.c.id == payment.id).values(
+            amount_refund_pending=payments.c.amount_refund_pending - row.amount, updated_at=now))
+        new_status = "failed"
+    else:
+        return f"pending:{status}"
+    _event(session, payment.id, f"refund_{new_status}", refund=row.id, amount=row.amount, source=source)
+    fresh = session_refund(session, refund_id)
+    webhooks.emit(session, merchant_id=payment.merchant_id, event_type=f"refund.{new_status}",
+                  data=_json_safe(refund_view(fresh)))
+    return f"refund_{new_status}"
+
+
+# ------------------------------------------------------------------------------ notifications
+
+
+def receive_notification(rt: Runtime, channel: str, headers: dict[str, str], body: bytes) -> protocol.NotificationReply:
+    """Verify, store once per (channel, notification id), apply. A duplicate is acknowledged
+    and not applied again; the channel's reply is sent either way, so it stops resending."""
+    connector = rt.channels[channel]
+    notification = connector.parse_notification(headers, body)
+
+    def work(session: Session) -> str:
+        try:
+            with session.begin_nested():
+                session.execute(insert(notifications).values(
+                    id=new_id("ntf"), channel=channel, notification_id=notification.notification_id,
+                    kind=notification.kind, reference=notification.reference, status=notification.status,
+                    payload_json=canonical_json(_json_safe(dict(notification.raw))), outcome="received",
+                    received_at=clock.now()))
+        except IntegrityError:
+            return "duplicate"
+        if notification.kind == "refund":
+            outcome = apply_refund_result(session, notification.reference, notification.status,
+                                          notification.external_id, None, source="notification")
+        else:
+            outcome = apply_result(session, notification.reference, notification, source="notification",
+                                   hold_hours=_hold(rt))
+        session.execute(update(notifications).where(
+            notifications.c.channel == channel,
+            notifications.c.notification_id == notification.notification_id).values(outcome=outcome[:200]))
+        return outcome
+
+    outcome = transact(rt.engine, work)
+    log.info("channel_notification", channel=channel, reference=notification.reference,
+             status=notification.status, outcome=outcome)
+    return connector.notification_reply()
+
+
+# ------------------------------------------------------------------------------ worker
+
+
+def resolve_stuck(rt: Runtime, *, older_than_seconds: float = 30.0, limit: int = 100) -> int:
+    """Ask the channels about attempts we never heard back from (a timeout, a crash between
+    their answer and our commit, a customer who never came back) and apply what they say."""
+    cutoff = clock.now() - timedelta(seconds=older_than_seconds)
+
+    def stuck(session: Session) -> list[Row]:
+        return session.execute(
+            select(payments.c.id, payments.c.reference, payments.c.channel)
+            .where(payments.c.status.in_((state.PROCESSING, state.REQUIRES_ACTION)),
+                   payments.c.updated_at < cutoff, payments.c.reference.is_not(None),
+                   payments.c.channel != WALLET)
+            .order_by(payments.c.updated_at).limit(limit)
+        ).all()
+
+    done = 0
+    for row in transact(rt.engine, stuck):
+        try:
+            result = rt.channels[row.channel].query(row.reference)
+        except (ChannelTimeout, ChannelUnavailable, ChannelError):
+            continue
+        if result.status == protocol.NOT_FOUND:
+            # The channel never saw it (we crashed before the call): nothing was charged.
+            transact(rt.engine, lambda s, r=row: _never_sent(s, r.id, r.reference))
+        else:
+            transact(rt.engine, lambda s, r=row, res=result: apply_result(s, r.reference, res, source="query",
+                                                                                hold_hours=_hold(rt)))
+        transact(rt.engine, lambda s, r=row: s.execute(update(payments).where(
+            payments.c.id == r.id, payments.c.status.in_((state.PROCESSING, state.REQUIRES_ACTION))).values(
+                updated_at=clock.now())))
+        done += 1
+    return done
+
+
+def _never_sent(session: Session, payment_id: str, reference: str) -> None:
+    row = _payment(session, payment_id, lock=True)
+    if row.status != state.PROCESSING or row.reference != reference:
+        return
+    _mark_attempt(session, reference, "not_found", "the channel never received this attempt")
+    _fail(session, row, "channel_not_reached", "the channel never received the payment; nothing was charged")
+
+
+def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, limit: int = 100) -> int:
+    cutoff = clock.now() - timedelta(seconds=older_than_seconds)
+    rows = transact(rt.engine, lambda s: s.execute(
+        select(refunds.c.id, refunds.c.channel).where(refunds.c.status == "pending", refunds.c.updated_at < cutoff)
+        .order_by(refunds.c.updated_at).limit(limit)).all())
+    done = 0
+    for row in rows:
+        if row.channel == WALLET:
+            transact(rt.engine, lambda s, r=row: apply_refund_result(s, r.id, protocol.REFUNDED, None, None,
+                                                                     source="worker"))
+            done += 1
+            continue
+        try:
+            result = rt.channels[row.channel].query(row.id)
+        except (ChannelTimeout, ChannelUnavailable, ChannelError):
+            continue
+        if result.status == protocol.NOT_FOUND:
+            _send_refund(rt, row.id)
+        else:
+            transact(rt.engine, lambda s, r=row, res=result: apply_refund_result(
+                s, r.id, res.status, res.external_id, res.decline_code, source="query"))
+        transact(rt.engine, lambda s, r=row: s.execute(update(refunds).where(
+            refunds.c.id == r.id, refunds.c.status == "pending").values(updated_at=clock.now())))
+        done += 1
+    return done
+
+
+def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
+    """Release holds past their expiry: the channel is told (best effort) and the ledger voids."""
+    now = clock.now()
+    rows = transact(rt.engine, lambda s: s.execute(
+        select(payments.c.id, payments.c.reference, payments.c.channel).where(
+            payments.c.status == state.REQUIRES_CAPTURE, payments.c.authorization_expires_at < now)
+        .limit(limit)).all())
+    for row in rows:
+        try:
+            rt.channels[row.channel].cancel(row.reference)
+        except (ChannelTimeout, ChannelUnavailable, ChannelError):
+            log.warning("authorization_cancel_failed", payment=row.id)
+        transact(rt.engine, lambda s, r=row: _canceled(s, r.id, "authorization_expired"))
+    return len(rows)
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(payments.c.status, func.count()).group_by(payments.c.status)).all())
+
+
+Job = Callable[[Runtime], int]
+JOBS: list[tuple[str, Job]] = [
+    ("payments.resolve_stuck", resolve_stuck),
+    ("payments.resolve_pending_refunds", resolve_pending_refunds),
+    ("payments.expire_authorizations", expire_authorizations),
+]

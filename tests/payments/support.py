@@ -1,0 +1,45 @@
+"""Helpers for payments tests: cards, bodies, and the ledger check every test ends with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clearhouse.kit.db import transact
+from clearhouse.ledger.verify import verify
+
+APPROVED_CARD = "4242424242424242"
+
+
+def card_body(amount: int = 10000, currency: str = "CNY", number: str = APPROVED_CARD, **extra: Any) -> dict:
+    body = {"amount": amount, "currency": currency, "method": "card",
+            "payment_details": {"card": {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"}}}
+    body.update(extra)
+    return body
+
+
+def ledger_verifies(app: Any) -> None:
+    report = transact(app.state.engine, verify)
+    assert report.ok, report
+
+
+def balances(app: Any, merchant_id: str, currency: str = "CNY", channel: str = "sandbox_card") -> dict[str, int]:
+    """The posted balances of the accounts a payment touches, by accounting.md's names."""
+    from clearhouse.ledger import service as ledger
+    from clearhouse.ledger.chart import account_id
+
+    names = {
+        "clearing": f"channel_clearing:{channel}", "cost": f"channel_cost:{channel}",
+        "merchant": f"merchant_pending:{merchant_id}", "fees": "fee_revenue",
+    }
+
+    def read(session: Any) -> dict[str, int]:
+        out = {}
+        for key, name in names.items():
+            try:
+                _row, balance = ledger.account_balance(session, account_id(name, currency))
+                out[key] = balance.posted
+            except Exception:  # noqa: BLE001 - an account never opened holds nothing
+                out[key] = 0
+        return out
+
+    return transact(app.state.engine, read)
