@@ -63,19 +63,20 @@ def serve(
 
 @app.command()
 def worker(once: Annotated[bool, typer.Option(help="Run each job once and exit")] = False) -> None:
-    """Run the background worker (expiry of pending transfers, and later outbox delivery)."""
+    """Run the background worker: expiries, channel status queries, webhook and notification delivery."""
     import threading
 
     from clearhouse import worker as worker_module
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
+    runtime = worker_module.build_runtime(settings, engine)
     if once:
-        print(json.dumps(worker_module.run_once(engine)))
+        print(json.dumps(worker_module.run_once(engine, runtime)))
         return
     stop = threading.Event()
     try:
-        worker_module.run_forever(engine, settings.worker_interval_seconds, stop)
+        worker_module.run_forever(engine, settings.worker_interval_seconds, stop, runtime)
     except KeyboardInterrupt:
         stop.set()
 

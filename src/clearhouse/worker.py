@@ -1,15 +1,19 @@
 """The background worker: periodic jobs that keep the system moving.
 
-Today: voiding pending ledger transfers past their timeout, forgetting idempotency
-keys past their 24 h window, request nonces past their window and old rate-limit
-counters, and marking overdue approvals expired. Each job runs in its own
-transaction; a failing job is logged and retried on the next tick, never fatal.
+Two kinds of job. Database jobs run in one transaction each: voiding pending ledger
+transfers past their timeout, forgetting idempotency keys, nonces and rate-limit counters
+past their windows, marking overdue approvals expired. Runtime jobs talk to the outside
+and open their own short transactions around each call: asking channels about payments and
+refunds we never heard back from, releasing expired authorizations, delivering webhooks,
+and (for the sandbox channels) sending their queued notifications. A failing job is
+logged and retried on the next tick, never fatal.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from sqlalchemy import Engine
@@ -19,7 +23,7 @@ from clearhouse.identity import approvals, ratelimit
 from clearhouse.identity import service as identity
 from clearhouse.kit import idempotency
 from clearhouse.kit.db import transact
-from clearhouse.kit.settings import get_settings
+from clearhouse.kit.settings import Settings, get_settings
 from clearhouse.ledger import service as ledger
 
 log = structlog.get_logger(__name__)
@@ -33,29 +37,62 @@ JOBS: list[tuple[str, Callable[[Session], int]]] = [
 ]
 
 
-def run_once(engine: Engine) -> dict[str, int]:
+def runtime_jobs() -> list[tuple[str, Callable[[Any], int]]]:
+    """Jobs that need the channels, the router and the cipher (a ``payments.service.Runtime``)."""
+    from clearhouse.channels.connectors import sandbox
+    from clearhouse.payments import service as payments
+    from clearhouse.webhooks import delivery
+
+    return [
+        *payments.JOBS,
+        ("webhooks.deliver_due", lambda rt: delivery.deliver_due(rt.engine, rt.settings, rt.cipher)),
+        ("sandbox.deliver_notifications", lambda rt: sandbox.deliver_due_over_http(rt.settings)),
+    ]
+
+
+def build_runtime(settings: Settings, engine: Engine) -> Any:
+    """A runtime for a worker process of its own (``clearhouse worker``)."""
+    from clearhouse.channels import connectors  # noqa: F401  (registers the built-in channels)
+    from clearhouse.channels.protocol import ChannelSet
+    from clearhouse.channels.routing import Router
+    from clearhouse.kit.crypto import FieldCipher, load_master_keys
+    from clearhouse.payments.service import Runtime
+
+    channels = ChannelSet(settings)
+    return Runtime(engine=engine, channels=channels, router=Router(channels),
+                   cipher=FieldCipher.open(engine, load_master_keys(settings)), settings=settings)
+
+
+def _run(name: str, job: Callable[[], int], done: dict[str, int]) -> None:
+    try:
+        done[name] = job()
+    except Exception:
+        log.exception("worker_job_failed", job=name)
+        done[name] = -1
+    if done[name] > 0:
+        log.info("worker_job", job=name, count=done[name])
+
+
+def run_once(engine: Engine, runtime: Any = None) -> dict[str, int]:
     done: dict[str, int] = {}
     for name, job in JOBS:
-        try:
-            done[name] = transact(engine, job, retry_integrity=True)
-        except Exception:
-            log.exception("worker_job_failed", job=name)
-            done[name] = -1
-        if done[name] > 0:
-            log.info("worker_job", job=name, count=done[name])
+        _run(name, lambda j=job: transact(engine, j, retry_integrity=True), done)
+    if runtime is not None:
+        for name, job in runtime_jobs():
+            _run(name, lambda j=job: j(runtime), done)
     return done
 
 
-def run_forever(engine: Engine, interval: float, stop: threading.Event) -> None:
+def run_forever(engine: Engine, interval: float, stop: threading.Event, runtime: Any = None) -> None:
     log.info("worker_started", interval=interval)
     while not stop.is_set():
-        run_once(engine)
+        run_once(engine, runtime)
         stop.wait(interval)
     log.info("worker_stopped")
 
 
-def start_in_thread(engine: Engine, interval: float) -> tuple[threading.Thread, threading.Event]:
+def start_in_thread(engine: Engine, interval: float, runtime: Any = None) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
-    thread = threading.Thread(target=run_forever, args=(engine, interval, stop), name="worker", daemon=True)
+    thread = threading.Thread(target=run_forever, args=(engine, interval, stop, runtime), name="worker", daemon=True)
     thread.start()
     return thread, stop
