@@ -4,6 +4,7 @@ channel's yes and our commit is repaired by the worker without a second charge."
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from clearhouse.channels import protocol
@@ -160,8 +161,8 @@ class TestChallenge:
                                                                   merchant_client_factory):
         shop, _ = merchant_client_factory()
         payment = shop.post("/v1/payments", json=card_body(3000, number=CARD_CHALLENGE)).json()
-        forged = ('{"id":"evt_x","type":"payment.approved","created":1,"data":{"reference":"%s","status":"approved"}}'
-                  % payment["attempts"][0]["id"])
+        forged = orjson.dumps({"id": "evt_x", "type": "payment.approved", "created": 1,
+                               "data": {"reference": payment["attempts"][0]["id"], "status": "approved"}})
         response = anonymous_client.post("/v1/channels/sandbox_card/notifications", content=forged,
                                          headers={"Sandbox-Signature": "t=1,v1=00"})
         assert response.status_code == 400
