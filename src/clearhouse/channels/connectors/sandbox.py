@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
@@ -472,7 +472,8 @@ class SandboxConnector:
                  request.method, request.amount, request.currency, int(request.capture), decision.status,
                  decision.decline_code, captured,
                  json.dumps(decision.next_action) if decision.next_action else None,
-                 json.dumps({"description": request.description, **decision.details}), stamp(now), stamp(now),
+                 json.dumps({"description": request.description, "return_url": request.return_url,
+                             **decision.details}), stamp(now), stamp(now),
                  stamp(expires_at) if expires_at else None))
             if captured:
                 self._move(connection, request.reference, request.reference, "charge", captured, request.currency, now)
@@ -534,12 +535,13 @@ class SandboxConnector:
             row = self._advance(connection, _operation(connection, reference), now)
             if row is None or row["kind"] != "payment":
                 return ChannelResult(NOT_FOUND, reference)
-            if row["status"] == CANCELED:
-                return self._result(row)
-            if row["status"] == APPROVED:
-                return self._refusal(row, "already_captured")
             if row["status"] not in (AUTHORIZED, REQUIRES_ACTION, PENDING):
-                return self._refusal(row, "not_cancelable")
+                # Nothing to cancel: the answer is the payment's state, which says why (a
+                # customer who paid first makes it approved), with the refusal beside it.
+                refusal = "already_captured" if row["status"] == APPROVED else "not_cancelable"
+                current = self._result(row)
+                return replace(current, message=current.message or DECLINE_MESSAGES[refusal],
+                               raw={**current.raw, "refusal": refusal}) if row["status"] != CANCELED else current
             self._must_fail()
             connection.execute(
                 "UPDATE operations SET status = ?, expires_at = NULL, updated_at = ? WHERE reference = ?",
