@@ -166,6 +166,24 @@ class TestOpenLoop:
         # The last waits behind 99 others (at least 990 ms of service) and was scheduled 198 ms in.
         assert max(latencies) >= 990 - 198
         assert min(latencies) >= 10
+        assert result["stopped_at"] is None
+
+    def test_a_server_that_cannot_keep_up_stops_the_schedule_and_every_sent_request_is_awaited(self):
+        load = Load(None, lambda _line: None)
+        one_at_a_time = asyncio.Semaphore(1)
+        answered = []
+
+        async def slow_send() -> bool:
+            async with one_at_a_time:
+                await asyncio.sleep(0.010)
+            answered.append(1)
+            return True
+
+        result = asyncio.run(load.open_loop(slow_send, 1.0, OPEN_LOOP_RATE, "test", give_up_ms=100))
+        assert result["scheduled"] == 500
+        assert result["stopped_at"] is not None and result["requests"] == result["stopped_at"] < 500
+        assert len(answered) == len(result["latencies_ms"]) == result["requests"]
+        assert max(result["latencies_ms"]) > 100
 
 
 class TestDatabaseCheck:
