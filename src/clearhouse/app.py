@@ -15,7 +15,10 @@ import clearhouse
 from clearhouse import worker
 from clearhouse.audit.endpoints import router as audit_router
 from clearhouse.channels import connectors as _connectors  # noqa: F401  (registers the built-in channels)
+from clearhouse.channels.endpoints import router as channels_router
 from clearhouse.channels.protocol import ChannelSet
+from clearhouse.channels.routing import Router
+from clearhouse.channels.sandbox_endpoints import router as sandbox_router
 from clearhouse.identity import service as identity_service
 from clearhouse.identity.endpoints import router as identity_router
 from clearhouse.identity.middleware import AuthenticationMiddleware
@@ -31,7 +34,10 @@ from clearhouse.kit.metrics import install_metrics, metrics_response
 from clearhouse.kit.settings import Settings, get_settings
 from clearhouse.ledger.endpoints import BODY_MODELS as ledger_body_models
 from clearhouse.ledger.endpoints import router as ledger_router
+from clearhouse.payments.endpoints import router as payments_router
+from clearhouse.payments.service import Runtime as PaymentsRuntime
 from clearhouse.vault.endpoints import router as vault_router
+from clearhouse.webhooks.endpoints import router as webhooks_router
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
@@ -54,7 +60,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = None
         if run_worker:
-            _thread, stop = worker.start_in_thread(engine, settings.worker_interval_seconds)
+            _thread, stop = worker.start_in_thread(engine, settings.worker_interval_seconds,
+                                                   PaymentsRuntime.of(app))
         yield
         if stop is not None:
             stop.set()
@@ -73,6 +80,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.cipher = cipher
     app.state.bookkeeping_engine = bookkeeping_engine
     app.state.channels = ChannelSet(settings)
+    app.state.router = Router(app.state.channels)
     install_handlers(app)
     # Middleware added first runs innermost: a replayed answer costs no route work, and
     # is still counted and logged; authentication runs before idempotency, so a key is
@@ -88,6 +96,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(audit_router)
     app.include_router(people_router)
     app.include_router(vault_router)
+    app.include_router(payments_router)
+    app.include_router(channels_router)
+    app.include_router(webhooks_router)
+    app.include_router(sandbox_router)
 
     # HEAD for probes that send it; kept out of the OpenAPI document, which lists GET.
     @app.head("/healthz", include_in_schema=False, dependencies=[requires(PUBLIC)])
