@@ -623,17 +623,17 @@ def settle(rt: payments.Runtime, order_id: str, *, release_unpaid: bool = False)
     if row.status == REFUNDING:
         refund(rt, order_id)
         row = transact(rt.engine, lambda s: _order(s, order_id))
-    if row.status == FAILED:
-        _refund_late_success(rt, row)
+    if row.status == FAILED and _refund_late_success(rt, row):
+        row = transact(rt.engine, lambda s: _order(s, order_id))
     return row.status
 
 
-def _refund_late_success(rt: payments.Runtime, row: Row) -> None:
+def _refund_late_success(rt: payments.Runtime, row: Row) -> bool:
     """A released order whose payment succeeded anyway (the worker released it while its
     request was still starting the payment): the money goes back."""
     payment = transact(rt.engine, lambda s: _payment_or_none(s, row.payment_id))
     if payment is None or payment.status != state.SUCCEEDED or row.refund_id is not None:
-        return
+        return False
 
     def mark(session: Session) -> bool:
         found = session.execute(update(orders).where(orders.c.id == row.id, orders.c.status == FAILED,
@@ -645,8 +645,10 @@ def _refund_late_success(rt: payments.Runtime, row: Row) -> None:
                     late=True)
         return True
 
-    if transact(rt.engine, mark):
-        refund(rt, row.id)
+    if not transact(rt.engine, mark):
+        return False
+    refund(rt, row.id)
+    return True
 
 
 # ------------------------------------------------------------------------------ placing an order
