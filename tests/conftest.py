@@ -34,6 +34,7 @@ from clearhouse.identity.signing import ClearhouseAuth
 from clearhouse.kit.db import make_engine, transact, upgrade
 from clearhouse.kit.models import Base
 from clearhouse.kit.settings import Settings
+from clearhouse.ledger import chart
 from clearhouse.ledger.models import GENESIS_HASH
 
 # Cheap argon2id for the many people the suite signs in (set before any settings are read,
@@ -93,6 +94,7 @@ def reset_postgres(engine: Engine) -> None:
     """Empty every table. Triggers are off for this connection only (replica role), since
     they rightly refuse to let anyone else delete ledger rows."""
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    chart.forget()
     with engine.begin() as connection:
         connection.execute(text("SET LOCAL session_replication_role = replica"))
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))

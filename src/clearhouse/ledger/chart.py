@@ -30,7 +30,22 @@ def account_for(session: Session, name: str, type: str, currency: str, *, owner_
     wallet that must never go below zero); they apply when the account is opened.
     """
     found = account_id(name, currency)
+    known = (str(session.get_bind().url), found)
+    if known in _known:
+        return found
     if repository.get_account(session, found) is None:
         service.create_account(session, id=found, type=type, currency=currency, code=name, owner_id=owner_id,
                                **flags)
+    else:
+        # Remembered only once seen committed: an account opened in a transaction that
+        # rolls back must be looked for again. Accounts are never deleted.
+        _known.add(known)
     return found
+
+
+_known: set[tuple[str, str]] = set()
+
+
+def forget() -> None:
+    """Drop the memory of opened accounts (tests that empty the database between tests)."""
+    _known.clear()

@@ -239,6 +239,9 @@ class _Opened:
     candidates: list[Any]
     card: protocol.CardData | None
     existing: bool = False
+    row: Row | None = None
+    view: dict[str, Any] | None = None
+    """Set when the payment was settled while opening (a wallet payment, no channel)."""
 
 
 def create_payment(rt: Runtime, principal: Principal, actor: audit.Actor, request: NewPayment, *,
@@ -246,9 +249,19 @@ def create_payment(rt: Runtime, principal: Principal, actor: audit.Actor, reques
     """Take a payment; returns its view. A declined payment is a payment with status ``failed``."""
     opened = transact(rt.engine, lambda s: _open(s, rt, principal, actor, request, payment_id),
                       retry_integrity=True)
+    if opened.view is not None:
+        return opened.view
     if not opened.existing and opened.attempt_id is not None:
-        _drive(rt, opened)
-    return transact(rt.engine, lambda s: get_payment(s, None, opened.payment_id))
+        view = _drive(rt, opened)
+        if view is not None:
+            return view
+    return transact(rt.engine, lambda s: brief_view(s, opened.payment_id))
+
+
+def brief_view(session: Session, payment_id: str) -> dict[str, Any]:
+    """The payment with its attempts, without the timeline (the answer to a write)."""
+    row = _payment(session, payment_id)
+    return payment_view(row, _attempt_views(session, [row.id])[row.id])
 
 
 def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Actor, request: NewPayment,
@@ -294,10 +307,11 @@ def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Acto
     first = plan.candidates[0]
     if first.channel == WALLET:
         _pay_from_wallet(session, _payment(session, pid), first.reason)
-        return _Opened(pid, None, None, [], None)
+        return _Opened(pid, None, None, [], None, view=brief_view(session, pid))
     attempt_id = _start_attempt(session, pid, 1, first.channel, first.reason,
                                 cost_of(rt, first.channel, request.amount))
-    return _Opened(pid, attempt_id, first.channel, list(plan.candidates[1:]), card_data)
+    return _Opened(pid, attempt_id, first.channel, list(plan.candidates[1:]), card_data,
+                   row=_payment(session, pid))
 
 
 def _card_of(session: Session, rt: Runtime, principal: Principal, actor: audit.Actor, merchant_id: str,
@@ -402,10 +416,11 @@ def _charge_request(row: Row, attempt_id: str, card: protocol.CardData | None) -
     )
 
 
-def _drive(rt: Runtime, opened: _Opened) -> None:
+def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
     """Call the candidates in order until one gives a definite answer; fail over only when
-    the channel certainly did not act (outage, error, or a timeout it then denies)."""
-    row = transact(rt.engine, lambda s: _payment(s, opened.payment_id))
+    the channel certainly did not act (outage, error, or a timeout it then denies).
+    Returns the payment's view when the last transaction could read it."""
+    row = opened.row or transact(rt.engine, lambda s: _payment(s, opened.payment_id))
     attempt_id, channel = opened.attempt_id, opened.channel
     candidates = list(opened.candidates)
     seq = 1
@@ -422,7 +437,7 @@ def _drive(rt: Runtime, opened: _Opened) -> None:
                 _record(rt, channel, "failure", started)
                 transact(rt.engine, lambda s, a=attempt_id: _mark_attempt(
                     s, a, "timeout", "the channel did not answer; the worker will ask it until it is final"))
-                return
+                return None
             if result.status == protocol.NOT_FOUND:
                 result, failure = None, "timeout"
         except ChannelUnavailable as error:
@@ -432,9 +447,9 @@ def _drive(rt: Runtime, opened: _Opened) -> None:
         if result is not None:
             _record(rt, channel, "decline" if result.status == protocol.DECLINED else "success", started)
             latency = _ms(started)
-            transact(rt.engine, lambda s, r=result, a=attempt_id, ms=latency: apply_result(
-                s, a, r, source="authorize", hold_hours=_hold(rt), latency_ms=ms))
-            return
+            return transact(rt.engine, lambda s, r=result, a=attempt_id, ms=latency: _applied(
+                s, opened.payment_id, apply_result(s, a, r, source="authorize", hold_hours=_hold(rt),
+                                                   latency_ms=ms)))
         _record(rt, channel, "failure", started)
         next_candidate = _next_available(rt, candidates)
         seq += 1
@@ -444,6 +459,10 @@ def _drive(rt: Runtime, opened: _Opened) -> None:
                 s, opened.payment_id, a, f or "error", n, q, ms,
                 cost_of(rt, n.channel, row.amount) if n is not None else 0),
             retry_integrity=True)
+
+
+def _applied(session: Session, payment_id: str, _outcome: str) -> dict[str, Any]:
+    return brief_view(session, payment_id)
 
 
 def _next_available(rt: Runtime, candidates: list[Any]) -> Any | None:
