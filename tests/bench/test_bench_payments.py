@@ -201,3 +201,32 @@ class TestDatabaseCheck:
 
         merchant = prepare(database_url)
         assert check_database(database_url, merchant.merchant_id, [], 0, "db") == []
+
+
+class TestConnectionFailures:
+    def test_a_refused_connection_is_a_failure_that_says_which_connection(self):
+        from clearhouse.bench import free_port
+
+        http = SignedHttp("127.0.0.1", free_port(), "ck_test_x", "cks_x")  # nothing listens there
+        load = Load(http, lambda _line: None)
+        assert asyncio.run(load.healthz()) is False
+        assert load.failures == {"healthz ConnectionRefusedError": 1}
+        assert "opening a connection" in load.examples[0]
+
+    def test_a_connection_closed_before_the_answer_is_a_failure_on_a_new_connection(self):
+        async def scenario() -> Load:
+            async def hang_up(reader, writer):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.close()
+
+            server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            load = Load(SignedHttp("127.0.0.1", port, "ck_test_x", "cks_x"), lambda _line: None)
+            async with server:
+                await load.payment()
+            return load
+
+        load = asyncio.run(scenario())
+        assert load.failures == {"payment IncompleteReadError": 1}
+        assert "on a new connection" in load.examples[0]
+        assert load.sent_payments == 1 and load.payment_ids == []

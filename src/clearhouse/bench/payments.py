@@ -120,6 +120,14 @@ def payment_amount(n: int) -> int:
     return 100 + (n * 7919) % 99_900
 
 
+class ConnectionFailed(OSError):
+    """A request got no complete answer: the connection was refused, reset or closed early."""
+
+
+def _failure_kind(error: BaseException) -> str:
+    return type(error.__cause__ or error).__name__
+
+
 class SignedHttp:
     """A lean HTTP/1.1 keep-alive client for loopback load: every request signed with
     ``identity.signing.signed_headers``, the code ``ClearhouseAuth`` signs with.
@@ -139,11 +147,11 @@ class SignedHttp:
         self.host, self.port = host, port
         self.key_id, self.secret = key_id, secret
         self.slots = asyncio.Semaphore(max_connections)
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float, int]] = []
 
     async def request(self, method: str, path: str, body: bytes = b"",
                       headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        """(status, body); raises OSError or ``asyncio.IncompleteReadError`` when the connection fails."""
+        """(status, body); ``ConnectionFailed`` (saying which connection) when the connection fails."""
         from clearhouse.identity.signing import signed_headers
 
         fields = {"host": f"{self.host}:{self.port}", "content-length": str(len(body)), **(headers or {}),
@@ -151,32 +159,45 @@ class SignedHttp:
         message = (f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
                    + "\r\n").encode("latin-1") + body
         async with self.slots:
-            reader, writer = await self._connection()
+            started = time.monotonic()
+            try:
+                reader, writer, idle_since, answered = await self._connection()
+            except OSError as error:
+                raise ConnectionFailed(f"{type(error).__name__}: {error} (opening a connection)") from error
             try:
                 writer.write(message)
                 status, answer, close = await self._answer(reader)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
+                writer.close()
+                # Which connection failed tells a server that drops connections from a client that
+                # reuses stale ones: both were seen while this bench was written.
+                used = (f"kept alive, idle {(started - idle_since) * 1000:.0f} ms, {answered} answers before"
+                        if answered else "new")
+                raise ConnectionFailed(f"{type(error).__name__}: {error} (on a {used} connection, after "
+                                       f"{(time.monotonic() - started) * 1000:.0f} ms)") from error
             except BaseException:
                 writer.close()
                 raise
             if close:
                 writer.close()
             else:
-                self.idle.append((reader, writer, time.monotonic()))
+                self.idle.append((reader, writer, time.monotonic(), answered + 1))
         return status, answer
 
     async def close(self) -> None:
-        for _reader, writer, _at in self.idle:
+        for _reader, writer, _at, _answered in self.idle:
             writer.close()
         self.idle.clear()
 
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float, int]:
         now = time.monotonic()
         while self.idle:
-            reader, writer, at = self.idle.pop()
+            reader, writer, at, answered = self.idle.pop()
             if now - at < self.KEEP_ALIVE_SECONDS and not reader.at_eof():
-                return reader, writer
+                return reader, writer, at, answered
             writer.close()
-        return await asyncio.open_connection(self.host, self.port)
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        return reader, writer, now, 0
 
     @staticmethod
     async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
@@ -195,9 +216,6 @@ class SignedHttp:
             await reader.readuntil(b"\r\n")  # the empty trailer
             return status, b"".join(part[:-2] for part in parts), close
         return status, await reader.readexactly(int(fields.get("content-length", "0"))), close
-
-
-CONNECTION_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
 
 
 class Load:
@@ -219,8 +237,8 @@ class Load:
     async def healthz(self) -> bool:
         try:
             status, _answer = await self.http.request("GET", "/healthz")
-        except CONNECTION_ERRORS as error:
-            self._failed(f"healthz {type(error).__name__}", f"GET /healthz: {type(error).__name__}: {error}")
+        except ConnectionFailed as error:
+            self._failed(f"healthz {_failure_kind(error)}", f"GET /healthz: {error}")
             return False
         if status != 200:
             self._failed(f"healthz {status}", f"GET /healthz answered {status}")
@@ -235,8 +253,8 @@ class Load:
         headers = {"content-type": "application/json", "idempotency-key": f"bench-{secrets.token_hex(12)}"}
         try:
             status, content = await self.http.request("POST", "/v1/payments", payment_body(n), headers)
-        except CONNECTION_ERRORS as error:
-            self._failed(f"payment {type(error).__name__}", f"POST /v1/payments: {type(error).__name__}: {error}")
+        except ConnectionFailed as error:
+            self._failed(f"payment {_failure_kind(error)}", f"POST /v1/payments: {error}")
             return False
         try:
             answer = orjson.loads(content)
@@ -538,6 +556,7 @@ def check_database(database_url: str, merchant_id: str, answered_ids: list[str],
 class BackendResult:
     client: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    server_log_tail: str = ""
 
 
 def measure(label: str, database_url: str, sizes: Sizes, directory: Path,
@@ -569,6 +588,9 @@ def measure(label: str, database_url: str, sizes: Sizes, directory: Path,
     if process.returncode not in (0, -signal.SIGTERM):
         result.failures.append(f"{label}: server exited with {process.returncode}: "
                                f"{server_log.read_text()[-500:]}")
+    if client["failures"]:
+        # The log goes with the temporary directory: keep its end, where the tracebacks are.
+        result.server_log_tail = server_log.read_text(errors="replace")[-4000:]
     progress(f"{label}: checking the answer", 0, 1)
     result.failures += check_database(database_url, merchant.merchant_id, client["payment_ids"],
                                       client["sent_payments"], label)
@@ -667,6 +689,8 @@ def _backend(report: Report, label: str, database_url: str, sizes: Sizes, direct
     (directory / label).mkdir(exist_ok=True)
     result = measure(label, database_url, sizes, directory, progress)
     report.failures.extend(result.failures)
+    if result.server_log_tail:
+        report.notes[f"{label}_server_log"] = result.server_log_tail
     add_figures(report, label, sizes, result)
 
 
