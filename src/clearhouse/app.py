@@ -35,6 +35,7 @@ from clearhouse.kit.settings import Settings, get_settings
 from clearhouse.ledger.endpoints import BODY_MODELS as ledger_body_models
 from clearhouse.ledger.endpoints import router as ledger_router
 from clearhouse.payments.endpoints import router as payments_router
+from clearhouse.payments.orders.endpoints import router as orders_router
 from clearhouse.payments.service import Runtime as PaymentsRuntime
 from clearhouse.vault.endpoints import router as vault_router
 from clearhouse.webhooks.endpoints import router as webhooks_router
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(people_router)
     app.include_router(vault_router)
     app.include_router(payments_router)
+    app.include_router(orders_router)
     app.include_router(channels_router)
     app.include_router(webhooks_router)
     app.include_router(sandbox_router)

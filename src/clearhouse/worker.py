@@ -41,10 +41,12 @@ def runtime_jobs() -> list[tuple[str, Callable[[Any], int]]]:
     """Jobs that need the channels, the router and the cipher (a ``payments.service.Runtime``)."""
     from clearhouse.channels.connectors import sandbox
     from clearhouse.payments import service as payments
+    from clearhouse.payments.orders import tasks as orders
     from clearhouse.webhooks import delivery
 
     return [
         *payments.JOBS,
+        ("orders.advance", orders.advance_orders),
         ("webhooks.deliver_due", lambda rt: delivery.deliver_due(rt.engine, rt.settings, rt.cipher)),
         ("sandbox.deliver_notifications", lambda rt: sandbox.deliver_due_over_http(rt.settings)),
     ]
