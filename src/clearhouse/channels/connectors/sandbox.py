@@ -214,7 +214,7 @@ def stamp(at: datetime) -> str:
 
 
 def unstamp(text: str | None) -> datetime | None:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC) if text else None
+    return datetime.fromisoformat(text) if text else None
 
 
 class SandboxStore:
@@ -446,38 +446,42 @@ class SandboxConnector:
             raise ChannelTimeout(f"{self.name} did not answer (magic amount {AMOUNT_TIMEOUT_BEFORE_ACTING})")
         self._check_request(request)
         now = clock.now()
+        self._must_fail()
+        # Decided before the store is locked: the lock is held only to record the answer.
+        decision = self.decide(request, now)
+        if request.amount == AMOUNT_DECLINE:
+            decision = Decision(DECLINED, "do_not_honor")
+        elif decision.status != DECLINED and self._chance(self.faults.decline_rate):
+            decision = Decision(DECLINED, "do_not_honor", details=decision.details)
+        expires_at = decision.expires_at
+        if decision.status == AUTHORIZED and expires_at is None:
+            expires_at = now + timedelta(hours=self.settings.authorization_hold_hours)
+        captured = request.amount if decision.status == APPROVED else 0
+        row = {
+            "reference": request.reference, "kind": "payment", "parent": None,
+            "external_id": self.external_id("payment", now), "payment_id": request.payment_id,
+            "merchant_id": request.merchant_id, "method": request.method, "amount": request.amount,
+            "currency": request.currency, "capture": int(request.capture), "status": decision.status,
+            "decline_code": decision.decline_code, "captured_amount": captured, "refunded_amount": 0,
+            "next_action": json.dumps(decision.next_action) if decision.next_action else None,
+            "details": json.dumps({"description": request.description, "return_url": request.return_url,
+                                   **decision.details}),
+            "created_at": stamp(now), "updated_at": stamp(now), "expires_at": stamp(expires_at) if expires_at else None,
+        }
         with self.store.write() as connection:
-            existing = _operation(connection, request.reference)
-            if existing is not None:
+            inserted = connection.execute(
+                f"INSERT INTO operations ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+                " ON CONFLICT (reference) DO NOTHING", tuple(row.values())).rowcount
+            if not inserted:
                 # The reference is the channel's idempotency key: a retry gets the first answer.
+                existing = _operation(connection, request.reference)
                 if (existing["kind"], existing["amount"], existing["currency"], existing["method"]) != (
                         "payment", request.amount, request.currency, request.method):
                     raise ChannelError(f"reference {request.reference} was used for a different charge")
                 return self._result(existing)
-            self._must_fail()
-            decision = self.decide(request, now)
-            if request.amount == AMOUNT_DECLINE:
-                decision = Decision(DECLINED, "do_not_honor")
-            elif decision.status != DECLINED and self._chance(self.faults.decline_rate):
-                decision = Decision(DECLINED, "do_not_honor", details=decision.details)
-            expires_at = decision.expires_at
-            if decision.status == AUTHORIZED and expires_at is None:
-                expires_at = now + timedelta(hours=self.settings.authorization_hold_hours)
-            captured = request.amount if decision.status == APPROVED else 0
-            connection.execute(
-                "INSERT INTO operations (reference, kind, parent, external_id, payment_id, merchant_id, method, amount,"
-                " currency, capture, status, decline_code, captured_amount, next_action, details, created_at,"
-                " updated_at, expires_at) VALUES (?, 'payment', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (request.reference, self.external_id("payment", now), request.payment_id, request.merchant_id,
-                 request.method, request.amount, request.currency, int(request.capture), decision.status,
-                 decision.decline_code, captured,
-                 json.dumps(decision.next_action) if decision.next_action else None,
-                 json.dumps({"description": request.description, "return_url": request.return_url,
-                             **decision.details}), stamp(now), stamp(now),
-                 stamp(expires_at) if expires_at else None))
             if captured:
                 self._move(connection, request.reference, request.reference, "charge", captured, request.currency, now)
-            result = self._result(_operation(connection, request.reference))
+        result = self._result(row)
         if request.amount == AMOUNT_TIMEOUT_AFTER_ACTING or self._times_out(too_slow):
             raise ChannelTimeout(f"{self.name} did not answer in time (it may have acted)")
         return result
@@ -711,7 +715,7 @@ class SandboxConnector:
                              captured_amount=current.captured_amount, refunded_amount=current.refunded_amount,
                              raw={"current_status": row["status"]})
 
-    def _result(self, row: sqlite3.Row) -> ChannelResult:
+    def _result(self, row: sqlite3.Row | Mapping[str, Any]) -> ChannelResult:
         code = row["decline_code"]
         waiting = row["status"] in (REQUIRES_ACTION, PENDING) and row["kind"] == "payment"
         return ChannelResult(
