@@ -86,7 +86,6 @@ RETRY_SCHEDULE = (
 schedule, roughly); after the last one the notification is given up."""
 CLAIM_SECONDS = 60
 """A delivery claimed by one process is not picked by another for this long."""
-SETTLEMENT_TZ_UTC = UTC
 
 # --------------------------------------------------------------------------- fault profile
 
