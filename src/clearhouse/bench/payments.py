@@ -625,7 +625,9 @@ def add_figures(report: Report, label: str, sizes: Sizes, result: BackendResult)
         baseline = percentile(healthz_open["latencies_ms"], 99)
         figure = time_figure(f"{label}_p99_ms_at_{OPEN_LOOP_RATE}_per_s", value,
                              f"{label}_healthz_p99_ms_at_{OPEN_LOOP_RATE}_per_s", baseline,
-                             goal=f"< {P99_GOAL_MS:g} ms", met=value < P99_GOAL_MS)
+                             goal=f"< {P99_GOAL_MS:g} ms",
+                             # A schedule given up on is a goal missed, whatever the p99 of what was sent.
+                             met=value < P99_GOAL_MS and payments_open.get("stopped_at") is None)
         report.figures.append(figure)
         report.notes[figure.figure] = (
             f"open loop, {payments_open['requests']:,} payments sent on a schedule of {OPEN_LOOP_RATE}/s, latency "
