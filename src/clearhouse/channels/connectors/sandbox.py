@@ -866,6 +866,16 @@ def deliver_due_over_http(settings: Settings) -> int:
     ``clearhouse sandbox deliver``."""
     import httpx
 
-    with httpx.Client(base_url=settings.public_base_url, timeout=settings.webhook_timeout_seconds) as client:
-        return deliver_due(settings, lambda path, headers, body: client.post(path, headers=headers,
-                                                                              content=body).status_code)
+    clients: list[httpx.Client] = []
+
+    def send(path: str, headers: dict[str, str], body: bytes) -> int:
+        # Opened on the first message only: most worker ticks have nothing to send.
+        if not clients:
+            clients.append(httpx.Client(base_url=settings.public_base_url, timeout=settings.webhook_timeout_seconds))
+        return clients[0].post(path, headers=headers, content=body).status_code
+
+    try:
+        return deliver_due(settings, send)
+    finally:
+        for client in clients:
+            client.close()

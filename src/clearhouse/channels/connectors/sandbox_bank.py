@@ -17,6 +17,7 @@ import secrets
 import string
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from clearhouse.channels.connectors.sandbox import (
@@ -78,7 +79,7 @@ class SandboxBank(SandboxConnector):
     settlement_delay_days = 1
     refund_status = PENDING
 
-    @property
+    @cached_property
     def notification_secret(self) -> bytes:
         return self.store.key("notification_secret", lambda: secrets.token_urlsafe(32).encode())
 

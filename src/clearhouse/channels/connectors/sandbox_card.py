@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from clearhouse.channels.connectors.sandbox import (
@@ -108,7 +109,7 @@ class SandboxCard(SandboxConnector):
     supports_manual_capture = True
     settlement_delay_days = 2
 
-    @property
+    @cached_property
     def notification_secret(self) -> bytes:
         """The shared webhook secret (the operator copies it from the channel's dashboard)."""
         return self.store.key("notification_secret", lambda: b"whsec_" + secrets.token_urlsafe(32).encode())

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from functools import cached_property
 from urllib.parse import parse_qsl, urlencode
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -99,12 +100,12 @@ class QrSandbox(SandboxConnector):
     returns_fee_on_refund = True
     statement_timezone = CHINA_TIME
 
-    @property
+    @cached_property
     def channel_private_key(self) -> bytes:
         """The CHANNEL's signing key: only the sandbox's own side (``wire``) uses it."""
         return self.store.key("channel_private_key", _private_key_pem)
 
-    @property
+    @cached_property
     def channel_public_key(self) -> bytes:
         """What the operator configures on our side to verify the channel's notifications."""
         return self.store.key("channel_public_key", lambda: _public_pem_of(self.channel_private_key))
@@ -157,7 +158,7 @@ class SandboxAlipay(QrSandbox):
     cost = Cost(rate=Decimal("0.0055"))
     settlement_delay_days = 1
 
-    @property
+    @cached_property
     def app_id(self) -> str:
         return self.store.key("app_id", lambda: ("2021" + "".join(secrets.choice(string.digits)
                                                                   for _ in range(12))).encode()).decode()
@@ -316,22 +317,22 @@ class SandboxWechat(QrSandbox):
     settlement_delay_days = 1
     refund_status = PENDING  # WeChat answers PROCESSING; the outcome comes by notification
 
-    @property
+    @cached_property
     def api_v3_key(self) -> bytes:
         """The merchant's API v3 key (32 ASCII characters), set on both sides."""
         return self.store.key("api_v3_key", lambda: _token(32).encode())
 
-    @property
+    @cached_property
     def serial(self) -> str:
         """The serial number of the platform certificate that signs notifications."""
         return self.store.key("certificate_serial", lambda: secrets.token_hex(20).upper().encode()).decode()
 
-    @property
+    @cached_property
     def mchid(self) -> str:
         return self.store.key("mchid", lambda: ("19" + "".join(secrets.choice(string.digits)
                                                                 for _ in range(8))).encode()).decode()
 
-    @property
+    @cached_property
     def appid(self) -> str:
         return self.store.key("appid", lambda: ("wx" + secrets.token_hex(8)).encode()).decode()
 
