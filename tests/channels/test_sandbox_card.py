@@ -3,9 +3,16 @@ cancel, refunds that never exceed the capture. Each behaviour straight on the co
 
 from __future__ import annotations
 
+import csv
+import io
+import tempfile
 import threading
+from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clearhouse.channels.connectors import sandbox_card as card_sandbox
 from clearhouse.channels.connectors.sandbox_card import (
@@ -242,3 +249,29 @@ class TestChallenge:
             recorder = Recorder(channels)
             connector.deliver_due(recorder)
             assert recorder.statuses() == [("att_1", FAILED)]
+
+
+class TestInvariants:
+    @settings(max_examples=60, deadline=None)
+    @given(authorized=st.integers(1, 100_000), capture=st.booleans(),
+           operations=st.lists(st.tuples(st.sampled_from(["capture", "refund", "cancel"]), st.integers(-5, 120_000)),
+                               max_size=12))
+    def test_no_sequence_refunds_more_than_captured_or_captures_more_than_authorized(
+            self, authorized, capture, operations):
+        with tempfile.TemporaryDirectory() as directory:
+            connector = card_sandbox.SandboxCard(sandbox_settings(Path(directory)))
+            connector.authorize(charge("att_1", authorized, capture=capture))
+            state = connector.query("att_1")
+            for index, (operation, amount) in enumerate(operations):
+                if operation == "capture":
+                    connector.capture("att_1", amount, "CNY")
+                elif operation == "refund":
+                    connector.refund("att_1", f"re_{index}", amount, "CNY")
+                else:
+                    connector.cancel("att_1")
+                state = connector.query("att_1")
+                assert 0 <= state.refunded_amount <= state.captured_amount <= authorized
+            # What the statement lists is what the channel holds: captured less refunded.
+            rows = list(csv.DictReader(io.StringIO(connector.statement(clock.now().date()).content.decode())))
+            moved = sum(Decimal(row["amount"]) for row in rows) * 100
+            assert moved == state.captured_amount - state.refunded_amount
