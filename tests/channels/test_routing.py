@@ -425,23 +425,63 @@ class TestBreaker:
             breaker.record_failure()
             assert (breaker.state, breaker.opened_until) == (OPEN, NOON + timedelta(seconds=30))
 
-    def test_plan_takes_the_probe_and_preview_does_not(self, engine, router, merchant_ids):
+    def test_plan_takes_the_probe_for_its_first_candidate_and_preview_does_not(self, engine, channels, router,
+                                                                                 merchant_ids):
         shop = merchant_ids[0]
+        add_rule(engine, channels, ["fake_card_b", "fake_card_a"], merchant_id=shop, strategy="ordered")
         with clock.frozen(NOON) as frozen:
             for _ in range(5):
                 router.record("fake_card_b", "failure", 10_000)
             frozen.tick(seconds=30)
-            looked = transact(engine, lambda s: router.preview(s, merchant_id=shop, **PAYMENT))
-            assert sorted(looked.channels) == ["fake_card_a", "fake_card_b"]
-            probing = plan(engine, router, shop)
-            assert sorted(probing.channels) == ["fake_card_a", "fake_card_b"]
+            for _ in range(2):
+                looked = transact(engine, lambda s: router.preview(s, merchant_id=shop, **PAYMENT))
+                assert looked.channels == ["fake_card_b", "fake_card_a"]
+            assert plan(engine, router, shop).channels == ["fake_card_b", "fake_card_a"]  # holds the probe
             busy = plan(engine, router, shop)
             assert busy.channels == ["fake_card_a"]
             assert [(s.channel, s.reason, s.transient) for s in busy.skipped] == [
                 ("fake_card_b", "circuit half-open and its one probe is in flight", True)]
             router.record("fake_card_b", "success", 200)
             assert router.breaker("fake_card_b").state == CLOSED
-            assert sorted(plan(engine, router, shop).channels) == ["fake_card_a", "fake_card_b"]
+            assert plan(engine, router, shop).channels == ["fake_card_b", "fake_card_a"]
+
+    def test_a_half_open_failover_candidate_gets_its_probe_only_when_tried(self, engine, channels, router,
+                                                                           merchant_ids):
+        shop = merchant_ids[0]
+        add_rule(engine, channels, ["fake_card_a", "fake_card_b"], merchant_id=shop, strategy="ordered")
+        with clock.frozen(NOON) as frozen:
+            for _ in range(5):
+                router.record("fake_card_b", "failure", 10_000)
+            frozen.tick(seconds=30)
+            first = plan(engine, router, shop)
+            second = plan(engine, router, shop)
+            # Neither plan took b's probe: each payment may still fail over to it.
+            assert first.channels == second.channels == ["fake_card_a", "fake_card_b"]
+            # Payments asks before failing over: the first to ask gets the probe, the next does not.
+            assert router.breaker("fake_card_b").allow()
+            assert not router.breaker("fake_card_b").allow()
+            assert plan(engine, router, shop).channels == ["fake_card_a"]
+
+    def test_a_first_candidate_whose_probe_was_taken_meanwhile_gives_way(self, engine, channels, router,
+                                                                         merchant_ids, monkeypatch):
+        shop = merchant_ids[0]
+        add_rule(engine, channels, ["fake_card_b", "fake_card_a"], merchant_id=shop, strategy="ordered")
+        with clock.frozen(NOON) as frozen:
+            for _ in range(5):
+                router.record("fake_card_b", "failure", 10_000)
+            frozen.tick(seconds=30)
+            breaker = router.breaker("fake_card_b")
+            looked_free = breaker.would_allow
+
+            def another_thread_takes_the_probe() -> bool:
+                free = looked_free()
+                breaker.allow()  # between this plan's look and its allow()
+                return free
+
+            monkeypatch.setattr(breaker, "would_allow", another_thread_takes_the_probe)
+            raced = plan(engine, router, shop)
+            assert raced.channels == ["fake_card_a"]
+            assert [(s.channel, s.transient) for s in raced.skipped] == [("fake_card_b", True)]
 
 
 def test_score_policy_defaults_match_the_documented_formula():

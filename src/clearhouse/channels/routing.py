@@ -224,8 +224,8 @@ class BreakerPolicy:
     """Open this long before the first probe; doubled after each failed probe, up to the cap."""
     max_cooldown_seconds: float = 600.0
     probe_timeout_seconds: float = 30.0
-    """A probe granted but never reported (its payment went elsewhere, or its process died
-    mid-call) frees the half-open slot after this long, so the channel is not stuck."""
+    """A probe granted but never reported (its process died mid-call, or its caller never made
+    the call) frees the half-open slot after this long, so the channel is not stuck."""
 
 
 class Breaker:
@@ -492,16 +492,18 @@ class Router:
              country: str | None = None, card_bin: str | None = None) -> RoutePlan:
         """The channels to try for this payment, best first.
 
-        A half-open channel that makes the plan has been granted its one probe: report the
-        call's outcome with ``record``. Do not call ``breaker(...).allow()`` again for a
-        candidate of a plan; the plan already did.
+        The first candidate is cleared to be called: if its circuit is half-open, the plan
+        has taken its one probe. Before calling any LATER candidate (failover), ask
+        ``breaker(channel).allow()``: its circuit may have opened meanwhile, and a half-open
+        one hands out its probe only then, so a probe is never held by a payment that
+        succeeded elsewhere. Report every call with ``record``.
         """
         return self._plan(session, merchant_id=merchant_id, method=method, currency=currency, amount=amount,
                           country=country, card_bin=card_bin, take_probes=True)
 
     def preview(self, session: Session, *, merchant_id: str | None, method: str, currency: str, amount: int,
                 country: str | None = None, card_bin: str | None = None) -> RoutePlan:
-        """``plan`` without taking any half-open probe: what a payment would get now."""
+        """``plan`` without taking the first candidate's probe: what a payment would get now."""
         return self._plan(session, merchant_id=merchant_id, method=method, currency=currency, amount=amount,
                           country=country, card_bin=card_bin, take_probes=False)
 
@@ -536,11 +538,18 @@ class Router:
                 skipped.append(Skipped(name, f"currency {currency} not supported"))
                 continue
             breaker = self.breaker(name)
-            if not (breaker.allow() if take_probes else breaker.would_allow()):
+            if not breaker.would_allow():
                 skipped.append(Skipped(name, breaker.describe(), transient=True))
                 continue
             eligible.append(_Eligible(name, connector, position))
         candidates = self._rank(eligible, amount, preamble, ordered)
+        if take_probes:
+            # The first candidate will be called at once: take its breaker's permission now
+            # (the half-open probe). Another thread may have taken that probe since
+            # would_allow: then the next candidate moves up.
+            while candidates and not self.breaker(candidates[0].channel).allow():
+                lost = candidates.pop(0)
+                skipped.append(Skipped(lost.channel, self.breaker(lost.channel).describe(), transient=True))
         return RoutePlan(candidates, skipped, rule.id if rule is not None else None)
 
     def _rank(self, eligible: list[_Eligible], amount: int, preamble: str, ordered: bool) -> list[Candidate]:
