@@ -7,6 +7,7 @@ import csv
 import io
 import tempfile
 import threading
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from clearhouse.channels.protocol import (
     ChannelError,
     ChannelSet,
     Connector,
+    NotificationInvalid,
 )
 from clearhouse.kit import clock
 from tests.channels.sandbox_support import MONDAY, Recorder, card, charge, sandbox_settings
@@ -275,3 +277,30 @@ class TestInvariants:
             rows = list(csv.DictReader(io.StringIO(connector.statement(clock.now().date()).content.decode())))
             moved = sum(Decimal(row["amount"]) for row in rows) * 100
             assert moved == state.captured_amount - state.refunded_amount
+
+
+class TestNotificationSignature:
+    def signed(self, channels, connector):
+        with clock.frozen(MONDAY):
+            connector.authorize(charge("att_1", card_data=card(CARD_CHALLENGE)))
+            connector.challenge("att_1", True)
+            recorder = Recorder(channels)
+            connector.deliver_due(recorder)
+        _, headers, body = recorder.sent[0]
+        return headers, body
+
+    def test_a_flipped_byte_a_wrong_secret_and_a_stale_stamp_are_refused(self, channels, connector):
+        headers, body = self.signed(channels, connector)
+        with clock.frozen(MONDAY):
+            assert connector.parse_notification(headers, body).status == APPROVED
+            with pytest.raises(NotificationInvalid, match="signature"):
+                connector.parse_notification(headers, body.replace(b'"amount":10000', b'"amount":90000'))
+            timestamp = int(MONDAY.timestamp())
+            forged = card_sandbox.card_signature(b"whsec_guess", timestamp, body)
+            with pytest.raises(NotificationInvalid, match="signature"):
+                connector.parse_notification({"Sandbox-Signature": f"t={timestamp},v1={forged}"}, body)
+            with pytest.raises(NotificationInvalid, match="malformed"):
+                connector.parse_notification({}, body)
+        with clock.frozen(MONDAY + timedelta(minutes=6)), pytest.raises(NotificationInvalid, match="5 minutes"):
+            connector.parse_notification(headers, body)
+        assert connector.notification_reply().status_code == 200
