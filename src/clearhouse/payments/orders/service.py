@@ -294,7 +294,7 @@ def _visible_order(session: Session, principal: Principal | None, order_id: str)
 
 
 def steps_of(session: Session, order_id: str) -> list[dict[str, Any]]:
-    rows = session.execute(select(steps).where(steps.c.order_id == order_id).order_by(steps.c.id)).all()
+    rows = session.execute(select(steps).where(steps.c.order_id == order_id).order_by(steps.c.at, steps.c.id)).all()
     return [{"step": r.step, "status": r.status, "detail": orjson.loads(r.detail_json), "at": r.at} for r in rows]
 
 
