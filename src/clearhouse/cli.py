@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from clearhouse.audit import commands as audit_commands
+from clearhouse.channels import commands as sandbox_commands
 from clearhouse.identity import commands as identity_commands
 from clearhouse.identity.people import commands as people_commands
 from clearhouse.kit.db import make_engine, transact, upgrade
@@ -27,6 +28,7 @@ app.add_typer(identity_commands.keys_app, name="keys")
 app.add_typer(identity_commands.merchants_app, name="merchants")
 app.add_typer(audit_commands.app, name="audit")
 app.add_typer(people_commands.app, name="users")
+app.add_typer(sandbox_commands.app, name="sandbox")
 console = operator_console()
 
 
@@ -103,6 +105,11 @@ def _prepare_demo(settings: Any) -> int:
     credentials = demo_module.write_credentials(engine, settings)
     if credentials is not None:
         console.print(f"demo credentials written to {credentials}")
+    from clearhouse import worker as worker_module
+
+    made = demo_module.load_payments(worker_module.build_runtime(settings, engine))
+    if made:
+        console.print(f"{made} demo payments made through the sandbox channels")
     engine.dispose()
     return created
 

@@ -95,6 +95,13 @@ class Runtime:
         return cls(engine=s.engine, channels=s.channels, router=s.router, cipher=s.cipher, settings=s.settings)
 
 
+def _tx(rt: Runtime, work: Callable[[Session], Any]) -> Any:
+    """One transaction of a payment flow. A unique-key race runs it again: the first
+    payments of a currency open the same ledger accounts at once (``ledger.chart``), and
+    two requests with one derived id meet on the primary key."""
+    return transact(rt.engine, work, retry_integrity=True)
+
+
 # ------------------------------------------------------------------------------ reading
 
 
@@ -247,15 +254,14 @@ class _Opened:
 def create_payment(rt: Runtime, principal: Principal, actor: audit.Actor, request: NewPayment, *,
                    payment_id: str | None = None) -> dict[str, Any]:
     """Take a payment; returns its view. A declined payment is a payment with status ``failed``."""
-    opened = transact(rt.engine, lambda s: _open(s, rt, principal, actor, request, payment_id),
-                      retry_integrity=True)
+    opened = _tx(rt, lambda s: _open(s, rt, principal, actor, request, payment_id))
     if opened.view is not None:
         return opened.view
     if not opened.existing and opened.attempt_id is not None:
         view = _drive(rt, opened)
         if view is not None:
             return view
-    return transact(rt.engine, lambda s: brief_view(s, opened.payment_id))
+    return _tx(rt, lambda s: brief_view(s, opened.payment_id))
 
 
 def brief_view(session: Session, payment_id: str) -> dict[str, Any]:
@@ -420,7 +426,7 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
     """Call the candidates in order until one gives a definite answer; fail over only when
     the channel certainly did not act (outage, error, or a timeout it then denies).
     Returns the payment's view when the last transaction could read it."""
-    row = opened.row or transact(rt.engine, lambda s: _payment(s, opened.payment_id))
+    row = opened.row or _tx(rt, lambda s: _payment(s, opened.payment_id))
     attempt_id, channel = opened.attempt_id, opened.channel
     candidates = list(opened.candidates)
     seq = 1
@@ -435,7 +441,7 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
             result = _settle_timeout(connector, attempt_id)
             if result is None:
                 _record(rt, channel, "failure", started)
-                transact(rt.engine, lambda s, a=attempt_id: _mark_attempt(
+                _tx(rt, lambda s, a=attempt_id: _mark_attempt(
                     s, a, "timeout", "the channel did not answer; the worker will ask it until it is final"))
                 return None
             if result.status == protocol.NOT_FOUND:
@@ -447,7 +453,7 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
         if result is not None:
             _record(rt, channel, "decline" if result.status == protocol.DECLINED else "success", started)
             latency = _ms(started)
-            return transact(rt.engine, lambda s, r=result, a=attempt_id, ms=latency: _applied(
+            return _tx(rt, lambda s, r=result, a=attempt_id, ms=latency: _applied(
                 s, opened.payment_id, apply_result(s, a, r, source="authorize", hold_hours=_hold(rt),
                                                    latency_ms=ms)))
         _record(rt, channel, "failure", started)
@@ -457,8 +463,7 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
         attempt_id, channel = transact(
             rt.engine, lambda s, a=attempt_id, f=failure, n=next_candidate, q=seq, ms=latency: _fail_over(
                 s, opened.payment_id, a, f or "error", n, q, ms,
-                cost_of(rt, n.channel, row.amount) if n is not None else 0),
-            retry_integrity=True)
+                cost_of(rt, n.channel, row.amount) if n is not None else 0))
 
 
 def _applied(session: Session, payment_id: str, _outcome: str) -> dict[str, Any]:
@@ -615,7 +620,7 @@ def _void_hold(session: Session, row: Row) -> None:
 
 def capture(rt: Runtime, principal: Principal, payment_id: str, amount: int | None) -> dict[str, Any]:
     """Post a held authorization, fully or partly; the rest of the hold is released."""
-    row = transact(rt.engine, lambda s: get_payment_row(s, principal, payment_id))
+    row = _tx(rt, lambda s: get_payment_row(s, principal, payment_id))
     if row.status != state.REQUIRES_CAPTURE:
         raise errors.PaymentStateConflict(f"payment {payment_id} is {row.status}, not requires_capture")
     amount = row.amount if amount is None else amount
@@ -624,8 +629,8 @@ def capture(rt: Runtime, principal: Principal, payment_id: str, amount: int | No
     result = rt.channels[row.channel].capture(row.reference, amount, row.currency)
     if result.status not in (protocol.APPROVED,):
         raise errors.PaymentStateConflict(f"the channel refused the capture: {result.decline_code or result.status}")
-    transact(rt.engine, lambda s: _captured(s, payment_id, amount))
-    return transact(rt.engine, lambda s: get_payment(s, None, payment_id))
+    _tx(rt, lambda s: _captured(s, payment_id, amount))
+    return _tx(rt, lambda s: get_payment(s, None, payment_id))
 
 
 def _captured(session: Session, payment_id: str, amount: int) -> None:
@@ -651,17 +656,17 @@ def _captured(session: Session, payment_id: str, amount: int) -> None:
 
 def cancel(rt: Runtime, principal: Principal, payment_id: str, reason: str | None = None) -> dict[str, Any]:
     """Cancel a payment the customer has not completed, or release a held authorization."""
-    row = transact(rt.engine, lambda s: get_payment_row(s, principal, payment_id))
+    row = _tx(rt, lambda s: get_payment_row(s, principal, payment_id))
     if row.status in state.FINAL:
         raise errors.PaymentStateConflict(f"payment {payment_id} is already {row.status}")
     if row.reference is not None and row.channel not in (None, WALLET):
         result = rt.channels[row.channel].cancel(row.reference)
         if result.status in (protocol.APPROVED,):
-            transact(rt.engine, lambda s: apply_result(s, row.reference, result, source="cancel",
+            _tx(rt, lambda s: apply_result(s, row.reference, result, source="cancel",
                                                                  hold_hours=_hold(rt)))
             raise errors.PaymentStateConflict("the customer completed the payment before the cancel")
-    transact(rt.engine, lambda s: _canceled(s, payment_id, reason or "requested"))
-    return transact(rt.engine, lambda s: get_payment(s, None, payment_id))
+    _tx(rt, lambda s: _canceled(s, payment_id, reason or "requested"))
+    return _tx(rt, lambda s: get_payment(s, None, payment_id))
 
 
 def _canceled(session: Session, payment_id: str, reason: str) -> None:
@@ -707,12 +712,11 @@ def refund(rt: Runtime, principal: Principal, payment_id: str, amount: int | Non
            refund_id: str | None = None) -> dict[str, Any]:
     """Give money back; several partial refunds never add up to more than was captured,
     however many arrive at once (the payment row is locked while the amount is reserved)."""
-    opened = transact(rt.engine, lambda s: _reserve_refund(s, principal, payment_id, amount, reason, refund_id),
-                      retry_integrity=True)
+    opened = _tx(rt, lambda s: _reserve_refund(s, principal, payment_id, amount, reason, refund_id))
     rid, created = opened
     if created:
         _send_refund(rt, rid)
-    return transact(rt.engine, lambda s: get_refund(s, None, rid))
+    return _tx(rt, lambda s: get_refund(s, None, rid))
 
 
 def _reserve_refund(session: Session, principal: Principal, payment_id: str, amount: int | None,
@@ -743,10 +747,10 @@ def _reserve_refund(session: Session, principal: Principal, payment_id: str, amo
 
 
 def _send_refund(rt: Runtime, refund_id: str) -> None:
-    row = transact(rt.engine, lambda s: session_refund(s, refund_id))
-    payment = transact(rt.engine, lambda s: _payment(s, row.payment_id))
+    row = _tx(rt, lambda s: session_refund(s, refund_id))
+    payment = _tx(rt, lambda s: _payment(s, row.payment_id))
     if payment.channel == WALLET:
-        transact(rt.engine, lambda s: apply_refund_result(s, refund_id, protocol.REFUNDED, None, None,
+        _tx(rt, lambda s: apply_refund_result(s, refund_id, protocol.REFUNDED, None, None,
                                                           source="wallet"))
         return
     connector = rt.channels[payment.channel]
@@ -758,10 +762,10 @@ def _send_refund(rt: Runtime, refund_id: str) -> None:
             return  # still pending: the worker asks again
     except (ChannelUnavailable, ChannelError) as error:
         code = error.code
-        transact(rt.engine, lambda s: apply_refund_result(s, refund_id, protocol.FAILED, None, code,
+        _tx(rt, lambda s: apply_refund_result(s, refund_id, protocol.FAILED, None, code,
                                                           source="refund"))
         return
-    transact(rt.engine, lambda s: apply_refund_result(s, refund_id, result.status, result.external_id,
+    _tx(rt, lambda s: apply_refund_result(s, refund_id, result.status, result.external_id,
                                                       result.decline_code, source="refund"))
 
 
@@ -854,7 +858,7 @@ def receive_notification(rt: Runtime, channel: str, headers: dict[str, str], bod
             notifications.c.notification_id == notification.notification_id).values(outcome=outcome[:200]))
         return outcome
 
-    outcome = transact(rt.engine, work)
+    outcome = _tx(rt, work)
     log.info("channel_notification", channel=channel, reference=notification.reference,
              status=notification.status, outcome=outcome)
     return connector.notification_reply()
@@ -878,18 +882,18 @@ def resolve_stuck(rt: Runtime, *, older_than_seconds: float = 30.0, limit: int =
         ).all()
 
     done = 0
-    for row in transact(rt.engine, stuck):
+    for row in _tx(rt, stuck):
         try:
             result = rt.channels[row.channel].query(row.reference)
         except (ChannelTimeout, ChannelUnavailable, ChannelError):
             continue
         if result.status == protocol.NOT_FOUND:
             # The channel never saw it (we crashed before the call): nothing was charged.
-            transact(rt.engine, lambda s, r=row: _never_sent(s, r.id, r.reference))
+            _tx(rt, lambda s, r=row: _never_sent(s, r.id, r.reference))
         else:
-            transact(rt.engine, lambda s, r=row, res=result: apply_result(s, r.reference, res, source="query",
+            _tx(rt, lambda s, r=row, res=result: apply_result(s, r.reference, res, source="query",
                                                                                 hold_hours=_hold(rt)))
-        transact(rt.engine, lambda s, r=row: s.execute(update(payments).where(
+        _tx(rt, lambda s, r=row: s.execute(update(payments).where(
             payments.c.id == r.id, payments.c.status.in_((state.PROCESSING, state.REQUIRES_ACTION))).values(
                 updated_at=clock.now())))
         done += 1
@@ -906,13 +910,13 @@ def _never_sent(session: Session, payment_id: str, reference: str) -> None:
 
 def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, limit: int = 100) -> int:
     cutoff = clock.now() - timedelta(seconds=older_than_seconds)
-    rows = transact(rt.engine, lambda s: s.execute(
+    rows = _tx(rt, lambda s: s.execute(
         select(refunds.c.id, refunds.c.channel).where(refunds.c.status == "pending", refunds.c.updated_at < cutoff)
         .order_by(refunds.c.updated_at).limit(limit)).all())
     done = 0
     for row in rows:
         if row.channel == WALLET:
-            transact(rt.engine, lambda s, r=row: apply_refund_result(s, r.id, protocol.REFUNDED, None, None,
+            _tx(rt, lambda s, r=row: apply_refund_result(s, r.id, protocol.REFUNDED, None, None,
                                                                      source="worker"))
             done += 1
             continue
@@ -923,9 +927,9 @@ def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, li
         if result.status == protocol.NOT_FOUND:
             _send_refund(rt, row.id)
         else:
-            transact(rt.engine, lambda s, r=row, res=result: apply_refund_result(
+            _tx(rt, lambda s, r=row, res=result: apply_refund_result(
                 s, r.id, res.status, res.external_id, res.decline_code, source="query"))
-        transact(rt.engine, lambda s, r=row: s.execute(update(refunds).where(
+        _tx(rt, lambda s, r=row: s.execute(update(refunds).where(
             refunds.c.id == r.id, refunds.c.status == "pending").values(updated_at=clock.now())))
         done += 1
     return done
@@ -934,7 +938,7 @@ def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, li
 def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
     """Release holds past their expiry: the channel is told (best effort) and the ledger voids."""
     now = clock.now()
-    rows = transact(rt.engine, lambda s: s.execute(
+    rows = _tx(rt, lambda s: s.execute(
         select(payments.c.id, payments.c.reference, payments.c.channel).where(
             payments.c.status == state.REQUIRES_CAPTURE, payments.c.authorization_expires_at < now)
         .limit(limit)).all())
@@ -943,7 +947,7 @@ def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
             rt.channels[row.channel].cancel(row.reference)
         except (ChannelTimeout, ChannelUnavailable, ChannelError):
             log.warning("authorization_cancel_failed", payment=row.id)
-        transact(rt.engine, lambda s, r=row: _canceled(s, r.id, "authorization_expired"))
+        _tx(rt, lambda s, r=row: _canceled(s, r.id, "authorization_expired"))
     return len(rows)
 
 
