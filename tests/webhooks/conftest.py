@@ -1,5 +1,5 @@
-"""Fixtures for the webhook tests: settings that allow loopback receivers, the webhook
-routes on the app, and a real HTTP receiver on 127.0.0.1."""
+"""Fixtures for the webhook tests: settings that allow loopback receivers (the app of
+tests/conftest.py is built from them), and a real HTTP receiver on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clearhouse.app import create_app
 from clearhouse.kit.settings import Settings
-from clearhouse.webhooks.endpoints import router
 from tests.conftest import TEST_MASTER_KEY
 from tests.webhooks.support import Receiver
 
@@ -26,15 +24,6 @@ class LoopbackSettings(Settings):
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return LoopbackSettings(database_url=database_url, master_key=TEST_MASTER_KEY, master_key_file=None,
                             sandbox_dir=tmp_path / "sandbox", webhook_timeout_seconds=2.0)
-
-
-@pytest.fixture
-def app(settings: Settings, engine, bookkeeping_engine):
-    app = create_app(settings, engine=engine, bookkeeping_engine=bookkeeping_engine)
-    # Until app.py includes the webhook router itself.
-    if not any(getattr(route, "path", "") == "/v1/webhook_endpoints" for route in app.routes):
-        app.include_router(router)
-    return app
 
 
 @pytest.fixture
