@@ -283,6 +283,27 @@ class TestConcurrentWorkers:
         assert [a.attempt_number for a in attempt_rows(app.state.engine, row.id)] == [2]
 
 
+    def test_a_result_recorded_after_the_lease_was_taken_over_does_not_undo_the_newer_attempt(
+            self, app, shop, receiver: Receiver, settings):
+        merchant_client, merchant_id = shop
+        add_endpoint(merchant_client, receiver.url())
+        with clock.frozen(start()) as frozen:
+            event_id = emit(app.state.engine, merchant_id)
+            [stale] = transact(app.state.engine, lambda s: delivery.repository.claim_due(
+                s, now=clock.now(), limit=10, per_endpoint=10, lease_until=clock.now() + timedelta(minutes=5)))
+            frozen.tick(minutes=5)
+            assert deliver(app) == 1  # the second claim delivers
+            late = delivery.Outcome(
+                delivery_id=stale.id, attempt_number=stale.attempt_count, delivery_created_at=stale.created_at,
+                started_at=clock.now(), duration_ms=5000, status_code=None, error="timeout", response_excerpt=None)
+            transact(app.state.engine, lambda s: delivery._record(
+                s, [late], timedelta(hours=settings.webhook_retry_hours)))
+        [row] = delivery_rows(app.state.engine, event_id)
+        assert row.status == "delivered" and row.attempt_count == 2 and row.last_error is None
+        # The late attempt is still in the log, as it happened.
+        assert [(a.attempt_number, a.error) for a in attempt_rows(app.state.engine, row.id)] == [
+            (1, "timeout"), (2, None)]
+
 class TestRotationAndRedelivery:
     def test_after_rotation_both_secrets_sign_for_24_hours(self, app, shop, receiver: Receiver):
         merchant_client, merchant_id = shop
