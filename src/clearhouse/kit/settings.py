@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 5.0
     webhook_retry_hours: int = 72
     """Deliveries are retried with exponential backoff for this long, then given up."""
+    webhook_allow_private_networks: bool = False
+    """Allow loopback and private hosts for webhook URLs, and http:// to them (development and tests only)."""
 
     @model_validator(mode="after")
     def _nonces_outlive_skew(self) -> Settings:
