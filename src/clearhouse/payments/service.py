@@ -205,10 +205,14 @@ def _event(session: Session, payment_id: str, type_: str, *, from_status: str | 
 
 
 def _publish(session: Session, row: Row, status: str) -> None:
-    """The merchant's webhook for a new status, in this transaction (transactional outbox)."""
+    """The merchant's webhook for a new status, in this transaction (transactional outbox).
+    The view is kept on the session: the answer to this request, read in this transaction
+    after the last change, is the same view (``brief_view``)."""
     fresh = _payment(session, row.id)
+    view = payment_view(fresh, _attempt_views(session, [fresh.id])[fresh.id])
+    session.info.setdefault("payment_views", {})[fresh.id] = view
     webhooks.emit(session, merchant_id=fresh.merchant_id, event_type=state.WEBHOOK_EVENTS[status],
-                  data=_json_safe(payment_view(fresh, _attempt_views(session, [fresh.id])[fresh.id])))
+                  data=_json_safe(view))
 
 
 def _json_safe(view: dict[str, Any]) -> dict[str, Any]:
@@ -266,6 +270,9 @@ def create_payment(rt: Runtime, principal: Principal, actor: audit.Actor, reques
 
 def brief_view(session: Session, payment_id: str) -> dict[str, Any]:
     """The payment with its attempts, without the timeline (the answer to a write)."""
+    published = session.info.get("payment_views", {}).get(payment_id)
+    if published is not None:
+        return published
     row = _payment(session, payment_id)
     return payment_view(row, _attempt_views(session, [row.id])[row.id])
 
@@ -302,7 +309,7 @@ def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Acto
         created_at=now, updated_at=now,
     ))
     _event(session, pid, "created", to_status=state.PROCESSING, amount=request.amount, currency=request.currency,
-           method=request.method, rule=plan.rule_id,
+           method=request.method, rule=plan.rule_id, card_id=card_id, by=actor.id,
            skipped=[{"channel": s.channel, "reason": s.reason} for s in plan.skipped])
     if not plan.candidates and not any(s.transient for s in plan.skipped):
         raise plan.no_candidate_error()  # nothing could ever take it: refused, nothing stored
@@ -333,7 +340,7 @@ def _card_of(session: Session, rt: Runtime, principal: Principal, actor: audit.A
     else:
         row = vault.create_card(session, rt.cipher, actor, principal, number=card["number"],
                                 exp_month=card["exp_month"], exp_year=card["exp_year"],
-                                holder_name=card.get("holder_name"), merchant_id=merchant_id)
+                                holder_name=card.get("holder_name"), merchant_id=merchant_id, audited=False)
         details = vault.CardDetails(card_id=row.id, merchant_id=merchant_id,
                                     number=vault.normalize_card_number(card["number"]), exp_month=row.exp_month,
                                     exp_year=row.exp_year, brand=row.brand, bin=row.bin, last4=row.last4)

@@ -186,8 +186,11 @@ def card_dict(row: Row) -> dict[str, Any]:
 
 def create_card(session: Session, cipher: FieldCipher, actor: audit.Actor, principal: Principal, *,
                 number: str, exp_month: int, exp_year: int, holder_name: str | None = None,
-                merchant_id: str | None = None) -> Row:
+                merchant_id: str | None = None, audited: bool = True) -> Row:
     """Vault a card: validate, encrypt the number, keep BIN/last four/expiry/brand readable.
+
+    ``audited=False`` is for a card vaulted inside a payment, whose own timeline records it:
+    the audit chain's lock would otherwise serialize every card payment.
 
     The card security code is checked by the caller's schema and then dropped: PCI DSS 3.2
     forbids keeping it after authorization, encrypted or not, so it never reaches here."""
@@ -211,9 +214,10 @@ def create_card(session: Session, cipher: FieldCipher, actor: audit.Actor, princ
         "created_at": clock.now(),
     }
     repository.insert_card(session, values)
-    audit.record(session, actor, "vault.card.create", "card", card_id, merchant_id=owner, changes={
-        k: values[k] for k in ("bin", "last4", "brand", "exp_month", "exp_year", "fingerprint")
-    })
+    if audited:
+        audit.record(session, actor, "vault.card.create", "card", card_id, merchant_id=owner, changes={
+            k: values[k] for k in ("bin", "last4", "brand", "exp_month", "exp_year", "fingerprint")
+        })
     return _card(session, None, card_id)
 
 
