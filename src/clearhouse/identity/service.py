@@ -105,6 +105,27 @@ class ApiKeyAlreadyRevoked(ClearhouseError):
 # --- merchants ---------------------------------------------------------------------------
 
 
+class MerchantRequired(ClearhouseError):
+    """A platform caller says which merchant a new object belongs to."""
+
+    code = "merchant_required"
+    status = 422
+    title = "Merchant required"
+
+
+def owner_of(session: Session, principal: Principal, merchant_id: str | None) -> str:
+    """The merchant a new object (card, bank account, payment, wallet, webhook endpoint,
+    product) belongs to. Merchant callers own theirs, and naming any other merchant is a
+    404 as if it did not exist; platform callers must name one."""
+    if principal.merchant_id is not None:
+        if merchant_id is not None and merchant_id != principal.merchant_id:
+            raise NotFound(f"no merchant {merchant_id}")
+        return principal.merchant_id
+    if merchant_id is None:
+        raise MerchantRequired("platform callers give merchant_id")
+    return get_merchant(session, None, merchant_id).id
+
+
 def merchant_dict(row: Row) -> dict[str, Any]:
     return {
         "id": row.id, "name": row.name, "country": row.country, "default_currency": row.default_currency,

@@ -222,16 +222,18 @@ class IdempotencyMiddleware:
 
         state["idempotency_key"] = key
         state["idempotency_claimed_at"] = clock.rfc3339(found)
-        captured: dict[str, Any] = {"status": 500, "content_type": "", "body": []}
+        captured: dict[str, Any] = {"status": 500, "content_type": "", "body": [], "messages": []}
 
         async def capture(message: Message) -> None:
+            # Held back until the answer is stored: a client that retries the moment it has
+            # the answer must find it replayable, not "still running".
             if message["type"] == "http.response.start":
                 captured["status"] = message["status"]
                 headers = dict(message.get("headers", []))
                 captured["content_type"] = headers.get(b"content-type", b"").decode("latin-1")
             elif message["type"] == "http.response.body":
                 captured["body"].append(message.get("body", b""))
-            await send(message)
+            captured["messages"].append(message)
 
         try:
             await self.app(scope, replay_body(body, receive), capture)
@@ -241,6 +243,8 @@ class IdempotencyMiddleware:
                 lambda s: _finish(s, self.cipher, caller, key, captured["status"], captured["content_type"],
                                   b"".join(captured["body"])),
             )
+        for message in captured["messages"]:
+            await send(message)
 
 
 async def _send(send: Send, status: int, content_type: str, body: bytes,

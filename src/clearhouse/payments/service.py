@@ -40,6 +40,7 @@ from clearhouse.channels.protocol import (
     ChargeRequest,
     Connector,
 )
+from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
 from clearhouse.kit.canonical import canonical_json
@@ -105,11 +106,17 @@ def _tx(rt: Runtime, work: Callable[[Session], Any]) -> Any:
 # ------------------------------------------------------------------------------ reading
 
 
-def _payment(session: Session, payment_id: str, *, lock: bool = False) -> Row:
-    query = select(payments).where(payments.c.id == payment_id)
+def _first(session: Session, query: Any, *, lock: bool) -> Row | None:
+    """The first row; with ``lock``, held until commit (PostgreSQL ``FOR UPDATE``; SQLite's
+    ``BEGIN IMMEDIATE`` already serializes writers). Every path locks the payment before its
+    refunds, so two writers never wait on each other in opposite orders."""
     if lock and is_postgresql(session):
         query = query.with_for_update()
-    row = session.execute(query).first()
+    return session.execute(query).first()
+
+
+def _payment(session: Session, payment_id: str, *, lock: bool = False) -> Row:
+    row = _first(session, select(payments).where(payments.c.id == payment_id), lock=lock)
     if row is None:
         raise errors.PaymentNotFound(f"no payment {payment_id}")
     return row
@@ -282,7 +289,7 @@ def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Acto
     if payment_id is not None and session.execute(
             select(payments.c.id).where(payments.c.id == payment_id)).first() is not None:
         return _Opened(payment_id, None, None, [], None, existing=True)
-    merchant_id = vault.owner_of(session, principal, request.merchant_id)
+    merchant_id = identity.owner_of(session, principal, request.merchant_id)
     if request.capture_method == "manual" and request.method != "card":
         raise errors.CaptureMethodNotSupported("manual capture is for card payments")
     card_data, card_id = _card_of(session, rt, principal, actor, merchant_id, request)
@@ -777,10 +784,7 @@ def _send_refund(rt: Runtime, refund_id: str) -> None:
 
 
 def session_refund(session: Session, refund_id: str, *, lock: bool = False) -> Row:
-    query = select(refunds).where(refunds.c.id == refund_id)
-    if lock and is_postgresql(session):
-        query = query.with_for_update()
-    row = session.execute(query).first()
+    row = _first(session, select(refunds).where(refunds.c.id == refund_id), lock=lock)
     if row is None:
         raise errors.RefundNotFound(f"no refund {refund_id}")
     return row

@@ -9,13 +9,13 @@ from typing import Any
 from sqlalchemy import Row, insert, select
 from sqlalchemy.orm import Session
 
+from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
 from clearhouse.kit.ids import new_id
 from clearhouse.ledger import service as ledger
 from clearhouse.payments import errors, postings
 from clearhouse.payments.models import Wallet
-from clearhouse.vault import service as vault
 
 wallets = Wallet.__table__
 
@@ -23,7 +23,7 @@ wallets = Wallet.__table__
 def open_wallet(session: Session, principal: Principal, *, customer_id: str, currency: str,
                 merchant_id: str | None) -> tuple[Row, bool]:
     """The customer's wallet in ``currency``; opened when it does not exist (returns created)."""
-    owner = vault.owner_of(session, principal, merchant_id)
+    owner = identity.owner_of(session, principal, merchant_id)
     found = session.execute(select(wallets).where(
         wallets.c.merchant_id == owner, wallets.c.customer_id == customer_id, wallets.c.currency == currency)).first()
     if found is not None:

@@ -18,8 +18,8 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
-from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import Principal
+from clearhouse.identity.service import owner_of
 from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
 from clearhouse.kit.errors import ClearhouseError, NotFound
@@ -62,14 +62,6 @@ class InvalidBankAccount(ClearhouseError):
     code = "invalid_bank_account"
     status = 422
     title = "Invalid bank account"
-
-
-class MerchantRequired(ClearhouseError):
-    """A platform caller says which merchant the card or account belongs to."""
-
-    code = "merchant_required"
-    status = 422
-    title = "Merchant required"
 
 
 class CardNotFound(NotFound):
@@ -158,18 +150,6 @@ def check_expiry(exp_month: int, exp_year: int, now: datetime | None = None) -> 
         raise CardExpired(f"the card expired at the end of {exp_year:04d}-{exp_month:02d}")
     if exp_year > now.year + MAX_YEARS_AHEAD:
         raise InvalidExpiry(f"an expiry year after {now.year + MAX_YEARS_AHEAD} is not a real card's")
-
-
-def owner_of(session: Session, principal: Principal, merchant_id: str | None) -> str:
-    """The merchant a new card or account belongs to. Merchant callers own theirs, and naming
-    any other merchant is a 404 as if it did not exist; platform callers must name one."""
-    if principal.merchant_id is not None:
-        if merchant_id is not None and merchant_id != principal.merchant_id:
-            raise NotFound(f"no merchant {merchant_id}")
-        return principal.merchant_id
-    if merchant_id is None:
-        raise MerchantRequired("platform callers give merchant_id")
-    return identity.get_merchant(session, None, merchant_id).id
 
 
 def _card_context(card_id: str, column: str = "number") -> str:

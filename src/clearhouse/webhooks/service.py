@@ -68,14 +68,6 @@ class UnknownEventType(ClearhouseError):
     title = "Unknown event type"
 
 
-class MerchantRequired(ClearhouseError):
-    """A platform caller says which merchant the endpoint belongs to."""
-
-    code = "merchant_required"
-    status = 422
-    title = "Merchant required"
-
-
 class EndpointNotFound(NotFound):
     """No such webhook endpoint (or deleted, or another merchant's)."""
 
@@ -200,25 +192,13 @@ def endpoint_dict(row: Row) -> dict[str, Any]:
     }
 
 
-def owner_of(session: Session, principal: Principal, merchant_id: str | None) -> str:
-    """The merchant a new endpoint belongs to. Merchant callers own theirs, and naming any
-    other merchant is a 404 as if it did not exist; platform callers must name one."""
-    if principal.merchant_id is not None:
-        if merchant_id is not None and merchant_id != principal.merchant_id:
-            raise NotFound(f"no merchant {merchant_id}")
-        return principal.merchant_id
-    if merchant_id is None:
-        raise MerchantRequired("platform callers give merchant_id")
-    return identity.get_merchant(session, None, merchant_id).id
-
-
 def create_endpoint(session: Session, cipher: FieldCipher, actor: audit.Actor, principal: Principal, *,
                     url: str, event_types: list[str], description: str | None = None, enabled: bool = True,
                     merchant_id: str | None = None, allow_private: bool = False) -> tuple[Row, str]:
     """A new endpoint and its signing secret (returned here only; stored encrypted)."""
     check_url(url, allow_private=allow_private)
     event_types = check_event_types(event_types)
-    owner = owner_of(session, principal, merchant_id)
+    owner = identity.owner_of(session, principal, merchant_id)
     endpoint_id, secret, now = new_id("we"), new_secret(), clock.now()
     values = {
         "id": endpoint_id, "merchant_id": owner, "url": url, "description": description,

@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
+from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
 from clearhouse.kit.canonical import canonical_json
@@ -51,7 +52,6 @@ from clearhouse.payments import errors as payment_errors
 from clearhouse.payments import service as payments
 from clearhouse.payments import state
 from clearhouse.payments.orders.models import FINAL_ORDER_STATUSES, Order, OrderStep, Product, ProductCode
-from clearhouse.vault import service as vault
 from clearhouse.webhooks import service as webhooks
 
 log = structlog.get_logger(__name__)
@@ -203,7 +203,7 @@ def list_products(session: Session, principal: Principal, *, active: bool | None
 
 def create_product(session: Session, actor: audit.Actor, principal: Principal, *, name: str, amount: int,
                    currency: str, active: bool, merchant_id: str | None) -> dict[str, Any]:
-    owner = vault.owner_of(session, principal, merchant_id)
+    owner = identity.owner_of(session, principal, merchant_id)
     now = clock.now()
     product_id = new_id("prod")
     session.execute(insert(products).values(
