@@ -439,6 +439,8 @@ class TestReplay:
 
 
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics"}
+CHANNEL_SIGNED_PATHS = {"/v1/channels/{channel}/notifications"}
+TOKEN_PATHS = {"/orders/{order_id}/delivery"}
 SIGN_IN_PATHS = {"/v1/auth/login"}
 """Public by necessity: a person has no session before signing in (it answers 422/401 with its own codes)."""
 
@@ -464,6 +466,20 @@ class TestNothingAnswersWithoutCredentials:
                     if path in SIGN_IN_PATHS:
                         assert operation["x-permission"] == "public"
                         assert response.status_code == 422, (method, path, response.text)  # {} is no sign-in
+                        continue
+                    if path in CHANNEL_SIGNED_PATHS:
+                        # Signed by the channel, not by a key: an unknown channel is 404, and a
+                        # known channel's unsigned message is refused before anything is stored.
+                        assert operation["x-permission"] == "public"
+                        assert response.json()["code"] == "unknown_channel", (method, path, response.text)
+                        unsigned = anonymous.post(path.replace("{channel}", "sandbox_card"), content=b"{}")
+                        assert unsigned.status_code == 400, unsigned.text
+                        assert unsigned.json()["code"] == "notification_invalid"
+                        continue
+                    if path in TOKEN_PATHS:
+                        # A buyer's page opens with its own one-off token, never without it.
+                        assert operation["x-permission"] == "public"
+                        assert response.status_code in (404, 422), (method, path, response.text)
                         continue
                     assert operation["x-permission"] != "public", f"{method.upper()} {path} is public"
                     assert response.status_code == 401, (method, path, response.status_code, response.text)
