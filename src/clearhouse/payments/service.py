@@ -580,13 +580,12 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
         return f"ignored:{row.status}"
     now = clock.now()
     values: dict[str, Any] = {"status": target, "updated_at": now, "external_id": result.external_id or row.external_id}
+    entry = None
     if target == state.SUCCEEDED and row.status != state.REQUIRES_CAPTURE:
         entry = _entry(session, row, pending=False)
-        ledger.create_transfer(session, entry)
         values.update(amount_captured=row.amount, ledger_entry_id=entry.id, next_action_json=None)
     elif target == state.REQUIRES_CAPTURE:
         entry = _entry(session, row, pending=True)
-        ledger.create_transfer(session, entry)
         values.update(ledger_entry_id=entry.id, authorization_expires_at=now + timedelta(hours=hold_hours),
                       next_action_json=None)
     elif target == state.CANCELED and row.status == state.REQUIRES_CAPTURE:
@@ -603,6 +602,10 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
     _event(session, row.id, "status_changed", from_status=row.status, to_status=target, source=source,
            channel=attempt.channel, attempt=reference)
     _publish(session, row, target)
+    if entry is not None:
+        # Last: the ledger's chain lock serializes every entry until commit, so it is taken
+        # when nothing else is left to do in this transaction.
+        ledger.create_transfer(session, entry)
     return f"{row.status}->{target}"
 
 
