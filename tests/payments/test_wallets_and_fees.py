@@ -156,3 +156,23 @@ class TestValidation:
         assert first["has_more"] is True
         second = shop.get(f"/v1/payments?limit=2&starting_after={first['next_cursor']}").json()
         assert {p["id"] for p in first["data"] + second["data"]} == set(ids)
+
+
+class TestTopUpRefund:
+    def test_a_top_up_refunds_only_what_the_wallet_still_holds(self, app, merchant_client_factory):
+        shop, merchant_id = merchant_client_factory()
+        wallet = _wallet(shop, "cus_t")
+        top_up = shop.post(f"/v1/wallets/{wallet['id']}/top_ups", json={
+            "amount": 2000, "method": "card", "payment_details": card_body()["payment_details"]}).json()
+        shop.post("/v1/payments", json={"amount": 1500, "currency": "CNY", "method": "wallet",
+                                        "customer": {"id": "cus_t"}})
+        too_much = shop.post(f"/v1/payments/{top_up['id']}/refunds", json={"amount": 600})
+        assert too_much.status_code == 409
+        assert too_much.json()["code"] == "insufficient_funds"
+        assert shop.get(f"/v1/payments/{top_up['id']}/refunds").json() == []
+        refund = shop.post(f"/v1/payments/{top_up['id']}/refunds", json={"amount": 500}).json()
+        assert refund["status"] == "succeeded"
+        assert shop.get(f"/v1/wallets/{wallet['id']}").json()["balance"] == 0
+        # The card got 5.00 back from the channel: clearing 19.92 - 5.00
+        assert balances(app, merchant_id)["clearing"] == 2000 - 8 - 500
+        ledger_verifies(app)

@@ -65,10 +65,14 @@ def payment_entry(session: Session, *, payment_id: str, merchant_id: str, channe
 
 def refund_entry(session: Session, *, refund_id: str, payment_id: str, merchant_id: str, channel: str,
                  amount: int, currency: str, fee_back: int, cost_charged: int, wallet_id: str | None,
-                 top_up: bool) -> EntryRequest:
+                 top_up: bool, pending: bool = False) -> EntryRequest:
     """Recipe 3: the merchant gives back the amount less the fee returned to it; the channel
     (or the wallet) takes the amount back. What the channel keeps of its fee is charged to
-    the merchant (``cost_charged``) when its plan says the merchant bears it."""
+    the merchant (``cost_charged``) when its plan says the merchant bears it.
+
+    The refund of a wallet top-up is written ``pending`` when it is asked for: the wallet's
+    money is held before the channel gives it back to the card, so a wallet spent in the
+    meantime cannot be refunded twice over."""
     if top_up:
         assert wallet_id is not None
         legs: list[tuple[str, str, str, int, dict]] = [
@@ -90,4 +94,5 @@ def refund_entry(session: Session, *, refund_id: str, payment_id: str, merchant_
     return EntryRequest(
         id=f"tr_{refund_id}", postings=_legs(session, currency, legs), code="refund", reference=refund_id,
         metadata={"payment_id": payment_id, "refund_id": refund_id, "merchant_id": merchant_id, "channel": channel},
+        pending=pending,
     )

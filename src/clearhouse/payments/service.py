@@ -757,10 +757,23 @@ def _reserve_refund(session: Session, principal: Principal, payment_id: str, amo
     session.execute(insert(refunds).values(
         id=rid, payment_id=row.id, merchant_id=row.merchant_id, amount=amount, currency=row.currency,
         status="pending", reason=reason, channel=row.channel, created_at=now, updated_at=now))
+    if row.purpose == "wallet_top_up":
+        # The wallet's money is held now (the ledger refuses it if already spent: 409
+        # insufficient_funds, nothing stored), and posted or released with the channel's answer.
+        ledger.create_transfer(session, _refund_entry(session, row, rid, amount, 0, 0, pending=True))
     session.execute(update(payments).where(payments.c.id == row.id).values(
         amount_refund_pending=payments.c.amount_refund_pending + amount, updated_at=now))
     _event(session, row.id, "refund_requested", refund=rid, amount=amount, reason=reason)
     return rid, True
+
+
+def _refund_entry(session: Session, payment: Row, refund_id: str, amount: int, fee_back: int, cost_charged: int,
+                  *, pending: bool = False) -> ledger.EntryRequest:
+    return postings.refund_entry(
+        session, refund_id=refund_id, payment_id=payment.id, merchant_id=payment.merchant_id,
+        channel=payment.channel, amount=amount, currency=payment.currency, fee_back=fee_back,
+        cost_charged=cost_charged, wallet_id=payment.wallet_id, top_up=payment.purpose == "wallet_top_up",
+        pending=pending)
 
 
 def _send_refund(rt: Runtime, refund_id: str) -> None:
@@ -815,19 +828,23 @@ def apply_refund_result(session: Session, refund_id: str, status: str, external_
         if rule.refund_cost_bearer == "merchant":
             cost_charged = (fees.share(payment.channel_cost, after, payment.amount_captured)
                             - fees.share(payment.channel_cost, before, payment.amount_captured))
-        entry = postings.refund_entry(
-            session, refund_id=row.id, payment_id=payment.id, merchant_id=payment.merchant_id,
-            channel=payment.channel, amount=row.amount, currency=row.currency, fee_back=fee_back,
-            cost_charged=cost_charged, wallet_id=payment.wallet_id, top_up=payment.purpose == "wallet_top_up")
-        ledger.create_transfer(session, entry)
+        if payment.purpose == "wallet_top_up":
+            fee_back = cost_charged = 0
+            entry_id, _created = ledger.resolve_pending(session, f"tr_{row.id}", "post", id=f"tr_{row.id}_post")
+        else:
+            entry = _refund_entry(session, payment, row.id, row.amount, fee_back, cost_charged)
+            ledger.create_transfer(session, entry)
+            entry_id = entry.id
         session.execute(update(refunds).where(refunds.c.id == row.id).values(
             status="succeeded", external_id=external_id, fee_refunded=fee_back, channel_cost_charged=cost_charged,
-            ledger_entry_id=entry.id, updated_at=now))
+            ledger_entry_id=entry_id, updated_at=now))
         session.execute(update(payments).where(payments.c.id == payment.id).values(
             amount_refunded=payments.c.amount_refunded + row.amount,
             amount_refund_pending=payments.c.amount_refund_pending - row.amount, updated_at=now))
         new_status = "succeeded"
     elif status in (protocol.DECLINED, protocol.FAILED, protocol.CANCELED):
+        if payment.purpose == "wallet_top_up":
+            ledger.resolve_pending(session, f"tr_{row.id}", "void", id=f"tr_{row.id}_void")
         session.execute(update(refunds).where(refunds.c.id == row.id).values(
             status="failed", failure_code=failure_code or status, updated_at=now))
         session.execute(update(payments).where(payments.c.id == payment.id).values(
