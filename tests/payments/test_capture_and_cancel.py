@@ -102,3 +102,21 @@ class TestCancel:
         assert view["status"] == "canceled"
         assert balances(app, merchant_id) == {"clearing": 0, "cost": 0, "merchant": 0, "fees": 0}
         ledger_verifies(app)
+
+
+class TestChannelDown:
+    def test_a_capture_the_channel_does_not_answer_changes_nothing_and_can_be_retried(self, app,
+                                                                                      merchant_client_factory):
+        from clearhouse.channels.connectors import sandbox
+
+        client, merchant_id = merchant_client_factory()
+        payment = _authorize(client)
+        card = app.state.channels["sandbox_card"]
+        card.faults = sandbox.FaultProfile(error_rate=1.0)
+        refused = client.post(f"/v1/payments/{payment['id']}/capture")
+        assert refused.status_code == 409
+        assert refused.json()["code"] == "channel_not_answering"
+        assert client.get(f"/v1/payments/{payment['id']}").json()["status"] == "requires_capture"
+        card.faults = sandbox.FaultProfile()
+        assert client.post(f"/v1/payments/{payment['id']}/capture").json()["status"] == "succeeded"
+        assert balances(app, merchant_id)["merchant"] == 9940

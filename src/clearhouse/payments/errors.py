@@ -74,3 +74,12 @@ class InvalidFeePlan(ClearhouseError):
     code = "invalid_fee_plan"
     status = 422
     title = "Invalid fee plan"
+
+
+class ChannelNotAnswering(ClearhouseError):
+    """The channel did not give a definite answer to a capture or cancel (timeout, outage,
+    error): nothing changed on our side; the same request may be sent again."""
+
+    code = "channel_not_answering"
+    status = 409
+    title = "The channel did not answer"

@@ -18,8 +18,9 @@ channel says it never saw the reference is the next candidate called.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -643,11 +644,22 @@ def capture(rt: Runtime, principal: Principal, payment_id: str, amount: int | No
     amount = row.amount if amount is None else amount
     if not 0 < amount <= row.amount:
         raise errors.CaptureExceedsAuthorized(f"capture between 1 and {row.amount}")
-    result = rt.channels[row.channel].capture(row.reference, amount, row.currency)
+    with _asking(row.channel):
+        result = rt.channels[row.channel].capture(row.reference, amount, row.currency)
     if result.status not in (protocol.APPROVED,):
         raise errors.PaymentStateConflict(f"the channel refused the capture: {result.decline_code or result.status}")
     _tx(rt, lambda s: _captured(s, payment_id, amount))
     return _tx(rt, lambda s: get_payment(s, None, payment_id))
+
+
+@contextlib.contextmanager
+def _asking(channel: str) -> Iterator[None]:
+    """A capture or cancel the channel did not answer changes nothing here: a 409 the
+    caller may retry (the channel call is idempotent on our reference), never a 5xx."""
+    try:
+        yield
+    except (ChannelTimeout, ChannelUnavailable, ChannelError) as error:
+        raise errors.ChannelNotAnswering(f"{channel}: {error.detail}; nothing changed, try again") from error
 
 
 def _captured(session: Session, payment_id: str, amount: int) -> None:
@@ -677,7 +689,8 @@ def cancel(rt: Runtime, principal: Principal, payment_id: str, reason: str | Non
     if row.status in state.FINAL:
         raise errors.PaymentStateConflict(f"payment {payment_id} is already {row.status}")
     if row.reference is not None and row.channel not in (None, WALLET):
-        result = rt.channels[row.channel].cancel(row.reference)
+        with _asking(row.channel):
+            result = rt.channels[row.channel].cancel(row.reference)
         if result.status in (protocol.APPROVED,):
             _tx(rt, lambda s: apply_result(s, row.reference, result, source="cancel",
                                                                  hold_hours=_hold(rt)))
