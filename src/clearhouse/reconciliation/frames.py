@@ -1,0 +1,76 @@
+"""The two frame shapes the matching engine compares: statement lines and our own lines.
+
+Every parser produces ``STATEMENT_SCHEMA`` and ``sources`` produces ``INTERNAL_SCHEMA``, so the engine
+never knows where a line came from. Money is signed integer minor units: money coming to us is positive
+(a payment, a settlement credit), money going back negative (a refund, a return). ``fee`` is what the
+channel keeps on the line, positive when charged and negative when given back, so the money that
+actually moves is ``amount - fee``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import polars as pl
+
+KINDS = ("payment", "refund", "settlement", "fee", "other")
+"""``settlement`` is one credit (or debit) that covers many lines, paid net of fees (matching pass 3)."""
+
+STATUSES = ("succeeded", "failed")
+
+STATEMENT_SCHEMA: dict[str, pl.DataType] = {
+    "line_no": pl.Int64(),  # 1-based line (or entry) number in the source file, for errors and cases
+    "our_ref": pl.String(),  # the reference we gave the channel (attempt reference, refund id, end-to-end id)
+    "channel_ref": pl.String(),  # the channel's or bank's own id for the line
+    "kind": pl.String(),  # one of KINDS
+    "status": pl.String(),  # one of STATUSES
+    "amount": pl.Int64(),  # signed minor units, gross
+    "fee": pl.Int64(),  # minor units the channel kept (negative: given back)
+    "currency": pl.String(),  # ISO 4217
+    "booked_on": pl.Date(),  # the day the line belongs to, in the channel's calendar
+    "value_on": pl.Date(),  # the day the money is available (bank statements), else null
+    "description": pl.String(),  # remittance information or free text, else null
+}
+
+INTERNAL_SCHEMA: dict[str, pl.DataType] = {
+    "our_id": pl.String(),  # the payment or refund id
+    "our_ref": pl.String(),  # the reference we gave the channel
+    "channel_ref": pl.String(),  # the channel's id for it, when it told us
+    "kind": pl.String(),  # "payment" or "refund"
+    "status": pl.String(),  # one of STATUSES, as the ledger sees it
+    "amount": pl.Int64(),  # signed minor units, gross
+    "fee": pl.Int64(),  # the channel cost we booked
+    "currency": pl.String(),
+    "booked_on": pl.Date(),  # in the channel's calendar
+    "booked_at": pl.Datetime("us", "UTC"),  # when it became final, for the day-boundary (timing) rule
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StatementMeta:
+    """What a statement says about itself, beyond its lines."""
+
+    format: str  # "csv", "mt940", "camt053", or a sandbox layout name
+    account: str | None = None  # IBAN or account id (bank statements), merchant or app id (channel bills)
+    currency: str | None = None
+    statement_id: str | None = None  # the statement's own id (MT940 :20:/:28C:, camt.053 Stmt/Id)
+    opening_balance: int | None = None  # minor units, signed (bank statements)
+    closing_balance: int | None = None
+    first_day: date | None = None
+    last_day: date | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedStatement:
+    meta: StatementMeta
+    lines: pl.DataFrame  # STATEMENT_SCHEMA, in file order
+
+
+def empty_statement() -> pl.DataFrame:
+    return pl.DataFrame(schema=STATEMENT_SCHEMA)
+
+
+def empty_internal() -> pl.DataFrame:
+    return pl.DataFrame(schema=INTERNAL_SCHEMA)
