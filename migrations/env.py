@@ -11,6 +11,7 @@ import clearhouse.kit.idempotency  # noqa: F401
 import clearhouse.ledger.models  # noqa: F401
 import clearhouse.payments.models  # noqa: F401
 import clearhouse.payments.orders.models  # noqa: F401
+import clearhouse.reconciliation.models  # noqa: F401
 import clearhouse.vault.models  # noqa: F401
 import clearhouse.webhooks.models  # noqa: F401
 from clearhouse.kit.db import make_engine

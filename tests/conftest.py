@@ -26,6 +26,7 @@ from sqlalchemy import Engine, text
 import clearhouse.channels.models  # noqa: F401  (every table, so each test empties them all)
 import clearhouse.payments.models  # noqa: F401
 import clearhouse.payments.orders.models  # noqa: F401
+import clearhouse.reconciliation.models  # noqa: F401
 import clearhouse.webhooks.models  # noqa: F401
 from clearhouse.app import create_app
 from clearhouse.audit.service import SYSTEM

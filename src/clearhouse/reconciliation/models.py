@@ -1,0 +1,146 @@
+"""Reconciliation tables: per-channel rules, imported statements, reconciliation runs, and cases.
+
+A statement is stored by the SHA-256 of its bytes (unique), so the same file can never be
+imported twice. Matched lines are not stored one by one (a day can hold millions): the run
+keeps counts and amounts per class, and every discrepancy becomes a case that people (or a
+rule) work to resolution. A case's resolution may post an adjusting ledger entry, whose id
+the case keeps.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, Date, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from clearhouse.kit.models import Base, sql_list
+from clearhouse.kit.types import UTCDateTime
+
+CLASSES = ("matched", "missing_in_ledger", "missing_in_statement", "amount_mismatch", "fee_mismatch",
+           "status_mismatch", "duplicate", "timing")
+DISCREPANCIES = CLASSES[1:]
+CASE_STATES = ("open", "investigating", "resolved", "written_off")
+OPEN_STATES = ("open", "investigating")
+RESOLUTIONS = ("accept", "adjust", "write_off", "auto_timing", "rule")
+
+
+class ReconRules(Base):
+    """A channel's matching rules and its CSV mapping, as data (``rules.MatchRules``, ``formats.CsvMapping``)."""
+
+    __tablename__ = "recon_rules"
+
+    channel: Mapped[str] = mapped_column(String(40), primary_key=True)
+    rules_json: Mapped[str] = mapped_column(Text)
+    mapping_json: Mapped[str | None] = mapped_column(Text)
+    """A CSV mapping that replaces the channel's built-in one (null: the built-in)."""
+    updated_by: Mapped[str] = mapped_column(String(80))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReconStatement(Base):
+    __tablename__ = "recon_statements"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    channel: Mapped[str] = mapped_column(String(40))
+    format: Mapped[str] = mapped_column(String(16))
+    mapping: Mapped[str | None] = mapped_column(String(64))
+    file_name: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    line_count: Mapped[int] = mapped_column(Integer)
+    statement_date: Mapped[date] = mapped_column(Date)
+    first_day: Mapped[date | None] = mapped_column(Date)
+    last_day: Mapped[date | None] = mapped_column(Date)
+    account: Mapped[str | None] = mapped_column(String(64))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    opening_balance: Mapped[int | None] = mapped_column(BigInteger)
+    closing_balance: Mapped[int | None] = mapped_column(BigInteger)
+    imported_by: Mapped[str] = mapped_column(String(80))
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Reconciliation(Base):
+    """One statement matched against our lines: the counts and amounts of every class."""
+
+    __tablename__ = "reconciliations"
+    __table_args__ = (Index("ix_reconciliations_channel_day", "channel", "statement_date"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    statement_id: Mapped[str] = mapped_column(String(40), ForeignKey("recon_statements.id"), unique=True)
+    channel: Mapped[str] = mapped_column(String(40))
+    statement_date: Mapped[date] = mapped_column(Date)
+    rules_json: Mapped[str] = mapped_column(Text)
+    """The rules the run used, as they were."""
+    classes_json: Mapped[str] = mapped_column(Text)
+    """``{class: {"count": n, "amount": minor units}}`` for every class, matched included."""
+    statement_lines: Mapped[int] = mapped_column(Integer)
+    internal_lines: Mapped[int] = mapped_column(Integer)
+    case_count: Mapped[int] = mapped_column(Integer)
+    clearing_json: Mapped[str] = mapped_column(Text)
+    """Per currency: expected (our net), reported (the statement's net), difference."""
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReconCase(Base):
+    """One discrepancy: what we booked beside what the statement says, and what people did about it."""
+
+    __tablename__ = "recon_cases"
+    __table_args__ = (
+        CheckConstraint(f"class IN ({sql_list(DISCREPANCIES)})", name="class"),
+        CheckConstraint(f"state IN ({sql_list(CASE_STATES)})", name="state"),
+        CheckConstraint(f"resolution IS NULL OR resolution IN ({sql_list(RESOLUTIONS)})", name="resolution"),
+        Index("ix_recon_cases_reconciliation", "reconciliation_id", "class", "id"),
+        Index("ix_recon_cases_state", "state", "channel", "id"),
+        Index("ix_recon_cases_our_id", "our_id", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    reconciliation_id: Mapped[str] = mapped_column(String(40), ForeignKey("reconciliations.id"))
+    channel: Mapped[str] = mapped_column(String(40))
+    class_: Mapped[str] = mapped_column("class", String(24))
+    state: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str | None] = mapped_column(String(80))
+    our_id: Mapped[str | None] = mapped_column(String(64))
+    our_ref: Mapped[str | None] = mapped_column(String(128))
+    channel_ref: Mapped[str | None] = mapped_column(String(128))
+    line_no: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    ours_amount: Mapped[int | None] = mapped_column(BigInteger)
+    theirs_amount: Mapped[int | None] = mapped_column(BigInteger)
+    ours_fee: Mapped[int | None] = mapped_column(BigInteger)
+    theirs_fee: Mapped[int | None] = mapped_column(BigInteger)
+    ours_status: Mapped[str | None] = mapped_column(String(16))
+    theirs_status: Mapped[str | None] = mapped_column(String(16))
+    ours_booked_on: Mapped[date | None] = mapped_column(Date)
+    theirs_booked_on: Mapped[date | None] = mapped_column(Date)
+    delta: Mapped[int] = mapped_column(BigInteger)
+    """What the channel holds for us by its statement minus by our ledger (net of fees): the
+    correction an adjustment posts to the channel's clearing account."""
+    detail: Mapped[str] = mapped_column(String(500))
+    resolution: Mapped[str | None] = mapped_column(String(16))
+    resolution_reason: Mapped[str | None] = mapped_column(String(500))
+    ledger_entry_id: Mapped[str | None] = mapped_column(String(64))
+    approval_id: Mapped[str | None] = mapped_column(String(40))
+    """A resolution held for a second person (above the approval threshold)."""
+    resolved_by: Mapped[str | None] = mapped_column(String(80))
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReconCaseEvent(Base):
+    """A case's history: comments, assignment, state changes, resolutions, in order."""
+
+    __tablename__ = "recon_case_events"
+    __table_args__ = (Index("ix_recon_case_events_case", "case_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(40), ForeignKey("recon_cases.id"))
+    type: Mapped[str] = mapped_column(String(24))
+    actor: Mapped[str] = mapped_column(String(80))
+    body: Mapped[str | None] = mapped_column(Text)
+    detail_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
