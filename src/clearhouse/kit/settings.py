@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     """Deliveries are retried with exponential backoff for this long, then given up."""
     webhook_allow_private_networks: bool = False
     """Allow loopback and private hosts for webhook URLs, and http:// to them (development and tests only)."""
+
+    # Reconciliation (reconciliation/).
+    recon_approval_threshold: int = Field(default=10_000, ge=0)
+    """A case resolution that posts more than this (minor units of the case's currency) waits for a
+    second person (maker-checker)."""
+    recon_upload_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """The largest statement file ``POST /v1/reconciliations`` accepts."""
 
     @model_validator(mode="after")
     def _nonces_outlive_skew(self) -> Settings:

@@ -1,0 +1,277 @@
+"""Cases: every discrepancy, worked by people (or a rule) from open to resolved or written off.
+
+A case moves ``open`` -> ``investigating`` (someone took it) -> ``resolved`` or ``written_off``;
+the last two are final. Resolving may post one adjusting ledger entry (docs/accounting.md,
+recipe 9) between the channel's clearing account and a counter-account, for the case's
+``delta`` (what the channel holds for us by its statement minus by our ledger):
+
+- ``accept``: the difference is explained and needs no entry (a timing case, a known quirk);
+- ``adjust``: Dr ``channel_clearing:C`` / Cr ``suspense`` for a surplus (the reverse for a
+  shortfall), or against ``channel_cost:C`` when the channel's fee is the difference;
+- ``write_off``: the difference is lost (or found) for good, against ``losses:writeoff``.
+
+An entry larger than ``recon_approval_threshold`` waits for a second person
+(identity.approvals, action ``recon.resolve``); the entry id is the case's, so a resolution
+is written once whatever retries. Timing cases resolve themselves when the other side
+arrives in a later statement, and a channel's ``auto_resolve`` rules settle known patterns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+from sqlalchemy import Row, select, update
+from sqlalchemy.orm import Session
+
+from clearhouse.audit import service as audit
+from clearhouse.identity import approvals
+from clearhouse.identity.models import Approval
+from clearhouse.identity.permissions import Principal
+from clearhouse.kit import clock
+from clearhouse.ledger import service as ledger
+from clearhouse.ledger.chart import account_for
+from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
+from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, ReconCaseEvent
+from clearhouse.reconciliation.service import new_event
+
+cases = ReconCase.__table__
+case_events = ReconCaseEvent.__table__
+approval_table = Approval.__table__
+
+ACTIONS = ("accept", "adjust", "write_off")
+COUNTER_ACCOUNTS = {
+    "suspense": lambda channel: ("suspense", "liability"),
+    "channel_cost": lambda channel: (f"channel_cost:{channel}", "expense"),
+    "losses:writeoff": lambda channel: ("losses:writeoff", "expense"),
+}
+APPROVAL_ACTION = "recon.resolve"
+SYSTEM = "system:reconciliation"
+
+
+def _who(actor: audit.Actor) -> str:
+    return f"{actor.type}:{actor.id}"
+
+
+def _case(session: Session, case_id: str, *, lock: bool = False) -> Row:
+    query = select(cases).where(cases.c.id == case_id)
+    if lock:
+        query = query.with_for_update()
+    row = session.execute(query).first()
+    if row is None:
+        raise CaseNotFound(f"no reconciliation case {case_id}")
+    return row
+
+
+def difference_of(row: Any) -> int:
+    """The number a person compares with a tolerance: the fee or amount gap, else the case's delta."""
+    if row.class_ == "fee_mismatch":
+        return (row.theirs_fee or 0) - (row.ours_fee or 0)
+    if row.class_ == "amount_mismatch":
+        return (row.theirs_amount or 0) - (row.ours_amount or 0)
+    return row.delta
+
+
+def case_view(session: Session, case_id: str, *, with_events: bool = True) -> dict[str, Any]:
+    row = _case(session, case_id)
+    view = {
+        "id": row.id, "object": "recon_case", "reconciliation_id": row.reconciliation_id, "channel": row.channel,
+        "class": row.class_, "state": row.state, "owner": row.owner, "our_id": row.our_id, "our_ref": row.our_ref,
+        "channel_ref": row.channel_ref, "line_no": row.line_no, "currency": row.currency,
+        "ours": {"amount": row.ours_amount, "fee": row.ours_fee, "status": row.ours_status,
+                 "booked_on": row.ours_booked_on},
+        "theirs": {"amount": row.theirs_amount, "fee": row.theirs_fee, "status": row.theirs_status,
+                   "booked_on": row.theirs_booked_on},
+        "difference": difference_of(row), "delta": row.delta, "detail": row.detail, "resolution": row.resolution,
+        "resolution_reason": row.resolution_reason, "ledger_entry_id": row.ledger_entry_id,
+        "approval_id": row.approval_id, "resolved_by": row.resolved_by, "resolved_at": row.resolved_at,
+        "created_at": row.created_at, "updated_at": row.updated_at,
+    }
+    if with_events:
+        events = session.execute(select(case_events).where(case_events.c.case_id == case_id)
+                                 .order_by(case_events.c.id)).all()
+        view["events"] = [{"id": e.id, "type": e.type, "actor": e.actor, "body": e.body,
+                           "created_at": e.created_at} for e in events]
+    return view
+
+
+def list_cases(session: Session, *, reconciliation_id: str | None, class_: str | None, state: str | None,
+               channel: str | None, limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
+    query = select(cases.c.id).order_by(cases.c.id).limit(limit + 1)
+    if reconciliation_id:
+        query = query.where(cases.c.reconciliation_id == reconciliation_id)
+    if class_:
+        query = query.where(cases.c["class"] == class_)
+    if state:
+        query = query.where(cases.c.state == state)
+    if channel:
+        query = query.where(cases.c.channel == channel)
+    if starting_after:
+        query = query.where(cases.c.id > starting_after)
+    ids = [r.id for r in session.execute(query)]
+    return [case_view(session, i, with_events=False) for i in ids[:limit]], len(ids) > limit
+
+
+def update_case(session: Session, actor: audit.Actor, case_id: str, *, owner: str | None,
+                state: str | None) -> dict[str, Any]:
+    """Take a case (owner) or mark it under investigation; a final case no longer changes."""
+    row = _case(session, case_id, lock=True)
+    if row.state not in OPEN_STATES:
+        raise CaseStateConflict(f"case {case_id} is {row.state}")
+    values: dict[str, Any] = {}
+    if owner is not None and owner != row.owner:
+        values["owner"] = owner
+    if state is not None and state != row.state:
+        values["state"] = state
+    if values:
+        now = clock.now()
+        session.execute(update(cases).where(cases.c.id == case_id).values(**values, updated_at=now))
+        new_event(session, case_id, "updated", _who(actor), detail=values, now=now)
+        audit.record(session, actor, "recon.case.update", "recon_case", case_id, changes=values)
+    return case_view(session, case_id)
+
+
+def comment(session: Session, actor: audit.Actor, case_id: str, body: str) -> dict[str, Any]:
+    _case(session, case_id)
+    new_event(session, case_id, "comment", _who(actor), body=body)
+    audit.record(session, actor, "recon.case.comment", "recon_case", case_id)
+    return case_view(session, case_id)
+
+
+# -- resolution ----------------------------------------------------------------------------------------------------
+
+
+def _entry(session: Session, row: Any, action: str, account: str) -> ledger.EntryRequest | None:
+    """The adjusting entry of a resolution, or None when nothing is to be posted."""
+    if action == "accept" or row.delta == 0:
+        return None
+    counter_name = "losses:writeoff" if action == "write_off" else account
+    counter = COUNTER_ACCOUNTS[counter_name](row.channel)
+    clearing = account_for(session, f"channel_clearing:{row.channel}", "asset", row.currency)
+    other = account_for(session, counter[0], counter[1], row.currency)
+    debit, credit = (clearing, other) if row.delta > 0 else (other, clearing)
+    return ledger.EntryRequest.transfer(
+        debit, credit, abs(row.delta), row.currency, id=f"tr_{row.id}", code="recon_adjustment", reference=row.id,
+        metadata={"case_id": row.id, "class": row.class_, "action": action, "channel": row.channel})
+
+
+def _approval_pending(session: Session, approval_id: str) -> bool:
+    """A rejected or expired approval frees its case for another resolution."""
+    row = session.execute(select(approval_table).where(approval_table.c.id == approval_id)).first()
+    return row is not None and approvals.status_of(row) == "pending"
+
+
+def _check_resolvable(session: Session, row: Any, action: str, account: str) -> None:
+    if row.state not in OPEN_STATES:
+        raise CaseStateConflict(f"case {row.id} is {row.state}")
+    if row.approval_id is not None and _approval_pending(session, row.approval_id):
+        raise CaseStateConflict(f"case {row.id} has a resolution waiting for approval ({row.approval_id})")
+    if action not in ACTIONS:
+        raise CaseStateConflict(f"unknown action {action}")
+    if account not in COUNTER_ACCOUNTS:
+        raise CaseStateConflict(f"unknown counter account {account}")
+
+
+def _apply(session: Session, row: Any, *, action: str, reason: str, account: str, by: str, now: datetime,
+           resolution: str | None = None) -> str | None:
+    """Write the resolution (and its entry); ``resolution`` names who decided when it was not a person."""
+    resolution = resolution or action
+    entry = _entry(session, row, action, account)
+    entry_id = ledger.create_transfer(session, entry)[0] if entry is not None else None
+    state = "written_off" if action == "write_off" else "resolved"
+    session.execute(update(cases).where(cases.c.id == row.id).values(
+        state=state, resolution=resolution, resolution_reason=reason[:500], ledger_entry_id=entry_id,
+        approval_id=None, resolved_by=by, resolved_at=now, updated_at=now))
+    new_event(session, row.id, state, by, body=reason,
+              detail={"resolution": resolution, "account": account, "ledger_entry_id": entry_id}, now=now)
+    return entry_id
+
+
+def resolve(session: Session, principal: Principal, actor: audit.Actor, case_id: str, *, action: str, reason: str,
+            account: str = "suspense", threshold: int, ttl: Any = approvals.DEFAULT_TTL) -> tuple[dict[str, Any], bool]:
+    """Resolve now, or hold it for a second person when its entry exceeds ``threshold``; (view, held)."""
+    row = _case(session, case_id, lock=True)
+    _check_resolvable(session, row, action, account)
+    if action != "accept" and abs(row.delta) > threshold:
+        approval = approvals.hold(
+            session, principal, action=APPROVAL_ACTION,
+            payload={"case_id": case_id, "action": action, "reason": reason, "account": account,
+                     "delta": row.delta, "currency": row.currency},
+            summary=f"{action} reconciliation case {case_id}: {row.delta} {row.currency} minor units",
+            permission="recon:write", merchant_id=None, actor=actor, ttl=ttl)
+        now = clock.now()
+        session.execute(update(cases).where(cases.c.id == case_id).values(approval_id=approval["id"],
+                                                                          updated_at=now))
+        new_event(session, case_id, "approval_requested", _who(actor), body=reason,
+                  detail={"approval_id": approval["id"], "action": action, "account": account}, now=now)
+        return {**case_view(session, case_id), "approval": approval}, True
+    entry_id = _apply(session, row, action=action, reason=reason, account=account, by=_who(actor), now=clock.now())
+    audit.record(session, actor, "recon.case.resolve", "recon_case", case_id,
+                 changes={"action": action, "reason": reason, "account": account, "ledger_entry_id": entry_id})
+    return case_view(session, case_id), False
+
+
+def _apply_approved(session: Session, payload: dict[str, Any], checker: Principal) -> dict[str, Any]:
+    """The approved resolution, exactly as held, in the approver's transaction."""
+    row = _case(session, payload["case_id"], lock=True)
+    if row.state not in OPEN_STATES:
+        raise CaseStateConflict(f"case {row.id} is {row.state}")
+    if row.delta != payload["delta"]:
+        raise CaseStateConflict(f"case {row.id} changed since the resolution was asked for")
+    entry_id = _apply(session, row, action=payload["action"], reason=payload["reason"],
+                      account=payload["account"], by=f"{checker.kind}:{checker.id}", now=clock.now())
+    return {"case_id": row.id, "ledger_entry_id": entry_id}
+
+
+approvals.register(APPROVAL_ACTION, _apply_approved)
+
+
+# -- automatic resolutions ------------------------------------------------------------------------------------------
+
+
+def settle_timing(session: Session, run_id: str, channel: str, results: pl.DataFrame, now: datetime) -> int:
+    """Close timing cases whose other side is now here; returns how many were closed.
+
+    A timing pair found in this run (both sides present, booked on different days) is
+    resolved at once; an open timing case of an earlier run is resolved when this run's
+    statement brings its line."""
+    closed = 0
+    for row in session.execute(select(cases).where(
+            cases.c.reconciliation_id == run_id, cases.c["class"] == "timing", cases.c.state == "open",
+            cases.c.line_no.is_not(None), cases.c.our_id.is_not(None))).all():
+        reason = f"both sides present: booked {row.ours_booked_on} by us, {row.theirs_booked_on} by the channel"
+        _apply(session, row, action="accept", resolution="auto_timing", account="suspense",
+               by=SYSTEM, now=now, reason=reason)
+        closed += 1
+    waiting = session.execute(select(cases).where(
+        cases.c.channel == channel, cases.c["class"] == "timing", cases.c.state.in_(OPEN_STATES),
+        cases.c.reconciliation_id != run_id, cases.c.line_no.is_(None))).all()
+    if waiting:
+        arrived = set(results.filter(pl.col("line_no").is_not_null()
+                                     & pl.col("our_id").is_in([w.our_id for w in waiting]))["our_id"].to_list())
+        for row in waiting:
+            if row.our_id in arrived:
+                _apply(session, row, action="accept", resolution="auto_timing", account="suspense", by=SYSTEM,
+                       now=now, reason=f"the channel's line arrived in reconciliation {run_id}")
+                closed += 1
+    return closed
+
+
+def apply_rules(session: Session, run_id: str, rules: Any, now: datetime) -> int:
+    """Resolve this run's open cases that a channel rule explains; returns how many."""
+    from clearhouse.reconciliation.rules import auto_resolution
+
+    if not rules.auto_resolve:
+        return 0
+    settled = 0
+    for row in session.execute(select(cases).where(cases.c.reconciliation_id == run_id,
+                                                   cases.c.state == "open")).all():
+        rule = auto_resolution(rules, row.class_, difference_of(row))
+        if rule is None:
+            continue
+        account = getattr(rule, "account", None) or "suspense"
+        _apply(session, row, action=rule.action, resolution="rule", account=account, by=SYSTEM, now=now,
+               reason=f"rule ({rule.action}): {rule.reason}")
+        settled += 1
+    return settled

@@ -1,0 +1,325 @@
+"""Import a statement and reconcile it: parse, match against our lines, save the run and its cases.
+
+One statement file is one reconciliation. The file is parsed completely before anything is
+written, so a malformed file changes nothing; the statement row, the run, every case and the
+automatic resolutions are then written in one transaction. The same file (by SHA-256) is
+refused the second time, by a unique constraint as much as by the check before parsing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from clearhouse.audit import service as audit
+from clearhouse.kit import clock
+from clearhouse.kit.db import transact
+from clearhouse.kit.ids import new_id
+from clearhouse.reconciliation import sources
+from clearhouse.reconciliation.errors import ReconciliationNotFound, StatementAlreadyImported
+from clearhouse.reconciliation.models import (
+    CLASSES,
+    ReconCase,
+    ReconCaseEvent,
+    Reconciliation,
+    ReconRules,
+    ReconStatement,
+)
+
+statements = ReconStatement.__table__
+runs = Reconciliation.__table__
+cases = ReconCase.__table__
+case_events = ReconCaseEvent.__table__
+rules_table = ReconRules.__table__
+
+ProgressFn = Callable[[str, int, int], None]
+STAGES = ("hash", "parse", "load", "match", "save")
+
+CHANNEL_TIMEZONES = {"sandbox_alipay": "Asia/Shanghai", "sandbox_wechat": "Asia/Shanghai"}
+"""Channels whose statement days are not UTC days (their own calendar: docs/channels.md)."""
+
+_CASE_COLUMNS = ("our_id", "our_ref", "channel_ref", "line_no", "currency", "ours_amount", "theirs_amount",
+                 "ours_fee", "theirs_fee", "ours_status", "theirs_status", "ours_booked_on", "theirs_booked_on",
+                 "detail")
+
+
+def _no_progress(_stage: str, _done: int, _total: int) -> None:
+    return None
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+# -- rules ---------------------------------------------------------------------------------------------------------
+
+
+def default_rules(channel: str) -> Any:
+    from clearhouse.reconciliation.rules import MatchRules
+
+    return MatchRules(timezone=CHANNEL_TIMEZONES.get(channel, "UTC"))
+
+
+def rules_for(session: Session, channel: str) -> tuple[Any, dict[str, Any] | None]:
+    """The channel's matching rules and its CSV mapping override (None: the built-in mapping)."""
+    from clearhouse.reconciliation.rules import MatchRules
+
+    row = session.execute(select(rules_table).where(rules_table.c.channel == channel)).first()
+    if row is None:
+        return default_rules(channel), None
+    mapping = orjson.loads(row.mapping_json) if row.mapping_json else None
+    return MatchRules.model_validate_json(row.rules_json), mapping
+
+
+def put_rules(session: Session, actor: audit.Actor, channel: str, rules: Any, mapping: dict[str, Any] | None) -> None:
+    now = clock.now()
+    values = {"rules_json": rules.model_dump_json(),
+              "mapping_json": orjson.dumps(mapping).decode() if mapping else None,
+              "updated_by": f"{actor.type}:{actor.id}", "updated_at": now}
+    found = session.execute(select(rules_table.c.channel).where(rules_table.c.channel == channel)).first()
+    if found is None:
+        session.execute(rules_table.insert().values(channel=channel, **values))
+    else:
+        session.execute(update(rules_table).where(rules_table.c.channel == channel).values(**values))
+    audit.record(session, actor, "recon.rules.update", "recon_rules", channel,
+                 changes={"rules": rules.model_dump(mode="json"), "mapping": mapping})
+
+
+def rules_view(session: Session, channel: str) -> dict[str, Any]:
+    rules, mapping = rules_for(session, channel)
+    return {"channel": channel, "rules": rules.model_dump(mode="json"), "mapping": mapping}
+
+
+# -- reconcile -----------------------------------------------------------------------------------------------------
+
+
+def _mapping_of(mapping: str | dict[str, Any] | None) -> Any:
+    if isinstance(mapping, dict):
+        from clearhouse.reconciliation.formats.csvmap import CsvMapping
+
+        return CsvMapping.model_validate(mapping)
+    return mapping
+
+
+def parse(path: Path, fmt: str, channel: str, mapping: Any) -> Any:
+    from clearhouse.reconciliation.formats import parse_statement
+
+    return parse_statement(path, fmt, mapping=_mapping_of(mapping), channel=channel)
+
+
+def period_of(meta: Any, fmt: str, statement_date: date) -> tuple[date, date]:
+    """The days the statement speaks for: a bank statement says so itself; a channel file is its day."""
+    if fmt != "csv" and meta.first_day is not None and meta.last_day is not None:
+        return min(meta.first_day, statement_date), max(meta.last_day, statement_date)
+    return statement_date, statement_date
+
+
+def load_internal(session: Session, channel: str, period: tuple[date, date], rules: Any) -> pl.DataFrame:
+    """Our lines for the period widened by the rules' windows (a line may be booked a day apart)."""
+    widen = timedelta(days=max(rules.date_window_days, rules.batch_window_days))
+    return sources.internal_lines(session, channel, period[0] - widen, period[1] + widen, rules.timezone)
+
+
+def run_match(lines: pl.DataFrame, internal: pl.DataFrame, rules: Any, period: tuple[date, date]) -> Any:
+    from clearhouse.reconciliation.matching import match
+
+    return match(lines, internal, rules, period=period)
+
+
+def with_delta(results: pl.DataFrame) -> pl.DataFrame:
+    """Each result's delta: what the channel holds for us by its statement minus by our ledger, net of fees.
+
+    A duplicate line counts only its own money (its original is paired with ours elsewhere)."""
+    theirs = pl.when(pl.col("theirs_status") == "succeeded").then(
+        pl.col("theirs_amount").fill_null(0) - pl.col("theirs_fee").fill_null(0)).otherwise(0)
+    ours = pl.when(pl.col("ours_status") == "succeeded").then(
+        pl.col("ours_amount").fill_null(0) - pl.col("ours_fee").fill_null(0)).otherwise(0)
+    delta = pl.when(pl.col("class") == "duplicate").then(theirs).otherwise(theirs - ours)
+    return results.with_columns(delta.cast(pl.Int64).alias("delta"))
+
+
+def clearing_of(lines: pl.DataFrame, internal: pl.DataFrame, period: tuple[date, date]) -> dict[str, dict[str, int]]:
+    """Per currency: what our ledger expects the channel to hold for the period, what its statement says."""
+    ours = (internal.filter((pl.col("status") == "succeeded") & pl.col("booked_on").is_between(*period))
+            .group_by("currency").agg((pl.col("amount") - pl.col("fee")).sum().alias("expected")))
+    theirs = (lines.filter(pl.col("status") == "succeeded")
+              .group_by("currency").agg((pl.col("amount") - pl.col("fee")).sum().alias("reported")))
+    both = ours.join(theirs, on="currency", how="full", coalesce=True).fill_null(0).sort("currency")
+    return {row["currency"]: {"expected": int(row["expected"]), "reported": int(row["reported"]),
+                              "difference": int(row["reported"]) - int(row["expected"])}
+            for row in both.iter_rows(named=True)}
+
+
+def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statement_date: date,
+                   mapping: str | dict[str, Any] | None = None, internal: pl.DataFrame | None = None,
+                   actor: audit.Actor | str = "cli", file_name: str | None = None,
+                   progress: ProgressFn = _no_progress) -> dict[str, Any]:
+    """Import ``path`` as ``channel``'s statement of ``statement_date`` and reconcile it; returns the run's view.
+
+    ``internal`` replaces our lines read from the database (the benchmark's generated ledger side)."""
+    started = time.perf_counter()
+    who = actor if isinstance(actor, audit.Actor) else audit.Actor(type="system", id=actor)
+    progress("hash", 0, 1)
+    sha256, size = file_digest(path)
+    rules, custom_mapping = transact(engine, lambda s: _refuse_known(s, sha256) or rules_for(s, channel))
+    progress("hash", 1, 1)
+    progress("parse", 0, 1)
+    chosen_mapping = mapping if mapping is not None else custom_mapping
+    parsed = parse(path, fmt, channel, chosen_mapping)
+    progress("parse", 1, 1)
+    period = period_of(parsed.meta, fmt, statement_date)
+    progress("load", 0, 1)
+    if internal is None:
+        internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
+    progress("load", 1, 1)
+    progress("match", 0, 1)
+    outcome = run_match(parsed.lines, internal, rules, period)
+    progress("match", 1, 1)
+    results = with_delta(outcome.results)
+    summary = outcome.summary()
+    clearing = clearing_of(parsed.lines, internal, period)
+    mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
+
+    def work(session: Session) -> str:
+        statement_id, run_id, now = new_id("stm"), new_id("rec"), clock.now()
+        meta = parsed.meta
+        session.execute(statements.insert().values(
+            id=statement_id, sha256=sha256, channel=channel, format=fmt, mapping=mapping_name,
+            file_name=(file_name or path.name)[:255], size_bytes=size, line_count=parsed.lines.height,
+            statement_date=statement_date, first_day=meta.first_day, last_day=meta.last_day,
+            account=meta.account, currency=meta.currency, opening_balance=meta.opening_balance,
+            closing_balance=meta.closing_balance, imported_by=f"{who.type}:{who.id}", imported_at=now))
+        discrepancies = results.filter(pl.col("class") != "matched")
+        session.execute(runs.insert().values(
+            id=run_id, statement_id=statement_id, channel=channel, statement_date=statement_date,
+            rules_json=rules.model_dump_json(), classes_json=orjson.dumps(_all_classes(summary)).decode(),
+            statement_lines=parsed.lines.height, internal_lines=internal.height, case_count=discrepancies.height,
+            clearing_json=orjson.dumps(clearing).decode(),
+            duration_ms=int((time.perf_counter() - started) * 1000), created_by=f"{who.type}:{who.id}",
+            created_at=now))
+        save_cases(session, run_id, channel, discrepancies, now, progress)
+        from clearhouse.reconciliation import cases as case_service
+
+        case_service.settle_timing(session, run_id, channel, results, now)
+        case_service.apply_rules(session, run_id, rules, now)
+        audit.record(session, who, "recon.import", "reconciliation", run_id,
+                     changes={"channel": channel, "statement_date": statement_date.isoformat(), "sha256": sha256,
+                              "lines": parsed.lines.height, "cases": discrepancies.height})
+        return run_id
+
+    progress("save", 0, 1)
+    try:
+        run_id = transact(engine, work)
+    except IntegrityError as exc:
+        if transact(engine, lambda s: _known(s, sha256)):
+            raise StatementAlreadyImported(f"this file (sha256 {sha256}) was imported already") from exc
+        raise
+    progress("save", 1, 1)
+    return transact(engine, lambda s: run_view(s, run_id))
+
+
+def _known(session: Session, sha256: str) -> bool:
+    return session.execute(select(statements.c.id).where(statements.c.sha256 == sha256)).first() is not None
+
+
+def _refuse_known(session: Session, sha256: str) -> None:
+    if _known(session, sha256):
+        raise StatementAlreadyImported(f"this file (sha256 {sha256}) was imported already")
+
+
+def _all_classes(summary: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {name: {"count": int(summary.get(name, {}).get("count", 0)),
+                   "amount": int(summary.get(name, {}).get("amount", 0))} for name in CLASSES}
+
+
+def save_cases(session: Session, run_id: str, channel: str, discrepancies: pl.DataFrame, now: Any,
+               progress: ProgressFn = _no_progress, chunk: int = 20_000) -> None:
+    """Every discrepancy as an open case, inserted in chunks (a large day holds tens of thousands)."""
+    total = discrepancies.height
+    frame = discrepancies.select(["class", *_CASE_COLUMNS, "delta"])
+    done = 0
+    for part in frame.iter_slices(chunk):
+        rows = [{**row, "id": new_id("rcs"), "reconciliation_id": run_id, "channel": channel, "state": "open",
+                 "detail": (row["detail"] or "")[:500], "created_at": now, "updated_at": now}
+                for row in part.iter_rows(named=True)]
+        session.execute(cases.insert(), rows)
+        done += len(rows)
+        progress("save", done, total)
+
+
+def run_view(session: Session, run_id: str) -> dict[str, Any]:
+    row = session.execute(select(runs).where(runs.c.id == run_id)).first()
+    if row is None:
+        raise ReconciliationNotFound(f"no reconciliation {run_id}")
+    statement = session.execute(select(statements).where(statements.c.id == row.statement_id)).one()
+    open_cases = session.execute(
+        select(cases.c.state, cases.c.id).where(cases.c.reconciliation_id == run_id)).all()
+    states: dict[str, int] = {}
+    for case in open_cases:
+        states[case.state] = states.get(case.state, 0) + 1
+    return {
+        "id": row.id, "object": "reconciliation", "channel": row.channel, "statement_date": row.statement_date,
+        "statement": {
+            "id": statement.id, "file_name": statement.file_name, "format": statement.format,
+            "mapping": statement.mapping, "sha256": statement.sha256, "size_bytes": statement.size_bytes,
+            "lines": statement.line_count, "account": statement.account, "currency": statement.currency,
+            "opening_balance": statement.opening_balance, "closing_balance": statement.closing_balance,
+            "first_day": statement.first_day, "last_day": statement.last_day,
+        },
+        "classes": orjson.loads(row.classes_json), "statement_lines": row.statement_lines,
+        "internal_lines": row.internal_lines, "case_count": row.case_count, "case_states": states,
+        "clearing": orjson.loads(row.clearing_json), "rules": orjson.loads(row.rules_json),
+        "duration_ms": row.duration_ms, "created_by": row.created_by, "created_at": row.created_at,
+    }
+
+
+def list_runs(session: Session, *, channel: str | None, limit: int,
+              starting_after: str | None) -> tuple[list[str], bool]:
+    query = select(runs.c.id).order_by(runs.c.id.desc()).limit(limit + 1)
+    if channel:
+        query = query.where(runs.c.channel == channel)
+    if starting_after:
+        query = query.where(runs.c.id < starting_after)
+    ids = [r.id for r in session.execute(query)]
+    return ids[:limit], len(ids) > limit
+
+
+def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_date: date, rules: Any,
+            mapping: str | dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``rules`` would make of this file, without saving anything (the file is not even recorded)."""
+    parsed = parse(path, fmt, channel, mapping)
+    period = period_of(parsed.meta, fmt, statement_date)
+    internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
+    outcome = run_match(parsed.lines, internal, rules, period)
+    results = with_delta(outcome.results)
+    sample = results.filter(pl.col("class") != "matched").head(100)
+    return {"channel": channel, "statement_date": statement_date, "statement_lines": parsed.lines.height,
+            "internal_lines": internal.height, "classes": _all_classes(outcome.summary()),
+            "clearing": clearing_of(parsed.lines, internal, period),
+            "discrepancies": [_json_row(r) for r in sample.iter_rows(named=True)]}
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, date) else v) for k, v in row.items()}
+
+
+def new_event(session: Session, case_id: str, type_: str, actor: str, *, body: str | None = None,
+              detail: dict[str, Any] | None = None, now: Any = None) -> None:
+    session.execute(case_events.insert().values(
+        id=new_id("rce"), case_id=case_id, type=type_, actor=actor, body=body,
+        detail_json=orjson.dumps(detail or {}).decode(), created_at=now or clock.now()))
