@@ -1,0 +1,114 @@
+"""Daily clearing: per channel and day, the money expected from the ledger against the money received.
+
+A channel statement (a CSV bill) tells what the channel did for us that day: our ledger's net
+(``expected``) beside the channel's (``reported``). A bank statement (MT940 or camt.053)
+imported under a channel's name tells what that channel actually paid into our account
+(``received``). The net position is what the channel still owes us for the day
+(``expected - received``), and ``clearing_balance`` is the ledger's ``channel_clearing:C``
+balance at the end of the day: the money in flight, which reconciliation proves.
+
+The report is JSON, CSV, or HTML with an SVG bar chart (pygal).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from datetime import date
+from typing import Any
+
+import orjson
+import pygal
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from clearhouse.ledger import service as ledger
+from clearhouse.ledger.chart import account_id
+from clearhouse.ledger.errors import AccountNotFound
+from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, Reconciliation, ReconStatement
+from clearhouse.reconciliation.sources import day_bounds
+
+runs = Reconciliation.__table__
+statements = ReconStatement.__table__
+cases = ReconCase.__table__
+
+BANK_FORMATS = ("mt940", "camt053")
+COLUMNS = ("channel", "currency", "expected", "reported", "received", "net_position", "clearing_balance",
+           "discrepancies", "open_cases", "reconciliations")
+
+
+def _clearing_balance(session: Session, channel: str, currency: str, day: date, timezone: str) -> int | None:
+    try:
+        _row, balance = ledger.account_balance(session, account_id(f"channel_clearing:{channel}", currency),
+                                               as_of=day_bounds(day, day, timezone)[1])
+    except AccountNotFound:
+        return None
+    return balance.posted
+
+
+def daily_report(session: Session, day: date, *, channel: str | None = None) -> dict[str, Any]:
+    """Every channel reconciled on ``day`` (or one), one row per channel and currency."""
+    query = (select(runs.c.id, runs.c.channel, runs.c.clearing_json, runs.c.classes_json, runs.c.rules_json,
+                    statements.c.format)
+             .join(statements, statements.c.id == runs.c.statement_id)
+             .where(runs.c.statement_date == day).order_by(runs.c.channel, runs.c.id))
+    if channel:
+        query = query.where(runs.c.channel == channel)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    timezones: dict[str, str] = {}
+    for run in session.execute(query):
+        timezones[run.channel] = orjson.loads(run.rules_json).get("timezone", "UTC")
+        discrepancies = sum(v["count"] for k, v in orjson.loads(run.classes_json).items() if k != "matched")
+        open_cases = session.execute(select(cases.c.id).where(
+            cases.c.reconciliation_id == run.id, cases.c.state.in_(OPEN_STATES))).all()
+        for currency, figures in orjson.loads(run.clearing_json).items():
+            row = rows.setdefault((run.channel, currency), {
+                "channel": run.channel, "currency": currency, "expected": 0, "reported": 0, "received": 0,
+                "discrepancies": 0, "open_cases": 0, "reconciliations": []})
+            if run.format in BANK_FORMATS:
+                row["received"] += figures["reported"]
+            else:
+                row["expected"] += figures["expected"]
+                row["reported"] += figures["reported"]
+            row["discrepancies"] += discrepancies
+            row["open_cases"] += len(open_cases)
+            row["reconciliations"].append(run.id)
+    lines = []
+    for (chan, currency), row in sorted(rows.items()):
+        row["net_position"] = row["expected"] - row["received"]
+        row["clearing_balance"] = _clearing_balance(session, chan, currency, day, timezones[chan])
+        lines.append({name: row[name] for name in COLUMNS})
+    return {"object": "clearing_report", "date": day, "channels": lines}
+
+
+def as_csv(report: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["date", *COLUMNS])
+    for line in report["channels"]:
+        writer.writerow([report["date"].isoformat(), *[
+            ";".join(line[c]) if c == "reconciliations" else ("" if line[c] is None else line[c]) for c in COLUMNS]])
+    return out.getvalue()
+
+
+def chart_svg(report: dict[str, Any]) -> str:
+    """Expected, reported and received per channel and currency, in minor units, as an SVG bar chart."""
+    chart = pygal.Bar(title=f"Clearing {report['date'].isoformat()} (minor units)", width=900, height=420,
+                      x_label_rotation=20, show_legend=True, disable_xml_declaration=True)
+    chart.x_labels = [f"{line['channel']} {line['currency']}" for line in report["channels"]]
+    for figure in ("expected", "reported", "received", "net_position"):
+        chart.add(figure, [line[figure] for line in report["channels"]])
+    return chart.render(is_unicode=True)
+
+
+def as_html(report: dict[str, Any]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(len(line[c]) if c == 'reconciliations' else line[c]))}</td>"
+                         for c in COLUMNS) + "</tr>"
+        for line in report["channels"])
+    day = html.escape(report["date"].isoformat())
+    return (f"<!doctype html><html lang=en><meta charset=utf-8><title>Clearing {day}</title>"
+            f"<h1>Clearing report {day}</h1>{chart_svg(report)}"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></html>")
