@@ -37,6 +37,7 @@ from clearhouse.ledger.endpoints import router as ledger_router
 from clearhouse.payments.endpoints import router as payments_router
 from clearhouse.payments.orders.endpoints import router as orders_router
 from clearhouse.payments.service import Runtime as PaymentsRuntime
+from clearhouse.reconciliation.endpoints import router as recon_router
 from clearhouse.vault.endpoints import router as vault_router
 from clearhouse.webhooks.endpoints import router as webhooks_router
 
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(orders_router)
     app.include_router(channels_router)
     app.include_router(webhooks_router)
+    app.include_router(recon_router)
     app.include_router(sandbox_router)
 
     # HEAD for probes that send it; kept out of the OpenAPI document, which lists GET.

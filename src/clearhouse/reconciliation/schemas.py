@@ -1,0 +1,165 @@
+"""Reconciliation request and response shapes."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from clearhouse.identity.schemas import ApprovalOut
+from clearhouse.kit.api import Model
+
+ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,39}$")]
+Reason = Annotated[str, StringConstraints(min_length=3, max_length=500, strip_whitespace=True)]
+Owner = Annotated[str, StringConstraints(min_length=1, max_length=80)]
+CommentText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+
+
+class ClassFigures(BaseModel):
+    count: int
+    amount: int = Field(description="Sum of the lines' absolute amounts, minor units")
+
+
+class ClearingFigures(BaseModel):
+    expected: int
+    reported: int
+    difference: int
+
+
+class StatementOut(BaseModel):
+    id: str
+    file_name: str
+    format: str
+    mapping: str | None
+    sha256: str
+    size_bytes: int
+    lines: int
+    account: str | None
+    currency: str | None
+    opening_balance: int | None
+    closing_balance: int | None
+    first_day: date | None
+    last_day: date | None
+
+
+class ReconciliationOut(BaseModel):
+    id: str
+    object: Literal["reconciliation"]
+    channel: str
+    statement_date: date
+    statement: StatementOut
+    classes: dict[str, ClassFigures]
+    statement_lines: int
+    internal_lines: int
+    case_count: int
+    case_states: dict[str, int]
+    clearing: dict[str, ClearingFigures]
+    rules: dict[str, Any]
+    duration_ms: int
+    created_by: str
+    created_at: datetime
+
+
+class Side(BaseModel):
+    amount: int | None
+    fee: int | None
+    status: str | None
+    booked_on: date | None
+
+
+class CaseEventOut(BaseModel):
+    id: str
+    type: str
+    actor: str
+    body: str | None
+    created_at: datetime
+
+
+class CaseOut(BaseModel):
+    id: str
+    object: Literal["recon_case"]
+    reconciliation_id: str
+    channel: str
+    class_: str = Field(alias="class", serialization_alias="class")
+    state: str
+    owner: str | None
+    our_id: str | None
+    our_ref: str | None
+    channel_ref: str | None
+    line_no: int | None
+    currency: str
+    ours: Side
+    theirs: Side
+    difference: int
+    delta: int = Field(description="What the channel holds for us by its statement minus by our ledger, net of "
+                       "fees: the amount an adjustment posts to channel_clearing")
+    detail: str
+    resolution: str | None
+    resolution_reason: str | None
+    ledger_entry_id: str | None
+    approval_id: str | None
+    resolved_by: str | None
+    resolved_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    events: list[CaseEventOut] | None = None
+    approval: ApprovalOut | None = None
+
+    model_config = {"populate_by_name": True}
+
+
+class CaseUpdate(Model):
+    owner: Owner | None = None
+    state: Literal["investigating"] | None = None
+
+
+class CaseComment(Model):
+    body: CommentText
+
+
+class CaseResolve(Model):
+    action: Literal["accept", "adjust", "write_off"]
+    reason: Reason
+    account: Literal["suspense", "channel_cost"] = Field(
+        default="suspense", description="The counter-account of an adjust (write_off always uses losses:writeoff)")
+
+
+class RulesIn(Model):
+    rules: dict[str, Any] = Field(default_factory=dict, description="MatchRules fields (docs/reconciliation.md)")
+    mapping: dict[str, Any] | None = Field(default=None, description="A CSV mapping that replaces the built-in one")
+
+
+class RulesOut(BaseModel):
+    channel: str
+    rules: dict[str, Any]
+    mapping: dict[str, Any] | None
+
+
+class DryRunOut(BaseModel):
+    channel: str
+    statement_date: date
+    statement_lines: int
+    internal_lines: int
+    classes: dict[str, ClassFigures]
+    clearing: dict[str, ClearingFigures]
+    discrepancies: list[dict[str, Any]]
+
+
+class ClearingLine(BaseModel):
+    channel: str
+    currency: str
+    expected: int
+    reported: int
+    received: int
+    net_position: int
+    clearing_balance: int | None
+    discrepancies: int
+    open_cases: int
+    reconciliations: list[str]
+
+
+class ClearingReportOut(BaseModel):
+    object: Literal["clearing_report"]
+    date: date
+    channels: list[ClearingLine]
