@@ -15,6 +15,7 @@ from clearhouse.identity.people import commands as people_commands
 from clearhouse.kit.db import make_engine, transact, upgrade
 from clearhouse.kit.logging import configure_logging, operator_console
 from clearhouse.kit.settings import get_settings
+from clearhouse.reconciliation import commands as recon_commands
 
 app = typer.Typer(help="Clearhouse: payments, ledger and settlement.", no_args_is_help=True)
 db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
@@ -29,6 +30,7 @@ app.add_typer(identity_commands.merchants_app, name="merchants")
 app.add_typer(audit_commands.app, name="audit")
 app.add_typer(people_commands.app, name="users")
 app.add_typer(sandbox_commands.app, name="sandbox")
+app.add_typer(recon_commands.app, name="recon")
 console = operator_console()
 
 

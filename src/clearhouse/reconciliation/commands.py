@@ -1,0 +1,97 @@
+"""``clearhouse recon ...``: reconcile a statement file and print the daily clearing report."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from clearhouse.kit.logging import operator_console
+
+app = typer.Typer(help="Reconciliation: import statements, match them, clearing reports.", no_args_is_help=True)
+console = operator_console()
+
+
+def _engine() -> Any:
+    from clearhouse.kit.db import make_engine
+    from clearhouse.kit.settings import get_settings
+
+    return make_engine(get_settings().database_url, pool_size=1)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+@app.command()
+def run(
+    channel: Annotated[str, typer.Option(help="The channel (or bank account name) the statement belongs to")],
+    file: Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True, help="The statement file")],
+    date_: Annotated[str, typer.Option("--date", help="The statement's day, YYYY-MM-DD")],
+    format_: Annotated[str, typer.Option("--format", help="csv, mt940 or camt053")] = "csv",
+    mapping: Annotated[str | None, typer.Option(help="A built-in CSV mapping (default: the channel's)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reconciliation as JSON on stdout")] = False,
+) -> None:
+    """Import FILE as CHANNEL's statement of DATE, match it against the ledger and save the cases."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from clearhouse.kit.errors import ClearhouseError
+    from clearhouse.reconciliation.service import STAGES, reconcile_file
+
+    day = _day(date_)
+    with Progress(TextColumn("{task.description:<8}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=not console.is_terminal) as bar:
+        tasks = {stage: bar.add_task(stage, total=1, start=False) for stage in STAGES}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            task = tasks[stage]
+            bar.start_task(task)
+            bar.update(task, completed=done, total=max(total, 1))
+
+        try:
+            view = reconcile_file(_engine(), channel=channel, path=file, fmt=format_, statement_date=day,
+                                  mapping=mapping, actor="cli", progress=progress)
+        except ClearhouseError as error:
+            console.print(f"[red]{error.code}[/red]: {error.detail}")
+            raise typer.Exit(1) from None
+    table = Table(title=f"{channel} {day}: reconciliation {view['id']}")
+    for column in ("class", "count", "amount (minor units)"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, figures in view["classes"].items():
+        table.add_row(name, str(figures["count"]), str(figures["amount"]))
+    console.print(table)
+    console.print(f"{view['statement_lines']} statement lines, {view['internal_lines']} of ours, "
+                  f"{view['case_count']} cases, {view['duration_ms']} ms")
+    if as_json:
+        typer.echo(json.dumps(view, default=str))
+
+
+@app.command()
+def clearing(
+    date_: Annotated[str, typer.Option("--date", help="The day, YYYY-MM-DD")],
+    channel: Annotated[str | None, typer.Option(help="One channel (default: all)")] = None,
+    format_: Annotated[str, typer.Option("--format", help="json, csv, html or svg")] = "json",
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout")] = None,
+) -> None:
+    """The daily clearing report: expected against received per channel, net positions."""
+    from clearhouse.kit.db import transact
+    from clearhouse.reconciliation import clearing as report_of
+
+    if format_ not in ("json", "csv", "html", "svg"):
+        raise typer.BadParameter("format is json, csv, html or svg")
+    day = _day(date_)
+    report = transact(_engine(), lambda s: report_of.daily_report(s, day, channel=channel))
+    text = {"json": lambda: json.dumps(report, default=str, indent=2), "csv": lambda: report_of.as_csv(report),
+            "html": lambda: report_of.as_html(report), "svg": lambda: report_of.chart_svg(report)}[format_]()
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"wrote {out}")
