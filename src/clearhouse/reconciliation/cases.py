@@ -3,7 +3,9 @@
 A case moves ``open`` -> ``investigating`` (someone took it) -> ``resolved`` or ``written_off``;
 the last two are final. Resolving may post one adjusting ledger entry (docs/accounting.md,
 recipe 9) between the channel's clearing account and a counter-account, for the case's
-``delta`` (what the channel holds for us by its statement minus by our ledger):
+``delta`` (what the channel holds for us by its statement minus by our ledger). The
+statement's side is ``channel_clearing:C`` for a channel's statement and ``bank:<account>`` for
+a bank statement (MT940, camt.053: the account the channel pays into, imported under C):
 
 - ``accept``: the difference is explained and needs no entry (a timing case, a known quirk);
 - ``adjust``: Dr ``channel_clearing:C`` / Cr ``suspense`` for a surplus (the reverse for a
@@ -33,12 +35,15 @@ from clearhouse.kit import clock
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
 from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
-from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, ReconCaseEvent
+from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, ReconCaseEvent, Reconciliation, ReconStatement
 from clearhouse.reconciliation.service import new_event
 
 cases = ReconCase.__table__
 case_events = ReconCaseEvent.__table__
 approval_table = Approval.__table__
+runs = Reconciliation.__table__
+statements = ReconStatement.__table__
+BANK_FORMATS = ("mt940", "camt053")
 
 ACTIONS = ("accept", "adjust", "write_off")
 COUNTER_ACCOUNTS = {
@@ -148,7 +153,7 @@ def _entry(session: Session, row: Any, action: str, account: str) -> ledger.Entr
         return None
     counter_name = "losses:writeoff" if action == "write_off" else account
     counter = COUNTER_ACCOUNTS[counter_name](row.channel)
-    clearing = account_for(session, f"channel_clearing:{row.channel}", "asset", row.currency)
+    clearing = account_for(session, _statement_account(session, row), "asset", row.currency)
     other = account_for(session, counter[0], counter[1], row.currency)
     debit, credit = (clearing, other) if row.delta > 0 else (other, clearing)
     return ledger.EntryRequest.transfer(
@@ -160,6 +165,17 @@ def _approval_pending(session: Session, approval_id: str) -> bool:
     """A rejected or expired approval frees its case for another resolution."""
     row = session.execute(select(approval_table).where(approval_table.c.id == approval_id)).first()
     return row is not None and approvals.status_of(row) == "pending"
+
+
+def _statement_account(session: Session, row: Any) -> str:
+    """Whose money the statement shows: the bank account's (MT940, camt.053: ``bank:<account>``) or the
+    channel's clearing account."""
+    found = session.execute(select(statements.c.format, statements.c.account)
+                            .join(runs, runs.c.statement_id == statements.c.id)
+                            .where(runs.c.id == row.reconciliation_id)).one()
+    if found.format in BANK_FORMATS:
+        return f"bank:{found.account or row.channel}"
+    return f"channel_clearing:{row.channel}"
 
 
 def _check_resolvable(session: Session, row: Any, action: str, account: str) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_id
 from clearhouse.ledger.errors import AccountNotFound
+from clearhouse.reconciliation.cases import BANK_FORMATS
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, Reconciliation, ReconStatement
 from clearhouse.reconciliation.sources import day_bounds
 
@@ -33,7 +34,6 @@ runs = Reconciliation.__table__
 statements = ReconStatement.__table__
 cases = ReconCase.__table__
 
-BANK_FORMATS = ("mt940", "camt053")
 COLUMNS = ("channel", "currency", "expected", "reported", "received", "net_position", "clearing_balance",
            "discrepancies", "open_cases", "reconciliations")
 
