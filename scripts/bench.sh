@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # Every benchmark `clearhouse bench` has; add each new one here.
-all=(ledger auth payments)
+all=(ledger auth payments recon)
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${all[@]}")
 

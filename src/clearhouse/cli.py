@@ -109,9 +109,12 @@ def _prepare_demo(settings: Any) -> int:
         console.print(f"demo credentials written to {credentials}")
     from clearhouse import worker as worker_module
 
-    made = demo_module.load_payments(worker_module.build_runtime(settings, engine))
+    runtime = worker_module.build_runtime(settings, engine)
+    made = demo_module.load_payments(runtime)
     if made:
         console.print(f"{made} demo payments made through the sandbox channels")
+        run = demo_module.load_reconciliation(runtime)
+        console.print(f"today's sandbox_card statement reconciled: {run['id']} ({run['case_count']} cases)")
     engine.dispose()
     return created
 
@@ -185,6 +188,19 @@ def bench_payments(
     from clearhouse.bench.payments import main as run_payments_bench
 
     code = run_payments_bench(quick=quick, as_json=as_json, postgres_url=postgres)
+    if code:
+        raise typer.Exit(code)
+
+
+@bench_app.command("recon")
+def bench_recon(
+    quick: Annotated[bool, typer.Option(help="500,000 lines a side, not 10,000,000")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report as the last line")] = False,
+) -> None:
+    """Statement rows/s from a CSV on disk to saved cases, against a pandas merge of the same data."""
+    from clearhouse.bench.recon import main as run_recon_bench
+
+    code = run_recon_bench(quick=quick, as_json=as_json)
     if code:
         raise typer.Exit(code)
 

@@ -163,3 +163,20 @@ def load_payments(runtime: Any) -> int:
     made.append(pay(20000, purpose="wallet_top_up", wallet_id=wallet.id, customer={"id": "cus_demo"}))
     made.append(pay(7500, "wallet", customer={"id": "cus_demo"}, description="demo: paid from the wallet"))
     return len(made)
+
+
+def load_reconciliation(runtime: Any) -> dict[str, Any]:
+    """Today's card statement, as the sandbox card channel writes it, reconciled against the
+    demo's payments (the first start only): a run and its clearing figures to look at."""
+    import tempfile
+
+    from clearhouse.kit import clock
+    from clearhouse.reconciliation.service import reconcile_file
+
+    statement = runtime.channels["sandbox_card"].statement(clock.now().date())
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / statement.filename
+        path.write_bytes(statement.content)
+        return reconcile_file(runtime.engine, channel="sandbox_card", path=path, fmt="csv",
+                              statement_date=statement.day, mapping=statement.layout, actor="demo")
+
