@@ -108,10 +108,11 @@ class Workload:
         return {name: int(found.get(name, 0)) for name in DISCREPANCY_CLASSES}
 
 
-def _code(index: np.ndarray, multiplier: int, prefix: str) -> pl.Expr:
+def _code(index: np.ndarray, multiplier: int, prefix: str | pl.Expr) -> pl.Expr:
     """``prefix`` + a 12-digit number unique per index (a bijection mod 10**12)."""
     numbers = pl.Series((index.astype(np.int64) * multiplier + 7_919) % _MODULUS)
-    return pl.lit(prefix) + pl.lit(numbers).cast(pl.String).str.zfill(12)
+    return pl.concat_str([prefix if isinstance(prefix, pl.Expr) else pl.lit(prefix),
+                          pl.lit(numbers).cast(pl.String).str.zfill(12)])
 
 
 def role_is(role: int) -> pl.Expr:
@@ -156,11 +157,13 @@ def generate(sizes: Sizes, seed: int = SEED) -> Workload:
         "index": index, "role": role, "refund": refund, "failed": failed, "amount": amount, "fee": fee,
         "currency_code": currency, "second": seconds,
     })
-    internal = base.select(
-        pl.when(pl.col("refund")).then(_code(index, _OUR_ID, "re_")).otherwise(_code(index, _OUR_ID, "pay_"))
-        .alias("our_id"),
-        pl.when(pl.col("refund")).then(_code(index, _OUR_ID, "re_")).otherwise(_code(index, _OUR_REF, "att_"))
-        .alias("our_ref"),
+    # A refund's reference is its own id; a payment's is the attempt's.
+    internal = base.with_columns(
+        _code(index, _OUR_ID, pl.when(pl.col("refund")).then(pl.lit("re_")).otherwise(pl.lit("pay_"))).alias("our_id"),
+    ).select(
+        pl.col("our_id"),
+        pl.when(pl.col("refund")).then(pl.lit("re_") + pl.col("our_id").str.tail(12))
+        .otherwise(_code(index, _OUR_REF, "att_")).alias("our_ref"),
         _code(index, _CHANNEL_REF, "ch_").alias("channel_ref"),
         pl.when(pl.col("refund")).then(pl.lit("refund")).otherwise(pl.lit("payment")).alias("kind"),
         pl.when(pl.col("failed")).then(pl.lit("failed")).otherwise(pl.lit("succeeded")).alias("status"),
@@ -226,9 +229,8 @@ def generate(sizes: Sizes, seed: int = SEED) -> Workload:
     statement = pl.concat([statement_kept, duplicates, strays, settlement]).with_row_index("line_no", offset=2)
     statement = statement.with_columns(pl.col("line_no").cast(pl.Int64))
 
-    first_line = statement.group_by("__our_id").agg(pl.col("line_no").min().alias("first"))
-    duplicate_lines = (statement.filter(pl.col("__role") == DUPLICATE)
-                       .join(first_line, on="__our_id").filter(pl.col("line_no") != pl.col("first")))
+    # The copies follow every original line, so the copy is the later line of the two.
+    duplicate_lines = statement.slice(statement_kept.height, duplicates.height)
     injected = pl.DataFrame({"__role": list(INJECTED), "class": list(INJECTED.values())},
                             schema={"__role": pl.Int8, "class": pl.String})
     paired = (statement.filter(pl.col("__role").is_in([AMOUNT, FEE, STATUS, TIMING]))
