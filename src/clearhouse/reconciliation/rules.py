@@ -1,0 +1,81 @@
+"""A channel's matching rules: plain, validated data the lead stores as JSON per channel.
+
+Every tolerance is money in integer minor units, except the percentage, which is a ``Decimal``
+(never a float: 0.1% of an amount must be exactly that). ``reference_similarity`` is a string
+similarity, not money, so a float is honest there. The field meanings are in
+docs/reconciliation.md ("Rules, per channel"); ``matching.match`` reads them.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DISCREPANCY_CLASSES = ("missing_in_ledger", "missing_in_statement", "amount_mismatch", "fee_mismatch",
+                       "status_mismatch", "duplicate", "timing")
+
+_MODEL = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
+                    serialize_by_alias=True)
+
+
+class AutoResolveRule(BaseModel):
+    """A known pattern: a case of ``class`` whose difference is at most ``max_difference_minor`` (in absolute
+    value; ``None``: any) is resolved on import with ``action``, for ``reason``. The case service applies it."""
+
+    model_config = _MODEL
+
+    class_: Literal[DISCREPANCY_CLASSES] = Field(alias="class")  # type: ignore[valid-type]
+    max_difference_minor: int | None = Field(default=None, ge=0)
+    action: Literal["accept", "adjust", "write_off"] = "accept"
+    account: Literal["suspense", "channel_cost"] = "suspense"
+    reason: str = Field(min_length=1, max_length=200)
+
+    def applies(self, class_: str, difference: int | None) -> bool:
+        if class_ != self.class_:
+            return False
+        if self.max_difference_minor is None:
+            return True
+        return difference is not None and abs(difference) <= self.max_difference_minor
+
+
+class MatchRules(BaseModel):
+    """How one channel's statement lines are matched with ours (matching.py explains each pass)."""
+
+    model_config = _MODEL
+
+    amount_tolerance_minor: int = Field(default=0, ge=0)
+    amount_tolerance_percent: Decimal = Field(default=Decimal(0), ge=0, le=100, decimal_places=4)
+    fee_tolerance_minor: int = Field(default=0, ge=0)
+    date_window_days: int = Field(default=1, ge=0, le=31)
+    reference_similarity: float = Field(default=0.85, ge=0, le=1)
+    timing_cutoff_minutes: int = Field(default=60, ge=0, le=1440)
+    timezone: str = "UTC"
+    batch_matching: bool = True
+    batch_window_days: int = Field(default=3, ge=0, le=31)
+    auto_resolve: list[AutoResolveRule] = Field(default_factory=list, max_length=50)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {value!r}") from error
+        return value
+
+    def amount_tolerance(self, ours: int) -> int:
+        """The amount tolerance around ``ours`` in whole minor units: the larger of the absolute and the
+        percentage one (the percentage of our amount, rounded down: a tolerance is never more than asked)."""
+        numerator, denominator = self.amount_tolerance_percent.as_integer_ratio()
+        return max(self.amount_tolerance_minor, abs(ours) * numerator // (100 * denominator))
+
+
+def auto_resolution(rules: MatchRules, class_: str, difference: int | None) -> AutoResolveRule | None:
+    """The first of the channel's ``auto_resolve`` rules that settles a case of ``class_`` with ``difference``."""
+    for rule in rules.auto_resolve:
+        if rule.applies(class_, difference):
+            return rule
+    return None
