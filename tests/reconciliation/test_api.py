@@ -37,7 +37,7 @@ def _line(row: Any, day: date, *, amount: int | None = None, fee: int | None = N
 
 
 def _upload(client: Any, content: str, day: date, *, name: str = "statement.csv", fmt: str = "csv") -> Any:
-    return client.post("/v1/reconciliations", data={"format": fmt, "channel": CHANNEL,
+    return client.post("/v1/reconciliations", data={"format": fmt, "channel": CHANNEL, "mapping": "clearhouse_v1",
                                                      "statement_date": day.isoformat()},
                        files={"file": (name, io.BytesIO(content.encode()), "text/csv")})
 
@@ -110,6 +110,7 @@ class TestEveryClassThroughTheApi:
         ledger_verifies(app)
 
     def test_every_case_is_resolved_and_the_ledger_verifies(self, app, client, day_of_payments):
+        app.state.settings = app.state.settings.model_copy(update={"recon_approval_threshold": 1_000_000})
         run = _upload(client, _statement_with_every_class(day_of_payments), day_of_payments["day"]).json()
         found = _cases_by_class(client, run["id"])
         before = balances(app, day_of_payments["merchant_id"])
@@ -187,6 +188,7 @@ class TestImportRules:
         content = _statement_with_every_class(day_of_payments)
         answer = client.post(f"/v1/recon_rules/{CHANNEL}/dry_run",
                              data={"format": "csv", "statement_date": day_of_payments["day"].isoformat(),
+                                   "mapping": "clearhouse_v1",
                                    "rules": '{"rules": {"fee_tolerance_minor": 5, "timing_cutoff_minutes": 0}}'},
                              files={"file": ("s.csv", io.BytesIO(content.encode()), "text/csv")})
         assert answer.status_code == 200, answer.text

@@ -55,12 +55,17 @@ APPROVAL_ACTION = "recon.resolve"
 SYSTEM = "system:reconciliation"
 
 
+def _select_cases() -> Any:
+    """Cases with their class also as ``class_`` (``class`` is a Python keyword)."""
+    return select(*cases.c, cases.c["class"].label("class_"))
+
+
 def _who(actor: audit.Actor) -> str:
     return f"{actor.type}:{actor.id}"
 
 
 def _case(session: Session, case_id: str, *, lock: bool = False) -> Row:
-    query = select(cases).where(cases.c.id == case_id)
+    query = _select_cases().where(cases.c.id == case_id)
     if lock:
         query = query.with_for_update()
     row = session.execute(query).first()
@@ -253,14 +258,14 @@ def settle_timing(session: Session, run_id: str, channel: str, results: pl.DataF
     resolved at once; an open timing case of an earlier run is resolved when this run's
     statement brings its line."""
     closed = 0
-    for row in session.execute(select(cases).where(
+    for row in session.execute(_select_cases().where(
             cases.c.reconciliation_id == run_id, cases.c["class"] == "timing", cases.c.state == "open",
             cases.c.line_no.is_not(None), cases.c.our_id.is_not(None))).all():
         reason = f"both sides present: booked {row.ours_booked_on} by us, {row.theirs_booked_on} by the channel"
         _apply(session, row, action="accept", resolution="auto_timing", account="suspense",
                by=SYSTEM, now=now, reason=reason)
         closed += 1
-    waiting = session.execute(select(cases).where(
+    waiting = session.execute(_select_cases().where(
         cases.c.channel == channel, cases.c["class"] == "timing", cases.c.state.in_(OPEN_STATES),
         cases.c.reconciliation_id != run_id, cases.c.line_no.is_(None))).all()
     if waiting:
@@ -281,7 +286,7 @@ def apply_rules(session: Session, run_id: str, rules: Any, now: datetime) -> int
     if not rules.auto_resolve:
         return 0
     settled = 0
-    for row in session.execute(select(cases).where(cases.c.reconciliation_id == run_id,
+    for row in session.execute(_select_cases().where(cases.c.reconciliation_id == run_id,
                                                    cases.c.state == "open")).all():
         rule = auto_resolution(rules, row.class_, difference_of(row))
         if rule is None:
