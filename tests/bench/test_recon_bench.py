@@ -37,10 +37,10 @@ def workload():
     return generate(SMALL)
 
 
-def _view(truth: pl.DataFrame) -> dict:
+def _view(truth: pl.DataFrame, matched: int) -> dict:
     counts = dict(truth.group_by("class").len().iter_rows())
-    return {"classes": {name: {"count": counts.get(name, 0), "amount": 0} for name in DISCREPANCY_CLASSES},
-            "case_count": truth.height}
+    classes = {name: {"count": counts.get(name, 0), "amount": 0} for name in DISCREPANCY_CLASSES}
+    return {"classes": {"matched": {"count": matched, "amount": 0}, **classes}, "case_count": truth.height}
 
 
 class TestWorkload:
@@ -87,7 +87,8 @@ class TestWorkload:
 
 class TestCheck:
     def test_the_exact_answer_passes(self, workload):
-        timed = Timed(1.0, view=_view(workload.truth), cases=workload.truth.sample(fraction=1.0, seed=1))
+        cases = workload.truth.sample(fraction=1.0, seed=1)
+        timed = Timed(1.0, view=_view(workload.truth, workload.matched), cases=cases)
         assert check(workload, timed) == []
 
     def test_a_case_missing_an_extra_case_or_a_wrong_class_fails(self, workload):
@@ -97,12 +98,12 @@ class TestCheck:
             pl.DataFrame({"class": ["duplicate"], "our_id": ["pay_nobody"], "line_no": [3]}),
         ]).with_columns(pl.when(pl.int_range(pl.len()) == 5).then(pl.lit("timing")).otherwise(pl.col("class"))
                         .alias("class"))
-        failures = check(workload, Timed(1.0, view=_view(truth), cases=wrong))
+        failures = check(workload, Timed(1.0, view=_view(truth, workload.matched), cases=wrong))
         assert any("saved but not injected" in f and "pay_nobody" in f for f in failures)
         assert any("injected but not saved" in f for f in failures)
 
     def test_counts_that_disagree_with_the_cases_fail(self, workload):
-        view = _view(workload.truth)
+        view = _view(workload.truth, workload.matched)
         view["classes"]["timing"]["count"] += 1
         view["case_count"] += 1
         failures = check(workload, Timed(1.0, view=view, cases=workload.truth))

@@ -380,6 +380,9 @@ def check(workload: Workload, timed: Timed) -> list[str]:
         got = int(classes.get(name, {}).get("count", 0))
         if got != expected:
             failures.append(f"run counts {got:,} {name}, injected {expected:,}")
+    matched = int(classes.get("matched", {}).get("count", 0))
+    if matched != workload.matched:  # settled lines are the previous day's: only this count shows them unpaired
+        failures.append(f"run counts {matched:,} matched lines of ours, expected {workload.matched:,}")
     if timed.view["case_count"] != workload.truth.height:
         failures.append(f"run has {timed.view['case_count']:,} cases, injected {workload.truth.height:,}")
     return failures
@@ -408,6 +411,7 @@ def run(sizes: Sizes, *, progress: ProgressFn = no_progress, workdir: Path | Non
         progress("write statement csv", 0, 1)
         size = write_statement(workload, path)
         progress("write statement csv", 1, 1)
+        peaks = {"generate+write": _peak_rss_mib()}
         statement_lines = workload.statement.height
         workload.statement = workload.statement.select("line_no")  # the file is the statement now
         report.sizes.update({"statement_lines": statement_lines, "file_bytes": size,
@@ -431,16 +435,19 @@ def run(sizes: Sizes, *, progress: ProgressFn = no_progress, workdir: Path | Non
                 report.sizes["wall_s"] = round(ours.seconds, 3)
                 report.sizes["cases_saved"] = ours.cases.height if ours.cases is not None else 0
                 report.notes["reconcile_stages_s"] = ", ".join(f"{k} {v:.2f}" for k, v in ours.stages.items())
+            peaks["reconcile"] = _peak_rss_mib()
         raw_seconds = None
         if "raw" in parts:
             progress("raw polars join", 0, 1)
             raw_seconds = raw_join(path, workload.internal)
             progress("raw polars join", 1, 1)
+            peaks["raw join"] = _peak_rss_mib()
         pandas_seconds = None
         if "pandas" in parts:
             progress("pandas merge", 0, 1)
             pandas_seconds, pandas_counts = pandas_merge(path, workload.internal)
             progress("pandas merge", 1, 1)
+            peaks["pandas"] = _peak_rss_mib()
             report.notes["pandas_merge_rows_per_s"] = (
                 f"pandas {_pandas_version()}: read_csv (C engine, parse_dates booked_on) of the same file, outer "
                 f"merge with our lines (already a pandas DataFrame) on our_ref with indicator=True, classes by "
@@ -451,7 +458,8 @@ def run(sizes: Sizes, *, progress: ProgressFn = no_progress, workdir: Path | Non
     report.seconds = time.perf_counter() - started
     report.notes["machine"] = (
         f"{os.cpu_count()} CPUs; 1-minute load average {load_at_start:.2f} at the start, "
-        f"{os.getloadavg()[0]:.2f} at the end; peak RSS of this process {_peak_rss_mib():,.0f} MiB")
+        f"{os.getloadavg()[0]:.2f} at the end; peak RSS of this process so far, after each step: "
+        + ", ".join(f"{step} {mib:,.0f} MiB" for step, mib in peaks.items()))
     return report
 
 
