@@ -100,9 +100,15 @@ def _charges(holder: Any, line: int) -> tuple[int, bool]:
     return fee, included
 
 
+DESCEND = frozenset({"Sts", "BookgDt", "ValDt", "NtryDtls", "NtryDtls/Btch", "NtryDtls/TxDtls",
+                     "NtryDtls/TxDtls/Refs", "NtryDtls/TxDtls/RmtInf"})
+"""The containers whose insides a line needs; the rest (parties, agents, amount details, bank
+transaction codes: most of a real entry) is never walked."""
+
+
 def _index(element: Any, prefix: str = "", into: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
-    """Every descendant by its path of local names (``NtryDtls/TxDtls/Refs/EndToEndId``): one walk
-    per entry instead of a namespace-wildcard search per field, which is several times slower."""
+    """The descendants a line needs, by their path of local names (``NtryDtls/TxDtls/Refs/EndToEndId``):
+    one walk per entry instead of a namespace-wildcard search per field, which is several times slower."""
     into = {} if into is None else into
     for child in element:
         tag = child.tag
@@ -110,7 +116,7 @@ def _index(element: Any, prefix: str = "", into: dict[str, list[Any]] | None = N
             continue
         path = prefix + tag[tag.rfind("}") + 1:]
         into.setdefault(path, []).append(child)
-        if len(child):
+        if path in DESCEND:
             _index(child, path + "/", into)
     return into
 

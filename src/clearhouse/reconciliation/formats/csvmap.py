@@ -350,9 +350,13 @@ def parse_csv(path: Path, mapping: CsvMapping, *,
         raise StatementInvalid("the file is empty", line=1)
     extra: dict[str, str] = {}
     frame: pl.DataFrame | None = None
-    if mapping.plain:
-        plan, header_line, header = _scan_plain(path, mapping)
-    else:
+    plain = mapping.plain
+    if plain:
+        try:
+            plan, header_line, header = _scan_plain(path, mapping)
+        except pl.exceptions.ComputeError:  # the header itself is not UTF-8: the Python reader says where
+            plain = False
+    if not plain:
         frame, header_line, extra = _read_exotic(path, mapping)
         plan, header = frame.lazy(), [name for name in frame.columns if name != "__line"]
     missing = sorted({name for field in FIELDS for name in mapping.sources(field)} - set(header))
@@ -363,7 +367,7 @@ def parse_csv(path: Path, mapping: CsvMapping, *,
     try:
         lines = plan.filter(~pl.all_horizontal(pl.col(header).is_null())).select(_conversions(mapping)).collect()
     except pl.exceptions.ComputeError:
-        if not mapping.plain:
+        if not plain:
             raise
         # Invalid UTF-8 or a ragged row: the Python reader finds the line and says what is wrong.
         frame, header_line, extra = _read_exotic(path, mapping)
@@ -446,12 +450,12 @@ def _refuse(path: Path, mapping: CsvMapping, field: str, line: int, header_line:
             frame: pl.DataFrame | None) -> None:
     """Raise for the first bad line, showing its fields (read again: only that one row)."""
     shown: dict[str, object] = {}
-    if mapping.plain:
+    if frame is None:
         row = pl.scan_csv(path, separator=mapping.delimiter, quote_char=mapping.quote_char,
                           skip_rows=mapping.skip_lines, infer_schema=False,
                           null_values=[""]).slice(line - header_line - 1, 1).collect()
         shown = row.row(0, named=True) if row.height else {}
-    elif frame is not None:
+    else:
         rows = frame.filter(pl.col("__line") == line).drop("__line")
         shown = rows.row(0, named=True) if rows.height else {}
     raise StatementInvalid(f"{_problem(field, mapping)}" + (f": {shown}" if shown else ""), line=line)
@@ -459,14 +463,6 @@ def _refuse(path: Path, mapping: CsvMapping, field: str, line: int, header_line:
 
 _EXPONENTS = {currency.code: currency.exponent for currency in iso4217.Currency if currency.exponent is not None}
 """Every ISO 4217 code with a minor unit -> its exponent (what ``kit.money.Currency.of`` accepts)."""
-
-
-def _is_currency(code: str) -> bool:
-    try:
-        Currency.of(code)
-    except UnknownCurrency:
-        return False
-    return True
 
 
 def _day(value: object) -> date | None:
