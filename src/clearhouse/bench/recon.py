@@ -262,45 +262,76 @@ class Timed:
     stages: dict[str, float] = dataclasses.field(default_factory=dict)
     view: dict[str, Any] | None = None
     cases: pl.DataFrame | None = None
+    passes: dict[str, float] = dataclasses.field(default_factory=dict)  # MatchOutcome.seconds
 
 
 def reconcile(path: Path, internal: pl.DataFrame, directory: Path, progress: ProgressFn) -> Timed:
-    """``reconcile_file`` from the file on disk to saved cases (timed), then the cases read back (not timed)."""
+    """``reconcile_file`` from the file on disk to saved cases (timed), then the cases read back (not timed).
+
+    Where the time goes comes from the service's own progress reports (the first and the last report
+    of each stage, and the gaps between stages) and from ``MatchOutcome.seconds``, the engine's time
+    per pass, read by wrapping ``service.run_match`` for this one call."""
     from clearhouse.kit.db import make_engine, upgrade
-    from clearhouse.reconciliation.service import reconcile_file
+    from clearhouse.reconciliation import service
 
     url = f"sqlite:///{directory / 'recon.db'}"
     progress("database: migrate", 0, 1)
     upgrade(url)
     progress("database: migrate", 1, 1)
     engine = make_engine(url, pool_size=1)
+    marks: list[tuple[str, float]] = []  # (stage, when) of every report, in order
+    passes: dict[str, float] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        marks.append((stage, time.perf_counter()))
+        progress(f"reconcile: {stage}", done, total)
+
+    original = service.run_match
+
+    def run_match(*args: Any, **kwargs: Any) -> Any:
+        outcome = original(*args, **kwargs)
+        passes.update(getattr(outcome, "seconds", {}) or {})
+        return outcome
+
+    service.run_match = run_match
     try:
-        seen: dict[str, float] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            seen.setdefault(stage, time.perf_counter())
-            progress(f"reconcile: {stage}", done, total)
-
         gc.collect()
         started = time.perf_counter()
-        view = reconcile_file(engine, channel=CHANNEL, path=path, fmt="csv", mapping=MAPPING,
-                              statement_date=STATEMENT_DAY, internal=internal, actor="bench",
-                              file_name=path.name, progress=report)
+        view = service.reconcile_file(engine, channel=CHANNEL, path=path, fmt="csv", mapping=MAPPING,
+                                      statement_date=STATEMENT_DAY, internal=internal, actor="bench",
+                                      file_name=path.name, progress=report)
         finished = time.perf_counter()
-        timed = Timed(finished - started, _stage_seconds(seen, started, finished), view)
+        timed = Timed(finished - started, _stage_seconds(marks, started, finished), view)
+        timed.passes = passes
         timed.cases = _saved_cases(engine, view["id"])
         return timed
     finally:
+        service.run_match = original
         engine.dispose()
 
 
-def _stage_seconds(seen: dict[str, float], started: float, finished: float) -> dict[str, float]:
-    """Seconds from each stage's first report to the next stage's (the last one: to the answer)."""
-    order = sorted(seen.items(), key=lambda item: item[1])
-    marks = [*order, ("", finished)]
-    stages = {stage: round(marks[i + 1][1] - at, 3) for i, (stage, at) in enumerate(order)}
-    if order:
-        stages["before_first_stage"] = round(order[0][1] - started, 3)
+STAGE_GAPS = {
+    ("hash", "parse"): "rules",
+    ("match", "save"): "with_delta+summary+clearing_of",
+    ("save", None): "run_view",
+}
+"""What reconcile_file does between two of its progress stages (service.py), for the breakdown."""
+
+
+def _stage_seconds(marks: list[tuple[str, float]], started: float, finished: float) -> dict[str, float]:
+    """Seconds per stage (its first report to its last) and per gap between stages, in order."""
+    spans: dict[str, list[float]] = {}
+    for stage, at in marks:
+        spans.setdefault(stage, [at, at])[1] = at
+    stages: dict[str, float] = {}
+    previous, previous_end = None, started
+    for stage, (first, last) in spans.items():
+        gap = first - previous_end
+        if gap >= 0.005:
+            stages[STAGE_GAPS.get((previous, stage), f"before {stage}")] = round(gap, 3)
+        stages[stage] = round(last - first, 3)
+        previous, previous_end = stage, last
+    stages[STAGE_GAPS.get((previous, None), "after the last stage")] = round(finished - previous_end, 3)
     return stages
 
 
@@ -435,6 +466,7 @@ def run(sizes: Sizes, *, progress: ProgressFn = no_progress, workdir: Path | Non
                 report.sizes["wall_s"] = round(ours.seconds, 3)
                 report.sizes["cases_saved"] = ours.cases.height if ours.cases is not None else 0
                 report.notes["reconcile_stages_s"] = ", ".join(f"{k} {v:.2f}" for k, v in ours.stages.items())
+                report.notes["match_passes_s"] = ", ".join(f"{k} {v:.2f}" for k, v in ours.passes.items())
             peaks["reconcile"] = _peak_rss_mib()
         raw_seconds = None
         if "raw" in parts:
@@ -473,9 +505,11 @@ def _figures(report: Report, lines: int, ours: Timed | None, raw_seconds: float 
              pandas_seconds: float | None) -> None:
     baseline = lines / pandas_seconds if pandas_seconds else 0.0
     if ours is not None:
+        # The wall goal is for 10M lines; a smaller run is held to the same rate.
+        wall_goal = WALL_GOAL_S * lines / FULL.lines
         figure = rate_figure("statement_rows_per_s", lines / ours.seconds, "pandas_merge_rows_per_s", baseline,
-                             goal=f"wall <= {WALL_GOAL_S:g} s at 10M, ratio >= {RATIO_GOAL:g}")
-        met = ours.seconds <= WALL_GOAL_S * max(1.0, lines / FULL.lines) and figure.ratio >= RATIO_GOAL
+                             goal=f"wall <= {wall_goal:.1f} s ({WALL_GOAL_S:g} s at 10M), ratio >= {RATIO_GOAL:g}")
+        met = ours.seconds <= wall_goal and figure.ratio >= RATIO_GOAL
         report.figures.append(dataclasses.replace(figure, met=met if pandas_seconds else None))
         report.notes["statement_rows_per_s"] = (
             f"statement lines / seconds of service.reconcile_file (hash, parse, match, save run + "
