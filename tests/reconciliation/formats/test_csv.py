@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clearhouse.reconciliation.errors import StatementInvalid, UnknownStatementFormat
 from clearhouse.reconciliation.formats import FORMATS, CsvMapping, parse_statement
@@ -124,7 +126,7 @@ class TestExactMoney:
     @pytest.mark.parametrize(("text", "currency", "minor"), [
         ("12.34", "CNY", 1234), ("-12.34", "CNY", -1234), ("+7.5", "CNY", 750), ("12", "CNY", 1200),
         ("0.01", "CNY", 1), ("12.340", "CNY", 1234),  # a trailing zero loses nothing
-        ("1500", "JPY", 1500), ("1.234", "BHD", 1234), ("999999999999999.99", "CNY", 99999999999999999),
+        ("1500", "JPY", 1500), ("1.234", "BHD", 1234), ("99999999999999.99", "CNY", 9999999999999999),
     ])
     def test_major_units_become_exact_minor_units(self, tmp_path, text, currency, minor):
         path = write(tmp_path, f"ref,amount,day,ccy\nr,{text},2026-11-23,{currency}\n")
@@ -133,7 +135,7 @@ class TestExactMoney:
 
     @pytest.mark.parametrize(("text", "currency"), [
         ("12.345", "CNY"), ("1.5", "JPY"), ("12;34", "CNY"), ("1e3", "CNY"), ("12.", "CNY"), (".5", "CNY"),
-        ("- 1", "CNY"), ("1234567890123456", "CNY"),
+        ("- 1", "CNY"), ("123456789012345", "CNY"),
     ])
     def test_digits_that_would_be_lost_are_an_error_not_rounding(self, tmp_path, text, currency):
         path = write(tmp_path, f"ref,amount,day,ccy\nr,1.00,2026-11-23,CNY\nr,{text},2026-11-23,{currency}\n")
@@ -213,3 +215,16 @@ class TestMappings:
             parse_statement(SAMPLES / "clearhouse_v1.csv", "xlsx")
         with pytest.raises(UnknownStatementFormat):
             parse_statement(SAMPLES / "clearhouse_v1.csv", "csv", mapping="nope_v9")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(amounts=st.lists(st.integers(min_value=-(10**14 - 1), max_value=10**14 - 1), min_size=1, max_size=40),
+       currency=st.sampled_from(["CNY", "JPY", "BHD", "EUR"]))
+def test_any_amount_written_in_major_units_reads_back_to_the_same_minor_units(tmp_path, amounts, currency):
+    """Whatever the exponent, the text a channel writes (``major_units``) parses back exactly."""
+    from clearhouse.channels.connectors.sandbox import major_units
+
+    path = write(tmp_path, "ref,amount,day,ccy\n" + "".join(
+        f"r{n},{major_units(minor, currency)},2026-11-23,{currency}\n" for n, minor in enumerate(amounts)))
+    mapping = custom(columns={"our_ref": "ref", "amount": "amount", "booked_on": "day", "currency": "ccy"})
+    assert parse_statement(path, "csv", mapping=mapping).lines["amount"].to_list() == amounts

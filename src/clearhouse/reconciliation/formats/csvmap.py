@@ -37,8 +37,8 @@ FIELDS = ("our_ref", "channel_ref", "kind", "status", "amount", "fee", "currency
 """What a mapping can name a file column for. ``indicator`` is a debit/credit mark column,
 ``credit`` and ``debit`` are the two unsigned amount columns of the ``split`` sign convention."""
 
-MAX_INTEGER_DIGITS = 15
-"""Digits before the decimal separator we accept: 10**15 major units fit Int64 at any exponent."""
+MAX_INTEGER_DIGITS = 14
+"""Digits before the decimal separator we accept: below 10**14 major units, any ISO exponent (up to 4) fits Int64."""
 
 
 class CsvMapping(BaseModel):
