@@ -185,3 +185,22 @@ def test_python_memory_stays_flat_as_the_file_grows(tmp_path):
     small, _ = peak(2_500)
     large, size = peak(10_000)
     assert large - small < size / 10, (small, large, size)
+
+
+def test_several_statements_in_one_document_each_add_up(tmp_path):
+    text = V02.read_text()
+    start, end = text.index("    <Stmt>"), text.index("  </BkToCstmrStmt>")
+    second = (text[start:end].replace("STMT-2026-11-23", "STMT-2026-11-24").replace(">1147.37<", ">1294.74<")
+              .replace(">1000.00<", ">1147.37<").replace("2026-11-23", "2026-11-24"))
+    path = tmp_path / "two.xml"
+    path.write_text(text[:end] + second + text[end:])
+    parsed = parse_statement(path, "camt053")
+    assert parsed.lines.height == 6 and parsed.lines["line_no"].to_list()[3] > parsed.lines["line_no"].to_list()[2]
+    meta = parsed.meta
+    assert (meta.opening_balance, meta.closing_balance, meta.first_day, meta.last_day, meta.statement_id) == (
+        100_000, 129_474, date(2026, 11, 23), date(2026, 11, 24), "STMT-2026-11-23")
+    assert meta.extra == {"statements": "2", "last_statement_id": "STMT-2026-11-24"}
+    path.write_text(text[:end] + second.replace(">1294.74<", ">1294.75<") + text[end:])
+    with pytest.raises(StatementInvalid) as caught:  # the second one does not add up: nothing is returned
+        parse_statement(path, "camt053")
+    assert caught.value.line is not None and caught.value.line > text[:end].count("\n")

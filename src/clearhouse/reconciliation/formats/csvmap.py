@@ -175,7 +175,8 @@ def _problem(field: str, mapping: CsvMapping) -> str:
 def _scan_plain(path: Path, mapping: CsvMapping) -> tuple[pl.LazyFrame, int, list[str]]:
     """Polars straight from the file, every column a string, as a lazy plan: reading, converting and
     checking then run as one fused pass. Line numbers are the row index plus the preamble and the
-    header (a blank line comes back as a row of nulls, so it keeps the count)."""
+    header (a blank line comes back as a row of nulls, so it keeps the count). A quoted field spanning
+    several lines would shift them: our own layout has none, and the channel bills take the Python path."""
     plan = pl.scan_csv(path, separator=mapping.delimiter, quote_char=mapping.quote_char, skip_rows=mapping.skip_lines,
                        has_header=True, infer_schema=False, encoding="utf8", raise_if_empty=True,
                        truncate_ragged_lines=False, null_values=[""])
