@@ -133,34 +133,42 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
           period: tuple[date, date]) -> MatchOutcome:
     """Pair ``statement`` with ``internal`` under ``rules`` for the days ``period`` (first, last)."""
     clock = _Stopwatch()
-    theirs = statement.lazy().select(
+    theirs = statement.select(
         "line_no", pl.col("our_ref").alias("t_our_ref"), pl.col("channel_ref").alias("t_channel_ref"),
         pl.col("kind").alias("t_kind"), pl.col("status").alias("theirs_status"),
         pl.col("amount").alias("theirs_amount"), pl.col("fee").alias("theirs_fee"),
         pl.col("currency").alias("t_currency"), pl.col("booked_on").alias("theirs_booked_on"),
         pl.col("description").alias("t_description"))
-    ours = internal.lazy().with_row_index("row").select(
+    ours = internal.with_row_index("row").select(
         "row", "our_id", "our_ref", "channel_ref", pl.col("status").alias("ours_status"),
         pl.col("amount").alias("ours_amount"), pl.col("fee").alias("ours_fee"), "currency",
         pl.col("booked_on").alias("ours_booked_on"), "booked_at")
     parts: list[pl.DataFrame] = []
 
-    # Pass 1a: our reference. One full join gives the pairs and both sides' leftovers at once.
-    joined = theirs.join(ours, left_on="t_our_ref", right_on="our_ref", how="full", coalesce=False,
-                         maintain_order="left").collect()
-    paired = joined.filter(pl.col("line_no").is_not_null() & pl.col("row").is_not_null())
-    repeated = pl.col("line_no").is_duplicated() | pl.col("row").is_duplicated()
-    flags = paired.select(repeated.alias("repeated"))["repeated"]
-    clean = paired.filter(~flags) if flags.any() else paired
-    tangled = paired.filter(flags)
-    theirs_left = joined.filter(pl.col("row").is_null()).select(list(_THEIRS))
-    ours_left = joined.filter(pl.col("line_no").is_null()).select(list(_OURS))
-    del joined, paired
+    # Pass 1a: our reference. One hash join of the two key columns gives (statement row, our row) pairs;
+    # counting each side's pairs separates the clean one-to-one pairs (almost all) from repeated keys.
+    line_rows, our_rows = _equal_references(statement["our_ref"], internal["our_ref"])
+    pairs_per_line = np.bincount(line_rows, minlength=statement.height)
+    pairs_per_ours = np.bincount(our_rows, minlength=internal.height)
+    repeated = (pairs_per_line[line_rows] > 1) | (pairs_per_ours[our_rows] > 1)
+    partner = np.full(statement.height, -1, dtype=np.int64)
+    partner[line_rows[~repeated]] = our_rows[~repeated]
+    cleanly_paired = partner >= 0
+    ours_paired = np.zeros(internal.height, dtype=bool)
+    ours_paired[partner[cleanly_paired]] = True
+    # In statement order with ours gathered beside it: no sort, and the same input gives the same rows.
+    # Only the columns a pass-1 result needs are copied (10M rows each).
+    clean = pl.concat([theirs.select(_CLEAN_THEIRS).filter(cleanly_paired),
+                       ours.select(_CLEAN_OURS)[partner[cleanly_paired]]], how="horizontal")
+    tangled = pl.concat([theirs[line_rows[repeated]], ours[our_rows[repeated]]], how="horizontal")
+    theirs_left = theirs.filter(pairs_per_line == 0)
+    ours_left = ours.filter(pairs_per_ours == 0)
+    del partner, cleanly_paired, line_rows, our_rows
     clock.lap("pass1_join")
     classified = _classify(clean, rules)
-    parts.append(_emit(classified.filter(pl.col("class") == "matched"), pass_no=1, detail=False))
-    parts.append(_emit(classified.filter(pl.col("class") != "matched"), pass_no=1))
-    del classified, clean
+    del clean
+    parts.append(_emit(_with_sentences(classified), pass_no=1, detail=False, both_sides=True))
+    del classified
     clock.lap("pass1_classify")
 
     # Pass 1b: the channel's id, for what our reference did not pair. A line naming one of ours that is
@@ -168,17 +176,12 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     by_channel = pl.DataFrame(schema={**_THEIRS, **_OURS, "taken": pl.Boolean()})
     wanted = theirs_left.filter(pl.col("t_channel_ref").is_not_null())
     if wanted.height:
-        free_rows = ours_left["row"]
-        candidates = internal.lazy().with_row_index("row").filter(
-            pl.col("channel_ref").is_in(wanted["t_channel_ref"].unique().implode())).collect()
-        if candidates.height:
-            ours_named = candidates.select(
-                "row", "our_id", "our_ref", "channel_ref", pl.col("status").alias("ours_status"),
-                pl.col("amount").alias("ours_amount"), pl.col("fee").alias("ours_fee"), "currency",
-                pl.col("booked_on").alias("ours_booked_on"), "booked_at")
-            by_channel = wanted.join(ours_named, left_on="t_channel_ref", right_on="channel_ref", how="inner",
-                                     coalesce=False).with_columns(
-                (~pl.col("row").is_in(free_rows.implode())).alias("taken"))
+        named = ours.filter(pl.col("channel_ref").is_in(wanted["t_channel_ref"].unique().implode()))
+        if named.height:
+            by_channel = wanted.join(named, left_on="t_channel_ref", right_on="channel_ref", how="inner",
+                                     coalesce=False)
+            by_channel = by_channel.with_columns(
+                pl.Series("taken", ours_paired[by_channel["row"].to_numpy()], dtype=pl.Boolean))
     tangled = pl.concat([tangled.with_columns(pl.lit(False).alias("taken")),
                          by_channel.select(*tangled.columns, "taken")], how="vertical_relaxed")
     if tangled.height:
@@ -220,6 +223,41 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     return MatchOutcome(results, clock.seconds)
 
 
+_CLEAN_THEIRS = ("line_no", "t_channel_ref", "theirs_status", "theirs_amount", "theirs_fee", "t_currency",
+                 "theirs_booked_on")
+_CLEAN_OURS = ("our_id", "our_ref", "channel_ref", "ours_status", "ours_amount", "ours_fee", "currency",
+               "ours_booked_on")
+_HASH_SEEDS = (20_261_123, 5_000_011)
+
+
+def _equal_references(theirs: pl.Series, ours: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (statement row, our row) of every pair with the same non-null reference.
+
+    The join is on a 64-bit hash (a hash join on integers is several times cheaper than on strings);
+    the pairs found are then checked with a second hash of another seed, so a false pair would need
+    two independent 64-bit collisions on the same two references."""
+    first, second = _HASH_SEEDS
+    left = pl.DataFrame({"line_row": np.arange(theirs.len(), dtype=np.uint32), "key": theirs.hash(first)})
+    right = pl.DataFrame({"our_row": np.arange(ours.len(), dtype=np.uint32), "key": ours.hash(first)})
+    found = left.filter(theirs.is_not_null()).join(right.filter(ours.is_not_null()), on="key", how="inner",
+                                                   build_side="prefer_right")
+    line_rows, our_rows = found["line_row"], found["our_row"]
+    same = theirs.hash(second).gather(line_rows) == ours.hash(second).gather(our_rows)
+    if not same.all():
+        line_rows, our_rows = line_rows.filter(same), our_rows.filter(same)
+    return line_rows.to_numpy().astype(np.int64), our_rows.to_numpy().astype(np.int64)
+
+
+def _with_sentences(classified: pl.DataFrame) -> pl.DataFrame:
+    """``detail`` on the discrepancies only (few), written into place: the matched rows (most) stay null."""
+    wrong = np.flatnonzero((classified["class"] != "matched").to_numpy())
+    detail = pl.Series("detail", [], dtype=pl.String).extend_constant(None, classified.height)
+    if wrong.size:
+        sentences = _complete(classified[wrong]).select(_sentence().alias("detail"))["detail"]
+        detail = detail.scatter(wrong, sentences)
+    return classified.with_columns(detail)
+
+
 # -- pairs -----------------------------------------------------------------------------------------------------------
 
 
@@ -232,6 +270,7 @@ def _classify(pairs: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
         numerator, denominator = rules.amount_tolerance_percent.as_integer_ratio()
         # |gap| <= |ours| * p / 100, in integers: no rounding, no float.
         within = within | (amount_gap.abs() * (100 * denominator) <= pl.col("ours_amount").abs() * numerator)
+    within = within & (pl.col("t_currency") == pl.col("currency"))
     status_differs = pl.col("theirs_status") != pl.col("ours_status")
     fee_differs = fee_gap.abs().fill_null(0) > rules.fee_tolerance_minor
     class_ = (pl.when(status_differs).then(pl.lit("status_mismatch"))
@@ -295,10 +334,8 @@ def _fuzzy_pairs(theirs: pl.DataFrame, ours: pl.DataFrame, rules: MatchRules) ->
     bounded = ours.with_columns((pl.col("ours_amount") - tolerance).alias("low"),
                                 (pl.col("ours_amount") + tolerance).alias("high"))
     window = rules.date_window_days
-    candidates = theirs.join_where(
-        bounded, pl.col("t_currency") == pl.col("currency"),
-        pl.col("theirs_amount") >= pl.col("low"), pl.col("theirs_amount") <= pl.col("high"),
-    ).filter((pl.col("theirs_booked_on") - pl.col("ours_booked_on")).dt.total_days().abs() <= window)
+    candidates = _within_amounts(theirs, bounded).filter(
+        (pl.col("theirs_booked_on") - pl.col("ours_booked_on")).dt.total_days().abs() <= window)
     if not candidates.height:
         return pl.DataFrame()
     score = np.maximum.reduce([
@@ -328,6 +365,30 @@ def _fuzzy_pairs(theirs: pl.DataFrame, ours: pl.DataFrame, rules: MatchRules) ->
         pl.coalesce("t_our_ref", "t_channel_ref", "t_description"), pl.col("our_ref"),
         (pl.col("similarity") * 100).round(0).cast(pl.Int64).cast(pl.String) + "%").alias("detail")
     ).drop("low", "high", "gap", "similarity")
+
+
+def _within_amounts(theirs: pl.DataFrame, ours: pl.DataFrame) -> pl.DataFrame:
+    """Every (statement line, our line) of one currency whose amount lies in our ``low``..``high``.
+
+    A range join by binary search on the sorted statement amounts, per currency: the work is the number
+    of candidates, never the product of the two sides."""
+    found = []
+    theirs = theirs.filter(pl.col("theirs_amount").is_not_null() & pl.col("t_currency").is_not_null())
+    for currency in sorted(set(theirs["t_currency"].unique()) & set(ours["currency"].drop_nulls().unique())):
+        lines = theirs.filter(pl.col("t_currency") == currency).sort("theirs_amount", "line_no")
+        mine = ours.filter(pl.col("currency") == currency)
+        amounts = lines["theirs_amount"].to_numpy()
+        first = np.searchsorted(amounts, mine["low"].to_numpy(), side="left")
+        after = np.searchsorted(amounts, mine["high"].to_numpy(), side="right")
+        counts = np.maximum(after - first, 0)
+        if not counts.sum():
+            continue
+        our_index = np.repeat(np.arange(mine.height), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        found.append(pl.concat([lines[np.repeat(first, counts) + offsets], mine[our_index]], how="horizontal"))
+    if not found:
+        return pl.DataFrame(schema={**theirs.schema, **ours.schema})
+    return pl.concat(found)
 
 
 def _similarity(left: pl.Series, right: pl.Series, scorer: Any) -> np.ndarray:
@@ -399,11 +460,12 @@ def _complete(frame: pl.DataFrame) -> pl.DataFrame:
     """The frame with every working column, missing ones as typed nulls (a one-sided row)."""
     wanted = {**_THEIRS, **_OURS, "batch_line_nos": pl.List(pl.Int64()), "difference": pl.Int64(),
               "detail": pl.String()}
-    return frame.with_columns([pl.lit(None, dtype).alias(name) for name, dtype in wanted.items()
-                               if name not in frame.columns])
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in wanted.items() if name not in frame.columns]
+    return frame.with_columns(missing) if missing else frame
 
 
-def _emit(frame: pl.DataFrame, *, pass_no: int | None, detail: bool = True, keep_pass: bool = True) -> pl.DataFrame:
+def _emit(frame: pl.DataFrame, *, pass_no: int | None, detail: bool = True, keep_pass: bool = True,
+          both_sides: bool = False) -> pl.DataFrame:
     """``RESULT_SCHEMA`` rows; ``pass_no`` only on rows with both sides (a pair), null on the others."""
     if not frame.height:
         return pl.DataFrame(schema=RESULT_SCHEMA)
@@ -411,11 +473,15 @@ def _emit(frame: pl.DataFrame, *, pass_no: int | None, detail: bool = True, keep
     if detail:
         frame = frame.with_columns(pl.coalesce("detail", _sentence()).alias("detail"))
     paired = pl.col("line_no").is_not_null() & pl.col("our_id").is_not_null()
-    pass_col = (pl.when(paired).then(pl.lit(pass_no, pl.Int8)).otherwise(None) if keep_pass and pass_no
-                else pl.lit(None, pl.Int8))
+    if both_sides:
+        pass_col = pl.lit(pass_no, pl.Int8)
+    elif keep_pass and pass_no:
+        pass_col = pl.when(paired).then(pl.lit(pass_no, pl.Int8)).otherwise(None)
+    else:
+        pass_col = pl.lit(None, pl.Int8)
     return frame.select(
         pl.col("class"), pass_col.alias("pass_no"), pl.col("our_id"),
-        pl.coalesce("our_ref", "t_our_ref").alias("our_ref"),
+        (pl.col("our_ref") if both_sides else pl.coalesce("our_ref", "t_our_ref")).alias("our_ref"),
         pl.coalesce("t_channel_ref", "channel_ref").alias("channel_ref"),
         pl.col("line_no"), pl.col("batch_line_nos"),
         pl.col("ours_amount"), pl.col("theirs_amount"), pl.col("ours_fee"), pl.col("theirs_fee"),
