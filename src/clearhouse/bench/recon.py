@@ -38,16 +38,19 @@ import resource
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
 
 from clearhouse.bench import ProgressFn, Report, emit, no_progress, progress_bar, rate_figure
 from clearhouse.reconciliation.frames import INTERNAL_SCHEMA
+
+T = TypeVar("T")
 
 SEED = 20261123
 CHANNEL = "bench_card"
@@ -115,7 +118,7 @@ def _code(index: np.ndarray, multiplier: int, prefix: str | pl.Expr) -> pl.Expr:
                           pl.lit(numbers).cast(pl.String).str.zfill(12)])
 
 
-def role_is(role: int) -> pl.Expr:
+def _role_is(role: int) -> pl.Expr:
     return pl.col("role") == role
 
 
@@ -182,21 +185,21 @@ def generate(sizes: Sizes, seed: int = SEED) -> Workload:
 
     kept = lines.filter(~pl.col("role").is_in([DROP, SETTLE]))
     statement_kept = kept.select(
-        pl.when(role_is(MANGLE)).then(pl.concat_str([pl.col("our_ref").str.head(-3), pl.lit("X"),
+        pl.when(_role_is(MANGLE)).then(pl.concat_str([pl.col("our_ref").str.head(-3), pl.lit("X"),
                                                      pl.col("our_ref").str.tail(2)]))
         .otherwise(pl.col("our_ref")).alias("our_ref"),
         pl.col("channel_ref"),
         pl.col("kind"),
-        pl.when(role_is(STATUS)).then(
+        pl.when(_role_is(STATUS)).then(
             pl.when(pl.col("status") == "failed").then(pl.lit("succeeded")).otherwise(pl.lit("failed")))
         .otherwise(pl.col("status")).alias("status"),
         # Never to zero: a change of +/- 1.00 on a payment, of -1.00 further on a refund.
-        pl.when(role_is(AMOUNT)).then(pl.when(pl.col("refund") | (pl.col("amount") % 2 == 0))
+        pl.when(_role_is(AMOUNT)).then(pl.when(pl.col("refund") | (pl.col("amount") % 2 == 0))
                                       .then(pl.col("amount") - 100).otherwise(pl.col("amount") + 100))
         .otherwise(pl.col("amount")).alias("amount"),
-        pl.when(role_is(FEE)).then(pl.col("fee") + 3).otherwise(pl.col("fee")).alias("fee"),
+        pl.when(_role_is(FEE)).then(pl.col("fee") + 3).otherwise(pl.col("fee")).alias("fee"),
         pl.col("currency"),
-        pl.when(role_is(TIMING)).then(
+        pl.when(_role_is(TIMING)).then(
             pl.when(pl.col("our_id").str.tail(1).cast(pl.Int32) % 2 == 0)
             .then(day.dt.offset_by("1d")).otherwise(day.dt.offset_by("-1d")))
         .otherwise(pl.col("booked_on")).alias("booked_on"),
@@ -240,7 +243,7 @@ def generate(sizes: Sizes, seed: int = SEED) -> Workload:
         duplicate_lines.select(pl.lit("duplicate").alias("class"), pl.col("__our_id").alias("our_id"), "line_no"),
         statement.filter(pl.col("__role") == -1).select(
             pl.lit("missing_in_ledger").alias("class"), pl.lit(None, dtype=pl.String).alias("our_id"), "line_no"),
-        lines.filter(role_is(DROP)).select(
+        lines.filter(_role_is(DROP)).select(
             pl.lit("missing_in_statement").alias("class"), "our_id", pl.lit(None, dtype=pl.Int64).alias("line_no")),
     ]).sort("class", "our_id", "line_no")
     matched = int((~np.isin(role, [DROP, AMOUNT, FEE, STATUS, TIMING])).sum())
@@ -394,7 +397,8 @@ def pandas_merge(path: Path, internal: pl.DataFrame) -> tuple[float, dict[str, i
 def check(workload: Workload, timed: Timed) -> list[str]:
     """Every saved case is an injected one and every injected one is saved; counts per class agree."""
     failures: list[str] = []
-    assert timed.cases is not None and timed.view is not None
+    if timed.cases is None or timed.view is None:
+        return ["the run's cases were not read back"]
     saved = timed.cases.sort("class", "our_id", "line_no")
     key = ["class", "our_id", "line_no"]
     extra = saved.join(workload.truth, on=key, how="anti", nulls_equal=True)
@@ -471,15 +475,18 @@ def run(sizes: Sizes, *, progress: ProgressFn = no_progress, workdir: Path | Non
         raw_seconds = None
         if "raw" in parts:
             progress("raw polars join", 0, 1)
-            raw_seconds = raw_join(path, workload.internal)
+            raw_seconds = _guard(report, "raw polars join", lambda: raw_join(path, workload.internal))
             progress("raw polars join", 1, 1)
             peaks["raw join"] = _peak_rss_mib()
         pandas_seconds = None
+        answer = None
         if "pandas" in parts:
             progress("pandas merge", 0, 1)
-            pandas_seconds, pandas_counts = pandas_merge(path, workload.internal)
+            answer = _guard(report, "pandas merge", lambda: pandas_merge(path, workload.internal))
             progress("pandas merge", 1, 1)
             peaks["pandas"] = _peak_rss_mib()
+        if answer is not None:
+            pandas_seconds, pandas_counts = answer
             report.notes["pandas_merge_rows_per_s"] = (
                 f"pandas {_pandas_version()}: read_csv (C engine, parse_dates booked_on) of the same file, outer "
                 f"merge with our lines (already a pandas DataFrame) on our_ref with indicator=True, classes by "
@@ -493,6 +500,15 @@ def run(sizes: Sizes, *, progress: ProgressFn = no_progress, workdir: Path | Non
         f"{os.getloadavg()[0]:.2f} at the end; peak RSS of this process so far, after each step: "
         + ", ".join(f"{step} {mib:,.0f} MiB" for step, mib in peaks.items()))
     return report
+
+
+def _guard(report: Report, part: str, work: Callable[[], T]) -> T | None:
+    """A baseline that crashes (or runs out of memory) is a failed run, reported; the rest is still shown."""
+    try:
+        return work()
+    except Exception as error:  # noqa: BLE001 - reported as a failure, never swallowed
+        report.failures.append(f"{part}: {type(error).__name__}: {error}")
+        return None
 
 
 def _pandas_version() -> str:
