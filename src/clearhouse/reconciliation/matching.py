@@ -261,6 +261,9 @@ def _with_sentences(classified: pl.DataFrame) -> pl.DataFrame:
 # -- pairs -----------------------------------------------------------------------------------------------------------
 
 
+_PAIR_CLASSES = ("matched", "status_mismatch", "amount_mismatch", "fee_mismatch", "timing")
+
+
 def _classify(pairs: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
     """``class`` and ``difference`` of each pair, first rule that applies (module docstring)."""
     amount_gap = pl.col("theirs_amount") - pl.col("ours_amount")
@@ -273,15 +276,14 @@ def _classify(pairs: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
     within = within & (pl.col("t_currency") == pl.col("currency"))
     status_differs = pl.col("theirs_status") != pl.col("ours_status")
     fee_differs = fee_gap.abs().fill_null(0) > rules.fee_tolerance_minor
-    class_ = (pl.when(status_differs).then(pl.lit("status_mismatch"))
-              .when(~within).then(pl.lit("amount_mismatch"))
-              .when(fee_differs).then(pl.lit("fee_mismatch"))
-              .when(pl.col("theirs_booked_on") != pl.col("ours_booked_on")).then(pl.lit("timing"))
-              .otherwise(pl.lit("matched")))
-    return pairs.with_columns(class_.alias("class")).with_columns(
-        pl.when(pl.col("class") == "amount_mismatch").then(amount_gap)
-        .when(pl.col("class") == "fee_mismatch").then(fee_gap)
-        .otherwise(None).alias("difference"))
+    # A small code per pair first (cheap integer work on 10M rows), the class names from it last.
+    code = (pl.when(status_differs).then(1).when(~within).then(2).when(fee_differs).then(3)
+            .when(pl.col("theirs_booked_on") != pl.col("ours_booked_on")).then(4).otherwise(0)).cast(pl.UInt8)
+    coded = pairs.with_columns(code.alias("class_code"))
+    names = pl.Series("class", _PAIR_CLASSES, dtype=pl.String).gather(coded["class_code"])
+    difference = (pl.when(pl.col("class_code") == 2).then(amount_gap)
+                  .when(pl.col("class_code") == 3).then(fee_gap).otherwise(None))
+    return coded.with_columns(names, difference.alias("difference")).drop("class_code")
 
 
 def _untangle(tangled: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
