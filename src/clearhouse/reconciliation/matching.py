@@ -52,9 +52,11 @@ the period's last day in the channel's ``timezone`` (the channel will book them 
 statement), else ``missing_in_statement``. Our lines outside the period and our failed lines that
 nobody claims are not reported.
 
-Performance: pass 1 is one full hash join of the two frames plus two hash passes over integer columns
-to find repeated keys; there is no sort and no Python per line. Passes 2 and 3 and every detail
-sentence run on the residue only (0.1% of the lines in the benchmark).
+Performance: pass 1 is one hash join of 64-bit hashes of the two reference columns (the pairs checked
+with a second hash), ``bincount`` over the row positions to find repeated keys, then one filter of the
+statement and one gather of ours: no sort and no Python per line, and the pass-1 rows come out in
+statement order. Passes 2 and 3 and every detail sentence run on the residue only. 10M x 10M lines
+with 0.1% discrepancies of every class: about 3.3 s on 2 cores (``MatchOutcome.seconds`` per pass).
 """
 
 from __future__ import annotations
