@@ -32,6 +32,7 @@ from clearhouse.identity import approvals
 from clearhouse.identity.models import Approval
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
+from clearhouse.kit.ids import new_id
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
 from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
@@ -257,7 +258,20 @@ def settle_timing(session: Session, run_id: str, channel: str, results: pl.DataF
     A timing pair found in this run (both sides present, booked on different days) is
     resolved at once; an open timing case of an earlier run is resolved when this run's
     statement brings its line."""
-    closed = 0
+    settled_pairs = (cases.c.reconciliation_id == run_id, cases.c["class"] == "timing", cases.c.state == "open",
+                     cases.c.line_no.is_not(None), cases.c.our_id.is_not(None), cases.c.delta == 0)
+    pairs = session.execute(select(cases.c.id, cases.c.ours_booked_on, cases.c.theirs_booked_on)
+                            .where(*settled_pairs)).all()
+    if pairs:
+        # Nothing to post for these (delta 0): one UPDATE and one batch of events, not one of each per case.
+        session.execute(update(cases).where(*settled_pairs).values(
+            state="resolved", resolution="auto_timing", resolution_reason="both sides present, a day apart",
+            resolved_by=SYSTEM, resolved_at=now, updated_at=now))
+        session.execute(case_events.insert(), [
+            {"id": new_id("rce"), "case_id": p.id, "type": "resolved", "actor": SYSTEM,
+             "body": f"both sides present: booked {p.ours_booked_on} by us, {p.theirs_booked_on} by the channel",
+             "detail_json": '{"resolution": "auto_timing"}', "created_at": now} for p in pairs])
+    closed = len(pairs)
     for row in session.execute(_select_cases().where(
             cases.c.reconciliation_id == run_id, cases.c["class"] == "timing", cases.c.state == "open",
             cases.c.line_no.is_not(None), cases.c.our_id.is_not(None))).all():

@@ -190,8 +190,9 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     progress("match", 0, 1)
     outcome = run_match(parsed.lines, internal, rules, period)
     progress("match", 1, 1)
-    results = with_delta(outcome.results)
+    results = outcome.results
     summary = outcome.summary()
+    discrepancies = with_delta(results.filter(pl.col("class") != "matched"))
     clearing = clearing_of(parsed.lines, internal, period)
     mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
 
@@ -204,7 +205,6 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
             statement_date=statement_date, first_day=meta.first_day, last_day=meta.last_day,
             account=meta.account, currency=meta.currency, opening_balance=meta.opening_balance,
             closing_balance=meta.closing_balance, imported_by=f"{who.type}:{who.id}", imported_at=now))
-        discrepancies = results.filter(pl.col("class") != "matched")
         session.execute(runs.insert().values(
             id=run_id, statement_id=statement_id, channel=channel, statement_date=statement_date,
             rules_json=rules.model_dump_json(), classes_json=orjson.dumps(_all_classes(summary)).decode(),
@@ -306,8 +306,7 @@ def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_dat
     period = period_of(parsed.meta, fmt, statement_date)
     internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
     outcome = run_match(parsed.lines, internal, rules, period)
-    results = with_delta(outcome.results)
-    sample = results.filter(pl.col("class") != "matched").head(100)
+    sample = with_delta(outcome.results.filter(pl.col("class") != "matched").head(100))
     return {"channel": channel, "statement_date": statement_date, "statement_lines": parsed.lines.height,
             "internal_lines": internal.height, "classes": _all_classes(outcome.summary()),
             "clearing": clearing_of(parsed.lines, internal, period),
