@@ -48,13 +48,7 @@ def _day(element: Any, path: str, line: int) -> date | None:
     holder = element.find(path)
     if holder is None:
         return None
-    text = _text(holder, "{*}Dt") or _text(holder, "{*}DtTm")
-    if text is None:
-        return None
-    try:
-        return date.fromisoformat(text[:10])
-    except ValueError:
-        raise StatementInvalid(f"{text!r} is not an ISO date", line=line) from None
+    return _iso_day(_text(holder, "{*}Dt") or _text(holder, "{*}DtTm"), line)
 
 
 def _money(element: Any | None, line: int, what: str) -> tuple[int, str]:
@@ -128,7 +122,11 @@ def _first(index: dict[str, list[Any]], path: str) -> str | None:
 
 
 def _day_of(index: dict[str, list[Any]], path: str, line: int) -> date | None:
-    text = _first(index, path + "/Dt") or _first(index, path + "/DtTm")
+    return _iso_day(_first(index, path + "/Dt") or _first(index, path + "/DtTm"), line)
+
+
+def _iso_day(text: str | None, line: int) -> date | None:
+    """The day of an ISO date or date-time element's text (``Dt`` or ``DtTm``)."""
     if text is None:
         return None
     try:
