@@ -49,6 +49,7 @@ import polars as pl
 
 from clearhouse.bench import ProgressFn, Report, emit, no_progress, progress_bar, rate_figure
 from clearhouse.reconciliation.frames import INTERNAL_SCHEMA
+from clearhouse.reconciliation.models import DISCREPANCIES
 
 T = TypeVar("T")
 
@@ -58,8 +59,7 @@ STATEMENT_DAY = date(2026, 11, 23)
 MAPPING = "clearhouse_v1"
 HEADER = ("our_ref", "channel_ref", "kind", "status", "amount", "fee", "currency", "booked_on", "value_on",
           "description")
-DISCREPANCY_CLASSES = ("missing_in_ledger", "missing_in_statement", "amount_mismatch", "fee_mismatch",
-                       "status_mismatch", "duplicate", "timing")
+DISCREPANCY_CLASSES = DISCREPANCIES
 WALL_GOAL_S = 30.0
 RATIO_GOAL = 10.0
 

@@ -71,11 +71,9 @@ import polars as pl
 from rapidfuzz import fuzz, process
 
 from clearhouse.kit.money import Currency, UnknownCurrency
+from clearhouse.reconciliation.models import CLASSES
 from clearhouse.reconciliation.rules import MatchRules
 from clearhouse.reconciliation.sources import day_bounds
-
-CLASSES = ("matched", "missing_in_ledger", "missing_in_statement", "amount_mismatch", "fee_mismatch",
-           "status_mismatch", "duplicate", "timing")
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "class": pl.String(),
