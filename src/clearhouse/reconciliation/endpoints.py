@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.permissions import actor_of, principal_of, requires
+from clearhouse.kit import clock
 from clearhouse.kit.api import Page, validate
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import ClearhouseError
@@ -247,15 +248,17 @@ def dry_run(
 
 @router.get("/clearing/daily", response_model=ClearingReportOut, dependencies=_READ, responses={
     200: {"content": {"text/csv": {}, "text/html": {}, "image/svg+xml": {}}}})
-def clearing_report(request: Request, date_: Annotated[date, Query(alias="date")],
+def clearing_report(request: Request, date_: Annotated[date | None, Query(alias="date")] = None,
                     channel: Annotated[str | None, Query(max_length=40)] = None,
                     format: Literal["json", "csv", "html", "svg"] = "json") -> Any:
-    """Per channel and currency for one day: expected (ledger), reported (channel), received (bank), net
-    position and the clearing account's balance; as JSON, CSV, an HTML page with a chart, or the chart."""
-    report = transact(_engine(request), lambda s: clearing.daily_report(s, date_, channel=channel))
+    """Per channel and currency for one day (default: today, UTC): expected (ledger), reported (channel),
+    received (bank), net position and the clearing account's balance; as JSON, CSV, an HTML page with a chart,
+    or the chart."""
+    day = date_ or clock.now().date()
+    report = transact(_engine(request), lambda s: clearing.daily_report(s, day, channel=channel))
     if format == "csv":
         return Response(clearing.as_csv(report), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="clearing-{date_}.csv"'})
+                        headers={"Content-Disposition": f'attachment; filename="clearing-{day}.csv"'})
     if format == "html":
         return HTMLResponse(clearing.as_html(report))
     if format == "svg":
