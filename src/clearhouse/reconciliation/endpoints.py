@@ -62,6 +62,10 @@ def _engine(request: Request) -> Any:
     return request.app.state.engine
 
 
+def _page(rows: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    return {"data": rows, "has_more": more, "next_cursor": rows[-1]["id"] if more else None}
+
+
 @contextlib.contextmanager
 def _spooled(request: Request, upload: UploadFile) -> Iterator[Path]:
     """The upload in a temporary file (the parsers stream from disk), removed afterwards."""
@@ -133,7 +137,7 @@ def list_run_cases(reconciliation_id: str, request: Request, limit: Limit = 100,
                                 channel=None, limit=limit, starting_after=starting_after)
 
     rows, more = transact(_engine(request), work)
-    return {"data": rows, "has_more": more, "next_cursor": rows[-1]["id"] if more else None}
+    return _page(rows, more)
 
 
 @router.get("/recon_cases", response_model=Page[CaseOut], dependencies=_READ, response_model_by_alias=True)
@@ -145,7 +149,7 @@ def list_all_cases(request: Request, limit: Limit = 100, starting_after: Cursor 
     rows, more = transact(_engine(request), lambda s: cases.list_cases(
         s, reconciliation_id=None, class_=class_, state=state, channel=channel, limit=limit,
         starting_after=starting_after))
-    return {"data": rows, "has_more": more, "next_cursor": rows[-1]["id"] if more else None}
+    return _page(rows, more)
 
 
 @router.get("/recon_cases/{case_id}", response_model=CaseOut, responses=_ERRORS, dependencies=_READ,
