@@ -149,7 +149,12 @@ def bookkeeping_engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def app(settings: Settings, engine: Engine, bookkeeping_engine: Engine):
-    return create_app(settings, engine=engine, bookkeeping_engine=bookkeeping_engine)
+    app = create_app(settings, engine=engine, bookkeeping_engine=bookkeeping_engine)
+    yield app
+    # A test client used without ``with`` never runs the lifespan that closes these.
+    recorder = getattr(app.state, "request_recorder", None)
+    if recorder is not None:
+        recorder.close()
 
 
 @dataclass(frozen=True)

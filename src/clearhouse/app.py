@@ -67,6 +67,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         yield
         if stop is not None:
             stop.set()
+        recorder = getattr(app.state, "request_recorder", None)
+        if recorder is not None:
+            await recorder.aclose()
         if owned_bookkeeping:
             bookkeeping_engine.dispose()
 

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from clearhouse.identity import service, signing
 from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, leaf_routes, route_permission
 from clearhouse.identity.ratelimit import RateLimited
+from clearhouse.identity.repository import RequestRecorder
 from clearhouse.kit import clock
 from clearhouse.kit.api import RequestTooLarge, read_body, replay_body
 from clearhouse.kit.crypto import FieldCipher
@@ -61,6 +62,9 @@ class AuthenticationMiddleware:
         # Its own threads, not anyio's shared pool: about half the cost of a hop, which this
         # pays on every request (clearhouse bench auth), and a slow route cannot starve it.
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auth")
+        self.recorder = RequestRecorder(engine, self._in_thread)
+        # The app's lifespan closes the recorder's connections (app.py).
+        fastapi_app.state.request_recorder = self.recorder
 
     async def _in_thread(self, work: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
@@ -104,7 +108,7 @@ class AuthenticationMiddleware:
                 if body is None:
                     raise MalformedRequest("the client disconnected before the body arrived")
                 receive = replay_body(body, receive)
-                principal = await self._in_thread(self._key_principal, scope, signed, key, body)
+                principal = await self._key_principal(scope, signed, key, body)
             elif b"cookie" in headers:
                 principal = await self._in_thread(self._session_principal, scope, headers)
             else:
@@ -137,8 +141,8 @@ class AuthenticationMiddleware:
             raise service.SignatureInvalid(f"{signing.NONCE_HEADER} must be 16-64 printable ASCII characters")
         return key_id, timestamp, nonce, given
 
-    def _key_principal(self, scope: Scope, signed: tuple[str, str, str, str],
-                       cached: tuple[service.KeyRecord, str, Principal], body: bytes) -> Principal:
+    async def _key_principal(self, scope: Scope, signed: tuple[str, str, str, str],
+                             cached: tuple[service.KeyRecord, str, Principal], body: bytes) -> Principal:
         _key_id, timestamp, nonce, given = signed
         path = scope.get("raw_path") or scope["path"].encode()
         message = signing.signing_string(scope["method"], path.decode("latin-1"),
@@ -149,8 +153,8 @@ class AuthenticationMiddleware:
             raise service.SignatureInvalid("the signature does not match the request, or the key is unknown")
         if key.expires_at is not None and key.expires_at <= clock.now():
             raise service.ApiKeyExpired(f"API key {key.id} expired at {clock.rfc3339(key.expires_at)}")
-        wait = service.consume_nonce(self.engine, key.id, nonce,
-                                     rate_limit_per_minute=self.settings.api_key_rate_limit_per_minute)
+        wait = await service.consume_nonce(self.recorder, key.id, nonce,
+                                           rate_limit_per_minute=self.settings.api_key_rate_limit_per_minute)
         if wait is not None:
             raise RateLimited("this API key is over its rate limit", retry_after=wait)
         return principal

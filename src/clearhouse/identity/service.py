@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Row, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
@@ -397,17 +397,18 @@ def check_key_state(key: KeyRecord) -> None:
         raise MerchantSuspended("this merchant is suspended")
 
 
-def consume_nonce(engine: Engine, key_id: str, nonce: str, *, rate_limit_per_minute: int) -> int | None:
+async def consume_nonce(recorder: repository.RequestRecorder, key_id: str, nonce: str, *,
+                        rate_limit_per_minute: int) -> int | None:
     """Record the nonce and count the request against the key's rate limit (this runs for
-    every signed request, so in one raw statement on PostgreSQL); returns seconds to wait
-    when over the limit. Raises the reason when the nonce was not recorded (replayed, key
-    revoked, merchant suspended)."""
+    every signed request, so in one raw statement on PostgreSQL, from the event loop);
+    returns seconds to wait when over the limit. Raises the reason when the nonce was not
+    recorded (replayed, key revoked, merchant suspended)."""
     window_seconds = 60
     now = time.time()
     window = int(now // window_seconds) * window_seconds
-    recorded, count = repository.record_request(engine, key_id, nonce, clock.now(), f"key:{key_id}", window)
+    recorded, count = await recorder.record(key_id, nonce, clock.now(), f"key:{key_id}", window)
     if not recorded:
-        key = transact(engine, lambda session: find_key(session, key_id))
+        key = await recorder.in_thread(transact, recorder.engine, lambda session: find_key(session, key_id))
         if key is None:
             raise SignatureInvalid("the signature does not match the request, or the key is unknown")
         check_key_state(key)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Engine, Table, create_engine, event, text
@@ -87,12 +87,21 @@ def is_postgresql(session_or_engine: Session | Engine) -> bool:
     return bind.dialect.name == "postgresql"
 
 
+_PG_SQL: dict[str, str] = {}
+
+
+def postgresql_paramstyle(sql: str) -> str:
+    """``:name`` parameters (portable, as ``text()`` takes them) as psycopg's ``%(name)s``."""
+    converted = _PG_SQL.get(sql)
+    if converted is None:
+        converted = _PG_SQL[sql] = re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
+    return converted
+
+
 class RawCursor:
     """Statements on the driver's own cursor, for the few hot paths (one per request) where
     SQLAlchemy's per-statement cost (~60 us) is most of the work. SQL is written once with
     ``:name`` parameters and must stay portable; datetimes are passed as aware UTC values."""
-
-    _pg_sql: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cursor: Any, postgresql: bool):
         self.cursor = cursor
@@ -100,10 +109,7 @@ class RawCursor:
 
     def _run(self, sql: str, params: dict[str, Any]) -> Any:
         if self.postgresql:
-            converted = self._pg_sql.get(sql)
-            if converted is None:
-                converted = self._pg_sql[sql] = re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
-            self.cursor.execute(converted, params)
+            self.cursor.execute(postgresql_paramstyle(sql), params)
         else:
             # SQLite stores UTC datetimes as naive ISO text, as kit.types.UTCDateTime does.
             self.cursor.execute(sql, {k: _sqlite_value(v) for k, v in params.items()})
