@@ -8,4 +8,13 @@ trap 'scripts/postgres.sh stop "$pgdir"' EXIT
 export CLEARHOUSE_TEST_POSTGRES_URL="$url"
 export CLEARHOUSE_TEST_BACKENDS="sqlite,postgresql"
 # Two workers on two cores: each gets its own PostgreSQL database (tests/conftest.py).
-.venv/bin/pytest -n auto "$@"
+if [ $# -gt 0 ]; then
+    exec .venv/bin/pytest -n auto "$@"
+fi
+# The whole suite in two runs: the default run (kept under 15 minutes), then the suites
+# marked slow (crash safety, concurrency, the exhaustive API walks, the benchmarks' own
+# tests). Both always run; the exit status is the first failure's.
+status=0
+.venv/bin/pytest -n auto -m "not slow" --durations=15 || status=$?
+.venv/bin/pytest -n auto -m slow --durations=15 || status=$((status ? status : $?))
+exit "$status"
