@@ -10,6 +10,15 @@ Exactly-once effects do not rest on this table alone: an endpoint that creates a
 object without a client-chosen id derives the id from the key (``derived_id``), so a
 retry after a crash between the work's commit and the response being stored finds the
 object already there instead of creating a second one.
+
+Cost: the claim is one ``INSERT ... ON CONFLICT DO NOTHING`` (a key seen before is read
+only when the insert finds it), the stored answer one ``UPDATE``, both prebuilt, both
+committed on the bookkeeping engine (no wait for the disk; see ``kit.db.make_engine``).
+That is safe because both databases write one log in commit order: the endpoint's own
+durable commit, which always comes after the claim, flushes the claim with it, so any
+effect a retry could repeat is on disk only with its claim. A stored answer lost in a
+power cut leaves the key ``in_progress``, which is the crash case above: the retry takes
+the lease over when it ends and finds the object by its derived id.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import CheckConstraint, Engine, Index, String, Text, delete, insert, select, update
+from sqlalchemy import CheckConstraint, Engine, Index, String, Text, bindparam, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from starlette.concurrency import run_in_threadpool
@@ -115,21 +125,39 @@ def request_fingerprint(path: str, query: bytes, body: bytes, caller: str = "") 
     return hashlib.sha256(b"\n".join([caller.encode(), path.encode(), query, body])).hexdigest()
 
 
+# Built once: building a statement costs SQLAlchemy more than running it (every keyed POST
+# runs two of these). Bind names differ from the columns, which an UPDATE's SET takes.
+_THIS_KEY = (records.c.scope == bindparam("the_scope"), records.c.key == bindparam("the_key"))
+_INSERT_NEW = {
+    "postgresql": postgresql.insert(records).on_conflict_do_nothing().returning(records.c.state),
+    "sqlite": sqlite.insert(records).on_conflict_do_nothing().returning(records.c.state),
+}
+_FIND_LOCKED = select(records).where(*_THIS_KEY).with_for_update()
+_FORGET = delete(records).where(*_THIS_KEY)
+_UPDATE = update(records).where(*_THIS_KEY)
+
+
 def _claim(session: Session, scope: str, key: str, request_hash: str) -> tuple[str, Any]:
     """Decide what to do with a keyed request: ("proceed", the record's creation time),
-    ("replay", the stored record), ("reused", None) or ("in_use", None)."""
+    ("replay", the stored record), ("reused", None) or ("in_use", None).
+
+    A new key (nearly every request) is one insert; the unique key decides a race, and the
+    loser (PostgreSQL waits for the winner's commit) reads the winner's row."""
     now = clock.now()
-    row = session.execute(
-        select(records).where(records.c.scope == scope, records.c.key == key).with_for_update()
-    ).first()
-    if row is not None and row.created_at + WINDOW < now:
-        session.execute(delete(records).where(records.c.scope == scope, records.c.key == key))
-        row = None
+    connection = session.connection()
+    fresh = {"scope": scope, "key": key, "request_hash": request_hash, "state": "in_progress",
+             "created_at": now, "lease_until": now + LEASE}
+    if connection.execute(_INSERT_NEW[connection.dialect.name], fresh).first() is not None:
+        return "proceed", now
+    where = {"the_scope": scope, "the_key": key}
+    row = connection.execute(_FIND_LOCKED, where).first()
     if row is None:
-        session.execute(insert(records).values(
-            scope=scope, key=key, request_hash=request_hash, state="in_progress",
-            created_at=now, lease_until=now + LEASE,
-        ))
+        # Gone between the two statements (purged): claim it as new.
+        connection.execute(insert(records), fresh)
+        return "proceed", now
+    if row.created_at + WINDOW < now:
+        connection.execute(_FORGET, where)
+        connection.execute(insert(records), fresh)
         return "proceed", now
     if row.request_hash != request_hash:
         return "reused", None
@@ -138,8 +166,7 @@ def _claim(session: Session, scope: str, key: str, request_hash: str) -> tuple[s
     if row.lease_until > now:
         return "in_use", None
     # The first request died without answering: take its lease over.
-    session.execute(update(records).where(records.c.scope == scope, records.c.key == key)
-                    .values(lease_until=now + LEASE))
+    connection.execute(_UPDATE, {**where, "lease_until": now + LEASE})
     return "proceed", row.created_at
 
 
@@ -157,25 +184,34 @@ def _body_context(scope: str, key: str) -> str:
 
 def _finish(session: Session, cipher: FieldCipher, scope: str, key: str, status: int, content_type: str,
             body: bytes) -> None:
-    where = (records.c.scope == scope, records.c.key == key)
+    where = {"the_scope": scope, "the_key": key}
     if status >= 500:
         # Nothing was decided: let the client try again with the same key.
-        session.execute(delete(records).where(*where))
+        session.connection().execute(_FORGET, where)
         return
-    session.execute(update(records).where(*where).values(
-        state="done", response_status=status, response_content_type=content_type,
+    session.connection().execute(_UPDATE, {
+        **where, "state": "done", "response_status": status, "response_content_type": content_type,
         # Encrypted: a first response may hold what is shown only once (a new API key's secret).
-        response_body=cipher.encrypt(body.decode("utf-8", "replace"), _body_context(scope, key)),
-    ))
+        "response_body": cipher.encrypt(body.decode("utf-8", "replace"), _body_context(scope, key)),
+    })
 
 
 class IdempotencyMiddleware:
     """Pure ASGI, so the request body can be hashed and the response captured whole."""
 
-    def __init__(self, app: ASGIApp, engine: Engine, cipher: FieldCipher):
+    def __init__(self, app: ASGIApp, engine: Engine, cipher: FieldCipher, bookkeeping_engine: Engine | None = None):
         self.app = app
         self.engine = engine
         self.cipher = cipher
+        self.bookkeeping_engine = bookkeeping_engine
+        """Where keys are claimed and answers stored (module docstring: why that is safe);
+        when not given, the app's ``state.bookkeeping_engine``, else ``engine``."""
+
+    def _engine(self, scope: Scope) -> Engine:
+        if self.bookkeeping_engine is None:
+            app = scope.get("app")
+            self.bookkeeping_engine = getattr(getattr(app, "state", None), "bookkeeping_engine", None) or self.engine
+        return self.bookkeeping_engine
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
@@ -199,9 +235,10 @@ class IdempotencyMiddleware:
         request_hash = request_fingerprint(scope["path"], scope.get("query_string", b""), body,
                                            state.get("idempotency_caller", ""))
 
+        engine = self._engine(scope)
         try:
             verdict, found = await run_in_threadpool(
-                transact, self.engine, lambda s: _claim(s, caller, key, request_hash), retry_integrity=True
+                transact, engine, lambda s: _claim(s, caller, key, request_hash), retry_integrity=True
             )
         except IntegrityError:
             verdict, found = "in_use", None
@@ -239,7 +276,7 @@ class IdempotencyMiddleware:
             await self.app(scope, replay_body(body, receive), capture)
         finally:
             await run_in_threadpool(
-                transact, self.engine,
+                transact, engine,
                 lambda s: _finish(s, self.cipher, caller, key, captured["status"], captured["content_type"],
                                   b"".join(captured["body"])),
             )

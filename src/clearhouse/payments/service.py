@@ -14,6 +14,11 @@ A crash between 2 and 3 leaves a ``started`` attempt; the worker asks the channe
 (``query``) and applies the answer through the same function, so nobody is charged twice.
 A timeout is settled the same way before any other channel is tried: only when the first
 channel says it never saw the reference is the next candidate called.
+
+A card payment is two durable transactions (steps 1 and 3) and about twenty statements:
+the hot statements are built once at import (``_run``), the payment's row and the view
+published in step 3 are rendered from what was just written instead of being read back,
+and a payment's timeline events are inserted together.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,7 +51,7 @@ from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
 from clearhouse.kit.canonical import canonical_json
 from clearhouse.kit.db import is_postgresql, transact
-from clearhouse.kit.ids import new_id
+from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.kit.money import allocate, rate_of
 from clearhouse.ledger import errors as ledger_errors
 from clearhouse.ledger import service as ledger
@@ -79,6 +84,26 @@ _PAYMENT_STATUS = {
     protocol.PENDING: state.PROCESSING, protocol.CANCELED: state.CANCELED,
 }
 _FINAL_ATTEMPT = frozenset({"approved", "authorized", "declined", "failed", "canceled"})
+
+# The statements every payment runs, built once: SQLAlchemy spends more building and
+# caching a statement than the database spends running it. Bind names differ from column
+# names, which an UPDATE's SET takes from the parameters.
+_PAYMENT_BY_ID = select(payments).where(payments.c.id == bindparam("the_id"))
+_PAYMENT_BY_ID_LOCKED = _PAYMENT_BY_ID.with_for_update()  # SQLite renders no FOR UPDATE (BEGIN IMMEDIATE)
+_PAYMENT_EXISTS = select(payments.c.id).where(payments.c.id == bindparam("the_id"))
+_ATTEMPT_BY_ID = select(attempts).where(attempts.c.id == bindparam("the_id"))
+_ATTEMPTS_OF = select(attempts).where(attempts.c.payment_id == bindparam("the_id")).order_by(attempts.c.seq)
+_INSERT_PAYMENT = insert(payments)
+_INSERT_ATTEMPT = insert(attempts)
+_INSERT_EVENTS = insert(events)
+_UPDATE_PAYMENT = update(payments).where(payments.c.id == bindparam("the_id"))
+_UPDATE_OPEN_ATTEMPT = update(attempts).where(attempts.c.id == bindparam("the_id"),
+                                              attempts.c.status.not_in(sorted(_FINAL_ATTEMPT)))
+
+
+def _run(session: Session, statement: Any, params: Any) -> Any:
+    """A prebuilt statement on the session's connection (the ORM session adds nothing here)."""
+    return session.connection().execute(statement, params)
 
 
 @dataclass
@@ -117,7 +142,8 @@ def _first(session: Session, query: Any, *, lock: bool) -> Row | None:
 
 
 def _payment(session: Session, payment_id: str, *, lock: bool = False) -> Row:
-    row = _first(session, select(payments).where(payments.c.id == payment_id), lock=lock)
+    """The payment's row; with ``lock``, held until commit (see ``_first``)."""
+    row = _run(session, _PAYMENT_BY_ID_LOCKED if lock else _PAYMENT_BY_ID, {"the_id": payment_id}).first()
     if row is None:
         raise errors.PaymentNotFound(f"no payment {payment_id}")
     return row
@@ -134,17 +160,24 @@ def _attempt_views(session: Session, payment_ids: list[str]) -> dict[str, list[d
     found: dict[str, list[dict[str, Any]]] = {pid: [] for pid in payment_ids}
     if not payment_ids:
         return found
-    rows = session.execute(
-        select(attempts).where(attempts.c.payment_id.in_(payment_ids)).order_by(attempts.c.payment_id,
-                                                                                attempts.c.seq)
-    ).all()
+    if len(payment_ids) == 1:
+        rows = _run(session, _ATTEMPTS_OF, {"the_id": payment_ids[0]}).all()
+    else:
+        rows = session.execute(
+            select(attempts).where(attempts.c.payment_id.in_(payment_ids)).order_by(attempts.c.payment_id,
+                                                                                    attempts.c.seq)
+        ).all()
     for a in rows:
-        found[a.payment_id].append({
-            "id": a.id, "channel": a.channel, "status": a.status, "reason": a.reason,
-            "decline_code": a.decline_code, "message": a.message, "latency_ms": a.latency_ms,
-            "created_at": a.created_at, "finished_at": a.finished_at,
-        })
+        found[a.payment_id].append(_attempt_view(a))
     return found
+
+
+def _attempt_view(a: Any) -> dict[str, Any]:
+    return {
+        "id": a.id, "channel": a.channel, "status": a.status, "reason": a.reason,
+        "decline_code": a.decline_code, "message": a.message, "latency_ms": a.latency_ms,
+        "created_at": a.created_at, "finished_at": a.finished_at,
+    }
 
 
 def payment_view(row: Row, attempt_views: list[dict[str, Any]], timeline: list[dict[str, Any]] | None = None,
@@ -206,21 +239,51 @@ def list_payments(session: Session, principal: Principal, *, merchant_id: str | 
 
 def _event(session: Session, payment_id: str, type_: str, *, from_status: str | None = None,
            to_status: str | None = None, **detail: Any) -> None:
-    session.execute(insert(events).values(
-        id=new_id("pev"), payment_id=payment_id, type=type_, from_status=from_status, to_status=to_status,
-        detail_json=canonical_json(detail), created_at=clock.now(),
-    ))
+    _events(session, [_event_values(payment_id, type_, from_status=from_status, to_status=to_status, **detail)])
 
 
-def _publish(session: Session, row: Row, status: str) -> None:
+def _event_values(payment_id: str, type_: str, *, from_status: str | None = None, to_status: str | None = None,
+                  **detail: Any) -> dict[str, Any]:
+    """One timeline event, its id given by ``_events``."""
+    return {"payment_id": payment_id, "type": type_, "from_status": from_status, "to_status": to_status,
+            "detail_json": canonical_json(detail), "created_at": clock.now()}
+
+
+def _events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Timeline events in one statement, in the order given: the timeline is read in id
+    order, and ids made in one millisecond share their time part, so they are sorted."""
+    for row, event_id in zip(rows, sorted(new_ids("pev", len(rows))), strict=True):
+        row["id"] = event_id
+    _run(session, _INSERT_EVENTS, rows)
+
+
+def _publish(session: Session, row: Row, status: str, written: dict[str, Any] | None = None) -> None:
     """The merchant's webhook for a new status, in this transaction (transactional outbox).
     The view is kept on the session: the answer to this request, read in this transaction
-    after the last change, is the same view (``brief_view``)."""
-    fresh = _payment(session, row.id)
+    after the last change, is the same view (``brief_view``).
+
+    ``written``: the values this transaction's single UPDATE of ``row`` set (plain values,
+    no SQL expressions): the payment is then rendered from ``row`` and them, not read back."""
+    if written is None:
+        fresh: Any = _payment(session, row.id)
+    else:
+        fresh = _Written({**row._mapping, **written})
     view = payment_view(fresh, _attempt_views(session, [fresh.id])[fresh.id])
     session.info.setdefault("payment_views", {})[fresh.id] = view
     webhooks.emit(session, merchant_id=fresh.merchant_id, event_type=state.WEBHOOK_EVENTS[status],
                   data=_json_safe(view))
+
+
+class _Written(dict):
+    """A payment's columns as just written, read like a row (``row.status``)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def _json_safe(view: dict[str, Any]) -> dict[str, Any]:
@@ -287,8 +350,7 @@ def brief_view(session: Session, payment_id: str) -> dict[str, Any]:
 
 def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Actor, request: NewPayment,
           payment_id: str | None) -> _Opened:
-    if payment_id is not None and session.execute(
-            select(payments.c.id).where(payments.c.id == payment_id)).first() is not None:
+    if payment_id is not None and _run(session, _PAYMENT_EXISTS, {"the_id": payment_id}).first() is not None:
         return _Opened(payment_id, None, None, [], None, existing=True)
     merchant_id = identity.owner_of(session, principal, request.merchant_id)
     if request.capture_method == "manual" and request.method != "card":
@@ -303,36 +365,46 @@ def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Acto
     plan = rt.router.plan(session, merchant_id=merchant_id, method=request.method, currency=request.currency,
                           amount=request.amount, country=customer.get("country"),
                           card_bin=card_data.bin if card_data else None)
+    if not plan.candidates and not any(s.transient for s in plan.skipped):
+        raise plan.no_candidate_error()  # nothing could ever take it: refused, nothing stored
     now = clock.now()
     pid = payment_id or new_id("pay")
     fee_items = [{"type": "processing_fee", "amount": fee, "percent": rule.percent, "fixed": rule.fixed,
                   "minimum": rule.minimum}] if request.purpose != "wallet_top_up" else []
-    session.execute(insert(payments).values(
-        id=pid, merchant_id=merchant_id, purpose=request.purpose, amount=request.amount,
-        currency=request.currency, method=request.method, capture_method=request.capture_method,
-        status=state.PROCESSING, merchant_order_id=request.merchant_order_id, description=request.description,
-        customer_json=canonical_json(customer), card_id=card_id, wallet_id=wallet_id,
-        return_url=request.return_url, metadata_json=canonical_json(request.metadata or {}),
-        fee_amount=fee, fees_json=canonical_json(fee_items), fee_rule_json=canonical_json(rule.as_dict()),
-        created_at=now, updated_at=now,
-    ))
-    _event(session, pid, "created", to_status=state.PROCESSING, amount=request.amount, currency=request.currency,
-           method=request.method, rule=plan.rule_id, card_id=card_id, by=actor.id,
-           skipped=[{"channel": s.channel, "reason": s.reason} for s in plan.skipped])
-    if not plan.candidates and not any(s.transient for s in plan.skipped):
-        raise plan.no_candidate_error()  # nothing could ever take it: refused, nothing stored
-    if not plan.candidates:
-        _fail(session, _payment(session, pid), "no_channel_available",
-              "; ".join(f"{s.channel}: {s.reason}" for s in plan.skipped) or "no channel available")
-        return _Opened(pid, None, None, [], None)
-    first = plan.candidates[0]
-    if first.channel == WALLET:
+    values = {
+        "id": pid, "merchant_id": merchant_id, "purpose": request.purpose, "amount": request.amount,
+        "currency": request.currency, "method": request.method, "capture_method": request.capture_method,
+        "status": state.PROCESSING, "merchant_order_id": request.merchant_order_id,
+        "description": request.description, "customer_json": canonical_json(customer), "card_id": card_id,
+        "wallet_id": wallet_id, "return_url": request.return_url,
+        "metadata_json": canonical_json(request.metadata or {}), "fee_amount": fee,
+        "fees_json": canonical_json(fee_items), "fee_rule_json": canonical_json(rule.as_dict()),
+        "created_at": now, "updated_at": now,
+    }
+    created = _event_values(pid, "created", to_status=state.PROCESSING, amount=request.amount,
+                            currency=request.currency, method=request.method, rule=plan.rule_id, card_id=card_id,
+                            by=actor.id, skipped=[{"channel": s.channel, "reason": s.reason} for s in plan.skipped])
+    first = plan.candidates[0] if plan.candidates else None
+    if first is None or first.channel == WALLET:
+        _run(session, _INSERT_PAYMENT, values)
+        _events(session, [created])
+        if first is None:
+            _fail(session, _payment(session, pid), "no_channel_available",
+                  "; ".join(f"{s.channel}: {s.reason}" for s in plan.skipped) or "no channel available")
+            return _Opened(pid, None, None, [], None)
         _pay_from_wallet(session, _payment(session, pid), first.reason)
         return _Opened(pid, None, None, [], None, view=brief_view(session, pid))
-    attempt_id = _start_attempt(session, pid, 1, first.channel, first.reason,
-                                cost_of(rt, first.channel, request.amount))
-    return _Opened(pid, attempt_id, first.channel, list(plan.candidates[1:]), card_data,
-                   row=_payment(session, pid))
+    # The usual case: the payment is written with its first attempt already chosen (one
+    # insert, no update), and both timeline events in one statement.
+    attempt_id = new_id("pat")
+    reason = first.reason[:500]
+    values.update(channel=first.channel, reference=attempt_id, channel_cost=cost_of(rt, first.channel, request.amount))
+    _run(session, _INSERT_PAYMENT, values)
+    _run(session, _INSERT_ATTEMPT, {"id": attempt_id, "payment_id": pid, "seq": 1, "channel": first.channel,
+                                    "status": "started", "reason": reason, "created_at": clock.now()})
+    _events(session, [created, _event_values(pid, "attempt_started", channel=first.channel, attempt=attempt_id,
+                                             reason=reason)])
+    return _Opened(pid, attempt_id, first.channel, list(plan.candidates[1:]), card_data, row=_Written(values))
 
 
 def _card_of(session: Session, rt: Runtime, principal: Principal, actor: audit.Actor, merchant_id: str,
@@ -418,12 +490,13 @@ def _pay_from_wallet(session: Session, row: Row, reason: str) -> None:
 
 
 def _fail(session: Session, row: Row, code: str, message: str, *, channel: str | None = None) -> None:
-    session.execute(update(payments).where(payments.c.id == row.id).values(
-        status=state.FAILED, failure_code=code, failure_message=message[:500], next_action_json=None,
-        channel=channel or row.channel, updated_at=clock.now()))
+    """``row``: the payment as it stands in this transaction (read here, not earlier)."""
+    values = {"status": state.FAILED, "failure_code": code, "failure_message": message[:500],
+              "next_action_json": None, "channel": channel or row.channel, "updated_at": clock.now()}
+    _run(session, _UPDATE_PAYMENT, {"the_id": row.id, **values})
     _event(session, row.id, "status_changed", from_status=row.status, to_status=state.FAILED, code=code,
            message=message[:500])
-    _publish(session, row, state.FAILED)
+    _publish(session, row, state.FAILED, written=values)
 
 
 # ------------------------------------------------------------------------------ driving
@@ -468,9 +541,9 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
         if result is not None:
             _record(rt, channel, "decline" if result.status == protocol.DECLINED else "success", started)
             latency = _ms(started)
-            return _tx(rt, lambda s, r=result, a=attempt_id, ms=latency: _applied(
+            return _tx(rt, lambda s, r=result, a=attempt_id, c=channel, ms=latency: _applied(
                 s, opened.payment_id, apply_result(s, a, r, source="authorize", hold_hours=_hold(rt),
-                                                   latency_ms=ms)))
+                                                   latency_ms=ms, attempt_of=(opened.payment_id, c))))
         _record(rt, channel, "failure", started)
         next_candidate = _next_available(rt, candidates)
         seq += 1
@@ -530,7 +603,7 @@ def _record(rt: Runtime, channel: str, outcome: str, started: float) -> None:
 def _mark_attempt(session: Session, attempt_id: str, status: str, message: str | None = None, *,
                   decline_code: str | None = None, external_id: str | None = None,
                   latency_ms: int | None = None) -> None:
-    values: dict[str, Any] = {"status": status, "finished_at": clock.now()}
+    values: dict[str, Any] = {"the_id": attempt_id, "status": status, "finished_at": clock.now()}
     if message is not None:
         values["message"] = message[:500]
     if decline_code is not None:
@@ -539,21 +612,27 @@ def _mark_attempt(session: Session, attempt_id: str, status: str, message: str |
         values["external_id"] = external_id
     if latency_ms is not None:
         values["latency_ms"] = latency_ms
-    session.execute(update(attempts).where(attempts.c.id == attempt_id,
-                                           attempts.c.status.not_in(_FINAL_ATTEMPT)).values(**values))
+    _run(session, _UPDATE_OPEN_ATTEMPT, values)
 
 
 # ------------------------------------------------------------------------------ applying answers
 
 
 def apply_result(session: Session, reference: str, result: ChannelResult | protocol.Notification, *,
-                 source: str, hold_hours: int, latency_ms: int | None = None) -> str:
+                 source: str, hold_hours: int, latency_ms: int | None = None,
+                 attempt_of: tuple[str, str] | None = None) -> str:
     """Apply a channel's answer about one attempt, once, whatever the order of arrival.
-    Returns what happened (for the notification log)."""
-    attempt = session.execute(select(attempts).where(attempts.c.id == reference)).first()
-    if attempt is None:
-        return "unknown_reference"
-    row = _payment(session, attempt.payment_id, lock=True)
+    Returns what happened (for the notification log).
+
+    ``attempt_of``: (payment id, channel) of the attempt, when the caller made it (the
+    answer to our own call); otherwise the attempt is looked up by ``reference``."""
+    if attempt_of is None:
+        attempt = _run(session, _ATTEMPT_BY_ID, {"the_id": reference}).first()
+        if attempt is None:
+            return "unknown_reference"
+        attempt_of = (attempt.payment_id, attempt.channel)
+    payment_id, attempt_channel = attempt_of
+    row = _payment(session, payment_id, lock=True)
     if result.status == protocol.NOT_FOUND:
         return "not_found"
     attempt_status = _ATTEMPT_STATUS.get(result.status)
@@ -572,8 +651,7 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
     if target == row.status:
         next_action = getattr(result, "next_action", None)
         if next_action:
-            session.execute(update(payments).where(payments.c.id == row.id).values(
-                next_action_json=canonical_json(dict(next_action))))
+            _run(session, _UPDATE_PAYMENT, {"the_id": row.id, "next_action_json": canonical_json(dict(next_action))})
         _event(session, row.id, "channel_repeated", status=result.status, source=source)
         return "unchanged"
     if not state.allowed(row.status, target):
@@ -599,10 +677,10 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
         next_action = getattr(result, "next_action", None)
         if next_action:
             values["next_action_json"] = canonical_json(dict(next_action))
-    session.execute(update(payments).where(payments.c.id == row.id).values(**values))
+    _run(session, _UPDATE_PAYMENT, {"the_id": row.id, **values})
     _event(session, row.id, "status_changed", from_status=row.status, to_status=target, source=source,
-           channel=attempt.channel, attempt=reference)
-    _publish(session, row, target)
+           channel=attempt_channel, attempt=reference)
+    _publish(session, row, target, written=values)
     if entry is not None:
         # Last: the ledger's chain lock serializes every entry until commit, so it is taken
         # when nothing else is left to do in this transaction.
