@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
 from clearhouse.kit import clock
-from clearhouse.kit.db import transact
+from clearhouse.kit.db import bulk_insert, transact
 from clearhouse.kit.ids import new_id
 from clearhouse.reconciliation import sources
 from clearhouse.reconciliation.errors import ReconciliationNotFound, StatementAlreadyImported
@@ -249,15 +249,18 @@ def _all_classes(summary: dict[str, dict[str, int]]) -> dict[str, dict[str, int]
 
 def save_cases(session: Session, run_id: str, channel: str, discrepancies: pl.DataFrame, now: Any,
                progress: ProgressFn = _no_progress, chunk: int = 20_000) -> None:
-    """Every discrepancy as an open case, inserted in chunks (a large day holds tens of thousands)."""
+    """Every discrepancy as an open case, inserted in chunks (a large day holds tens of
+    thousands) through ``bulk_insert``: COPY on PostgreSQL, a plain executemany on SQLite."""
     total = discrepancies.height
-    frame = discrepancies.select(["class", *_CASE_COLUMNS, "delta"])
+    frame = discrepancies.select(
+        "class", *_CASE_COLUMNS[:-1], pl.col("detail").fill_null("").str.slice(0, 500), "delta")
+    columns = ("id", "reconciliation_id", "channel", "state", "created_at", "updated_at",
+               "class", *_CASE_COLUMNS, "delta")
+    fixed = (run_id, channel, "open", now, now)
     done = 0
     for part in frame.iter_slices(chunk):
-        rows = [{**row, "id": new_id("rcs"), "reconciliation_id": run_id, "channel": channel, "state": "open",
-                 "detail": (row["detail"] or "")[:500], "created_at": now, "updated_at": now}
-                for row in part.iter_rows(named=True)]
-        session.execute(cases.insert(), rows)
+        rows = [(new_id("rcs"), *fixed, *row) for row in part.iter_rows()]
+        bulk_insert(session, cases, columns, rows)
         done += len(rows)
         progress("save", done, total)
 
