@@ -28,7 +28,7 @@ def nonces_of(engine, key_id: str) -> int:
 
 def test_concurrent_signed_requests_record_each_nonce_once_and_replays_are_refused(app, engine, live_server):
     key = make_key(app)
-    headers = [signed_headers(key.key_id, key.secret, "GET", "/v1/merchants") for _ in range(40)]
+    headers = [signed_headers(key.key_id, key.secret, "GET", "/v1/merchants") for _ in range(48)]
     statuses: list[int] = []
     lock = threading.Lock()
 
@@ -39,17 +39,18 @@ def test_concurrent_signed_requests_record_each_nonce_once_and_replays_are_refus
                 with lock:
                     statuses.append(status)
 
-    threads = [threading.Thread(target=send, args=(headers[i::8],)) for i in range(8)]
+    threads = [threading.Thread(target=send, args=(headers[i::16],)) for i in range(16)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert statuses == [200] * 40
-    assert nonces_of(engine, key.key_id) == 40
+    assert statuses == [200] * 48
+    assert nonces_of(engine, key.key_id) == 48
+    assert app.state.request_recorder.connections <= 8, "the recorder's connections are bounded"
     with httpx.Client(base_url=live_server, timeout=30) as client:
         replays = {client.get("/v1/merchants", headers=one).json()["code"] for one in headers[:5]}
     assert replays == {"signature_replayed"}
-    assert nonces_of(engine, key.key_id) == 40
+    assert nonces_of(engine, key.key_id) == 48
 
 
 def test_a_locked_sqlite_database_delays_the_signed_request_but_not_the_server(backend, app, engine, database_url,

@@ -79,10 +79,10 @@ class RequestRecorder:
 
     CHECKPOINT_EVERY = 500
 
-    def __init__(self, engine: Engine, in_thread: Callable[..., Awaitable[Any]], *, idle_connections: int = 8):
+    def __init__(self, engine: Engine, in_thread: Callable[..., Awaitable[Any]], *, connections: int = 8):
         self.engine = engine
         self.in_thread = in_thread
-        self.idle_connections = idle_connections
+        self.max_connections = connections
         self.postgresql = engine.dialect.name == "postgresql"
         self._inline: Any = None  # SQLite: the loop's own DB-API connection
         self._inline_lock = threading.Lock()
@@ -90,6 +90,7 @@ class RequestRecorder:
         self._checkpoints: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # PostgreSQL: the loop owning _idle
         self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = asyncio.Semaphore(connections)  # at most this many open (PostgreSQL)
 
     async def record(self, key_id: str, nonce: str, seen_at: datetime, bucket: str,
                      window_start: int) -> tuple[bool, int]:
@@ -155,20 +156,19 @@ class RequestRecorder:
         if self._loop is None or self._loop.is_closed():
             self._discard()
             self._loop = loop
+            self._slots = asyncio.Semaphore(self.max_connections)
         if loop is not self._loop:
             return await self.in_thread(record_request, self.engine, *params.values())
-        connection = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(
-            _libpq_url(self.engine), autocommit=True, options="-c synchronous_commit=off")
-        try:
-            cursor = await connection.execute(postgresql_paramstyle(RECORD_AND_COUNT), params)
-            row = await cursor.fetchone()
-        except BaseException:
-            await connection.close()  # a connection in an unknown state is not reused
-            raise
-        if len(self._idle) < self.idle_connections:
+        async with self._slots:
+            connection = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(
+                _libpq_url(self.engine), autocommit=True, options="-c synchronous_commit=off")
+            try:
+                cursor = await connection.execute(postgresql_paramstyle(RECORD_AND_COUNT), params)
+                row = await cursor.fetchone()
+            except BaseException:
+                await connection.close()  # a connection in an unknown state is not reused
+                raise
             self._idle.append(connection)
-        else:
-            await connection.close()
         count = row[0] if row is not None else None
         return count is not None, count or 0
 
