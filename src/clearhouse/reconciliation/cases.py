@@ -85,8 +85,17 @@ def difference_of(row: Any) -> int:
 
 
 def case_view(session: Session, case_id: str, *, with_events: bool = True) -> dict[str, Any]:
-    row = _case(session, case_id)
-    view = {
+    view = _view_of(_case(session, case_id))
+    if with_events:
+        events = session.execute(select(case_events).where(case_events.c.case_id == case_id)
+                                 .order_by(case_events.c.id)).all()
+        view["events"] = [{"id": e.id, "type": e.type, "actor": e.actor, "body": e.body,
+                           "created_at": e.created_at} for e in events]
+    return view
+
+
+def _view_of(row: Row) -> dict[str, Any]:
+    return {
         "id": row.id, "object": "recon_case", "reconciliation_id": row.reconciliation_id, "channel": row.channel,
         "class": row.class_, "state": row.state, "owner": row.owner, "our_id": row.our_id, "our_ref": row.our_ref,
         "channel_ref": row.channel_ref, "line_no": row.line_no, "currency": row.currency,
@@ -99,17 +108,12 @@ def case_view(session: Session, case_id: str, *, with_events: bool = True) -> di
         "approval_id": row.approval_id, "resolved_by": row.resolved_by, "resolved_at": row.resolved_at,
         "created_at": row.created_at, "updated_at": row.updated_at,
     }
-    if with_events:
-        events = session.execute(select(case_events).where(case_events.c.case_id == case_id)
-                                 .order_by(case_events.c.id)).all()
-        view["events"] = [{"id": e.id, "type": e.type, "actor": e.actor, "body": e.body,
-                           "created_at": e.created_at} for e in events]
-    return view
 
 
 def list_cases(session: Session, *, reconciliation_id: str | None, class_: str | None, state: str | None,
                channel: str | None, limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    query = select(cases.c.id).order_by(cases.c.id).limit(limit + 1)
+    """One page of cases, oldest id first, in one query."""
+    query = _select_cases().order_by(cases.c.id).limit(limit + 1)
     if reconciliation_id:
         query = query.where(cases.c.reconciliation_id == reconciliation_id)
     if class_:
@@ -120,8 +124,8 @@ def list_cases(session: Session, *, reconciliation_id: str | None, class_: str |
         query = query.where(cases.c.channel == channel)
     if starting_after:
         query = query.where(cases.c.id > starting_after)
-    ids = [r.id for r in session.execute(query)]
-    return [case_view(session, i, with_events=False) for i in ids[:limit]], len(ids) > limit
+    rows = session.execute(query).all()
+    return [_view_of(row) for row in rows[:limit]], len(rows) > limit
 
 
 def update_case(session: Session, actor: audit.Actor, case_id: str, *, owner: str | None,
