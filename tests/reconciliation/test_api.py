@@ -260,3 +260,23 @@ class TestClearingReport:
         assert csv_answer.text.splitlines()[1].startswith(f"{day.isoformat()},{CHANNEL},CNY,{net},{net},0,{net}")
         page = client.get("/v1/clearing/daily", params={"date": day.isoformat(), "format": "html"})
         assert "<svg" in page.text and CHANNEL in page.text
+
+    def test_discrepancies_and_open_cases_are_counted_per_currency(self, client, day_of_payments):
+        day = day_of_payments["day"]
+        stray_usd = f"pat_stray_0002,ch_stray2,payment,succeeded,700,3,USD,{day.isoformat()},,\n"
+        content = _statement_with_every_class(day_of_payments) + stray_usd
+        run = _upload(client, content, day).json()
+        cases = client.get(f"/v1/reconciliations/{run['id']}/cases").json()["data"]
+        taken = next(c for c in cases if c["currency"] == "CNY" and c["class"] == "amount_mismatch")
+        resolved = client.post(f"/v1/recon_cases/{taken['id']}/resolve", json={"action": "accept", "reason": "known"})
+        assert resolved.status_code == 200, resolved.text
+        report = client.get("/v1/clearing/daily", params={"date": day.isoformat()})
+        assert report.status_code == 200, report.text
+        by_currency = {line["currency"]: line for line in report.json()["channels"]}
+        assert set(by_currency) == {"CNY", "USD"}
+        assert (by_currency["USD"]["discrepancies"], by_currency["USD"]["open_cases"]) == (1, 1)
+        now = client.get(f"/v1/reconciliations/{run['id']}/cases").json()["data"]
+        cny = [c for c in now if c["currency"] == "CNY"]
+        still_open = [c for c in cny if c["state"] in ("open", "investigating")]
+        assert len(cny) == 7 and taken["id"] not in {c["id"] for c in still_open}
+        assert (by_currency["CNY"]["discrepancies"], by_currency["CNY"]["open_cases"]) == (7, len(still_open))

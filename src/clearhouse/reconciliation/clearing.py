@@ -20,12 +20,12 @@ from typing import Any
 
 import orjson
 import pygal
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_id
-from clearhouse.ledger.errors import AccountNotFound
+from clearhouse.ledger.errors import NotFound
 from clearhouse.reconciliation.cases import BANK_FORMATS
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, Reconciliation, ReconStatement
 from clearhouse.reconciliation.sources import day_bounds
@@ -42,14 +42,14 @@ def _clearing_balance(session: Session, channel: str, currency: str, day: date, 
     try:
         _row, balance = ledger.account_balance(session, account_id(f"channel_clearing:{channel}", currency),
                                                as_of=day_bounds(day, day, timezone)[1])
-    except AccountNotFound:
+    except NotFound:  # no entry has touched this channel and currency yet
         return None
     return balance.posted
 
 
 def daily_report(session: Session, day: date, *, channel: str | None = None) -> dict[str, Any]:
     """Every channel reconciled on ``day`` (or one), one row per channel and currency."""
-    query = (select(runs.c.id, runs.c.channel, runs.c.clearing_json, runs.c.classes_json, runs.c.rules_json,
+    query = (select(runs.c.id, runs.c.channel, runs.c.clearing_json, runs.c.rules_json,
                     statements.c.format)
              .join(statements, statements.c.id == runs.c.statement_id)
              .where(runs.c.statement_date == day).order_by(runs.c.channel, runs.c.id))
@@ -57,11 +57,16 @@ def daily_report(session: Session, day: date, *, channel: str | None = None) -> 
         query = query.where(runs.c.channel == channel)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     timezones: dict[str, str] = {}
-    for run in session.execute(query):
+    day_runs = session.execute(query).all()
+    # Every discrepancy is a case: per run and currency, all of them and the open ones, in one query.
+    is_open = case((cases.c.state.in_(OPEN_STATES), 1), else_=0)
+    counts = {(r.reconciliation_id, r.currency): (r.discrepancies, r.open) for r in session.execute(
+        select(cases.c.reconciliation_id, cases.c.currency, func.count().label("discrepancies"),
+               func.sum(is_open).label("open"))
+        .where(cases.c.reconciliation_id.in_([run.id for run in day_runs]))
+        .group_by(cases.c.reconciliation_id, cases.c.currency))}
+    for run in day_runs:
         timezones[run.channel] = orjson.loads(run.rules_json).get("timezone", "UTC")
-        discrepancies = sum(v["count"] for k, v in orjson.loads(run.classes_json).items() if k != "matched")
-        open_cases = session.execute(select(cases.c.id).where(
-            cases.c.reconciliation_id == run.id, cases.c.state.in_(OPEN_STATES))).all()
         for currency, figures in orjson.loads(run.clearing_json).items():
             row = rows.setdefault((run.channel, currency), {
                 "channel": run.channel, "currency": currency, "expected": 0, "reported": 0, "received": 0,
@@ -71,8 +76,9 @@ def daily_report(session: Session, day: date, *, channel: str | None = None) -> 
             else:
                 row["expected"] += figures["expected"]
                 row["reported"] += figures["reported"]
+            discrepancies, open_cases = counts.get((run.id, currency), (0, 0))
             row["discrepancies"] += discrepancies
-            row["open_cases"] += len(open_cases)
+            row["open_cases"] += int(open_cases or 0)
             row["reconciliations"].append(run.id)
     lines = []
     for (chan, currency), row in sorted(rows.items()):
