@@ -42,7 +42,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Row, case, delete, insert, or_, select, update
+from sqlalchemy import Row, bindparam, case, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
@@ -582,20 +582,29 @@ class Router:
 # --------------------------------------------------------------------------- rule selection
 
 
+def _candidate_rules(merchant: bool) -> Any:
+    owner = rules.c.merchant_id.is_(None)
+    if merchant:
+        owner = or_(rules.c.merchant_id == bindparam("merchant_id"), owner)
+    return (
+        select(rules)
+        .where(rules.c.enabled.is_(True), owner, or_(rules.c.method.is_(None), rules.c.method == bindparam("method")))
+        .order_by(case((rules.c.merchant_id.is_(None), 1), else_=0), rules.c.priority, rules.c.id)
+    )
+
+
+# Every payment asks: built once (for a merchant, and for the platform alone).
+_CANDIDATE_RULES = {True: _candidate_rules(True), False: _candidate_rules(False)}
+
+
 def first_matching_rule(session: Session, *, merchant_id: str | None, method: str, currency: str, amount: int,
                         country: str | None, card_bin: str | None) -> Row | None:
     """The first enabled rule whose conditions all hold: the merchant's before the platform's,
     then by priority (lowest first), then by creation (ids sort by time)."""
-    owner = rules.c.merchant_id.is_(None)
-    if merchant_id is not None:
-        owner = or_(rules.c.merchant_id == merchant_id, owner)
-    query = (
-        select(rules)
-        .where(rules.c.enabled.is_(True), owner, or_(rules.c.method.is_(None), rules.c.method == method))
-        .order_by(case((rules.c.merchant_id.is_(None), 1), else_=0), rules.c.priority, rules.c.id)
-    )
+    merchant = merchant_id is not None
+    params = {"merchant_id": merchant_id, "method": method} if merchant else {"method": method}
     country = country.upper() if country else None
-    for rule in session.execute(query):
+    for rule in session.connection().execute(_CANDIDATE_RULES[merchant], params):
         if rule_matches(rule, method=method, currency=currency, amount=amount, country=country, card_bin=card_bin):
             return rule
     return None

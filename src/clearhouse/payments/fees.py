@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select
+from sqlalchemy import bindparam, delete, insert, or_, select
 from sqlalchemy.orm import Session
 
 from clearhouse.kit import clock
@@ -23,6 +23,11 @@ from clearhouse.payments.models import COST_BEARERS, REFUND_FEE_POLICIES, FeeRul
 
 rules = FeeRule.__table__
 _HUNDRED = Decimal(100)
+_RULES_FOR = select(rules).where(  # every payment asks: built once
+    or_(rules.c.merchant_id == bindparam("merchant_id"), rules.c.merchant_id.is_(None)),
+    or_(rules.c.method == bindparam("method"), rules.c.method.is_(None)),
+    or_(rules.c.currency == bindparam("currency"), rules.c.currency.is_(None)),
+)
 
 
 @dataclass(frozen=True)
@@ -117,13 +122,8 @@ def _rule(row: Any) -> Rule:
 def rule_for(session: Session, merchant_id: str, method: str, currency: str) -> Rule:
     """The most specific rule: the merchant's before the platform's, then an exact method and
     currency before a wildcard."""
-    rows = session.execute(
-        select(rules).where(
-            or_(rules.c.merchant_id == merchant_id, rules.c.merchant_id.is_(None)),
-            or_(rules.c.method == method, rules.c.method.is_(None)),
-            or_(rules.c.currency == currency, rules.c.currency.is_(None)),
-        )
-    ).all()
+    rows = session.connection().execute(
+        _RULES_FOR, {"merchant_id": merchant_id, "method": method, "currency": currency}).all()
     if not rows:
         return DEFAULT_RULE
     best = max(rows, key=lambda r: (r.merchant_id is not None, r.method is not None, r.currency is not None))
