@@ -353,7 +353,10 @@ class TestTransact:
         for thread in threads:
             thread.join(timeout=60)
         assert errors == []
-        assert sorted(calls.values()) == [1, 2]  # exactly one was killed and rerun
+        # One ran once; the other was killed and rerun (on a loaded machine PostgreSQL may
+        # pick it again on its rerun: what matters is that no caller saw it).
+        once, rerun = sorted(calls.values())
+        assert once == 1 and rerun >= 2
         assert {k: v[0] for k, v in rows_of(engine, scratch).items()} == {"x": 2, "y": 2}
 
 
