@@ -233,6 +233,7 @@ class TestLedgerVerify:
         assert "hash_mismatch" in checks
 
 
+@pytest.mark.slow  # writers run for tens of seconds while verify reads
 class TestLedgerVerifyUnderLoad:
     def test_verify_reports_a_healthy_ledger_while_transfers_commit(self, database_url, backend, request, tmp_path):
         """verify must read one consistent state, whatever commits while it runs."""

@@ -66,6 +66,7 @@ class TestEveryRouteDeclaresItsPermission:
         assert "audit:read" in ROLE_PERMISSIONS["auditor"]
 
 
+@pytest.mark.slow  # about a minute per role on each database: every route, called as a person
 @pytest.mark.parametrize("role", ROLES)
 def test_each_role_against_every_route(app, user_client_factory, role):
     merchant_id = make_merchant(app, "Walk Shop").merchant_id if role in MERCHANT_ROLES else None
