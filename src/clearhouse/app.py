@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     # Middleware added first runs innermost: a replayed answer costs no route work, and
     # is still counted and logged; authentication runs before idempotency, so a key is
     # scoped to its caller and strangers never reach the idempotency table.
-    app.add_middleware(IdempotencyMiddleware, engine=engine, cipher=cipher)
+    app.add_middleware(IdempotencyMiddleware, engine=engine, cipher=cipher, bookkeeping_engine=bookkeeping_engine)
     app.add_middleware(AuthenticationMiddleware, fastapi_app=app, engine=bookkeeping_engine, cipher=cipher,
                        settings=settings)
     install_input_guards(app)
