@@ -353,10 +353,10 @@ class TestTransact:
         for thread in threads:
             thread.join(timeout=60)
         assert errors == []
-        # One ran once; the other was killed and rerun (on a loaded machine PostgreSQL may
-        # pick it again on its rerun: what matters is that no caller saw it).
-        once, rerun = sorted(calls.values())
-        assert once == 1 and rerun >= 2
+        # At least one was killed and rerun. A rerun can meet the survivor again (it may take
+        # the freed row before the survivor wakes), so either may run more than once: what
+        # matters is that no caller saw a deadlock and both increments landed once.
+        assert sum(calls.values()) >= 3, calls
         assert {k: v[0] for k, v in rows_of(engine, scratch).items()} == {"x": 2, "y": 2}
 
 
