@@ -134,7 +134,10 @@ class TestImmutability:
         refused = [
             ("UPDATE ledger_postings SET amount = amount + 1 WHERE seq = 2", "UPDATE", "postings"),
             ("UPDATE ledger_postings SET account_id = account_id", "UPDATE", "postings"),
-            ("DELETE FROM ledger_postings WHERE seq = 4", "DELETE", "postings"),
+            ("DELETE FROM ledger_postings WHERE seq = 2", "DELETE", "postings"),
+            # A plain transfer keeps its two legs on its own row (migration 0011).
+            ("UPDATE ledger_transfers SET amount = amount + 1 WHERE seq = 4", "UPDATE", "transfers"),
+            ("UPDATE ledger_transfers SET credit_account = debit_account WHERE seq = 3", "UPDATE", "transfers"),
             (
                 "UPDATE ledger_transfers SET metadata_json = '{}' WHERE seq = 2",
                 "UPDATE",
@@ -284,7 +287,7 @@ class TestTamperingIsCaught:
     ):
         books = write_ledger(client)
         with behind_the_applications_back(engine, backend) as db:
-            db.execute(text("UPDATE ledger_postings SET amount = 20 WHERE seq = 3"))
+            db.execute(text("UPDATE ledger_transfers SET amount = 20 WHERE seq = 3"))  # a row-legs transfer
             db.execute(
                 text(
                     "UPDATE ledger_accounts SET debits_posted = debits_posted - 1980 WHERE id = :id"

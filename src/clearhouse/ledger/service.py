@@ -112,10 +112,11 @@ def limit_breach(account: Any, values: list[int]) -> type[errors.LedgerError] | 
 class _Balances:
     """An account's running balances while a batch is checked, before anything is written."""
 
-    __slots__ = ("id", "currency", "closed", "limited", "row", "values", "start")
+    __slots__ = ("id", "num", "currency", "closed", "limited", "row", "values", "start")
 
     def __init__(self, row: Row):
         self.id = row.id
+        self.num = row.num
         self.currency = row.currency
         self.closed = row.closed
         self.limited = row.debits_must_not_exceed_credits or row.credits_must_not_exceed_debits
@@ -522,6 +523,22 @@ def entry_hash(prev: str, entry: Row, posting_rows: list[Row]) -> str:
     )
 
 
+_NO_ROW_LEGS = (None, None, None, None, None)
+
+
+def _row_legs(rows: list[tuple[str, str, str, int, str]], balances: dict[str, _Balances]) -> tuple:
+    """(debit_account, credit_account, amount, currency, kind) when the entry's legs fit on
+    its own row (debit then credit, same kind, amount and currency, two accounts), else
+    ``_NO_ROW_LEGS`` and the legs become posting rows."""
+    if len(rows) != 2:
+        return _NO_ROW_LEGS
+    (debit, d_dir, d_kind, d_amount, d_cur), (credit, c_dir, c_kind, c_amount, c_cur) = rows
+    if (d_dir, c_dir) != (DEBIT, CREDIT) or d_kind != c_kind or d_amount != c_amount or d_cur != c_cur \
+            or debit == credit:
+        return _NO_ROW_LEGS
+    return (balances[debit].num, balances[credit].num, d_amount, d_cur, d_kind)
+
+
 def _write(session: Session, prepared: list[_Prepared], balances: dict[str, _Balances]) -> None:
     seq, prev = repository.lock_chain(session)
     created_at = clock.now()  # read under the chain lock, so time never runs backwards along the chain
@@ -541,11 +558,13 @@ def _write(session: Session, prepared: list[_Prepared], balances: dict[str, _Bal
             request.timeout_seconds, clock.rfc3339(timeout_at) if timeout_at is not None else None,
             request.code, request.reference, item.metadata_json, item.rows,
         )
+        legs = _row_legs(item.rows, balances)
         entry_rows.append((
             seq, item.id, request.pending, request.pending_id, request.resolution, request.timeout_seconds,
-            timeout_at, request.code, request.reference, item.metadata_json, created_at, prev,
+            timeout_at, request.code, request.reference, item.metadata_json, created_at, prev, *legs,
         ))
-        posting_rows.extend((seq, idx, *row) for idx, row in enumerate(item.rows))
+        if legs is _NO_ROW_LEGS:
+            posting_rows.extend((seq, idx, *row) for idx, row in enumerate(item.rows))
     deltas = []
     for account in balances.values():
         delta = [now - start for now, start in zip(account.values, account.start, strict=True)]
