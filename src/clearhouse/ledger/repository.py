@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Row, and_, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
-from clearhouse.kit.db import bulk_increment, bulk_insert, is_postgresql, one_of
+from clearhouse.kit.db import _driver_errors, bulk_increment, bulk_insert, is_postgresql, one_of
 from clearhouse.ledger.models import BLOCK, accounts, chain, entries, postings
 
 CHUNK = 5000  # SQLite binds each value separately: stay under its parameter limit
@@ -133,6 +133,65 @@ def lock_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Row
     return found
 
 
+class LockedAccount(NamedTuple):
+    id: str
+    num: int
+    currency: str
+    closed: bool
+    debits_must_not_exceed_credits: bool
+    credits_must_not_exceed_debits: bool
+    overdraft_limit: int | None
+    debits_posted: int
+    credits_posted: int
+    debits_pending: int
+    credits_pending: int
+
+
+_LOCKED_SQL = ", ".join(LockedAccount._fields)
+
+
+def lock_accounts_fast(session: Session, account_ids: set[str]) -> dict[str, LockedAccount]:
+    """``lock_accounts`` on the driver's cursor, for the plain-transfer path: thousands of ids
+    cost one array parameter (PostgreSQL) or a few prepared IN lists (SQLite) instead of
+    a SQLAlchemy statement of thousands of bound literals."""
+    ordered = sorted(account_ids)
+    found: dict[str, LockedAccount] = {}
+    if is_postgresql(session):
+        statement = f"SELECT {_LOCKED_SQL} FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+        with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
+            for row in cursor.execute(statement, [ordered]):
+                found[row[0]] = LockedAccount(*row)
+        return found
+    with _driver_errors(session, "SELECT ledger_accounts") as dbapi:
+        cursor = dbapi.cursor()
+        try:
+            for chunk in _chunks(ordered):
+                statement = f"SELECT {_LOCKED_SQL} FROM ledger_accounts WHERE id IN ({','.join('?' * len(chunk))})"
+                for row in cursor.execute(statement, chunk):
+                    found[row[0]] = LockedAccount(*row)
+        finally:
+            cursor.close()
+    return found
+
+
+def any_existing_id(session: Session, ids: Sequence[str]) -> bool:
+    """Whether any of ``ids`` is a stored transfer's id (driver cursor, as above)."""
+    if is_postgresql(session):
+        statement = "SELECT 1 FROM ledger_transfers WHERE id = ANY(%s) LIMIT 1"
+        with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
+            return cursor.execute(statement, [list(ids)]).fetchone() is not None
+    with _driver_errors(session, "SELECT ledger_transfers") as dbapi:
+        cursor = dbapi.cursor()
+        try:
+            for chunk in _chunks(ids):
+                statement = f"SELECT 1 FROM ledger_transfers WHERE id IN ({','.join('?' * len(chunk))}) LIMIT 1"
+                if cursor.execute(statement, chunk).fetchone() is not None:
+                    return True
+        finally:
+            cursor.close()
+    return False
+
+
 def set_account_closed(session: Session, account_id: str) -> None:
     session.execute(update(accounts).where(accounts.c.id == account_id).values(closed=True))
 
@@ -156,6 +215,59 @@ def write_journal(
     bulk_insert(session, entries, ENTRY_COLUMNS, entry_rows)
     bulk_insert(session, postings, POSTING_COLUMNS, posting_rows)
     bulk_increment(session, accounts, "id", BALANCE_COLUMNS, balance_deltas)
+
+
+_PLAIN_COLUMNS = (
+    "seq, id, code, reference, metadata_json, hash, debit_account, credit_account, amount, currency, "
+    "pending, created_at, kind"
+)
+
+
+def write_plain_transfers(
+    session: Session, rows: list[tuple], created_at: datetime, deltas: list[tuple[int, int, int]]
+) -> None:
+    """Plain posted transfers and their accounts' posted balances, straight to the driver.
+
+    ``rows`` are (seq, id, code, reference, metadata_json, hash, debit_account,
+    credit_account, amount, currency); ``deltas`` are (account number, debits, credits),
+    already checked against overflow under the account locks. The constant columns are
+    bound once per batch (through the column types, as the ORM would store them).
+    """
+    dialect = session.get_bind().dialect
+    created = entries.c.created_at.type._cached_bind_processor(dialect)
+    pending = entries.c.pending.type._cached_bind_processor(dialect)
+    constants = (
+        pending(False) if pending else False,
+        created(created_at) if created else created_at,
+        "posted",
+    )
+    if is_postgresql(session):
+        statement = f"COPY ledger_transfers ({_PLAIN_COLUMNS}) FROM STDIN"
+        with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row + constants)
+            if deltas:
+                nums, debits, credits = (list(column) for column in zip(*deltas, strict=True))
+                cursor.execute(
+                    "UPDATE ledger_accounts AS t SET debits_posted = t.debits_posted + v.d, "
+                    "credits_posted = t.credits_posted + v.c "
+                    "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(num, d, c) WHERE t.num = v.num",
+                    [nums, debits, credits],
+                )
+        return
+    statement = f"INSERT INTO ledger_transfers ({_PLAIN_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+    with _driver_errors(session, statement) as dbapi:
+        cursor = dbapi.cursor()
+        try:
+            cursor.executemany(statement, [row + constants for row in rows])
+            cursor.executemany(
+                "UPDATE ledger_accounts SET debits_posted = debits_posted + ?, "
+                "credits_posted = credits_posted + ? WHERE num = ?",
+                [(debits, credits, num) for num, debits, credits in deltas],
+            )
+        finally:
+            cursor.close()
 
 
 def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:

@@ -310,6 +310,10 @@ def create_transfers(session: Session, requests: list[EntryRequest], *, linked: 
         return []
     generated = iter(new_ids("tr", sum(1 for r in requests if r.id is None)))
     ids = [r.id if r.id is not None else next(generated) for r in requests]
+    if all(map(_is_plain, requests)):
+        outcomes = _create_plain_transfers(session, requests, ids)
+        if outcomes is not None:
+            return outcomes
 
     client_ids = [r.id for r in requests if r.id is not None]
     existing = repository.existing_ids(session, client_ids) if client_ids else set()
@@ -375,6 +379,99 @@ def create_transfers(session: Session, requests: list[EntryRequest], *, linked: 
     if prepared:
         _write(session, prepared, balances)
     return outcomes
+
+
+# ---------------------------------------------------------------- the plain-transfer path
+
+
+def _is_plain(request: EntryRequest) -> bool:
+    """A posted two-leg transfer, debit then credit: what bulk loads are made of."""
+    postings = request.postings
+    return (
+        len(postings) == 2 and postings[0].direction == DEBIT and postings[1].direction == CREDIT
+        and not request.pending and request.pending_id is None and request.timeout_seconds is None
+        and request.resolution is None and request.amount is None
+    )
+
+
+def _create_plain_transfers(session: Session, requests: list[EntryRequest], ids: list[str]) -> list[Outcome] | None:
+    """Write a batch of plain transfers in one tight loop, or return None (having written
+    nothing) for the general path to handle it: a replayed or repeated id, any rule broken,
+    an account with a limit that a transfer would break.
+
+    The same rows, hashes and balances as the general path; what it leaves out is the
+    per-entry bookkeeping (dicts of touched accounts, prepared objects, generic leg rows)
+    that only entries which can fail or resolve need.
+    """
+    if len(set(ids)) != len(ids):
+        return None
+    client_ids = [r.id for r in requests if r.id is not None]
+    if client_ids and repository.any_existing_id(session, client_ids):
+        return None
+    account_ids = set()
+    for request in requests:
+        account_ids.add(request.postings[0].account_id)
+        account_ids.add(request.postings[1].account_id)
+    locked = repository.lock_accounts_fast(session, account_ids)
+    if len(locked) != len(account_ids):
+        return None  # a missing account: the general path says which transfer fails
+    # Per account: [number, currency, debits added, credits added]; limited accounts also
+    # keep running values checked after every transfer, as the general path does.
+    moves: dict[str, list] = {}
+    limited: dict[str, list[int]] = {}
+    for account_id, row in locked.items():
+        if row.closed:
+            return None
+        moves[account_id] = [row.num, row.currency, 0, 0]
+        if row.debits_must_not_exceed_credits or row.credits_must_not_exceed_debits:
+            limited[account_id] = [row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending]
+    legs: list[tuple] = []
+    for request in requests:
+        debit, credit = request.postings
+        amount = debit.amount
+        if type(amount) is not int or not 0 < amount <= MAX_AMOUNT or type(credit.amount) is not int \
+                or credit.amount != amount:
+            return None
+        d, c = moves[debit.account_id], moves[credit.account_id]
+        if d is c or d[1] != debit.currency or c[1] != debit.currency or credit.currency != debit.currency:
+            return None
+        d[2] += amount
+        c[3] += amount
+        if limited and (debit.account_id in limited or credit.account_id in limited):
+            for account_id, slot in ((debit.account_id, 0), (credit.account_id, 1)):
+                values = limited.get(account_id)
+                if values is not None:
+                    values[slot] += amount
+                    if limit_breach(locked[account_id], values) is not None:
+                        return None
+        legs.append((d[0], c[0], amount, debit.currency, debit.account_id, credit.account_id))
+    deltas = []
+    for account_id, (num, _currency, debits, credits) in moves.items():
+        row = locked[account_id]
+        if row.debits_posted + debits > MAX_AMOUNT or row.credits_posted + credits > MAX_AMOUNT:
+            return None
+        if debits or credits:
+            deltas.append((num, debits, credits))
+
+    seq, prev = repository.lock_chain(session)
+    created_at = clock.now()
+    created = clock.rfc3339(created_at)
+    sha256, dumps = hashlib.sha256, orjson.dumps
+    rows = []
+    for entry_id, request, (d_num, c_num, amount, currency, debit_id, credit_id) in zip(
+        ids, requests, legs, strict=True
+    ):
+        seq += 1
+        metadata_json = canonical_json(request.metadata) if request.metadata else "{}"
+        prev = sha256(dumps([
+            prev, seq, entry_id, created, False, None, None, None, None, request.code, request.reference,
+            metadata_json, [(debit_id, DEBIT, POSTED, amount, currency), (credit_id, CREDIT, POSTED, amount, currency)],
+        ])).hexdigest()
+        rows.append((seq, entry_id, request.code, request.reference, metadata_json, prev,
+                     d_num, c_num, amount, currency))
+    repository.write_plain_transfers(session, rows, created_at, deltas)
+    repository.advance_chain(session, seq, prev)
+    return [Outcome(index, entry_id, "created") for index, entry_id in enumerate(ids)]
 
 
 def _check_amount(amount: Any) -> None:
