@@ -150,14 +150,15 @@ class LockedAccount(NamedTuple):
 _LOCKED_SQL = ", ".join(LockedAccount._fields)
 
 
-def lock_accounts_fast(session: Session, account_ids: set[str]) -> dict[str, LockedAccount]:
-    """``lock_accounts`` on the driver's cursor, for the plain-transfer path: thousands of ids
-    cost one array parameter (PostgreSQL) or a few prepared IN lists (SQLite) instead of
-    a SQLAlchemy statement of thousands of bound literals."""
+def read_accounts_fast(session: Session, account_ids: set[str]) -> dict[str, LockedAccount]:
+    """Accounts for the plain-transfer path, read on the driver's cursor without row locks
+    (the caller holds the chain: see ``service._create_plain_transfers``). Thousands of
+    ids cost one array parameter (PostgreSQL) or a few IN lists (SQLite) instead of a
+    SQLAlchemy statement of thousands of bound literals."""
     ordered = sorted(account_ids)
     found: dict[str, LockedAccount] = {}
     if is_postgresql(session):
-        statement = f"SELECT {_LOCKED_SQL} FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+        statement = f"SELECT {_LOCKED_SQL} FROM ledger_accounts WHERE id = ANY(%s)"
         with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
             for row in cursor.execute(statement, [ordered]):
                 found[row[0]] = LockedAccount(*row)
@@ -225,13 +226,16 @@ _PLAIN_COLUMNS = (
 
 def write_plain_transfers(
     session: Session, rows: list[tuple], created_at: datetime, deltas: list[tuple[int, int, int]]
-) -> None:
-    """Plain posted transfers and their accounts' posted balances, straight to the driver.
+) -> bool:
+    """Plain posted transfers and their accounts' posted balances, straight to the driver;
+    False (and nothing written) if one of the accounts is closed by now.
 
     ``rows`` are (seq, id, code, reference, metadata_json, hash, debit_account,
     credit_account, amount, currency); ``deltas`` are (account number, debits, credits),
-    already checked against overflow under the account locks. The constant columns are
-    bound once per batch (through the column types, as the ORM would store them).
+    already checked against overflow. The balances go first, each update refusing a
+    closed account, inside a savepoint that is rolled back when any is refused. The
+    constant columns are bound once per batch (through the column types, as the ORM
+    would store them).
     """
     dialect = session.get_bind().dialect
     created = entries.c.created_at.type._cached_bind_processor(dialect)
@@ -244,30 +248,45 @@ def write_plain_transfers(
     if is_postgresql(session):
         statement = f"COPY ledger_transfers ({_PLAIN_COLUMNS}) FROM STDIN"
         with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
+            nums, debits, credits = (list(column) for column in zip(*deltas, strict=True))
+            cursor.execute("SAVEPOINT ledger_plain_transfers")
+            cursor.execute(
+                "UPDATE ledger_accounts AS t SET debits_posted = t.debits_posted + v.d, "
+                "credits_posted = t.credits_posted + v.c "
+                "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(num, d, c) "
+                "WHERE t.num = v.num AND NOT t.closed",
+                [nums, debits, credits],
+            )
+            if cursor.rowcount != len(deltas):
+                cursor.execute("ROLLBACK TO SAVEPOINT ledger_plain_transfers")
+                cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
+                return False
+            cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
             with cursor.copy(statement) as copy:
                 for row in rows:
                     copy.write_row(row + constants)
-            if deltas:
-                nums, debits, credits = (list(column) for column in zip(*deltas, strict=True))
-                cursor.execute(
-                    "UPDATE ledger_accounts AS t SET debits_posted = t.debits_posted + v.d, "
-                    "credits_posted = t.credits_posted + v.c "
-                    "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(num, d, c) WHERE t.num = v.num",
-                    [nums, debits, credits],
-                )
-        return
+        return True
+    # SQLite: the transaction holds the database's write lock, so nothing was closed since
+    # the accounts were read; the NOT closed guard stays as a check of that.
     statement = f"INSERT INTO ledger_transfers ({_PLAIN_COLUMNS}) VALUES ({', '.join('?' * 13)})"
     with _driver_errors(session, statement) as dbapi:
         cursor = dbapi.cursor()
         try:
-            cursor.executemany(statement, [row + constants for row in rows])
+            cursor.execute("SAVEPOINT ledger_plain_transfers")
             cursor.executemany(
                 "UPDATE ledger_accounts SET debits_posted = debits_posted + ?, "
-                "credits_posted = credits_posted + ? WHERE num = ?",
+                "credits_posted = credits_posted + ? WHERE num = ? AND NOT closed",
                 [(debits, credits, num) for num, debits, credits in deltas],
             )
+            if cursor.rowcount != len(deltas):  # executemany sums the rows changed
+                cursor.execute("ROLLBACK TO SAVEPOINT ledger_plain_transfers")
+                cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
+                return False
+            cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
+            cursor.executemany(statement, [row + constants for row in rows])
         finally:
             cursor.close()
+    return True
 
 
 def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:

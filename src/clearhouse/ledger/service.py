@@ -1,8 +1,11 @@
 """The ledger's business rules: accounts, journal entries, two-phase transfers, balances.
 
 Services flush and never commit: the caller's transaction boundary (``kit.db.transact``)
-commits once. Every write locks the accounts it touches in id order, then the chain
-head, so the journal is one total order and each entry's hash covers its predecessor.
+commits once. Every write locks the chain head first, then the accounts it touches in id
+order, so the journal is one total order, each entry's hash covers its predecessor, and
+ledger writers queue on one lock instead of deadlocking on accounts. While a writer holds
+the chain, no other writer can move a balance: only ``close_account`` changes an account
+concurrently, and the plain-transfer path guards against it (``WHERE NOT closed``).
 """
 
 from __future__ import annotations
@@ -310,8 +313,9 @@ def create_transfers(session: Session, requests: list[EntryRequest], *, linked: 
         return []
     generated = iter(new_ids("tr", sum(1 for r in requests if r.id is None)))
     ids = [r.id if r.id is not None else next(generated) for r in requests]
+    head = repository.lock_chain(session)
     if all(map(_is_plain, requests)):
-        outcomes = _create_plain_transfers(session, requests, ids)
+        outcomes = _create_plain_transfers(session, requests, ids, head)
         if outcomes is not None:
             return outcomes
 
@@ -377,7 +381,7 @@ def create_transfers(session: Session, requests: list[EntryRequest], *, linked: 
             for i in range(len(requests))
         ]
     if prepared:
-        _write(session, prepared, balances)
+        _write(session, prepared, balances, head)
     return outcomes
 
 
@@ -394,14 +398,18 @@ def _is_plain(request: EntryRequest) -> bool:
     )
 
 
-def _create_plain_transfers(session: Session, requests: list[EntryRequest], ids: list[str]) -> list[Outcome] | None:
+def _create_plain_transfers(
+    session: Session, requests: list[EntryRequest], ids: list[str], head: tuple[int, str]
+) -> list[Outcome] | None:
     """Write a batch of plain transfers in one tight loop, or return None (having written
     nothing) for the general path to handle it: a replayed or repeated id, any rule broken,
     an account with a limit that a transfer would break.
 
     The same rows, hashes and balances as the general path; what it leaves out is the
     per-entry bookkeeping (dicts of touched accounts, prepared objects, generic leg rows)
-    that only entries which can fail or resolve need.
+    that only entries which can fail or resolve need, and the row locks on accounts: the
+    caller holds the chain, so no other writer moves these balances, and the balance
+    update itself refuses a closed account (then nothing of the batch stays written).
     """
     if len(set(ids)) != len(ids):
         return None
@@ -412,7 +420,7 @@ def _create_plain_transfers(session: Session, requests: list[EntryRequest], ids:
     for request in requests:
         account_ids.add(request.postings[0].account_id)
         account_ids.add(request.postings[1].account_id)
-    locked = repository.lock_accounts_fast(session, account_ids)
+    locked = repository.read_accounts_fast(session, account_ids)
     if len(locked) != len(account_ids):
         return None  # a missing account: the general path says which transfer fails
     # Per account: [number, currency, debits added, credits added]; limited accounts also
@@ -453,8 +461,8 @@ def _create_plain_transfers(session: Session, requests: list[EntryRequest], ids:
         if debits or credits:
             deltas.append((num, debits, credits))
 
-    seq, prev = repository.lock_chain(session)
-    created_at = clock.now()
+    seq, prev = head
+    created_at = clock.now()  # under the chain lock, so time never runs backwards along the chain
     created = clock.rfc3339(created_at)
     sha256, dumps = hashlib.sha256, orjson.dumps
     rows = []
@@ -469,7 +477,8 @@ def _create_plain_transfers(session: Session, requests: list[EntryRequest], ids:
         ])).hexdigest()
         rows.append((seq, entry_id, request.code, request.reference, metadata_json, prev,
                      d_num, c_num, amount, currency))
-    repository.write_plain_transfers(session, rows, created_at, deltas)
+    if not repository.write_plain_transfers(session, rows, created_at, deltas):
+        return None  # an account was closed meanwhile: the general path says which transfer fails
     repository.advance_chain(session, seq, prev)
     return [Outcome(index, entry_id, "created") for index, entry_id in enumerate(ids)]
 
@@ -636,8 +645,10 @@ def _row_legs(rows: list[tuple[str, str, str, int, str]], balances: dict[str, _B
     return (balances[debit].num, balances[credit].num, d_amount, d_cur, d_kind)
 
 
-def _write(session: Session, prepared: list[_Prepared], balances: dict[str, _Balances]) -> None:
-    seq, prev = repository.lock_chain(session)
+def _write(
+    session: Session, prepared: list[_Prepared], balances: dict[str, _Balances], head: tuple[int, str]
+) -> None:
+    seq, prev = head
     created_at = clock.now()  # read under the chain lock, so time never runs backwards along the chain
     created = clock.rfc3339(created_at)
     entry_rows: list[tuple] = []
