@@ -175,24 +175,6 @@ def read_accounts_fast(session: Session, account_ids: set[str]) -> dict[str, Loc
     return found
 
 
-def any_existing_id(session: Session, ids: Sequence[str]) -> bool:
-    """Whether any of ``ids`` is a stored transfer's id (driver cursor, as above)."""
-    if is_postgresql(session):
-        statement = "SELECT 1 FROM ledger_transfers WHERE id = ANY(%s) LIMIT 1"
-        with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
-            return cursor.execute(statement, [list(ids)]).fetchone() is not None
-    with _driver_errors(session, "SELECT ledger_transfers") as dbapi:
-        cursor = dbapi.cursor()
-        try:
-            for chunk in _chunks(ids):
-                statement = f"SELECT 1 FROM ledger_transfers WHERE id IN ({','.join('?' * len(chunk))}) LIMIT 1"
-                if cursor.execute(statement, chunk).fetchone() is not None:
-                    return True
-        finally:
-            cursor.close()
-    return False
-
-
 def set_account_closed(session: Session, account_id: str) -> None:
     session.execute(update(accounts).where(accounts.c.id == account_id).values(closed=True))
 
@@ -228,14 +210,14 @@ def write_plain_transfers(
     session: Session, rows: list[tuple], created_at: datetime, deltas: list[tuple[int, int, int]]
 ) -> bool:
     """Plain posted transfers and their accounts' posted balances, straight to the driver;
-    False (and nothing written) if one of the accounts is closed by now.
+    False, with nothing written, when an account is closed by now or a transfer id is
+    already taken (the unique index says so: no lookup of every id beforehand).
 
     ``rows`` are (seq, id, code, reference, metadata_json, hash, debit_account,
     credit_account, amount, currency); ``deltas`` are (account number, debits, credits),
-    already checked against overflow. The balances go first, each update refusing a
-    closed account, inside a savepoint that is rolled back when any is refused. The
-    constant columns are bound once per batch (through the column types, as the ORM
-    would store them).
+    already checked against overflow. Both writes run inside a savepoint, rolled back on
+    either refusal. The constant columns are bound once per batch (through the column
+    types, as the ORM would store them).
     """
     dialect = session.get_bind().dialect
     created = entries.c.created_at.type._cached_bind_processor(dialect)
@@ -245,27 +227,33 @@ def write_plain_transfers(
         created(created_at) if created else created_at,
         "posted",
     )
+    refused = dialect.loaded_dbapi.IntegrityError
     if is_postgresql(session):
         statement = f"COPY ledger_transfers ({_PLAIN_COLUMNS}) FROM STDIN"
         with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
             nums, debits, credits = (list(column) for column in zip(*deltas, strict=True))
             cursor.execute("SAVEPOINT ledger_plain_transfers")
-            cursor.execute(
-                "UPDATE ledger_accounts AS t SET debits_posted = t.debits_posted + v.d, "
-                "credits_posted = t.credits_posted + v.c "
-                "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(num, d, c) "
-                "WHERE t.num = v.num AND NOT t.closed",
-                [nums, debits, credits],
-            )
-            if cursor.rowcount != len(deltas):
+            try:
+                cursor.execute(
+                    "UPDATE ledger_accounts AS t SET debits_posted = t.debits_posted + v.d, "
+                    "credits_posted = t.credits_posted + v.c "
+                    "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(num, d, c) "
+                    "WHERE t.num = v.num AND NOT t.closed",
+                    [nums, debits, credits],
+                )
+                written = cursor.rowcount == len(deltas)
+                if written:
+                    with cursor.copy(statement) as copy:
+                        for row in rows:
+                            copy.write_row(row + constants)
+            except refused as error:
+                if getattr(error, "sqlstate", None) != "23505":  # unique_violation: a taken id
+                    raise
+                written = False
+            if not written:
                 cursor.execute("ROLLBACK TO SAVEPOINT ledger_plain_transfers")
-                cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
-                return False
             cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
-            with cursor.copy(statement) as copy:
-                for row in rows:
-                    copy.write_row(row + constants)
-        return True
+        return written
     # SQLite: the transaction holds the database's write lock, so nothing was closed since
     # the accounts were read; the NOT closed guard stays as a check of that.
     statement = f"INSERT INTO ledger_transfers ({_PLAIN_COLUMNS}) VALUES ({', '.join('?' * 13)})"
@@ -273,20 +261,25 @@ def write_plain_transfers(
         cursor = dbapi.cursor()
         try:
             cursor.execute("SAVEPOINT ledger_plain_transfers")
-            cursor.executemany(
-                "UPDATE ledger_accounts SET debits_posted = debits_posted + ?, "
-                "credits_posted = credits_posted + ? WHERE num = ? AND NOT closed",
-                [(debits, credits, num) for num, debits, credits in deltas],
-            )
-            if cursor.rowcount != len(deltas):  # executemany sums the rows changed
+            try:
+                cursor.executemany(
+                    "UPDATE ledger_accounts SET debits_posted = debits_posted + ?, "
+                    "credits_posted = credits_posted + ? WHERE num = ? AND NOT closed",
+                    [(debits, credits, num) for num, debits, credits in deltas],
+                )
+                written = cursor.rowcount == len(deltas)  # executemany sums the rows changed
+                if written:
+                    cursor.executemany(statement, [row + constants for row in rows])
+            except refused as error:
+                if "UNIQUE constraint failed: ledger_transfers.id" not in str(error):
+                    raise
+                written = False
+            if not written:
                 cursor.execute("ROLLBACK TO SAVEPOINT ledger_plain_transfers")
-                cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
-                return False
             cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
-            cursor.executemany(statement, [row + constants for row in rows])
         finally:
             cursor.close()
-    return True
+    return written
 
 
 def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:

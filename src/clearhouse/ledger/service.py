@@ -413,9 +413,6 @@ def _create_plain_transfers(
     """
     if len(set(ids)) != len(ids):
         return None
-    client_ids = [r.id for r in requests if r.id is not None]
-    if client_ids and repository.any_existing_id(session, client_ids):
-        return None
     account_ids = set()
     for request in requests:
         account_ids.add(request.postings[0].account_id)
@@ -478,7 +475,7 @@ def _create_plain_transfers(
         rows.append((seq, entry_id, request.code, request.reference, metadata_json, prev,
                      d_num, c_num, amount, currency))
     if not repository.write_plain_transfers(session, rows, created_at, deltas):
-        return None  # an account was closed meanwhile: the general path says which transfer fails
+        return None  # a taken id, or an account closed meanwhile: the general path says which
     repository.advance_chain(session, seq, prev)
     return [Outcome(index, entry_id, "created") for index, entry_id in enumerate(ids)]
 
