@@ -134,3 +134,22 @@ class TestWhatItHandsOver:
             return written, with_rows, balances.scalar_one()
 
         assert transact(engine, race) == (False, 0, 0)
+
+    def test_an_account_without_a_number_keeps_its_legs_in_posting_rows(self, engine: Engine) -> None:
+        """Rows inserted around ``create_account`` (bulk loads, old tools) have no ``num``:
+        their entries still write, in the posting-row form."""
+        open_accounts(engine, ("a", "USD", {}))
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO ledger_accounts (id, type, currency, code, created_at) "
+                     "VALUES ('loose', 'asset', 'USD', 't', :at)"),
+                {"at": clock.now()},
+            )
+        outcomes = write(engine, [plain("a", "loose", 7, id="t1")])
+        if engine.dialect.name == "postgresql":
+            assert stored_forms(engine) == (1, 1, 0)  # the identity column numbered it anyway
+        else:
+            assert stored_forms(engine) == (1, 0, 2)
+        assert outcomes == [("t1", "created", None)]
+        assert posted(engine, "loose") == (0, 7)
+        assert transact(engine, verify).ok

@@ -425,7 +425,7 @@ def _create_plain_transfers(
     moves: dict[str, list] = {}
     limited: dict[str, list[int]] = {}
     for account_id, row in locked.items():
-        if row.closed:
+        if row.closed or row.num is None:  # an account inserted around create_account has no number
             return None
         moves[account_id] = [row.num, row.currency, 0, 0]
         if row.debits_must_not_exceed_credits or row.credits_must_not_exceed_debits:
@@ -639,7 +639,10 @@ def _row_legs(rows: list[tuple[str, str, str, int, str]], balances: dict[str, _B
     if (d_dir, c_dir) != (DEBIT, CREDIT) or d_kind != c_kind or d_amount != c_amount or d_cur != c_cur \
             or debit == credit:
         return _NO_ROW_LEGS
-    return (balances[debit].num, balances[credit].num, d_amount, d_cur, d_kind)
+    debit_num, credit_num = balances[debit].num, balances[credit].num
+    if debit_num is None or credit_num is None:  # an account inserted around create_account
+        return _NO_ROW_LEGS
+    return (debit_num, credit_num, d_amount, d_cur, d_kind)
 
 
 def _write(
