@@ -196,6 +196,31 @@ class TestTamperingIsCaught:
         }
         assert mismatched == {books.merchant, books.other}
 
+    def test_a_row_leg_moved_to_another_account_number_is_caught(
+        self, client, engine, backend, database_url
+    ):
+        """A plain transfer keeps its legs on its row as account numbers (migration 0011):
+        pointing one at another account breaks the hash and both accounts' sums."""
+        books = write_ledger(client)
+        with behind_the_applications_back(engine, backend) as db:
+            db.execute(
+                text(
+                    "UPDATE ledger_transfers SET credit_account = "
+                    "(SELECT num FROM ledger_accounts WHERE id = :other) WHERE seq = 3"
+                ),
+                {"other": books.other},
+            )
+        report = assert_caught(
+            client,
+            database_url,
+            {"check": "hash_mismatch", "seq": 3, "transfer_id": "pay-1002"},
+            cli=False,
+        )
+        mismatched = {
+            f["account_id"] for f in report["failures"] if f["check"] == "balance_mismatch"
+        }
+        assert mismatched == {books.merchant, books.other}
+
     def test_changed_metadata_is_caught_by_the_hash_alone(
         self, client, engine, backend, database_url
     ):
