@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Session
 
 from clearhouse.kit.db import transact
-from clearhouse.ledger.models import entries, postings
+from clearhouse.ledger import repository
 from clearhouse.ledger.verify import verify
 from tests.ledger import crash_writer
 
@@ -99,16 +98,14 @@ def wait_for_first_batch(path: Path, timeout: float = 30) -> None:
 
 
 def stored_transfers(engine: Engine) -> dict[str, list[tuple]]:
+    """Every stored entry's legs, read straight from the journal (row legs and posting rows)."""
+
     def read(session: Session) -> dict[str, list[tuple]]:
-        by_seq = {
-            seq: (transfer_id, []) for seq, transfer_id in session.execute(sql_select(entries.c.seq, entries.c.id))
+        return {
+            entry.id: [(leg.account_id, leg.direction, leg.kind, leg.amount) for leg in legs]
+            for entry, legs in repository.journal(session)
+            if entry is not None
         }
-        query = sql_select(
-            postings.c.seq, postings.c.account_id, postings.c.direction, postings.c.kind, postings.c.amount
-        )
-        for seq, account_id, direction, kind, amount in session.execute(query.order_by(postings.c.seq, postings.c.idx)):
-            by_seq[seq][1].append((account_id, direction, kind, amount))
-        return dict(by_seq.values())
 
     return transact(engine, read)
 

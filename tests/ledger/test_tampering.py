@@ -134,7 +134,10 @@ class TestImmutability:
         refused = [
             ("UPDATE ledger_postings SET amount = amount + 1 WHERE seq = 2", "UPDATE", "postings"),
             ("UPDATE ledger_postings SET account_id = account_id", "UPDATE", "postings"),
-            ("DELETE FROM ledger_postings WHERE seq = 4", "DELETE", "postings"),
+            ("DELETE FROM ledger_postings WHERE seq = 2", "DELETE", "postings"),
+            # A plain transfer keeps its two legs on its own row (migration 0011).
+            ("UPDATE ledger_transfers SET amount = amount + 1 WHERE seq = 4", "UPDATE", "transfers"),
+            ("UPDATE ledger_transfers SET credit_account = debit_account WHERE seq = 3", "UPDATE", "transfers"),
             (
                 "UPDATE ledger_transfers SET metadata_json = '{}' WHERE seq = 2",
                 "UPDATE",
@@ -187,6 +190,31 @@ class TestTamperingIsCaught:
             client,
             database_url,
             {"check": "hash_mismatch", "seq": 2, "transfer_id": "pay-1001"},
+        )
+        mismatched = {
+            f["account_id"] for f in report["failures"] if f["check"] == "balance_mismatch"
+        }
+        assert mismatched == {books.merchant, books.other}
+
+    def test_a_row_leg_moved_to_another_account_number_is_caught(
+        self, client, engine, backend, database_url
+    ):
+        """A plain transfer keeps its legs on its row as account numbers (migration 0011):
+        pointing one at another account breaks the hash and both accounts' sums."""
+        books = write_ledger(client)
+        with behind_the_applications_back(engine, backend) as db:
+            db.execute(
+                text(
+                    "UPDATE ledger_transfers SET credit_account = "
+                    "(SELECT num FROM ledger_accounts WHERE id = :other) WHERE seq = 3"
+                ),
+                {"other": books.other},
+            )
+        report = assert_caught(
+            client,
+            database_url,
+            {"check": "hash_mismatch", "seq": 3, "transfer_id": "pay-1002"},
+            cli=False,
         )
         mismatched = {
             f["account_id"] for f in report["failures"] if f["check"] == "balance_mismatch"
@@ -284,7 +312,7 @@ class TestTamperingIsCaught:
     ):
         books = write_ledger(client)
         with behind_the_applications_back(engine, backend) as db:
-            db.execute(text("UPDATE ledger_postings SET amount = 20 WHERE seq = 3"))
+            db.execute(text("UPDATE ledger_transfers SET amount = 20 WHERE seq = 3"))  # a row-legs transfer
             db.execute(
                 text(
                     "UPDATE ledger_accounts SET debits_posted = debits_posted - 1980 WHERE id = :id"

@@ -1,7 +1,11 @@
 """Ledger tables: accounts, the hash-chained journal of entries, and their postings.
 
-A journal entry (``ledger_transfers``) has two or more postings; a plain transfer is
-the two-posting case. Posting ``kind`` says which balance it moves:
+A journal entry (``ledger_transfers``) has two or more postings (legs). A two-leg entry
+whose first leg is the debit and second the credit (every plain transfer, a pending
+one, and the void of one) keeps both legs on its own row: ``debit_account`` and
+``credit_account`` (account numbers), ``amount``, ``currency`` and ``kind``; no posting
+rows. Any other entry keeps its legs as ``ledger_postings`` rows, as before.
+A leg's ``kind`` says which balance it moves:
 
 - ``posted``: debits_posted / credits_posted
 - ``pending``: debits_pending / credits_pending (a two-phase transfer's reservation)
@@ -22,6 +26,9 @@ from clearhouse.kit.models import Base
 from clearhouse.kit.types import UTCDateTime
 
 GENESIS_HASH = "0" * 64
+# The history indexes lead with ``seq / BLOCK`` (migration 0011): rows land in the current
+# block only, so a batch touches few index pages. Queries must use the same expression.
+BLOCK = 16384
 SEQ = BigInteger().with_variant(Integer(), "sqlite")
 
 
@@ -44,6 +51,8 @@ class Account(Base):
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The account's number: what the journal's history indexes hold (migration 0011).
+    num: Mapped[int] = mapped_column(BigInteger, unique=True)
     type: Mapped[str] = mapped_column(String(16))
     currency: Mapped[str] = mapped_column(String(3))
     code: Mapped[str] = mapped_column(String(128))
@@ -101,6 +110,12 @@ class Entry(Base):
     metadata_json: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     hash: Mapped[str] = mapped_column(String(64))
+    # The two legs of a debit-then-credit entry; all NULL when the legs are posting rows.
+    debit_account: Mapped[int | None] = mapped_column(BigInteger)
+    credit_account: Mapped[int | None] = mapped_column(BigInteger)
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    kind: Mapped[str | None] = mapped_column(String(8))
 
 
 class Posting(Base):

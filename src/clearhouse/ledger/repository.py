@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Row, and_, func, insert, select, update
+from sqlalchemy import Row, and_, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
-from clearhouse.kit.db import bulk_increment, bulk_insert, one_of
-from clearhouse.ledger.models import accounts, chain, entries, postings
+from clearhouse.kit.db import _driver_errors, bulk_increment, bulk_insert, is_postgresql, one_of
+from clearhouse.ledger.models import BLOCK, accounts, chain, entries, postings
 
 CHUNK = 5000  # SQLite binds each value separately: stay under its parameter limit
 
 ENTRY_COLUMNS = (
     "seq", "id", "pending", "pending_id", "resolution", "timeout_seconds", "timeout_at",
     "code", "reference", "metadata_json", "created_at", "hash",
+    "debit_account", "credit_account", "amount", "currency", "kind",
 )
 POSTING_COLUMNS = ("seq", "idx", "account_id", "direction", "kind", "amount", "currency")
 BALANCE_COLUMNS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
@@ -28,7 +29,68 @@ def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 def insert_account(session: Session, values: dict[str, Any]) -> None:
-    session.execute(insert(accounts).values(**values))
+    if is_postgresql(session):
+        session.execute(insert(accounts).values(**values))  # num: the column's identity
+    else:
+        # SQLite writers hold the database lock (BEGIN IMMEDIATE): max + 1 cannot collide.
+        num = select(func.coalesce(func.max(accounts.c.num), 0) + 1).scalar_subquery()
+        session.execute(insert(accounts).values(**values, num=num))
+
+
+class Leg(NamedTuple):
+    """One posting of an entry, whether stored on the transfer row or as a posting row."""
+
+    account_id: str
+    direction: str
+    kind: str
+    amount: int
+    currency: str
+    seq: int = 0
+    idx: int = 0
+
+
+class HistoryLine(NamedTuple):
+    seq: int
+    idx: int
+    direction: str
+    kind: str
+    amount: int
+    currency: str
+    transfer_id: str
+    created_at: datetime
+    code: str | None
+    reference: str | None
+
+
+_debit_accounts = accounts.alias("debit_side")
+_credit_accounts = accounts.alias("credit_side")
+# Entries with the string ids of their row's two accounts (NULL for posting-row entries).
+_ENTRY_WITH_LEGS = (
+    select(entries, _debit_accounts.c.id.label("debit_account_id"), _credit_accounts.c.id.label("credit_account_id"))
+    .select_from(entries)
+    .outerjoin(_debit_accounts, _debit_accounts.c.num == entries.c.debit_account)
+    .outerjoin(_credit_accounts, _credit_accounts.c.num == entries.c.credit_account)
+)
+
+
+def row_legs(entry: Row) -> list[Leg]:
+    """The two legs stored on a transfer row; an account number that matches no account
+    comes back as ``#<num>`` so verify can name it."""
+    debit = entry.debit_account_id if entry.debit_account_id is not None else f"#{entry.debit_account}"
+    credit = entry.credit_account_id if entry.credit_account_id is not None else f"#{entry.credit_account}"
+    return [
+        Leg(debit, "debit", entry.kind, entry.amount, entry.currency, entry.seq, 0),
+        Leg(credit, "credit", entry.kind, entry.amount, entry.currency, entry.seq, 1),
+    ]
+
+
+def _posting_leg(row: Row) -> Leg:
+    return Leg(row.account_id, row.direction, row.kind, row.amount, row.currency, row.seq, row.idx)
+
+
+def _block() -> Any:
+    """``seq / BLOCK`` written as the history indexes spell it, so the planner uses them."""
+    return literal_column(f"(ledger_transfers.seq / {BLOCK})")
 
 
 def get_account(session: Session, account_id: str) -> Row | None:
@@ -45,7 +107,7 @@ def list_accounts(session: Session, *, limit: int, starting_after: str | None, o
 
 
 LOCKED_ACCOUNT_COLUMNS = (
-    accounts.c.id, accounts.c.currency, accounts.c.closed, accounts.c.debits_must_not_exceed_credits,
+    accounts.c.id, accounts.c.num, accounts.c.currency, accounts.c.closed, accounts.c.debits_must_not_exceed_credits,
     accounts.c.credits_must_not_exceed_debits, accounts.c.overdraft_limit,
     accounts.c.debits_posted, accounts.c.credits_posted, accounts.c.debits_pending, accounts.c.credits_pending,
 )
@@ -68,6 +130,48 @@ def lock_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Row
         )
         for row in session.execute(query):
             found[row.id] = row
+    return found
+
+
+class LockedAccount(NamedTuple):
+    id: str
+    num: int
+    currency: str
+    closed: bool
+    debits_must_not_exceed_credits: bool
+    credits_must_not_exceed_debits: bool
+    overdraft_limit: int | None
+    debits_posted: int
+    credits_posted: int
+    debits_pending: int
+    credits_pending: int
+
+
+_LOCKED_SQL = ", ".join(LockedAccount._fields)
+
+
+def read_accounts_fast(session: Session, account_ids: set[str]) -> dict[str, LockedAccount]:
+    """Accounts for the plain-transfer path, read on the driver's cursor without row locks
+    (the caller holds the chain: see ``service._create_plain_transfers``). Thousands of
+    ids cost one array parameter (PostgreSQL) or a few IN lists (SQLite) instead of a
+    SQLAlchemy statement of thousands of bound literals."""
+    ordered = sorted(account_ids)
+    found: dict[str, LockedAccount] = {}
+    if is_postgresql(session):
+        statement = f"SELECT {_LOCKED_SQL} FROM ledger_accounts WHERE id = ANY(%s)"
+        with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
+            for row in cursor.execute(statement, [ordered]):
+                found[row[0]] = LockedAccount(*row)
+        return found
+    with _driver_errors(session, "SELECT ledger_accounts") as dbapi:
+        cursor = dbapi.cursor()
+        try:
+            for chunk in _chunks(ordered):
+                statement = f"SELECT {_LOCKED_SQL} FROM ledger_accounts WHERE id IN ({','.join('?' * len(chunk))})"
+                for row in cursor.execute(statement, chunk):
+                    found[row[0]] = LockedAccount(*row)
+        finally:
+            cursor.close()
     return found
 
 
@@ -96,6 +200,88 @@ def write_journal(
     bulk_increment(session, accounts, "id", BALANCE_COLUMNS, balance_deltas)
 
 
+_PLAIN_COLUMNS = (
+    "seq, id, code, reference, metadata_json, hash, debit_account, credit_account, amount, currency, "
+    "pending, created_at, kind"
+)
+
+
+def write_plain_transfers(
+    session: Session, rows: list[tuple], created_at: datetime, deltas: list[tuple[int, int, int]]
+) -> bool:
+    """Plain posted transfers and their accounts' posted balances, straight to the driver;
+    False, with nothing written, when an account is closed by now or a transfer id is
+    already taken (the unique index says so: no lookup of every id beforehand).
+
+    ``rows`` are (seq, id, code, reference, metadata_json, hash, debit_account,
+    credit_account, amount, currency); ``deltas`` are (account number, debits, credits),
+    already checked against overflow. Both writes run inside a savepoint, rolled back on
+    either refusal. The constant columns are bound once per batch (through the column
+    types, as the ORM would store them).
+    """
+    dialect = session.get_bind().dialect
+    created = entries.c.created_at.type._cached_bind_processor(dialect)
+    pending = entries.c.pending.type._cached_bind_processor(dialect)
+    constants = (
+        pending(False) if pending else False,
+        created(created_at) if created else created_at,
+        "posted",
+    )
+    refused = dialect.loaded_dbapi.IntegrityError
+    if is_postgresql(session):
+        statement = f"COPY ledger_transfers ({_PLAIN_COLUMNS}) FROM STDIN"
+        with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
+            nums, debits, credits = (list(column) for column in zip(*deltas, strict=True))
+            cursor.execute("SAVEPOINT ledger_plain_transfers")
+            try:
+                cursor.execute(
+                    "UPDATE ledger_accounts AS t SET debits_posted = t.debits_posted + v.d, "
+                    "credits_posted = t.credits_posted + v.c "
+                    "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(num, d, c) "
+                    "WHERE t.num = v.num AND NOT t.closed",
+                    [nums, debits, credits],
+                )
+                written = cursor.rowcount == len(deltas)
+                if written:
+                    with cursor.copy(statement) as copy:
+                        for row in rows:
+                            copy.write_row(row + constants)
+            except refused as error:
+                if getattr(error, "sqlstate", None) != "23505":  # unique_violation: a taken id
+                    raise
+                written = False
+            if not written:
+                cursor.execute("ROLLBACK TO SAVEPOINT ledger_plain_transfers")
+            cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
+        return written
+    # SQLite: the transaction holds the database's write lock, so nothing was closed since
+    # the accounts were read; the NOT closed guard stays as a check of that.
+    statement = f"INSERT INTO ledger_transfers ({_PLAIN_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+    with _driver_errors(session, statement) as dbapi:
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute("SAVEPOINT ledger_plain_transfers")
+            try:
+                cursor.executemany(
+                    "UPDATE ledger_accounts SET debits_posted = debits_posted + ?, "
+                    "credits_posted = credits_posted + ? WHERE num = ? AND NOT closed",
+                    [(debits, credits, num) for num, debits, credits in deltas],
+                )
+                written = cursor.rowcount == len(deltas)  # executemany sums the rows changed
+                if written:
+                    cursor.executemany(statement, [row + constants for row in rows])
+            except refused as error:
+                if "UNIQUE constraint failed: ledger_transfers.id" not in str(error):
+                    raise
+                written = False
+            if not written:
+                cursor.execute("ROLLBACK TO SAVEPOINT ledger_plain_transfers")
+            cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
+        finally:
+            cursor.close()
+    return written
+
+
 def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for chunk in _chunks(ids):
@@ -103,15 +289,18 @@ def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:
     return found
 
 
-def entries_with_postings(session: Session, ids: Iterable[str]) -> dict[str, tuple[Row, list[Row]]]:
-    """Entries by id, each with its postings in order."""
+def entries_with_postings(session: Session, ids: Iterable[str]) -> dict[str, tuple[Row, list[Leg]]]:
+    """Entries by id, each with its legs in order (from its row or its posting rows)."""
     ids = sorted(set(ids))
-    out: dict[str, tuple[Row, list[Row]]] = {}
+    out: dict[str, tuple[Row, list[Leg]]] = {}
     by_seq: dict[int, str] = {}
     for chunk in _chunks(ids):
-        for row in session.execute(select(entries).where(one_of(session, entries.c.id, chunk))):
-            out[row.id] = (row, [])
-            by_seq[row.seq] = row.id
+        for row in session.execute(_ENTRY_WITH_LEGS.where(one_of(session, entries.c.id, chunk))):
+            if row.kind is not None:
+                out[row.id] = (row, row_legs(row))
+            else:
+                out[row.id] = (row, [])
+                by_seq[row.seq] = row.id
     seqs = sorted(by_seq)
     for start in range(0, len(seqs), CHUNK):
         chunk_seqs = seqs[start:start + CHUNK]
@@ -121,7 +310,7 @@ def entries_with_postings(session: Session, ids: Iterable[str]) -> dict[str, tup
             .order_by(postings.c.seq, postings.c.idx)
         )
         for row in session.execute(query):
-            out[by_seq[row.seq]][1].append(row)
+            out[by_seq[row.seq]][1].append(_posting_leg(row))
     return out
 
 
@@ -150,8 +339,18 @@ def last_seq_at(session: Session, as_of: datetime) -> int:
     return session.scalar(select(func.coalesce(func.max(entries.c.seq), 0)).where(entries.c.created_at <= as_of)) or 0
 
 
+def account_num(session: Session, account_id: str) -> int | None:
+    return session.scalar(select(accounts.c.num).where(accounts.c.id == account_id))
+
+
+def _blocks_up_to(session: Session, up_to_seq: int | None) -> range:
+    head = up_to_seq if up_to_seq is not None else chain_head(session)[0]
+    return range(0, head // BLOCK + 1)
+
+
 def balance_sums(session: Session, account_id: str, up_to_seq: int | None) -> dict[tuple[str, str], int]:
-    """Sum of an account's postings by (direction, kind), up to a point in the chain."""
+    """Sum of an account's legs by (direction, kind), up to a point in the chain."""
+    totals: dict[tuple[str, str], int] = {}
     query = (
         select(postings.c.direction, postings.c.kind, func.sum(postings.c.amount))
         .where(postings.c.account_id == account_id)
@@ -159,18 +358,38 @@ def balance_sums(session: Session, account_id: str, up_to_seq: int | None) -> di
     )
     if up_to_seq is not None:
         query = query.where(postings.c.seq <= up_to_seq)
-    return {(d, k): int(total) for d, k, total in session.execute(query)}
+    for d, k, total in session.execute(query):
+        totals[(d, k)] = totals.get((d, k), 0) + int(total)
+    num = account_num(session, account_id)
+    if num is None:
+        return totals
+    blocks = list(_blocks_up_to(session, up_to_seq))
+    for direction, column in (("debit", entries.c.debit_account), ("credit", entries.c.credit_account)):
+        for start in range(0, len(blocks), CHUNK):
+            query = (
+                select(entries.c.kind, func.sum(entries.c.amount))
+                .where(_block().in_(blocks[start:start + CHUNK]), column == num)
+                .group_by(entries.c.kind)
+            )
+            if up_to_seq is not None:
+                query = query.where(entries.c.seq <= up_to_seq)
+            for k, total in session.execute(query):
+                totals[(direction, k)] = totals.get((direction, k), 0) + int(total)
+    return totals
+
+
+_HISTORY_COLUMNS = (entries.c.id.label("transfer_id"), entries.c.created_at, entries.c.code, entries.c.reference)
 
 
 def account_history(
     session: Session, account_id: str, *, after: tuple[int, int] | None, up_to_seq: int | None, limit: int
-) -> list[Row]:
+) -> list[HistoryLine]:
+    """An account's legs in (seq, idx) order after a cursor: posting rows through their
+    account index, row legs block by block through the history indexes."""
+    found: list[HistoryLine] = []
     query = (
-        select(
-            postings.c.seq, postings.c.idx, postings.c.direction, postings.c.kind,
-            postings.c.amount, postings.c.currency, entries.c.id.label("transfer_id"),
-            entries.c.created_at, entries.c.code, entries.c.reference,
-        )
+        select(postings.c.seq, postings.c.idx, postings.c.direction, postings.c.kind,
+               postings.c.amount, postings.c.currency, *_HISTORY_COLUMNS)
         .join(entries, entries.c.seq == postings.c.seq)
         .where(postings.c.account_id == account_id)
         .order_by(postings.c.seq, postings.c.idx)
@@ -181,38 +400,71 @@ def account_history(
         query = query.where((postings.c.seq > seq) | ((postings.c.seq == seq) & (postings.c.idx > idx)))
     if up_to_seq is not None:
         query = query.where(postings.c.seq <= up_to_seq)
-    return list(session.execute(query))
+    found.extend(HistoryLine(*row) for row in session.execute(query))
+
+    num = account_num(session, account_id)
+    if num is not None:
+        from_seq = after[0] if after is not None else 0
+        legs: list[HistoryLine] = []
+        blocks = _blocks_up_to(session, up_to_seq)
+        for block in range(from_seq // BLOCK, blocks.stop):
+            for direction, idx, column in (
+                ("debit", 0, entries.c.debit_account), ("credit", 1, entries.c.credit_account)
+            ):
+                query = (
+                    select(entries.c.seq, entries.c.kind, entries.c.amount, entries.c.currency, *_HISTORY_COLUMNS)
+                    .where(_block() == block, column == num, entries.c.seq >= from_seq)
+                    .order_by(entries.c.seq)
+                    .limit(limit + 1)
+                )
+                if up_to_seq is not None:
+                    query = query.where(entries.c.seq <= up_to_seq)
+                for row in session.execute(query):
+                    if after is not None and (row.seq, idx) <= after:
+                        continue
+                    legs.append(HistoryLine(row.seq, idx, direction, row.kind, row.amount, row.currency,
+                                            row.transfer_id, row.created_at, row.code, row.reference))
+            if len(legs) >= limit:
+                break  # later blocks hold only later seqs
+        found.extend(legs)
+    found.sort(key=lambda line: (line.seq, line.idx))
+    return found[:limit]
 
 
-def journal(session: Session, batch: int = 20000) -> Iterator[tuple[Row, list[Row]]]:
-    """Every entry in chain order with its postings, streamed in slices."""
+def journal(session: Session, batch: int = 20000) -> Iterator[tuple[Row | None, list[Leg]]]:
+    """Every entry in chain order with its legs, streamed in slices."""
     last = 0
     while True:
         entry_rows = list(
-            session.execute(select(entries).where(entries.c.seq > last).order_by(entries.c.seq).limit(batch))
+            session.execute(_ENTRY_WITH_LEGS.where(entries.c.seq > last).order_by(entries.c.seq).limit(batch))
         )
         if not entry_rows:
             # Postings past the last entry belong to no entry at all.
-            stray: dict[int, list[Row]] = {}
+            stray: dict[int, list[Leg]] = {}
             for row in session.execute(select(postings).where(postings.c.seq > last).order_by(postings.c.seq)):
-                stray.setdefault(row.seq, []).append(row)
+                stray.setdefault(row.seq, []).append(_posting_leg(row))
             for orphans in stray.values():
-                yield None, orphans  # type: ignore[misc]
+                yield None, orphans
             return
         high = entry_rows[-1].seq
-        grouped: dict[int, list[Row]] = {row.seq: [] for row in entry_rows}
+        grouped: dict[int, list[Leg]] = {row.seq: [] for row in entry_rows}
         query = (
             select(postings)
             .where(postings.c.seq > last, postings.c.seq <= high)
             .order_by(postings.c.seq, postings.c.idx)
         )
         for row in session.execute(query):
-            grouped.setdefault(row.seq, []).append(row)
+            grouped.setdefault(row.seq, []).append(_posting_leg(row))
         for row in entry_rows:
-            yield row, grouped.pop(row.seq)
+            rows = grouped.pop(row.seq)
+            if row.kind is not None:
+                # Posting rows beside a row that carries its own legs: a mixed entry, which
+                # the hash check catches, since the canonical content then lists them all.
+                rows = row_legs(row) + rows
+            yield row, rows
         # Postings whose entry is missing would be left in ``grouped``.
         for _seq, orphans in grouped.items():
-            yield None, orphans  # type: ignore[misc]
+            yield None, orphans
         last = high
 
 

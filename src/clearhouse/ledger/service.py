@@ -1,8 +1,11 @@
 """The ledger's business rules: accounts, journal entries, two-phase transfers, balances.
 
 Services flush and never commit: the caller's transaction boundary (``kit.db.transact``)
-commits once. Every write locks the accounts it touches in id order, then the chain
-head, so the journal is one total order and each entry's hash covers its predecessor.
+commits once. Every write locks the chain head first, then the accounts it touches in id
+order, so the journal is one total order, each entry's hash covers its predecessor, and
+ledger writers queue on one lock instead of deadlocking on accounts. While a writer holds
+the chain, no other writer can move a balance: only ``close_account`` changes an account
+concurrently, and the plain-transfer path guards against it (``WHERE NOT closed``).
 """
 
 from __future__ import annotations
@@ -112,10 +115,11 @@ def limit_breach(account: Any, values: list[int]) -> type[errors.LedgerError] | 
 class _Balances:
     """An account's running balances while a batch is checked, before anything is written."""
 
-    __slots__ = ("id", "currency", "closed", "limited", "row", "values", "start")
+    __slots__ = ("id", "num", "currency", "closed", "limited", "row", "values", "start")
 
     def __init__(self, row: Row):
         self.id = row.id
+        self.num = row.num
         self.currency = row.currency
         self.closed = row.closed
         self.limited = row.debits_must_not_exceed_credits or row.credits_must_not_exceed_debits
@@ -309,6 +313,11 @@ def create_transfers(session: Session, requests: list[EntryRequest], *, linked: 
         return []
     generated = iter(new_ids("tr", sum(1 for r in requests if r.id is None)))
     ids = [r.id if r.id is not None else next(generated) for r in requests]
+    head = repository.lock_chain(session)
+    if all(map(_is_plain, requests)):
+        outcomes = _create_plain_transfers(session, requests, ids, head)
+        if outcomes is not None:
+            return outcomes
 
     client_ids = [r.id for r in requests if r.id is not None]
     existing = repository.existing_ids(session, client_ids) if client_ids else set()
@@ -372,8 +381,103 @@ def create_transfers(session: Session, requests: list[EntryRequest], *, linked: 
             for i in range(len(requests))
         ]
     if prepared:
-        _write(session, prepared, balances)
+        _write(session, prepared, balances, head)
     return outcomes
+
+
+# ---------------------------------------------------------------- the plain-transfer path
+
+
+def _is_plain(request: EntryRequest) -> bool:
+    """A posted two-leg transfer, debit then credit: what bulk loads are made of."""
+    postings = request.postings
+    return (
+        len(postings) == 2 and postings[0].direction == DEBIT and postings[1].direction == CREDIT
+        and not request.pending and request.pending_id is None and request.timeout_seconds is None
+        and request.resolution is None and request.amount is None
+    )
+
+
+def _create_plain_transfers(
+    session: Session, requests: list[EntryRequest], ids: list[str], head: tuple[int, str]
+) -> list[Outcome] | None:
+    """Write a batch of plain transfers in one tight loop, or return None (having written
+    nothing) for the general path to handle it: a replayed or repeated id, any rule broken,
+    an account with a limit that a transfer would break.
+
+    The same rows, hashes and balances as the general path; what it leaves out is the
+    per-entry bookkeeping (dicts of touched accounts, prepared objects, generic leg rows)
+    that only entries which can fail or resolve need, and the row locks on accounts: the
+    caller holds the chain, so no other writer moves these balances, and the balance
+    update itself refuses a closed account (then nothing of the batch stays written).
+    """
+    if len(set(ids)) != len(ids):
+        return None
+    account_ids = set()
+    for request in requests:
+        account_ids.add(request.postings[0].account_id)
+        account_ids.add(request.postings[1].account_id)
+    locked = repository.read_accounts_fast(session, account_ids)
+    if len(locked) != len(account_ids):
+        return None  # a missing account: the general path says which transfer fails
+    # Per account: [number, currency, debits added, credits added]; limited accounts also
+    # keep running values checked after every transfer, as the general path does.
+    moves: dict[str, list] = {}
+    limited: dict[str, list[int]] = {}
+    for account_id, row in locked.items():
+        if row.closed or row.num is None:  # an account inserted around create_account has no number
+            return None
+        moves[account_id] = [row.num, row.currency, 0, 0]
+        if row.debits_must_not_exceed_credits or row.credits_must_not_exceed_debits:
+            limited[account_id] = [row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending]
+    legs: list[tuple] = []
+    for request in requests:
+        debit, credit = request.postings
+        amount = debit.amount
+        if type(amount) is not int or not 0 < amount <= MAX_AMOUNT or type(credit.amount) is not int \
+                or credit.amount != amount:
+            return None
+        d, c = moves[debit.account_id], moves[credit.account_id]
+        if d is c or d[1] != debit.currency or c[1] != debit.currency or credit.currency != debit.currency:
+            return None
+        d[2] += amount
+        c[3] += amount
+        if limited and (debit.account_id in limited or credit.account_id in limited):
+            for account_id, slot in ((debit.account_id, 0), (credit.account_id, 1)):
+                values = limited.get(account_id)
+                if values is not None:
+                    values[slot] += amount
+                    if limit_breach(locked[account_id], values) is not None:
+                        return None
+        legs.append((d[0], c[0], amount, debit.currency, debit.account_id, credit.account_id))
+    deltas = []
+    for account_id, (num, _currency, debits, credits) in moves.items():
+        row = locked[account_id]
+        if row.debits_posted + debits > MAX_AMOUNT or row.credits_posted + credits > MAX_AMOUNT:
+            return None
+        if debits or credits:
+            deltas.append((num, debits, credits))
+
+    seq, prev = head
+    created_at = clock.now()  # under the chain lock, so time never runs backwards along the chain
+    created = clock.rfc3339(created_at)
+    sha256, dumps = hashlib.sha256, orjson.dumps
+    rows = []
+    for entry_id, request, (d_num, c_num, amount, currency, debit_id, credit_id) in zip(
+        ids, requests, legs, strict=True
+    ):
+        seq += 1
+        metadata_json = canonical_json(request.metadata) if request.metadata else "{}"
+        prev = sha256(dumps([
+            prev, seq, entry_id, created, False, None, None, None, None, request.code, request.reference,
+            metadata_json, [(debit_id, DEBIT, POSTED, amount, currency), (credit_id, CREDIT, POSTED, amount, currency)],
+        ])).hexdigest()
+        rows.append((seq, entry_id, request.code, request.reference, metadata_json, prev,
+                     d_num, c_num, amount, currency))
+    if not repository.write_plain_transfers(session, rows, created_at, deltas):
+        return None  # a taken id, or an account closed meanwhile: the general path says which
+    repository.advance_chain(session, seq, prev)
+    return [Outcome(index, entry_id, "created") for index, entry_id in enumerate(ids)]
 
 
 def _check_amount(amount: Any) -> None:
@@ -522,8 +626,29 @@ def entry_hash(prev: str, entry: Row, posting_rows: list[Row]) -> str:
     )
 
 
-def _write(session: Session, prepared: list[_Prepared], balances: dict[str, _Balances]) -> None:
-    seq, prev = repository.lock_chain(session)
+_NO_ROW_LEGS = (None, None, None, None, None)
+
+
+def _row_legs(rows: list[tuple[str, str, str, int, str]], balances: dict[str, _Balances]) -> tuple:
+    """(debit_account, credit_account, amount, currency, kind) when the entry's legs fit on
+    its own row (debit then credit, same kind, amount and currency, two accounts), else
+    ``_NO_ROW_LEGS`` and the legs become posting rows."""
+    if len(rows) != 2:
+        return _NO_ROW_LEGS
+    (debit, d_dir, d_kind, d_amount, d_cur), (credit, c_dir, c_kind, c_amount, c_cur) = rows
+    if (d_dir, c_dir) != (DEBIT, CREDIT) or d_kind != c_kind or d_amount != c_amount or d_cur != c_cur \
+            or debit == credit:
+        return _NO_ROW_LEGS
+    debit_num, credit_num = balances[debit].num, balances[credit].num
+    if debit_num is None or credit_num is None:  # an account inserted around create_account
+        return _NO_ROW_LEGS
+    return (debit_num, credit_num, d_amount, d_cur, d_kind)
+
+
+def _write(
+    session: Session, prepared: list[_Prepared], balances: dict[str, _Balances], head: tuple[int, str]
+) -> None:
+    seq, prev = head
     created_at = clock.now()  # read under the chain lock, so time never runs backwards along the chain
     created = clock.rfc3339(created_at)
     entry_rows: list[tuple] = []
@@ -541,11 +666,13 @@ def _write(session: Session, prepared: list[_Prepared], balances: dict[str, _Bal
             request.timeout_seconds, clock.rfc3339(timeout_at) if timeout_at is not None else None,
             request.code, request.reference, item.metadata_json, item.rows,
         )
+        legs = _row_legs(item.rows, balances)
         entry_rows.append((
             seq, item.id, request.pending, request.pending_id, request.resolution, request.timeout_seconds,
-            timeout_at, request.code, request.reference, item.metadata_json, created_at, prev,
+            timeout_at, request.code, request.reference, item.metadata_json, created_at, prev, *legs,
         ))
-        posting_rows.extend((seq, idx, *row) for idx, row in enumerate(item.rows))
+        if legs is _NO_ROW_LEGS:
+            posting_rows.extend((seq, idx, *row) for idx, row in enumerate(item.rows))
     deltas = []
     for account in balances.values():
         delta = [now - start for now, start in zip(account.values, account.start, strict=True)]
