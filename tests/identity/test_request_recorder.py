@@ -1,4 +1,4 @@
-"""The per-request nonce and rate-limit write (``RequestRecorder``), over real HTTP.
+"""The per-request nonce and rate-limit write (``kit.db.LoopWriter``), over real HTTP.
 
 It runs on the event loop (PostgreSQL: an asyncio connection; SQLite: inline, never waiting
 for the database lock), falling back to a worker thread when it cannot; whichever way a

@@ -7,9 +7,11 @@ against the same PostgreSQL database do not collide.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -32,6 +34,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from clearhouse.kit.db import (
+    LoopWriter,
     bulk_increment,
     bulk_insert,
     current_revision,
@@ -580,3 +583,59 @@ class TestBulkIncrement:
                 engine,
                 lambda s: bulk_increment(s, accounts, "id", ("debits_posted",), [("acct_kit_n", -1)]),
             )
+
+
+# ------------------------------------------------------------------------------- LoopWriter
+
+
+class TestLoopWriter:
+    """Writes from the event loop (the nonce of every signed request rides on these)."""
+
+    @staticmethod
+    def _writer(engine: Engine) -> LoopWriter:
+        threads = ThreadPoolExecutor(max_workers=2)
+
+        async def in_thread(work, *args):
+            return await asyncio.get_running_loop().run_in_executor(threads, work, *args)
+
+        return LoopWriter(engine, in_thread, connections=2)
+
+    def test_scalar_and_run_write_and_answer_on_every_loop(self, engine, scratch):
+        writer = self._writer(engine)
+        insert_sql = f"INSERT INTO {scratch.name} (id, amount, hits, flag) VALUES (:id, :amount, 0, TRUE)"
+
+        def two_rows(cursor, params):
+            cursor.rowcount(insert_sql, {"id": params["id"] + "-a", "amount": 1})
+            return cursor.rowcount(insert_sql, {"id": params["id"] + "-b", "amount": 2})
+
+        async def write(tag: str) -> tuple[int, int]:
+            ran = await writer.run(two_rows, {"id": tag})
+            total = await writer.scalar(f"SELECT sum(amount) FROM {scratch.name}", {})
+            return ran, total
+
+        try:
+            # A second loop after the first has ended (a test client's way): the writer moves to it.
+            assert asyncio.run(write("one")) == (1, 3)
+            assert asyncio.run(write("two")) == (1, 6)
+            assert writer.connections <= 2
+        finally:
+            writer.close()
+        assert writer.connections == 0
+        assert set(rows_of(engine, scratch)) == {"one-a", "one-b", "two-a", "two-b"}
+
+    def test_a_failed_work_writes_nothing(self, engine, scratch, backend):
+        if backend != "sqlite":
+            pytest.skip("on PostgreSQL work runs in autocommit, one statement that fails whole (raw_transaction)")
+        writer = self._writer(engine)
+        insert_sql = f"INSERT INTO {scratch.name} (id, amount, hits, flag) VALUES (:id, 1, 0, TRUE)"
+
+        def half_then_fail(cursor, params):
+            cursor.rowcount(insert_sql, {"id": "half"})
+            cursor.rowcount(insert_sql, {"id": "half"})  # the same key: refused
+
+        try:
+            with pytest.raises(Exception, match="(?i)unique|duplicate"):
+                asyncio.run(writer.run(half_then_fail, {}))
+        finally:
+            writer.close()
+        assert rows_of(engine, scratch) == {}

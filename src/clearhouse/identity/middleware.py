@@ -22,11 +22,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from clearhouse.identity import service, signing
 from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, leaf_routes, route_permission
 from clearhouse.identity.ratelimit import RateLimited
-from clearhouse.identity.repository import RequestRecorder
 from clearhouse.kit import clock
 from clearhouse.kit.api import RequestTooLarge, read_body, replay_body
 from clearhouse.kit.crypto import FieldCipher
-from clearhouse.kit.db import transact
+from clearhouse.kit.db import LoopWriter, transact
 from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
 from clearhouse.kit.settings import Settings
 
@@ -62,7 +61,7 @@ class AuthenticationMiddleware:
         # Its own threads, not anyio's shared pool: about half the cost of a hop, which this
         # pays on every request (clearhouse bench auth), and a slow route cannot starve it.
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auth")
-        self.recorder = RequestRecorder(engine, self._in_thread)
+        self.recorder = LoopWriter(engine, self._in_thread)  # the nonce write of every signed request
         # The app's lifespan closes the recorder's connections (app.py).
         fastapi_app.state.request_recorder = self.recorder
 

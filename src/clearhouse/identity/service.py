@@ -29,7 +29,7 @@ from clearhouse.identity.permissions import (
 )
 from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
-from clearhouse.kit.db import transact
+from clearhouse.kit.db import LoopWriter, transact
 from clearhouse.kit.errors import ClearhouseError, NotFound, ValidationFailed
 from clearhouse.kit.ids import new_id
 
@@ -397,7 +397,7 @@ def check_key_state(key: KeyRecord) -> None:
         raise MerchantSuspended("this merchant is suspended")
 
 
-async def consume_nonce(recorder: repository.RequestRecorder, key_id: str, nonce: str, *,
+async def consume_nonce(recorder: LoopWriter, key_id: str, nonce: str, *,
                         rate_limit_per_minute: int) -> int | None:
     """Record the nonce and count the request against the key's rate limit (this runs for
     every signed request, so in one raw statement on PostgreSQL, from the event loop);
@@ -406,7 +406,7 @@ async def consume_nonce(recorder: repository.RequestRecorder, key_id: str, nonce
     window_seconds = 60
     now = time.time()
     window = int(now // window_seconds) * window_seconds
-    recorded, count = await recorder.record(key_id, nonce, clock.now(), f"key:{key_id}", window)
+    recorded, count = await repository.record_request(recorder, key_id, nonce, clock.now(), f"key:{key_id}", window)
     if not recorded:
         key = await recorder.in_thread(transact, recorder.engine, lambda session: find_key(session, key_id))
         if key is None:
