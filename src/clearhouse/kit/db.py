@@ -173,8 +173,9 @@ def raw_transaction(engine: Engine) -> Iterator[RawCursor]:
 class LoopWriter:
     """A short write made for every request (the nonce of a signed request), from the event
     loop, where it costs the least (``clearhouse bench auth``): a hop to a worker thread and
-    back costs about as much as the write itself, and most of the p99. Give it an engine
-    that does not wait for the disk (``make_engine(durable=False)``): never money.
+    back costs about as much as the write itself, and most of the p99. Bookkeeping only,
+    never money: give it the ``make_engine(durable=False)`` engine, and its own PostgreSQL
+    connections commit the same way (``synchronous_commit=off``).
 
     - ``scalar(sql, params)``, PostgreSQL: the one statement on an asyncio driver connection
       (autocommit), so the loop waits on the socket, not on a thread; at most ``connections``
