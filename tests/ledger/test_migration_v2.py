@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import text
 
+from clearhouse.bench import PostgresServer
 from clearhouse.kit import clock
 from clearhouse.kit.db import make_engine, transact, upgrade
 from clearhouse.ledger import service
@@ -56,17 +55,9 @@ def legacy_url(backend: str, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'legacy.db'}"
         return
-    base = make_url(os.environ["CLEARHOUSE_TEST_POSTGRES_URL"])
-    name = f"legacy_{os.getpid()}_{os.urandom(3).hex()}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    server = PostgresServer(os.environ["CLEARHOUSE_TEST_POSTGRES_URL"], "the tests' server")
+    with server.fresh_database("legacy") as url:
+        yield url
 
 
 def write_legacy_journal(url: str) -> tuple[dict[str, list[int]], str]:
