@@ -10,8 +10,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 
 import httpx
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -20,6 +23,7 @@ from clearhouse.identity.models import ApiNonce
 from clearhouse.identity.signing import signed_headers
 from clearhouse.kit.db import transact
 from tests.conftest import make_key
+from tests.identity.test_signing import wait_clear_of_the_minute_boundary
 
 
 def nonces_of(engine, key_id: str) -> int:
@@ -92,3 +96,91 @@ def test_the_apps_shutdown_closes_the_recorders_connections(app):
         recorder = app.state.request_recorder
         assert recorder.connections >= 1
     assert recorder.connections == 0
+
+
+@contextmanager
+def nonce_writes_held(backend: str, database_url: str, key_id: str) -> Iterator[None]:
+    """Make the key's next nonce writes wait: SQLite's write lock, or PostgreSQL's row lock on
+    the key's rate-limit counter of this minute (every recorded request updates it)."""
+    if backend == "sqlite":
+        other = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        return
+    window = int(time.time() // 60) * 60
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as other:
+        locked = other.execute("SELECT count FROM rate_limit_counters WHERE bucket = %s AND window_start = %s "
+                               "FOR UPDATE", (f"key:{key_id}", window)).fetchone()
+        assert locked is not None, "the key's counter of this minute exists (a request was made)"
+        yield
+        other.rollback()
+
+
+def merchants(backend: str, database_url: str) -> int:
+    """Counted on a plain reading connection (the app's engine would wait for the held write lock)."""
+    if backend == "sqlite":
+        with closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as reader:
+            return reader.execute("SELECT count(*) FROM merchants").fetchone()[0]
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as reader:
+        return reader.execute("SELECT count(*) FROM merchants").fetchone()[0]
+
+
+def test_a_reads_answer_waits_for_its_nonce_and_a_replayed_read_answers_only_the_refusal(backend, app, engine,
+                                                                                          database_url, live_server):
+    """A GET runs while its nonce is written (the write's round trip overlaps the route's work),
+    but its answer is held until the nonce is in: a read whose nonce turns out replayed answers
+    the refusal alone, never the data."""
+    key = make_key(app)
+    first = signed_headers(key.key_id, key.secret, "GET", "/v1/merchants")
+    with httpx.Client(base_url=live_server, timeout=30) as client:
+        wait_clear_of_the_minute_boundary()
+        assert client.get("/v1/merchants", headers=first).status_code == 200  # the key is read, its counter made
+        fresh = signed_headers(key.key_id, key.secret, "GET", "/v1/merchants")
+        answers: dict[str, httpx.Response] = {}
+
+        def send(name: str, headers: dict[str, str]) -> None:
+            answers[name] = httpx.get(f"{live_server}/v1/merchants", headers=headers, timeout=30)
+
+        with nonce_writes_held(backend, database_url, key.key_id):
+            senders = [threading.Thread(target=send, args=args) for args in (("fresh", fresh), ("replayed", first))]
+            for sender in senders:
+                sender.start()
+            time.sleep(0.5)
+            # (On PostgreSQL the replay is refused without touching the counter, so it may be answered.)
+            assert "fresh" not in answers, "no answer before its nonce is recorded"
+            assert client.get("/healthz").status_code == 200
+        for sender in senders:
+            sender.join(timeout=30)
+    assert answers["fresh"].status_code == 200, answers["fresh"].text
+    replayed = answers["replayed"]
+    assert replayed.status_code == 401, replayed.text
+    assert replayed.headers["content-type"].startswith("application/problem+json")
+    assert replayed.json()["code"] == "signature_replayed"
+    assert "data" not in replayed.json()
+    assert nonces_of(engine, key.key_id) == 2
+
+
+def test_a_post_is_not_run_before_its_nonce_is_recorded(backend, app, engine, database_url, live_server):
+    """Only safe methods overlap the write: a replayed POST never reaches its route."""
+    key = make_key(app)
+    body = b'{"name": "Held Shop"}'
+    post = {"Content-Type": "application/json",
+            **signed_headers(key.key_id, key.secret, "POST", "/v1/merchants", body=body)}
+    with httpx.Client(base_url=live_server, timeout=30) as client:
+        wait_clear_of_the_minute_boundary()
+        assert client.get("/v1/merchants", headers=signed_headers(key.key_id, key.secret, "GET",
+                                                                  "/v1/merchants")).status_code == 200
+        answers: list[httpx.Response] = []
+        with nonce_writes_held(backend, database_url, key.key_id):
+            sender = threading.Thread(target=lambda: answers.append(
+                httpx.post(f"{live_server}/v1/merchants", content=body, headers=post, timeout=30)))
+            sender.start()
+            time.sleep(0.5)
+            assert merchants(backend, database_url) == 0, "the POST's route must not run before its nonce is in"
+        sender.join(timeout=30)
+        assert answers and answers[0].status_code == 201, answers and answers[0].text
+        assert client.post("/v1/merchants", content=body, headers=post).json()["code"] == "signature_replayed"

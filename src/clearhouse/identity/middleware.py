@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 from starlette.requests import cookie_parser
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clearhouse.identity import service, signing
 from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, leaf_routes, route_permission
@@ -30,6 +30,7 @@ from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_proble
 from clearhouse.kit.settings import Settings
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_SAFE = frozenset({"GET", "HEAD"})
 _KEY = signing.KEY_HEADER.lower().encode()
 _TIMESTAMP = signing.TIMESTAMP_HEADER.lower().encode()
 _NONCE = signing.NONCE_HEADER.lower().encode()
@@ -58,6 +59,7 @@ class AuthenticationMiddleware:
         self._public_paths: set[str] = set()
         self._public_patterns = False
         self._keys: dict[str, tuple[service.KeyRecord, str, Principal]] = {}
+        self._limited_until: dict[str, float] = {}  # key id -> end of the window it went over its limit in
         # Its own threads, not anyio's shared pool: about half the cost of a hop, which this
         # pays on every request (clearhouse bench auth), and a slow route cannot starve it.
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auth")
@@ -107,9 +109,9 @@ class AuthenticationMiddleware:
                 if body is None:
                     raise MalformedRequest("the client disconnected before the body arrived")
                 receive = replay_body(body, receive)
-                principal = await self._key_principal(scope, signed, key, body)
+                principal, admitted = await self._key_principal(scope, signed, key, body)
             elif b"cookie" in headers:
-                principal = await self._in_thread(self._session_principal, scope, headers)
+                principal, admitted = await self._in_thread(self._session_principal, scope, headers), None
             else:
                 raise AuthenticationRequired("sign the request with an API key (api.md, Authentication) or sign in")
         except ClearhouseError as error:
@@ -119,7 +121,41 @@ class AuthenticationMiddleware:
         state["principal"] = principal
         state["idempotency_scope"] = principal.idempotency_scope
         state["idempotency_caller"] = principal.id
-        await self.app(scope, receive, send)
+        if admitted is None:
+            await self.app(scope, receive, send)
+        else:
+            await self._read_while_recording(scope, receive, send, admitted)
+
+    async def _read_while_recording(self, scope: Scope, receive: Receive, send: Send,
+                                    admitted: asyncio.Future[None]) -> None:
+        """A GET or HEAD runs while its nonce is being recorded, and its answer is held until
+        the nonce is in: the database round trip then overlaps the route's work instead of
+        adding to it (``clearhouse bench auth``). A safe method changes nothing, so running one
+        that turns out to be replayed, from a revoked key or over the rate limit is harmless:
+        its answer is thrown away and the refusal sent instead, exactly as if it had not run."""
+        refusal: list[ClearhouseError] = []
+
+        async def send_once_admitted(message: Message) -> None:
+            if message["type"] == "http.response.start" and not refusal:
+                error = await _refusal(admitted)
+                if error is not None:
+                    refusal.append(error)
+                    await send_problem(send, error)
+            if refusal:
+                raise _Withheld
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_once_admitted)
+        except Exception:
+            if refusal:
+                return  # the refusal went out in the route's place (_Withheld, or what a layer made of it)
+            error = await _refusal(admitted)
+            if error is None:
+                raise
+            await send_problem(send, error)  # refused, and the route failed: the refusal is the answer
+        else:
+            await _refusal(admitted)  # the route answered nothing (not over HTTP): still wait for the write
 
     def _signed_headers(self, headers: dict[bytes, bytes]) -> tuple[str, str, str, str]:
         """(key id, timestamp, nonce, signature), checked for shape and clock skew."""
@@ -141,7 +177,11 @@ class AuthenticationMiddleware:
         return key_id, timestamp, nonce, given
 
     async def _key_principal(self, scope: Scope, signed: tuple[str, str, str, str],
-                             cached: tuple[service.KeyRecord, str, Principal], body: bytes) -> Principal:
+                             cached: tuple[service.KeyRecord, str, Principal],
+                             body: bytes) -> tuple[Principal, asyncio.Future[None] | None]:
+        """The key's principal, once the signature matches; and, for a GET or HEAD of a key not
+        over its rate limit, the nonce write still under way (the caller holds the answer until
+        it succeeds). Anything else is recorded before this returns."""
         _key_id, timestamp, nonce, given = signed
         path = scope.get("raw_path") or scope["path"].encode()
         message = signing.signing_string(scope["method"], path.decode("latin-1"),
@@ -152,11 +192,26 @@ class AuthenticationMiddleware:
             raise service.SignatureInvalid("the signature does not match the request, or the key is unknown")
         if key.expires_at is not None and key.expires_at <= clock.now():
             raise service.ApiKeyExpired(f"API key {key.id} expired at {clock.rfc3339(key.expires_at)}")
-        wait = await service.consume_nonce(self.recorder, key.id, nonce,
+        recording = self._record(key.id, nonce)
+        if scope["method"] in _SAFE and self._limited_until.get(key.id, 0.0) <= time.time():
+            admitted = asyncio.ensure_future(recording)
+            admitted.add_done_callback(_retrieved)
+            await asyncio.sleep(0)  # let the write reach the database before the route starts
+            return principal, admitted
+        await recording
+        return principal, None
+
+    async def _record(self, key_id: str, nonce: str) -> None:
+        """Record the nonce and count the request; raises the refusal. A key over its limit is
+        remembered until its window ends, so its reads wait for the count again instead of
+        running first (the limit also protects the server's work)."""
+        wait = await service.consume_nonce(self.recorder, key_id, nonce,
                                            rate_limit_per_minute=self.settings.api_key_rate_limit_per_minute)
         if wait is not None:
+            self._limited_until[key_id] = time.time() + wait
+            if len(self._limited_until) > _KEY_CACHE_SIZE:
+                self._limited_until.pop(next(iter(self._limited_until)))
             raise RateLimited("this API key is over its rate limit", retry_after=wait)
-        return principal
 
     def _key(self, key_id: str) -> tuple[service.KeyRecord, str, Principal] | None:
         """A key's unchanging parts (secret, scopes, merchant, expiry), read and decrypted once
@@ -188,6 +243,24 @@ class AuthenticationMiddleware:
             if not hmac.compare_digest(given, csrf_token.encode()):
                 raise CsrfFailed("send the session's CSRF token in X-CSRF-Token")
         return principal
+
+
+class _Withheld(Exception):
+    """Stops a route's answer after a refusal was sent in its place."""
+
+
+async def _refusal(admitted: asyncio.Future[None]) -> ClearhouseError | None:
+    try:
+        await admitted
+    except ClearhouseError as error:
+        return error
+    return None
+
+
+def _retrieved(admitted: asyncio.Future[None]) -> None:
+    """A write whose request went away (client gone) must not log 'exception never retrieved'."""
+    if not admitted.cancelled():
+        admitted.exception()
 
 
 def _now_seconds() -> int:

@@ -203,7 +203,7 @@ class LoopWriter:
         self._inline_commits = 0
         self._checkpoints: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # PostgreSQL: the loop owning _idle
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._idle: list[psycopg.AsyncCursor[Any]] = []  # a cursor of each idle connection
         self._slots = asyncio.Semaphore(connections)  # at most this many open (PostgreSQL)
 
     async def scalar(self, sql: str, params: dict[str, Any]) -> Any:
@@ -277,21 +277,27 @@ class LoopWriter:
         if loop is not self._loop:
             return await self.in_thread(_in_transaction, self.engine, _scalar, {"sql": sql, "params": params})
         async with self._slots:
-            connection = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(
-                _libpq_url(self.engine), autocommit=True, options="-c synchronous_commit=off")
+            if self._idle:
+                cursor = self._idle.pop()
+            else:
+                connection = await psycopg.AsyncConnection.connect(
+                    _libpq_url(self.engine), autocommit=True, options="-c synchronous_commit=off")
+                cursor = connection.cursor()
             try:
-                cursor = await connection.execute(postgresql_paramstyle(sql), params)
+                # One cursor per connection, kept, and the statement prepared from its first use:
+                # each saves the loop some CPU, the part of this write that overlaps nothing.
+                await cursor.execute(postgresql_paramstyle(sql), params, prepare=True)
                 row = await cursor.fetchone()
             except BaseException:
-                await connection.close()  # a connection in an unknown state is not reused
+                await cursor.connection.close()  # a connection in an unknown state is not reused
                 raise
-            self._idle.append(connection)
+            self._idle.append(cursor)
         return row[0] if row is not None else None
 
     def _discard(self) -> None:
         """Forget the idle connections (closed at the socket: their loop may be gone)."""
-        for connection in self._idle:
-            connection.pgconn.finish()
+        for cursor in self._idle:
+            cursor.connection.pgconn.finish()
         self._idle.clear()
 
     @property
@@ -303,7 +309,7 @@ class LoopWriter:
         """Close every connection (the app's lifespan calls this at shutdown)."""
         if self._loop is asyncio.get_running_loop():
             while self._idle:
-                await self._idle.pop().close()
+                await self._idle.pop().connection.close()
         self.close()
 
     def close(self) -> None:
