@@ -73,14 +73,17 @@ def _apps(database_url: str) -> tuple[Any, Any, str, str, Any]:
 
     protected = FastAPI()
     protected.get(PATH, dependencies=[requires("ledger:read")])(balance)
+    # The same route as a POST: an unsafe method records its nonce before it runs (a note, not a figure).
+    protected.post(PATH, dependencies=[requires("ledger:read")])(balance)
     protected.add_middleware(AuthenticationMiddleware, fastapi_app=protected, engine=bookkeeping, cipher=cipher,
                              settings=settings)
     baseline = FastAPI()
     baseline.get(PATH)(balance)
+    baseline.post(PATH)(balance)
     return protected, baseline, row.id, secret, (engine, bookkeeping)
 
 
-async def _call(app: Any, headers: list[tuple[bytes, bytes]]) -> tuple[int, float]:
+async def _call(app: Any, headers: list[tuple[bytes, bytes]], method: str = "GET") -> tuple[int, float]:
     status = 0
 
     async def receive() -> dict[str, Any]:
@@ -92,7 +95,7 @@ async def _call(app: Any, headers: list[tuple[bytes, bytes]]) -> tuple[int, floa
             status = message["status"]
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
         "path": PATH, "raw_path": PATH.encode(), "query_string": QUERY.encode(), "root_path": "",
         "headers": headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
     }
@@ -102,23 +105,23 @@ async def _call(app: Any, headers: list[tuple[bytes, bytes]]) -> tuple[int, floa
 
 
 async def _measure(protected: Any, baseline: Any, key_id: str, secret: str, count: int, label: str,
-                   progress: ProgressFn, failures: list[str]) -> tuple[list[float], list[float]]:
+                   progress: ProgressFn, failures: list[str], method: str = "GET") -> tuple[list[float], list[float]]:
     from clearhouse.identity.signing import signed_headers
 
     signed_ms: list[float] = []
     plain_ms: list[float] = []
     plain_headers = [(b"host", b"bench")]
-    task = f"{label}: signed vs unsigned requests"
+    task = f"{label}: signed vs unsigned {method}s"
     # Interleaved, so the machine's background noise falls on both alike.
     for n in range(WARMUP + count):
-        headers = signed_headers(key_id, secret, "GET", PATH, QUERY)
+        headers = signed_headers(key_id, secret, method, PATH, QUERY)
         raw = plain_headers + [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        status, ms = await _call(protected, raw)
+        status, ms = await _call(protected, raw, method)
         if status != 200:
             failures.append(f"{label}: signed request {n} answered {status}")
             if len(failures) > 10:
                 break
-        status_plain, ms_plain = await _call(baseline, plain_headers)
+        status_plain, ms_plain = await _call(baseline, plain_headers, method)
         if status_plain != 200:
             failures.append(f"{label}: baseline request {n} answered {status_plain}")
         if n >= WARMUP:
@@ -128,10 +131,10 @@ async def _measure(protected: Any, baseline: Any, key_id: str, secret: str, coun
             progress(task, n, WARMUP + count)
     progress(task, WARMUP + count, WARMUP + count)
     # The refusal path works too: a replayed nonce is refused.
-    headers = signed_headers(key_id, secret, "GET", PATH, QUERY)
+    headers = signed_headers(key_id, secret, method, PATH, QUERY)
     raw = plain_headers + [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    first, _ = await _call(protected, raw)
-    again, _ = await _call(protected, raw)
+    first, _ = await _call(protected, raw, method)
+    again, _ = await _call(protected, raw, method)
     if (first, again) != (200, 401):
         failures.append(f"{label}: a replayed request answered {again} (first {first})")
     return signed_ms, plain_ms
@@ -159,10 +162,19 @@ def _backend(report: Report, label: str, database_url: str, count: int, progress
         # uvloop, as `clearhouse serve` runs (uvicorn picks it when installed).
         signed_ms, plain_ms = uvloop.run(_measure(protected, baseline, key_id, secret, count, label, progress,
                                                   report.failures))
+        posts = uvloop.run(_measure(protected, baseline, key_id, secret, count // 4, label, progress,
+                                    report.failures, method="POST"))
     finally:
         for engine in engines:
             engine.dispose()
     _figure(report, label, signed_ms, plain_ms)
+    signed_posts, plain_posts = posts
+    if signed_posts:
+        report.notes[f"{label}_post_added_p99_ms"] = (
+            f"the same route as a POST ({len(signed_posts):,} requests), whose nonce is recorded before it runs "
+            f"(a GET's write overlaps the route): added p99 "
+            f"{percentile(signed_posts, 99) - percentile(plain_posts, 99):.3f} ms, median "
+            f"{percentile(signed_posts, 50) - percentile(plain_posts, 50):.3f} ms")
 
 
 def run(count: int, *, postgres_url: str | None = None, progress: ProgressFn = no_progress) -> Report:
