@@ -6,17 +6,17 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from pydantic import TypeAdapter
 from sqlalchemy import Row
 
 from clearhouse.audit import service
 from clearhouse.audit.schemas import AuditEventOut, AuditVerifyOut
 from clearhouse.identity.permissions import principal_of, requires
-from clearhouse.kit.api import Page, UtcTime, validate
+from clearhouse.kit.api import Page, PrefixRouter, UtcTime, validate
 from clearhouse.kit.db import transact
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+router = PrefixRouter(prefix="/v1/audit", tags=["audit"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "A filter or cursor is invalid (`validation_error`)"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from sqlalchemy.orm import Session
 
 from clearhouse.channels import routing
@@ -23,11 +23,11 @@ from clearhouse.channels.schemas import (
 )
 from clearhouse.identity.permissions import actor_of, principal_of, requires
 from clearhouse.kit import clock
-from clearhouse.kit.api import Page
+from clearhouse.kit.api import Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import NotFound
 
-router = APIRouter(prefix="/v1", tags=["routing"])
+router = PrefixRouter(prefix="/v1", tags=["routing"])
 _READ = [requires("routing:read")]
 _WRITE = [requires("routing:write")]
 

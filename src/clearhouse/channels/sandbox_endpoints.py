@@ -11,16 +11,17 @@ from string import Template
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from clearhouse.channels.connectors.sandbox import SandboxConnector, major_units
 from clearhouse.channels.protocol import APPROVED, AUTHORIZED, PENDING, REQUIRES_ACTION
 from clearhouse.identity.permissions import PUBLIC, requires
+from clearhouse.kit.api import PrefixRouter
 from clearhouse.kit.errors import ClearhouseError
 
-router = APIRouter(prefix="/sandbox", include_in_schema=False, dependencies=[requires(PUBLIC)])
+router = PrefixRouter(prefix="/sandbox", include_in_schema=False, dependencies=[requires(PUBLIC)])
 
 CARD = "sandbox_card"
 TITLES = {"sandbox_alipay": "Alipay sandbox", "sandbox_wechat": "WeChat Pay sandbox", "sandbox_bank": "Bank sandbox",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
@@ -22,11 +22,11 @@ from clearhouse.identity.schemas import (
     MerchantUpdate,
     PlatformKeyCreate,
 )
-from clearhouse.kit.api import Page
+from clearhouse.kit.api import Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.kit.idempotency import derived_id
 
-router = APIRouter(prefix="/v1")
+router = PrefixRouter(prefix="/v1")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Not authenticated (`authentication_required`, `signature_invalid`, ...)"},

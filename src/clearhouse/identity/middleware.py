@@ -57,7 +57,7 @@ class AuthenticationMiddleware:
         self.settings = settings
         self._public: list[Any] | None = None
         self._public_paths: set[str] = set()
-        self._public_patterns = False
+        self._public_starts: tuple[str, ...] = ()
         self._keys: dict[str, tuple[service.KeyRecord, str, Principal]] = {}
         self._limited_until: dict[str, float] = {}  # key id -> end of the window it went over its limit in
         # Its own threads, not anyio's shared pool: about half the cost of a hop, which this
@@ -80,8 +80,9 @@ class AuthenticationMiddleware:
             # Every request asks this: most public paths are fixed strings, so a set answers
             # "not public" without a regex per public route.
             self._public_paths = {r.path for r in self._public if "{" not in r.path}
-            self._public_patterns = any("{" in r.path for r in self._public)
-        if scope["path"] not in self._public_paths and not self._public_patterns:
+            # The rest (paths with a {parameter}) can only match paths that start with their literal part.
+            self._public_starts = tuple({r.path.split("{", 1)[0] for r in self._public if "{" in r.path})
+        if scope["path"] not in self._public_paths and not scope["path"].startswith(self._public_starts):
             return False
         return any(route.matches(scope)[0] == Match.FULL for route in self._public)
 

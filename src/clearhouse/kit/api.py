@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import _get_scope_included_router as _included_router
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -21,9 +22,11 @@ from pydantic import (
     field_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
+from starlette._utils import get_route_path
+from starlette.routing import Match
 
 from clearhouse.kit import clock
-from clearhouse.kit.errors import ClearhouseError, MalformedRequest
+from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
 from clearhouse.kit.money import MAX_AMOUNT, is_currency
 
 T = TypeVar("T")
@@ -109,15 +112,54 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
-def install_input_guards(app: Any) -> None:
-    """Refuse a NUL character in the path or query before any route sees it."""
-    from clearhouse.kit.errors import problem_response
+class PrefixRouter(APIRouter):
+    """Every domain's router. FastAPI (0.165) asks each included router in turn whether it
+    matches a request, and each tries all of its routes (about a hundred for a request to
+    the last one): 0.25 ms of CPU per request here, a fifth of ``/healthz``. This router first
+    compares the request path with the literal start of its routes' paths (the part before
+    the first ``{``), which no path its routes match can lack, and answers "no match" at once
+    when none fits. Only the order of work changes; what matches is FastAPI's own decision."""
 
-    @app.middleware("http")
-    async def _no_nul(request: Request, call_next: Any) -> Any:
-        if "\x00" in request.scope["path"] or b"%00" in request.scope.get("query_string", b"").lower():
-            return problem_response(MalformedRequest("the path or query contains a NUL character"))
-        return await call_next(request)
+    def matches(self, scope: Any) -> tuple[Match, dict[str, Any]]:
+        starts = self._literal_starts()
+        if starts is not None and scope["type"] == "http":
+            included = _included_router(scope)
+            if getattr(included, "original_router", None) is self:
+                prefix = included.include_context.prefix  # what include_router(prefix=) added
+                path = get_route_path(scope)
+                if not (path.startswith(prefix) and path[len(prefix):].startswith(starts)):
+                    return Match.NONE, {}
+        return super().matches(scope)
+
+    def _literal_starts(self) -> tuple[str, ...] | None:
+        """The literal starts of the routes' paths (None: a route without a plain path, such as a
+        router included in this one, so no shortcut)."""
+        cached = self.__dict__.get("_starts")
+        if cached is not None and cached[0] == len(self.routes):
+            return cached[1]
+        paths = [getattr(route, "path", None) for route in self.routes]
+        starts = None if any(not isinstance(path, str) for path in paths) else tuple(
+            sorted({path.split("{", 1)[0] for path in paths if isinstance(path, str)}))
+        self.__dict__["_starts"] = (len(self.routes), starts)
+        return starts
+
+
+def install_input_guards(app: Any) -> None:
+    app.add_middleware(_NoNulInPath)
+
+
+class _NoNulInPath:
+    """Refuse a NUL character in the path or query before any route sees it (pure ASGI: no
+    per-request cost beyond the check)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope.get("query_string", b"").lower()):
+            await send_problem(send, MalformedRequest("the path or query contains a NUL character"))
+            return
+        await self.app(scope, receive, send)
 
 
 async def json_body(request: Request) -> Any:

@@ -9,7 +9,9 @@ handler and on uvicorn's own loggers, which do not propagate to the root.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
 from typing import IO, Any
 
 import structlog
@@ -116,34 +118,45 @@ def configure_logging(level: str = "INFO", json: bool = False, stream: IO[str] |
 def install_request_logging(app: Any) -> None:
     """Give every request an id (``X-Request-Id``, taken from the caller when it is sane),
     bind it to every log line written while the request runs, and log one line per request."""
-    import re
-    import time
+    app.add_middleware(_RequestLog)
 
-    from fastapi import Request
 
-    from clearhouse.kit.ids import new_id
+class _RequestLog:
+    """Pure ASGI (Starlette's ``BaseHTTPMiddleware`` cost about 0.2 ms of CPU a request)."""
 
-    log = structlog.get_logger("clearhouse.http")
-    sane = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+    _sane = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+    _log = structlog.get_logger("clearhouse.http")
 
-    @app.middleware("http")
-    async def _request_context(request: Request, call_next: Any) -> Any:
-        given = request.headers.get("x-request-id", "")
-        request_id = given if sane.match(given) else new_id("req")
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from clearhouse.kit.ids import new_id
+
+        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"").decode("latin-1")
+        request_id = given if self._sane.match(given) else new_id("req")
+        header = (b"x-request-id", request_id.encode())
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request_id
-        route = request.scope.get("route")
-        log.info(
-            "request",
-            method=request.method,
-            route=getattr(route, "path", request.url.path),
-            status=response.status_code,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        return response
+        status = 500  # what the server answers when the app raises
+
+        async def with_request_id(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [pair for pair in message.get("headers", ()) if pair[0].lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, with_request_id)
+        finally:
+            self._log.info("request", method=scope["method"], route=getattr(scope.get("route"), "path", scope["path"]),
+                           status=status, ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 def operator_console() -> Any:

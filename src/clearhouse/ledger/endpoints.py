@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from clearhouse.audit import service as audit
 from clearhouse.identity import approvals
 from clearhouse.identity.permissions import actor_of, principal_of, requires
-from clearhouse.kit.api import Page, UtcTime, json_body, validate
+from clearhouse.kit.api import Page, PrefixRouter, UtcTime, json_body, validate
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import problem_response
 from clearhouse.kit.idempotency import derived_id
@@ -42,7 +42,7 @@ from clearhouse.ledger.schemas import (
 )
 from clearhouse.ledger.verify import verify
 
-router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+router = PrefixRouter(prefix="/v1/ledger", tags=["ledger"])
 _READ = [requires("ledger:read")]
 _WRITE = [requires("ledger:write")]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.permissions import PUBLIC, actor_of, principal_of, requires
-from clearhouse.kit.api import Page
+from clearhouse.kit.api import Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import NotFound
 from clearhouse.kit.idempotency import derived_id
@@ -29,7 +29,7 @@ from clearhouse.payments.schemas import (
     WalletOut,
 )
 
-router = APIRouter(prefix="/v1", tags=["payments"])
+router = PrefixRouter(prefix="/v1", tags=["payments"])
 _READ = [requires("payments:read")]
 _WRITE = [requires("payments:write")]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.permissions import actor_of, principal_of, requires
 from clearhouse.kit import clock
-from clearhouse.kit.api import Page, validate
+from clearhouse.kit.api import Page, PrefixRouter, validate
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import ClearhouseError
 from clearhouse.reconciliation import cases, clearing, service
@@ -34,7 +34,7 @@ from clearhouse.reconciliation.schemas import (
     RulesOut,
 )
 
-router = APIRouter(prefix="/v1", tags=["reconciliation"])
+router = PrefixRouter(prefix="/v1", tags=["reconciliation"])
 _READ = [requires("recon:read")]
 _WRITE = [requires("recon:write")]
 _ERRORS: dict[int | str, dict[str, Any]] = {

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.permissions import actor_of, principal_of, requires
-from clearhouse.kit.api import Page
+from clearhouse.kit.api import Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.vault import service
 from clearhouse.vault.schemas import BankAccountCreate, BankAccountOut, CardCreate, CardOut
 
-router = APIRouter(prefix="/v1/vault", tags=["vault"])
+router = PrefixRouter(prefix="/v1/vault", tags=["vault"])
 _READ = [requires("vault:read")]
 _WRITE = [requires("vault:write")]
 

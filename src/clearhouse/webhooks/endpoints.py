@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.permissions import actor_of, principal_of, requires
-from clearhouse.kit.api import Page
+from clearhouse.kit.api import Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.webhooks import service
 from clearhouse.webhooks.schemas import (
@@ -23,7 +23,7 @@ from clearhouse.webhooks.schemas import (
     WebhookEndpointWithSecret,
 )
 
-router = APIRouter(prefix="/v1", tags=["webhooks"])
+router = PrefixRouter(prefix="/v1", tags=["webhooks"])
 _READ = [requires("webhooks:read")]
 _WRITE = [requires("webhooks:write")]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from sqlalchemy.orm import Session
 
 from clearhouse.audit.service import actor_of
@@ -30,11 +30,11 @@ from clearhouse.identity.people.schemas import (
 )
 from clearhouse.identity.permissions import PUBLIC, SESSION, Forbidden, Principal, principal_of, requires
 from clearhouse.identity.schemas import ApprovalOut
-from clearhouse.kit.api import Page
+from clearhouse.kit.api import Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import ClearhouseError
 
-router = APIRouter(prefix="/v1")
+router = PrefixRouter(prefix="/v1")
 
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "`invalid_credentials`, `account_locked` (with Retry-After), `totp_required`, "

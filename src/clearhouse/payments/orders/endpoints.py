@@ -6,11 +6,11 @@ from __future__ import annotations
 import html
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import HTMLResponse
 
 from clearhouse.identity.permissions import PUBLIC, actor_of, principal_of, requires
-from clearhouse.kit.api import Page
+from clearhouse.kit.api import Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.kit.idempotency import derived_id
 from clearhouse.payments import service as payments
@@ -26,7 +26,7 @@ from clearhouse.payments.orders.schemas import (
     ProductUpdate,
 )
 
-router = APIRouter(tags=["orders"])
+router = PrefixRouter(tags=["orders"])
 _READ = [requires("payments:read")]
 _WRITE = [requires("payments:write")]
 
