@@ -131,7 +131,7 @@ def merchants(backend: str, database_url: str) -> int:
 
 def test_a_reads_answer_waits_for_its_nonce_and_a_replayed_read_answers_only_the_refusal(backend, app, engine,
                                                                                           database_url, live_server):
-    """A GET runs while its nonce is written (the write's round trip overlaps the route's work),
+    """On PostgreSQL a GET runs while its nonce is written (the round trip overlaps the route's work),
     but its answer is held until the nonce is in: a read whose nonce turns out replayed answers
     the refusal alone, never the data."""
     key = make_key(app)

@@ -181,8 +181,8 @@ class AuthenticationMiddleware:
                              cached: tuple[service.KeyRecord, str, Principal],
                              body: bytes) -> tuple[Principal, asyncio.Future[None] | None]:
         """The key's principal, once the signature matches; and, for a GET or HEAD of a key not
-        over its rate limit, the nonce write still under way (the caller holds the answer until
-        it succeeds). Anything else is recorded before this returns."""
+        over its rate limit on PostgreSQL, the nonce write still under way (the caller holds the
+        answer until it succeeds). Anything else is recorded before this returns."""
         _key_id, timestamp, nonce, given = signed
         path = scope.get("raw_path") or scope["path"].encode()
         message = signing.signing_string(scope["method"], path.decode("latin-1"),
@@ -194,7 +194,10 @@ class AuthenticationMiddleware:
         if key.expires_at is not None and key.expires_at <= clock.now():
             raise service.ApiKeyExpired(f"API key {key.id} expired at {clock.rfc3339(key.expires_at)}")
         recording = self._record(key.id, nonce)
-        if scope["method"] in _SAFE and self._limited_until.get(key.id, 0.0) <= time.time():
+        # Only where the write is a network round trip (PostgreSQL): SQLite's is done inline on
+        # the loop, which has nothing to overlap it with.
+        over_limit = self._limited_until.get(key.id, 0.0) > time.time()
+        if self.recorder.postgresql and scope["method"] in _SAFE and not over_limit:
             admitted = asyncio.ensure_future(recording)
             admitted.add_done_callback(_retrieved)
             await asyncio.sleep(0)  # let the write reach the database before the route starts
