@@ -50,7 +50,7 @@ from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
 from clearhouse.kit.canonical import canonical_json
-from clearhouse.kit.db import is_postgresql, transact
+from clearhouse.kit.db import group_transact, is_postgresql, transact
 from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.kit.money import allocate, rate_of
 from clearhouse.ledger import errors as ledger_errors
@@ -123,10 +123,12 @@ class Runtime:
 
 
 def _tx(rt: Runtime, work: Callable[[Session], Any]) -> Any:
-    """One transaction of a payment flow. A unique-key race runs it again: the first
-    payments of a currency open the same ledger accounts at once (``ledger.chart``), and
-    two requests with one derived id meet on the primary key."""
-    return transact(rt.engine, work, retry_integrity=True)
+    """One transaction of a payment flow, its durable commit shared with the process's
+    concurrent payments (``kit.db.group_transact``: one disk wait per group, not per payment).
+    A unique-key race runs it again: the first payments of a currency open the same ledger
+    accounts at once (``ledger.chart``), and two requests with one derived id meet on the
+    primary key."""
+    return group_transact(rt.engine, work, retry_integrity=True)
 
 
 # ------------------------------------------------------------------------------ reading
