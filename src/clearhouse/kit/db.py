@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import structlog
-from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -558,7 +558,7 @@ class GroupCommit:
     def _run(self, group: list[_Unit]) -> None:
         # A group of one needs no savepoint: its failure rolls back the transaction, which is its own.
         mode = "rollback_only" if len(group) == 1 else "create_savepoint"
-        with self.engine.connect() as connection:
+        with _GroupConnection(self.engine) as connection:
             transaction = connection.begin()
             try:
                 for unit in group:
@@ -577,6 +577,17 @@ class GroupCommit:
             except BaseException:
                 transaction.rollback()  # also when the failed commit left it inactive: end it on the server
                 raise
+
+
+class _GroupConnection(Connection):
+    """The connection a group's sessions are bound to. It answers ``url`` as an engine does,
+    for code written for sessions bound to the engine (``session.get_bind().url``)."""
+
+    __slots__ = ()
+
+    @property
+    def url(self) -> Any:
+        return self.engine.url
 
 
 _GROUPS: weakref.WeakKeyDictionary[Engine, GroupCommit] = weakref.WeakKeyDictionary()
