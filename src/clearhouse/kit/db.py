@@ -119,6 +119,19 @@ def is_postgresql(session_or_engine: Session | Engine) -> bool:
 _PG_SQL: dict[str, str] = {}
 
 
+class WrittenRow(dict):
+    """A row's columns as a statement just wrote them, read like a fetched row (``row.status``):
+    for hot paths that render what they wrote instead of reading it back."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 def postgresql_paramstyle(sql: str) -> str:
     """``:name`` parameters (portable, as ``text()`` takes them) as psycopg's ``%(name)s``."""
     converted = _PG_SQL.get(sql)

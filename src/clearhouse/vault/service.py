@@ -22,6 +22,7 @@ from clearhouse.identity.permissions import Principal
 from clearhouse.identity.service import owner_of
 from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
+from clearhouse.kit.db import WrittenRow
 from clearhouse.kit.errors import ClearhouseError, NotFound
 from clearhouse.kit.ids import new_id
 from clearhouse.kit.masking import luhn_ok
@@ -202,22 +203,10 @@ def create_card(session: Session, cipher: FieldCipher, actor: audit.Actor, princ
         audit.record(session, actor, "vault.card.create", "card", card_id, merchant_id=owner, changes={
             k: values[k] for k in ("bin", "last4", "brand", "exp_month", "exp_year", "fingerprint")
         })
-    return _Stored(values)
+    return WrittenRow(values)
 
 
 _INSERT_CARD = insert(repository.cards)
-
-
-class _Stored(dict):
-    """A row as just written, read like a fetched one (``row.last4``)."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 def _card(session: Session, merchant_id: str | None, card_id: str) -> Row:
