@@ -8,6 +8,7 @@ against the same PostgreSQL database do not collide.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sqlite3
 import threading
@@ -575,6 +576,48 @@ class TestGroupCommit:
         assert sorted(actions) == ["lead committed", "x rolled back", "y rolled back", "z rolled back"]
         event.remove(engine, "commit", refuse)
         assert committer.transact(unit("later")) == "later"  # the committer goes on
+
+    def test_each_unit_runs_in_its_callers_context(self, engine, scratch):
+        """A follower's unit runs in the leader's thread, but sees its own caller's context
+        variables (its request's log context)."""
+        committer = GroupCommit(engine)
+        caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="nobody")
+        seen: dict[str, str] = {}
+        results: dict[str, object] = {}
+
+        def work(key: str, hold: bool = False):
+            def run(session: Session) -> str:
+                if hold:  # the leader keeps its group open until both others have queued
+                    _wait_until(lambda: len(committer._queue) == 2)
+                seen[key] = caller.get()
+                return _insert(scratch, key)(session)
+            return run
+
+        def call(key: str) -> None:
+            caller.set(f"request {key}")
+            results[key] = committer.transact(work(key, hold=key == "lead"))
+
+        threads = [threading.Thread(target=call, args=(key,)) for key in ("lead", "a", "b")]
+        threads[0].start()
+        _wait_until(lambda: committer._leading)
+        for thread in threads[1:]:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert results == {"lead": "lead", "a": "a", "b": "b"}
+        assert seen == {"lead": "request lead", "a": "request a", "b": "request b"}
+        assert (committer.groups, committer.units) == (2, 3)  # a and b ran in one group, in one thread
+
+    def test_a_transaction_asked_for_inside_a_unit_does_not_wait_for_its_own_group(self, engine, scratch):
+        committer = GroupCommit(engine)
+
+        def outer(session: Session) -> str:
+            _insert(scratch, "outer")(session)
+            assert committer.transact(lambda _s: "inner") == "inner"  # no statement: takes no lock
+            return "outer"
+
+        assert committer.transact(outer) == "outer"
+        assert set(rows_of(engine, scratch)) == {"outer"}
 
     def test_group_transact_keeps_one_committer_per_engine(self, engine, scratch):
         assert group_commit(engine) is group_commit(engine)

@@ -7,6 +7,7 @@ rest of the code stays portable SQL.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import re
 import select
@@ -468,10 +469,11 @@ def _run_actions(actions: list[Callable[[], Any]]) -> None:
 class _Unit:
     """One caller's work in a group, and where its outcome is left for it."""
 
-    __slots__ = ("work", "ready", "lead", "result", "error", "on_commit", "on_rollback")
+    __slots__ = ("work", "context", "ready", "lead", "result", "error", "on_commit", "on_rollback")
 
     def __init__(self, work: Callable[[Session], Any]):
         self.work = work
+        self.context = contextvars.copy_context()  # the caller's (its log context), wherever it runs
         self.ready = threading.Event()
         self.lead = False  # set with ``ready`` when this caller is to run the next group
         self.result: Any = None
@@ -519,7 +521,12 @@ class GroupCommit:
         self.units = 0
 
     def transact(self, work: Callable[[Session], T], *, attempts: int = 8, retry_integrity: bool = False) -> T:
-        """``transact``'s contract (retries included, per unit), the commit shared with others."""
+        """``transact``'s contract (retries included, per unit), the commit shared with others.
+
+        Called from inside a unit (a transaction within a transaction), it is plain ``transact``:
+        the group it would wait for is the one running it."""
+        if getattr(_running_group, "active", False):
+            return transact(self.engine, work, attempts=attempts, retry_integrity=retry_integrity)
         for attempt in range(1, attempts + 1):
             try:
                 return self._submit(work)
@@ -573,13 +580,14 @@ class GroupCommit:
         mode = "rollback_only" if len(group) == 1 else "create_savepoint"
         with _GroupConnection(self.engine) as connection:
             transaction = connection.begin()
+            _running_group.active = True
             try:
                 for unit in group:
                     with Session(bind=connection, expire_on_commit=False, autoflush=False,
                                  join_transaction_mode=mode) as session:
                         try:
                             with session.begin():
-                                unit.result = unit.work(session)
+                                unit.result = unit.context.run(unit.work, session)
                         except Exception as error:
                             unit.error = error
                         if session.info:
@@ -590,6 +598,11 @@ class GroupCommit:
             except BaseException:
                 transaction.rollback()  # also when the failed commit left it inactive: end it on the server
                 raise
+            finally:
+                _running_group.active = False
+
+
+_running_group = threading.local()
 
 
 class _GroupConnection(Connection):
