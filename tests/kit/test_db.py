@@ -8,9 +8,11 @@ against the same PostgreSQL database do not collide.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -34,10 +36,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from clearhouse.kit.db import (
+    GroupCommit,
     LoopWriter,
+    after_commit,
+    after_rollback,
     bulk_increment,
     bulk_insert,
     current_revision,
+    group_commit,
+    group_transact,
     head_revision,
     is_postgresql,
     make_engine,
@@ -361,6 +368,305 @@ class TestTransact:
         # matters is that no caller saw a deadlock and both increments landed once.
         assert sum(calls.values()) >= 3, calls
         assert {k: v[0] for k, v in rows_of(engine, scratch).items()} == {"x": 2, "y": 2}
+
+
+# ---------------------------------------------------------------------------------- group commit
+
+
+def _insert(table: Table, key: str, amount: int = 1):
+    def work(session: Session) -> str:
+        session.execute(insert(table).values(id=key, amount=amount, hits=0, flag=True))
+        return key
+
+    return work
+
+
+def _statements(engine: Engine) -> list[str]:
+    seen: list[str] = []
+
+    def before(_conn, _cursor, statement, _parameters, _context, _executemany):
+        seen.append(statement.split()[0].upper())
+
+    event.listen(engine, "before_cursor_execute", before)
+    return seen
+
+
+def _wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def _grouped(engine: Engine, committer: GroupCommit, works: list, on_return=None, **kw) -> dict[int, object]:
+    """Run ``works[0]`` as the leader, holding its group open until every other work has
+    queued, so works[1:] are certain to run as ONE group; each caller's outcome by index.
+    ``on_return(index)`` runs in each caller's thread as soon as its call returned."""
+    outcomes: dict[int, object] = {}
+    queued = len(works) - 1
+
+    def leader_work(session: Session):
+        _wait_until(lambda: len(committer._queue) == queued)
+        return works[0](session)
+
+    def call(index: int, work) -> None:
+        try:
+            outcomes[index] = committer.transact(work, **kw)
+        except Exception as error:  # noqa: BLE001 - the outcome under test
+            outcomes[index] = error
+        if on_return is not None:
+            on_return(index)
+
+    leader = threading.Thread(target=call, args=(0, leader_work))
+    leader.start()
+    _wait_until(lambda: committer._leading)
+    others = [threading.Thread(target=call, args=(i, w)) for i, w in enumerate(works) if i]
+    for thread in others:
+        thread.start()
+    for thread in [leader, *others]:
+        thread.join(timeout=60)
+    return outcomes
+
+
+class TestGroupCommit:
+    def test_a_lone_unit_runs_at_once_in_the_callers_thread_without_a_savepoint(self, engine, scratch):
+        committer = GroupCommit(engine)
+        statements = _statements(engine)
+        counts = count_events(engine)
+        ran_in = []
+
+        def work(session: Session) -> str:
+            ran_in.append(threading.get_ident())
+            return _insert(scratch, "alone")(session)
+
+        started = time.perf_counter()
+        assert committer.transact(work) == "alone"
+        assert time.perf_counter() - started < 1.0
+        assert ran_in == [threading.get_ident()]  # no hop to another thread, no timer
+        assert (committer.groups, committer.units) == (1, 1)
+        assert counts["commit"] == 1
+        assert "SAVEPOINT" not in statements
+        assert set(rows_of(engine, scratch)) == {"alone"}
+
+    def test_concurrent_units_share_commits_and_all_land(self, engine, scratch):
+        committer = GroupCommit(engine)
+        counts = count_events(engine)
+        first = threading.Event()
+
+        def slow_first_commit(_connection):
+            if not first.is_set():
+                first.set()
+                time.sleep(0.2)  # while the first group waits for "the disk", the others queue
+
+        event.listen(engine, "commit", slow_first_commit)
+        keys = [f"k{i:02d}" for i in range(24)]
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            answers = list(pool.map(lambda k: committer.transact(_insert(scratch, k)), keys))
+        assert answers == keys
+        assert set(rows_of(engine, scratch)) == set(keys)
+        assert committer.units == 24
+        assert committer.groups < 24  # commits were shared
+        assert counts["commit"] == committer.groups
+
+    def test_a_failing_unit_rolls_back_alone_and_gets_its_error(self, engine, scratch):
+        committer = GroupCommit(engine)
+        counts = count_events(engine)
+
+        def half_then_fail(session: Session) -> None:
+            session.execute(insert(scratch).values(id="failed-half", amount=1, hits=0, flag=True))
+            session.flush()
+            raise ValueError("the business rule said no")
+
+        works = [_insert(scratch, "lead"), _insert(scratch, "a"), half_then_fail, _insert(scratch, "b")]
+        outcomes = _grouped(engine, committer, works)
+        assert outcomes[0] == "lead"
+        assert {outcomes[1], outcomes[3]} == {"a", "b"}
+        assert isinstance(outcomes[2], ValueError)
+        assert set(rows_of(engine, scratch)) == {"lead", "a", "b"}  # nothing of the failed unit
+        assert (committer.groups, committer.units) == (2, 4)
+        assert counts["commit"] == 2
+
+    def test_a_database_error_in_one_unit_leaves_the_group_usable_and_is_retried_per_unit(self, engine, scratch):
+        """A unique violation aborts a PostgreSQL transaction: only the unit's savepoint goes."""
+        transact(engine, _insert(scratch, "taken"))
+        committer = GroupCommit(engine)
+        calls = []
+
+        def racing(session: Session) -> int:
+            calls.append(1)
+            session.execute(insert(scratch).values(id=f"race-{len(calls)}", amount=0, hits=0, flag=True))
+            if len(calls) == 1:
+                _insert(scratch, "taken")(session)
+                session.flush()
+            return len(calls)
+
+        def not_retried(session: Session) -> None:
+            _insert(scratch, "taken")(session)
+
+        works = [_insert(scratch, "lead"), racing, _insert(scratch, "after"), not_retried]
+        outcomes = _grouped(engine, committer, works, retry_integrity=False)
+        assert isinstance(outcomes[1], IntegrityError) and isinstance(outcomes[3], IntegrityError)
+        assert outcomes[2] == "after"
+        assert set(rows_of(engine, scratch)) == {"taken", "lead", "after"}
+        calls.clear()
+        works = [_insert(scratch, "lead-2"), racing, _insert(scratch, "after-2")]
+        outcomes = _grouped(engine, committer, works, retry_integrity=True)
+        assert outcomes[1] == 2  # the race ran again, in a later group
+        assert set(rows_of(engine, scratch)) == {"taken", "lead", "after", "lead-2", "after-2", "race-2"}
+
+    def test_callers_return_only_after_commit_and_after_commit_actions_follow_it(
+        self, engine, scratch, database_url
+    ):
+        committer = GroupCommit(engine)
+        counts = count_events(engine)
+        observer = make_engine(database_url, pool_size=2)
+        keys = ["lead", "a", "b", "c"]
+        seen: dict[str, bool] = {}
+        actions: list[tuple[str, int]] = []
+
+        def visible(key: str) -> bool:
+            """Seen from another connection: committed."""
+            with observer.connect() as connection:
+                return connection.execute(select(scratch.c.id).where(scratch.c.id == key)).first() is not None
+
+        def unit(key: str):
+            def work(session: Session) -> str:
+                _insert(scratch, key)(session)
+                after_commit(session, lambda: actions.append((key, counts["commit"])))
+                after_rollback(session, lambda: actions.append((f"{key} rolled back", counts["commit"])))
+                if key == "c":
+                    raise ValueError(key)
+                return key
+            return work
+
+        try:
+            outcomes = _grouped(engine, committer, [unit(k) for k in keys],
+                                on_return=lambda i: seen.__setitem__(keys[i], visible(keys[i])))
+        finally:
+            observer.dispose()
+        assert [outcomes[i] for i in range(3)] == ["lead", "a", "b"]
+        assert isinstance(outcomes[3], ValueError)
+        assert seen == {"lead": True, "a": True, "b": True, "c": False}
+        # Each action ran after its group's commit (the commit count it saw includes it).
+        assert sorted(actions) == [("a", 2), ("b", 2), ("c rolled back", 2), ("lead", 1)]
+
+    def test_a_failed_commit_fails_every_unit_and_stores_nothing(self, engine, scratch):
+        committer = GroupCommit(engine)
+        actions: list[str] = []
+
+        class DiskFull(Exception):
+            pass
+
+        def refuse(_connection):
+            raise DiskFull("no space left on device")
+
+        def unit(key: str):
+            def work(session: Session) -> str:
+                _insert(scratch, key)(session)
+                after_commit(session, lambda: actions.append(f"{key} committed"))
+                after_rollback(session, lambda: actions.append(f"{key} rolled back"))
+                return key
+            return work
+
+        assert committer.transact(unit("lead")) == "lead"
+        event.listen(engine, "commit", refuse)
+        outcomes = _grouped(engine, committer, [unit("x"), unit("y"), unit("z")])
+        assert all(isinstance(o, DiskFull) for o in outcomes.values()), outcomes
+        assert set(rows_of(engine, scratch)) == {"lead"}
+        assert sorted(actions) == ["lead committed", "x rolled back", "y rolled back", "z rolled back"]
+        event.remove(engine, "commit", refuse)
+        assert committer.transact(unit("later")) == "later"  # the committer goes on
+
+    def test_each_unit_runs_in_its_callers_context(self, engine, scratch):
+        """A follower's unit runs in the leader's thread, but sees its own caller's context
+        variables (its request's log context)."""
+        committer = GroupCommit(engine)
+        caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="nobody")
+        seen: dict[str, str] = {}
+        results: dict[str, object] = {}
+
+        def work(key: str, hold: bool = False):
+            def run(session: Session) -> str:
+                if hold:  # the leader keeps its group open until both others have queued
+                    _wait_until(lambda: len(committer._queue) == 2)
+                seen[key] = caller.get()
+                return _insert(scratch, key)(session)
+            return run
+
+        def call(key: str) -> None:
+            caller.set(f"request {key}")
+            results[key] = committer.transact(work(key, hold=key == "lead"))
+
+        threads = [threading.Thread(target=call, args=(key,)) for key in ("lead", "a", "b")]
+        threads[0].start()
+        _wait_until(lambda: committer._leading)
+        for thread in threads[1:]:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert results == {"lead": "lead", "a": "a", "b": "b"}
+        assert seen == {"lead": "request lead", "a": "request a", "b": "request b"}
+        assert (committer.groups, committer.units) == (2, 3)  # a and b ran in one group, in one thread
+
+    def test_a_transaction_asked_for_inside_a_unit_does_not_wait_for_its_own_group(self, engine, scratch):
+        committer = GroupCommit(engine)
+
+        def outer(session: Session) -> str:
+            _insert(scratch, "outer")(session)
+            assert committer.transact(lambda _s: "inner") == "inner"  # no statement: takes no lock
+            return "outer"
+
+        assert committer.transact(outer) == "outer"
+        assert set(rows_of(engine, scratch)) == {"outer"}
+
+    def test_group_transact_keeps_one_committer_per_engine(self, engine, scratch):
+        assert group_commit(engine) is group_commit(engine)
+        assert group_transact(engine, _insert(scratch, "one")) == "one"
+        other = make_engine(str(engine.url.render_as_string(hide_password=False)), pool_size=1)
+        try:
+            assert group_commit(other) is not group_commit(engine)
+        finally:
+            other.dispose()
+
+    def test_transact_runs_the_same_actions(self, engine, scratch):
+        actions: list[str] = []
+
+        def work(key: str, fail: bool):
+            def run(session: Session) -> None:
+                _insert(scratch, key)(session)
+                after_commit(session, lambda: actions.append(f"{key} committed"))
+                after_rollback(session, lambda: actions.append(f"{key} rolled back"))
+                if fail:
+                    raise ValueError(key)
+            return run
+
+        transact(engine, work("good", False))
+        with pytest.raises(ValueError):
+            transact(engine, work("bad", True))
+        assert actions == ["good committed", "bad rolled back"]
+        assert set(rows_of(engine, scratch)) == {"good"}
+
+
+class TestPostgresqlConnections:
+    def test_a_connection_the_server_closed_is_replaced_at_checkout(self, database_url, backend):
+        """No pre-ping round trip: a pooled connection the server terminated is still never used."""
+        if backend != "postgresql":
+            pytest.skip("PostgreSQL's pool")
+        engine = make_engine(database_url, pool_size=1)
+        admin = make_engine(database_url, pool_size=1)
+        try:
+            pid = transact(engine, lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar())
+            statements = _statements(engine)
+            with admin.connect() as connection:
+                assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+                connection.commit()
+                _wait_until(lambda: connection.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).scalar() == 0)
+            assert transact(engine, lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar()) != pid
+            assert statements == ["SELECT"]  # no ping before it
+        finally:
+            engine.dispose()
+            admin.dispose()
 
 
 # ---------------------------------------------------------------------------------- bulk paths

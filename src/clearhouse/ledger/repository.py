@@ -6,7 +6,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, and_, func, insert, literal_column, select, update
+from sqlalchemy import Row, and_, any_, bindparam, func, insert, literal_column, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from clearhouse.kit.db import _driver_errors, bulk_increment, bulk_insert, is_postgresql, one_of
@@ -113,6 +114,31 @@ LOCKED_ACCOUNT_COLUMNS = (
 )
 
 
+def _ids_in(column: Any, name: str) -> dict[str, Any]:
+    """``column`` among the ids bound as ``name``, per dialect, for statements built once:
+    PostgreSQL ``= ANY(array)``, SQLite an expanding ``IN``."""
+    return {
+        "postgresql": column == any_(bindparam(name, type_=ARRAY(column.type))),
+        "sqlite": column.in_(bindparam(name, expanding=True)),
+    }
+
+
+# Built once (SQLAlchemy spends more building a statement than the database running it),
+# run on the session's connection: every ledger write runs these.
+_LOCK_ACCOUNTS = {
+    dialect: select(*LOCKED_ACCOUNT_COLUMNS).where(among).order_by(accounts.c.id).with_for_update()
+    for dialect, among in _ids_in(accounts.c.id, "account_ids").items()
+}
+_EXISTING_IDS = {dialect: select(entries.c.id).where(among) for dialect, among in _ids_in(entries.c.id, "ids").items()}
+_LOCK_CHAIN = select(chain.c.seq, chain.c.hash).where(chain.c.id == 1).with_for_update()
+_ADVANCE_CHAIN = update(chain).where(chain.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+
+
+def _run(session: Session, statements: dict[str, Any], params: dict[str, Any]) -> Any:
+    connection = session.connection()
+    return connection.execute(statements[connection.dialect.name], params)
+
+
 def lock_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Row]:
     """Read and lock accounts for a write.
 
@@ -122,13 +148,7 @@ def lock_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Row
     """
     found: dict[str, Row] = {}
     for chunk in _chunks(sorted(set(account_ids))):
-        query = (
-            select(*LOCKED_ACCOUNT_COLUMNS)
-            .where(one_of(session, accounts.c.id, chunk))
-            .order_by(accounts.c.id)
-            .with_for_update()
-        )
-        for row in session.execute(query):
+        for row in _run(session, _LOCK_ACCOUNTS, {"account_ids": list(chunk)}):
             found[row.id] = row
     return found
 
@@ -181,12 +201,12 @@ def set_account_closed(session: Session, account_id: str) -> None:
 
 def lock_chain(session: Session) -> tuple[int, str]:
     """Lock the head of the hash chain; taken after the account locks, by every writer."""
-    row = session.execute(select(chain.c.seq, chain.c.hash).where(chain.c.id == 1).with_for_update()).one()
+    row = session.connection().execute(_LOCK_CHAIN).one()
     return row.seq, row.hash
 
 
 def advance_chain(session: Session, seq: int, hash_: str) -> None:
-    session.execute(update(chain).where(chain.c.id == 1).values(seq=seq, hash=hash_))
+    session.connection().execute(_ADVANCE_CHAIN, {"new_seq": seq, "new_hash": hash_})
 
 
 def write_journal(
@@ -285,7 +305,7 @@ def write_plain_transfers(
 def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for chunk in _chunks(ids):
-        found.update(session.scalars(select(entries.c.id).where(one_of(session, entries.c.id, chunk))))
+        found.update(_run(session, _EXISTING_IDS, {"ids": list(chunk)}).scalars())
     return found
 
 

@@ -50,7 +50,7 @@ from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
 from clearhouse.kit.canonical import canonical_json
-from clearhouse.kit.db import is_postgresql, transact
+from clearhouse.kit.db import WrittenRow, group_transact, is_postgresql, transact
 from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.kit.money import allocate, rate_of
 from clearhouse.ledger import errors as ledger_errors
@@ -123,10 +123,12 @@ class Runtime:
 
 
 def _tx(rt: Runtime, work: Callable[[Session], Any]) -> Any:
-    """One transaction of a payment flow. A unique-key race runs it again: the first
-    payments of a currency open the same ledger accounts at once (``ledger.chart``), and
-    two requests with one derived id meet on the primary key."""
-    return transact(rt.engine, work, retry_integrity=True)
+    """One transaction of a payment flow, its durable commit shared with the process's
+    concurrent payments (``kit.db.group_transact``: one disk wait per group, not per payment).
+    A unique-key race runs it again: the first payments of a currency open the same ledger
+    accounts at once (``ledger.chart``), and two requests with one derived id meet on the
+    primary key."""
+    return group_transact(rt.engine, work, retry_integrity=True)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -267,23 +269,11 @@ def _publish(session: Session, row: Row, status: str, written: dict[str, Any] | 
     if written is None:
         fresh: Any = _payment(session, row.id)
     else:
-        fresh = _Written({**row._mapping, **written})
+        fresh = WrittenRow({**row._mapping, **written})
     view = payment_view(fresh, _attempt_views(session, [fresh.id])[fresh.id])
     session.info.setdefault("payment_views", {})[fresh.id] = view
     webhooks.emit(session, merchant_id=fresh.merchant_id, event_type=state.WEBHOOK_EVENTS[status],
                   data=_json_safe(view))
-
-
-class _Written(dict):
-    """A payment's columns as just written, read like a row (``row.status``)."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 def _json_safe(view: dict[str, Any]) -> dict[str, Any]:
@@ -404,7 +394,7 @@ def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Acto
                                     "status": "started", "reason": reason, "created_at": clock.now()})
     _events(session, [created, _event_values(pid, "attempt_started", channel=first.channel, attempt=attempt_id,
                                              reason=reason)])
-    return _Opened(pid, attempt_id, first.channel, list(plan.candidates[1:]), card_data, row=_Written(values))
+    return _Opened(pid, attempt_id, first.channel, list(plan.candidates[1:]), card_data, row=WrittenRow(values))
 
 
 def _card_of(session: Session, rt: Runtime, principal: Principal, actor: audit.Actor, merchant_id: str,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Row, insert
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
@@ -22,6 +22,7 @@ from clearhouse.identity.permissions import Principal
 from clearhouse.identity.service import owner_of
 from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
+from clearhouse.kit.db import WrittenRow
 from clearhouse.kit.errors import ClearhouseError, NotFound
 from clearhouse.kit.ids import new_id
 from clearhouse.kit.masking import luhn_ok
@@ -166,14 +167,16 @@ def card_dict(row: Row) -> dict[str, Any]:
 
 def create_card(session: Session, cipher: FieldCipher, actor: audit.Actor, principal: Principal, *,
                 number: str, exp_month: int, exp_year: int, holder_name: str | None = None,
-                merchant_id: str | None = None, audited: bool = True) -> Row:
+                merchant_id: str | None = None, audited: bool = True) -> Any:
     """Vault a card: validate, encrypt the number, keep BIN/last four/expiry/brand readable.
 
     ``audited=False`` is for a card vaulted inside a payment, whose own timeline records it:
     the audit chain's lock would otherwise serialize every card payment.
 
     The card security code is checked by the caller's schema and then dropped: PCI DSS 3.2
-    forbids keeping it after authorization, encrypted or not, so it never reaches here."""
+    forbids keeping it after authorization, encrypted or not, so it never reaches here.
+
+    Returns the card as written, read like a row (``card_dict`` takes it)."""
     digits = normalize_card_number(number)
     check_expiry(exp_month, exp_year)
     owner = owner_of(session, principal, merchant_id)
@@ -193,12 +196,17 @@ def create_card(session: Session, cipher: FieldCipher, actor: audit.Actor, princ
         "exp_year": exp_year,
         "created_at": clock.now(),
     }
-    repository.insert_card(session, values)
+    # Prebuilt, on the session's connection, and not read back: the row is what was written
+    # (a card payment vaults its card, so this runs once per payment).
+    session.connection().execute(_INSERT_CARD, values)
     if audited:
         audit.record(session, actor, "vault.card.create", "card", card_id, merchant_id=owner, changes={
             k: values[k] for k in ("bin", "last4", "brand", "exp_month", "exp_year", "fingerprint")
         })
-    return _card(session, None, card_id)
+    return WrittenRow(values)
+
+
+_INSERT_CARD = insert(repository.cards)
 
 
 def _card(session: Session, merchant_id: str | None, card_id: str) -> Row:
