@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import structlog
-from sqlalchemy import Connection, Engine, Table, create_engine, event, text
+from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -584,7 +584,7 @@ class GroupCommit:
     def _run(self, group: list[_Unit]) -> None:
         # A group of one needs no savepoint: its failure rolls back the transaction, which is its own.
         mode = "rollback_only" if len(group) == 1 else "create_savepoint"
-        with _GroupConnection(self.engine) as connection:
+        with self.engine.connect() as connection:
             transaction = connection.begin()
             _running_group.active = True
             try:
@@ -609,17 +609,6 @@ class GroupCommit:
 
 
 _running_group = threading.local()
-
-
-class _GroupConnection(Connection):
-    """The connection a group's sessions are bound to. It answers ``url`` as an engine does,
-    for code written for sessions bound to the engine (``session.get_bind().url``)."""
-
-    __slots__ = ()
-
-    @property
-    def url(self) -> Any:
-        return self.engine.url
 
 
 _GROUPS: weakref.WeakKeyDictionary[Engine, GroupCommit] = weakref.WeakKeyDictionary()

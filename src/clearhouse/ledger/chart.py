@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from clearhouse.kit.db import after_commit
 from clearhouse.ledger import repository, service
 
 
@@ -30,16 +31,17 @@ def account_for(session: Session, name: str, type: str, currency: str, *, owner_
     wallet that must never go below zero); they apply when the account is opened.
     """
     found = account_id(name, currency)
-    known = (str(session.get_bind().url), found)
+    known = (str(session.get_bind().engine.url), found)
     if known in _known:
         return found
     if repository.get_account(session, found) is None:
         service.create_account(session, id=found, type=type, currency=currency, code=name, owner_id=owner_id,
                                **flags)
     else:
-        # Remembered only once seen committed: an account opened in a transaction that
-        # rolls back must be looked for again. Accounts are never deleted.
-        _known.add(known)
+        # Remembered only once its transaction has committed (under group commit, the group's
+        # COMMIT): it may have been opened by work that still rolls back, and must then be
+        # looked for again. Accounts are never deleted.
+        after_commit(session, lambda: _known.add(known))
     return found
 
 

@@ -9,18 +9,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from clearhouse.kit.db import after_rollback
-from clearhouse.ledger.chart import account_for, forget
+from clearhouse.ledger.chart import account_for
 from clearhouse.ledger.service import CREDIT, DEBIT, EntryRequest, PostingRequest
 
 
 def _legs(session: Session, currency: str, legs: list[tuple[str, str, str, int, dict]]) -> list[PostingRequest]:
-    if "forget_accounts" not in session.info:
-        # ``account_for`` remembers an account once it finds it, as if committed; under group
-        # commit it may have been opened by another payment of the same group, whose COMMIT
-        # can still fail: then the memory goes with it.
-        session.info["forget_accounts"] = True
-        after_rollback(session, forget)
     return [
         PostingRequest(account_for(session, name, type_, currency, **flags), direction, amount, currency)
         for name, type_, direction, amount, flags in legs

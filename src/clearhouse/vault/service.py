@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, insert
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
@@ -196,17 +196,13 @@ def create_card(session: Session, cipher: FieldCipher, actor: audit.Actor, princ
         "exp_year": exp_year,
         "created_at": clock.now(),
     }
-    # Prebuilt, on the session's connection, and not read back: the row is what was written
-    # (a card payment vaults its card, so this runs once per payment).
-    session.connection().execute(_INSERT_CARD, values)
+    repository.insert_card(session, values)  # not read back: the card is what was written
     if audited:
         audit.record(session, actor, "vault.card.create", "card", card_id, merchant_id=owner, changes={
             k: values[k] for k in ("bin", "last4", "brand", "exp_month", "exp_year", "fingerprint")
         })
     return WrittenRow(values)
 
-
-_INSERT_CARD = insert(repository.cards)
 
 
 def _card(session: Session, merchant_id: str | None, card_id: str) -> Row:
