@@ -129,9 +129,9 @@ class AuthenticationMiddleware:
 
     async def _read_while_recording(self, scope: Scope, receive: Receive, send: Send,
                                     admitted: asyncio.Future[None]) -> None:
-        """A GET or HEAD runs while its nonce is being recorded, and its answer is held until
-        the nonce is in: the database round trip then overlaps the route's work instead of
-        adding to it (``clearhouse bench auth``). A safe method changes nothing, so running one
+        """A GET or HEAD runs while its nonce is being recorded (PostgreSQL), and its answer is
+        held until the nonce is in: the database round trip then overlaps the route's work
+        instead of adding to it (``clearhouse bench auth``). A safe method changes nothing, so running one
         that turns out to be replayed, from a revoked key or over the rate limit is harmless:
         its answer is thrown away and the refusal sent instead, exactly as if it had not run."""
         refusal: list[ClearhouseError] = []
