@@ -172,7 +172,7 @@ def _backend(report: Report, label: str, database_url: str, count: int, progress
     if signed_posts:
         report.notes[f"{label}_post_added_p99_ms"] = (
             f"the same route as a POST ({len(signed_posts):,} requests), whose nonce is recorded before it runs "
-            f"(a GET's write overlaps the route): added p99 "
+            f"(on PostgreSQL a GET's write overlaps the route): added p99 "
             f"{percentile(signed_posts, 99) - percentile(plain_posts, 99):.3f} ms, median "
             f"{percentile(signed_posts, 50) - percentile(plain_posts, 50):.3f} ms")
 
