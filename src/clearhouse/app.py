@@ -30,7 +30,7 @@ from clearhouse.kit.db import current_revision, head_revision, make_engine
 from clearhouse.kit.errors import install_handlers
 from clearhouse.kit.idempotency import IdempotencyMiddleware
 from clearhouse.kit.logging import configure_logging, install_request_logging
-from clearhouse.kit.metrics import install_metrics, metrics_response
+from clearhouse.kit.metrics import metrics_response
 from clearhouse.kit.settings import Settings, get_settings
 from clearhouse.ledger.endpoints import BODY_MODELS as ledger_body_models
 from clearhouse.ledger.endpoints import router as ledger_router
@@ -94,7 +94,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(AuthenticationMiddleware, fastapi_app=app, engine=bookkeeping_engine, cipher=cipher,
                        settings=settings)
     install_input_guards(app)
-    install_metrics(app)
     install_request_logging(app)
     app.include_router(ledger_router)
     app.include_router(identity_router)

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import structlog
 
+from clearhouse.kit.ids import new_id
 from clearhouse.kit.masking import mask_value, scrub
 
 
@@ -117,25 +118,28 @@ def configure_logging(level: str = "INFO", json: bool = False, stream: IO[str] |
 
 def install_request_logging(app: Any) -> None:
     """Give every request an id (``X-Request-Id``, taken from the caller when it is sane),
-    bind it to every log line written while the request runs, and log one line per request."""
+    bind it to every log line written while the request runs, log one line per request and
+    count and time it in the Prometheus metrics (``kit.metrics.observe_request``)."""
     app.add_middleware(_RequestLog)
 
 
 class _RequestLog:
-    """Pure ASGI (Starlette's ``BaseHTTPMiddleware`` cost about 0.2 ms of CPU a request)."""
+    """Pure ASGI (Starlette's ``BaseHTTPMiddleware`` cost about 0.2 ms of CPU a request). One
+    layer times the request and notes its status for both the log line and the metrics."""
 
     _sane = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
     _log = structlog.get_logger("clearhouse.http")
 
     def __init__(self, app: Any):
+        from clearhouse.kit.metrics import observe_request
+
         self.app = app
+        self._observe = observe_request
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from clearhouse.kit.ids import new_id
-
         given = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"").decode("latin-1")
         request_id = given if self._sane.match(given) else new_id("req")
         header = (b"x-request-id", request_id.encode())
@@ -155,8 +159,11 @@ class _RequestLog:
         try:
             await self.app(scope, receive, with_request_id)
         finally:
-            self._log.info("request", method=scope["method"], route=getattr(scope.get("route"), "path", scope["path"]),
-                           status=status, ms=round((time.perf_counter() - started) * 1000, 2))
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None)
+            self._observe(scope["method"], route or "unmatched", status, seconds)
+            self._log.info("request", method=scope["method"], route=route or scope["path"], status=status,
+                           ms=round(seconds * 1000, 2))
 
 
 def operator_console() -> Any:
