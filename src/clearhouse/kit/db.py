@@ -84,7 +84,7 @@ def make_engine(url: str, *, pool_size: int = 10, durable: bool = True) -> Engin
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         connect_args = {} if durable else {"options": "-c synchronous_commit=off"}
         # No pre-ping (a round trip per checkout, ~10% of a payment's CPU): a connection is
-        # instead checked at checkout without a round trip (``_closed_by_server``).
+        # instead checked at checkout without a round trip (``_refuse_closed_connection``).
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args)
         event.listen(engine, "checkout", _refuse_closed_connection)
         return engine
@@ -398,6 +398,15 @@ def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock detected
 
 
+def _pause_or_raise(error: DBAPIError, attempt: int, attempts: int, retry_integrity: bool) -> None:
+    """Re-raise ``error`` (from inside its ``except``) unless the transaction should run again;
+    then wait a little, more after each attempt, so racing callers do not collide again."""
+    if attempt == attempts or not _retryable(error, retry_integrity):
+        raise error
+    log.info("transaction_retry", attempt=attempt, error=type(error.orig).__name__)
+    time.sleep(random.uniform(0, 0.005 * attempt))
+
+
 def _retryable(error: DBAPIError, retry_integrity: bool) -> bool:
     if isinstance(error, IntegrityError):
         return retry_integrity
@@ -428,10 +437,7 @@ def transact(
                     result = work(session)
             except DBAPIError as error:
                 _run_actions(_actions(session, "after_rollback"))
-                if attempt == attempts or not _retryable(error, retry_integrity):
-                    raise
-                log.info("transaction_retry", attempt=attempt, error=type(error.orig).__name__)
-                time.sleep(random.uniform(0, 0.005 * attempt))
+                _pause_or_raise(error, attempt, attempts, retry_integrity)
                 continue
             except BaseException:
                 _run_actions(_actions(session, "after_rollback"))
@@ -537,10 +543,7 @@ class GroupCommit:
             try:
                 return self._submit(work)
             except DBAPIError as error:
-                if attempt == attempts or not _retryable(error, retry_integrity):
-                    raise
-                log.info("transaction_retry", attempt=attempt, error=type(error.orig).__name__)
-                time.sleep(random.uniform(0, 0.005 * attempt))
+                _pause_or_raise(error, attempt, attempts, retry_integrity)
         raise AssertionError("unreachable")
 
     def _submit(self, work: Callable[[Session], T]) -> T:
