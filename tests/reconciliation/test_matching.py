@@ -63,6 +63,17 @@ class TestPassOneExact:
         assert (result["class"], result["pass_no"], result["our_id"], result["line_no"]) == ("matched", 1, "p1", 2)
         assert result["difference"] is None and result["detail"] is None
 
+    def test_a_statement_without_fees_compares_everything_but_the_fee(self):
+        results = run([line(2, "att_p1", 10_000, None), line(3, "att_p2", 9_000, None, status="failed")],
+                      [ours("p1", 10_000, 170), ours("p2", 9_000, 150)])
+        assert classes(results) == [("matched", "p1", 2), ("status_mismatch", "p2", 3)]
+
+    def test_currencies_and_statuses_are_compared_exactly(self):
+        results = run([line(2, "att_p1", 10_000, currency="USD"), line(3, "att_p2", 10_000, status="failed"),
+                       line(4, "att_p3", 10_000)],
+                      [ours("p1", 10_000), ours("p2", 10_000), ours("p3", 10_000, currency="EUR")])
+        assert classes(results) == [("amount_mismatch", "p1", 2), ("matched", "p3", 4), ("status_mismatch", "p2", 3)]
+
     def test_the_channel_reference_pairs_a_line_without_ours(self):
         result = only(run([line(2, None, 10_000, 170, channel_ref="ch_9")],
                           [ours("p1", 10_000, 170, channel_ref="ch_9")]))
@@ -252,6 +263,27 @@ class TestTheWholeOutcome:
         assert summary["duplicate"] == {"count": 1, "amount": 4_000}
         assert summary["missing_in_ledger"] == {"count": 1, "amount": 1_234}
         assert summary["missing_in_statement"] == {"count": 1, "amount": 7_500}
+
+    def test_plain_matches_are_kept_as_positions_and_built_only_when_asked(self):
+        lines, our_lines = self.statement_and_ours()
+        outcome = match(pl.DataFrame(lines, schema=STATEMENT_SCHEMA), pl.DataFrame(our_lines, schema=INTERNAL_SCHEMA),
+                        MatchRules(), period=PERIOD)
+        # a is a plain pair; e's reference is on two lines, so its match (and the duplicate) are worked out
+        # whole, with the other rows.
+        assert outcome.plain.count == 1 and outcome.plain.amount == 10_000
+        assert outcome.others.filter(pl.col("class") == "matched")["our_id"].to_list() == ["e"]
+        plain = outcome.plain.rows()
+        assert plain.schema == pl.Schema(RESULT_SCHEMA)
+        assert plain.select("class", "pass_no", "our_id", "line_no").rows() == [("matched", 1, "a", 2)]
+        assert outcome.results.height == plain.height + outcome.others.height
+
+    def test_with_lines_names_our_ids_a_statement_line_reached_in_any_class(self):
+        lines, our_lines = self.statement_and_ours()
+        outcome = match(pl.DataFrame(lines, schema=STATEMENT_SCHEMA), pl.DataFrame(our_lines, schema=INTERNAL_SCHEMA),
+                        MatchRules(), period=PERIOD)
+        # a and e plainly matched, c an amount mismatch, g timing; b has no line, "zz" is nobody.
+        assert outcome.with_lines(["a", "b", "c", "e", "g", "zz"]) == {"a", "c", "e", "g"}
+        assert outcome.with_lines([]) == set()
 
     def test_the_answer_does_not_depend_on_row_order(self):
         lines, our_lines = self.statement_and_ours()

@@ -20,10 +20,10 @@ arrives in a later statement, and a channel's ``auto_resolve`` rules settle know
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import polars as pl
 from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
@@ -256,12 +256,13 @@ approvals.register(APPROVAL_ACTION, _apply_approved)
 # -- automatic resolutions ------------------------------------------------------------------------------------------
 
 
-def settle_timing(session: Session, run_id: str, channel: str, results: pl.DataFrame, now: datetime) -> int:
+def settle_timing(session: Session, run_id: str, channel: str, with_lines: Callable[[list[str]], set[str]],
+                  now: datetime) -> int:
     """Close timing cases whose other side is now here; returns how many were closed.
 
     A timing pair found in this run (both sides present, booked on different days) is
     resolved at once; an open timing case of an earlier run is resolved when this run's
-    statement brings its line."""
+    statement brings its line (``with_lines``: those of our ids a line of this run reached)."""
     settled_pairs = (cases.c.reconciliation_id == run_id, cases.c["class"] == "timing", cases.c.state == "open",
                      cases.c.line_no.is_not(None), cases.c.our_id.is_not(None), cases.c.delta == 0)
     pairs = session.execute(select(cases.c.id, cases.c.ours_booked_on, cases.c.theirs_booked_on)
@@ -287,8 +288,7 @@ def settle_timing(session: Session, run_id: str, channel: str, results: pl.DataF
         cases.c.channel == channel, cases.c["class"] == "timing", cases.c.state.in_(OPEN_STATES),
         cases.c.reconciliation_id != run_id, cases.c.line_no.is_(None))).all()
     if waiting:
-        arrived = set(results.filter(pl.col("line_no").is_not_null()
-                                     & pl.col("our_id").is_in([w.our_id for w in waiting]))["our_id"].to_list())
+        arrived = with_lines([w.our_id for w in waiting])
         for row in waiting:
             if row.our_id in arrived:
                 _apply(session, row, action="accept", resolution="auto_timing", account="suspense", by=SYSTEM,

@@ -111,9 +111,41 @@ _OURS: dict[str, pl.DataType] = {
 
 
 @dataclass(frozen=True)
+class PlainMatches:
+    """The pass-1 pairs that are plainly ``matched`` (nearly every line of a day), kept as row positions.
+
+    Ten million result rows of strings would cost seconds and gigabytes to build and nobody reads
+    them: a run saves and shows only what is not matched. ``rows()`` builds them when asked."""
+
+    theirs: pl.DataFrame  # the statement's working columns (``_THEIRS``)
+    ours: pl.DataFrame  # ours (``_OURS``)
+    lines: np.ndarray  # statement positions, ascending
+    our_rows: np.ndarray  # our positions, beside them
+    amount: int  # the sum of our absolute amounts
+
+    @property
+    def count(self) -> int:
+        return int(self.lines.size)
+
+    def rows(self) -> pl.DataFrame:
+        """``RESULT_SCHEMA`` rows, in statement order."""
+        if not self.count:
+            return pl.DataFrame(schema=RESULT_SCHEMA)
+        pairs = pl.concat([self.theirs[self.lines], self.ours[self.our_rows]], how="horizontal")
+        return _emit(pairs.with_columns(pl.lit("matched").alias("class")), pass_no=1, detail=False,
+                     both_sides=True)
+
+
+@dataclass(frozen=True)
 class MatchOutcome:
-    results: pl.DataFrame  # RESULT_SCHEMA
+    others: pl.DataFrame  # RESULT_SCHEMA: every row but the plain pass-1 matches
+    plain: PlainMatches
     seconds: dict[str, float] = field(default_factory=dict, compare=False)  # time per pass, for benchmarks
+
+    @property
+    def results(self) -> pl.DataFrame:
+        """Every row (``RESULT_SCHEMA``): the plain matches built out, then the others."""
+        return pl.concat([self.plain.rows(), self.others], rechunk=False)
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per class: how many rows and the sum of their absolute amounts (minor units, all currencies).
@@ -123,10 +155,24 @@ class MatchOutcome:
         theirs_only = pl.col("class").is_in(["missing_in_ledger", "duplicate"])
         amount = pl.when(theirs_only).then(pl.col("theirs_amount")).otherwise(
             pl.coalesce("ours_amount", "theirs_amount")).abs()
-        grouped = self.results.group_by("class").agg(pl.len().alias("count"), amount.sum().alias("amount"))
+        grouped = self.others.group_by("class").agg(pl.len().alias("count"), amount.sum().alias("amount"))
         found = {row["class"]: {"count": int(row["count"]), "amount": int(row["amount"] or 0)}
                  for row in grouped.iter_rows(named=True)}
+        matched = found.setdefault("matched", {"count": 0, "amount": 0})
+        matched["count"] += self.plain.count
+        matched["amount"] += self.plain.amount
         return {name: found.get(name, {"count": 0, "amount": 0}) for name in CLASSES}
+
+    def with_lines(self, our_ids: list[str]) -> set[str]:
+        """Those of ``our_ids`` that a statement line of this run reached (any class)."""
+        wanted = pl.Series(sorted(set(our_ids)), dtype=pl.String).implode()
+        found = set(self.others.filter(pl.col("line_no").is_not_null() & pl.col("our_id").is_in(wanted))["our_id"])
+        named = np.flatnonzero(self.plain.ours["our_id"].is_in(wanted).to_numpy())
+        if named.size:
+            paired = np.zeros(self.plain.ours.height, dtype=bool)
+            paired[self.plain.our_rows] = True
+            found.update(self.plain.ours["our_id"].gather(named[paired[named]]).to_list())
+        return found
 
 
 def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
@@ -153,22 +199,29 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     repeated = (pairs_per_line[line_rows] > 1) | (pairs_per_ours[our_rows] > 1)
     partner = np.full(statement.height, -1, dtype=np.int64)
     partner[line_rows[~repeated]] = our_rows[~repeated]
-    cleanly_paired = partner >= 0
+    clean_lines = np.flatnonzero(partner >= 0)  # statement order: the same input gives the same rows
+    clean_ours = partner[clean_lines]
     ours_paired = np.zeros(internal.height, dtype=bool)
-    ours_paired[partner[cleanly_paired]] = True
-    # In statement order with ours gathered beside it: no sort, and the same input gives the same rows.
-    # Only the columns a pass-1 result needs are copied (10M rows each).
-    clean = pl.concat([theirs.select(_CLEAN_THEIRS).filter(cleanly_paired),
-                       ours.select(_CLEAN_OURS)[partner[cleanly_paired]]], how="horizontal")
+    ours_paired[clean_ours] = True
     tangled = pl.concat([theirs[line_rows[repeated]], ours[our_rows[repeated]]], how="horizontal")
     theirs_left = theirs.filter(pairs_per_line == 0)
     ours_left = ours.filter(pairs_per_ours == 0)
-    del partner, cleanly_paired, line_rows, our_rows
+    del partner, line_rows, our_rows
     clock.lap("pass1_join")
-    classified = _classify(clean, rules)
-    del clean
-    parts.append(_emit(_with_sentences(classified), pass_no=1, detail=False, both_sides=True))
-    del classified
+    # The clean pairs are classified on the compared columns alone (integers: no string is copied for
+    # millions of pairs); only the few that are not plain matches are then built whole, with sentences.
+    codes = _pair_codes(theirs, clean_lines, ours, clean_ours, rules)
+    plain = codes == 0
+    odd = ~plain
+    if odd.any():
+        wrong = pl.concat([theirs[clean_lines[odd]], ours[clean_ours[odd]]], how="horizontal")
+        parts.append(_emit(_with_sentences(_classify(wrong, rules)), pass_no=1, detail=False, both_sides=True))
+    plain_lines, plain_ours = clean_lines[plain], clean_ours[plain]
+    amounts = _numbers(ours["ours_amount"])
+    matched = PlainMatches(theirs, ours, plain_lines, plain_ours,
+                           int(np.abs(amounts[plain_ours]).sum()) if amounts is not None else
+                           int(ours["ours_amount"].gather(plain_ours).abs().sum() or 0))
+    del clean_lines, clean_ours, codes, plain, odd
     clock.lap("pass1_classify")
 
     # Pass 1b: the channel's id, for what our reference did not pair. A line naming one of ours that is
@@ -217,16 +270,12 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     parts.append(_emit(_complete(theirs_left).with_columns(pl.lit("missing_in_ledger").alias("class")),
                        pass_no=None, keep_pass=False))
     parts.append(_emit(_unclaimed(ours_left, rules, period), pass_no=None, keep_pass=False))
-    results = pl.concat([part for part in parts if part.height] or [pl.DataFrame(schema=RESULT_SCHEMA)],
-                        rechunk=False)
+    others = pl.concat([part for part in parts if part.height] or [pl.DataFrame(schema=RESULT_SCHEMA)],
+                       rechunk=False)
     clock.lap("leftovers")
-    return MatchOutcome(results, clock.seconds)
+    return MatchOutcome(others, matched, clock.seconds)
 
 
-_CLEAN_THEIRS = ("line_no", "t_channel_ref", "theirs_status", "theirs_amount", "theirs_fee", "t_currency",
-                 "theirs_booked_on")
-_CLEAN_OURS = ("our_id", "our_ref", "channel_ref", "ours_status", "ours_amount", "ours_fee", "currency",
-               "ours_booked_on")
 _HASH_SEEDS = (20_261_123, 5_000_011)
 
 
@@ -239,13 +288,18 @@ def _equal_references(theirs: pl.Series, ours: pl.Series) -> tuple[np.ndarray, n
     first, second = _HASH_SEEDS
     left = pl.DataFrame({"line_row": np.arange(theirs.len(), dtype=np.uint32), "key": theirs.hash(first)})
     right = pl.DataFrame({"our_row": np.arange(ours.len(), dtype=np.uint32), "key": ours.hash(first)})
-    found = left.filter(theirs.is_not_null()).join(right.filter(ours.is_not_null()), on="key", how="inner",
-                                                   build_side="prefer_right")
-    line_rows, our_rows = found["line_row"], found["our_row"]
-    same = theirs.hash(second).gather(line_rows) == ours.hash(second).gather(our_rows)
+    if theirs.null_count():
+        left = left.filter(theirs.is_not_null())
+    if ours.null_count():
+        right = right.filter(ours.is_not_null())
+    found = left.join(right, on="key", how="inner")
+    line_rows = found["line_row"].to_numpy().astype(np.int64)
+    our_rows = found["our_row"].to_numpy().astype(np.int64)
+    # Checked on numpy copies: gathering from a column in many chunks is several times slower.
+    same = theirs.hash(second).to_numpy()[line_rows] == ours.hash(second).to_numpy()[our_rows]
     if not same.all():
-        line_rows, our_rows = line_rows.filter(same), our_rows.filter(same)
-    return line_rows.to_numpy().astype(np.int64), our_rows.to_numpy().astype(np.int64)
+        line_rows, our_rows = line_rows[same], our_rows[same]
+    return line_rows, our_rows
 
 
 def _with_sentences(classified: pl.DataFrame) -> pl.DataFrame:
@@ -264,8 +318,10 @@ def _with_sentences(classified: pl.DataFrame) -> pl.DataFrame:
 _PAIR_CLASSES = ("matched", "status_mismatch", "amount_mismatch", "fee_mismatch", "timing")
 
 
-def _classify(pairs: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
-    """``class`` and ``difference`` of each pair, first rule that applies (module docstring)."""
+def _class_code(rules: MatchRules) -> pl.Expr:
+    """Each pair's class as a small code (its index in ``_PAIR_CLASSES``), first rule that applies
+    (module docstring). Only equality is asked of status and currency, so it holds for their strings
+    and for the integer codes ``_pair_codes`` gives them alike."""
     amount_gap = pl.col("theirs_amount") - pl.col("ours_amount")
     fee_gap = pl.col("theirs_fee") - pl.col("ours_fee")
     within = amount_gap.abs() <= rules.amount_tolerance_minor
@@ -276,14 +332,72 @@ def _classify(pairs: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
     within = within & (pl.col("t_currency") == pl.col("currency"))
     status_differs = pl.col("theirs_status") != pl.col("ours_status")
     fee_differs = fee_gap.abs().fill_null(0) > rules.fee_tolerance_minor
-    # A small code per pair first (cheap integer work on 10M rows), the class names from it last.
-    code = (pl.when(status_differs).then(1).when(~within).then(2).when(fee_differs).then(3)
-            .when(pl.col("theirs_booked_on") != pl.col("ours_booked_on")).then(4).otherwise(0)).cast(pl.UInt8)
-    coded = pairs.with_columns(code.alias("class_code"))
+    return (pl.when(status_differs).then(1).when(~within).then(2).when(fee_differs).then(3)
+            .when(pl.col("theirs_booked_on") != pl.col("ours_booked_on")).then(4).otherwise(0)
+            ).cast(pl.UInt8).alias("class_code")
+
+
+def _classify(pairs: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
+    """``class`` and ``difference`` of each pair (``_class_code``)."""
+    coded = pairs.with_columns(_class_code(rules))
     names = pl.Series("class", _PAIR_CLASSES, dtype=pl.String).gather(coded["class_code"])
-    difference = (pl.when(pl.col("class_code") == 2).then(amount_gap)
-                  .when(pl.col("class_code") == 3).then(fee_gap).otherwise(None))
+    difference = (pl.when(pl.col("class_code") == 2).then(pl.col("theirs_amount") - pl.col("ours_amount"))
+                  .when(pl.col("class_code") == 3).then(pl.col("theirs_fee") - pl.col("ours_fee")).otherwise(None))
     return coded.with_columns(names, difference.alias("difference")).drop("class_code")
+
+
+_COMPARED = (("theirs_amount", "ours_amount"), ("theirs_fee", "ours_fee"), ("theirs_booked_on", "ours_booked_on"))
+_EQUATED = (("theirs_status", "ours_status"), ("t_currency", "currency"))
+
+
+def _pair_codes(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame, rows: np.ndarray,
+                rules: MatchRules) -> np.ndarray:
+    """``_class_code`` of the pairs (``theirs`` row ``lines[i]``, ``ours`` row ``rows[i]``), on numpy copies of
+    the compared columns gathered by position; status and currency as integer codes (``_equal_codes``).
+
+    A compared column with nulls (a statement without fees) takes the slower way: the frames gathered whole."""
+    columns: dict[str, np.ndarray] = {}
+    for left, right in _COMPARED:
+        left_values, right_values = _numbers(theirs[left]), _numbers(ours[right])
+        if left_values is None or right_values is None:
+            return _slow_codes(theirs, lines, ours, rows, rules)
+        columns[left], columns[right] = left_values[lines], right_values[rows]
+    for left, right in _EQUATED:
+        codes = _equal_codes(theirs[left], ours[right])
+        if codes is None:
+            return _slow_codes(theirs, lines, ours, rows, rules)
+        columns[left], columns[right] = codes[0][lines], codes[1][rows]
+    return pl.DataFrame(columns).select(_class_code(rules))["class_code"].to_numpy()
+
+
+def _slow_codes(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame, rows: np.ndarray,
+                rules: MatchRules) -> np.ndarray:
+    needed_theirs = [left for left, _right in (*_COMPARED, *_EQUATED)]
+    needed_ours = [right for _left, right in (*_COMPARED, *_EQUATED)]
+    pairs = pl.concat([theirs.select(needed_theirs)[lines], ours.select(needed_ours)[rows]], how="horizontal")
+    return pairs.select(_class_code(rules))["class_code"].to_numpy()
+
+
+def _numbers(column: pl.Series) -> np.ndarray | None:
+    """The column's integers (a date's day number) as one numpy array; None when it has nulls."""
+    if column.null_count():
+        return None
+    return column.to_physical().to_numpy()
+
+
+def _equal_codes(left: pl.Series, right: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer codes of two string columns, equal exactly where the strings are equal.
+
+    The codes are 64-bit hashes; the few distinct values on either side (statuses, currencies) are
+    checked to have distinct hashes, so equality of codes is equality of values, not a likelihood.
+    None when either side has nulls or two values share a hash (the caller compares strings)."""
+    if left.null_count() or right.null_count():
+        return None
+    seed = _HASH_SEEDS[0]
+    values = pl.concat([left.unique(), right.unique()]).unique()
+    if values.hash(seed).n_unique() != values.len():
+        return None
+    return left.hash(seed).to_numpy(), right.hash(seed).to_numpy()
 
 
 def _untangle(tangled: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:

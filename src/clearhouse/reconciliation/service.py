@@ -155,11 +155,11 @@ def with_delta(results: pl.DataFrame) -> pl.DataFrame:
 
 def clearing_of(lines: pl.DataFrame, internal: pl.DataFrame, period: tuple[date, date]) -> dict[str, dict[str, int]]:
     """Per currency: what our ledger expects the channel to hold for the period, what its statement says."""
-    ours = (internal.filter((pl.col("status") == "succeeded") & pl.col("booked_on").is_between(*period))
+    ours = (internal.lazy().filter((pl.col("status") == "succeeded") & pl.col("booked_on").is_between(*period))
             .group_by("currency").agg((pl.col("amount") - pl.col("fee")).sum().alias("expected")))
-    theirs = (lines.filter(pl.col("status") == "succeeded")
+    theirs = (lines.lazy().filter(pl.col("status") == "succeeded")
               .group_by("currency").agg((pl.col("amount") - pl.col("fee")).sum().alias("reported")))
-    both = ours.join(theirs, on="currency", how="full", coalesce=True).fill_null(0).sort("currency")
+    both = ours.join(theirs, on="currency", how="full", coalesce=True).fill_null(0).sort("currency").collect()
     return {row["currency"]: {"expected": int(row["expected"]), "reported": int(row["reported"]),
                               "difference": int(row["reported"]) - int(row["expected"])}
             for row in both.iter_rows(named=True)}
@@ -190,9 +190,8 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     progress("match", 0, 1)
     outcome = run_match(parsed.lines, internal, rules, period)
     progress("match", 1, 1)
-    results = outcome.results
     summary = outcome.summary()
-    discrepancies = with_delta(results.filter(pl.col("class") != "matched"))
+    discrepancies = with_delta(outcome.others.filter(pl.col("class") != "matched"))
     clearing = clearing_of(parsed.lines, internal, period)
     mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
 
@@ -215,7 +214,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         save_cases(session, run_id, channel, discrepancies, now, progress)
         from clearhouse.reconciliation import cases as case_service
 
-        case_service.settle_timing(session, run_id, channel, results, now)
+        case_service.settle_timing(session, run_id, channel, outcome.with_lines, now)
         case_service.apply_rules(session, run_id, rules, now)
         audit.record(session, who, "recon.import", "reconciliation", run_id,
                      changes={"channel": channel, "statement_date": statement_date.isoformat(), "sha256": sha256,
@@ -309,7 +308,7 @@ def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_dat
     period = period_of(parsed.meta, fmt, statement_date)
     internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
     outcome = run_match(parsed.lines, internal, rules, period)
-    sample = with_delta(outcome.results.filter(pl.col("class") != "matched").head(100))
+    sample = with_delta(outcome.others.filter(pl.col("class") != "matched").head(100))
     return {"channel": channel, "statement_date": statement_date, "statement_lines": parsed.lines.height,
             "internal_lines": internal.height, "classes": _all_classes(outcome.summary()),
             "clearing": clearing_of(parsed.lines, internal, period),
