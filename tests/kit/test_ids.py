@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 
 import pytest
 
+from clearhouse.kit import ids
 from clearhouse.kit.ids import new_id, new_ids
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -103,3 +105,10 @@ class TestBatch:
         wait_for_the_next_millisecond(millis_of(first[0]))
         second = new_ids("tr", 50)
         assert max(first) < min(second)
+
+
+class TestEncoding:
+    def test_the_random_part_is_the_same_base32_as_the_time_part(self):
+        # 80 bits written most significant first in our alphabet, as the time part is written.
+        expected = ids._base32(int.from_bytes(bytes(range(1, 11)), "big"), 16)
+        assert base64.b32encode(bytes(range(1, 11))).translate(ids._FROM_RFC4648).decode() == expected

@@ -32,7 +32,8 @@ from clearhouse.identity import approvals
 from clearhouse.identity.models import Approval
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
-from clearhouse.kit.ids import new_id
+from clearhouse.kit.db import bulk_insert
+from clearhouse.kit.ids import new_ids
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
 from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
@@ -272,10 +273,11 @@ def settle_timing(session: Session, run_id: str, channel: str, with_lines: Calla
         session.execute(update(cases).where(*settled_pairs).values(
             state="resolved", resolution="auto_timing", resolution_reason="both sides present, a day apart",
             resolved_by=SYSTEM, resolved_at=now, updated_at=now))
-        session.execute(case_events.insert(), [
-            {"id": new_id("rce"), "case_id": p.id, "type": "resolved", "actor": SYSTEM,
-             "body": f"both sides present: booked {p.ours_booked_on} by us, {p.theirs_booked_on} by the channel",
-             "detail_json": '{"resolution": "auto_timing"}', "created_at": now} for p in pairs])
+        bulk_insert(session, case_events, ("id", "case_id", "type", "actor", "body", "detail_json", "created_at"), [
+            (event_id, p.id, "resolved", SYSTEM,
+             f"both sides present: booked {p.ours_booked_on} by us, {p.theirs_booked_on} by the channel",
+             '{"resolution": "auto_timing"}', now) for event_id, p in zip(sorted(new_ids("rce", len(pairs))), pairs,
+                                                                            strict=True)])
     closed = len(pairs)
     for row in session.execute(_select_cases().where(
             cases.c.reconciliation_id == run_id, cases.c["class"] == "timing", cases.c.state == "open",
