@@ -330,7 +330,7 @@ def _stage_seconds(marks: list[tuple[str, float]], started: float, finished: flo
     previous, previous_end = None, started
     for stage, (first, last) in spans.items():
         gap = first - previous_end
-        if gap >= 0.005:
+        if gap >= 0.005:  # a stage that began while the one before ran (hash beside parse) has no gap
             stages[STAGE_GAPS.get((previous, stage), f"before {stage}")] = round(gap, 3)
         stages[stage] = round(last - first, 3)
         previous, previous_end = stage, last

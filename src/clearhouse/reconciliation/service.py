@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from clearhouse.kit import clock
 from clearhouse.kit.db import bulk_insert, transact
 from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.reconciliation import sources
-from clearhouse.reconciliation.errors import ReconciliationNotFound, StatementAlreadyImported
+from clearhouse.reconciliation.errors import ReconciliationNotFound, StatementAlreadyImported, StatementInvalid
 from clearhouse.reconciliation.models import (
     CLASSES,
     ReconCase,
@@ -174,14 +175,10 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     ``internal`` replaces our lines read from the database (the benchmark's generated ledger side)."""
     started = time.perf_counter()
     who = actor if isinstance(actor, audit.Actor) else audit.Actor(type="system", id=actor)
-    progress("hash", 0, 1)
-    sha256, size = file_digest(path)
-    rules, custom_mapping = transact(engine, lambda s: _refuse_known(s, sha256) or rules_for(s, channel))
-    progress("hash", 1, 1)
-    progress("parse", 0, 1)
+    rules, custom_mapping = transact(engine, lambda s: rules_for(s, channel))
     chosen_mapping = mapping if mapping is not None else custom_mapping
-    parsed = parse(path, fmt, channel, chosen_mapping)
-    progress("parse", 1, 1)
+    parsed, (sha256, size) = _parse_beside_digest(path, fmt, channel, chosen_mapping, progress,
+                                                  lambda sha: transact(engine, lambda s: _known(s, sha)))
     period = period_of(parsed.meta, fmt, statement_date)
     progress("load", 0, 1)
     if internal is None:
@@ -226,19 +223,46 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         run_id = transact(engine, work)
     except IntegrityError as exc:
         if transact(engine, lambda s: _known(s, sha256)):
-            raise StatementAlreadyImported(f"this file (sha256 {sha256}) was imported already") from exc
+            raise _already_imported(sha256) from exc
         raise
     progress("save", 1, 1)
     return transact(engine, lambda s: run_view(s, run_id))
+
+
+def _parse_beside_digest(path: Path, fmt: str, channel: str, mapping: Any, progress: ProgressFn,
+                         known: Callable[[str], bool]) -> tuple[Any, tuple[str, int]]:
+    """The parsed statement and the file's SHA-256 and size, the digest taken on a second thread while
+    the file is parsed (hashlib lets go of the GIL for large buffers). A file imported before (``known``)
+    is refused as such, whether it parses or not."""
+
+    def digest() -> tuple[str, int]:
+        found = file_digest(path)
+        progress("hash", 1, 1)
+        return found
+
+    progress("hash", 0, 1)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-digest") as pool:
+        hashed = pool.submit(digest)
+        progress("parse", 0, 1)
+        try:
+            parsed = parse(path, fmt, channel, mapping)
+        except StatementInvalid:
+            if known(hashed.result()[0]):
+                raise _already_imported(hashed.result()[0]) from None
+            raise
+        progress("parse", 1, 1)
+        sha256, size = hashed.result()
+    if known(sha256):
+        raise _already_imported(sha256)
+    return parsed, (sha256, size)
 
 
 def _known(session: Session, sha256: str) -> bool:
     return session.execute(select(statements.c.id).where(statements.c.sha256 == sha256)).first() is not None
 
 
-def _refuse_known(session: Session, sha256: str) -> None:
-    if _known(session, sha256):
-        raise StatementAlreadyImported(f"this file (sha256 {sha256}) was imported already")
+def _already_imported(sha256: str) -> StatementAlreadyImported:
+    return StatementAlreadyImported(f"this file (sha256 {sha256}) was imported already")
 
 
 def _all_classes(summary: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
@@ -274,7 +298,7 @@ def run_view(session: Session, run_id: str) -> dict[str, Any]:
         raise ReconciliationNotFound(f"no reconciliation {run_id}")
     statement = session.execute(select(statements).where(statements.c.id == row.statement_id)).one()
     states = dict(session.execute(select(cases.c.state, func.count()).where(cases.c.reconciliation_id == run_id)
-                                  .group_by(cases.c.state).order_by(cases.c.state)).tuples().all())
+                                  .group_by(cases.c.state).order_by(cases.c.state)).all())
     return {
         "id": row.id, "object": "reconciliation", "channel": row.channel, "statement_date": row.statement_date,
         "statement": {
