@@ -6,7 +6,8 @@
 ``max(date_window_days, batch_window_days)`` on each side, so a line the channel books a day apart is
 still there to be paired). The answer is ``MatchOutcome.results`` (``RESULT_SCHEMA``): every statement
 line and every one of our lines booked in the period is in exactly one row (the lines of a batch share
-theirs), and ``summary()`` counts them per class.
+theirs), and ``summary()`` counts them per class. ``results`` is built on demand from ``others`` (every
+row but the plain pass-1 matches) and ``plain`` (those matches as row positions); a run saves ``others``.
 
 Pass 1, exact (one hash join over the whole frames; everything after it sees only what is left):
   the statement's ``our_ref`` equals ours; for statement lines still unpaired, its ``channel_ref``
@@ -53,10 +54,12 @@ statement), else ``missing_in_statement``. Our lines outside the period and our 
 nobody claims are not reported.
 
 Performance: pass 1 is one hash join of 64-bit hashes of the two reference columns (the pairs checked
-with a second hash), ``bincount`` over the row positions to find repeated keys, then one filter of the
-statement and one gather of ours: no sort and no Python per line, and the pass-1 rows come out in
-statement order. Passes 2 and 3 and every detail sentence run on the residue only. 10M x 10M lines
-with 0.1% discrepancies of every class: about 3.3 s on 2 cores (``MatchOutcome.seconds`` per pass).
+with a second hash), ``bincount`` over the row positions to find repeated keys, and no sort. The clean
+one-to-one pairs (nearly all) are classified on numpy copies of the compared columns gathered by
+position, status and currency as exact integer codes; they stay row positions (``PlainMatches``) and
+only the pairs that are not plain matches are built as rows. Passes 2 and 3 and every detail sentence
+run on the residue only. 10M x 10M lines with 0.1% discrepancies of every class: about 4 s on 2 cores
+(``MatchOutcome.seconds`` per pass).
 """
 
 from __future__ import annotations
