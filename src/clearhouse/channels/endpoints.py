@@ -138,7 +138,8 @@ def _channel_out(request: Request, name: str) -> ChannelOut:
     return ChannelOut(
         name=name, methods=list(connector.methods),
         currencies=list(connector.currencies) if connector.currencies is not None else None,
-        cost=CostOut(rate=str(connector.cost.rate), fixed=connector.cost.fixed),
+        cost=CostOut(rate=str(connector.cost.rate), fixed=connector.cost.fixed,
+                     returned_on_refund=connector.cost.returned_on_refund),
         supports_manual_capture=bool(getattr(connector, "supports_manual_capture", False)),
         breaker=BreakerOut(**router_.breaker(name).snapshot()),
         outcomes=health.outcomes,

@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from clearhouse.kit.errors import ClearhouseError
+from clearhouse.kit.money import rate_of
 
 if TYPE_CHECKING:
     from clearhouse.kit.settings import Settings
@@ -133,10 +134,18 @@ class StatementFile:
 @dataclass(frozen=True)
 class Cost:
     """What the channel charges us for a payment: ``rate`` of the amount plus ``fixed``
-    minor units. Rounded half-up to the minor unit (``fee_of``)."""
+    minor units, rounded half-up to the minor unit (``kit.money.rate_of``).
+
+    ``returned_on_refund``: the channel gives back its ``rate`` on the refunded amount (the QR
+    wallets do); card schemes and banks keep their whole fee."""
 
     rate: Decimal = Decimal("0")
     fixed: int = 0
+    returned_on_refund: bool = False
+
+    def returned(self, refunded: int) -> int:
+        """What the channel gives back of its fee when ``refunded`` minor units are refunded."""
+        return rate_of(refunded, self.rate) if self.returned_on_refund else 0
 
 
 # --------------------------------------------------------------------------- errors

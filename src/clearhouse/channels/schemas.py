@@ -82,6 +82,7 @@ class RuleOut(BaseModel):
 class CostOut(BaseModel):
     rate: str = Field(description="Share of the amount, a decimal string (\"0.006\" is 0.6%)")
     fixed: int = Field(description="Minor units per payment")
+    returned_on_refund: bool = Field(description="The channel gives its rate back on a refunded amount (QR wallets)")
 
 
 class BreakerOut(BaseModel):

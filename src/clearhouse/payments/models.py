@@ -139,6 +139,8 @@ class Refund(Base):
     external_id: Mapped[str | None] = mapped_column(String(128))
     fee_refunded: Mapped[int] = mapped_column(BigInteger, default=0)
     channel_cost_charged: Mapped[int] = mapped_column(BigInteger, default=0)
+    channel_cost_returned: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """What the channel gives back of its fee when the refund succeeds (``Cost.returned``)."""
     ledger_entry_id: Mapped[str | None] = mapped_column(String(64))
     failure_code: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -65,10 +65,12 @@ def payment_entry(session: Session, *, payment_id: str, merchant_id: str, channe
 
 def refund_entry(session: Session, *, refund_id: str, payment_id: str, merchant_id: str, channel: str,
                  amount: int, currency: str, fee_back: int, cost_charged: int, wallet_id: str | None,
-                 top_up: bool, pending: bool = False) -> EntryRequest:
+                 top_up: bool, cost_back: int = 0, pending: bool = False) -> EntryRequest:
     """Recipe 3: the merchant gives back the amount less the fee returned to it; the channel
     (or the wallet) takes the amount back. What the channel keeps of its fee is charged to
-    the merchant (``cost_charged``) when its plan says the merchant bears it.
+    the merchant (``cost_charged``) when its plan says the merchant bears it. A channel that
+    gives back part of its fee (``cost_back``, the QR wallets) takes back that much less, and
+    our channel cost falls by it.
 
     The refund of a wallet top-up is written ``pending`` when it is asked for: the wallet's
     money is held before the channel gives it back to the card, so a wallet spent in the
@@ -90,7 +92,9 @@ def refund_entry(session: Session, *, refund_id: str, payment_id: str, merchant_
         legs.append((f"customer_wallet:{wallet_id}", "liability", CREDIT, amount,
                      {"debits_must_not_exceed_credits": True}))
     else:
-        legs.append((*clearing(channel), CREDIT, amount, {}))
+        legs.append((*clearing(channel), CREDIT, amount - cost_back, {}))
+        if cost_back:
+            legs.append((f"channel_cost:{channel}", "expense", CREDIT, cost_back, {}))
     return EntryRequest(
         id=f"tr_{refund_id}", postings=_legs(session, currency, legs), code="refund", reference=refund_id,
         metadata={"payment_id": payment_id, "refund_id": refund_id, "merchant_id": merchant_id, "channel": channel},

@@ -686,6 +686,13 @@ def cost_of(rt: Runtime, channel: str, amount: int) -> int:
     return min(amount, rate_of(amount, cost.rate, cost.fixed))
 
 
+def cost_returned(rt: Runtime, channel: str, refunded: int) -> int:
+    """What the channel gives back of its fee when ``refunded`` is refunded (``Cost.returned``)."""
+    if channel == WALLET:
+        return 0
+    return rt.channels[channel].cost.returned(refunded)
+
+
 def _entry(session: Session, row: Row, *, pending: bool) -> ledger.EntryRequest:
     return postings.payment_entry(
         session, payment_id=row.id, merchant_id=row.merchant_id, channel=row.channel, amount=row.amount,
@@ -810,14 +817,14 @@ def refund(rt: Runtime, principal: Principal, payment_id: str, amount: int | Non
            refund_id: str | None = None) -> dict[str, Any]:
     """Give money back; several partial refunds never add up to more than was captured,
     however many arrive at once (the payment row is locked while the amount is reserved)."""
-    opened = _tx(rt, lambda s: _reserve_refund(s, principal, payment_id, amount, reason, refund_id))
+    opened = _tx(rt, lambda s: _reserve_refund(s, rt, principal, payment_id, amount, reason, refund_id))
     rid, created = opened
     if created:
         _send_refund(rt, rid)
     return _tx(rt, lambda s: get_refund(s, None, rid))
 
 
-def _reserve_refund(session: Session, principal: Principal, payment_id: str, amount: int | None,
+def _reserve_refund(session: Session, rt: Runtime, principal: Principal, payment_id: str, amount: int | None,
                     reason: str | None, refund_id: str | None) -> tuple[str, bool]:
     if refund_id is not None and session.execute(
             select(refunds.c.id).where(refunds.c.id == refund_id)).first() is not None:
@@ -837,7 +844,9 @@ def _reserve_refund(session: Session, principal: Principal, payment_id: str, amo
     now = clock.now()
     session.execute(insert(refunds).values(
         id=rid, payment_id=row.id, merchant_id=row.merchant_id, amount=amount, currency=row.currency,
-        status="pending", reason=reason, channel=row.channel, created_at=now, updated_at=now))
+        status="pending", reason=reason, channel=row.channel,
+        channel_cost_returned=0 if row.purpose == "wallet_top_up" else cost_returned(rt, row.channel, amount),
+        created_at=now, updated_at=now))
     if row.purpose == "wallet_top_up":
         # The wallet's money is held now (the ledger refuses it if already spent: 409
         # insufficient_funds, nothing stored), and posted or released with the channel's answer.
@@ -849,12 +858,12 @@ def _reserve_refund(session: Session, principal: Principal, payment_id: str, amo
 
 
 def _refund_entry(session: Session, payment: Row, refund_id: str, amount: int, fee_back: int, cost_charged: int,
-                  *, pending: bool = False) -> ledger.EntryRequest:
+                  cost_back: int = 0, *, pending: bool = False) -> ledger.EntryRequest:
     return postings.refund_entry(
         session, refund_id=refund_id, payment_id=payment.id, merchant_id=payment.merchant_id,
         channel=payment.channel, amount=amount, currency=payment.currency, fee_back=fee_back,
-        cost_charged=cost_charged, wallet_id=payment.wallet_id, top_up=payment.purpose == "wallet_top_up",
-        pending=pending)
+        cost_charged=cost_charged, cost_back=cost_back, wallet_id=payment.wallet_id,
+        top_up=payment.purpose == "wallet_top_up", pending=pending)
 
 
 def _send_refund(rt: Runtime, refund_id: str) -> None:
@@ -905,15 +914,16 @@ def apply_refund_result(session: Session, refund_id: str, status: str, external_
         if rule.refund_fee_policy == "proportional":
             fee_back = (fees.share(payment.fee_amount, after, payment.amount_captured)
                         - fees.share(payment.fee_amount, before, payment.amount_captured))
+        cost_back = row.channel_cost_returned
         cost_charged = 0
-        if rule.refund_cost_bearer == "merchant":
-            cost_charged = (fees.share(payment.channel_cost, after, payment.amount_captured)
-                            - fees.share(payment.channel_cost, before, payment.amount_captured))
+        if rule.refund_cost_bearer == "merchant":  # what the channel keeps of its fee on this part
+            cost_charged = max(0, fees.share(payment.channel_cost, after, payment.amount_captured)
+                               - fees.share(payment.channel_cost, before, payment.amount_captured) - cost_back)
         if payment.purpose == "wallet_top_up":
             fee_back = cost_charged = 0
             entry_id, _created = ledger.resolve_pending(session, f"tr_{row.id}", "post", id=f"tr_{row.id}_post")
         else:
-            entry = _refund_entry(session, payment, row.id, row.amount, fee_back, cost_charged)
+            entry = _refund_entry(session, payment, row.id, row.amount, fee_back, cost_charged, cost_back)
             ledger.create_transfer(session, entry)
             entry_id = entry.id
         session.execute(update(refunds).where(refunds.c.id == row.id).values(

@@ -6,10 +6,9 @@ Every succeeded line has its ledger entry (payments post in the same transaction
 rows are the ledger's view with the channel's references beside it. Failed lines are kept so
 that a statement saying "paid" for one of them is a ``status_mismatch``.
 
-What our ledger books for a refund is the whole amount back from the channel's clearing
-account and no channel fee movement, so our refund lines carry fee 0: a channel that gives
-part of its fee back on refunds (the QR wallets) shows up as ``fee_mismatch``, which a rule
-can resolve by posting the fee back (docs/reconciliation.md).
+A refund line carries the fee the channel gives back as a negative fee (the QR wallets return
+their rate on the refunded amount; cards and banks keep their fee, so 0): the ledger books the
+same, the clearing account credited with the amount less that and the channel cost with it.
 """
 
 from __future__ import annotations
@@ -58,7 +57,8 @@ def internal_lines(session: Session, channel: str, first: date, last: date, time
             literal("refund").label("kind"), refunds.c.id.label("our_id"), refunds.c.id.label("our_ref"),
             refunds.c.external_id.label("channel_ref"),
             refunds.c.status, refunds.c.amount, refunds.c.amount.label("amount_captured"),
-            (refunds.c.amount * 0).label("fee"), refunds.c.currency, refunds.c.updated_at.label("booked_at"),
+            (-refunds.c.channel_cost_returned).label("fee"), refunds.c.currency,
+            refunds.c.updated_at.label("booked_at"),
         )
         .where(refunds.c.channel == channel, refunds.c.status.in_(("succeeded", "failed")),
                refunds.c.updated_at >= start, refunds.c.updated_at < end)

@@ -370,7 +370,6 @@ class SandboxConnector:
     """Statement days are the channel's own calendar days (api.md)."""
     refund_status: ClassVar[str] = REFUNDED
     """``PENDING`` where refunds complete later, by notification."""
-    returns_fee_on_refund: ClassVar[bool] = False
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -701,7 +700,7 @@ class SandboxConnector:
     def _move_refund(self, connection: sqlite3.Connection, refund_id: str, payment: sqlite3.Row, amount: int,
                      now: datetime) -> None:
         # QR wallets give back their percentage on the refunded part; card schemes and banks keep their fee.
-        fee = -rate_of(amount, self.cost.rate) if self.returns_fee_on_refund else 0
+        fee = -self.cost.returned(amount)
         connection.execute(
             "INSERT INTO movements (reference, payment_reference, type, amount, fee, currency, occurred_at)"
             " VALUES (?, ?, 'refund', ?, ?, ?, ?)",

@@ -97,7 +97,6 @@ class QrSandbox(SandboxConnector):
     """What both wallets share: the QR code, its expiry, its pay page, the key pair."""
 
     cost: Cost
-    returns_fee_on_refund = True
     statement_timezone = CHINA_TIME
 
     @cached_property
@@ -155,7 +154,7 @@ def alipay_sign_content(fields: Mapping[str, str]) -> bytes:
 class SandboxAlipay(QrSandbox):
     name = "sandbox_alipay"
     methods = ("alipay",)
-    cost = Cost(rate=Decimal("0.0055"))
+    cost = Cost(rate=Decimal("0.0055"), returned_on_refund=True)
     settlement_delay_days = 1
 
     @cached_property
@@ -313,7 +312,7 @@ def _token(length: int) -> str:
 class SandboxWechat(QrSandbox):
     name = "sandbox_wechat"
     methods = ("wechat_pay",)
-    cost = Cost(rate=Decimal("0.006"))
+    cost = Cost(rate=Decimal("0.006"), returned_on_refund=True)
     settlement_delay_days = 1
     refund_status = PENDING  # WeChat answers PROCESSING; the outcome comes by notification
 
