@@ -95,3 +95,23 @@ def test_a_merchant_bearing_the_kept_fee_is_charged_nothing_the_wallet_gave_back
     assert got["merchant"] == 9_940 - 2_982
     assert got["cost"] == 55 - 17
     ledger_verifies(app)
+
+
+def test_a_wallet_top_up_by_alipay_refunds_with_the_returned_fee_held_and_posted_alike(
+        app, anonymous_client, merchant_client_factory):
+    shop, merchant_id = merchant_client_factory("QR top-ups")
+    wallet = shop.post("/v1/wallets", json={"customer_id": "cus_qr", "currency": "CNY"}).json()
+    with clock.frozen(NOON_IN_CHINA):
+        top_up = shop.post(f"/v1/wallets/{wallet['id']}/top_ups", json={"amount": 2_000, "method": "alipay"})
+        assert top_up.status_code == 201, top_up.text
+        app.state.channels["sandbox_alipay"].pay(top_up.json()["attempts"][0]["id"])
+        _deliver(app, anonymous_client)
+        assert shop.get(f"/v1/wallets/{wallet['id']}").json()["balance"] == 2_000
+        before = balances(app, merchant_id, channel="sandbox_alipay")
+        refund = shop.post(f"/v1/payments/{top_up.json()['id']}/refunds", json={"amount": 500})
+        assert refund.status_code == 201 and refund.json()["status"] == "succeeded", refund.text
+    after = balances(app, merchant_id, channel="sandbox_alipay")
+    assert shop.get(f"/v1/wallets/{wallet['id']}").json()["balance"] == 1_500
+    assert before["clearing"] - after["clearing"] == 500 - 3  # 0.55% of 5.00, half up
+    assert before["cost"] - after["cost"] == 3
+    ledger_verifies(app)

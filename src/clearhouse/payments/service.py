@@ -842,15 +842,15 @@ def _reserve_refund(session: Session, rt: Runtime, principal: Principal, payment
             f"{amount} is more than the {available} left to refund of {row.amount_captured} captured")
     rid = refund_id or new_id("re")
     now = clock.now()
+    cost_back = cost_returned(rt, row.channel, amount)
     session.execute(insert(refunds).values(
         id=rid, payment_id=row.id, merchant_id=row.merchant_id, amount=amount, currency=row.currency,
-        status="pending", reason=reason, channel=row.channel,
-        channel_cost_returned=0 if row.purpose == "wallet_top_up" else cost_returned(rt, row.channel, amount),
+        status="pending", reason=reason, channel=row.channel, channel_cost_returned=cost_back,
         created_at=now, updated_at=now))
     if row.purpose == "wallet_top_up":
         # The wallet's money is held now (the ledger refuses it if already spent: 409
         # insufficient_funds, nothing stored), and posted or released with the channel's answer.
-        ledger.create_transfer(session, _refund_entry(session, row, rid, amount, 0, 0, pending=True))
+        ledger.create_transfer(session, _refund_entry(session, row, rid, amount, 0, 0, cost_back, pending=True))
     session.execute(update(payments).where(payments.c.id == row.id).values(
         amount_refund_pending=payments.c.amount_refund_pending + amount, updated_at=now))
     _event(session, row.id, "refund_requested", refund=rid, amount=amount, reason=reason)
