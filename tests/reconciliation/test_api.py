@@ -168,6 +168,9 @@ class TestImportRules:
         assert _upload(client, content, day_of_payments["day"]).status_code == 201
         again = _upload(client, content, day_of_payments["day"], name="renamed.csv")
         assert again.status_code == 409 and again.json()["code"] == "statement_already_imported"
+        # The same bytes are known whatever they are said to be (the file is hashed while it is parsed).
+        as_mt940 = _upload(client, content, day_of_payments["day"], name="renamed.sta", fmt="mt940")
+        assert as_mt940.status_code == 409 and as_mt940.json()["code"] == "statement_already_imported"
         assert len(client.get("/v1/reconciliations").json()["data"]) == 1
 
     def test_a_bad_amount_names_its_line_and_imports_nothing(self, client, day_of_payments):

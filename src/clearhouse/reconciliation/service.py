@@ -27,7 +27,12 @@ from clearhouse.kit import clock
 from clearhouse.kit.db import bulk_insert, transact
 from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.reconciliation import sources
-from clearhouse.reconciliation.errors import ReconciliationNotFound, StatementAlreadyImported, StatementInvalid
+from clearhouse.reconciliation.errors import (
+    ReconciliationNotFound,
+    StatementAlreadyImported,
+    StatementInvalid,
+    UnknownStatementFormat,
+)
 from clearhouse.reconciliation.models import (
     CLASSES,
     ReconCase,
@@ -246,7 +251,7 @@ def _parse_beside_digest(path: Path, fmt: str, channel: str, mapping: Any, progr
         progress("parse", 0, 1)
         try:
             parsed = parse(path, fmt, channel, mapping)
-        except StatementInvalid:
+        except (StatementInvalid, UnknownStatementFormat):
             if known(hashed.result()[0]):
                 raise _already_imported(hashed.result()[0]) from None
             raise
