@@ -213,18 +213,16 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     clock.lap("pass1_join")
     # The clean pairs are classified on the compared columns alone (integers: no string is copied for
     # millions of pairs); only the few that are not plain matches are then built whole, with sentences.
-    codes = _pair_codes(theirs, clean_lines, ours, clean_ours, rules)
-    plain = codes == 0
+    compared = _compared_pairs(theirs, clean_lines, ours, clean_ours).with_columns(_class_code(rules))
+    plain = (compared["class_code"] == 0).to_numpy()
     odd = ~plain
     if odd.any():
         wrong = pl.concat([theirs[clean_lines[odd]], ours[clean_ours[odd]]], how="horizontal")
         parts.append(_emit(_with_sentences(_classify(wrong, rules)), pass_no=1, detail=False, both_sides=True))
     plain_lines, plain_ours = clean_lines[plain], clean_ours[plain]
-    amounts = _numbers(ours["ours_amount"])
-    matched = PlainMatches(theirs, ours, plain_lines, plain_ours,
-                           int(np.abs(amounts[plain_ours]).sum()) if amounts is not None else
-                           int(ours["ours_amount"].gather(plain_ours).abs().sum() or 0))
-    del clean_lines, clean_ours, codes, plain, odd
+    plain_amount = compared.select(pl.col("ours_amount").filter(pl.col("class_code") == 0).abs().sum()).item()
+    matched = PlainMatches(theirs, ours, plain_lines, plain_ours, int(plain_amount or 0))
+    del clean_lines, clean_ours, compared, plain, odd
     clock.lap("pass1_classify")
 
     # Pass 1b: the channel's id, for what our reference did not pair. A line naming one of ours that is
@@ -324,7 +322,7 @@ _PAIR_CLASSES = ("matched", "status_mismatch", "amount_mismatch", "fee_mismatch"
 def _class_code(rules: MatchRules) -> pl.Expr:
     """Each pair's class as a small code (its index in ``_PAIR_CLASSES``), first rule that applies
     (module docstring). Only equality is asked of status and currency, so it holds for their strings
-    and for the integer codes ``_pair_codes`` gives them alike."""
+    and for the integer codes ``_compared_pairs`` gives them alike."""
     amount_gap = pl.col("theirs_amount") - pl.col("ours_amount")
     fee_gap = pl.col("theirs_fee") - pl.col("ours_fee")
     within = amount_gap.abs() <= rules.amount_tolerance_minor
@@ -353,32 +351,29 @@ _COMPARED = (("theirs_amount", "ours_amount"), ("theirs_fee", "ours_fee"), ("the
 _EQUATED = (("theirs_status", "ours_status"), ("t_currency", "currency"))
 
 
-def _pair_codes(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame, rows: np.ndarray,
-                rules: MatchRules) -> np.ndarray:
-    """``_class_code`` of the pairs (``theirs`` row ``lines[i]``, ``ours`` row ``rows[i]``), on numpy copies of
-    the compared columns gathered by position; status and currency as integer codes (``_equal_codes``).
+def _compared_pairs(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    """The columns ``_class_code`` compares, for the pairs (``theirs`` row ``lines[i]``, ``ours`` row ``rows[i]``):
+    numpy copies gathered by position, status and currency as integer codes (``_equal_codes``).
 
-    A compared column with nulls (a statement without fees) takes the slower way: the frames gathered whole."""
+    A compared column with nulls (a statement without fees) takes the slower way: the columns gathered as they are."""
     columns: dict[str, np.ndarray] = {}
     for left, right in _COMPARED:
         left_values, right_values = _numbers(theirs[left]), _numbers(ours[right])
         if left_values is None or right_values is None:
-            return _slow_codes(theirs, lines, ours, rows, rules)
+            return _gathered_pairs(theirs, lines, ours, rows)
         columns[left], columns[right] = left_values[lines], right_values[rows]
     for left, right in _EQUATED:
         codes = _equal_codes(theirs[left], ours[right])
         if codes is None:
-            return _slow_codes(theirs, lines, ours, rows, rules)
+            return _gathered_pairs(theirs, lines, ours, rows)
         columns[left], columns[right] = codes[0][lines], codes[1][rows]
-    return pl.DataFrame(columns).select(_class_code(rules))["class_code"].to_numpy()
+    return pl.DataFrame(columns)
 
 
-def _slow_codes(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame, rows: np.ndarray,
-                rules: MatchRules) -> np.ndarray:
+def _gathered_pairs(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     needed_theirs = [left for left, _right in (*_COMPARED, *_EQUATED)]
     needed_ours = [right for _left, right in (*_COMPARED, *_EQUATED)]
-    pairs = pl.concat([theirs.select(needed_theirs)[lines], ours.select(needed_ours)[rows]], how="horizontal")
-    return pairs.select(_class_code(rules))["class_code"].to_numpy()
+    return pl.concat([theirs.select(needed_theirs)[lines], ours.select(needed_ours)[rows]], how="horizontal")
 
 
 def _numbers(column: pl.Series) -> np.ndarray | None:
