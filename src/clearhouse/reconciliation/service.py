@@ -182,8 +182,10 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     who = actor if isinstance(actor, audit.Actor) else audit.Actor(type="system", id=actor)
     rules, custom_mapping = transact(engine, lambda s: rules_for(s, channel))
     chosen_mapping = mapping if mapping is not None else custom_mapping
-    parsed, (sha256, size) = _parse_beside_digest(path, fmt, channel, chosen_mapping, progress,
-                                                  lambda sha: transact(engine, lambda s: _known(s, sha)))
+    def known(sha: str) -> bool:
+        return transact(engine, lambda s: _known(s, sha))
+
+    parsed, (sha256, size) = _parse_beside_digest(path, fmt, channel, chosen_mapping, progress, known)
     period = period_of(parsed.meta, fmt, statement_date)
     progress("load", 0, 1)
     if internal is None:
@@ -227,7 +229,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     try:
         run_id = transact(engine, work)
     except IntegrityError as exc:
-        if transact(engine, lambda s: _known(s, sha256)):
+        if known(sha256):
             raise _already_imported(sha256) from exc
         raise
     progress("save", 1, 1)
@@ -252,8 +254,9 @@ def _parse_beside_digest(path: Path, fmt: str, channel: str, mapping: Any, progr
         try:
             parsed = parse(path, fmt, channel, mapping)
         except (StatementInvalid, UnknownStatementFormat):
-            if known(hashed.result()[0]):
-                raise _already_imported(hashed.result()[0]) from None
+            sha256 = hashed.result()[0]
+            if known(sha256):
+                raise _already_imported(sha256) from None
             raise
         progress("parse", 1, 1)
         sha256, size = hashed.result()
