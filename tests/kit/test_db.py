@@ -48,6 +48,7 @@ from clearhouse.kit.db import (
     head_revision,
     is_postgresql,
     make_engine,
+    numbered_paramstyle,
     transact,
     upgrade,
 )
@@ -945,3 +946,29 @@ class TestLoopWriter:
         finally:
             writer.close()
         assert rows_of(engine, scratch) == {}
+
+    def test_scalar_binds_named_parameters_and_survives_a_failed_statement(self, engine, scratch):
+        writer = self._writer(engine)
+        insert_sql = (f"INSERT INTO {scratch.name} (id, amount, hits, flag) "
+                      f"VALUES (:id, :amount, :amount, TRUE) RETURNING amount + hits")
+
+        async def write() -> tuple[int, int]:
+            doubled = await writer.scalar(insert_sql, {"id": "twice", "amount": 21})
+            with pytest.raises(Exception, match="(?i)unique|duplicate"):
+                await writer.scalar(insert_sql, {"id": "twice", "amount": 1})
+            # The failed connection was dropped, not reused; the next statement gets a good one.
+            again = await writer.scalar(insert_sql, {"id": "again", "amount": 2})
+            return doubled, again
+
+        try:
+            assert asyncio.run(write()) == (42, 4)
+            assert writer.connections <= 2
+        finally:
+            writer.close()
+        assert set(rows_of(engine, scratch)) == {"twice", "again"}
+
+
+def test_numbered_paramstyle_numbers_each_name_once_and_leaves_casts_alone():
+    sql, names = numbered_paramstyle("SELECT :a, CAST(:b AS BIGINT), :a::text WHERE x = :b_c")
+    assert sql == "SELECT $1, CAST($2 AS BIGINT), $1::text WHERE x = $3"
+    assert names == ("a", "b", "b_c")

@@ -27,10 +27,13 @@ COUNT_REQUEST = (
     "ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_limit_counters.count + 1 RETURNING count"
 )
 RECORD_AND_COUNT = (
-    f"WITH recorded AS (INSERT INTO api_nonces (key_id, nonce, seen_at) {_LIVE_KEY} "
-    "ON CONFLICT DO NOTHING RETURNING key_id) "
+    # asyncpg (kit.db.LoopWriter) takes a parameter's type from the server: in a SELECT list it is
+    # text unless cast. Never for SQLite, whose CAST AS TIMESTAMP would keep only the year.
+    "WITH recorded AS (INSERT INTO api_nonces (key_id, nonce, seen_at) "
+    + _LIVE_KEY.replace(":seen_at", "CAST(:seen_at AS TIMESTAMPTZ)")
+    + " ON CONFLICT DO NOTHING RETURNING key_id) "
     "INSERT INTO rate_limit_counters (bucket, window_start, count) "
-    "SELECT :bucket, :window_start, 1 FROM recorded "
+    "SELECT :bucket, CAST(:window_start AS BIGINT), 1 FROM recorded "
     "ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_limit_counters.count + 1 RETURNING count"
 )
 """PostgreSQL (and CockroachDB): both writes in one statement; no row when the nonce was refused."""
