@@ -45,6 +45,8 @@ os.environ.setdefault("CLEARHOUSE_PASSWORD_HASH_MEMORY_KIB", "1024")
 os.environ.setdefault("CLEARHOUSE_PASSWORD_HASH_PARALLELISM", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+CARD_EXP_YEAR = time.gmtime().tm_year + 4
+"""The expiry year of the suite's test cards: a literal year would expire them all one January."""
 POSTGRES_URL = os.environ.get("CLEARHOUSE_TEST_POSTGRES_URL", "")
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tests.conftest import CARD_EXP_YEAR
+
 PAYLOADS: list[tuple[str, str]] = [
     ("sql_or", "' OR 1=1 --"),
     ("sql_drop_ledger_accounts", "'; DROP TABLE ledger_accounts; --"),
@@ -190,7 +192,8 @@ STRING_BY_NAME: dict[str, Any] = {
     "reference": lambda: "walk-reference",
     "reason": lambda: "walk reason",
 }
-INTEGER_BY_NAME = {"amount": 100, "exp_month": 12, "exp_year": 2030, "timeout_seconds": 3600, "overdraft_limit": 0}
+INTEGER_BY_NAME = {"amount": 100, "exp_month": 12, "exp_year": CARD_EXP_YEAR, "timeout_seconds": 3600,
+                   "overdraft_limit": 0}
 
 
 def example(schemas: Schemas, schema: dict[str, Any] | None, name: str = "") -> Any:

@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 
 from clearhouse.kit.models import Base
 from clearhouse.kit.settings import Settings
-from tests.conftest import TEST_MASTER_KEY
+from tests.conftest import CARD_EXP_YEAR, TEST_MASTER_KEY
 from tests.identity.people_support import create_user
 from tests.injection_support import (
     NEW_KEY,
@@ -61,7 +61,7 @@ from tests.injection_support import (
 DOCUMENT = served_document()
 OPERATIONS = operations(DOCUMENT)
 SCHEMAS = Schemas(DOCUMENT)
-CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123", "holder_name": "Li Lei"}
+CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": CARD_EXP_YEAR, "cvc": "123", "holder_name": "Li Lei"}
 """A card the sandbox approves at once."""
 CHANNEL = "sandbox_card"
 RECON_HEADER = "our_ref,channel_ref,kind,status,amount,fee,currency,booked_on,value_on,description"
@@ -190,7 +190,7 @@ class World:
     @cached_property
     def card_id(self) -> str:
         return self._ok(self.merchant.post("/v1/vault/cards", json={
-            "number": "4242424242424242", "exp_month": 12, "exp_year": 2030}))["id"]
+            "number": "4242424242424242", "exp_month": 12, "exp_year": CARD_EXP_YEAR}))["id"]
 
     @cached_property
     def bank_account_id(self) -> str:

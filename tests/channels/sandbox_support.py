@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import clearhouse.channels.connectors  # noqa: F401  (registers the sandboxes)
+from clearhouse.channels.connectors import sandbox
 from clearhouse.channels.protocol import CardData, ChannelSet, ChargeRequest, Notification
 from clearhouse.kit.settings import Settings
+from tests.conftest import CARD_EXP_YEAR
 
 BASE_URL = "http://testserver"
 MASTER_KEY = "mk_test:" + base64.b64encode(bytes(range(32))).decode()
 MONDAY = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+MAGIC_AMOUNTS = frozenset({sandbox.AMOUNT_DECLINE, sandbox.AMOUNT_TIMEOUT_AFTER_ACTING,
+                           sandbox.AMOUNT_TIMEOUT_BEFORE_ACTING, sandbox.AMOUNT_CHANNEL_ERROR, sandbox.AMOUNT_OUTAGE})
+"""Amounts that make every sandbox fail, time out or decline on purpose (``sandbox.AMOUNT_*``)."""
 FRIDAY = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
 METHOD_OF = {"sandbox_card": "card", "sandbox_bank": "bank_transfer", "sandbox_alipay": "alipay",
              "sandbox_wechat": "wechat_pay"}
@@ -31,7 +36,7 @@ def sandbox_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def card(number: str = "4242424242424242", exp_month: int = 12, exp_year: int = 2030,
+def card(number: str = "4242424242424242", exp_month: int = 12, exp_year: int = CARD_EXP_YEAR,
          cvc: str | None = "123") -> CardData:
     return CardData(number=number, exp_month=exp_month, exp_year=exp_year, cvc=cvc)
 

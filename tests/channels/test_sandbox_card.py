@@ -39,7 +39,7 @@ from clearhouse.channels.protocol import (
     NotificationInvalid,
 )
 from clearhouse.kit import clock
-from tests.channels.sandbox_support import MONDAY, Recorder, card, charge, sandbox_settings
+from tests.channels.sandbox_support import MAGIC_AMOUNTS, MONDAY, Recorder, card, charge, sandbox_settings
 
 
 @pytest.fixture
@@ -255,12 +255,13 @@ class TestChallenge:
 
 class TestInvariants:
     @settings(max_examples=60, deadline=None)
-    @given(authorized=st.integers(1, 100_000), capture=st.booleans(),
+    # Not a magic amount: those make the authorization itself fail, time out or be declined.
+    @given(authorized=st.integers(1, 100_000).filter(lambda amount: amount not in MAGIC_AMOUNTS), capture=st.booleans(),
            operations=st.lists(st.tuples(st.sampled_from(["capture", "refund", "cancel"]), st.integers(-5, 120_000)),
                                max_size=12))
     def test_no_sequence_refunds_more_than_captured_or_captures_more_than_authorized(
             self, authorized, capture, operations):
-        with tempfile.TemporaryDirectory() as directory:
+        with tempfile.TemporaryDirectory() as directory, clock.frozen(MONDAY):
             connector = card_sandbox.SandboxCard(sandbox_settings(Path(directory)))
             connector.authorize(charge("att_1", authorized, capture=capture))
             state = connector.query("att_1")
@@ -274,7 +275,7 @@ class TestInvariants:
                 state = connector.query("att_1")
                 assert 0 <= state.refunded_amount <= state.captured_amount <= authorized
             # What the statement lists is what the channel holds: captured less refunded.
-            rows = list(csv.DictReader(io.StringIO(connector.statement(clock.now().date()).content.decode())))
+            rows = list(csv.DictReader(io.StringIO(connector.statement(MONDAY.date()).content.decode())))
             moved = sum(Decimal(row["amount"]) for row in rows) * 100
             assert moved == state.captured_amount - state.refunded_amount
 

@@ -75,12 +75,13 @@ class TestTimeouts:
 
     def test_retrying_after_a_timeout_never_charges_twice(self, channels):
         connector = channels["sandbox_card"]
-        with pytest.raises(ChannelTimeout):
-            connector.authorize(charge("att_1", AMOUNT_TIMEOUT_AFTER_ACTING))
-        first = connector.query("att_1")
-        again = connector.authorize(charge("att_1", AMOUNT_TIMEOUT_AFTER_ACTING))
+        with clock.frozen(MONDAY):
+            with pytest.raises(ChannelTimeout):
+                connector.authorize(charge("att_1", AMOUNT_TIMEOUT_AFTER_ACTING))
+            first = connector.query("att_1")
+            again = connector.authorize(charge("att_1", AMOUNT_TIMEOUT_AFTER_ACTING))
         assert again.external_id == first.external_id
-        lines = [row for row in connector.statement(clock.now().date()).content.decode().splitlines()[1:]]
+        lines = [row for row in connector.statement(MONDAY.date()).content.decode().splitlines()[1:]]
         assert len(lines) == 1
 
     @pytest.mark.parametrize("name", SANDBOX_NAMES)

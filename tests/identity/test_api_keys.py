@@ -16,7 +16,7 @@ from sqlalchemy import select
 from clearhouse.identity.permissions import MERCHANT_KEY_SCOPES, PLATFORM_KEY_SCOPES
 from clearhouse.kit import clock
 from clearhouse.kit.models import Base
-from tests.conftest import Credentials, make_key, make_merchant
+from tests.conftest import CARD_EXP_YEAR, Credentials, make_key, make_merchant
 
 VISA = "4111111111111111"
 
@@ -128,7 +128,7 @@ class TestScopes:
         assert made.status_code == 201, made.text
         reader = Credentials(made.json()["id"], made.json()["secret"]).auth
         assert anonymous_client.get(f"/v1/merchants/{shop.merchant_id}", auth=reader).status_code == 200
-        card = {"number": VISA, "exp_month": 12, "exp_year": 2031}
+        card = {"number": VISA, "exp_month": 12, "exp_year": CARD_EXP_YEAR}
         refused = anonymous_client.post("/v1/vault/cards", json=card, auth=reader)
         assert refused.status_code == 403, refused.text
         assert refused.json()["code"] == "forbidden"

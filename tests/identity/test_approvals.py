@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clearhouse.kit import clock
-from tests.conftest import Credentials, make_merchant
+from tests.conftest import CARD_EXP_YEAR, Credentials, make_merchant
 from tests.identity.people_support import CSRF_HEADER, login
 
 APPROVAL_TTL = timedelta(hours=24)
@@ -130,7 +130,7 @@ class TestDecisions:
         with httpx.Client(base_url=live_server, timeout=30, auth=Credentials(key_id, secret).auth) as live:
             assert live.get(f"/v1/merchants/{shop.merchant_id}").status_code == 200
             # Held without vault:write, made without it.
-            card = {"number": "4111111111111111", "exp_month": 12, "exp_year": 2031}
+            card = {"number": "4111111111111111", "exp_month": 12, "exp_year": CARD_EXP_YEAR}
             refused(live.post("/v1/vault/cards", json=card), 403, "forbidden")
 
     def test_a_platform_key_is_made_on_approval_and_collected_by_its_maker(self, user_client_factory, live_server):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.conftest import Credentials, make_merchant
+from tests.conftest import CARD_EXP_YEAR, Credentials, make_merchant
 
 MISSING_MERCHANT = "mch_00000000000000000000000000"
 MISSING_KEY = "ck_test_00000000000000000000000000"
@@ -140,7 +140,7 @@ class TestMerchantKeyAgainstAnotherMerchant:
         assert client.get("/v1/merchants").status_code == 200  # the platform key still works
 
     def test_the_same_idempotency_key_in_two_tenants_is_two_requests(self, tenants, anonymous_client):
-        card = {"number": "4111111111111111", "exp_month": 12, "exp_year": 2031}
+        card = {"number": "4111111111111111", "exp_month": 12, "exp_year": CARD_EXP_YEAR}
         headers = {"Idempotency-Key": "order-1"}
         first = anonymous_client.post("/v1/vault/cards", json=card, headers=headers, auth=tenants.a.auth)
         second = anonymous_client.post("/v1/vault/cards", json=card, headers=headers, auth=tenants.b.auth)

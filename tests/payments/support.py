@@ -6,13 +6,14 @@ from typing import Any
 
 from clearhouse.kit.db import transact
 from clearhouse.ledger.verify import verify
+from tests.conftest import CARD_EXP_YEAR
 
 APPROVED_CARD = "4242424242424242"
 
 
 def card_body(amount: int = 10000, currency: str = "CNY", number: str = APPROVED_CARD, **extra: Any) -> dict:
     body = {"amount": amount, "currency": currency, "method": "card",
-            "payment_details": {"card": {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"}}}
+            "payment_details": {"card": {"number": number, "exp_month": 12, "exp_year": CARD_EXP_YEAR, "cvc": "123"}}}
     body.update(extra)
     return body
 

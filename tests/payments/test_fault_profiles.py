@@ -13,6 +13,7 @@ from clearhouse.channels.connectors import sandbox
 from clearhouse.channels.protocol import ChannelUnavailable
 from clearhouse.kit import clock
 from clearhouse.payments import service as payments
+from tests.conftest import CARD_EXP_YEAR
 from tests.payments.support import APPROVED_CARD
 
 METHODS = {"sandbox_card": "card", "sandbox_bank": "bank_transfer", "sandbox_alipay": "alipay",
@@ -37,7 +38,7 @@ def _outage_now() -> sandbox.FaultProfile:
 def _body(method: str) -> dict:
     body = {"amount": 2000, "currency": "CNY", "method": method}
     if method == "card":
-        body["payment_details"] = {"card": {"number": APPROVED_CARD, "exp_month": 12, "exp_year": 2030}}
+        body["payment_details"] = {"card": {"number": APPROVED_CARD, "exp_month": 12, "exp_year": CARD_EXP_YEAR}}
     return body
 
 

@@ -17,6 +17,7 @@ from clearhouse.channels.connectors.sandbox_card import (
 )
 from clearhouse.kit.db import transact
 from clearhouse.payments import service as payments
+from tests.conftest import CARD_EXP_YEAR
 from tests.payments.support import balances, card_body, ledger_verifies
 
 
@@ -109,7 +110,7 @@ class TestCrashRepair:
         principal = Principal(kind="api_key", id="ck_test_x", role="merchant_key", merchant_id=merchant_id,
                               permissions=frozenset({"payments:write", "vault:write"}))
         request = payments.NewPayment(amount=4200, currency="CNY", method="card",
-                                      card={"number": "4242424242424242", "exp_month": 12, "exp_year": 2030})
+                                      card={"number": "4242424242424242", "exp_month": 12, "exp_year": CARD_EXP_YEAR})
         opened = transact(app.state.engine, lambda s: payments._open(s, runtime, principal, SYSTEM, request, None))
         row = transact(app.state.engine, lambda s: payments._payment(s, opened.payment_id))
         result = runtime.channels["sandbox_card"].authorize(payments._charge_request(row, opened.attempt_id,
@@ -133,7 +134,7 @@ class TestCrashRepair:
         principal = Principal(kind="api_key", id="ck_test_x", role="merchant_key", merchant_id=merchant_id,
                               permissions=frozenset({"payments:write", "vault:write"}))
         request = payments.NewPayment(amount=4200, currency="CNY", method="card",
-                                      card={"number": "4242424242424242", "exp_month": 12, "exp_year": 2030})
+                                      card={"number": "4242424242424242", "exp_month": 12, "exp_year": CARD_EXP_YEAR})
         opened = transact(app.state.engine, lambda s: payments._open(s, runtime, principal, SYSTEM, request, None))
         assert payments.resolve_stuck(runtime, older_than_seconds=-1) == 1
         view = shop.get(f"/v1/payments/{opened.payment_id}").json()

@@ -4,7 +4,7 @@ one injected discrepancy of every class, each class produced and resolved, and t
 from __future__ import annotations
 
 import io
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from tests.payments.support import balances, card_body, ledger_verifies
 CHANNEL = "sandbox_card"
 HEADER = "our_ref,channel_ref,kind,status,amount,fee,currency,booked_on,value_on,description"
 DECLINED_CARD = "4000000000000002"
+NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # one fixed day: the payments cannot straddle midnight
 
 
 def _booked(app: Any, payment_ids: list[str]) -> dict[str, Any]:
@@ -44,18 +45,20 @@ def _upload(client: Any, content: str, day: date, *, name: str = "statement.csv"
 
 @pytest.fixture
 def day_of_payments(app, client, merchant_client_factory) -> dict[str, Any]:
-    """Seven card payments and one declined one, all today; timing cut-off off so the clock cannot matter."""
+    """Seven card payments and one declined one, all at noon of one fixed day (a run that straddles midnight
+    would split them over two days); timing cut-off off so the clock cannot matter."""
     assert client.put(f"/v1/recon_rules/{CHANNEL}", json={"rules": {"timing_cutoff_minutes": 0}}).status_code == 200
     shop, merchant_id = merchant_client_factory("Recon shop")
     ids = []
-    for i in range(7):
-        answer = shop.post("/v1/payments", json=card_body(amount=10_000 + i * 100))
-        assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
-        ids.append(answer.json()["id"])
-    declined = shop.post("/v1/payments", json=card_body(amount=5_000, number=DECLINED_CARD))
-    assert declined.json()["status"] == "failed", declined.text
+    with clock.frozen(NOON):
+        for i in range(7):
+            answer = shop.post("/v1/payments", json=card_body(amount=10_000 + i * 100))
+            assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
+            ids.append(answer.json()["id"])
+        declined = shop.post("/v1/payments", json=card_body(amount=5_000, number=DECLINED_CARD))
+        assert declined.json()["status"] == "failed", declined.text
     rows = _booked(app, [*ids, declined.json()["id"]])
-    day = clock.now().date()
+    day = NOON.date()
     return {"rows": [rows[i] for i in ids], "declined": rows[declined.json()["id"]], "day": day,
             "merchant_id": merchant_id}
 
