@@ -249,9 +249,9 @@ class LoopWriter:
     ``raw_transaction`` in ``in_thread``.
     """
 
-    # A checkpoint slows the few requests beside it (the thread copies the WAL's pages while the
-    # loop writes): every 500 commits that was about 1% of requests and 0.07 ms on the auth
-    # bench's p99; every 2,000 it is under 0.3% of them. Each commit adds about 5 pages to the
+    # A checkpoint slows the requests beside it (its sync of the database file stalls the loop's
+    # writes to the WAL): every 500 commits that was about 1% of requests and 0.07 ms on the auth
+    # bench's p99; every 2,000 fewer of them (docs/benchmarks.md, auth). Each commit adds about 5 pages to the
     # WAL, so it grows to about 40 MB between checkpoints (reused, not grown, after each).
     CHECKPOINT_EVERY = 2000
 
