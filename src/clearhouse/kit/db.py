@@ -120,7 +120,8 @@ def is_postgresql(session_or_engine: Session | Engine) -> bool:
     return bind.dialect.name == "postgresql"
 
 
-_PG_SQL: dict[str, str] = {}
+_NAMED_PARAMETER = re.compile(r"(?<!:):(\w+)")
+"""A portable ``:name`` parameter, as ``text()`` takes them (not a ``::type`` cast)."""
 
 
 class WrittenRow(dict):
@@ -136,12 +137,10 @@ class WrittenRow(dict):
             raise AttributeError(name) from None
 
 
+@functools.cache
 def postgresql_paramstyle(sql: str) -> str:
-    """``:name`` parameters (portable, as ``text()`` takes them) as psycopg's ``%(name)s``."""
-    converted = _PG_SQL.get(sql)
-    if converted is None:
-        converted = _PG_SQL[sql] = re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
-    return converted
+    """``:name`` parameters as psycopg's ``%(name)s``."""
+    return _NAMED_PARAMETER.sub(r"%(\1)s", sql)
 
 
 @functools.cache
@@ -154,7 +153,7 @@ def numbered_paramstyle(sql: str) -> tuple[str, tuple[str, ...]]:
             names.append(match[1])
         return f"${names.index(match[1]) + 1}"
 
-    return re.sub(r"(?<!:):(\w+)", number, sql), tuple(names)
+    return _NAMED_PARAMETER.sub(number, sql), tuple(names)
 
 
 class RawCursor:
