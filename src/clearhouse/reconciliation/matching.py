@@ -220,7 +220,7 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
         wrong = pl.concat([theirs[clean_lines[odd]], ours[clean_ours[odd]]], how="horizontal")
         parts.append(_emit(_with_sentences(_classify(wrong, rules)), pass_no=1, detail=False, both_sides=True))
     plain_lines, plain_ours = clean_lines[plain], clean_ours[plain]
-    plain_amount = compared.select(pl.col("ours_amount").filter(pl.col("class_code") == 0).abs().sum()).item()
+    plain_amount = compared["ours_amount"].filter(pl.Series(plain)).abs().sum()
     matched = PlainMatches(theirs, ours, plain_lines, plain_ours, int(plain_amount or 0))
     del clean_lines, clean_ours, compared, plain, odd
     clock.lap("pass1_classify")
