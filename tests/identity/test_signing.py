@@ -23,7 +23,7 @@ from clearhouse.app import create_app
 from clearhouse.audit.service import SYSTEM
 from clearhouse.identity import middleware
 from clearhouse.identity import service as identity
-from clearhouse.identity.signing import ClearhouseAuth, signed_headers
+from clearhouse.identity.signing import NONCE_PATTERN, ClearhouseAuth, new_nonce, signed_headers
 from clearhouse.kit import clock
 from clearhouse.kit.db import make_engine, transact
 from tests.conftest import Credentials, make_key, make_merchant
@@ -133,6 +133,18 @@ class TestValidSignature:
             assert created.status_code == 201, created.text
             listed = client.get("/v1/merchants", params={"limit": 1, "x": ["a b", "ü"]})
             assert listed.status_code == 200, listed.text
+
+
+    def test_the_shipped_signers_nonces_are_valid_unique_and_ordered_by_time(self):
+        """Ordered, so that a key's used nonces land together in the server's index (new_nonce);
+        the random suffix keeps two made in the same nanosecond apart."""
+        nonces = [new_nonce() for _ in range(2000)]
+        assert all(NONCE_PATTERN.match(nonce) for nonce in nonces)
+        assert len(set(nonces)) == len(nonces)
+        clocks = [nonce[:16] for nonce in nonces]
+        assert clocks == sorted(clocks)
+        assert abs(int(clocks[-1], 16) - time.time_ns()) < 60 * 10**9
+        assert signed_headers("ck_test_x", "cks_x", "GET", "/v1/merchants")["X-Clearhouse-Nonce"][:16] >= clocks[-1]
 
 
 # --------------------------------------------------------------------------------- tampering

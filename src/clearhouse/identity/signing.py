@@ -40,11 +40,20 @@ def signature_matches(secret: str, message: bytes, given: str) -> bool:
     return hmac.compare_digest(signature(secret, message).encode(), given.encode("utf-8", "replace"))
 
 
+def new_nonce() -> str:
+    """A nonce that sorts after the ones made before it: 16 hex digits of the wall clock in
+    nanoseconds, then 96 random bits (16 characters of base64url). The server takes any
+    unique 16-64 characters; ordered ones land together in its index of used nonces
+    (``api_nonces``' primary key), where random ones each dirty a page of their own
+    (docs/identity.md, "Nonces and clock skew"; docs/benchmarks.md, auth)."""
+    return f"{time.time_ns():016x}{secrets.token_urlsafe(12)}"
+
+
 def signed_headers(key_id: str, secret: str, method: str, path: str, query: str = "", body: bytes = b"", *,
                    timestamp: int | None = None, nonce: str | None = None) -> dict[str, str]:
     """The four headers that authenticate one request."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
-    nonce = nonce or secrets.token_urlsafe(24)
+    nonce = nonce or new_nonce()
     message = signing_string(method, path, query, stamp, nonce, body)
     return {
         KEY_HEADER: key_id,
