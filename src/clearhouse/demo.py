@@ -125,9 +125,6 @@ def write_credentials(engine: Engine, settings: Any) -> Path | None:
     return path
 
 
-DEMO_CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
-
-
 def load_payments(runtime: Any) -> int:
     """Real payments through the sandbox channels, the first time: card sales, a partial
     refund, a held authorization, a decline, an Alipay QR code waiting for the customer, and
@@ -135,6 +132,7 @@ def load_payments(runtime: Any) -> int:
     from sqlalchemy import select
 
     from clearhouse.audit.service import Actor
+    from clearhouse.channels.connectors.sandbox_card import CARD_DECLINED, sandbox_card
     from clearhouse.identity.permissions import MERCHANT_KEY_SCOPES, Principal
     from clearhouse.payments import service as payments
     from clearhouse.payments import wallets
@@ -150,13 +148,13 @@ def load_payments(runtime: Any) -> int:
 
     def pay(amount: int, method: str = "card", **extra: Any) -> dict[str, Any]:
         request = payments.NewPayment(amount=amount, currency="CNY", method=method,
-                                      card=extra.pop("card", DEMO_CARD) if method == "card" else None, **extra)
+                                      card=extra.pop("card", sandbox_card()) if method == "card" else None, **extra)
         return payments.create_payment(runtime, principal, actor, request)
 
     made = [pay(amount, merchant_order_id=f"demo-{n}") for n, amount in enumerate((12900, 4550, 99900), 1)]
     payments.refund(runtime, principal, made[0]["id"], 2900, "demo: one item returned")
     made.append(pay(25000, capture_method="manual", description="demo: held until shipped"))
-    made.append(pay(3000, card={**DEMO_CARD, "number": "4000000000000002"}, description="demo: declined"))
+    made.append(pay(3000, card=sandbox_card(CARD_DECLINED), description="demo: declined"))
     made.append(pay(6600, "alipay", description="demo: waiting for the customer to scan"))
     wallet, _created = transact(runtime.engine, lambda s: wallets.open_wallet(
         s, principal, customer_id="cus_demo", currency="CNY", merchant_id=None))

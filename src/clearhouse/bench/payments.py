@@ -58,9 +58,10 @@ from clearhouse.bench import (
     rate_figure,
     time_figure,
 )
+from clearhouse.channels.connectors.sandbox_card import sandbox_card
 
 CURRENCY = "CNY"
-CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
+CARD = sandbox_card()
 OPEN_LOOP_RATE = 500
 """Requests a second on the open-loop schedule (the issue's "p99 at 500 payments/s")."""
 

@@ -59,6 +59,16 @@ CARD_CHALLENGE = "4000000000003220"
 CARD_CHANNEL_ERROR = "4000000000000119"
 """``ChannelError`` (a processing error at the acquirer); the channel did not act."""
 
+
+
+def sandbox_card(number: str = CARD_APPROVED) -> dict[str, Any]:
+    """A card as a payment request carries it, for the sandbox: ``number``, an expiry in
+    December four years from now (a literal year would expire one day), and a CVC."""
+    from clearhouse.kit import clock
+
+    return {"number": number, "exp_month": 12, "exp_year": clock.now().year + 4, "cvc": "123"}
+
+
 DECLINING_CARDS = {
     CARD_DECLINED: "do_not_honor",
     CARD_INSUFFICIENT_FUNDS: "insufficient_funds",
