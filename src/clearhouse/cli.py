@@ -110,11 +110,11 @@ def _prepare_demo(settings: Any) -> int:
     from clearhouse import worker as worker_module
 
     runtime = worker_module.build_runtime(settings, engine)
-    made = demo_module.load_payments(runtime)
-    if made:
+    made, run = demo_module.load_sales(runtime)
+    if run is not None:
         console.print(f"{made} demo payments made through the sandbox channels")
-        run = demo_module.load_reconciliation(runtime)
-        console.print(f"today's sandbox_card statement reconciled: {run['id']} ({run['case_count']} cases)")
+        console.print(f"the sandbox_card statement of {run['statement_date']} reconciled: "
+                      f"{run['id']} ({run['case_count']} cases)")
     engine.dispose()
     return created
 

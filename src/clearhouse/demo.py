@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -163,15 +164,26 @@ def load_payments(runtime: Any) -> int:
     return len(made)
 
 
-def load_reconciliation(runtime: Any) -> dict[str, Any]:
-    """Today's card statement, as the sandbox card channel writes it, reconciled against the
-    demo's payments (the first start only): a run and its clearing figures to look at."""
+def load_sales(runtime: Any) -> tuple[int, dict[str, Any] | None]:
+    """The demo payments (``load_payments``) and their day's card statement reconciled
+    (``load_reconciliation``), the first time: (payments made, the run), or (0, None). The day
+    is taken before the payments, so a first start just before midnight UTC reconciles the day
+    they were made on, not the empty one after it."""
+    from clearhouse.kit import clock
+
+    day = clock.now().date()
+    made = load_payments(runtime)
+    return made, (load_reconciliation(runtime, day) if made else None)
+
+
+def load_reconciliation(runtime: Any, day: date) -> dict[str, Any]:
+    """``day``'s card statement, as the sandbox card channel writes it, reconciled against the
+    demo's payments: a run and its clearing figures to look at."""
     import tempfile
 
-    from clearhouse.kit import clock
     from clearhouse.reconciliation.service import reconcile_file
 
-    statement = runtime.channels["sandbox_card"].statement(clock.now().date())
+    statement = runtime.channels["sandbox_card"].statement(day)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / statement.filename
         path.write_bytes(statement.content)
