@@ -28,8 +28,7 @@ def test_a_first_start_just_before_midnight_reconciles_the_day_its_payments_were
     assert made == 8
     assert run is not None
     assert run["statement_date"] == date(2026, 11, 24)
-    # The card sales, the refund's sale and the captured hold are on that day's statement; an empty
-    # day would have matched nothing.
+    # The demo's card sales are on that day's statement; the empty day after it would have matched nothing.
     assert run["classes"]["matched"]["count"] >= 3, run["classes"]
     monkeypatch.undo()
     assert demo.load_sales(runtime) == (0, None)  # the second start makes nothing

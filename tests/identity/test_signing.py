@@ -134,7 +134,6 @@ class TestValidSignature:
             listed = client.get("/v1/merchants", params={"limit": 1, "x": ["a b", "ü"]})
             assert listed.status_code == 200, listed.text
 
-
     def test_the_shipped_signers_nonces_are_valid_unique_and_ordered_by_time(self):
         """Ordered, so that a key's used nonces land together in the server's index (new_nonce);
         the random suffix keeps two made in the same nanosecond apart."""

@@ -60,7 +60,6 @@ CARD_CHANNEL_ERROR = "4000000000000119"
 """``ChannelError`` (a processing error at the acquirer); the channel did not act."""
 
 
-
 def sandbox_card(number: str = CARD_APPROVED) -> dict[str, Any]:
     """A card as a payment request carries it, for the sandbox: ``number``, an expiry in
     December four years from now (a literal year would expire one day), and a CVC."""
