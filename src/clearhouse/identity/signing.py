@@ -41,8 +41,8 @@ def signature_matches(secret: str, message: bytes, given: str) -> bool:
 
 
 def new_nonce() -> str:
-    """A nonce that sorts after the ones made before it: 16 hex digits of the wall clock in
-    nanoseconds, then 96 random bits (16 characters of base64url). The server takes any
+    """A nonce that sorts after the ones made before it (while the wall clock runs forward): 16
+    hex digits of the wall clock in nanoseconds, then 96 random bits (16 characters of base64url). The server takes any
     unique 16-64 characters; ordered ones land together in its index of used nonces
     (``api_nonces``' primary key), where random ones each dirty a page of their own
     (docs/identity.md, "Nonces and clock skew"; docs/benchmarks.md, auth)."""

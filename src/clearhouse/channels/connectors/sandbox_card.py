@@ -43,6 +43,7 @@ from clearhouse.channels.protocol import (
     NotificationReply,
     StatementFile,
 )
+from clearhouse.kit import clock
 
 # --------------------------------------------------------------------------- magic card numbers
 # The networks' published test numbers (all pass the Luhn check); any other valid number approves.
@@ -63,8 +64,6 @@ CARD_CHANNEL_ERROR = "4000000000000119"
 def sandbox_card(number: str = CARD_APPROVED) -> dict[str, Any]:
     """A card as a payment request carries it, for the sandbox: ``number``, an expiry in
     December four years from now (a literal year would expire one day), and a CVC."""
-    from clearhouse.kit import clock
-
     return {"number": number, "exp_month": 12, "exp_year": clock.now().year + 4, "cvc": "123"}
 
 
