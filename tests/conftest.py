@@ -30,6 +30,7 @@ import clearhouse.reconciliation.models  # noqa: F401
 import clearhouse.webhooks.models  # noqa: F401
 from clearhouse.app import create_app
 from clearhouse.audit.service import SYSTEM
+from clearhouse.channels.connectors.sandbox_card import card_expiry_year
 from clearhouse.identity import service as identity
 from clearhouse.identity.signing import ClearhouseAuth
 from clearhouse.kit.db import make_engine, transact, upgrade
@@ -45,8 +46,8 @@ os.environ.setdefault("CLEARHOUSE_PASSWORD_HASH_MEMORY_KIB", "1024")
 os.environ.setdefault("CLEARHOUSE_PASSWORD_HASH_PARALLELISM", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-CARD_EXP_YEAR = time.gmtime().tm_year + 4
-"""The expiry year of the suite's test cards: a literal year would expire them all one January."""
+CARD_EXP_YEAR = card_expiry_year()
+"""The expiry year of the suite's test cards (``sandbox_card.card_expiry_year``)."""
 POSTGRES_URL = os.environ.get("CLEARHOUSE_TEST_POSTGRES_URL", "")
 
 

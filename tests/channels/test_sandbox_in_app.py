@@ -5,8 +5,7 @@ customer has none), they pay what ``POST /v1/payments`` started, and the notific
 from __future__ import annotations
 
 from clearhouse.channels.connectors.sandbox import deliver_due
-from clearhouse.channels.connectors.sandbox_card import CARD_CHALLENGE
-from tests.conftest import CARD_EXP_YEAR
+from clearhouse.channels.connectors.sandbox_card import CARD_CHALLENGE, sandbox_card
 
 
 def send_through(client):
@@ -31,8 +30,7 @@ def test_a_cardholder_passes_the_challenge_on_the_hosted_page(app, anonymous_cli
     shop, _ = merchant_client_factory()
     payment = shop.post("/v1/payments", json={
         "amount": 4200, "currency": "CNY", "method": "card",
-        "payment_details": {"card": {"number": CARD_CHALLENGE, "exp_month": 12, "exp_year": CARD_EXP_YEAR,
-                                     "cvc": "123"}},
+        "payment_details": {"card": sandbox_card(CARD_CHALLENGE)},
     }).json()
     assert payment["status"] == "requires_action", payment
     page = payment["next_action"]["url"].removeprefix(app.state.settings.public_base_url)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from clearhouse.channels.connectors.sandbox_card import CARD_APPROVED, sandbox_card
 from clearhouse.kit.db import transact
 from clearhouse.ledger.verify import verify
-from tests.conftest import CARD_EXP_YEAR
 
-APPROVED_CARD = "4242424242424242"
+APPROVED_CARD = CARD_APPROVED
 
 
 def card_body(amount: int = 10000, currency: str = "CNY", number: str = APPROVED_CARD, **extra: Any) -> dict:
     body = {"amount": amount, "currency": currency, "method": "card",
-            "payment_details": {"card": {"number": number, "exp_month": 12, "exp_year": CARD_EXP_YEAR, "cvc": "123"}}}
+            "payment_details": {"card": sandbox_card(number)}}
     body.update(extra)
     return body
 

@@ -41,11 +41,11 @@ def signature_matches(secret: str, message: bytes, given: str) -> bool:
 
 
 def new_nonce() -> str:
-    """A nonce that sorts after the ones made before it (while the wall clock runs forward): 16
-    hex digits of the wall clock in nanoseconds, then 96 random bits (16 characters of base64url). The server takes any
-    unique 16-64 characters; ordered ones land together in its index of used nonces
-    (``api_nonces``' primary key), where random ones each dirty a page of their own
-    (docs/identity.md, "Nonces and clock skew"; docs/benchmarks.md, auth)."""
+    """A nonce that sorts after the ones made before it (while the wall clock runs forward):
+    16 hex digits of the wall clock in nanoseconds, then 96 random bits (16 characters of
+    base64url). The server takes any unique 16-64 characters; ordered ones land together in
+    its index of used nonces (``api_nonces``' primary key), where random ones each dirty a
+    page of their own (docs/identity.md, "Nonces and clock skew"; docs/benchmarks.md, auth)."""
     return f"{time.time_ns():016x}{secrets.token_urlsafe(12)}"
 
 

@@ -6,14 +6,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from clearhouse.channels.connectors.sandbox_card import CARD_DECLINED, sandbox_card
 from clearhouse.kit.db import transact
 from clearhouse.payments.orders.models import Order, OrderStep, ProductCode
 from clearhouse.webhooks.models import WebhookEvent
-from tests.conftest import CARD_EXP_YEAR
 from tests.payments.support import APPROVED_CARD
 
-CARD = {"card": {"number": APPROVED_CARD, "exp_month": 12, "exp_year": CARD_EXP_YEAR, "cvc": "123"}}
-DECLINED_CARD = {"card": {"number": "4000000000000002", "exp_month": 12, "exp_year": CARD_EXP_YEAR, "cvc": "123"}}
+CARD = {"card": sandbox_card(APPROVED_CARD)}
+DECLINED_CARD = {"card": sandbox_card(CARD_DECLINED)}
 
 
 def make_product(client: Any, codes: list[str], *, amount: int = 5000, name: str = "Game key") -> dict[str, Any]:

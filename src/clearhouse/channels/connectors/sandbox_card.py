@@ -61,10 +61,16 @@ CARD_CHANNEL_ERROR = "4000000000000119"
 """``ChannelError`` (a processing error at the acquirer); the channel did not act."""
 
 
+def card_expiry_year() -> int:
+    """The expiry year of the sandbox's example cards: four years from now (a literal year
+    would expire them all one January)."""
+    return clock.now().year + 4
+
+
 def sandbox_card(number: str = CARD_APPROVED) -> dict[str, Any]:
     """A card as a payment request carries it, for the sandbox: ``number``, an expiry in
-    December four years from now (a literal year would expire one day), and a CVC."""
-    return {"number": number, "exp_month": 12, "exp_year": clock.now().year + 4, "cvc": "123"}
+    December of ``card_expiry_year()``, and a CVC."""
+    return {"number": number, "exp_month": 12, "exp_year": card_expiry_year(), "cvc": "123"}
 
 
 DECLINING_CARDS = {
