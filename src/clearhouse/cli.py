@@ -45,12 +45,13 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000)")] = None,
     demo: Annotated[bool, typer.Option(help="Migrate, load demo data and run the worker in this process")] = False,
-    workers: Annotated[int, typer.Option(help="HTTP worker processes")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes, each on its own listening socket")] = 1,
 ) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
     from clearhouse.app import create_app
+    from clearhouse.kit import serving
 
     settings = get_settings()
     if demo:
@@ -59,10 +60,29 @@ def serve(
     port = port or settings.port
     console.print(f"Clearhouse on http://{host}:{port}  (database: {settings.database_url})")
     if workers > 1:
-        uvicorn.run("clearhouse.app:create_app", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning")
+        _check_start_up(settings)
+        try:
+            served = serving.serve(host=host, port=port, workers=workers)
+        except OSError as error:
+            console.print(f"[red]cannot listen on {host}:{port}: {error.strerror or error}[/red]")
+            raise typer.Exit(1) from None
+        if not served:
+            console.print("[red]a worker failed to start (its log is above)[/red]")
+            raise typer.Exit(1)
     else:
         uvicorn.run(create_app(settings, run_worker=demo), host=host, port=port, log_level="warning")
+
+
+def _check_start_up(settings: Any) -> None:
+    """What every worker checks as it starts (``create_app``: the master keys unwrap the database's data
+    keys), done once before they start: one clear error instead of one traceback per worker."""
+    from clearhouse.kit.crypto import FieldCipher, load_master_keys
+
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        FieldCipher.open(engine, load_master_keys(settings))
+    finally:
+        engine.dispose()
 
 
 @app.command()

@@ -1,0 +1,144 @@
+"""Serving the HTTP API with several worker processes, each on a listening socket of its own.
+
+Uvicorn's own ``workers`` hands every worker the same listening socket, and whichever worker is
+awake accepts. A client that opens its keep-alive connections in a burst (a merchant's connection
+pool, the payments benchmark) then lands on one worker: measured, one of two workers accepted all
+eight connections and did all the work while the other idled. Here the supervisor binds one socket
+per worker to the same address with ``SO_REUSEPORT``, and the kernel spreads new connections over
+them by a hash of each connection's addresses.
+
+- Every socket is bound and listening before any worker starts, so a taken address is an error at
+  once, in the supervisor, with nothing started.
+- The supervisor keeps the sockets. A worker that dies is replaced on its own socket, and the
+  connections queued on it wait for the replacement instead of being refused. A worker that exits
+  with an error before it ever served (a broken configuration would end every replacement the same
+  way) stops the whole server, which then exits non-zero; one killed by a signal is replaced.
+- The children are uvicorn's (``uvicorn.supervisors.multiprocess.Process``: spawned, answering the
+  supervisor's health pings over a pipe), so they start, log and shut down as uvicorn's do.
+- SIGINT or SIGTERM stops the workers gracefully (uvicorn finishes the requests in flight), then the
+  supervisor.
+
+Where the platform has no ``SO_REUSEPORT``, uvicorn's own supervisor and shared socket serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from types import FrameType
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Process
+
+logger = logging.getLogger("clearhouse.serving")
+
+APP = "clearhouse.app:create_app"
+"""The app factory every worker process builds its app from."""
+
+_STOPPING = (signal.SIGINT, signal.SIGTERM)
+
+
+def own_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
+    """``count`` sockets listening on ``host``:``port`` together (``SO_REUSEPORT``). Port 0 takes a free
+    port for the first and the same for the others. Raises ``OSError`` (none left open) when the
+    address cannot be had, e.g. another program listens on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+            sock.listen(backlog)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class Supervisor:
+    """Runs one uvicorn worker process per socket and keeps each alive until told to stop."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], *, check_every: float = 0.5) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.check_every = check_every
+        self.workers: list[Process] = []
+        self.serving: set[int] = set()  # the slots whose worker has answered that it serves
+        self.stop = threading.Event()
+        self.failed = False
+
+    def _start(self, index: int) -> Process:
+        worker = Process(self.config, [self.sockets[index]])
+        worker.start()
+        return worker
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s, stopping the workers", signal.Signals(signum).name)
+        self.stop.set()
+
+    def run(self) -> bool:
+        """Serve until SIGINT or SIGTERM (or ``stop``); False when a worker could not start."""
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in _STOPPING}
+        try:
+            self.workers = [self._start(index) for index in range(len(self.sockets))]
+            logger.info("supervisor [%s] started %s workers", os.getpid(), len(self.workers))
+            while not self.stop.wait(self.check_every):
+                self._replace_dead()
+        finally:
+            for worker in self.workers:
+                worker.terminate()
+            for worker in self.workers:
+                worker.join()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return not self.failed
+
+    def _replace_dead(self) -> None:
+        timeout = self.config.timeout_worker_healthcheck
+        for index, worker in enumerate(self.workers):
+            if self.stop.is_set():
+                return
+            if worker.is_alive(timeout=timeout):
+                if index not in self.serving and worker.is_ready(timeout=timeout):
+                    self.serving.add(index)
+                continue
+            worker.kill()  # it may hang rather than be gone
+            worker.join()
+            exited = worker.exitcode is not None and worker.exitcode > 0  # not killed by a signal
+            if worker.exitcode == STARTUP_FAILURE or (exited and index not in self.serving):
+                # It gave up before it served: the app, the settings or the database are wrong, and
+                # every replacement would end the same way.
+                logger.error("worker [%s] exited before it served (exit code %s); stopping", worker.pid,
+                             worker.exitcode)
+                self.failed = True
+                self.stop.set()
+                return
+            logger.warning("worker [%s] ended (exit code %s); starting another on its socket",
+                           worker.pid, worker.exitcode)
+            self.serving.discard(index)
+            self.workers[index] = self._start(index)
+
+
+def serve(*, host: str, port: int, workers: int, log_level: str = "warning") -> bool:
+    """Serve ``APP`` with ``workers`` processes (each builds its own app from the settings); False when a
+    worker could not start."""
+    if not hasattr(socket, "SO_REUSEPORT"):  # uvicorn's way: one socket shared by all
+        uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, log_level=log_level)
+        return True
+    config = uvicorn.Config(APP, factory=True, host=host, port=port, workers=workers, log_level=log_level)
+    sockets = own_sockets(host, port, workers, backlog=config.backlog)
+    try:
+        return Supervisor(config, sockets).run()
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -1,0 +1,199 @@
+"""``clearhouse serve --workers N``: a supervisor and N worker processes, each on its own listening socket.
+
+Real processes and real sockets: the command is started as an operator starts it, and which worker
+holds a connection is read from ``/proc`` (the socket inodes each worker has open).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clearhouse.kit.serving import own_sockets
+from tests.test_cli import CLI, clearhouse, environment, free_port, ok
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
+
+
+def children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in found]
+
+
+def workers_of(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (multiprocessing's resource tracker, if any, is not one)."""
+    return [child for child in children(supervisor)
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+            and b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def accepted_by(port: int, client_ports: set[int]) -> dict[int, int]:
+    """Server-side inode of each of our connections to ``port``, keyed by the client's port."""
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        remote_port = int(fields[2].split(":")[1], 16)
+        if local_port == port and remote_port in client_ports:
+            found[remote_port] = int(fields[9])
+    return found
+
+
+def wait_ready(base: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"serve exited early:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"serve not ready in {timeout} s:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+
+
+def wait_for(condition, timeout: float = 30, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """One demo database for the module (the servers only read it); its master key file sits in ``cwd``."""
+    cwd = tmp_path_factory.mktemp("serving")
+    url = f"sqlite:///{cwd / 'clearhouse.db'}"
+    ok(clearhouse("demo", url=url, cwd=cwd))
+    return url, cwd
+
+
+@pytest.fixture
+def two_workers(demo_url, tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen, Path]]:
+    url, cwd = demo_url
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([str(CLI), "serve", "--port", str(port), "--workers", "2"],
+                                   env=environment(url), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process, log)
+        wait_for(lambda: len(workers_of(process.pid)) == 2, what="two workers")
+        yield base, port, process, log
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+class TestOwnSockets:
+    def test_every_socket_listens_on_the_one_port_port_zero_chose(self) -> None:
+        sockets = own_sockets("127.0.0.1", 0, 3)
+        try:
+            ports = {sock.getsockname()[1] for sock in sockets}
+            assert len(ports) == 1 and ports != {0}
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    def test_an_address_another_program_listens_on_is_refused_and_nothing_stays_open(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            before = len(os.listdir("/proc/self/fd"))
+            with pytest.raises(OSError):
+                own_sockets("127.0.0.1", port, 2)
+            assert len(os.listdir("/proc/self/fd")) == before
+
+
+class TestServeWithWorkers:
+    def test_keep_alive_connections_opened_at_once_are_served_by_both_workers(self, two_workers) -> None:
+        _base, port, process, _log = two_workers
+        connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(16)]
+        try:
+            for connection in connections:
+                connection.connect()
+            for connection in connections:
+                connection.request("GET", "/healthz")
+                assert connection.getresponse().read() == b'{"status":"ok"}'
+            client_ports = {connection.sock.getsockname()[1] for connection in connections}
+            server_side = accepted_by(port, client_ports)
+            assert len(server_side) == 16
+            held = {worker: socket_inodes(worker) & set(server_side.values()) for worker in workers_of(process.pid)}
+            assert sum(len(inodes) for inodes in held.values()) == 16, held
+            # Each worker accepts from its own socket: 16 connections all on one has odds of 2**-15.
+            assert all(held.values()), held
+        finally:
+            for connection in connections:
+                connection.close()
+
+    def test_a_killed_worker_is_replaced_and_the_server_keeps_answering(self, two_workers) -> None:
+        base, _port, process, log = two_workers
+        victim, survivor = workers_of(process.pid)
+        os.kill(victim, signal.SIGKILL)
+        replaced = wait_for(lambda: [pid for pid in workers_of(process.pid) if pid != survivor and pid != victim],
+                            what="a replacement worker")
+        assert len(replaced) == 1
+        for _ in range(20):  # new connections each: both sockets are asked
+            assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
+        assert "starting another on its socket" in log.read_text()
+
+    def test_sigterm_stops_the_workers_and_the_supervisor_cleanly(self, two_workers) -> None:
+        _base, _port, process, log = two_workers
+        workers = workers_of(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        for worker in workers:
+            assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text()
+        assert "Traceback" not in log.read_text()
+
+    def test_a_port_in_use_is_a_clear_error_and_nothing_starts(self, demo_url) -> None:
+        url, cwd = demo_url
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = clearhouse("serve", "--port", str(port), "--workers", "2", url=url, cwd=cwd, timeout=60)
+        assert result.returncode == 1
+        output = result.stdout + result.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in output
+        assert "Traceback" not in output
+
+    def test_missing_master_keys_are_one_clear_error_before_any_worker_starts(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'clearhouse.db'}"
+        ok(clearhouse("db", "upgrade", url=url, cwd=tmp_path))
+        result = clearhouse("serve", "--port", str(free_port()), "--workers", "2", url=url, cwd=tmp_path, timeout=60)
+        assert result.returncode != 0
+        output = result.stdout + result.stderr
+        assert output.count("master key file") == 1
+        assert "Traceback" not in output
