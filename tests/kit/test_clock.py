@@ -6,6 +6,8 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clearhouse.kit import clock
 
@@ -84,6 +86,11 @@ class TestRfc3339:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text)
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         assert clock.rfc3339(parsed) == text
+
+    @given(st.datetimes(min_value=datetime(1000, 1, 2), max_value=datetime(9999, 12, 30),
+                        timezones=st.timezones()))
+    def test_any_aware_instant_is_its_utc_time_written_out(self, value: datetime):
+        assert clock.rfc3339(value) == value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def test_frozen_time_formats(self):
         with clock.frozen(AT):

@@ -37,5 +37,6 @@ class FrozenClock:
 
 
 def rfc3339(value: datetime) -> str:
-    """``2026-11-23T05:25:56.123456Z``: UTC, microseconds, Z suffix."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2026-11-23T05:25:56.123456Z``: UTC, microseconds, Z suffix (``isoformat`` is several times
+    cheaper than ``strftime``, and a view renders every timestamp it shows through here)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
