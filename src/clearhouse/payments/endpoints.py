@@ -68,7 +68,7 @@ def create_payment(body: PaymentCreate, request: Request) -> dict[str, Any]:
 @router.get("/payments", response_model=Page[PaymentOut], dependencies=_READ)
 def list_payments(
     request: Request,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: str | None = None,
     status: str | None = None,
     merchant_id: str | None = None,

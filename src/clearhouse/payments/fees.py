@@ -79,7 +79,7 @@ def _check(rule: dict[str, Any]) -> Rule:
         raise InvalidFeePlan(f"refund_fee_policy is one of {', '.join(REFUND_FEE_POLICIES)}")
     if rule.get("refund_cost_bearer", "platform") not in COST_BEARERS:
         raise InvalidFeePlan(f"refund_cost_bearer is one of {', '.join(COST_BEARERS)}")
-    return Rule(percent=str(percent.normalize()) if percent else "0", fixed=rule.get("fixed", 0),
+    return Rule(percent=format(percent.normalize(), "f") if percent else "0", fixed=rule.get("fixed", 0),
                 minimum=rule.get("minimum", 0),
                 refund_fee_policy=rule.get("refund_fee_policy", "proportional"),
                 refund_cost_bearer=rule.get("refund_cost_bearer", "platform"),

@@ -7,10 +7,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, UtcTime
-from clearhouse.kit.money import MAX_AMOUNT
 from clearhouse.vault.schemas import CardNumber, HolderName, MerchantRef
 
-Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT, description="Minor units of the currency")]
+MAX_PAYMENT_AMOUNT = 10**15
+"""The largest payment, capture, refund or top-up, in minor units (ten trillion of a two-decimal currency).
+Far below the ledger's limit of an amount (``kit.money.MAX_AMOUNT``, 2**63 - 1): every payment of a channel
+and currency goes through one clearing account, and an amount near the ledger's limit would
+overflow that shared balance after the channel had already charged the customer."""
+
+Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_PAYMENT_AMOUNT, description="Minor units of the currency")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 

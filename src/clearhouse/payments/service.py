@@ -182,6 +182,16 @@ def _attempt_view(a: Any) -> dict[str, Any]:
     }
 
 
+def _net_amount(row: Row) -> int:
+    """What the merchant nets: of a succeeded payment, what was captured less the fee; of one that
+    failed or was canceled, nothing; of one still under way, the amount less the fee it will bear."""
+    if row.status == state.SUCCEEDED:
+        return row.amount_captured - row.fee_amount
+    if row.status in (state.FAILED, state.CANCELED):
+        return 0
+    return row.amount - row.fee_amount
+
+
 def payment_view(row: Row, attempt_views: list[dict[str, Any]], timeline: list[dict[str, Any]] | None = None,
                  ) -> dict[str, Any]:
     view: dict[str, Any] = {
@@ -191,8 +201,7 @@ def payment_view(row: Row, attempt_views: list[dict[str, Any]], timeline: list[d
         "purpose": row.purpose, "channel": row.channel, "merchant_order_id": row.merchant_order_id,
         "description": row.description, "customer": orjson.loads(row.customer_json), "card_id": row.card_id,
         "wallet_id": row.wallet_id, "return_url": row.return_url, "metadata": orjson.loads(row.metadata_json),
-        "fees": orjson.loads(row.fees_json), "net_amount": row.amount_captured - row.fee_amount
-        if row.status == state.SUCCEEDED else row.amount - row.fee_amount,
+        "fees": orjson.loads(row.fees_json), "net_amount": _net_amount(row),
         "next_action": orjson.loads(row.next_action_json) if row.next_action_json else None,
         "failure_code": row.failure_code, "failure_message": row.failure_message,
         "authorization_expires_at": row.authorization_expires_at, "ledger_transfer_id": row.ledger_entry_id,
@@ -647,10 +656,16 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
     if not state.allowed(row.status, target):
         _event(session, row.id, "channel_ignored", status=result.status, source=source, current=row.status)
         return f"ignored:{row.status}"
+    if target == state.SUCCEEDED and row.status == state.REQUIRES_CAPTURE:
+        # The channel captured the hold (a capture whose answer we missed, seen again in its answer
+        # to a cancel or a query): post it for what the channel says it took, as a capture does.
+        captured = getattr(result, "captured_amount", None) or row.amount
+        _captured(session, row.id, min(captured, row.amount), source=source)
+        return f"{row.status}->{target}"
     now = clock.now()
     values: dict[str, Any] = {"status": target, "updated_at": now, "external_id": result.external_id or row.external_id}
     entry = None
-    if target == state.SUCCEEDED and row.status != state.REQUIRES_CAPTURE:
+    if target == state.SUCCEEDED:
         entry = _entry(session, row, pending=False)
         values.update(amount_captured=row.amount, ledger_entry_id=entry.id, next_action_json=None)
     elif target == state.REQUIRES_CAPTURE:
@@ -737,7 +752,7 @@ def _asking(channel: str) -> Iterator[None]:
         raise errors.ChannelNotAnswering(f"{channel}: {error.detail}; nothing changed, try again") from error
 
 
-def _captured(session: Session, payment_id: str, amount: int) -> None:
+def _captured(session: Session, payment_id: str, amount: int, source: str = "capture") -> None:
     row = _payment(session, payment_id, lock=True)
     if row.status != state.REQUIRES_CAPTURE:
         return  # a concurrent capture or expiry got there first; it recorded the outcome
@@ -754,7 +769,8 @@ def _captured(session: Session, payment_id: str, amount: int) -> None:
     session.execute(update(payments).where(payments.c.id == row.id).values(
         status=state.SUCCEEDED, amount_captured=amount, fee_amount=fee, channel_cost=cost,
         fees_json=canonical_json(items), updated_at=clock.now()))
-    _event(session, row.id, "status_changed", from_status=row.status, to_status=state.SUCCEEDED, captured=amount)
+    _event(session, row.id, "status_changed", from_status=row.status, to_status=state.SUCCEEDED, captured=amount,
+           source=source)
     _publish(session, row, state.SUCCEEDED)
 
 
@@ -1009,12 +1025,16 @@ def resolve_stuck(rt: Runtime, *, older_than_seconds: float = 30.0, limit: int =
             result = rt.channels[row.channel].query(row.reference)
         except (ChannelTimeout, ChannelUnavailable, ChannelError):
             continue
-        if result.status == protocol.NOT_FOUND:
-            # The channel never saw it (we crashed before the call): nothing was charged.
-            _tx(rt, lambda s, r=row: _never_sent(s, r.id, r.reference))
-        else:
-            _tx(rt, lambda s, r=row, res=result: apply_result(s, r.reference, res, source="query",
-                                                                                hold_hours=_hold(rt)))
+        try:
+            if result.status == protocol.NOT_FOUND:
+                # The channel never saw it (we crashed before the call): nothing was charged.
+                _tx(rt, lambda s, r=row: _never_sent(s, r.id, r.reference))
+            else:
+                _tx(rt, lambda s, r=row, res=result: apply_result(s, r.reference, res, source="query",
+                                                                  hold_hours=_hold(rt)))
+        except Exception:  # noqa: BLE001 - one payment that cannot be applied must not hold up the others
+            log.exception("payment_resolve_failed", payment=row.id, attempt=row.reference)
+        # Asked: to the back of the queue, applied or not.
         _tx(rt, lambda s, r=row: s.execute(update(payments).where(
             payments.c.id == r.id, payments.c.status.in_((state.PROCESSING, state.REQUIRES_ACTION))).values(
                 updated_at=clock.now())))
@@ -1066,9 +1086,14 @@ def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
         .limit(limit)).all())
     for row in rows:
         try:
-            rt.channels[row.channel].cancel(row.reference)
+            result = rt.channels[row.channel].cancel(row.reference)
         except (ChannelTimeout, ChannelUnavailable, ChannelError):
             log.warning("authorization_cancel_failed", payment=row.id)
+        else:
+            if result.status == protocol.APPROVED:  # captured after all (its answer was lost): not released
+                _tx(rt, lambda s, r=row, found=result: apply_result(s, r.reference, found, source="expiry",
+                                                                    hold_hours=_hold(rt)))
+                continue
         _tx(rt, lambda s, r=row: _canceled(s, r.id, "authorization_expired"))
     return len(rows)
 

@@ -54,7 +54,7 @@ def create_product(body: ProductCreate, request: Request) -> dict[str, Any]:
 @router.get("/v1/products", response_model=Page[ProductOut], dependencies=_READ)
 def list_products(
     request: Request,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: str | None = None,
     active: bool | None = None,
 ) -> Page[Any]:
@@ -114,7 +114,7 @@ def create_order(body: OrderCreate, request: Request) -> dict[str, Any]:
 @router.get("/v1/orders", response_model=Page[OrderOut], dependencies=_READ)
 def list_orders(
     request: Request,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: str | None = None,
     status: str | None = None,
     product_id: str | None = None,

@@ -1,0 +1,117 @@
+"""Defects an exploratory test of the payments API found (2026-11-24), each held by a test through
+the API: a capture whose answer was lost, amounts near the ledger's limit, fee percentages written
+in exponent form, list limits, and the net amount of a payment that took nothing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from clearhouse.channels.connectors import sandbox
+from clearhouse.channels.connectors.sandbox_card import CARD_DECLINED
+from clearhouse.kit import clock
+from clearhouse.payments import service as payments
+from clearhouse.payments.schemas import MAX_PAYMENT_AMOUNT
+from tests.payments.support import balances, card_body, ledger_verifies
+
+
+def _held(shop, amount: int = 10000) -> dict:
+    response = shop.post("/v1/payments", json=card_body(amount, capture_method="manual"))
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "requires_capture"
+    return response.json()
+
+
+class TestACaptureWhoseAnswerWasLost:
+    """The channel captured, but its answer timed out: what it says later must post the hold."""
+
+    def test_a_cancel_that_finds_it_captured_posts_the_capture(self, app, client, merchant_client_factory):
+        shop, merchant_id = merchant_client_factory()
+        payment = _held(shop)
+        card = app.state.channels["sandbox_card"]
+        card.faults = sandbox.FaultProfile(timeout_rate=1.0, seed=1)
+        lost = shop.post(f"/v1/payments/{payment['id']}/capture", json={"amount": 6000})
+        assert lost.status_code == 409 and lost.json()["code"] == "channel_not_answering"
+        card.faults = sandbox.FaultProfile()
+        refused = shop.post(f"/v1/payments/{payment['id']}/cancel", json={})
+        assert refused.status_code == 409
+        assert refused.json()["code"] == "payment_state_conflict"
+        after = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert after["status"] == "succeeded"
+        assert after["amount_captured"] == 6000
+        # 0.6% of the 60.00 captured, as a capture of 60.00 charges.
+        assert after["fees"][0]["amount"] == 36
+        assert after["net_amount"] == 6000 - 36
+        held = client.get(f"/v1/ledger/transfers/{after['ledger_transfer_id']}").json()
+        assert held["status"] == "posted", held  # the hold is resolved, not left pending
+        assert balances(app, merchant_id)["merchant"] == 6000 - 36
+        refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 1000})
+        assert refund.status_code == 201, refund.text
+        ledger_verifies(app)
+
+    def test_an_expiry_that_finds_it_captured_posts_it_instead_of_releasing_it(self, app, merchant_client_factory):
+        shop, merchant_id = merchant_client_factory()
+        payment = _held(shop)
+        card = app.state.channels["sandbox_card"]
+        card.faults = sandbox.FaultProfile(timeout_rate=1.0, seed=1)
+        assert shop.post(f"/v1/payments/{payment['id']}/capture", json={}).status_code == 409
+        card.faults = sandbox.FaultProfile()
+        with clock.frozen(clock.now() + timedelta(days=8)):
+            assert payments.expire_authorizations(payments.Runtime.of(app)) == 1
+        after = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert after["status"] == "succeeded"
+        assert after["amount_captured"] == 10000
+        assert balances(app, merchant_id)["merchant"] == 10000 - 60
+        ledger_verifies(app)
+
+
+class TestAmounts:
+    def test_a_payment_above_the_payment_limit_is_refused_and_nothing_is_stored(self, merchant_client_factory):
+        shop, _ = merchant_client_factory()
+        response = shop.post("/v1/payments", json=card_body(MAX_PAYMENT_AMOUNT + 1))
+        assert response.status_code == 422
+        assert response.json()["code"] == "validation_error"
+        assert shop.get("/v1/payments").json()["data"] == []
+
+    def test_the_largest_payment_goes_through_and_the_ledger_holds(self, app, merchant_client_factory):
+        shop, merchant_id = merchant_client_factory()
+        response = shop.post("/v1/payments", json=card_body(MAX_PAYMENT_AMOUNT))
+        assert response.status_code == 201, response.text
+        assert response.json()["status"] == "succeeded"
+        assert balances(app, merchant_id)["merchant"] == response.json()["net_amount"]
+        ledger_verifies(app)
+
+
+class TestViews:
+    @pytest.mark.parametrize(("percent", "shown"), [("10", "10"), ("100", "100"), ("0.50", "0.5"), ("2.90", "2.9")])
+    def test_fee_percentages_are_plain_decimals(self, client, merchant_client_factory, percent, shown):
+        shop, merchant_id = merchant_client_factory()
+        plan = client.put(f"/v1/fee_plans/{merchant_id}", json={"rules": [
+            {"method": "card", "currency": "CNY", "percent": percent}]})
+        assert plan.status_code == 200, plan.text
+        assert plan.json()["rules"][0]["percent"] == shown
+        paid = shop.post("/v1/payments", json=card_body(1000)).json()
+        assert paid["fees"][0]["percent"] == shown
+
+    def test_a_declined_payment_nets_nothing(self, merchant_client_factory):
+        shop, _ = merchant_client_factory()
+        declined = shop.post("/v1/payments", json=card_body(10000, number=CARD_DECLINED)).json()
+        assert declined["status"] == "failed"
+        assert declined["net_amount"] == 0
+
+    def test_a_canceled_payment_nets_nothing(self, merchant_client_factory):
+        shop, _ = merchant_client_factory()
+        payment = _held(shop)
+        canceled = shop.post(f"/v1/payments/{payment['id']}/cancel", json={})
+        assert canceled.status_code == 200, canceled.text
+        assert canceled.json()["status"] == "canceled"
+        assert canceled.json()["net_amount"] == 0
+
+    @pytest.mark.parametrize("path", ["/v1/payments", "/v1/orders", "/v1/products"])
+    def test_lists_take_limits_up_to_500_like_every_other_list(self, merchant_client_factory, path):
+        shop, _ = merchant_client_factory()
+        assert shop.get(f"{path}?limit=500").status_code == 200
+        too_many = shop.get(f"{path}?limit=501")
+        assert too_many.status_code == 422
+        assert too_many.json()["code"] == "validation_error"
