@@ -115,3 +115,45 @@ class TestViews:
         too_many = shop.get(f"{path}?limit=501")
         assert too_many.status_code == 422
         assert too_many.json()["code"] == "validation_error"
+
+
+class TestListsNewestFirst:
+    """Ids derived from an ``Idempotency-Key`` are hashes: lists must still be newest first, page by page."""
+
+    @staticmethod
+    def _pages(shop, path: str, limit: int) -> list[str]:
+        seen, after = [], None
+        while True:
+            query = f"{path}?limit={limit}" + (f"&starting_after={after}" if after else "")
+            page = shop.get(query).json()
+            seen += [item["id"] for item in page["data"]]
+            if not page["has_more"]:
+                return seen
+            after = seen[-1]
+
+    def test_payments_made_with_keys_are_listed_newest_first_across_pages(self, merchant_client_factory):
+        shop, _ = merchant_client_factory()
+        made = []
+        for n in range(7):
+            with clock.frozen(clock.now() + timedelta(seconds=n)):
+                response = shop.post("/v1/payments", json=card_body(1000 + n), headers={"Idempotency-Key": f"k-{n}"})
+            assert response.status_code == 201, response.text
+            made.append(response.json()["id"])
+        assert sorted(made) != made  # the keyed ids are not in time order: the test means something
+        assert self._pages(shop, "/v1/payments", 3) == made[::-1]
+        assert shop.get("/v1/payments?starting_after=pay_nothing_like_it").json()["data"] == []
+
+    def test_orders_made_with_keys_are_listed_newest_first_across_pages(self, merchant_client_factory):
+        from tests.payments.orders.support import CARD, make_product, order_body
+
+        shop, _ = merchant_client_factory()
+        product = make_product(shop, [f"CODE-{n}" for n in range(6)], amount=1000)
+        made = []
+        for n in range(6):
+            with clock.frozen(clock.now() + timedelta(seconds=n)):
+                response = shop.post("/v1/orders", json=order_body(product["id"], details=CARD),
+                                     headers={"Idempotency-Key": f"order-{n}"})
+            assert response.status_code == 201, response.text
+            made.append(response.json()["id"])
+        assert sorted(made) != made
+        assert self._pages(shop, "/v1/orders", 4) == made[::-1]

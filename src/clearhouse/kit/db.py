@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import asyncpg
 import psycopg
 import structlog
-from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy import Engine, Select, Table, and_, create_engine, event, or_, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -805,3 +805,20 @@ def current_revision(engine: Engine) -> str | None:
 
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def newest_first(session: Session, query: Select[Any], table: Table, starting_after: str | None) -> Select[Any] | None:
+    """``query`` ordered newest first by (``created_at``, ``id``), continuing after the row ``starting_after``.
+
+    Ids are not always in time order (an id derived from an ``Idempotency-Key`` is a hash), so a list
+    that promises newest first orders by the creation time, the id breaking ties. None when
+    ``starting_after`` names no row: the caller answers an empty page."""
+    query = query.order_by(table.c.created_at.desc(), table.c.id.desc())
+    if not starting_after:
+        return query
+    created_at = session.execute(table.select().with_only_columns(table.c.created_at)
+                                 .where(table.c.id == starting_after)).scalar()
+    if created_at is None:
+        return None
+    return query.where(or_(table.c.created_at < created_at,
+                           and_(table.c.created_at == created_at, table.c.id < starting_after)))

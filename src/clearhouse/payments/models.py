@@ -35,6 +35,7 @@ class Payment(Base):
         CheckConstraint("amount_refunded >= 0 AND amount_refunded + amount_refund_pending <= amount_captured",
                         name="refunds_within_captured"),
         Index("ix_payments_merchant", "merchant_id", "id"),
+        Index("ix_payments_merchant_created", "merchant_id", "created_at", "id"),  # lists, newest first
         Index("ix_payments_status", "status", "updated_at"),
     )
 

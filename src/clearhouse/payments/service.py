@@ -50,7 +50,7 @@ from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
 from clearhouse.kit.canonical import canonical_json
-from clearhouse.kit.db import WrittenRow, group_transact, is_postgresql, transact
+from clearhouse.kit.db import WrittenRow, group_transact, is_postgresql, newest_first, transact
 from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.kit.money import allocate, rate_of
 from clearhouse.ledger import errors as ledger_errors
@@ -226,7 +226,7 @@ def get_payment(session: Session, principal: Principal | None, payment_id: str) 
 def list_payments(session: Session, principal: Principal, *, merchant_id: str | None, status: str | None,
                   merchant_order_id: str | None, limit: int, starting_after: str | None,
                   ) -> tuple[list[dict[str, Any]], bool]:
-    query = select(payments).order_by(payments.c.id.desc()).limit(limit + 1)
+    query = select(payments).limit(limit + 1)
     owner = principal.merchant_id or merchant_id
     if principal.merchant_id and merchant_id and merchant_id != principal.merchant_id:
         return [], False
@@ -236,9 +236,10 @@ def list_payments(session: Session, principal: Principal, *, merchant_id: str | 
         query = query.where(payments.c.status == status)
     if merchant_order_id:
         query = query.where(payments.c.merchant_order_id == merchant_order_id)
-    if starting_after:
-        query = query.where(payments.c.id < starting_after)
-    rows = session.execute(query).all()
+    paged = newest_first(session, query, payments, starting_after)
+    if paged is None:
+        return [], False
+    rows = session.execute(paged).all()
     more = len(rows) > limit
     rows = rows[:limit]
     views = _attempt_views(session, [r.id for r in rows])

@@ -44,7 +44,7 @@ from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
 from clearhouse.kit.canonical import canonical_json
 from clearhouse.kit.crypto import CryptoError, FieldCipher
-from clearhouse.kit.db import is_postgresql, transact
+from clearhouse.kit.db import is_postgresql, newest_first, transact
 from clearhouse.kit.errors import ClearhouseError, NotFound
 from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.kit.money import MAX_AMOUNT
@@ -324,16 +324,17 @@ def get_order(session: Session, principal: Principal | None, order_id: str) -> d
 
 def list_orders(session: Session, principal: Principal, *, status: str | None, product_id: str | None,
                 limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    query = select(orders).order_by(orders.c.id.desc()).limit(limit + 1)
+    query = select(orders).limit(limit + 1)
     if principal.merchant_id:
         query = query.where(orders.c.merchant_id == principal.merchant_id)
     if status:
         query = query.where(orders.c.status == status)
     if product_id:
         query = query.where(orders.c.product_id == product_id)
-    if starting_after:
-        query = query.where(orders.c.id < starting_after)
-    rows = session.execute(query).all()
+    paged = newest_first(session, query, orders, starting_after)
+    if paged is None:
+        return [], False
+    rows = session.execute(paged).all()
     more = len(rows) > limit
     return [order_view(session, r) for r in rows[:limit]], more
 
