@@ -121,6 +121,9 @@ class TestUrlRules:
         "https://127.0.0.1/hook", "https://10.1.2.3/hook", "https://192.168.0.5/hook", "https://169.254.169.254/x",
         "https://[::1]/hook", "https://localhost/hook", "https://db.internal/hook", "https://intranet/hook",
         "http://127.0.0.1:8080/hook", "https://[fd00::1]/hook", "https://2130706433/hook",
+        # IPv6 forms a gateway delivers to the IPv4 address inside: NAT64, 6to4, IPv4-mapped.
+        "https://[64:ff9b::7f00:1]/hook", "https://[64:ff9b::a01:203]/hook", "https://[2002:7f00:1::]/hook",
+        "https://[2002:c0a8:5::1]/hook", "https://[::ffff:127.0.0.1]/hook",
     ])
     def test_inside_addresses_are_refused_in_production(self, url: str):
         with pytest.raises(service.InvalidWebhookUrl):
@@ -128,7 +131,7 @@ class TestUrlRules:
 
     @pytest.mark.parametrize("url", [
         "https://shop.example.com/hooks?x=1", "https://93.184.216.34:8443/hook", "https://[2606:4700::1111]/h",
-        "https://bücher.example/hook",
+        "https://bücher.example/hook", "https://[64:ff9b::5db8:d822]/hook", "https://[2002:5db8:d822::1]/hook",
     ])
     def test_public_https_is_accepted(self, url: str):
         assert service.check_url(url, allow_private=False) == url

@@ -49,7 +49,7 @@ from clearhouse.kit.ids import new_ids
 from clearhouse.kit.settings import Settings
 from clearhouse.webhooks import repository
 from clearhouse.webhooks.models import ERROR_MAX, RESPONSE_EXCERPT_MAX
-from clearhouse.webhooks.service import secret_context
+from clearhouse.webhooks.service import is_public, secret_context
 
 log = structlog.get_logger(__name__)
 
@@ -160,7 +160,7 @@ def _private_destination(url: str) -> str | None:
         return None  # unresolvable: the request itself fails and is recorded as such
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global:
+        if not is_public(address):
             return str(address)
     return None
 

@@ -107,6 +107,24 @@ def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return None
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A public address, and so is any IPv4 address an IPv6 one carries: IPv4-mapped, 6to4, Teredo and
+    NAT64 (``64:ff9b::/96``) addresses count as global, yet a gateway delivers them to the IPv4 address
+    inside, which may be loopback or private (``64:ff9b::7f00:1`` is 127.0.0.1)."""
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if inner is None and address in _NAT64:
+            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if inner is not None and not inner.is_global:
+            return False
+    return True
+
+
 def check_url(url: str, *, allow_private: bool) -> str:
     """The URL if it may receive webhooks, else ``InvalidWebhookUrl`` saying why.
 
@@ -148,7 +166,7 @@ def check_url(url: str, *, allow_private: bool) -> str:
         # A name without a dot is resolved through the local search domains: an inside name.
         private = len(labels) == 1 or _is_private_name(ascii_host)
     else:
-        private = not address.is_global
+        private = not is_public(address)
         if address.is_unspecified or address.is_multicast:
             raise InvalidWebhookUrl("the host is not an address a request can go to")
     if private and not allow_private:
