@@ -76,6 +76,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_ready(base: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    """Until ``base``/readyz answers 200; fails with the server's log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"serve exited early:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"serve not ready in {timeout} s:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> tuple[str, Path]:
     """A database URL for a file that does not exist yet, and a working directory."""
@@ -359,25 +385,10 @@ def server(db) -> Iterator[tuple[str, str, Path, subprocess.Popen]]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"serve exited early:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"serve not ready in 60 s:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_until_ready(base, process, log)
         yield base, url, log, process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def demo_client(base: str, url: str, who: str = "platform") -> httpx.Client:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from clearhouse.identity.signing import ClearhouseAuth
-from tests.test_cli import CLI, clearhouse, environment, free_port, ok
+from tests.test_cli import CLI, clearhouse, environment, free_port, ok, stop, wait_until_ready
 
 MASTER_KEY = "mk_cli:" + base64.b64encode(bytes(range(100, 132))).decode()
 SAME_ID_OTHER_BYTES = "mk_cli:" + base64.b64encode(bytes(range(1, 33))).decode()
@@ -71,24 +70,10 @@ def serving(where: tuple[str, Path], **env: str) -> Iterator[str]:
                                    cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"serve exited early:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"serve not ready in 60 s:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_until_ready(base, process, log)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         assert "Traceback" not in log.read_text(), log.read_text()
 
 

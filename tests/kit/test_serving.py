@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from clearhouse.kit.serving import own_sockets
-from tests.test_cli import CLI, clearhouse, environment, free_port, ok
+from tests.test_cli import CLI, clearhouse, environment, free_port, ok, stop, wait_until_ready
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
 
@@ -60,19 +60,6 @@ def accepted_by(port: int, client_ports: set[int]) -> dict[int, int]:
     return found
 
 
-def wait_ready(base: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, f"serve exited early:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"serve not ready in {timeout} s:\n{log.read_text()}"
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-
-
 def wait_for(condition, timeout: float = 30, what: str = "the condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,17 +89,11 @@ def two_workers(demo_url, tmp_path: Path) -> Iterator[tuple[str, int, subprocess
                                    env=environment(url), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, process, log)
+        wait_until_ready(base, process, log)
         wait_for(lambda: len(workers_of(process.pid)) == 2, what="two workers")
         yield base, port, process, log
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout=30)
 
 
 class TestOwnSockets:
