@@ -143,10 +143,10 @@ class TestServeWithWorkers:
         victim, survivor = workers_of(process.pid)
         os.kill(victim, signal.SIGKILL)
         replaced = wait_for(lambda: [pid for pid in workers_of(process.pid) if pid != survivor and pid != victim],
-                            what="a replacement worker")
+                            timeout=90, what="a replacement worker")
         assert len(replaced) == 1
         for _ in range(20):  # new connections each: both sockets are asked
-            assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
+            assert httpx.get(f"{base}/healthz", timeout=90).status_code == 200  # the replacement may be starting
         assert "starting another on its socket" in log.read_text()
 
     def test_sigterm_stops_the_workers_and_the_supervisor_cleanly(self, two_workers) -> None:

@@ -12,7 +12,9 @@ them by a hash of each connection's addresses.
 - The supervisor keeps the sockets. A worker that dies is replaced on its own socket, and the
   connections queued on it wait for the replacement instead of being refused. A worker that exits
   with an error before it ever served (a broken configuration would end every replacement the same
-  way) stops the whole server, which then exits non-zero; one killed by a signal is replaced.
+  way) stops the whole server, which then exits non-zero, and so does one that has not started serving
+  within five minutes; one killed by a signal is replaced. A worker is pinged for health only once it
+  serves, so a loaded machine that takes long to import the app does not get its workers killed as hung.
 - The children are uvicorn's (``uvicorn.supervisors.multiprocess.Process``: spawned, answering the
   supervisor's health pings over a pipe), so they start, log and shut down as uvicorn's do.
 - SIGINT or SIGTERM stops the workers gracefully (uvicorn finishes the requests in flight), then the
@@ -28,6 +30,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from types import FrameType
 
 import uvicorn
@@ -68,18 +71,22 @@ def own_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[s
 class Supervisor:
     """Runs one uvicorn worker process per socket and keeps each alive until told to stop."""
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], *, check_every: float = 0.5) -> None:
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], *, check_every: float = 0.5,
+                 start_timeout: float = 300.0) -> None:
         self.config = config
         self.sockets = sockets
         self.check_every = check_every
         self.workers: list[Process] = []
         self.serving: set[int] = set()  # the slots whose worker has answered that it serves
+        self.started: dict[int, float] = {}  # when each slot's worker was started (monotonic)
+        self.start_timeout = start_timeout
         self.stop = threading.Event()
         self.failed = False
 
     def _start(self, index: int) -> Process:
         worker = Process(self.config, [self.sockets[index]])
         worker.start()
+        self.started[index] = time.monotonic()
         return worker
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -108,14 +115,24 @@ class Supervisor:
         for index, worker in enumerate(self.workers):
             if self.stop.is_set():
                 return
-            if worker.is_alive(timeout=timeout):
-                if index not in self.serving and worker.is_ready(timeout=timeout):
+            never_started = False
+            if index in self.serving:
+                if worker.is_alive(timeout=timeout):  # a ping: a worker that stopped answering is hung
+                    continue
+            elif worker.process.is_alive():
+                # Starting (a loaded machine can take many seconds to import the app): not pinged to
+                # death, only asked whether it serves yet, up to a deadline.
+                if worker.is_ready(timeout=0.2):
                     self.serving.add(index)
-                continue
+                    continue
+                if time.monotonic() - self.started[index] < self.start_timeout:
+                    continue
+                logger.error("worker [%s] did not start serving in %s s", worker.pid, self.start_timeout)
+                never_started = True
             worker.kill()  # it may hang rather than be gone
             worker.join()
             exited = worker.exitcode is not None and worker.exitcode > 0  # not killed by a signal
-            if worker.exitcode == STARTUP_FAILURE or (exited and index not in self.serving):
+            if never_started or worker.exitcode == STARTUP_FAILURE or (exited and index not in self.serving):
                 # It gave up before it served: the app, the settings or the database are wrong, and
                 # every replacement would end the same way.
                 logger.error("worker [%s] exited before it served (exit code %s); stopping", worker.pid,
