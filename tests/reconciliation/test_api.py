@@ -7,6 +7,7 @@ import io
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import text
 
@@ -165,6 +166,31 @@ class TestEveryClassThroughTheApi:
         assert second.json()["id"] in closed["resolution_reason"]
 
 
+class TestDeltas:
+    def test_a_fee_mismatch_posts_the_fee_gap_only_not_an_amount_gap_within_tolerance(self, client, day_of_payments):
+        rules = {"timing_cutoff_minutes": 0, "amount_tolerance_minor": 50}
+        assert client.put(f"/v1/recon_rules/{CHANNEL}", json={"rules": rules}).status_code == 200
+        rows, day = day_of_payments["rows"], day_of_payments["day"]
+        content = "\n".join([HEADER, _line(rows[0], day, amount=rows[0].amount + 30, fee=rows[0].channel_cost + 5),
+                             *[_line(r, day) for r in rows[1:]]]) + "\n"
+        run = _upload(client, content, day).json()
+        (case,) = client.get(f"/v1/reconciliations/{run['id']}/cases").json()["data"]
+        assert (case["class"], case["difference"], case["delta"]) == ("fee_mismatch", 5, -5)  # our fee - theirs
+
+
+class TestStatementsWithoutFees:
+    def test_a_line_without_a_fee_is_no_fee_mismatch_and_reports_its_whole_amount(self, client, day_of_payments):
+        rows, day = day_of_payments["rows"], day_of_payments["day"]
+        no_fee = [f"{r.reference},{r.external_id or ''},payment,succeeded,{r.amount},,{r.currency},{day},,"
+                  for r in rows]
+        run = _upload(client, "\n".join([HEADER, *no_fee]) + "\n", day).json()
+        assert run["classes"]["matched"]["count"] == 7 and run["classes"]["fee_mismatch"]["count"] == 0, run
+        assert run["case_count"] == 0
+        (figures,) = run["clearing"].values()
+        assert figures["reported"] == sum(r.amount for r in rows)
+        assert figures["expected"] == sum(r.amount - r.channel_cost for r in rows)
+
+
 class TestImportRules:
     def test_the_same_file_twice_is_refused_and_changes_nothing(self, client, day_of_payments):
         content = _statement_with_every_class(day_of_payments)
@@ -207,6 +233,31 @@ class TestImportRules:
         answer = client.put(f"/v1/recon_rules/{CHANNEL}", json={"rules": {"date_window_days": -1}})
         assert answer.status_code == 422 and answer.json()["code"] == "validation_error"
 
+    @pytest.mark.parametrize("zones", [{"timezone": "Mars/Base", "calendar": "UTC"},
+                                       {"timezone": "UTC", "calendar": "Mars/Base"}])
+    def test_a_mapping_with_an_unknown_time_zone_is_refused(self, app, client, zones):
+        mapping = {"columns": {"our_ref": "ref", "amount": "amt", "currency": "cur", "booked_on": "day"},
+                   "date_format": "%Y-%m-%d %H:%M", **zones}
+        answer = client.put("/v1/recon_rules/chan_tz", json={"rules": {}, "mapping": mapping})
+        assert answer.status_code == 422 and answer.json()["code"] == "validation_error"
+        assert "Mars/Base" in answer.text
+        content = "ref,amt,cur,day\nr1,100,CNY,2026-11-23 10:00\n"
+        dry = client.post("/v1/recon_rules/chan_tz/dry_run",
+                          data={"format": "csv", "statement_date": "2026-11-23",
+                                "rules": orjson.dumps({"rules": {}, "mapping": mapping}).decode()},
+                          files={"file": ("s.csv", io.BytesIO(content.encode()), "text/csv")})
+        assert dry.status_code == 422 and dry.json()["code"] == "validation_error"
+        # One saved before the check existed is a 422 on import too, never a 500.
+        assert client.put("/v1/recon_rules/chan_tz", json={"rules": {}, "mapping": {
+            **mapping, "timezone": "UTC", "calendar": "UTC"}}).status_code == 200
+        transact(app.state.engine, lambda s: s.execute(text("UPDATE recon_rules SET mapping_json = :m WHERE channel"
+                                                            " = 'chan_tz'"), {"m": orjson.dumps(mapping).decode()}))
+        answer = client.post("/v1/reconciliations", data={"format": "csv", "channel": "chan_tz",
+                                                          "statement_date": "2026-11-23"},
+                             files={"file": ("s.csv", io.BytesIO(content.encode()), "text/csv")})
+        assert answer.status_code == 422 and answer.json()["code"] == "validation_error", answer.text
+        assert client.get("/v1/reconciliations").json()["data"] == []
+
 
 class TestMakerChecker:
     def test_a_large_adjustment_waits_for_a_second_person(self, app, day_of_payments, user_client_factory):
@@ -229,6 +280,31 @@ class TestMakerChecker:
         small = _cases_by_class(maker, run["id"])["amount_mismatch"]  # delta 100: no second person
         assert maker.post(f"/v1/recon_cases/{small['id']}/resolve",
                           json={"action": "adjust", "reason": "paid 1.00 more"}).status_code == 200
+        ledger_verifies(app)
+
+
+    def test_an_auto_resolve_rule_never_posts_above_the_threshold(self, app, client, day_of_payments):
+        app.state.settings = app.state.settings.model_copy(update={"recon_approval_threshold": 1000})
+        rule = {"class": "missing_in_ledger", "action": "adjust", "reason": "known stray credits"}
+        assert client.put(f"/v1/recon_rules/{CHANNEL}", json={"rules": {"timing_cutoff_minutes": 0,
+                                                                       "auto_resolve": [rule]}}).status_code == 200
+        rows, day = day_of_payments["rows"], day_of_payments["day"]
+        content = "\n".join([HEADER, *[_line(r, day) for r in rows],
+                             f"pat_big_0001,ch_big,payment,succeeded,2500,10,CNY,{day},,",  # delta 2490 > 1000
+                             f"pat_small_0001,ch_small,payment,succeeded,1000,0,CNY,{day},,"]) + "\n"  # at it
+        run = _upload(client, content, day).json()
+        cases = {c["our_ref"]: c for c in client.get(f"/v1/reconciliations/{run['id']}/cases").json()["data"]}
+        small = client.get(f"/v1/recon_cases/{cases['pat_small_0001']['id']}").json()
+        assert small["state"] == "resolved" and small["resolution"] == "rule"
+        assert small["ledger_entry_id"] == f"tr_{small['id']}"
+        big = client.get(f"/v1/recon_cases/{cases['pat_big_0001']['id']}").json()
+        assert big["state"] == "open" and big["ledger_entry_id"] is None and big["resolution"] is None
+        (held,) = big["events"]
+        assert held["type"] == "rule_held" and "approval threshold of 1000" in held["body"]
+        assert run["case_states"] == {"open": 1, "resolved": 1}
+        # People can still resolve it, through a second person.
+        answer = client.post(f"/v1/recon_cases/{big['id']}/resolve", json={"action": "adjust", "reason": "stray"})
+        assert answer.status_code == 202, answer.text
         ledger_verifies(app)
 
 
@@ -266,6 +342,22 @@ class TestClearingReport:
         assert csv_answer.text.splitlines()[1].startswith(f"{day.isoformat()},{CHANNEL},CNY,{net},{net},0,{net}")
         page = client.get("/v1/clearing/daily", params={"date": day.isoformat(), "format": "html"})
         assert "<svg" in page.text and CHANNEL in page.text
+
+    def test_a_second_file_of_the_day_replaces_the_first_in_the_figures(self, client, day_of_payments):
+        """A re-issued statement of one day: our expected money counts once, the channel's is the latest file's;
+        the first file's case (the line it lacked) still counts until someone resolves it."""
+        rows, day = day_of_payments["rows"], day_of_payments["day"]
+        first = "\n".join([HEADER, *[_line(r, day) for r in rows[:-1]]]) + "\n"
+        second = "\n".join([HEADER, *[_line(r, day) for r in rows]]) + "\n"
+        assert _upload(client, first, day).status_code == 201
+        one = client.get("/v1/clearing/daily", params={"date": day.isoformat()}).json()["channels"]
+        net = sum(r.amount - r.channel_cost for r in rows)
+        last = rows[-1].amount - rows[-1].channel_cost
+        assert [(line["expected"], line["reported"], line["discrepancies"]) for line in one] == [(net, net - last, 1)]
+        assert _upload(client, second, day, name="corrected.csv").status_code == 201
+        (line,) = client.get("/v1/clearing/daily", params={"date": day.isoformat()}).json()["channels"]
+        assert (line["expected"], line["reported"], line["net_position"]) == (net, net, net)
+        assert line["discrepancies"] == 1 and line["open_cases"] == 1 and len(line["reconciliations"]) == 2
 
     def test_discrepancies_and_open_cases_are_counted_per_currency(self, client, day_of_payments):
         day = day_of_payments["day"]

@@ -142,6 +142,11 @@ class TestPassOneExact:
             "matched", 3, 2, [2, 5])
         assert (result["theirs_amount"], result["theirs_fee"]) == (10_000, 170)
 
+    def test_a_split_whose_lines_state_no_fee_states_none(self):
+        result = only(run([line(2, "att_p1", 6_000, None), line(5, "att_p1", 4_000, None)],
+                          [ours("p1", 10_000, 170)]))
+        assert (result["class"], result["theirs_amount"], result["theirs_fee"]) == ("matched", 10_000, None)
+
     def test_a_split_whose_fees_differ_is_a_fee_mismatch(self):
         result = only(run([line(2, "att_p1", 6_000, 100), line(3, "att_p1", 4_000, 90)], [ours("p1", 10_000, 170)]))
         assert (result["class"], result["pass_no"], result["difference"]) == ("fee_mismatch", 3, 20)

@@ -299,17 +299,33 @@ def settle_timing(session: Session, run_id: str, channel: str, with_lines: Calla
     return closed
 
 
-def apply_rules(session: Session, run_id: str, rules: Any, now: datetime) -> int:
-    """Resolve this run's open cases that a channel rule explains; returns how many."""
+def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, threshold: int | None = None) -> int:
+    """Resolve this run's open cases that a channel rule explains; returns how many.
+
+    A rule is nobody's second pair of eyes: a case whose entry would post more than ``threshold``
+    (``recon_approval_threshold``; None: the configured one) stays open for people, with an event
+    saying which rule matched and why it was not applied."""
     from clearhouse.reconciliation.rules import auto_resolution
 
     if not rules.auto_resolve:
         return 0
+    if threshold is None:
+        from clearhouse.kit.settings import get_settings
+
+        threshold = get_settings().recon_approval_threshold
     settled = 0
     for row in session.execute(_select_cases().where(cases.c.reconciliation_id == run_id,
                                                    cases.c.state == "open")).all():
         rule = auto_resolution(rules, row.class_, difference_of(row))
         if rule is None:
+            continue
+        if rule.action != "accept" and abs(row.delta) > threshold:
+            new_event(session, row.id, "rule_held", SYSTEM,
+                      body=f"rule ({rule.action}): {rule.reason}: not applied, its entry of {abs(row.delta)}"
+                           f" {row.currency} minor units is above the approval threshold of {threshold}:"
+                           f" a person resolves it (and a second person approves)",
+                      detail={"action": rule.action, "reason": rule.reason, "delta": row.delta,
+                              "threshold": threshold}, now=now)
             continue
         account = getattr(rule, "account", None) or "suspense"
         _apply(session, row, action=rule.action, resolution="rule", account=account, by=SYSTEM, now=now,

@@ -7,6 +7,10 @@ imported under a channel's name tells what that channel actually paid into our a
 (``expected - received``), and ``clearing_balance`` is the ledger's ``channel_clearing:C``
 balance at the end of the day: the money in flight, which reconciliation proves.
 
+A channel statement is the channel's whole day: when a day's statement is imported again (a
+corrected file), ``expected`` and ``reported`` are those of the latest import, not a sum over
+files; ``received`` adds up every bank statement of the day, and the cases of every run count.
+
 The report is JSON, CSV, or HTML with an SVG bar chart (pygal).
 """
 
@@ -52,7 +56,7 @@ def daily_report(session: Session, day: date, *, channel: str | None = None) -> 
     query = (select(runs.c.id, runs.c.channel, runs.c.clearing_json, runs.c.rules_json,
                     statements.c.format)
              .join(statements, statements.c.id == runs.c.statement_id)
-             .where(runs.c.statement_date == day).order_by(runs.c.channel, runs.c.id))
+             .where(runs.c.statement_date == day).order_by(runs.c.channel, runs.c.created_at, runs.c.id))
     if channel:
         query = query.where(runs.c.channel == channel)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -65,6 +69,10 @@ def daily_report(session: Session, day: date, *, channel: str | None = None) -> 
                func.sum(is_open).label("open"))
         .where(cases.c.reconciliation_id.in_([run.id for run in day_runs]))
         .group_by(cases.c.reconciliation_id, cases.c.currency))}
+    # A channel statement speaks for the channel's whole day (matching holds every line of ours that day
+    # against it), so a second one of the same day is a re-issue: the latest one's figures stand. Adding
+    # them up would count the day's expected money (and the channel's) once per file.
+    latest = {run.channel: run.id for run in day_runs if run.format not in BANK_FORMATS}
     for run in day_runs:
         timezones[run.channel] = orjson.loads(run.rules_json).get("timezone", "UTC")
         for currency, figures in orjson.loads(run.clearing_json).items():
@@ -72,10 +80,9 @@ def daily_report(session: Session, day: date, *, channel: str | None = None) -> 
                 "channel": run.channel, "currency": currency, "expected": 0, "reported": 0, "received": 0,
                 "discrepancies": 0, "open_cases": 0, "reconciliations": []})
             if run.format in BANK_FORMATS:
-                row["received"] += figures["reported"]
-            else:
-                row["expected"] += figures["expected"]
-                row["reported"] += figures["reported"]
+                row["received"] += figures["reported"]  # each bank statement shows its own payments in
+            elif run.id == latest[run.channel]:
+                row["expected"], row["reported"] = figures["expected"], figures["reported"]
             discrepancies, open_cases = counts.get((run.id, currency), (0, 0))
             row["discrepancies"] += discrepancies
             row["open_cases"] += int(open_cases or 0)

@@ -103,7 +103,8 @@ def create_reconciliation(
     with _spooled(request, file) as path:
         view = service.reconcile_file(_engine(request), channel=channel, path=path, fmt=format,
                                       statement_date=statement_date, mapping=mapping, actor=actor_of(request),
-                                      file_name=file.filename or path.name)
+                                      file_name=file.filename or path.name,
+                                      approval_threshold=request.app.state.settings.recon_approval_threshold)
     return view
 
 

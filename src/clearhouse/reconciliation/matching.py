@@ -429,7 +429,9 @@ def _untangle(tangled: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Dat
     splits = parts.group_by("row", maintain_order=True).agg(
         pl.col("line_no").first(), pl.col("line_no").alias("batch_line_nos"),
         pl.col("t_our_ref").first(), pl.col("t_channel_ref").first(), pl.col("t_kind").first(),
-        pl.col("theirs_status").first(), pl.col("theirs_amount").sum(), pl.col("theirs_fee").sum(),
+        pl.col("theirs_status").first(), pl.col("theirs_amount").sum(),
+        # Lines that state no fee make a split that states none (null), not a fee of 0.
+        pl.when(pl.col("theirs_fee").is_not_null().any()).then(pl.col("theirs_fee").sum()).alias("theirs_fee"),
         pl.col("t_currency").first(), pl.col("theirs_booked_on").max(), pl.col("t_description").first(),
         *[pl.col(name).first() for name in _OURS if name != "row"])
     splits = splits.with_columns(pl.concat_str([

@@ -116,9 +116,17 @@ def rules_view(session: Session, channel: str) -> dict[str, Any]:
 
 def _mapping_of(mapping: str | dict[str, Any] | None) -> Any:
     if isinstance(mapping, dict):
+        from pydantic import ValidationError
+
+        from clearhouse.kit.errors import ValidationFailed
         from clearhouse.reconciliation.formats.csvmap import CsvMapping
 
-        return CsvMapping.model_validate(mapping)
+        try:
+            return CsvMapping.model_validate(mapping)
+        except ValidationError as error:  # saved before a check it now fails: a 422 to fix it, not a 500
+            errors = error.errors(include_url=False, include_context=False)
+            raise ValidationFailed(f"the channel's saved CSV mapping is invalid: {errors[0]['msg']}",
+                                   errors=[{**e, "loc": ("mapping", *e["loc"])} for e in errors]) from None
     return mapping
 
 
@@ -150,12 +158,16 @@ def run_match(lines: pl.DataFrame, internal: pl.DataFrame, rules: Any, period: t
 def with_delta(results: pl.DataFrame) -> pl.DataFrame:
     """Each result's delta: what the channel holds for us by its statement minus by our ledger, net of fees.
 
-    A duplicate line counts only its own money (its original is paired with ours elsewhere)."""
+    A duplicate line counts only its own money (its original is paired with ours elsewhere). A fee
+    mismatch is only the fees' gap, ours - theirs: its amounts agree within the tolerance, and an amount
+    difference inside the tolerance is not the fee's to post (docs/reconciliation.md, the classes)."""
     theirs = pl.when(pl.col("theirs_status") == "succeeded").then(
         pl.col("theirs_amount").fill_null(0) - pl.col("theirs_fee").fill_null(0)).otherwise(0)
     ours = pl.when(pl.col("ours_status") == "succeeded").then(
         pl.col("ours_amount").fill_null(0) - pl.col("ours_fee").fill_null(0)).otherwise(0)
-    delta = pl.when(pl.col("class") == "duplicate").then(theirs).otherwise(theirs - ours)
+    fees = pl.col("ours_fee").fill_null(0) - pl.col("theirs_fee").fill_null(0)
+    delta = (pl.when(pl.col("class") == "duplicate").then(theirs)
+             .when(pl.col("class") == "fee_mismatch").then(fees).otherwise(theirs - ours))
     return results.with_columns(delta.cast(pl.Int64).alias("delta"))
 
 
@@ -163,8 +175,9 @@ def clearing_of(lines: pl.DataFrame, internal: pl.DataFrame, period: tuple[date,
     """Per currency: what our ledger expects the channel to hold for the period, what its statement says."""
     ours = (internal.lazy().filter((pl.col("status") == "succeeded") & pl.col("booked_on").is_between(*period))
             .group_by("currency").agg((pl.col("amount") - pl.col("fee")).sum().alias("expected")))
+    # A line whose statement gives no fee (null) counts its whole amount.
     theirs = (lines.lazy().filter(pl.col("status") == "succeeded")
-              .group_by("currency").agg((pl.col("amount") - pl.col("fee")).sum().alias("reported")))
+              .group_by("currency").agg((pl.col("amount") - pl.col("fee").fill_null(0)).sum().alias("reported")))
     both = ours.join(theirs, on="currency", how="full", coalesce=True).fill_null(0).sort("currency").collect()
     return {row["currency"]: {"expected": int(row["expected"]), "reported": int(row["reported"]),
                               "difference": int(row["reported"]) - int(row["expected"])}
@@ -174,10 +187,11 @@ def clearing_of(lines: pl.DataFrame, internal: pl.DataFrame, period: tuple[date,
 def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statement_date: date,
                    mapping: str | dict[str, Any] | None = None, internal: pl.DataFrame | None = None,
                    actor: audit.Actor | str = "cli", file_name: str | None = None,
-                   progress: ProgressFn = _no_progress) -> dict[str, Any]:
+                   progress: ProgressFn = _no_progress, approval_threshold: int | None = None) -> dict[str, Any]:
     """Import ``path`` as ``channel``'s statement of ``statement_date`` and reconcile it; returns the run's view.
 
-    ``internal`` replaces our lines read from the database (the benchmark's generated ledger side)."""
+    ``internal`` replaces our lines read from the database (the benchmark's generated ledger side).
+    ``approval_threshold`` bounds what an ``auto_resolve`` rule may post (None: the configured one)."""
     started = time.perf_counter()
     who = actor if isinstance(actor, audit.Actor) else audit.Actor(type="system", id=actor)
     rules, custom_mapping = transact(engine, lambda s: rules_for(s, channel))
@@ -219,7 +233,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         from clearhouse.reconciliation import cases as case_service
 
         case_service.settle_timing(session, run_id, channel, outcome.with_lines, now)
-        case_service.apply_rules(session, run_id, rules, now)
+        case_service.apply_rules(session, run_id, rules, now, approval_threshold)
         audit.record(session, who, "recon.import", "reconciliation", run_id,
                      changes={"channel": channel, "statement_date": statement_date.isoformat(), "sha256": sha256,
                               "lines": parsed.lines.height, "cases": discrepancies.height})

@@ -38,12 +38,12 @@ def edit(source: Path, old: str, new: str) -> str:
 
 
 def test_version_02_booked_entries_only_with_a_batch_and_its_charges():
-    parsed = parse_statement(V02, "camt053")
+    parsed = parse_statement(V02, "camt053")  # no charges on an entry: the bank states no fee (null, not 0)
     assert parsed.lines.schema == pl.Schema(STATEMENT_SCHEMA)
     assert parsed.lines.rows() == [
-        (28, "att_1", "CT20261123001", "payment", "succeeded", 10_000, 0, "EUR", date(2026, 11, 23),
+        (28, "att_1", "CT20261123001", "payment", "succeeded", 10_000, None, "EUR", date(2026, 11, 23),
          date(2026, 11, 24), "CH-NM8E-PVBP"),
-        (43, "re_1", "RT20261123002", "refund", "succeeded", -3_000, 0, "EUR", date(2026, 11, 23),
+        (43, "re_1", "RT20261123002", "refund", "succeeded", -3_000, None, "EUR", date(2026, 11, 23),
          date(2026, 11, 24), "Refund order 1001"),
         # the PDNG entry (line 57) is not a line; the batch credit is one settlement line, net of 0.63 charges
         (64, "BATCH-7", "ST20261123003", "settlement", "succeeded", 7_737, 63, "EUR", date(2026, 11, 23),
@@ -62,7 +62,7 @@ def test_version_08_prefixed_sts_code_datetime_booking_included_charges_and_a_re
         # booked 249.50 net of a 0.50 charge included in it: 250.00 gross
         (23, "att_7", "CT20261124001", "payment", "succeeded", 25_000, 50, "EUR", date(2026, 11, 24),
          date(2026, 11, 24), "Order 1007 Tea set"),
-        (46, None, "RV20261124002", "other", "succeeded", 100, 0, "EUR", date(2026, 11, 24), date(2026, 11, 24),
+        (46, None, "RV20261124002", "other", "succeeded", 100, None, "EUR", date(2026, 11, 24), date(2026, 11, 24),
          "Reversal of a wrong debit"),  # NOTPROVIDED is no reference; INFO entry skipped
     ]
     assert (parsed.meta.account, parsed.meta.opening_balance, parsed.meta.closing_balance) == (
@@ -204,3 +204,18 @@ def test_several_statements_in_one_document_each_add_up(tmp_path):
     with pytest.raises(StatementInvalid) as caught:  # the second one does not add up: nothing is returned
         parse_statement(path, "camt053")
     assert caught.value.line is not None and caught.value.line > text[:end].count("\n")
+
+
+STRAY = ('<Ntry><Amt Ccy="EUR">500.00</Amt><CdtDbtInd>CRDT</CdtDbtInd><Sts>BOOK</Sts>'
+         "<BookgDt><Dt>2026-11-23</Dt></BookgDt><AcctSvcrRef>STRAY</AcctSvcrRef></Ntry>")
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("    </Stmt>\n", "    </Stmt>\n" + STRAY + "\n"),  # after the statement, inside BkToCstmrStmt
+    ("    </Stmt>\n", "      <Other>\n" + STRAY + "\n      </Other>\n    </Stmt>\n"),  # not a child of Stmt
+])
+def test_an_entry_outside_a_statement_is_malformed_not_imported_unchecked(tmp_path, old, new):
+    text = edit(V02, old, new)
+    error = broken(tmp_path, text)
+    stray = text[:text.index(STRAY)].count("\n") + 1
+    assert error.line == stray and "outside a statement" in error.detail

@@ -107,12 +107,45 @@ class TestClearhouseV1:
         error = invalid(write(tmp_path, content.encode("gbk")))
         assert error.line == 3
 
+    def test_an_empty_fee_cell_is_no_fee_stated_not_a_fee_of_zero(self, tmp_path):
+        path = write(tmp_path, HEADER + "a,,payment,,100,,EUR,2026-11-23,,\nb,,payment,,100,0,EUR,2026-11-23,,\n")
+        assert parse_statement(path, "csv").lines["fee"].to_list() == [None, 0]
+
     def test_a_ragged_row_names_its_line(self, tmp_path):
         rows = "a,,payment,,1,0,EUR,2026-11-23,,\nb,,payment,,1,0,EUR,2026-11-23,,,x\n"
         error = invalid(write(tmp_path, HEADER + rows))
         assert error.line == 3 and "fields" in error.detail
-        # A short row reads as empty trailing fields: the required ones it lacks name the line.
-        assert invalid(write(tmp_path, HEADER + "a,,payment,,1,0,EUR,2026-11-23,,\nb,,payment,,1\n", "x.csv")).line == 3
+        short = invalid(write(tmp_path, HEADER + "a,,payment,,1,0,EUR,2026-11-23,,\nb,,payment,,1\n", "x.csv"))
+        assert short.line == 3 and "5 fields where the header has 10" in short.detail
+
+    @pytest.mark.parametrize("cut", [
+        "b,,payment,succeeded,2000,20",  # the fee would read as empty, then 0
+        "b,,payment,succeeded,2000,20,CNY,2026-11-23,",  # one field short: only the empty description lacks
+    ])
+    def test_a_truncated_last_line_is_refused_not_padded(self, tmp_path, cut):
+        good = "a,,payment,succeeded,1000,10,CNY,2026-11-23,,\n"
+        error = invalid(write(tmp_path, HEADER + good + good + cut))
+        assert error.line == 4 and f"{cut.count(',') + 1} fields where the header has 10" in error.detail
+
+    def test_a_short_row_of_a_custom_mapping_is_refused(self, tmp_path):
+        mapping = custom(columns={"our_ref": "ref", "amount": "amount", "fee": "fee", "booked_on": "day"})
+        error = invalid(write(tmp_path, "ref,day,amount,fee\nr1,2026-11-23,1.00,0.01\nr2,2026-11-23,20\n"),
+                        mapping=mapping)
+        assert error.line == 3 and "3 fields where the header has 4" in error.detail
+
+    def test_an_earlier_bad_value_still_wins_over_a_later_short_row(self, tmp_path):
+        rows = "a,,payment,,1,0,EUR,2026-13-01,,\nb,,payment,,1,0\n"
+        error = invalid(write(tmp_path, HEADER + rows))
+        assert error.line == 2 and "booking date" in error.detail
+
+    def test_quoted_delimiters_and_quoted_line_breaks_are_not_short_rows(self, tmp_path):
+        rows = ('a,,payment,,1,0,EUR,2026-11-23,,"tea, green"\n'
+                'b,,payment,,2,0,EUR,2026-11-23,,"two\nlines, one field"\n'
+                '"c",,payment,,3,"0",EUR,2026-11-23,,"say ""hi"", then go"\n')
+        parsed = parse_statement(write(tmp_path, HEADER + rows), "csv")
+        assert parsed.lines["description"].to_list() == ["tea, green", "two\nlines, one field", 'say "hi", then go']
+        short = invalid(write(tmp_path, HEADER + rows + 'd,,payment,,4,0,EUR,2026-11-23,"x, y"\n', "x.csv"))
+        assert short.line == 6 and "9 fields where the header has 10" in short.detail
 
 
 def custom(**fields) -> CsvMapping:
@@ -161,6 +194,11 @@ class TestExactMoney:
         assert parse_statement(path, "csv", mapping=mapping).lines.select("amount", "fee").rows() == [
             (10000, 60), (-3000, -18)]
 
+    def test_a_mapping_without_a_fee_column_states_no_fee(self, tmp_path):
+        path = write(tmp_path, "ref,amount,day\nr1,1.00,2026-11-23\n")
+        lines = parse_statement(path, "csv", mapping=custom()).lines
+        assert lines["fee"].to_list() == [None] and lines.schema == pl.Schema(STATEMENT_SCHEMA)
+
     def test_kind_and_status_maps_with_defaults(self, tmp_path):
         path = write(tmp_path, "ref,amount,day,type,state\nr1,1,2026-11-23,SALE,OK\nr2,-1,2026-11-23,RFND,KO\n"
                                "r3,1,2026-11-23,ADJ,OK\n")
@@ -197,6 +235,9 @@ class TestMappings:
         {"columns": {"amount": "a", "booked_on": "d"}, "kind_map": {"x": "sale"}},
         {"columns": {"amount": "a", "booked_on": "d"}, "currency": "XYZ"},
         {"columns": {"amount": "a", "booked_on": "d"}, "sign": "split"},
+        {"columns": {"amount": "a", "booked_on": "d"}, "timezone": "Mars/Base", "calendar": "UTC"},
+        {"columns": {"amount": "a", "booked_on": "d"}, "timezone": "UTC", "calendar": "Mars/Base"},
+        {"columns": {"amount": "a", "booked_on": "d"}, "timezone": "../../etc/passwd"},
     ])
     def test_an_inconsistent_mapping_is_refused(self, fields):
         with pytest.raises(ValueError):

@@ -47,7 +47,7 @@ def test_two_statements_in_one_file():
     descriptions = parsed.lines["description"].to_list()
     assert descriptions[0] == "Order 1001 Tea set"  # SEPA SVWZ+
     assert descriptions[1] == "Return of part of order 1001, customer asked for a smaller set"  # two lines
-    assert set(parsed.lines["currency"]) == {"EUR"} and set(parsed.lines["fee"]) == {0}
+    assert set(parsed.lines["currency"]) == {"EUR"} and set(parsed.lines["fee"]) == {None}  # MT940 states no fees
     meta = parsed.meta
     assert (meta.format, meta.account, meta.currency, meta.statement_id) == (
         "mt940", "DE89370400440532013000", "EUR", "00231/001")

@@ -7,7 +7,8 @@ Element names are matched by local name, so every version from camt.053.001.02 t
 
 Only booked entries are lines (``Sts`` BOOK; pending and information-only entries move no money yet).
 Each statement must add up: its opening balance (OPBD, else PRCD) plus its booked movements is its
-closing balance (CLBD, else CLAV). Any defect raises ``StatementInvalid`` at the entry's XML line.
+closing balance (CLBD, else CLAV), so an entry must be a child of a ``Stmt``. Any defect raises
+``StatementInvalid`` at the entry's XML line.
 """
 
 from __future__ import annotations
@@ -154,10 +155,13 @@ def _entry(entry: Any) -> dict[str, Any] | None:
     transactions = index.get("NtryDtls/TxDtls", [])
     batch = "NtryDtls/Btch" in index
     reversal = (_first(index, "RvslInd") or "").lower() == "true"
-    fee, included = 0, False
+    # No charges on the entry or its transactions: the bank says nothing of a fee (null, not 0).
+    fee: int | None = None
+    included = False
     if "Chrgs" in index:
         fee, included = _charges(entry, line)
     elif "NtryDtls/TxDtls/Chrgs" in index:
+        fee = 0
         for tx in transactions:
             tx_fee, tx_included = _charges(tx, line)
             fee, included = fee + tx_fee, included or tx_included
@@ -173,7 +177,8 @@ def _entry(entry: Any) -> dict[str, Any] | None:
         "line_no": line, "our_ref": our_ref, "channel_ref": _first(index, "AcctSvcrRef"), "kind": kind,
         "status": "succeeded",
         # Our amount is gross: when the bank booked it net of its charges, the charges are added back.
-        "amount": booked + fee if included else booked, "fee": fee, "currency": currency, "booked_on": booked_on,
+        "amount": booked + fee if included and fee is not None else booked, "fee": fee, "currency": currency,
+        "booked_on": booked_on,
         "value_on": _day_of(index, "ValDt", line), "description": description, "_booked": booked,
     }
 
@@ -220,7 +225,11 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
                 continue
             parent = element.getparent()
             in_statement = parent is not None and _local(parent) == "Stmt" and current is not None
-            if name == "Ntry" and current is not None:
+            if name == "Ntry":
+                if not in_statement or current is None:
+                    # An entry belongs to one Stmt, whose balances it must add up to: one anywhere else
+                    # (after </Stmt>, inside another element) would be imported unchecked.
+                    raise StatementInvalid("entry (Ntry) outside a statement (Stmt)", line=element.sourceline)
                 row = _entry(element)
                 if row is not None:
                     current.moved[row["currency"]] = current.moved.get(row["currency"], 0) + row.pop("_booked")
@@ -243,6 +252,7 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
             elif name == "Stmt" and current is not None:
                 _check(current, element.sourceline or 0)
                 _forget(element)
+                current = None
     except etree.XMLSyntaxError as error:
         line = error.lineno or (error.position[0] if error.position else None)
         raise StatementInvalid(f"not well-formed XML: {error.msg}", line=line) from None

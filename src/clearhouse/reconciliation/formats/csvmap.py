@@ -23,6 +23,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import iso4217
 import polars as pl
@@ -100,6 +101,18 @@ class CsvMapping(BaseModel):
             raise ValueError(f"unknown fields {unknown}; known: {list(FIELDS)}")
         return columns
 
+    @field_validator("timezone", "calendar")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        """An IANA zone, checked when the mapping is made (saved), not at every import."""
+        if value is None:
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {value!r}") from error
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> CsvMapping:
         need = {"signed": ("amount",), "indicator": ("amount", "indicator"), "split": ("credit", "debit")}[self.sign]
@@ -176,7 +189,8 @@ def _scan_plain(path: Path, mapping: CsvMapping) -> tuple[pl.LazyFrame, int, lis
     """Polars straight from the file, every column a string, as a lazy plan: reading, converting and
     checking then run as one fused pass. Line numbers are the row index plus the preamble and the
     header (a blank line comes back as a row of nulls, so it keeps the count). A quoted field spanning
-    several lines would shift them: our own layout has none, and the channel bills take the Python path."""
+    several lines would shift them: ``_short_rows`` then finds a line with a quote and the wrong field
+    count, and the file is read again by the Python reader, which counts lines as CSV does."""
     plan = pl.scan_csv(path, separator=mapping.delimiter, quote_char=mapping.quote_char, skip_rows=mapping.skip_lines,
                        has_header=True, infer_schema=False, encoding="utf8", raise_if_empty=True,
                        truncate_ragged_lines=False, null_values=[""])
@@ -186,6 +200,28 @@ def _scan_plain(path: Path, mapping: CsvMapping) -> tuple[pl.LazyFrame, int, lis
         raise StatementInvalid("the file is empty", line=1) from None
     header_line = mapping.skip_lines + 1
     return plan.with_row_index("__line", offset=header_line + 1), header_line, header
+
+
+def _short_rows(path: Path, mapping: CsvMapping, header_line: int, width: int) -> pl.LazyFrame:
+    """The first data line whose field count is not the header's, as one row (``line``, ``fields``,
+    ``quoted``; all null when every line is whole). Polars pads a short row with nulls (a truncated last
+    line ``...,CNY,20`` would read as an empty fee), so the fields are counted from the raw lines:
+    delimiters outside quoted parts, vectorised (the quoted parts are only cut out of lines that have a
+    quote). ``quoted`` says the count may be wrong (a quoted field spanning lines): the Python reader,
+    which knows CSV quoting, then decides."""
+    line = pl.col("line")
+    text = line
+    has_quote = pl.lit(False)
+    if mapping.quote_char:
+        quote = _regex_escape(mapping.quote_char)
+        has_quote = line.str.contains(mapping.quote_char, literal=True)
+        text = pl.when(has_quote).then(line.str.replace_all(f"{quote}[^{quote}]*{quote}", "")).otherwise(line)
+    fields = text.str.count_matches(mapping.delimiter, literal=True) + 1
+    blank = line.str.strip_chars().str.len_bytes() == 0
+    return (pl.scan_lines(path).with_row_index("__line", offset=1)
+            .filter((pl.col("__line") > header_line) & (fields != width) & ~blank)
+            .select(pl.col("__line").first().cast(pl.Int64).alias("line"), fields.first().alias("fields"),
+                    has_quote.first().alias("quoted")))
 
 
 def _decode(content: bytes, encoding: str) -> str:
@@ -365,12 +401,22 @@ def parse_csv(path: Path, mapping: CsvMapping, *,
         raise StatementInvalid(f"the header has no column {', '.join(map(repr, missing))}", line=header_line)
     if progress is not None:
         progress(0)
+    converted = plan.filter(~pl.all_horizontal(pl.col(header).is_null())).select(_conversions(mapping))
+    short: dict[str, object] = {"line": None}
     try:
-        lines = plan.filter(~pl.all_horizontal(pl.col(header).is_null())).select(_conversions(mapping)).collect()
+        if plain:
+            lines, counted = pl.collect_all([converted, _short_rows(path, mapping, header_line, len(header))])
+            short = counted.row(0, named=True)
+        else:
+            lines = converted.collect()
     except pl.exceptions.ComputeError:
         if not plain:
             raise
-        # Invalid UTF-8 or a ragged row: the Python reader finds the line and says what is wrong.
+        short = {"line": None, "quoted": True}
+    if short.get("quoted"):
+        # Invalid UTF-8, a ragged row, or quoting the line count cannot see through: the Python reader
+        # finds the line and says what is wrong (or reads a quoted field spanning lines correctly).
+        short = {"line": None}
         frame, header_line, extra = _read_exotic(path, mapping)
         lines = frame.lazy().select(_conversions(mapping)).collect()
     flags = [name for name in lines.columns if name.startswith("__bad_")]
@@ -381,8 +427,13 @@ def parse_csv(path: Path, mapping: CsvMapping, *,
         (pl.col("currency") != pl.col("currency").first()).any().alias("__mixed"),
     ).row(0, named=True)
     failures = {flag[6:]: summary[flag] for flag in flags if summary[flag] is not None}
+    if short["line"] is not None:
+        failures["fields"] = short["line"]
     if failures:
-        field = min(failures, key=lambda name: failures[name])
+        # A short row's missing fields make other checks fail on the same line: its field count is the news.
+        field = min(failures, key=lambda name: (failures[name], name != "fields"))
+        if field == "fields":
+            raise StatementInvalid(f"{short['fields']} fields where the header has {len(header)}", line=short["line"])
         _refuse(path, mapping, field, failures[field], header_line, frame)
     lines = lines.select(list(STATEMENT_SCHEMA))
     if lines.schema != pl.Schema(STATEMENT_SCHEMA):
@@ -414,11 +465,14 @@ def _conversions(mapping: CsvMapping) -> list[pl.Expr]:
             is_credit, is_debit = mark.is_in(list(mapping.credit_values)), mark.is_in(list(mapping.debit_values))
             checks["indicator"] = ~(is_credit | is_debit).fill_null(False)
             amount = pl.when(is_debit).then(-amount.abs()).otherwise(amount.abs())
+    # A statement that says nothing of a line's fee (an empty cell, no fee column) gives a null fee, never 0:
+    # "no fee stated" is not "no fee charged", and matching makes no fee_mismatch of it.
     if "fee" in mapping.columns:
-        fee, checks["fee"] = _minor(_text(mapping, "fee").fill_null("0"), exponent, mapping)
-        fee = -fee if mapping.fee_sign == "negative" else fee
+        fee_text = _text(mapping, "fee")
+        fee, checks["fee"] = _minor(fee_text.fill_null("0"), exponent, mapping)
+        fee = pl.when(fee_text.is_not_null()).then(-fee if mapping.fee_sign == "negative" else fee)
     else:
-        fee = pl.lit(0, dtype=pl.Int64)
+        fee = pl.lit(None, dtype=pl.Int64)
     booked_time = pl.col(mapping.sources("booked_time")[0]) if "booked_time" in mapping.columns else None
     booked_on = _date(pl.col(mapping.sources("booked_on")[0]), mapping, booked_time)
     checks["booked_on"] = booked_on.is_null()

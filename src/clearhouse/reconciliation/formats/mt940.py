@@ -194,6 +194,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
 
 
 def _row(movement: _Movement, transaction: Any, currency: str) -> dict[str, Any]:
+    """One movement as a line; MT940 carries no fees, so ``fee`` is null (unknown), never 0."""
     found, data = movement.match, transaction.data
     magnitude = to_minor(Decimal(found["amount"].replace(",", ".")), currency, line=movement.line)
     # C and RD (the reversal of a debit) bring money in; D and RC take it out.
@@ -212,5 +213,5 @@ def _row(movement: _Movement, transaction: Any, currency: str) -> dict[str, Any]
     details = "".join(movement.details).strip()
     description = (data.get("purpose") or "").strip() or (re.sub(r"\s+", " ", details) if details else None)
     return {"line_no": movement.line, "our_ref": our_ref, "channel_ref": _reference(found["bank"]), "kind": kind,
-            "status": "succeeded", "amount": amount, "fee": 0, "currency": currency, "booked_on": booked_on,
+            "status": "succeeded", "amount": amount, "fee": None, "currency": currency, "booked_on": booked_on,
             "value_on": value_on, "description": description}
