@@ -475,3 +475,15 @@ class TestBadUsage:
         assert "Traceback" not in output
         assert "check CLEARHOUSE_DATABASE_URL" in output
         assert "hunter2-secret" not in output  # the password is never echoed
+
+
+def test_recon_run_takes_only_the_channel_names_the_api_takes(db) -> None:
+    url, cwd = db
+    statement = cwd / "statement.csv"
+    statement.write_text("our_ref,amount\n")
+    result = clearhouse("recon", "run", "--channel", "BAD CHANNEL!", "--file", str(statement), "--date", "2026-11-23",
+                        url=url, cwd=cwd)
+    assert result.returncode == 2
+    assert "is not a channel name" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not sqlite_file(url).exists()  # refused before anything was opened

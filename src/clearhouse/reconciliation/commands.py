@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,9 +30,19 @@ def _day(text: str) -> date:
         raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
+def _channel(name: str) -> str:
+    from clearhouse.reconciliation.schemas import CHANNEL_NAME
+
+    if not re.fullmatch(CHANNEL_NAME, name):
+        raise typer.BadParameter(f"{name!r} is not a channel name: lower-case letters, digits and _ . : -, "
+                                 "at most 40, as the API takes them")
+    return name
+
+
 @app.command()
 def run(
-    channel: Annotated[str, typer.Option(help="The channel (or bank account name) the statement belongs to")],
+    channel: Annotated[str, typer.Option(callback=_channel,
+                                         help="The channel (or bank account name) the statement belongs to")],
     file: Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True, help="The statement file")],
     date_: Annotated[str, typer.Option("--date", help="The statement's day, YYYY-MM-DD")],
     format_: Annotated[str, typer.Option("--format", help="csv, mt940 or camt053")] = "csv",

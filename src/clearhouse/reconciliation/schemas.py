@@ -10,7 +10,9 @@ from pydantic import BaseModel, Field, StringConstraints
 from clearhouse.identity.schemas import ApprovalOut
 from clearhouse.kit.api import Model
 
-ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,39}$")]
+CHANNEL_NAME = r"^[a-z0-9][a-z0-9_.:-]{0,39}$"
+"""A channel's (or bank account's) name, in the API and on the command line alike."""
+ChannelName = Annotated[str, StringConstraints(pattern=CHANNEL_NAME)]
 Reason = Annotated[str, StringConstraints(min_length=3, max_length=500, strip_whitespace=True)]
 Owner = Annotated[str, StringConstraints(min_length=1, max_length=80)]
 CommentText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]

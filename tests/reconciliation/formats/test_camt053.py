@@ -219,3 +219,22 @@ def test_an_entry_outside_a_statement_is_malformed_not_imported_unchecked(tmp_pa
     error = broken(tmp_path, text)
     stray = text[:text.index(STRAY)].count("\n") + 1
     assert error.line == stray and "outside a statement" in error.detail
+
+
+@pytest.mark.parametrize(("old", "new", "what"), [
+    ('<Amt Ccy="EUR">0.63</Amt>', '<Amt Ccy="USD">0.63</Amt>', "charges in USD on an entry in EUR"),
+    ("<BookgDt><Dt>2026-11-23</Dt></BookgDt>", "<BookgDt><Dt>2026-11-23garbage</Dt></BookgDt>", "ISO date"),
+])
+def test_charges_in_another_currency_and_dates_with_trailing_text_are_refused(tmp_path, old, new, what):
+    assert old in V02.read_text()
+    error = broken(tmp_path, edit(V02, old, new))
+    assert error.line is not None and what in error.detail
+
+
+def test_a_booking_date_time_with_its_offset_is_its_day(tmp_path):
+    text = V02.read_text().replace("<BookgDt><Dt>2026-11-23</Dt></BookgDt>",
+                                   "<BookgDt><DtTm>2026-11-23T23:30:00+08:00</DtTm></BookgDt>", 1)
+    path = tmp_path / "dttm.xml"
+    path.write_text(text)
+    lines = parse_statement(path, "camt053").lines
+    assert str(lines["booked_on"][0]) == "2026-11-23"

@@ -238,6 +238,7 @@ class TestMappings:
         {"columns": {"amount": "a", "booked_on": "d"}, "timezone": "Mars/Base", "calendar": "UTC"},
         {"columns": {"amount": "a", "booked_on": "d"}, "timezone": "UTC", "calendar": "Mars/Base"},
         {"columns": {"amount": "a", "booked_on": "d"}, "timezone": "../../etc/passwd"},
+        {"columns": {"amount": "a", "booked_on": "d"}, "quote_char": ","},  # would read every line as nothing
     ])
     def test_an_inconsistent_mapping_is_refused(self, fields):
         with pytest.raises(ValueError):

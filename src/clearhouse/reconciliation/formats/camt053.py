@@ -14,7 +14,7 @@ closing balance (CLBD, else CLAV), so an entry must be a child of a ``Stmt``. An
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +76,11 @@ def _reference(text: str | None) -> str | None:
     return None if text in (None, "NOTPROVIDED", "NONREF") else text
 
 
-def _charges(holder: Any, line: int) -> tuple[int, bool]:
+def _charges(holder: Any, line: int, currency: str) -> tuple[int, bool]:
     """The charges of an entry or transaction (positive when charged) and whether they are included
     in the booked amount. camt.053.001.02: repeated ``Chrgs/Amt``; .04 and later: ``Chrgs/Rcrd/Amt``
-    with ``TtlChrgsAndTaxAmt`` as their total when given."""
+    with ``TtlChrgsAndTaxAmt`` as their total when given. Charges in another currency than the
+    entry's are refused: a fee is kept in the entry's minor units, and no rate is given to convert."""
     charges = holder.findall("{*}Chrgs")
     if not charges:
         return 0, False
@@ -87,12 +88,19 @@ def _charges(holder: Any, line: int) -> tuple[int, bool]:
     records = holder.findall("{*}Chrgs/{*}Rcrd")
     included = any((_text(record, "{*}ChrgInclInd") or "").lower() == "true" for record in records)
     if total_element is not None:
-        return _money(total_element, line, "TtlChrgsAndTaxAmt")[0], included
+        return _same_currency(_money(total_element, line, "TtlChrgsAndTaxAmt"), currency, line), included
     fee = 0
     for record in records or charges:
-        minor = _money(record.find("{*}Amt"), line, "charge")[0]
+        minor = _same_currency(_money(record.find("{*}Amt"), line, "charge"), currency, line)
         fee += -minor if _text(record, "{*}CdtDbtInd") == "CRDT" else minor
     return fee, included
+
+
+def _same_currency(money: tuple[int, str], currency: str, line: int) -> int:
+    minor, charged_in = money
+    if charged_in != currency:
+        raise StatementInvalid(f"charges in {charged_in} on an entry in {currency}", line=line)
+    return minor
 
 
 DESCEND = frozenset({"Sts", "BookgDt", "ValDt", "NtryDtls", "NtryDtls/Btch", "NtryDtls/TxDtls",
@@ -130,8 +138,10 @@ def _iso_day(text: str | None, line: int) -> date | None:
     """The day of an ISO date or date-time element's text (``Dt`` or ``DtTm``)."""
     if text is None:
         return None
+    text = text.strip()
     try:
-        return date.fromisoformat(text[:10])
+        # A date (``Dt``) or a whole date-time (``DtTm``, with its offset): nothing after it.
+        return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text).date()
     except ValueError:
         raise StatementInvalid(f"{text!r} is not an ISO date", line=line) from None
 
@@ -159,11 +169,11 @@ def _entry(entry: Any) -> dict[str, Any] | None:
     fee: int | None = None
     included = False
     if "Chrgs" in index:
-        fee, included = _charges(entry, line)
+        fee, included = _charges(entry, line, currency)
     elif "NtryDtls/TxDtls/Chrgs" in index:
         fee = 0
         for tx in transactions:
-            tx_fee, tx_included = _charges(tx, line)
+            tx_fee, tx_included = _charges(tx, line, currency)
             fee, included = fee + tx_fee, included or tx_included
     if batch or len(transactions) > 1:
         kind = "settlement"

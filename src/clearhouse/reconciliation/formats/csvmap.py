@@ -133,6 +133,8 @@ class CsvMapping(BaseModel):
             Currency.of(self.currency)
         if len(self.delimiter) != 1 or (self.quote_char is not None and len(self.quote_char) != 1):
             raise ValueError("delimiter and quote_char are single characters")
+        if self.quote_char == self.delimiter:
+            raise ValueError("quote_char cannot be the delimiter")
         return self
 
     def sources(self, field: str) -> list[str]:
