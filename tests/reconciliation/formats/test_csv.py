@@ -270,3 +270,28 @@ def test_any_amount_written_in_major_units_reads_back_to_the_same_minor_units(tm
         f"r{n},{major_units(minor, currency)},2026-11-23,{currency}\n" for n, minor in enumerate(amounts)))
     mapping = custom(columns={"our_ref": "ref", "amount": "amount", "booked_on": "day", "currency": "ccy"})
     assert parse_statement(path, "csv", mapping=mapping).lines["amount"].to_list() == amounts
+
+
+class TestTotals:
+    HEADER = "our_ref,channel_ref,kind,status,amount,fee,currency,booked_on,value_on,description\n"
+
+    def test_amounts_adding_up_beyond_the_ledgers_integers_are_refused_at_the_line_that_passes(self, tmp_path):
+        big = 2**63 - 1
+        path = tmp_path / "huge.csv"
+        path.write_text(self.HEADER + f"a_1,,payment,succeeded,{big},0,CNY,2026-11-23,,x\n"
+                        f"a_2,,payment,succeeded,1,0,CNY,2026-11-23,,x\n")
+        with pytest.raises(StatementInvalid) as caught:
+            parse_statement(path, "csv", mapping="clearhouse_v1")
+        assert caught.value.line == 3 and "add up beyond" in caught.value.detail
+
+    def test_one_line_at_the_limit_is_accepted(self, tmp_path):
+        path = tmp_path / "edge.csv"
+        path.write_text(self.HEADER + f"a_1,,payment,succeeded,{2**63 - 1},0,CNY,2026-11-23,,x\n")
+        assert parse_statement(path, "csv", mapping="clearhouse_v1").lines["amount"][0] == 2**63 - 1
+
+    def test_a_fee_that_would_push_a_net_amount_past_the_limit_is_refused(self, tmp_path):
+        path = tmp_path / "net.csv"
+        path.write_text(self.HEADER + f"a_1,,payment,succeeded,{2**63 - 1},-1,CNY,2026-11-23,,x\n")
+        with pytest.raises(StatementInvalid) as caught:
+            parse_statement(path, "csv", mapping="clearhouse_v1")
+        assert caught.value.line == 2

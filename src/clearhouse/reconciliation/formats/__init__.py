@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from clearhouse.reconciliation.errors import UnknownStatementFormat
+import polars as pl
+
+from clearhouse.kit.money import MAX_AMOUNT
+from clearhouse.reconciliation.errors import StatementInvalid, UnknownStatementFormat
 from clearhouse.reconciliation.formats.csvmap import CsvMapping, parse_csv
 from clearhouse.reconciliation.formats.mappings import MAPPINGS, default_mapping
 from clearhouse.reconciliation.frames import ParsedStatement
@@ -36,13 +39,25 @@ def parse_statement(path: Path, fmt: str, *, mapping: str | CsvMapping | None = 
         if mapping is None:
             mapping = default_mapping(channel)
         chosen = mapping_named(mapping) if isinstance(mapping, str) else mapping
-        return parse_csv(path, chosen, progress=progress)
+        return _summable(parse_csv(path, chosen, progress=progress))
     if fmt == "mt940":
         from clearhouse.reconciliation.formats.mt940 import parse_mt940
 
-        return parse_mt940(path, progress=progress)
+        return _summable(parse_mt940(path, progress=progress))
     if fmt == "camt053":
         from clearhouse.reconciliation.formats.camt053 import parse_camt053
 
-        return parse_camt053(path, progress=progress)
+        return _summable(parse_camt053(path, progress=progress))
     raise UnknownStatementFormat(f"no statement format {fmt!r}; known: {list(FORMATS)}")
+
+
+def _summable(parsed: ParsedStatement) -> ParsedStatement:
+    """The statement, if its amounts and fees add up (as magnitudes) to at most 2**63 - 1 minor units:
+    every net amount, total and adjustment made of its lines then fits the ledger's integers instead
+    of wrapping around. Else ``StatementInvalid`` at the line where the running total passes it."""
+    magnitude = sum(pl.col(column).cast(pl.Int128).abs().fill_null(0) for column in ("amount", "fee"))
+    if (parsed.lines.select(magnitude.sum()).item() or 0) > MAX_AMOUNT:
+        over = parsed.lines.filter(magnitude.cum_sum() > MAX_AMOUNT)["line_no"][0]
+        raise StatementInvalid(f"the file's amounts and fees add up beyond {MAX_AMOUNT} minor units, more than "
+                               "any ledger balance holds", line=over)
+    return parsed
