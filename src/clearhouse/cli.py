@@ -63,7 +63,7 @@ def serve(
         _check_start_up(settings)
         try:
             served = serving.serve(host=host, port=port, workers=workers)
-        except OSError as error:
+        except serving.CannotListen as error:
             console.print(f"[red]cannot listen on {host}:{port}: {error.strerror or error}[/red]")
             raise typer.Exit(1) from None
         if not served:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clearhouse.kit.serving import own_sockets
+from clearhouse.kit.serving import CannotListen, own_sockets
 from tests.test_cli import CLI, clearhouse, environment, free_port, ok, stop, wait_until_ready
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
@@ -115,6 +115,17 @@ class TestOwnSockets:
             with pytest.raises(OSError):
                 own_sockets("127.0.0.1", port, 2)
             assert len(os.listdir("/proc/self/fd")) == before
+
+
+    def test_another_server_of_ours_on_the_port_is_refused_not_joined(self) -> None:
+        first = own_sockets("127.0.0.1", 0, 2)
+        try:
+            port = first[0].getsockname()[1]
+            with pytest.raises(CannotListen):  # SO_REUSEPORT alone would have let it share the traffic
+                own_sockets("127.0.0.1", port, 2)
+        finally:
+            for sock in first:
+                sock.close()
 
 
 class TestServeWithWorkers:

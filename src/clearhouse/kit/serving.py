@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from types import FrameType
 
@@ -45,13 +44,25 @@ APP = "clearhouse.app:create_app"
 _STOPPING = (signal.SIGINT, signal.SIGTERM)
 
 
+class CannotListen(OSError):
+    """The address cannot be had: another program listens on it, or it is not this machine's."""
+
+
 def own_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
     """``count`` sockets listening on ``host``:``port`` together (``SO_REUSEPORT``). Port 0 takes a free
-    port for the first and the same for the others. Raises ``OSError`` (none left open) when the
-    address cannot be had, e.g. another program listens on it."""
+    port for the first and the same for the others. Raises ``CannotListen`` (none left open) when the
+    address cannot be had, e.g. another program listens on it.
+
+    ``SO_REUSEPORT`` would let these sockets join another program's listening on the port with it too
+    (another server of this user, an old deployment), and the kernel would split the traffic between
+    them; so the address is first bound once without it, which any listener already there refuses."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets: list[socket.socket] = []
     try:
+        if port:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
         for _ in range(count):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
@@ -61,10 +72,10 @@ def own_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[s
             port = sock.getsockname()[1]
             sock.listen(backlog)
             sock.set_inheritable(True)
-    except OSError:
+    except OSError as error:
         for sock in sockets:
             sock.close()
-        raise
+        raise CannotListen(error.errno, error.strerror or str(error)) from error
     return sockets
 
 
@@ -80,7 +91,7 @@ class Supervisor:
         self.serving: set[int] = set()  # the slots whose worker has answered that it serves
         self.started: dict[int, float] = {}  # when each slot's worker was started (monotonic)
         self.start_timeout = start_timeout
-        self.stop = threading.Event()
+        self.stopping: int | None = None  # the signal that asked to stop; a plain flag, safe to set in a handler
         self.failed = False
 
     def _start(self, index: int) -> Process:
@@ -90,17 +101,26 @@ class Supervisor:
         return worker
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        logger.info("received %s, stopping the workers", signal.Signals(signum).name)
-        self.stop.set()
+        # Only a flag: a handler that took a lock (an Event, logging) could find it held by the very
+        # code it interrupted, and wait forever.
+        self.stopping = signum
+
+    def _done(self) -> bool:
+        return self.stopping is not None or self.failed
 
     def run(self) -> bool:
-        """Serve until SIGINT or SIGTERM (or ``stop``); False when a worker could not start."""
+        """Serve until SIGINT or SIGTERM; False when a worker could not start."""
         previous = {signum: signal.signal(signum, self._on_signal) for signum in _STOPPING}
         try:
-            self.workers = [self._start(index) for index in range(len(self.sockets))]
+            for index in range(len(self.sockets)):
+                self.workers.append(self._start(index))  # each kept at once: stopped in ``finally`` whatever happens
             logger.info("supervisor [%s] started %s workers", os.getpid(), len(self.workers))
-            while not self.stop.wait(self.check_every):
-                self._replace_dead()
+            while not self._done():
+                time.sleep(self.check_every)
+                if not self._done():
+                    self._replace_dead()
+            if self.stopping is not None:
+                logger.info("received %s, stopping the workers", signal.Signals(self.stopping).name)
         finally:
             for worker in self.workers:
                 worker.terminate()
@@ -113,7 +133,7 @@ class Supervisor:
     def _replace_dead(self) -> None:
         timeout = self.config.timeout_worker_healthcheck
         for index, worker in enumerate(self.workers):
-            if self.stop.is_set():
+            if self._done():
                 return
             never_started = False
             if index in self.serving:
@@ -138,7 +158,6 @@ class Supervisor:
                 logger.error("worker [%s] exited before it served (exit code %s); stopping", worker.pid,
                              worker.exitcode)
                 self.failed = True
-                self.stop.set()
                 return
             logger.warning("worker [%s] ended (exit code %s); starting another on its socket",
                            worker.pid, worker.exitcode)
