@@ -157,3 +157,40 @@ class TestListsNewestFirst:
             made.append(response.json()["id"])
         assert sorted(made) != made
         assert self._pages(shop, "/v1/orders", 4) == made[::-1]
+
+    def test_another_merchants_payment_as_a_cursor_is_an_unknown_one(self, merchant_client_factory):
+        shop, _ = merchant_client_factory("A")
+        other, _ = merchant_client_factory("B")
+        theirs = shop.post("/v1/payments", json=card_body(1000)).json()["id"]
+        other.post("/v1/payments", json=card_body(1000))
+        page = other.get(f"/v1/payments?starting_after={theirs}").json()
+        assert page["data"] == [] and page["has_more"] is False  # as for an id that does not exist
+
+
+class TestReviewOfTheFixes:
+    def test_an_order_cannot_make_a_payment_above_the_payment_limit(self, merchant_client_factory):
+        from tests.payments.orders.support import CARD, make_product, order_body
+
+        shop, _ = merchant_client_factory()
+        product = make_product(shop, ["A-1", "A-2"], amount=MAX_PAYMENT_AMOUNT // 2 + 1)
+        refused = shop.post("/v1/orders", json=order_body(product["id"], quantity=2, details=CARD))
+        assert refused.status_code == 422
+        assert refused.json()["code"] == "amount_too_large"
+        assert shop.get("/v1/payments").json()["data"] == []
+
+    def test_a_capture_reported_without_its_amount_posts_nothing(self, app, merchant_client_factory):
+        from clearhouse.channels import protocol
+        from clearhouse.kit.db import transact
+
+        shop, merchant_id = merchant_client_factory()
+        payment = _held(shop)
+        reference = payment["attempts"][-1]["id"]
+        told = protocol.ChannelResult(protocol.APPROVED, reference)  # says captured, not how much
+        outcome = transact(app.state.engine, lambda s: payments.apply_result(s, reference, told, source="notification",
+                                                                             hold_hours=168))
+        assert outcome == "captured_amount_unknown"
+        after = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert after["status"] == "requires_capture" and after["amount_captured"] == 0
+        assert "channel_reports_captured" in [event["type"] for event in after["timeline"]]
+        assert balances(app, merchant_id)["merchant"] == 0
+        ledger_verifies(app)

@@ -807,17 +807,22 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def newest_first(session: Session, query: Select[Any], table: Table, starting_after: str | None) -> Select[Any] | None:
+def newest_first(session: Session, query: Select[Any], table: Table, starting_after: str | None, *,
+                 scope: Any = None) -> Select[Any] | None:
     """``query`` ordered newest first by (``created_at``, ``id``), continuing after the row ``starting_after``.
 
     Ids are not always in time order (an id derived from an ``Idempotency-Key`` is a hash), so a list
-    that promises newest first orders by the creation time, the id breaking ties. None when
-    ``starting_after`` names no row: the caller answers an empty page."""
+    that promises newest first orders by the creation time, the id breaking ties. ``scope`` (the
+    caller's tenant condition) also bounds the cursor: another tenant's id is as unknown as a made-up
+    one, so the answer says nothing about it. None when ``starting_after`` names no row in scope: the
+    caller answers an empty page."""
     query = query.order_by(table.c.created_at.desc(), table.c.id.desc())
     if not starting_after:
         return query
-    created_at = session.execute(table.select().with_only_columns(table.c.created_at)
-                                 .where(table.c.id == starting_after)).scalar()
+    cursor = table.select().with_only_columns(table.c.created_at).where(table.c.id == starting_after)
+    if scope is not None:
+        cursor = cursor.where(scope)
+    created_at = session.execute(cursor).scalar()
     if created_at is None:
         return None
     return query.where(or_(table.c.created_at < created_at,

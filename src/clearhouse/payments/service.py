@@ -236,7 +236,8 @@ def list_payments(session: Session, principal: Principal, *, merchant_id: str | 
         query = query.where(payments.c.status == status)
     if merchant_order_id:
         query = query.where(payments.c.merchant_order_id == merchant_order_id)
-    paged = newest_first(session, query, payments, starting_after)
+    paged = newest_first(session, query, payments, starting_after,
+                         scope=payments.c.merchant_id == owner if owner else None)
     if paged is None:
         return [], False
     rows = session.execute(paged).all()
@@ -659,8 +660,14 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
         return f"ignored:{row.status}"
     if target == state.SUCCEEDED and row.status == state.REQUIRES_CAPTURE:
         # The channel captured the hold (a capture whose answer we missed, seen again in its answer
-        # to a cancel or a query): post it for what the channel says it took, as a capture does.
-        captured = getattr(result, "captured_amount", None) or row.amount
+        # to a cancel or at expiry): post it for what the channel says it took, as a capture does.
+        captured = getattr(result, "captured_amount", None)
+        if not captured:
+            # How much is not said (a notification carries no captured amount): posting the whole
+            # hold could credit the merchant money the channel never took. The hold stays; the
+            # cancel or the expiry asks the channel, whose answer says how much.
+            _event(session, row.id, "channel_reports_captured", status=result.status, source=source)
+            return "captured_amount_unknown"
         _captured(session, row.id, min(captured, row.amount), source=source)
         return f"{row.status}->{target}"
     now = clock.now()

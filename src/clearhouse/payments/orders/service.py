@@ -47,11 +47,11 @@ from clearhouse.kit.crypto import CryptoError, FieldCipher
 from clearhouse.kit.db import is_postgresql, newest_first, transact
 from clearhouse.kit.errors import ClearhouseError, NotFound
 from clearhouse.kit.ids import new_id, new_ids
-from clearhouse.kit.money import MAX_AMOUNT
 from clearhouse.payments import errors as payment_errors
 from clearhouse.payments import service as payments
 from clearhouse.payments import state
 from clearhouse.payments.orders.models import FINAL_ORDER_STATUSES, Order, OrderStep, Product, ProductCode
+from clearhouse.payments.schemas import MAX_PAYMENT_AMOUNT
 from clearhouse.webhooks import service as webhooks
 
 log = structlog.get_logger(__name__)
@@ -123,7 +123,7 @@ class OrderNotDelivered(ClearhouseError):
 
 
 class AmountTooLarge(ClearhouseError):
-    """Price times quantity must fit the largest amount (2^63-1 minor units)."""
+    """Price times quantity must fit the largest payment (``MAX_PAYMENT_AMOUNT``, 10^15 minor units)."""
 
     code = "amount_too_large"
     status = 422
@@ -331,7 +331,8 @@ def list_orders(session: Session, principal: Principal, *, status: str | None, p
         query = query.where(orders.c.status == status)
     if product_id:
         query = query.where(orders.c.product_id == product_id)
-    paged = newest_first(session, query, orders, starting_after)
+    paged = newest_first(session, query, orders, starting_after,
+                         scope=orders.c.merchant_id == principal.merchant_id if principal.merchant_id else None)
     if paged is None:
         return [], False
     rows = session.execute(paged).all()
@@ -432,8 +433,9 @@ def reserve(session: Session, principal: Principal, request: OrderRequest, *, or
     product = _product(session, principal, request.product_id)
     if not product.active:
         raise ProductInactive(f"product {product.id} is not for sale")
-    if product.price_amount > MAX_AMOUNT // request.quantity:
-        raise AmountTooLarge(f"{request.quantity} x {product.price_amount} is more than the largest amount")
+    if product.price_amount * request.quantity > MAX_PAYMENT_AMOUNT:
+        raise AmountTooLarge(f"{request.quantity} x {product.price_amount} is more than the largest payment, "
+                             f"{MAX_PAYMENT_AMOUNT}")
     query = (select(codes.c.id).where(codes.c.product_id == product.id, codes.c.status == "available")
              .order_by(codes.c.id).limit(request.quantity))
     if is_postgresql(session):
