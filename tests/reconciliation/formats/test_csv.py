@@ -141,11 +141,13 @@ class TestClearhouseV1:
     def test_quoted_delimiters_and_quoted_line_breaks_are_not_short_rows(self, tmp_path):
         rows = ('a,,payment,,1,0,EUR,2026-11-23,,"tea, green"\n'
                 'b,,payment,,2,0,EUR,2026-11-23,,"two\nlines, one field"\n'
-                '"c",,payment,,3,"0",EUR,2026-11-23,,"say ""hi"", then go"\n')
+                '"c",,payment,,3,"0",EUR,2026-11-23,,"say ""hi"", then go"\n'
+                'e,,payment,,5,0,EUR,2026-11-23,,"first\nmiddle, no quote\nend"\n')
         parsed = parse_statement(write(tmp_path, HEADER + rows), "csv")
-        assert parsed.lines["description"].to_list() == ["tea, green", "two\nlines, one field", 'say "hi", then go']
+        assert parsed.lines["description"].to_list() == ["tea, green", "two\nlines, one field", 'say "hi", then go',
+                                                         "first\nmiddle, no quote\nend"]
         short = invalid(write(tmp_path, HEADER + rows + 'd,,payment,,4,0,EUR,2026-11-23,"x, y"\n', "x.csv"))
-        assert short.line == 6 and "9 fields where the header has 10" in short.detail
+        assert short.line == 9 and "9 fields where the header has 10" in short.detail
 
 
 def custom(**fields) -> CsvMapping:
@@ -239,6 +241,7 @@ class TestMappings:
         {"columns": {"amount": "a", "booked_on": "d"}, "timezone": "UTC", "calendar": "Mars/Base"},
         {"columns": {"amount": "a", "booked_on": "d"}, "timezone": "../../etc/passwd"},
         {"columns": {"amount": "a", "booked_on": "d"}, "quote_char": ","},  # would read every line as nothing
+        {"columns": {"amount": "a", "booked_on": "d"}, "timezone": "America"},  # a directory of zones, not one
     ])
     def test_an_inconsistent_mapping_is_refused(self, fields):
         with pytest.raises(ValueError):
@@ -276,22 +279,21 @@ class TestTotals:
     HEADER = "our_ref,channel_ref,kind,status,amount,fee,currency,booked_on,value_on,description\n"
 
     def test_amounts_adding_up_beyond_the_ledgers_integers_are_refused_at_the_line_that_passes(self, tmp_path):
-        big = 2**63 - 1
         path = tmp_path / "huge.csv"
-        path.write_text(self.HEADER + f"a_1,,payment,succeeded,{big},0,CNY,2026-11-23,,x\n"
-                        f"a_2,,payment,succeeded,1,0,CNY,2026-11-23,,x\n")
+        path.write_text(self.HEADER + f"a_1,,payment,succeeded,{2**62 - 10},0,CNY,2026-11-23,,x\n"
+                        f"a_2,,refund,succeeded,-11,0,CNY,2026-11-23,,x\n")
         with pytest.raises(StatementInvalid) as caught:
             parse_statement(path, "csv", mapping="clearhouse_v1")
         assert caught.value.line == 3 and "add up beyond" in caught.value.detail
 
     def test_one_line_at_the_limit_is_accepted(self, tmp_path):
         path = tmp_path / "edge.csv"
-        path.write_text(self.HEADER + f"a_1,,payment,succeeded,{2**63 - 1},0,CNY,2026-11-23,,x\n")
-        assert parse_statement(path, "csv", mapping="clearhouse_v1").lines["amount"][0] == 2**63 - 1
+        path.write_text(self.HEADER + f"a_1,,payment,succeeded,{2**62 - 5},5,CNY,2026-11-23,,x\n")
+        assert parse_statement(path, "csv", mapping="clearhouse_v1").lines["amount"][0] == 2**62 - 5
 
     def test_a_fee_that_would_push_a_net_amount_past_the_limit_is_refused(self, tmp_path):
         path = tmp_path / "net.csv"
-        path.write_text(self.HEADER + f"a_1,,payment,succeeded,{2**63 - 1},-1,CNY,2026-11-23,,x\n")
+        path.write_text(self.HEADER + f"a_1,,payment,succeeded,{2**62},-1,CNY,2026-11-23,,x\n")
         with pytest.raises(StatementInvalid) as caught:
             parse_statement(path, "csv", mapping="clearhouse_v1")
         assert caught.value.line == 2

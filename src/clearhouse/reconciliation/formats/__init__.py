@@ -19,6 +19,8 @@ from clearhouse.reconciliation.formats.mappings import MAPPINGS, default_mapping
 from clearhouse.reconciliation.frames import ParsedStatement
 
 FORMATS = ("csv", "mt940", "camt053")
+STATEMENT_TOTAL_MAX = (MAX_AMOUNT + 1) // 2
+"""2**62: half the ledger's limit, so a statement's total less (or plus) ours still fits 2**63 - 1."""
 
 __all__ = ["FORMATS", "MAPPINGS", "CsvMapping", "mapping_named", "parse_statement"]
 
@@ -52,12 +54,13 @@ def parse_statement(path: Path, fmt: str, *, mapping: str | CsvMapping | None = 
 
 
 def _summable(parsed: ParsedStatement) -> ParsedStatement:
-    """The statement, if its amounts and fees add up (as magnitudes) to at most 2**63 - 1 minor units:
-    every net amount, total and adjustment made of its lines then fits the ledger's integers instead
-    of wrapping around. Else ``StatementInvalid`` at the line where the running total passes it."""
+    """The statement, if its amounts and fees add up (as magnitudes) to at most ``STATEMENT_TOTAL_MAX``
+    (2**62) minor units: every net amount and total made of its lines, and every difference against
+    one of our lines (each at most ``MAX_PAYMENT_AMOUNT``), then fits the ledger's 64-bit integers
+    instead of wrapping around. Else ``StatementInvalid`` at the line where the running total passes it."""
     magnitude = sum(pl.col(column).cast(pl.Int128).abs().fill_null(0) for column in ("amount", "fee"))
-    if (parsed.lines.select(magnitude.sum()).item() or 0) > MAX_AMOUNT:
-        over = parsed.lines.filter(magnitude.cum_sum() > MAX_AMOUNT)["line_no"][0]
-        raise StatementInvalid(f"the file's amounts and fees add up beyond {MAX_AMOUNT} minor units, more than "
-                               "any ledger balance holds", line=over)
+    if (parsed.lines.select(magnitude.sum()).item() or 0) > STATEMENT_TOTAL_MAX:
+        over = parsed.lines.filter(magnitude.cum_sum() > STATEMENT_TOTAL_MAX)["line_no"][0]
+        raise StatementInvalid(f"the file's amounts and fees add up beyond {STATEMENT_TOTAL_MAX} minor units "
+                               "(2^62): its totals and differences would not fit the ledger's integers", line=over)
     return parsed

@@ -109,7 +109,7 @@ class CsvMapping(BaseModel):
             return value
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as error:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as error:  # OSError: "America" is a directory
             raise ValueError(f"unknown time zone {value!r}") from error
         return value
 
@@ -205,12 +205,12 @@ def _scan_plain(path: Path, mapping: CsvMapping) -> tuple[pl.LazyFrame, int, lis
 
 
 def _short_rows(path: Path, mapping: CsvMapping, header_line: int, width: int) -> pl.LazyFrame:
-    """The first data line whose field count is not the header's, as one row (``line``, ``fields``,
-    ``quoted``; all null when every line is whole). Polars pads a short row with nulls (a truncated last
-    line ``...,CNY,20`` would read as an empty fee), so the fields are counted from the raw lines:
-    delimiters outside quoted parts, vectorised (the quoted parts are only cut out of lines that have a
-    quote). ``quoted`` says the count may be wrong (a quoted field spanning lines): the Python reader,
-    which knows CSV quoting, then decides."""
+    """The first data line whose field count is not the header's (``line``, ``fields``; null when every
+    line is whole) and whether any line has a quote (``quoted``), as one row. Polars pads a short row
+    with nulls (a truncated last line ``...,CNY,20`` would read as an empty fee), so the fields are
+    counted from the raw lines: delimiters outside quoted parts, vectorised (the quoted parts are only
+    cut out of lines that have a quote). With a quote in the file the count may be wrong (a quoted
+    field spanning lines): the Python reader, which knows CSV quoting, then decides."""
     line = pl.col("line")
     text = line
     has_quote = pl.lit(False)
@@ -220,10 +220,12 @@ def _short_rows(path: Path, mapping: CsvMapping, header_line: int, width: int) -
         text = pl.when(has_quote).then(line.str.replace_all(f"{quote}[^{quote}]*{quote}", "")).otherwise(line)
     fields = text.str.count_matches(mapping.delimiter, literal=True) + 1
     blank = line.str.strip_chars().str.len_bytes() == 0
-    return (pl.scan_lines(path).with_row_index("__line", offset=1)
-            .filter((pl.col("__line") > header_line) & (fields != width) & ~blank)
-            .select(pl.col("__line").first().cast(pl.Int64).alias("line"), fields.first().alias("fields"),
-                    has_quote.first().alias("quoted")))
+    data = pl.scan_lines(path).with_row_index("__line", offset=1).filter(pl.col("__line") > header_line)
+    first_short = data.filter((fields != width) & ~blank).select(
+        pl.col("__line").first().cast(pl.Int64).alias("line"), fields.first().alias("fields"))
+    # Any quote anywhere: the lines inside a quoted field spanning three or more lines hold none, so
+    # the short line itself cannot tell; the Python reader then decides for the whole file.
+    return pl.concat([first_short, data.select(has_quote.any().alias("quoted"))], how="horizontal")
 
 
 def _decode(content: bytes, encoding: str) -> str:
@@ -405,17 +407,19 @@ def parse_csv(path: Path, mapping: CsvMapping, *,
         progress(0)
     converted = plan.filter(~pl.all_horizontal(pl.col(header).is_null())).select(_conversions(mapping))
     short: dict[str, object] = {"line": None}
+    reread = False
     try:
         if plain:
             lines, counted = pl.collect_all([converted, _short_rows(path, mapping, header_line, len(header))])
             short = counted.row(0, named=True)
+            reread = short["line"] is not None and bool(short["quoted"])
         else:
             lines = converted.collect()
     except pl.exceptions.ComputeError:
         if not plain:
             raise
-        short = {"line": None, "quoted": True}
-    if short.get("quoted"):
+        reread = True
+    if reread:
         # Invalid UTF-8, a ragged row, or quoting the line count cannot see through: the Python reader
         # finds the line and says what is wrong (or reads a quoted field spanning lines correctly).
         short = {"line": None}
