@@ -123,7 +123,8 @@ class TestUrlRules:
         "http://127.0.0.1:8080/hook", "https://[fd00::1]/hook", "https://2130706433/hook",
         # IPv6 forms a gateway delivers to the IPv4 address inside: NAT64, 6to4, IPv4-mapped.
         "https://[64:ff9b::7f00:1]/hook", "https://[64:ff9b::a01:203]/hook", "https://[2002:7f00:1::]/hook",
-        "https://[2002:c0a8:5::1]/hook", "https://[::ffff:127.0.0.1]/hook",
+        "https://[2002:c0a8:5::1]/hook", "https://[::ffff:127.0.0.1]/hook", "https://[64:ff9b:1::7f00:1]/hook",
+        "https://[::7f00:1]/hook", "https://[::ffff:0:7f00:1]/hook",
     ])
     def test_inside_addresses_are_refused_in_production(self, url: str):
         with pytest.raises(service.InvalidWebhookUrl):

@@ -107,18 +107,23 @@ def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return None
 
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_IN_LAST_32_BITS = tuple(ipaddress.ip_network(prefix) for prefix in (
+    "64:ff9b::/96",  # NAT64, well-known prefix (RFC 6052)
+    "64:ff9b:1::/48",  # NAT64, local-use prefix (RFC 8215)
+    "::ffff:0:0:0/96",  # SIIT, IPv4-translated (RFC 2765)
+    "::/96",  # IPv4-compatible (deprecated, RFC 4291)
+))
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """A public address, and so is any IPv4 address an IPv6 one carries: IPv4-mapped, 6to4, Teredo and
-    NAT64 (``64:ff9b::/96``) addresses count as global, yet a gateway delivers them to the IPv4 address
-    inside, which may be loopback or private (``64:ff9b::7f00:1`` is 127.0.0.1)."""
+    """A public address, and so is any IPv4 address an IPv6 one carries. NAT64, SIIT, IPv4-compatible
+    and 6to4 addresses count as global, yet a gateway delivers them to the IPv4 address inside, which
+    may be loopback or private (``64:ff9b::7f00:1`` is 127.0.0.1)."""
     if not address.is_global:
         return False
     if isinstance(address, ipaddress.IPv6Address):
         inner = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
-        if inner is None and address in _NAT64:
+        if inner is None and any(address in network for network in _IPV4_IN_LAST_32_BITS):
             inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if inner is not None and not inner.is_global:
             return False
