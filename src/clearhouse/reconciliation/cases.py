@@ -215,12 +215,17 @@ def _apply(session: Session, row: Any, *, action: str, reason: str, account: str
     return entry_id
 
 
+def _needs_second_person(action: str, delta: int, threshold: int) -> bool:
+    """A resolution whose entry exceeds ``threshold`` waits for a second person (``accept`` posts nothing)."""
+    return action != "accept" and abs(delta) > threshold
+
+
 def resolve(session: Session, principal: Principal, actor: audit.Actor, case_id: str, *, action: str, reason: str,
             account: str = "suspense", threshold: int, ttl: Any = approvals.DEFAULT_TTL) -> tuple[dict[str, Any], bool]:
     """Resolve now, or hold it for a second person when its entry exceeds ``threshold``; (view, held)."""
     row = _case(session, case_id, lock=True)
     _check_resolvable(session, row, action, account)
-    if action != "accept" and abs(row.delta) > threshold:
+    if _needs_second_person(action, row.delta, threshold):
         approval = approvals.hold(
             session, principal, action=APPROVAL_ACTION,
             payload={"case_id": case_id, "action": action, "reason": reason, "account": account,
@@ -319,7 +324,7 @@ def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, thresh
         rule = auto_resolution(rules, row.class_, difference_of(row))
         if rule is None:
             continue
-        if rule.action != "accept" and abs(row.delta) > threshold:
+        if _needs_second_person(rule.action, row.delta, threshold):
             new_event(session, row.id, "rule_held", SYSTEM,
                       body=f"rule ({rule.action}): {rule.reason}: not applied, its entry of {abs(row.delta)}"
                            f" {row.currency} minor units is above the approval threshold of {threshold}:"
