@@ -189,3 +189,61 @@ class TestServeWithWorkers:
         output = result.stdout + result.stderr
         assert output.count("master key file") == 1
         assert "Traceback" not in output
+
+
+SUPERVISE = """
+import sys, uvicorn
+from clearhouse.kit.serving import Supervisor, own_sockets
+port, hung_after = int(sys.argv[1]), float(sys.argv[2])
+config = uvicorn.Config("tests.kit.loop_app:app", host="127.0.0.1", port=port, log_level="info",
+                        timeout_worker_healthcheck=2)
+sys.exit(0 if Supervisor(config, own_sockets("127.0.0.1", port, 1), hung_after=hung_after).run() else 1)
+"""
+
+
+@pytest.fixture
+def one_loop_worker(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """The supervisor over one worker of ``loop_app``, which counts as hung after 2 s without its loop."""
+    port = free_port()
+    log = tmp_path / "supervise.log"
+    root = Path(__file__).resolve().parents[2]
+    with log.open("w") as out:
+        process = subprocess.Popen([os.fspath(Path(os.sys.executable)), "-c", SUPERVISE, str(port), "2"],
+                                   cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: process.poll() is not None or _answers(base), what="the worker serving")
+        assert process.poll() is None, log.read_text()
+        yield base, process, log
+    finally:
+        stop(process, timeout=30)
+
+
+def _answers(base: str) -> int | None:
+    try:
+        return int(httpx.get(f"{base}/", timeout=2).text)
+    except (httpx.TransportError, ValueError):
+        return None
+
+
+class TestHungEventLoop:
+    def test_a_worker_whose_loop_hangs_is_replaced_on_its_socket(self, one_loop_worker) -> None:
+        base, process, log = one_loop_worker
+        hung = _answers(base)
+        with pytest.raises(httpx.TransportError):  # its thread still answers pings; its loop does not run
+            httpx.get(f"{base}/block?60", timeout=0.5)
+        replacement = wait_for(lambda: (pid := _answers(base)) and pid != hung and pid, timeout=60,
+                               what="a new worker answering on the socket")
+        assert replacement != hung
+        assert not Path(f"/proc/{hung}").exists() or "zombie" in Path(f"/proc/{hung}/status").read_text()
+        text = log.read_text()
+        assert "its event loop has not run" in text and "starting another on its socket" in text
+        assert process.poll() is None
+
+    def test_a_loop_busy_for_less_than_the_limit_is_left_alone(self, one_loop_worker) -> None:
+        base, process, log = one_loop_worker
+        worker = _answers(base)
+        assert httpx.get(f"{base}/block?1", timeout=10).text == str(worker)
+        time.sleep(3)  # past the limit: a worker wrongly marked hung would be gone by now
+        assert _answers(base) == worker
+        assert "its event loop has not run" not in log.read_text()

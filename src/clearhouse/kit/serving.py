@@ -16,7 +16,11 @@ them by a hash of each connection's addresses.
   within five minutes; one killed by a signal is replaced. A worker is pinged for health only once it
   serves, so a loaded machine that takes long to import the app does not get its workers killed as hung.
 - The children are uvicorn's (``uvicorn.supervisors.multiprocess.Process``: spawned, answering the
-  supervisor's health pings over a pipe), so they start, log and shut down as uvicorn's do.
+  supervisor's health pings over a pipe), so they start, log and shut down as uvicorn's do. A ping is
+  answered by a thread of the worker, which a hung event loop (a blocking call in async code, a loop
+  of its own) would leave answering while every connection on that socket waits; so a ``Worker`` also
+  has its event loop run a callback for each ping, and stops answering once one has waited longer than
+  ``hung_after`` seconds. The supervisor then kills it and starts another on its socket.
 - SIGINT or SIGTERM stops the workers gracefully (uvicorn finishes the requests in flight), then the
   supervisor.
 
@@ -25,14 +29,17 @@ Where the platform has no ``SO_REUSEPORT``, uvicorn's own supervisor and shared 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 from types import FrameType
 
 import uvicorn
+from uvicorn._compat import asyncio_run
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Process
 
@@ -42,6 +49,11 @@ APP = "clearhouse.app:create_app"
 """The app factory every worker process builds its app from."""
 
 _STOPPING = (signal.SIGINT, signal.SIGTERM)
+
+HUNG_AFTER = 30.0
+"""Seconds a serving worker's event loop may go without running the callback of a health ping before
+the worker counts as hung. Long enough for any honest stall (a garbage collection, a slow disk), short
+enough that a stuck worker does not hold its share of the connections for long."""
 
 
 class CannotListen(OSError):
@@ -79,23 +91,71 @@ def own_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[s
     return sockets
 
 
+class Worker(Process):
+    """A uvicorn worker process whose answer to a health ping also says that its event loop runs.
+
+    Each ping (every ``check_every`` seconds) asks the loop to run a small callback unless one is
+    still waiting; the ping is answered at once, as uvicorn's are, until a callback has waited longer
+    than ``hung_after`` seconds. Then it is not answered, the supervisor's ping times out, and the
+    worker is killed and replaced."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], *, hung_after: float = HUNG_AFTER):
+        super().__init__(config, sockets)
+        self.hung_after = hung_after
+        self.loop: asyncio.AbstractEventLoop | None = None  # set in the child, once its loop runs
+        self.asked: float | None = None  # when the callback still waiting was scheduled (monotonic)
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover (the child)
+        threading.Thread(target=self.always_pong, daemon=True).start()
+        server = self.server
+
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await server.serve(sockets=sockets)
+
+        asyncio_run(serve(), loop_factory=self.config.get_loop_factory())
+
+    def pong(self) -> None:  # pragma: no cover (the child)
+        self.child_conn.recv()
+        if self.loop is not None and self.server.started and not self._loop_runs():
+            logger.error("worker [%s]: its event loop has not run for %s s; not answering the health check",
+                         os.getpid(), self.hung_after)
+            return
+        self.child_conn.send(self.server.started)
+
+    def _loop_runs(self) -> bool:
+        asked = self.asked
+        if asked is not None:
+            return time.monotonic() - asked <= self.hung_after
+        self.asked = time.monotonic()
+        try:
+            self.loop.call_soon_threadsafe(self._ran)  # type: ignore[union-attr]
+        except RuntimeError:  # the loop is closed: the worker is on its way out
+            self.asked = None
+        return True
+
+    def _ran(self) -> None:
+        self.asked = None
+
+
 class Supervisor:
     """Runs one uvicorn worker process per socket and keeps each alive until told to stop."""
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], *, check_every: float = 0.5,
-                 start_timeout: float = 300.0) -> None:
+                 start_timeout: float = 300.0, hung_after: float = HUNG_AFTER) -> None:
         self.config = config
+        self.hung_after = hung_after
         self.sockets = sockets
         self.check_every = check_every
-        self.workers: list[Process] = []
+        self.workers: list[Worker] = []
         self.serving: set[int] = set()  # the slots whose worker has answered that it serves
         self.started: dict[int, float] = {}  # when each slot's worker was started (monotonic)
         self.start_timeout = start_timeout
         self.stopping: int | None = None  # the signal that asked to stop; a plain flag, safe to set in a handler
         self.failed = False
 
-    def _start(self, index: int) -> Process:
-        worker = Process(self.config, [self.sockets[index]])
+    def _start(self, index: int) -> Worker:
+        worker = Worker(self.config, [self.sockets[index]], hung_after=self.hung_after)
         worker.start()
         self.started[index] = time.monotonic()
         return worker
@@ -137,7 +197,7 @@ class Supervisor:
                 return
             never_started = False
             if index in self.serving:
-                if worker.is_alive(timeout=timeout):  # a ping: a worker that stopped answering is hung
+                if worker.is_alive(timeout=timeout):  # a ping: a worker that stops answering is hung (``Worker``)
                     continue
             elif worker.process.is_alive():
                 # Starting (a loaded machine can take many seconds to import the app): not pinged to
