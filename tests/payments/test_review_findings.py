@@ -11,6 +11,7 @@ import pytest
 from clearhouse.channels.connectors import sandbox
 from clearhouse.channels.connectors.sandbox_card import CARD_DECLINED
 from clearhouse.kit import clock
+from clearhouse.kit.clock import rfc3339
 from clearhouse.payments import service as payments
 from clearhouse.payments.schemas import MAX_PAYMENT_AMOUNT
 from tests.payments.support import balances, card_body, ledger_verifies
@@ -64,6 +65,39 @@ class TestACaptureWhoseAnswerWasLost:
         assert after["amount_captured"] == 10000
         assert balances(app, merchant_id)["merchant"] == 10000 - 60
         ledger_verifies(app)
+
+    def test_a_hold_captured_by_an_unknown_amount_does_not_keep_others_from_expiring(
+            self, app, merchant_client_factory, monkeypatch):
+        from clearhouse.channels import protocol
+
+        shop, merchant_id = merchant_client_factory()
+        with clock.frozen(clock.now() - timedelta(minutes=1)):
+            mute = _held(shop)  # the older hold: first in line to expire
+        other = _held(shop)
+        card = app.state.channels["sandbox_card"]
+        mute_reference = mute["attempts"][-1]["id"]
+        cancel, query = card.cancel, card.query
+
+        def says_captured(real):  # a channel that says "captured" for this hold, never how much
+            return lambda reference: (protocol.ChannelResult(protocol.APPROVED, reference)
+                                      if reference == mute_reference else real(reference))
+
+        monkeypatch.setattr(card, "cancel", says_captured(cancel))
+        monkeypatch.setattr(card, "query", says_captured(query))
+        runtime = payments.Runtime.of(app)
+        later = clock.now() + timedelta(days=8)
+        with clock.frozen(later):
+            assert payments.expire_authorizations(runtime, limit=1) == 1  # the mute one: asked, kept
+            assert payments.expire_authorizations(runtime, limit=1) == 1  # then the other, not the mute again
+        assert shop.get(f"/v1/payments/{other['id']}").json()["status"] == "canceled"
+        kept = shop.get(f"/v1/payments/{mute['id']}").json()
+        assert kept["status"] == "requires_capture" and kept["amount_captured"] == 0
+        assert kept["authorization_expires_at"] == rfc3339(later + payments.RECHECK_CAPTURED)
+        with clock.frozen(later + timedelta(minutes=59)):
+            assert payments.expire_authorizations(runtime) == 0  # not asked again within the hour
+        assert balances(app, merchant_id)["merchant"] == 0
+        ledger_verifies(app)
+
 
 
 class TestAmounts:

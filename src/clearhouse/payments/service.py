@@ -1085,22 +1085,38 @@ def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, li
     return done
 
 
+RECHECK_CAPTURED = timedelta(hours=1)
+"""How long an expired hold the channel says it captured, without saying how much, waits before it is
+asked again (``expire_authorizations``)."""
+
+
 def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
-    """Release holds past their expiry: the channel is told (best effort) and the ledger voids."""
+    """Release holds past their expiry, the longest expired first: the channel is told (best effort)
+    and the ledger voids. A hold the channel captured after all is posted instead, for the amount it
+    says it took; when neither its answer to the cancel nor its status says how much, nothing is
+    posted, an operator is told (log), and the hold is asked about again an hour later, behind the
+    others, so such holds never keep the rest from expiring."""
     now = clock.now()
     rows = _tx(rt, lambda s: s.execute(
         select(payments.c.id, payments.c.reference, payments.c.channel).where(
             payments.c.status == state.REQUIRES_CAPTURE, payments.c.authorization_expires_at < now)
-        .limit(limit)).all())
+        .order_by(payments.c.authorization_expires_at, payments.c.id).limit(limit)).all())
     for row in rows:
+        connector = rt.channels[row.channel]
         try:
-            result = rt.channels[row.channel].cancel(row.reference)
+            result = connector.cancel(row.reference)
+            if result.status == protocol.APPROVED and not result.captured_amount:
+                result = connector.query(row.reference)  # its status may say how much it took
         except (ChannelTimeout, ChannelUnavailable, ChannelError):
             log.warning("authorization_cancel_failed", payment=row.id)
         else:
             if result.status == protocol.APPROVED:  # captured after all (its answer was lost): not released
-                _tx(rt, lambda s, r=row, found=result: apply_result(s, r.reference, found, source="expiry",
-                                                                    hold_hours=_hold(rt)))
+                outcome = _tx(rt, lambda s, r=row, found=result: apply_result(
+                    s, r.reference, found, source="expiry", hold_hours=_hold(rt)))
+                if outcome == "captured_amount_unknown":
+                    log.error("authorization_captured_amount_unknown", payment=row.id, channel=row.channel)
+                    _tx(rt, lambda s, r=row: _run(s, _UPDATE_PAYMENT, {
+                        "the_id": r.id, "authorization_expires_at": now + RECHECK_CAPTURED, "updated_at": now}))
                 continue
         _tx(rt, lambda s, r=row: _canceled(s, r.id, "authorization_expired"))
     return len(rows)
