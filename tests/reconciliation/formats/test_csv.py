@@ -196,6 +196,15 @@ class TestExactMoney:
         assert parse_statement(path, "csv", mapping=mapping).lines.select("amount", "fee").rows() == [
             (10000, 60), (-3000, -18)]
 
+    def test_a_minus_in_split_or_indicated_amounts_is_ignored_the_column_or_mark_gives_the_sign(self, tmp_path):
+        path = write(tmp_path, "ref,in,out,day\nr1,,-30.00,2026-11-23\nr2,-5.00,,2026-11-23\n")
+        split = custom(sign="split", columns={"our_ref": "ref", "credit": "in", "debit": "out", "booked_on": "day"})
+        assert parse_statement(path, "csv", mapping=split).lines["amount"].to_list() == [-3000, 500]
+        path = write(tmp_path, "ref,amount,dc,day\nr1,-30.00,D,2026-11-23\nr2,-5.00,C,2026-11-23\n", "i.csv")
+        marked = custom(sign="indicator", credit_values=["C"], debit_values=["D"],
+                        columns={"our_ref": "ref", "amount": "amount", "indicator": "dc", "booked_on": "day"})
+        assert parse_statement(path, "csv", mapping=marked).lines["amount"].to_list() == [-3000, 500]
+
     def test_a_mapping_without_a_fee_column_states_no_fee(self, tmp_path):
         path = write(tmp_path, "ref,amount,day\nr1,1.00,2026-11-23\n")
         lines = parse_statement(path, "csv", mapping=custom()).lines
