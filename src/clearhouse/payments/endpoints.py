@@ -211,12 +211,19 @@ def open_wallet(body: WalletCreate, request: Request, response: Response) -> dic
     return view
 
 
-@router.get("/wallets", response_model=list[WalletOut], tags=["wallets"], dependencies=_READ)
-def list_wallets(request: Request, customer_id: str | None = None,
-                 merchant_id: str | None = None) -> list[dict[str, Any]]:
+@router.get("/wallets", response_model=Page[WalletOut], tags=["wallets"], dependencies=_READ)
+def list_wallets(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    starting_after: str | None = None,
+    customer_id: str | None = None,
+    merchant_id: str | None = None,
+) -> Page[Any]:
+    """Wallets, newest first, with their balances; ``customer_id`` filters."""
     principal = principal_of(request)
-    return transact(request.app.state.engine, lambda s: wallets.list_wallets(
-        s, principal, customer_id=customer_id, merchant_id=merchant_id))
+    views, more = transact(request.app.state.engine, lambda s: wallets.list_wallets(
+        s, principal, customer_id=customer_id, merchant_id=merchant_id, limit=limit, starting_after=starting_after))
+    return Page(data=views, has_more=more, next_cursor=views[-1]["id"] if more else None)
 
 
 @router.get("/wallets/{wallet_id}", response_model=WalletOut, tags=["wallets"], responses=_ERRORS,

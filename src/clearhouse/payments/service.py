@@ -653,7 +653,8 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
         next_action = getattr(result, "next_action", None)
         if next_action:
             _run(session, _UPDATE_PAYMENT, {"the_id": row.id, "next_action_json": canonical_json(dict(next_action))})
-        _event(session, row.id, "channel_repeated", status=result.status, source=source)
+        if source != "query":  # the worker's "still pending?" every 30 s is no new fact for the timeline
+            _event(session, row.id, "channel_repeated", status=result.status, source=source)
         return "unchanged"
     if not state.allowed(row.status, target):
         _event(session, row.id, "channel_ignored", status=result.status, source=source, current=row.status)

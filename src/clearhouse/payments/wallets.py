@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
+from clearhouse.kit.db import newest_first
 from clearhouse.kit.ids import new_id
 from clearhouse.ledger import service as ledger
 from clearhouse.payments import errors, postings
@@ -49,12 +50,20 @@ def wallet_view(session: Session, row: Row) -> dict[str, Any]:
             "created_at": row.created_at}
 
 
-def list_wallets(session: Session, principal: Principal, *, customer_id: str | None,
-                 merchant_id: str | None) -> list[dict[str, Any]]:
-    query = select(wallets).order_by(wallets.c.id).limit(100)
+def list_wallets(session: Session, principal: Principal, *, customer_id: str | None, merchant_id: str | None,
+                 limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """A page of wallets, newest first, with their balances; and whether more follow."""
+    if principal.merchant_id and merchant_id and merchant_id != principal.merchant_id:
+        return [], False
     owner = principal.merchant_id or merchant_id
+    query = select(wallets).limit(limit + 1)
     if owner:
         query = query.where(wallets.c.merchant_id == owner)
     if customer_id:
         query = query.where(wallets.c.customer_id == customer_id)
-    return [wallet_view(session, r) for r in session.execute(query).all()]
+    paged = newest_first(session, query, wallets, starting_after,
+                         scope=wallets.c.merchant_id == owner if owner else None)
+    if paged is None:
+        return [], False
+    rows = session.execute(paged).all()
+    return [wallet_view(session, r) for r in rows[:limit]], len(rows) > limit

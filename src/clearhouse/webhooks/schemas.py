@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StrictBool, StringConstraints
 
 from clearhouse.kit.api import Model, UtcTime
 from clearhouse.webhooks.models import DESCRIPTION_MAX
@@ -24,7 +24,7 @@ class WebhookEndpointCreate(Model):
                          "where the operator allows it (webhook_allow_private_networks)")
     event_types: EventTypeList = Field(description='Event types to receive (see EVENT_TYPES); "*" is all')
     description: Description | None = None
-    enabled: bool = True
+    enabled: StrictBool = True
     merchant_id: ObjectRef | None = Field(
         default=None, description="Required for platform callers; merchant callers get their own"
     )
@@ -34,7 +34,7 @@ class WebhookEndpointUpdate(Model):
     url: UrlText | None = None
     event_types: EventTypeList | None = None
     description: Description | None = None
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
 
 class WebhookEndpointOut(BaseModel):

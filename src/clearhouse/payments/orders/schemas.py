@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StrictBool, StringConstraints
 
-from clearhouse.kit.api import Amount, CurrencyCode, Model, UtcTime
-from clearhouse.payments.schemas import PaymentDetails
+from clearhouse.kit.api import CurrencyCode, Model, UtcTime
+from clearhouse.payments.schemas import Amount, PaymentDetails
 from clearhouse.vault.schemas import MerchantRef
 
 MAX_QUANTITY = 100
@@ -33,21 +33,21 @@ Ref = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValid
 
 
 class Price(Model):
-    amount: Amount
+    amount: Amount  # a payment's bound: a price no payment could take would be a product nobody can buy
     currency: CurrencyCode
 
 
 class ProductCreate(Model):
     name: Name
     price: Price
-    active: bool = True
+    active: StrictBool = True
     merchant_id: MerchantRef | None = Field(default=None, description="Platform callers name the merchant")
 
 
 class ProductUpdate(Model):
     name: Name | None = None
     price: Price | None = None
-    active: bool | None = None
+    active: StrictBool | None = None
 
 
 class CodesUpload(Model):
