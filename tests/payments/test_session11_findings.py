@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from clearhouse.payments.schemas import MAX_PAYMENT_AMOUNT
+from tests.payments.orders.support import CARD
 from tests.payments.support import ledger_verifies
 
 
@@ -87,3 +88,124 @@ class TestWorkerQueries:
         assert after["status"] == "processing"
         assert after["timeline"] == before
         ledger_verifies(app)
+
+
+def _undeliverable_order(app, shop, amount: int = 600) -> dict:
+    """An order whose payment succeeds and whose code cannot be decrypted: it must refund itself."""
+    from sqlalchemy import update
+
+    from clearhouse.kit.db import transact
+    from clearhouse.payments.orders.models import ProductCode
+    from tests.payments.orders.support import code_rows, make_product, order_body
+
+    product = make_product(shop, ["K-1", "K-2"], amount=amount)
+    first, second = code_rows(app, product["id"])
+    table = ProductCode.__table__
+
+    def swap(session):  # each ciphertext is bound to its row: swapped, neither decrypts
+        session.execute(update(table).where(table.c.id == first.id).values(code_encrypted=second.code_encrypted))
+        session.execute(update(table).where(table.c.id == second.id).values(code_encrypted=first.code_encrypted))
+
+    transact(app.state.engine, swap)
+    response = shop.post("/v1/orders", json=order_body(product["id"]))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+class TestAnOrderThatRefundsItself:
+    def test_a_refund_the_channel_failed_to_take_is_sent_again_and_the_order_ends_refunded(
+            self, app, merchant_client_factory, monkeypatch):
+        from clearhouse.channels.protocol import ChannelError
+        from clearhouse.payments import service as payments
+        from clearhouse.payments.orders import tasks
+        from tests.payments.support import balances
+
+        shop, merchant_id = merchant_client_factory()
+        card = app.state.channels["sandbox_card"]
+        real_refund = card.refund
+
+        def down(*args, **kwargs):
+            raise ChannelError("the channel failed and did not act")
+
+        monkeypatch.setattr(card, "refund", down)
+        order = _undeliverable_order(app, shop)
+        assert order["status"] == "refunding"
+        payment = shop.get(f"/v1/payments/{order['payment_id']}").json()
+        assert payment["amount_refunded"] == 0
+        (refund,) = shop.get(f"/v1/payments/{order['payment_id']}/refunds").json()["data"]
+        assert refund["status"] == "pending"  # still owed, not given up
+        assert "refund_not_sent" in [event["type"] for event in payment["timeline"]]
+
+        monkeypatch.setattr(card, "refund", real_refund)  # the channel is back
+        runtime = payments.Runtime.of(app)
+        assert payments.resolve_pending_refunds(runtime, older_than_seconds=-1) == 1
+        assert shop.get(f"/v1/refunds/{refund['id']}").json()["status"] == "succeeded"
+        tasks.advance_orders(runtime, older_than_seconds=-1)
+        after = shop.get(f"/v1/orders/{order['id']}").json()
+        assert after["status"] == "refunded"
+        assert shop.get(f"/v1/payments/{order['payment_id']}").json()["amount_refunded"] == 600
+        assert balances(app, merchant_id)["merchant"] == 0
+        ledger_verifies(app)
+
+    def test_a_refund_no_channel_ever_takes_is_given_up_after_three_days(self, app, merchant_client_factory,
+                                                                          monkeypatch):
+        from datetime import timedelta
+
+        from clearhouse.channels.protocol import ChannelError
+        from clearhouse.kit import clock
+        from clearhouse.payments import service as payments
+
+        shop, _ = merchant_client_factory()
+        payment = shop.post("/v1/payments", json={"amount": 1000, "currency": "CNY", "method": "card",
+                                                  "payment_details": CARD}).json()
+        card = app.state.channels["sandbox_card"]
+        monkeypatch.setattr(card, "refund", lambda *a, **k: (_ for _ in ()).throw(ChannelError("down")))
+        refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={}).json()
+        assert refund["status"] == "pending"
+        runtime = payments.Runtime.of(app)
+        with clock.frozen(clock.now() + timedelta(days=2)):
+            payments.resolve_pending_refunds(runtime, older_than_seconds=-1)
+        assert shop.get(f"/v1/refunds/{refund['id']}").json()["status"] == "pending"
+        with clock.frozen(clock.now() + timedelta(days=3, minutes=1)):
+            payments.resolve_pending_refunds(runtime, older_than_seconds=-1)
+        gone = shop.get(f"/v1/refunds/{refund['id']}").json()
+        assert (gone["status"], gone["failure_code"]) == ("failed", "channel_never_accepted")
+        after = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert after["amount_refunded"] == 0
+        assert shop.post(f"/v1/payments/{payment['id']}/refunds", json={}).status_code == 201  # may be asked again
+        ledger_verifies(app)
+
+    def test_an_order_refunded_by_hand_in_full_ends_refunded(self, app, merchant_client_factory, monkeypatch):
+        from clearhouse.payments import service as payments
+        from clearhouse.payments.orders import service as orders
+        from clearhouse.payments.orders import tasks
+
+        shop, _ = merchant_client_factory()
+        real = orders.refund
+        monkeypatch.setattr(orders, "refund", lambda rt, order_id: "crashed")  # the request dies before it
+        order = _undeliverable_order(app, shop)
+        monkeypatch.setattr(orders, "refund", real)
+        assert order["status"] == "refunding"
+        by_hand = shop.post(f"/v1/payments/{order['payment_id']}/refunds", json={"amount": 600})
+        assert by_hand.status_code == 201 and by_hand.json()["status"] == "succeeded"
+        tasks.advance_orders(payments.Runtime.of(app), older_than_seconds=-1)
+        after = shop.get(f"/v1/orders/{order['id']}").json()
+        assert after["status"] == "refunded"
+        assert after["steps"][-1]["status"] == "done"
+        assert len(shop.get(f"/v1/payments/{order['payment_id']}/refunds").json()["data"]) == 1  # not twice
+        ledger_verifies(app)
+
+
+class TestRefundList:
+    def test_a_payments_refunds_are_a_page_newest_first(self, merchant_client_factory):
+        shop, _ = merchant_client_factory()
+        payment = shop.post("/v1/payments", json={"amount": 3000, "currency": "CNY", "method": "card",
+                                                  "payment_details": CARD}).json()
+        made = [shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 1000}).json()["id"]
+                for _ in range(3)]
+        first = shop.get(f"/v1/payments/{payment['id']}/refunds", params={"limit": 2}).json()
+        assert [r["id"] for r in first["data"]] == made[:0:-1] and first["has_more"] is True
+        rest = shop.get(f"/v1/payments/{payment['id']}/refunds",
+                        params={"limit": 2, "starting_after": first["next_cursor"]}).json()
+        assert [r["id"] for r in rest["data"]] == made[:1] and rest == {**rest, "has_more": False, "next_cursor": None}
+        assert shop.get(f"/v1/payments/{payment['id']}/refunds", params={"limit": 501}).status_code == 422

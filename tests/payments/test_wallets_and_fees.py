@@ -169,7 +169,7 @@ class TestTopUpRefund:
         too_much = shop.post(f"/v1/payments/{top_up['id']}/refunds", json={"amount": 600})
         assert too_much.status_code == 409
         assert too_much.json()["code"] == "insufficient_funds"
-        assert shop.get(f"/v1/payments/{top_up['id']}/refunds").json() == []
+        assert shop.get(f"/v1/payments/{top_up['id']}/refunds").json()["data"] == []
         refund = shop.post(f"/v1/payments/{top_up['id']}/refunds", json={"amount": 500}).json()
         assert refund["status"] == "succeeded"
         assert shop.get(f"/v1/wallets/{wallet['id']}").json()["balance"] == 0

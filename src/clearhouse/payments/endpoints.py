@@ -109,11 +109,19 @@ def refund_payment(payment_id: str, request: Request, body: RefundCreate | None 
                            refund_id=derived_id(request, "re"))
 
 
-@router.get("/payments/{payment_id}/refunds", response_model=list[RefundOut], responses=_ERRORS,
+@router.get("/payments/{payment_id}/refunds", response_model=Page[RefundOut], responses=_ERRORS,
             dependencies=_READ)
-def list_refunds(payment_id: str, request: Request) -> list[dict[str, Any]]:
+def list_refunds(
+    payment_id: str,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    starting_after: str | None = None,
+) -> Page[Any]:
+    """The payment's refunds, newest first."""
     principal = principal_of(request)
-    return transact(request.app.state.engine, lambda s: payments.list_refunds(s, principal, payment_id))
+    views, more = transact(request.app.state.engine, lambda s: payments.list_refunds(
+        s, principal, payment_id, limit=limit, starting_after=starting_after))
+    return Page(data=views, has_more=more, next_cursor=views[-1]["id"] if more else None)
 
 
 @router.get("/refunds/{refund_id}", response_model=RefundOut, responses=_ERRORS, dependencies=_READ)

@@ -832,10 +832,16 @@ def get_refund(session: Session, principal: Principal | None, refund_id: str) ->
     return refund_view(row)
 
 
-def list_refunds(session: Session, principal: Principal, payment_id: str) -> list[dict[str, Any]]:
+def list_refunds(session: Session, principal: Principal, payment_id: str, *, limit: int,
+                 starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """A page of the payment's refunds, newest first; and whether more follow."""
     get_payment_row(session, principal, payment_id)
-    rows = session.execute(select(refunds).where(refunds.c.payment_id == payment_id).order_by(refunds.c.id)).all()
-    return [refund_view(r) for r in rows]
+    paged = newest_first(session, select(refunds).where(refunds.c.payment_id == payment_id).limit(limit + 1),
+                         refunds, starting_after, scope=refunds.c.payment_id == payment_id)
+    if paged is None:
+        return [], False
+    rows = session.execute(paged).all()
+    return [refund_view(r) for r in rows[:limit]], len(rows) > limit
 
 
 def refund(rt: Runtime, principal: Principal, payment_id: str, amount: int | None, reason: str | None, *,
@@ -906,9 +912,10 @@ def _send_refund(rt: Runtime, refund_id: str) -> None:
         if result is None or result.status == protocol.NOT_FOUND:
             return  # still pending: the worker asks again
     except (ChannelUnavailable, ChannelError) as error:
+        # It failed and did not act (channels.md): the money is still owed, so the refund stays
+        # pending and the worker sends it again (``resolve_pending_refunds``).
         code = error.code
-        _tx(rt, lambda s: apply_refund_result(s, refund_id, protocol.FAILED, None, code,
-                                                          source="refund"))
+        _tx(rt, lambda s: _event(s, row.payment_id, "refund_not_sent", refund=refund_id, code=code))
         return
     _tx(rt, lambda s: apply_refund_result(s, refund_id, result.status, result.external_id,
                                                       result.decline_code, source="refund"))
@@ -1059,10 +1066,18 @@ def _never_sent(session: Session, payment_id: str, reference: str) -> None:
     _fail(session, row, "channel_not_reached", "the channel never received the payment; nothing was charged")
 
 
+REFUND_RESEND_FOR = timedelta(days=3)
+"""How long a refund the channel has not taken (it was down, or failed without acting) is sent again,
+every pass of the worker, before it is given up as ``failed`` (``channel_never_accepted``) for an operator."""
+
+
 def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, limit: int = 100) -> int:
-    cutoff = clock.now() - timedelta(seconds=older_than_seconds)
+    """Ask the channels about refunds still pending; send again the ones a channel never took."""
+    now = clock.now()
+    cutoff = now - timedelta(seconds=older_than_seconds)
     rows = _tx(rt, lambda s: s.execute(
-        select(refunds.c.id, refunds.c.channel).where(refunds.c.status == "pending", refunds.c.updated_at < cutoff)
+        select(refunds.c.id, refunds.c.channel, refunds.c.created_at)
+        .where(refunds.c.status == "pending", refunds.c.updated_at < cutoff)
         .order_by(refunds.c.updated_at).limit(limit)).all())
     done = 0
     for row in rows:
@@ -1074,8 +1089,13 @@ def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, li
         try:
             result = rt.channels[row.channel].query(row.id)
         except (ChannelTimeout, ChannelUnavailable, ChannelError):
-            continue
-        if result.status == protocol.NOT_FOUND:
+            result = None  # asked again next pass, behind the others
+        if result is None:
+            pass
+        elif result.status == protocol.NOT_FOUND and row.created_at < now - REFUND_RESEND_FOR:
+            _tx(rt, lambda s, r=row: apply_refund_result(s, r.id, protocol.FAILED, None, "channel_never_accepted",
+                                                         source="worker"))
+        elif result.status == protocol.NOT_FOUND:
             _send_refund(rt, row.id)
         else:
             _tx(rt, lambda s, r=row, res=result: apply_refund_result(

@@ -561,6 +561,15 @@ def refund(rt: payments.Runtime, order_id: str) -> str:
     refund_id = row.refund_id or _refund_id_for(order_id)
     existing = transact(rt.engine, lambda s: _refund_or_none(s, refund_id))
     if existing is None:
+        payment = transact(rt.engine, lambda s: _payment_or_none(s, row.payment_id))
+        if payment is not None and payment.status == state.SUCCEEDED and payment.amount_captured > 0 and (
+                payment.amount_refunded + payment.amount_refund_pending >= payment.amount_captured):
+            # Refunded by hand already, nothing left for the order's own refund: the buyer has the
+            # money back once those refunds succeed, and the order is done then.
+            if payment.amount_refunded < payment.amount_captured:
+                return "pending"
+            transact(rt.engine, lambda s: _refunded(s, order_id, None, by_hand=True))
+            return "succeeded"
         transact(rt.engine, lambda s: record_step(s, order_id, "refund", "started", refund_id=refund_id))
         try:
             view = payments.refund(rt, None, row.payment_id, None, "the order could not be delivered",
@@ -587,12 +596,12 @@ def _refund_or_none(session: Session, refund_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _refunded(session: Session, order_id: str, refund_id: str) -> None:
+def _refunded(session: Session, order_id: str, refund_id: str | None, **detail: Any) -> None:
     if not _transition(session, order_id, (REFUNDING,), REFUNDED):
         return
     released = session.execute(update(codes).where(codes.c.order_id == order_id, codes.c.status == "reserved")
                                .values(status="available", order_id=None, updated_at=clock.now())).rowcount
-    record_step(session, order_id, "refund", "done", refund_id=refund_id, codes_released=released)
+    record_step(session, order_id, "refund", "done", refund_id=refund_id, codes_released=released, **detail)
     _publish(session, order_id, "order.refunded")
 
 
