@@ -209,3 +209,37 @@ class TestRefundList:
                         params={"limit": 2, "starting_after": first["next_cursor"]}).json()
         assert [r["id"] for r in rest["data"]] == made[:1] and rest == {**rest, "has_more": False, "next_cursor": None}
         assert shop.get(f"/v1/payments/{payment['id']}/refunds", params={"limit": 501}).status_code == 422
+
+
+class TestANotificationOfAnotherSum:
+    def test_a_transfer_that_arrived_short_or_in_another_currency_is_not_booked_as_the_payment(
+            self, app, anonymous_client, merchant_client_factory):
+        import json
+
+        from clearhouse.channels.connectors import sandbox
+        from clearhouse.channels.connectors.sandbox_bank import SIGNATURE_HEADER, TIMESTAMP_HEADER, bank_signature
+        from tests.payments.support import balances
+
+        shop, merchant_id = merchant_client_factory()
+        payment = shop.post("/v1/payments", json={"amount": 250000, "currency": "CNY",
+                                                  "method": "bank_transfer"}).json()
+        bank = app.state.channels["sandbox_bank"]
+        bank.pay(payment["attempts"][0]["id"])
+        sent: list[tuple[str, dict, bytes]] = []
+        sandbox.deliver_due(app.state.settings, lambda path, headers, body: sent.append((path, headers, body)) or 200)
+        (path, genuine_headers, genuine), = sent
+        for n, amount in enumerate(({"value": "0.01", "currency": "USD"}, {"value": "2499.99", "currency": "CNY"},
+                                    {"value": "2500.00", "currency": "USD"})):
+            message = {**json.loads(genuine), "amount": amount, "notification_id": f"forged-{n}"}
+            body = json.dumps(message).encode()
+            stamp = genuine_headers[TIMESTAMP_HEADER]
+            headers = {**genuine_headers, SIGNATURE_HEADER: bank_signature(bank.notification_secret, stamp, body)}
+            assert anonymous_client.post(path, content=body, headers=headers).status_code == 200  # acknowledged
+        view = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert view["status"] == "processing" and view["amount_captured"] == 0
+        assert [e["type"] for e in view["timeline"]].count("amount_mismatch") == 3
+        assert balances(app, merchant_id, channel="sandbox_bank")["merchant"] == 0
+        # The bank's own notification, of the sum asked, completes it.
+        assert anonymous_client.post(path, content=genuine, headers=genuine_headers).status_code == 200
+        assert shop.get(f"/v1/payments/{payment['id']}").json()["status"] == "succeeded"
+        ledger_verifies(app)

@@ -659,6 +659,17 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
     if not state.allowed(row.status, target):
         _event(session, row.id, "channel_ignored", status=result.status, source=source, current=row.status)
         return f"ignored:{row.status}"
+    if target in (state.SUCCEEDED, state.REQUIRES_CAPTURE) and row.status != state.REQUIRES_CAPTURE and (
+            (result.amount is not None and result.amount != row.amount)
+            or (result.currency is not None and result.currency != row.currency)):
+        # The channel says it took another sum than the one asked (a transfer that arrived short or in
+        # another currency, a QR payment of another amount): never booked as the payment. The
+        # payment waits; an operator settles the difference with the customer.
+        log.error("payment_amount_mismatch", payment=row.id, attempt=reference, expected=row.amount,
+                  currency=row.currency, received=result.amount, received_currency=result.currency)
+        _event(session, row.id, "amount_mismatch", status=result.status, source=source, expected=row.amount,
+               currency=row.currency, received=result.amount, received_currency=result.currency)
+        return "amount_mismatch"
     if target == state.SUCCEEDED and row.status == state.REQUIRES_CAPTURE:
         # The channel captured the hold (a capture whose answer we missed, seen again in its answer
         # to a cancel or at expiry): post it for what the channel says it took, as a capture does.
