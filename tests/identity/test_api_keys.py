@@ -65,8 +65,8 @@ class TestTestKey:
 
         listed = client.get(f"/v1/merchants/{shop.merchant_id}/api_keys")
         assert listed.status_code == 200
-        assert key["id"] in [k["id"] for k in listed.json()]
-        assert all("secret" not in k for k in listed.json())
+        assert key["id"] in [k["id"] for k in listed.json()["data"]]
+        assert all("secret" not in k for k in listed.json()["data"])
         assert secret not in listed.text
         # A second collection is refused: the secret was shown with the key.
         again = client.post(f"/v1/merchants/{shop.merchant_id}/api_keys/{key['id']}/secret")
@@ -112,14 +112,14 @@ class TestLiveKey:
         assert approval["action"] == "api_key.create" and approval["merchant_id"] == shop.merchant_id
         assert approval["payload"]["mode"] == "live" and approval["payload"]["name"] == "production"
         assert "secret" not in held.text
-        keys = client.get(f"/v1/merchants/{shop.merchant_id}/api_keys").json()
+        keys = client.get(f"/v1/merchants/{shop.merchant_id}/api_keys").json()["data"]
         assert [k["mode"] for k in keys] == ["test"]  # only the shop's own test key
 
     def test_a_platform_key_is_always_held_for_approval(self, client, platform_key):
         held = client.post("/v1/api_keys", json={"name": "reconciler", "scopes": ["recon:write", "ledger:read"]})
         assert held.status_code == 202, held.text
         assert held.json()["payload"]["scopes"] == ["recon:write", "ledger:read"]
-        assert [k["id"] for k in client.get("/v1/api_keys").json()] == [platform_key.key_id]
+        assert [k["id"] for k in client.get("/v1/api_keys").json()["data"]] == [platform_key.key_id]
 
 
 class TestScopes:
@@ -250,3 +250,19 @@ class TestIdempotentKeyCreation:
                            headers={"Idempotency-Key": "make-key-0002"})
         assert made.status_code == 201, made.text
         assert made.json()["secret"] not in everything_stored(app.state.engine)
+
+
+class TestKeyLists:
+    def test_a_merchants_keys_are_a_page_newest_first(self, client, shop):
+        for n in range(3):
+            assert client.post(f"/v1/merchants/{shop.merchant_id}/api_keys", json={"name": f"k{n}"}).status_code == 201
+        everything = client.get(f"/v1/merchants/{shop.merchant_id}/api_keys").json()
+        assert everything["has_more"] is False and len(everything["data"]) == 4  # the shop's own key too
+        created = [k["created_at"] for k in everything["data"]]
+        assert created == sorted(created, reverse=True)
+        first = client.get(f"/v1/merchants/{shop.merchant_id}/api_keys", params={"limit": 3}).json()
+        assert first["has_more"] is True and first["next_cursor"] == first["data"][-1]["id"]
+        rest = client.get(f"/v1/merchants/{shop.merchant_id}/api_keys",
+                          params={"starting_after": first["next_cursor"]}).json()
+        assert [k["id"] for k in first["data"] + rest["data"]] == [k["id"] for k in everything["data"]]
+        assert client.get(f"/v1/merchants/{shop.merchant_id}/api_keys", params={"limit": 0}).status_code == 422

@@ -46,7 +46,7 @@ def refused(response: httpx.Response, status: int, code: str) -> None:
 
 
 def live_keys(client, merchant_id: str) -> list[dict]:
-    return [k for k in client.get(f"/v1/merchants/{merchant_id}/api_keys").json() if k["mode"] == "live"]
+    return [k for k in client.get(f"/v1/merchants/{merchant_id}/api_keys").json()["data"] if k["mode"] == "live"]
 
 
 class TestWhoMayDecide:
@@ -125,7 +125,7 @@ class TestDecisions:
         assert collected.json()["secret_collected"] is True
         refused(maker.post(secret_path), 409, "secret_already_collected")
         refused(checker.post(secret_path), 403, "forbidden")
-        assert all("secret" not in k for k in client.get(f"/v1/merchants/{shop.merchant_id}/api_keys").json())
+        assert all("secret" not in k for k in client.get(f"/v1/merchants/{shop.merchant_id}/api_keys").json()["data"])
 
         with httpx.Client(base_url=live_server, timeout=30, auth=Credentials(key_id, secret).auth) as live:
             assert live.get(f"/v1/merchants/{shop.merchant_id}").status_code == 200

@@ -101,7 +101,7 @@ class TestMerchantKeyAgainstAnotherMerchant:
         # Nothing of B changed: still active, its key still works, nothing was made for it.
         assert client.get(f"/v1/merchants/{b.merchant_id}").json()["status"] == "active"
         assert anonymous_client.get(f"/v1/merchants/{b.merchant_id}", auth=b.auth).status_code == 200
-        names = [k["name"] for k in client.get(f"/v1/merchants/{b.merchant_id}/api_keys").json()]
+        names = [k["name"] for k in client.get(f"/v1/merchants/{b.merchant_id}/api_keys").json()["data"]]
         assert "intruder" not in names
 
     def test_bs_approvals_and_the_platforms_are_out_of_reach(self, tenants, anonymous_client, client):
@@ -173,11 +173,11 @@ class TestMerchantStaffAgainstAnotherMerchant:
         assert [m["id"] for m in staff.get("/v1/merchants").json()["data"]] == [tenants.a.merchant_id]
         not_found(staff.get(f"/v1/merchants/{b.merchant_id}/api_keys"), tenants.b_other_key["id"], b.key_id)
         own = staff.get(f"/v1/merchants/{tenants.a.merchant_id}/api_keys")
-        assert own.status_code == 200 and [k["id"] for k in own.json()] == [tenants.a.key_id]
+        assert own.status_code == 200 and [k["id"] for k in own.json()["data"]] == [tenants.a.key_id]
         # Platform keys: an empty list, not B's and not the platform's.
         platform_keys = staff.get("/v1/api_keys")
         assert platform_keys.status_code == 200, platform_keys.text
-        assert platform_keys.json() == []
+        assert platform_keys.json()["data"] == []
 
     def test_a_merchant_admin_cannot_act_on_bs_keys_through_any_path(self, a_admin, tenants, client,
                                                                       anonymous_client):
@@ -190,7 +190,7 @@ class TestMerchantStaffAgainstAnotherMerchant:
             not_found(a_admin.post(path))
         not_found(a_admin.post(f"/v1/merchants/{b.merchant_id}/api_keys", json={"name": "intruder"}), B_NAME)
         not_found(a_admin.post(f"/v1/merchants/{b.merchant_id}/api_keys", json={"mode": "live"}), B_NAME)
-        keys = client.get(f"/v1/merchants/{b.merchant_id}/api_keys").json()
+        keys = client.get(f"/v1/merchants/{b.merchant_id}/api_keys").json()["data"]
         assert all(k["revoked_at"] is None for k in keys)
         assert "intruder" not in [k["name"] for k in keys]
         assert anonymous_client.get(f"/v1/merchants/{b.merchant_id}", auth=b.auth).status_code == 200

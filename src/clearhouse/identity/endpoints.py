@@ -125,12 +125,20 @@ def create_merchant_key(merchant_id: str, body: ApiKeyCreate, request: Request) 
     return _create_key(request, merchant_id, body.mode, body)
 
 
-@router.get("/merchants/{merchant_id}/api_keys", response_model=list[ApiKeyOut], tags=["api keys"],
+@router.get("/merchants/{merchant_id}/api_keys", response_model=Page[ApiKeyOut], tags=["api keys"],
             responses=_ERRORS, dependencies=[requires("api_keys:read")])
-def list_merchant_keys(merchant_id: str, request: Request) -> list[ApiKeyOut]:
+def list_merchant_keys(merchant_id: str, request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                       starting_after: str | None = None) -> Page[ApiKeyOut]:
+    """The merchant's keys, newest first, without secrets."""
+    return _key_page(request, merchant_id, limit, starting_after)
+
+
+def _key_page(request: Request, merchant_id: str | None, limit: int, starting_after: str | None) -> Page[ApiKeyOut]:
     principal = principal_of(request)
-    rows = transact(_engine(request), lambda s: service.list_api_keys(s, principal, merchant_id))
-    return [ApiKeyOut(**service.key_dict(r)) for r in rows]
+    rows, more = transact(_engine(request), lambda s: service.list_api_keys(
+        s, principal, merchant_id, limit=limit, starting_after=starting_after))
+    return Page(data=[ApiKeyOut(**service.key_dict(r)) for r in rows], has_more=more,
+                next_cursor=rows[-1].id if more else None)
 
 
 @router.post("/merchants/{merchant_id}/api_keys/{key_id}/revoke", response_model=ApiKeyOut, tags=["api keys"],
@@ -159,12 +167,12 @@ def create_platform_key(body: PlatformKeyCreate, request: Request) -> Any:
     return _create_key(request, None, "platform", body)
 
 
-@router.get("/api_keys", response_model=list[ApiKeyOut], tags=["api keys"],
+@router.get("/api_keys", response_model=Page[ApiKeyOut], tags=["api keys"],
             dependencies=[requires("api_keys:read")])
-def list_platform_keys(request: Request) -> list[ApiKeyOut]:
-    principal = principal_of(request)
-    rows = transact(_engine(request), lambda s: service.list_api_keys(s, principal, None))
-    return [ApiKeyOut(**service.key_dict(r)) for r in rows]
+def list_platform_keys(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                       starting_after: str | None = None) -> Page[ApiKeyOut]:
+    """The platform's keys, newest first, without secrets."""
+    return _key_page(request, None, limit, starting_after)
 
 
 @router.post("/api_keys/{key_id}/revoke", response_model=ApiKeyOut, tags=["api keys"], responses=_ERRORS,

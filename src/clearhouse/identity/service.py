@@ -29,7 +29,7 @@ from clearhouse.identity.permissions import (
 )
 from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
-from clearhouse.kit.db import LoopWriter, transact
+from clearhouse.kit.db import LoopWriter, newest_first, transact
 from clearhouse.kit.errors import ClearhouseError, NotFound, ValidationFailed
 from clearhouse.kit.ids import new_id
 
@@ -308,15 +308,22 @@ def get_api_key(session: Session, principal: Principal, merchant_id: str | None,
     return row
 
 
-def list_api_keys(session: Session, principal: Principal, merchant_id: str | None) -> list[Row]:
+def list_api_keys(session: Session, principal: Principal, merchant_id: str | None, *, limit: int,
+                  starting_after: str | None) -> tuple[list[Row], bool]:
+    """A page of a merchant's keys (the platform's with ``merchant_id`` None), newest first."""
     if merchant_id is None:
         if principal.merchant_id is not None:
-            return []
+            return [], False
         where = api_keys.c.merchant_id.is_(None)
     else:
         get_merchant(session, principal, merchant_id)
         where = api_keys.c.merchant_id == merchant_id
-    return list(session.execute(select(api_keys).where(where).order_by(api_keys.c.created_at, api_keys.c.id)))
+    paged = newest_first(session, select(api_keys).where(where).limit(limit + 1), api_keys, starting_after,
+                         scope=where)
+    if paged is None:
+        return [], False
+    rows = list(session.execute(paged))
+    return rows[:limit], len(rows) > limit
 
 
 def revoke_api_key(session: Session, actor: audit.Actor, principal: Principal, merchant_id: str | None,
