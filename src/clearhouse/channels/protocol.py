@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from clearhouse.kit.errors import ClearhouseError
-from clearhouse.kit.money import rate_of
+from clearhouse.kit.money import MAX_AMOUNT, is_currency, rate_of
 
 if TYPE_CHECKING:
     from clearhouse.kit.settings import Settings
@@ -44,6 +44,13 @@ REFUNDED = "refunded"
 FAILED = "failed"  # a final failure reported later (expired QR code, returned transfer)
 
 RESULT_STATUSES = (APPROVED, AUTHORIZED, DECLINED, REQUIRES_ACTION, PENDING, NOT_FOUND, CANCELED, REFUNDED, FAILED)
+
+# What a notification's texts may hold at most: the columns that keep them (payments.models).
+NOTIFICATION_ID_MAX = 128
+REFERENCE_MAX = 64
+EXTERNAL_ID_MAX = 128
+DECLINE_CODE_MAX = 64
+MESSAGE_MAX = 500
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,11 @@ class ChannelResult:
 
 @dataclass(frozen=True)
 class Notification:
-    """An inbound, already verified message from a channel about one of our references."""
+    """An inbound, already verified message from a channel about one of our references.
+
+    Built from what a channel sent, so it checks its own fields: one that breaks the rules
+    below raises ``NotificationInvalid`` (400, not stored) rather than reaching the database
+    or the ledger as a 500 that the channel would resend for hours."""
 
     notification_id: str
     """The channel's id for this message: stored once per (channel, notification_id)."""
@@ -106,9 +117,46 @@ class Notification:
     status: str  # one of RESULT_STATUSES
     external_id: str | None = None
     amount: int | None = None
+    """Minor units of ``currency``. Always given, with ``currency``, for an approved or
+    authorized payment and a refunded refund (what each channel means by it: docs/channels.md)."""
     currency: str | None = None
+    decline_code: str | None = None
+    """Why the payment (or refund) failed, in the channel's codes (``DECLINED``, ``FAILED``,
+    ``CANCELED`` only): what ``ChannelResult.decline_code`` would say."""
+    message: str | None = None
+    """The channel's words for the failure, when it says any."""
     occurred_at: datetime | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checked_text(self.notification_id, "notification_id", NOTIFICATION_ID_MAX)
+        if self.kind not in ("payment", "refund"):
+            raise NotificationInvalid(f"kind is payment or refund, not {self.kind!r}")
+        checked_text(self.reference, "reference", REFERENCE_MAX)
+        if not isinstance(self.status, str) or self.status not in RESULT_STATUSES:
+            raise NotificationInvalid(f"status {self.status!r} is not one of {', '.join(RESULT_STATUSES)}")
+        if self.external_id is not None:
+            checked_text(self.external_id, "external_id", EXTERNAL_ID_MAX)
+        if self.amount is not None and (type(self.amount) is not int or not 0 < self.amount <= MAX_AMOUNT):
+            raise NotificationInvalid(f"amount is a positive whole number of minor units, not {self.amount!r}")
+        if self.currency is not None and not (isinstance(self.currency, str) and is_currency(self.currency)):
+            raise NotificationInvalid(f"currency {self.currency!r} is not an ISO 4217 code with a minor unit")
+        settled = (self.kind, self.status) in (("payment", APPROVED), ("payment", AUTHORIZED), ("refund", REFUNDED))
+        if settled and (self.amount is None or self.currency is None):
+            raise NotificationInvalid(f"a {self.kind} notification saying {self.status} names its amount and currency")
+        if (self.decline_code is not None or self.message is not None) \
+                and self.status not in (DECLINED, FAILED, CANCELED):
+            raise NotificationInvalid(f"a {self.status} notification carries no decline")
+        if self.decline_code is not None:
+            checked_text(self.decline_code, "decline_code", DECLINE_CODE_MAX)
+        if self.message is not None and (not isinstance(self.message, str)
+                                         or not 0 < len(self.message) <= MESSAGE_MAX):
+            raise NotificationInvalid(f"message is a text of 1 to {MESSAGE_MAX} characters")
+        if self.occurred_at is not None and (not isinstance(self.occurred_at, datetime)
+                                             or self.occurred_at.utcoffset() is None):
+            raise NotificationInvalid("occurred_at is a time with its UTC offset")
+        if not isinstance(self.raw, Mapping):
+            raise NotificationInvalid("raw is the message as a mapping")
 
 
 @dataclass(frozen=True)
@@ -181,6 +229,14 @@ class NotificationInvalid(ClearhouseError):
     code = "notification_invalid"
     status = 400
     title = "Notification refused"
+
+
+def checked_text(value: Any, name: str, max_length: int) -> str:
+    """An id or a code in a notification: 1 to ``max_length`` characters, none of them a control
+    character (ids are stored, compared and logged as they are); ``NotificationInvalid`` if not."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_length or not value.isprintable():
+        raise NotificationInvalid(f"{name} is a text of 1 to {max_length} printable characters")
+    return value
 
 
 class UnknownChannel(ClearhouseError):

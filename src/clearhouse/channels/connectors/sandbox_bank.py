@@ -16,24 +16,33 @@ import json
 import secrets
 import string
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
 from typing import Any
 
 from clearhouse.channels.connectors.sandbox import (
+    DECLINE_MESSAGES,
     Decision,
     OutboxMessage,
     SandboxConnector,
     check_freshness,
+    currency_field,
+    iso_day,
+    major_amount,
     major_units,
-    minor_units,
     next_business_day,
+    read_json,
+    same_signature,
     sandbox,
+    text_field,
+    unix_seconds,
 )
 from clearhouse.channels.protocol import (
     APPROVED,
+    EXTERNAL_ID_MAX,
     FAILED,
     PENDING,
+    REFERENCE_MAX,
     REFUNDED,
     ChannelResult,
     ChargeRequest,
@@ -58,6 +67,8 @@ SIGNATURE_HEADER = "X-Bank-Signature"
 EVENTS = {APPROVED: "credit_transfer.booked", PENDING: "credit_transfer.awaited", FAILED: "credit_transfer.expired",
           REFUNDED: "return_transfer.booked"}
 STATUS_OF_EVENT = {event: status for status, event in EVENTS.items()}
+REFERENCE_CODE_MAX = 35
+"""The remittance information a transfer carries (SEPA's structured reference is 35 characters)."""
 BODY_FIELDS = {"notification_id", "event", "end_to_end_id", "bank_reference", "reference_code", "amount",
                "booking_date", "value_date", "original_end_to_end_id"}
 
@@ -132,36 +143,46 @@ class SandboxBank(SandboxConnector):
         return {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
                 SIGNATURE_HEADER: bank_signature(self.notification_secret, timestamp, body)}, body
 
-    def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
-        lowered = {key.lower(): value for key, value in headers.items()}
-        timestamp = lowered.get(TIMESTAMP_HEADER.lower(), "")
-        given = lowered.get(SIGNATURE_HEADER.lower(), "")
-        if not timestamp.isdigit() or not given:
-            raise NotificationInvalid("the bank's signature headers are missing or malformed")
-        if not hmac.compare_digest(bank_signature(self.notification_secret, timestamp, body), given):
+    def read_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+        timestamp = headers.get(TIMESTAMP_HEADER.lower(), "")
+        seconds = unix_seconds(timestamp, f"the {TIMESTAMP_HEADER} header")
+        given = headers.get(SIGNATURE_HEADER.lower(), "")
+        if not given:
+            raise NotificationInvalid(f"the {SIGNATURE_HEADER} header is missing")
+        if not same_signature(bank_signature(self.notification_secret, timestamp, body), given):
             raise NotificationInvalid("the notification's signature does not match")
-        check_freshness(datetime.fromtimestamp(int(timestamp), tz=UTC))
-        try:
-            message = json.loads(body)
-        except ValueError:
-            raise NotificationInvalid("the notification is not JSON") from None
+        check_freshness(seconds)
+        message = read_json(body)
         if not isinstance(message, dict) or set(message) != BODY_FIELDS or not isinstance(message["amount"], dict) \
                 or set(message["amount"]) != {"value", "currency"}:
             raise NotificationInvalid("the notification has missing or unknown fields")
-        status = STATUS_OF_EVENT.get(message["event"])
-        if status is None:
-            raise NotificationInvalid(f"unknown event {message['event']!r}")
-        try:
-            currency = message["amount"]["currency"]
-            amount = minor_units(message["amount"]["value"], currency)
-        except (ValueError, ArithmeticError) as error:
-            raise NotificationInvalid(f"the amount is malformed: {error}") from None
-        booking = message["booking_date"]
+        event = text_field(message["event"], "event")
+        if event not in STATUS_OF_EVENT:
+            raise NotificationInvalid(f"unknown event {event!r}")
+        status = STATUS_OF_EVENT[event]
+        refund = status == REFUNDED
+        currency = currency_field(message["amount"]["currency"])
+        amount = major_amount(message["amount"]["value"], currency)
+        text_field(message["reference_code"], "reference_code", REFERENCE_CODE_MAX, nullable=True)
+        original = text_field(message["original_end_to_end_id"], "original_end_to_end_id", REFERENCE_MAX,
+                              nullable=not refund)
+        if original is not None and not refund:
+            raise NotificationInvalid("only a return transfer names an original end-to-end id")
+        # A booked transfer has its booking and value dates; one awaited or expired has neither.
+        booked_on = None
+        if status in (APPROVED, REFUNDED):
+            booked_on = iso_day(message["booking_date"], "booking_date")
+            iso_day(message["value_date"], "value_date")
+        elif message["booking_date"] is not None or message["value_date"] is not None:
+            raise NotificationInvalid(f"a {event} notification has no booking or value date")
+        failed = status == FAILED  # the instructions lapsed unpaid: query says the same
         return Notification(
-            notification_id=message["notification_id"], kind="refund" if status == REFUNDED else "payment",
-            reference=message["end_to_end_id"], status=status, external_id=message["bank_reference"],
-            amount=amount, currency=currency,
-            occurred_at=datetime.fromisoformat(booking).replace(tzinfo=UTC) if booking else None, raw=message)
+            notification_id=message["notification_id"], kind="refund" if refund else "payment",
+            reference=message["end_to_end_id"], status=status,
+            external_id=text_field(message["bank_reference"], "bank_reference", EXTERNAL_ID_MAX),
+            amount=amount, currency=currency, decline_code="expired" if failed else None,
+            message=DECLINE_MESSAGES["expired"] if failed else None,
+            occurred_at=datetime.combine(booked_on, time(), UTC) if booked_on else None, raw=message)
 
     def notification_reply(self) -> NotificationReply:
         return NotificationReply(200, b"OK", "text/plain")

@@ -13,25 +13,34 @@ import io
 import json
 import secrets
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
 from clearhouse.channels.connectors.sandbox import (
+    DECLINE_MESSAGES,
     Decision,
     OutboxMessage,
     SandboxConnector,
     check_freshness,
+    currency_field,
+    iso_time,
     major_units,
+    minor_amount,
+    read_json,
+    same_signature,
     sandbox,
-    unstamp,
+    text_field,
+    unix_seconds,
 )
 from clearhouse.channels.protocol import (
     APPROVED,
     AUTHORIZED,
     CANCELED,
+    DECLINE_CODE_MAX,
     DECLINED,
+    EXTERNAL_ID_MAX,
     FAILED,
     PENDING,
     REQUIRES_ACTION,
@@ -180,30 +189,32 @@ class SandboxCard(SandboxConnector):
         signature = card_signature(self.notification_secret, timestamp, body)
         return {"Content-Type": "application/json", SIGNATURE_HEADER: f"t={timestamp},v1={signature}"}, body
 
-    def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
-        lowered = {key.lower(): value for key, value in headers.items()}
-        parts = dict(part.split("=", 1) for part in lowered.get(SIGNATURE_HEADER.lower(), "").split(",") if "=" in part)
-        if not parts.get("t", "").isdigit() or "v1" not in parts:
+    def read_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+        parts = dict(part.split("=", 1) for part in str(headers.get(SIGNATURE_HEADER.lower(), "")).split(",")
+                     if "=" in part)
+        if "t" not in parts or "v1" not in parts:
             raise NotificationInvalid(f"the {SIGNATURE_HEADER} header is missing or malformed")
-        timestamp = int(parts["t"])
-        if not hmac.compare_digest(card_signature(self.notification_secret, timestamp, body), parts["v1"]):
+        timestamp = unix_seconds(parts["t"], f"the {SIGNATURE_HEADER} header's t")
+        if not same_signature(card_signature(self.notification_secret, timestamp, body), parts["v1"]):
             raise NotificationInvalid("the notification's signature does not match")
-        check_freshness(datetime.fromtimestamp(timestamp, tz=UTC))
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise NotificationInvalid("the notification is not JSON") from None
+        check_freshness(timestamp)
+        event = read_json(body)
         if not isinstance(event, dict) or set(event) != EVENT_FIELDS or not isinstance(event["data"], dict) \
                 or set(event["data"]) != DATA_FIELDS:
             raise NotificationInvalid("the notification has missing or unknown fields")
         data = event["data"]
-        kind, _, status = str(event["type"]).partition(".")
-        if kind != "payment" or status not in NOTIFIED_STATUSES or status != data["status"] \
-                or not isinstance(data["amount"], int) or not isinstance(data["reference"], str):
-            raise NotificationInvalid("the notification's type, status or amount is not one this channel sends")
-        return Notification(notification_id=str(event["id"]), kind=kind, reference=data["reference"], status=status,
-                            external_id=data["external_id"], amount=data["amount"], currency=data["currency"],
-                            occurred_at=_when(data["occurred_at"]), raw=event)
+        kind, _, status = text_field(event["type"], "type").partition(".")
+        if kind != "payment" or status not in NOTIFIED_STATUSES or status != data["status"]:
+            raise NotificationInvalid(f"the type {event['type']!r} and status are not ones this channel sends")
+        if type(event["created"]) is not int or not 0 <= event["created"] < 10**11:
+            raise NotificationInvalid("created is not a time in Unix seconds")
+        decline_code = text_field(data["decline_code"], "decline_code", DECLINE_CODE_MAX, nullable=True)
+        return Notification(
+            notification_id=event["id"], kind=kind, reference=data["reference"], status=status,
+            external_id=text_field(data["external_id"], "external_id", EXTERNAL_ID_MAX),
+            amount=minor_amount(data["amount"]), currency=currency_field(data["currency"]),
+            decline_code=decline_code, message=DECLINE_MESSAGES.get(decline_code) if decline_code else None,
+            occurred_at=iso_time(data["occurred_at"], "occurred_at"), raw=event)
 
     def notification_reply(self) -> NotificationReply:
         return NotificationReply(200, b'{"received":true}', "application/json")
@@ -229,9 +240,3 @@ class SandboxCard(SandboxConnector):
         return StatementFile(self.name, day, f"{self.name}_{day:%Y%m%d}.csv", buffer.getvalue().encode("utf-8"),
                              "sandbox_card_v1")
 
-
-def _when(text: Any) -> datetime | None:
-    try:
-        return unstamp(text) if isinstance(text, str) else None
-    except ValueError:
-        raise NotificationInvalid("occurred_at is not a time") from None

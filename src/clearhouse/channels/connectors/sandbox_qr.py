@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import io
 import json
 import secrets
@@ -35,19 +36,30 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from clearhouse.channels.connectors.sandbox import (
+    DECLINE_MESSAGES,
     Decision,
     OutboxMessage,
     SandboxConnector,
     check_freshness,
+    currency_field,
+    free_text,
+    iso_time,
+    local_time,
+    major_amount,
     major_units,
-    minor_units,
+    minor_amount,
+    read_json,
     sandbox,
+    text_field,
+    unix_seconds,
 )
 from clearhouse.channels.protocol import (
     APPROVED,
     DECLINED,
+    EXTERNAL_ID_MAX,
     FAILED,
     PENDING,
+    REFERENCE_MAX,
     REFUNDED,
     REQUIRES_ACTION,
     ChannelResult,
@@ -59,6 +71,7 @@ from clearhouse.channels.protocol import (
     StatementFile,
 )
 from clearhouse.kit import clock
+from clearhouse.kit.money import Currency
 
 CHINA_TIME = timezone(timedelta(hours=8), "Asia/Shanghai")
 """Both wallets stamp times, and cut statement days, in China Standard Time (no DST)."""
@@ -73,19 +86,31 @@ def _private_key_pem() -> bytes:
 
 
 def _public_pem_of(private_pem: bytes) -> bytes:
+    return _private_key(private_pem).public_key().public_bytes(serialization.Encoding.PEM,
+                                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@functools.lru_cache(maxsize=32)
+def _private_key(private_pem: bytes) -> rsa.RSAPrivateKey:
+    # Loading checks the key, which takes tens of milliseconds: once per key, not per message.
     key = serialization.load_pem_private_key(private_pem, password=None)
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+@functools.lru_cache(maxsize=32)
+def _public_key(public_pem: bytes) -> rsa.RSAPublicKey:
+    key = serialization.load_pem_public_key(public_pem)
+    assert isinstance(key, rsa.RSAPublicKey)
+    return key
 
 
 def rsa_sign(private_pem: bytes, content: bytes) -> str:
-    key = serialization.load_pem_private_key(private_pem, password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return base64.b64encode(key.sign(content, padding.PKCS1v15(), hashes.SHA256())).decode()
+    return base64.b64encode(_private_key(private_pem).sign(content, padding.PKCS1v15(), hashes.SHA256())).decode()
 
 
 def rsa_verify(public_pem: bytes, content: bytes, signature: str) -> bool:
-    key = serialization.load_pem_public_key(public_pem)
-    assert isinstance(key, rsa.RSAPublicKey)
+    key = _public_key(public_pem)
     try:
         key.verify(base64.b64decode(signature, validate=True), content, padding.PKCS1v15(), hashes.SHA256())
     except (InvalidSignature, ValueError):
@@ -141,6 +166,17 @@ ALIPAY_REQUIRED = {"notify_time", "notify_type", "notify_id", "app_id", "charset
                    "trade_no", "out_trade_no", "trade_status", "total_amount"}
 ALIPAY_OPTIONAL = {"subject", "seller_id", "buyer_id", "gmt_create", "gmt_payment", "gmt_close", "receipt_amount",
                    "buyer_pay_amount", "trans_currency"}
+ALIPAY_AMOUNTS = {"receipt_amount", "buyer_pay_amount"}
+ALIPAY_TIMES = {"gmt_create", "gmt_payment", "gmt_close"}
+ALIPAY_IDS = {"seller_id", "buyer_id"}
+ALIPAY_TIME = "%Y-%m-%d %H:%M:%S"
+"""How Alipay writes a time: China time, to the second."""
+
+
+def alipay_amount(minor: int, currency: str) -> str:
+    """Alipay's amounts: major units with 2 decimals, or the currency's own exponent when it
+    has more (``"1.234"`` KWD), so that no minor unit is lost."""
+    return major_units(minor, currency, max(2, Currency.of(currency).exponent))
 
 
 def alipay_sign_content(fields: Mapping[str, str]) -> bytes:
@@ -179,7 +215,7 @@ class SandboxAlipay(QrSandbox):
             "notify_id": message.notification_id, "app_id": self.app_id, "charset": "utf-8", "version": "1.0",
             "sign_type": "RSA2", "trade_no": payload["external_id"], "out_trade_no": message.reference,
             "trade_status": ALIPAY_TRADE_STATUS[message.status],
-            "total_amount": major_units(payload["amount"], currency, 2),
+            "total_amount": alipay_amount(payload["amount"], currency),
             "subject": (payload["details"].get("description") or "Sandbox order")[:256],
             "seller_id": "2088000000000001", "gmt_create": _china_time(_from_stamp(payload["created_at"])),
         }
@@ -194,9 +230,10 @@ class SandboxAlipay(QrSandbox):
         fields["sign"] = rsa_sign(self.channel_private_key, alipay_sign_content(fields))
         return {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, urlencode(fields).encode()
 
-    def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+    def read_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         try:
-            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True,
+                              max_num_fields=2 * len(ALIPAY_REQUIRED | ALIPAY_OPTIONAL))
         except (UnicodeDecodeError, ValueError):
             raise NotificationInvalid("the notification is not a UTF-8 form") from None
         fields = dict(pairs)
@@ -207,22 +244,28 @@ class SandboxAlipay(QrSandbox):
             raise NotificationInvalid("the notification is not signed RSA2 for this app")
         if not rsa_verify(self.channel_public_key, alipay_sign_content(fields), fields["sign"]):
             raise NotificationInvalid("the notification's signature does not match")
-        try:
-            sent_at = datetime.strptime(fields["notify_time"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=CHINA_TIME)
-            currency = fields.get("trans_currency", "CNY")
-            amount = minor_units(fields["total_amount"], currency)
-        except ValueError as error:
-            raise NotificationInvalid(f"a field of the notification is malformed: {error}") from None
-        check_freshness(sent_at)
+        if fields["notify_type"] != "trade_status_sync" or fields["charset"].lower() != "utf-8" \
+                or fields["version"] != "1.0":
+            raise NotificationInvalid("the notification is not a UTF-8 trade_status_sync of version 1.0")
+        check_freshness(local_time(fields["notify_time"], "notify_time", ALIPAY_TIME, CHINA_TIME))
         status = ALIPAY_STATUS_OF.get(fields["trade_status"])
         if status is None:
             raise NotificationInvalid(f"unknown trade_status {fields['trade_status']!r}")
-        occurred = fields.get("gmt_payment") or fields.get("gmt_close") or fields.get("gmt_create")
+        currency = currency_field(fields.get("trans_currency", "CNY"), "trans_currency")
+        amount = major_amount(fields["total_amount"], currency, "total_amount")
+        for key in ALIPAY_AMOUNTS & set(fields):
+            major_amount(fields[key], currency, key)
+        times = {key: local_time(fields[key], key, ALIPAY_TIME, CHINA_TIME) for key in ALIPAY_TIMES & set(fields)}
+        free_text(fields.get("subject", ""), "subject", 256)
+        for key in ALIPAY_IDS & set(fields):
+            text_field(fields[key], key, 64)
+        closed = status == FAILED  # the sandbox closes a trade only when its QR code expired unpaid
         return Notification(
             notification_id=fields["notify_id"], kind="payment", reference=fields["out_trade_no"], status=status,
-            external_id=fields["trade_no"], amount=amount, currency=currency,
-            occurred_at=datetime.strptime(occurred, "%Y-%m-%d %H:%M:%S").replace(tzinfo=CHINA_TIME).astimezone(UTC)
-            if occurred else None,
+            external_id=text_field(fields["trade_no"], "trade_no", EXTERNAL_ID_MAX), amount=amount,
+            currency=currency, decline_code="expired" if closed else None,
+            message=DECLINE_MESSAGES["expired"] if closed else None,
+            occurred_at=times.get("gmt_payment") or times.get("gmt_close") or times.get("gmt_create"),
             raw={key: value for key, value in fields.items() if key != "sign"})
 
     def notification_reply(self) -> NotificationReply:
@@ -277,8 +320,15 @@ WECHAT_PAYMENT_EVENTS = {APPROVED: ("TRANSACTION.SUCCESS", "SUCCESS", "支付成
                          PENDING: ("TRANSACTION.USERPAYING", "USERPAYING", "用户支付中"),
                          FAILED: ("TRANSACTION.CLOSED", "CLOSED", "已关闭"),
                          DECLINED: ("TRANSACTION.PAYERROR", "PAYERROR", "支付失败")}
-WECHAT_STATUS_OF = {"SUCCESS": APPROVED, "USERPAYING": PENDING, "NOTPAY": PENDING, "CLOSED": FAILED,
-                    "PAYERROR": FAILED, "REVOKED": FAILED}
+WECHAT_STATUS_OF = {"SUCCESS": APPROVED, "USERPAYING": PENDING, "CLOSED": FAILED, "PAYERROR": FAILED}
+WECHAT_EVENT_OF_STATE = {state: event_type for event_type, state, _ in WECHAT_PAYMENT_EVENTS.values()}
+WECHAT_DECLINE_OF = {"CLOSED": "expired", "PAYERROR": "do_not_honor"}
+"""The sandbox closes an order only when its QR code expired unpaid (``query`` says ``expired`` too)."""
+WECHAT_REFUND_STATUS_OF = {"SUCCESS": REFUNDED, "ABNORMAL": FAILED, "CLOSED": FAILED}
+WECHAT_REFUND_DECLINE_OF = {"ABNORMAL": "refund_abnormal", "CLOSED": "refund_closed"}
+WECHAT_TRADE_TYPES = {"JSAPI", "NATIVE", "APP", "MICROPAY", "MWEB", "FACEPAY"}
+WECHAT_PAYMENT_AMOUNT_FIELDS = {"total", "payer_total", "currency", "payer_currency"}
+WECHAT_REFUND_AMOUNT_FIELDS = {"total", "refund", "payer_total", "payer_refund", "currency"}
 WECHAT_TOP_FIELDS = {"id", "create_time", "resource_type", "event_type", "summary", "resource"}
 WECHAT_RESOURCE_FIELDS = {"original_type", "algorithm", "ciphertext", "associated_data", "nonce"}
 WECHAT_TRANSACTION_FIELDS = {"appid", "mchid", "out_trade_no", "transaction_id", "trade_type", "trade_state",
@@ -387,71 +437,103 @@ class SandboxWechat(QrSandbox):
                 "Wechatpay-Signature": signature, "Wechatpay-Serial": self.serial,
                 "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048"}, body
 
-    def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
-        lowered = {key.lower(): value for key, value in headers.items()}
-        timestamp, nonce, signature, serial = (lowered.get(name.lower(), "") for name in WECHAT_HEADERS)
-        if not (timestamp.isdigit() and nonce and signature and serial):
+    def read_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+        timestamp, nonce, signature, serial = (headers.get(name.lower(), "") for name in WECHAT_HEADERS)
+        seconds = unix_seconds(timestamp, "the Wechatpay-Timestamp header")
+        if not (nonce and signature and serial):
             raise NotificationInvalid("the Wechatpay-* signature headers are missing or malformed")
         if serial != self.serial:
             raise NotificationInvalid("the notification is signed with an unknown platform certificate")
         if not rsa_verify(self.channel_public_key, wechat_message(timestamp, nonce, body), signature):
             raise NotificationInvalid("the notification's signature does not match")
-        check_freshness(datetime.fromtimestamp(int(timestamp), tz=UTC))
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise NotificationInvalid("the notification is not JSON") from None
+        check_freshness(seconds)
+        event = read_json(body)
         if not isinstance(event, dict) or set(event) != WECHAT_TOP_FIELDS or not isinstance(event["resource"], dict) \
                 or set(event["resource"]) != WECHAT_RESOURCE_FIELDS:
             raise NotificationInvalid("the notification has missing or unknown fields")
+        iso_time(event["create_time"], "create_time")
+        free_text(event["summary"], "summary", 64)
+        event_type = text_field(event["event_type"], "event_type")
         sealed = event["resource"]
-        if sealed["algorithm"] != "AEAD_AES_256_GCM":
-            raise NotificationInvalid("the resource is not AEAD_AES_256_GCM")
+        if event["resource_type"] != "encrypt-resource" or sealed["algorithm"] != "AEAD_AES_256_GCM":
+            raise NotificationInvalid("the resource is not encrypted AEAD_AES_256_GCM")
+        original_type = sealed["original_type"]
+        if (original_type, event_type.partition(".")[0]) not in (("transaction", "TRANSACTION"), ("refund", "REFUND")):
+            raise NotificationInvalid(f"a {event_type} notification does not carry a {original_type!r} resource")
+        nonce = text_field(sealed["nonce"], "resource.nonce", 64)
+        associated = free_text(sealed["associated_data"], "resource.associated_data", 64)
+        ciphertext = free_text(sealed["ciphertext"], "resource.ciphertext", 1 << 20, empty=False)
         try:
-            plaintext = AESGCM(self.api_v3_key).decrypt(str(sealed["nonce"]).encode(),
-                                                        base64.b64decode(sealed["ciphertext"], validate=True),
-                                                        str(sealed["associated_data"]).encode())
-            resource = json.loads(plaintext)
-        except (InvalidTag, ValueError, TypeError):
+            plaintext = AESGCM(self.api_v3_key).decrypt(nonce.encode(), base64.b64decode(ciphertext, validate=True),
+                                                        associated.encode())
+        except (InvalidTag, ValueError):
             raise NotificationInvalid("the resource does not decrypt under the API v3 key") from None
-        if not isinstance(resource, dict) or not isinstance(resource.get("amount"), dict):
+        resource = read_json(plaintext, "the resource")
+        if not isinstance(resource, dict):
             raise NotificationInvalid("the resource is not a transaction or a refund")
-        try:
-            if sealed["original_type"] == "refund" and str(event["event_type"]).startswith("REFUND."):
-                return self._refund_notification(event, resource)
-            if sealed["original_type"] == "transaction" and str(event["event_type"]).startswith("TRANSACTION."):
-                return self._payment_notification(event, resource)
-        except (KeyError, TypeError, ValueError) as error:
-            raise NotificationInvalid(f"the resource is malformed: {error!r}") from None
-        raise NotificationInvalid(f"unknown event_type {event['event_type']!r}")
+        if original_type == "refund":
+            return self._refund_notification(event, event_type, resource)
+        return self._payment_notification(event, event_type, resource)
 
-    def _payment_notification(self, event: dict, resource: dict) -> Notification:
-        if not set(resource) <= WECHAT_TRANSACTION_FIELDS or resource["mchid"] != self.mchid:
-            raise NotificationInvalid("the transaction has unknown fields or another merchant id")
-        status = WECHAT_STATUS_OF.get(resource["trade_state"])
-        if status is None or not isinstance(resource["amount"]["total"], int):
-            raise NotificationInvalid(f"unknown trade_state {resource['trade_state']!r}")
+    def _payment_notification(self, event: dict, event_type: str, resource: dict) -> Notification:
+        state = resource.get("trade_state")
+        if not isinstance(state, str) or state not in WECHAT_STATUS_OF or event_type != WECHAT_EVENT_OF_STATE[state]:
+            raise NotificationInvalid(f"trade_state {str(state)[:20]!r} is not one a {event_type} notification has")
+        # success_time: when paid, and only then.
+        required = WECHAT_TRANSACTION_FIELDS - ({"success_time"} if state != "SUCCESS" else set())
+        if not required <= set(resource) <= WECHAT_TRANSACTION_FIELDS:
+            raise NotificationInvalid("the transaction has missing or unknown fields")
+        if resource["mchid"] != self.mchid or resource["appid"] != self.appid:
+            raise NotificationInvalid("the transaction is another merchant's or another app's")
+        if not isinstance(resource["trade_type"], str) or resource["trade_type"] not in WECHAT_TRADE_TYPES:
+            raise NotificationInvalid(f"unknown trade_type {str(resource['trade_type'])[:20]!r}")
+        description = free_text(resource["trade_state_desc"], "trade_state_desc", 256)
+        free_text(resource["bank_type"], "bank_type", 32)
+        free_text(resource["attach"], "attach", 128)
+        payer, amount = resource["payer"], resource["amount"]
+        if not isinstance(payer, dict) or set(payer) != {"openid"}:
+            raise NotificationInvalid("payer is not {openid}")
+        text_field(payer["openid"], "payer.openid")
+        if not isinstance(amount, dict) or set(amount) != WECHAT_PAYMENT_AMOUNT_FIELDS:
+            raise NotificationInvalid(f"amount is not {{{', '.join(sorted(WECHAT_PAYMENT_AMOUNT_FIELDS))}}}")
+        minor_amount(amount["payer_total"], "amount.payer_total")
+        currency_field(amount["payer_currency"], "amount.payer_currency")
+        status = WECHAT_STATUS_OF[state]
+        failed = status in (DECLINED, FAILED)
         return Notification(
-            notification_id=str(event["id"]), kind="payment", reference=resource["out_trade_no"], status=status,
-            external_id=resource["transaction_id"], amount=resource["amount"]["total"],
-            currency=resource["amount"]["currency"],
-            occurred_at=datetime.fromisoformat(resource["success_time"]).astimezone(UTC)
-            if resource.get("success_time") else None,
+            notification_id=event["id"], kind="payment", reference=resource["out_trade_no"], status=status,
+            external_id=text_field(resource["transaction_id"], "transaction_id", EXTERNAL_ID_MAX),
+            amount=minor_amount(amount["total"], "amount.total"), currency=currency_field(amount["currency"]),
+            decline_code=WECHAT_DECLINE_OF.get(state), message=(description or None) if failed else None,
+            occurred_at=iso_time(resource["success_time"], "success_time") if "success_time" in resource else None,
             raw={**event, "resource": resource})
 
-    def _refund_notification(self, event: dict, resource: dict) -> Notification:
-        if not set(resource) <= WECHAT_REFUND_FIELDS or resource["mchid"] != self.mchid:
-            raise NotificationInvalid("the refund has unknown fields or another merchant id")
-        status = {"SUCCESS": REFUNDED, "PROCESSING": PENDING, "ABNORMAL": FAILED, "CLOSED": FAILED}.get(
-            resource["refund_status"])
-        if status is None or not isinstance(resource["amount"]["refund"], int):
-            raise NotificationInvalid(f"unknown refund_status {resource['refund_status']!r}")
+    def _refund_notification(self, event: dict, event_type: str, resource: dict) -> Notification:
+        state = resource.get("refund_status")
+        if not isinstance(state, str) or state not in WECHAT_REFUND_STATUS_OF or event_type != f"REFUND.{state}":
+            raise NotificationInvalid(f"refund_status {str(state)[:20]!r} is not one a {event_type} notification has")
+        required = WECHAT_REFUND_FIELDS - ({"success_time"} if state != "SUCCESS" else set())
+        if not required <= set(resource) <= WECHAT_REFUND_FIELDS:
+            raise NotificationInvalid("the refund has missing or unknown fields")
+        if resource["mchid"] != self.mchid:
+            raise NotificationInvalid("the refund is another merchant's")
+        text_field(resource["out_trade_no"], "out_trade_no", REFERENCE_MAX)
+        text_field(resource["transaction_id"], "transaction_id", EXTERNAL_ID_MAX)
+        free_text(resource["user_received_account"], "user_received_account", 64)
+        amount = resource["amount"]
+        if not isinstance(amount, dict) or set(amount) != WECHAT_REFUND_AMOUNT_FIELDS:
+            raise NotificationInvalid(f"amount is not {{{', '.join(sorted(WECHAT_REFUND_AMOUNT_FIELDS))}}}")
+        refunded, total = minor_amount(amount["refund"], "amount.refund"), minor_amount(amount["total"], "amount.total")
+        minor_amount(amount["payer_total"], "amount.payer_total")
+        minor_amount(amount["payer_refund"], "amount.payer_refund")
+        if refunded > total:
+            raise NotificationInvalid("amount.refund is more than amount.total")
         return Notification(
-            notification_id=str(event["id"]), kind="refund", reference=resource["out_refund_no"], status=status,
-            external_id=resource["refund_id"], amount=resource["amount"]["refund"],
-            currency=resource["amount"].get("currency", "CNY"),
-            occurred_at=datetime.fromisoformat(resource["success_time"]).astimezone(UTC)
-            if resource.get("success_time") else None,
+            notification_id=event["id"], kind="refund", reference=resource["out_refund_no"],
+            status=WECHAT_REFUND_STATUS_OF[state],
+            external_id=text_field(resource["refund_id"], "refund_id", EXTERNAL_ID_MAX), amount=refunded,
+            currency=currency_field(amount["currency"]), decline_code=WECHAT_REFUND_DECLINE_OF.get(state),
+            occurred_at=iso_time(resource["success_time"], "success_time") if "success_time" in resource else None,
             raw={**event, "resource": resource})
 
     def notification_reply(self) -> NotificationReply:
