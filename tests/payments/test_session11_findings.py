@@ -243,3 +243,36 @@ class TestANotificationOfAnotherSum:
         assert anonymous_client.post(path, content=genuine, headers=genuine_headers).status_code == 200
         assert shop.get(f"/v1/payments/{payment['id']}").json()["status"] == "succeeded"
         ledger_verifies(app)
+
+
+class TestARefundThatFailsByNotification:
+    def test_the_channels_reason_is_the_refunds_failure_code(self, app, anonymous_client, merchant_client_factory):
+        from tests.channels import notification_wire as wire
+
+        shop, _ = merchant_client_factory()
+        wechat = app.state.channels["sandbox_wechat"]
+        path = "/v1/channels/sandbox_wechat/notifications"
+
+        def sent() -> tuple[dict, bytes]:
+            out: list[tuple[dict, bytes]] = []
+            wechat.deliver_due(lambda _path, headers, body: out.append((headers, body)) or 200)
+            assert len(out) == 1, out
+            return out[0]
+
+        payment = shop.post("/v1/payments", json={"amount": 8800, "currency": "CNY", "method": "wechat_pay"}).json()
+        wechat.pay(payment["attempts"][0]["id"])
+        headers, body = sent()
+        assert anonymous_client.post(path, headers=headers, content=body).is_success
+        refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 3000}).json()
+        assert refund["status"] == "pending"
+        wechat.sweep()  # the channel completes it: its genuine notification, turned into a failure below
+        document = wire.decode("sandbox_wechat", wechat, *sent())
+        document["resource"]["refund_status"] = "ABNORMAL"
+        document["resource"].pop("success_time", None)
+        document["body"]["event_type"] = "REFUND.ABNORMAL"
+        headers, body = wire.encode("sandbox_wechat", wechat, document)
+        assert anonymous_client.post(path, headers=headers, content=body).is_success
+        failed = shop.get(f"/v1/refunds/{refund['id']}").json()
+        assert (failed["status"], failed["failure_code"]) == ("failed", "refund_abnormal")
+        assert shop.get(f"/v1/payments/{payment['id']}").json()["amount_refunded"] == 0
+        ledger_verifies(app)

@@ -18,7 +18,9 @@ That is safe because both databases write one log in commit order: the endpoint'
 durable commit, which always comes after the claim, flushes the claim with it, so any
 effect a retry could repeat is on disk only with its claim. A stored answer lost in a
 power cut leaves the key ``in_progress``, which is the crash case above: the retry takes
-the lease over when it ends and finds the object by its derived id.
+the lease over when it ends and finds the object by its derived id. A 5xx answer is not
+kept either: its lease ends at once and a retry of the same request runs again, under
+the same derived ids.
 """
 
 from __future__ import annotations
@@ -199,8 +201,11 @@ def _finish(session: Session, cipher: FieldCipher, scope: str, key: str, status:
             body: bytes) -> None:
     where = {"the_scope": scope, "the_key": key}
     if status >= 500:
-        # Nothing was decided: let the client try again with the same key.
-        session.connection().execute(_FORGET, where)
+        # Not an answer to keep: the lease ends now, so the client may try again with the same key at
+        # once. The record stays, with its creation time, so the retry derives the same ids
+        # (``derived_id``) and finds what the failed attempt may already have done (a charge the
+        # channel made before our commit failed), instead of doing it a second time.
+        session.connection().execute(_UPDATE, {**where, "lease_until": clock.now()})
         return
     session.connection().execute(_UPDATE, {**where, "state": "done", **_answer(cipher, scope, key, status,
                                                                                content_type, body)})

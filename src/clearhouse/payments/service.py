@@ -284,7 +284,7 @@ def _publish(session: Session, row: Row, status: str, written: dict[str, Any] | 
     view = payment_view(fresh, _attempt_views(session, [fresh.id])[fresh.id])
     session.info.setdefault("payment_views", {})[fresh.id] = view
     webhooks.emit(session, merchant_id=fresh.merchant_id, event_type=state.WEBHOOK_EVENTS[status],
-                  data=_json_safe(view))
+                  data=view)
 
 
 def _json_safe(view: dict[str, Any]) -> dict[str, Any]:
@@ -989,7 +989,7 @@ def apply_refund_result(session: Session, refund_id: str, status: str, external_
     _event(session, payment.id, f"refund_{new_status}", refund=row.id, amount=row.amount, source=source)
     fresh = session_refund(session, refund_id)
     webhooks.emit(session, merchant_id=payment.merchant_id, event_type=f"refund.{new_status}",
-                  data=_json_safe(refund_view(fresh)))
+                  data=refund_view(fresh))
     return f"refund_{new_status}"
 
 
@@ -1014,7 +1014,8 @@ def receive_notification(rt: Runtime, channel: str, headers: dict[str, str], bod
             return "duplicate"
         if notification.kind == "refund":
             outcome = apply_refund_result(session, notification.reference, notification.status,
-                                          notification.external_id, None, source="notification")
+                                          notification.external_id, notification.decline_code,
+                                          source="notification")
         else:
             outcome = apply_result(session, notification.reference, notification, source="notification",
                                    hold_hours=_hold(rt))

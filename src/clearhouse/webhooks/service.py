@@ -12,7 +12,7 @@ import base64
 import ipaddress
 import os
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -312,18 +312,26 @@ def rotate_secret(session: Session, cipher: FieldCipher, actor: audit.Actor, pri
 
 # --- the outbox --------------------------------------------------------------------------
 
+
+def _rfc3339(value: Any) -> str:
+    if isinstance(value, datetime):
+        return clock.rfc3339(value)
+    raise TypeError(f"{type(value).__name__} is not plain JSON")
+
+
 def emit(session: Session, *, merchant_id: str, event_type: str, data: dict[str, Any]) -> str:
     """Record an event and one delivery per enabled endpoint of the merchant whose filter
     matches, in the caller's transaction (no commit, no HTTP); returns the event id ("evt_...").
 
     Call it beside the state change it reports: if that change rolls back, so does the event.
     ``data`` must be plain JSON (str keys; str, int, bool, None, lists, dicts; datetimes are
-    written as RFC 3339)."""
+    written as the API writes them, ``2026-11-23T05:25:56.000000Z``)."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}: add it to webhooks.service.EVENT_TYPES first")
     if not isinstance(data, dict):
         raise TypeError("event data is a JSON object (a dict)")
-    payload = orjson.dumps(data, option=orjson.OPT_UTC_Z).decode()  # TypeError for anything not plain JSON
+    # Times as the API writes them (``clock.rfc3339``); TypeError for anything else not plain JSON.
+    payload = orjson.dumps(data, default=_rfc3339, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
     event_id, now = new_id("evt"), clock.now()
     repository.insert_event(session, {
         "id": event_id, "merchant_id": merchant_id, "type": event_type, "payload_json": payload, "created_at": now,

@@ -394,7 +394,7 @@ def _transition(session: Session, order_id: str, from_statuses: tuple[str, ...],
 def _publish(session: Session, order_id: str, event_type: str) -> None:
     view = order_view(session, _order(session, order_id))
     webhooks.emit(session, merchant_id=view["merchant_id"], event_type=event_type,
-                  data=orjson.loads(orjson.dumps(view)))
+                  data=view)
 
 
 def _payment_id_for(order_id: str) -> str:
