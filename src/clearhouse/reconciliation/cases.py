@@ -158,8 +158,9 @@ def comment(session: Session, actor: audit.Actor, case_id: str, body: str) -> di
 # -- resolution ----------------------------------------------------------------------------------------------------
 
 
-def _entry(session: Session, row: Any, action: str, account: str) -> ledger.EntryRequest | None:
-    """The adjusting entry of a resolution, or None when nothing is to be posted."""
+def _entry(session: Session, row: Any, action: str, account: str, reason: str) -> ledger.EntryRequest | None:
+    """The adjusting entry of a resolution, or None when nothing is to be posted; it carries the resolution's
+    reason, so the ledger says why the money moved without a look at the case."""
     if action == "accept" or row.delta == 0:
         return None
     counter_name = "losses:writeoff" if action == "write_off" else account
@@ -169,7 +170,8 @@ def _entry(session: Session, row: Any, action: str, account: str) -> ledger.Entr
     debit, credit = (clearing, other) if row.delta > 0 else (other, clearing)
     return ledger.EntryRequest.transfer(
         debit, credit, abs(row.delta), row.currency, id=f"tr_{row.id}", code="recon_adjustment", reference=row.id,
-        metadata={"case_id": row.id, "class": row.class_, "action": action, "channel": row.channel})
+        metadata={"case_id": row.id, "class": row.class_, "action": action, "channel": row.channel,
+                  "reason": reason[:500]})
 
 
 def _approval_pending(session: Session, approval_id: str) -> bool:
@@ -204,7 +206,7 @@ def _apply(session: Session, row: Any, *, action: str, reason: str, account: str
            resolution: str | None = None) -> str | None:
     """Write the resolution (and its entry); ``resolution`` names who decided when it was not a person."""
     resolution = resolution or action
-    entry = _entry(session, row, action, account)
+    entry = _entry(session, row, action, account, reason)
     entry_id = ledger.create_transfer(session, entry)[0] if entry is not None else None
     state = "written_off" if action == "write_off" else "resolved"
     session.execute(update(cases).where(cases.c.id == row.id).values(

@@ -39,6 +39,10 @@ def _channel(name: str) -> str:
     return name
 
 
+def _channel_or_all(name: str | None) -> str | None:
+    return None if name is None else _channel(name)
+
+
 @app.command()
 def run(
     channel: Annotated[str, typer.Option(callback=_channel,
@@ -87,7 +91,7 @@ def run(
 @app.command()
 def clearing(
     date_: Annotated[str, typer.Option("--date", help="The day, YYYY-MM-DD")],
-    channel: Annotated[str | None, typer.Option(help="One channel (default: all)")] = None,
+    channel: Annotated[str | None, typer.Option(callback=_channel_or_all, help="One channel (default: all)")] = None,
     format_: Annotated[str, typer.Option("--format", help="json, csv, html or svg")] = "json",
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout")] = None,
 ) -> None:
