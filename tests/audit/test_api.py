@@ -144,6 +144,8 @@ class TestListing:
         ({"limit": 501}, ["query", "limit"]),
         ({"since": "2026-11-23T09:00:00"}, ["query", "since"]),  # no offset
         ({"until": "yesterday"}, ["query", "until"]),
+        ({"since": "0"}, ["query", "since"]),  # a number is not a time, not 1970
+        ({"until": "1893456000"}, ["query", "until"]),
         ({"starting_after": "aev_unknown"}, None),
     ])
     def test_bad_parameters_are_422(self, audit_client, trail, params, where):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from clearhouse.kit.api import json_body
+from clearhouse.kit.api import JsonBodyRoute, json_body, parse_json
 from clearhouse.kit.errors import (
     PROBLEM_JSON,
     ClearhouseError,
@@ -31,6 +33,15 @@ class OverLimit(ClearhouseError):
 class Order(BaseModel):
     amount: int = Field(gt=0)
     currency: str = Field(min_length=3, max_length=3)
+
+
+class Address(BaseModel):
+    city: str
+
+
+class Shipment(BaseModel):
+    to: Address
+    parcels: list[Order] = []
 
 
 def tiny_app() -> FastAPI:
@@ -57,6 +68,18 @@ def tiny_app() -> FastAPI:
     async def raw(request: Request) -> dict[str, str]:
         body = await json_body(request)
         return {"type": type(body).__name__}
+
+    @app.post("/shipments")
+    def shipments(shipment: Shipment) -> dict[str, str]:
+        return {"city": shipment.to.city}
+
+    checked = APIRouter(route_class=JsonBodyRoute)
+
+    @checked.post("/checked/orders")
+    def checked_orders(order: Order) -> dict[str, int]:
+        return {"amount": order.amount}
+
+    app.include_router(checked)
 
     @app.get("/boom")
     def boom() -> None:
@@ -173,6 +196,59 @@ class TestRequestValidation:
         assert "not valid JSON" in body["detail"]
         assert_problem(client.post("/raw", content=b""), 400, "malformed_request")
         assert client.post("/raw", content=b"[1]").json() == {"type": "list"}
+
+
+class TestRequestShape:
+    def test_list_indexes_in_loc_are_integers_and_keys_strings(self, client):
+        parcels = [{"amount": 1, "currency": "CNY"}, {"amount": 0, "currency": "CNY"}]
+        body = assert_problem(
+            client.post("/shipments", json={"to": {"city": "Hangzhou"}, "parcels": parcels}), 422, "validation_error"
+        )
+        assert [e["loc"] for e in body["errors"]] == [["body", "parcels", 1, "amount"]]
+
+    def test_a_json_invalid_position_is_an_integer(self, client):
+        response = client.post("/orders", content=b'{"amount": 5,', headers={"content-type": "application/json"})
+        body = assert_problem(response, 400, "malformed_request")
+        assert body["errors"][0]["loc"] == ["body", 13]
+
+    @pytest.mark.parametrize("to", [None, 5, [], "Hangzhou"])
+    def test_an_object_field_of_the_wrong_type_is_422_not_400(self, client, to):
+        body = assert_problem(client.post("/shipments", json={"to": to}), 422, "validation_error")
+        assert [e["loc"] for e in body["errors"]] == [["body", "to"]]
+
+    @pytest.mark.parametrize("body", [[], 5, "x"])
+    def test_a_body_that_is_not_an_object_stays_400(self, client, body):
+        assert_problem(client.post("/shipments", json=body), 400, "malformed_request")
+
+    def test_parse_json_refuses_a_repeated_key_naming_it(self):
+        with pytest.raises(MalformedRequest, match='"amount" more than once'):
+            parse_json(b'{"amount": 5, "currency": "CNY", "amount": 7}')
+        with pytest.raises(MalformedRequest, match='"b"'):
+            parse_json(b'[{"a": {"b": 1, "b": 1}}]')
+        assert parse_json(b'{"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}]}') == {"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}]}
+
+    def test_parse_json_says_a_number_is_too_long_without_python_internals(self):
+        with pytest.raises(MalformedRequest) as refused:
+            parse_json(b'{"amount": ' + b"9" * 5000 + b"}")
+        assert refused.value.detail == "a number in the body has too many digits"
+        assert parse_json(b'{"amount": ' + b"9" * 4000 + b"}") == {"amount": int("9" * 4000)}
+
+    def test_parse_json_reads_what_json_loads_reads(self):
+        for raw in ('{"a": 1}'.encode("utf-16"), b'\xef\xbb\xbf{"a": 1}', b'{"a": "\\ud800"}', b'{"a": 1.5e3}'):
+            assert parse_json(raw) == json.loads(raw)
+        for raw in (b'{"a": "\xc3\x28"}', b'{"a": NaN}', b"[" * 100000):
+            with pytest.raises(MalformedRequest, match="not valid JSON"):
+                parse_json(raw)
+
+    def test_a_json_body_route_refuses_what_parse_json_refuses(self, client):
+        for raw, said in ((b'{"amount": 5, "currency": "CNY", "amount": 7}', '"amount"'),
+                          (b'{"amount": ' + b"1" * 5000 + b', "currency": "CNY"}', "too many digits"),
+                          (b'{"amount": Infinity, "currency": "CNY"}', "Infinity")):
+            response = client.post("/checked/orders", content=raw, headers={"content-type": "application/json"})
+            assert said in assert_problem(response, 400, "malformed_request")["detail"]
+        response = client.post("/checked/orders", json={"amount": 5, "currency": "CNY"})
+        assert response.json() == {"amount": 5}
+        assert_problem(client.post("/checked/orders", json={"amount": 0, "currency": "CNY"}), 422, "validation_error")
 
 
 class TestHttpErrors:

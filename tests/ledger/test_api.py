@@ -158,12 +158,15 @@ class TestAccounts:
         for metadata in (
             b'{"n": 100000000000000000000000}',  # beyond 64 bits: canonical JSON cannot hold it
             b'{"n": "\\ud800"}',  # a lone surrogate is not UTF-8
-            b'{"n": NaN}',  # not JSON at all, though Python's parser takes it
         ):
             raw = b'{"type": "asset", "currency": "CNY", "code": "x", "metadata": ' + metadata + b"}"
             response = client.post("/v1/ledger/accounts", content=raw, headers={"content-type": "application/json"})
             body = assert_problem(response, 422, "validation_error")
             assert [e["loc"] for e in body["errors"]] == [["body", "metadata"]], metadata
+        # Not JSON at all, though Python's parser takes it: the body is malformed, as for a transfer.
+        raw = b'{"type": "asset", "currency": "CNY", "code": "x", "metadata": {"n": NaN}}'
+        response = client.post("/v1/ledger/accounts", content=raw, headers={"content-type": "application/json"})
+        assert "NaN" in assert_problem(response, 400, "malformed_request")["detail"]
         assert client.get("/v1/ledger/accounts").json()["data"] == []
 
 
@@ -572,7 +575,7 @@ class TestBadInput:
             },
         )
         body = assert_refused_without_trace(client, response, 422, "validation_error", before)
-        assert [e["loc"] for e in body["errors"]] == [["body", "transfers", "1", "amount"]]
+        assert [e["loc"] for e in body["errors"]] == [["body", "transfers", 1, "amount"]]
 
     def test_debit_and_credit_on_the_same_account_is_422(self, client, books):
         before = balances(client, books.wallet)

@@ -367,3 +367,66 @@ class TestVerifyWhileWriting:
         assert final.ok, final.first_failure  # the ledger itself is sound
         assert head_after > head_before + 100, f"the writers hardly wrote while verify ran: {head_after - head_before}"
         assert not failures, f"{len(failures)} of {verifies} verifies failed during writes, first: {failures[0]}"
+
+
+class TestClosingWhileWriting:
+    def test_an_account_closes_only_when_empty_and_takes_nothing_after(self, backend: str, engine: Engine) -> None:
+        """Writers move money into an account and out again, each leg its own transaction, while
+        another thread keeps trying to close it. The close wins only at a moment the account is
+        empty, and no leg lands after it: the closed account holds nothing, and every refusal a
+        writer meets is a business answer (``account_closed``), never a database error."""
+        writers, rounds = (6, 40) if backend == "postgresql" else (3, 25)
+        open_hot_accounts(engine)
+        transact(engine, lambda s: service.create_account(s, type="liability", currency=CURRENCY, code="closing",
+                                                         id="closing"))
+        closed = threading.Event()
+        escaped: list[BaseException] = []
+        refused: Counter[str] = Counter()
+        legs_after_close = []
+
+        def one(request: EntryRequest) -> str:
+            (outcome,) = transact(engine, lambda s: service.create_transfers(s, [request]), retry_integrity=True)
+            return outcome.status if outcome.status == "created" else outcome.code
+
+        def writer(number: int) -> None:
+            try:
+                for i in range(rounds):
+                    amount = 1 + (number * rounds + i) % 97
+                    went_in = one(EntryRequest.transfer("hot-8", "closing", amount, CURRENCY, id=f"in-{number}-{i}"))
+                    if went_in != "created":
+                        refused[went_in] += 1
+                        continue
+                    if closed.is_set():
+                        legs_after_close.append(f"in-{number}-{i}")
+                    # Out again; while the money is in, the account cannot be closed, so this never meets a close.
+                    assert one(EntryRequest.transfer("closing", "hot-8", amount, CURRENCY,
+                                                     id=f"out-{number}-{i}")) == "created"
+            except BaseException as error:  # noqa: BLE001
+                escaped.append(error)
+
+        def closer() -> None:
+            try:
+                while not closed.is_set():
+                    try:
+                        transact(engine, lambda s: service.close_account(s, "closing"))
+                        closed.set()
+                    except errors.AccountNotEmpty:
+                        time.sleep(0.002)
+            except BaseException as error:  # noqa: BLE001
+                escaped.append(error)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+        threads.append(threading.Thread(target=closer))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        assert not escaped, f"{len(escaped)} errors reached a caller, first: {escaped[0]!r}"
+        assert closed.is_set()
+        assert set(refused) <= {errors.AccountClosed.code}, refused
+        rows, _head, report = stored_state(engine)
+        assert report.ok, report.first_failure
+        row = rows["closing"]
+        assert row.closed
+        assert (row.debits_posted, row.debits_pending, row.credits_pending) == (row.credits_posted, 0, 0)
+        assert not legs_after_close, legs_after_close

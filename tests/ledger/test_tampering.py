@@ -363,3 +363,30 @@ class TestTamperingIsCaught:
             only=True,
             cli=False,
         )
+
+
+class TestALimitChangedBehindTheApplicationsBack:
+    """An account's limit flags and overdraft are part of what ``verify`` checks: balances the
+    application would never have let through under the limit the account now carries are
+    reported, naming the account and the limit it breaks."""
+
+    def test_a_debit_limit_the_balance_breaks_is_insufficient_funds(self, client, engine, database_url):
+        books = write_ledger(client)  # the bank (an asset) has 17,700 of debits and no credits
+        with engine.begin() as db:
+            db.execute(text("UPDATE ledger_accounts SET debits_must_not_exceed_credits = :yes, "
+                            "overdraft_limit = 17700 WHERE id = :id"), {"yes": True, "id": books.bank})
+        assert_verified(client)  # an overdraft of exactly the balance holds
+        with engine.begin() as db:
+            db.execute(text("UPDATE ledger_accounts SET overdraft_limit = 17699 WHERE id = :id"), {"id": books.bank})
+        assert_caught(client, database_url, {"check": "insufficient_funds", "account_id": books.bank}, only=True)
+
+    def test_a_credit_limit_the_balance_breaks_is_exceeds_credit_limit(self, client, engine, database_url):
+        books = write_ledger(client)  # the merchant (a liability) has 16,970 of credits and no debits
+        with engine.begin() as db:
+            db.execute(text("UPDATE ledger_accounts SET credits_must_not_exceed_debits = :yes WHERE id = :id"),
+                       {"yes": True, "id": books.merchant})
+        report = assert_caught(client, database_url, {"check": "exceeds_credit_limit", "account_id": books.merchant,
+                                                      "seq": 1}, cli=False)
+        # Every entry after which the balance breaks the limit is named, and nothing else.
+        assert [(f["check"], f["account_id"], f["seq"]) for f in report["failures"]] == [
+            ("exceeds_credit_limit", books.merchant, seq) for seq in (1, 2, 3)]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Query, Request
-from pydantic import TypeAdapter
 from sqlalchemy import Row
 
 from clearhouse.audit import service
 from clearhouse.audit.schemas import AuditEventOut, AuditVerifyOut
 from clearhouse.identity.permissions import principal_of, requires
-from clearhouse.kit.api import Page, PrefixRouter, UtcTime, validate
+from clearhouse.kit.api import Page, PrefixRouter, QueryTime, query_time
 from clearhouse.kit.db import transact
 
 router = PrefixRouter(prefix="/v1/audit", tags=["audit"])
@@ -21,14 +19,6 @@ router = PrefixRouter(prefix="/v1/audit", tags=["audit"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "A filter or cursor is invalid (`validation_error`)"},
 }
-
-_time_adapter = TypeAdapter(UtcTime)
-
-
-def _utc(value: datetime | None, name: str) -> datetime | None:
-    """A time filter needs its offset (RFC 3339); a naive time is a 422 on that parameter."""
-    return validate(_time_adapter, value, loc=("query", name)) if value is not None else None
-
 
 def _event_out(row: Row) -> AuditEventOut:
     return AuditEventOut(
@@ -48,14 +38,14 @@ def list_events(
     object_type: str | None = None,
     action: str | None = None,
     merchant_id: str | None = None,
-    since: Annotated[datetime | None, Query(description="Events at or after this time (RFC 3339)")] = None,
-    until: Annotated[datetime | None, Query(description="Events before this time (RFC 3339)")] = None,
+    since: QueryTime = None,
+    until: QueryTime = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: Annotated[str | None, Query(description="The id of the last event of the previous page")] = None,
 ) -> Page[AuditEventOut]:
-    """Recorded state changes in the order they happened, filtered; a merchant caller sees
-    only its own merchant's events."""
-    since_utc, until_utc = _utc(since, "since"), _utc(until, "until")
+    """Recorded state changes in the order they happened, filtered (``since``: at or after that
+    time, ``until``: before it); a merchant caller sees only its own merchant's events."""
+    since_utc, until_utc = query_time(since, "since"), query_time(until, "until")
     tenant = principal_of(request).merchant_id
     rows, more = transact(
         request.app.state.engine,

@@ -99,7 +99,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     for err in exc.errors():
         out.append(
             {
-                "loc": [str(p) for p in err.get("loc", ())],
+                # A list index stays a number (["body", "transfers", 3, "currency"]), so a
+                # client can tell it from an object key spelled "3".
+                "loc": [p if type(p) is int else str(p) for p in err.get("loc", ())],
                 "type": err.get("type"),
                 "msg": err.get("msg"),
             }
@@ -117,9 +119,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc)
-    if any(e["type"] in ("json_invalid", "model_attributes_type") for e in errors) or any(
-        e["loc"] == ["body"] for e in errors
-    ):
+    # Only the body as a whole (unreadable, missing, or not an object) is malformed; a field
+    # of the wrong type inside it, an object field included, breaks that field's rule.
+    if any(e["type"] == "json_invalid" or e["loc"] == ["body"] for e in errors):
         return problem_response(MalformedRequest("The body is not a JSON object of the expected shape", errors=errors))
     return problem_response(ValidationFailed("One or more fields are invalid", errors=errors))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from clearhouse.audit import service as audit
 from clearhouse.identity import approvals
 from clearhouse.identity.permissions import actor_of, principal_of, requires
-from clearhouse.kit.api import Page, PrefixRouter, UtcTime, json_body, validate
+from clearhouse.kit.api import Page, PrefixRouter, QueryTime, json_body, query_time, validate
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import problem_response
 from clearhouse.kit.idempotency import derived_id
@@ -133,20 +133,12 @@ def close_account(account_id: str, request: Request) -> AccountOut:
     return _account_out(transact(_engine(request), work))
 
 
-_as_of_adapter = TypeAdapter(UtcTime)
-
-
-def _as_of_utc(as_of: datetime | None) -> datetime | None:
-    """``as_of`` needs its offset; a naive time is a 422 on the query parameter."""
-    return validate(_as_of_adapter, as_of, loc=("query", "as_of")) if as_of is not None else None
-
-
 @router.get("/accounts/{account_id}/balance", response_model=AccountBalanceOut, responses=_ERRORS, dependencies=_READ)
 def get_balance(
-    account_id: str, request: Request, as_of: Annotated[datetime | None, Query()] = None
+    account_id: str, request: Request, as_of: QueryTime = None
 ) -> AccountBalanceOut:
     """The balance now, or exactly as it stood at ``as_of`` (RFC 3339)."""
-    as_of_utc = _as_of_utc(as_of)
+    as_of_utc = query_time(as_of, "as_of")
 
     def work(session: Session) -> AccountBalanceOut:
         row, balance = service.account_balance(session, account_id, as_of_utc)
@@ -161,10 +153,10 @@ def list_entries(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: str | None = None,
-    as_of: Annotated[datetime | None, Query()] = None,
+    as_of: QueryTime = None,
 ) -> Page[EntryLine]:
     """The postings behind the balance, oldest first (``as_of`` stops the history there)."""
-    as_of_utc = _as_of_utc(as_of)
+    as_of_utc = query_time(as_of, "as_of")
     rows, more = transact(
         _engine(request),
         lambda s: service.account_entries(s, account_id, limit=limit, starting_after=starting_after, as_of=as_of_utc),

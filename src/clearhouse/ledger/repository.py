@@ -368,18 +368,41 @@ def _blocks_up_to(session: Session, up_to_seq: int | None) -> range:
     return range(0, head // BLOCK + 1)
 
 
+_HALF = 32
+_LOW_HALF = (1 << _HALF) - 1
+
+
+def _exact_sum(amount: Any) -> tuple[Any, Any]:
+    """Two SQL sums whose recombination (``_recombine``) is the exact sum of ``amount``.
+
+    The pending and release totals of an account only ever grow (every reservation ever
+    made and taken back), so their sum passes 2^63-1 long before a running total does.
+    SQLite's ``sum()`` then fails with "integer overflow" (``total()`` would round through
+    a float). Amounts are 1 to 2^63-1, so their high halves are below 2^31 and their low
+    halves below 2^32: each half's sum stays exact in 64 bits up to two billion rows, on
+    both databases (PostgreSQL's ``sum(bigint)`` is a numeric anyway).
+    """
+    # Inline constants: PostgreSQL has ``bigint >> integer`` but no ``bigint >> bigint``.
+    return (func.sum(amount.bitwise_rshift(literal_column(str(_HALF)))),
+            func.sum(amount.bitwise_and(literal_column(str(_LOW_HALF)))))
+
+
+def _recombine(high: Any, low: Any) -> int:
+    return (int(high) << _HALF) + int(low)
+
+
 def balance_sums(session: Session, account_id: str, up_to_seq: int | None) -> dict[tuple[str, str], int]:
     """Sum of an account's legs by (direction, kind), up to a point in the chain."""
     totals: dict[tuple[str, str], int] = {}
     query = (
-        select(postings.c.direction, postings.c.kind, func.sum(postings.c.amount))
+        select(postings.c.direction, postings.c.kind, *_exact_sum(postings.c.amount))
         .where(postings.c.account_id == account_id)
         .group_by(postings.c.direction, postings.c.kind)
     )
     if up_to_seq is not None:
         query = query.where(postings.c.seq <= up_to_seq)
-    for d, k, total in session.execute(query):
-        totals[(d, k)] = totals.get((d, k), 0) + int(total)
+    for d, k, high, low in session.execute(query):
+        totals[(d, k)] = totals.get((d, k), 0) + _recombine(high, low)
     num = account_num(session, account_id)
     if num is None:
         return totals
@@ -387,14 +410,14 @@ def balance_sums(session: Session, account_id: str, up_to_seq: int | None) -> di
     for direction, column in (("debit", entries.c.debit_account), ("credit", entries.c.credit_account)):
         for start in range(0, len(blocks), CHUNK):
             query = (
-                select(entries.c.kind, func.sum(entries.c.amount))
+                select(entries.c.kind, *_exact_sum(entries.c.amount))
                 .where(_block().in_(blocks[start:start + CHUNK]), column == num)
                 .group_by(entries.c.kind)
             )
             if up_to_seq is not None:
                 query = query.where(entries.c.seq <= up_to_seq)
-            for k, total in session.execute(query):
-                totals[(direction, k)] = totals.get((direction, k), 0) + int(total)
+            for k, high, low in session.execute(query):
+                totals[(direction, k)] = totals.get((direction, k), 0) + _recombine(high, low)
     return totals
 
 

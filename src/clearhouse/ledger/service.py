@@ -575,23 +575,29 @@ def _apply(rows: list[tuple[str, str, str, int, str]], balances: dict[str, _Bala
     Balance lists are replaced, never mutated, so ``start`` keeps the value read from
     the database and the delta written at the end is exact.
     """
+    # Every posting is looked at before any rule is reported, and the rules are reported in
+    # one order (an unknown account, then a currency mismatch, then a closed account), so
+    # the answer never depends on the order of the postings.
     touched: dict[str, list[int]] = {}
+    mismatch: str | None = None
+    closed: str | None = None
     for account_id, direction, kind, amount, currency in rows:
         account = balances.get(account_id)
         if account is None:
             raise _Failure(errors.AccountNotFound, f"no account {account_id}")
-        if account.currency != currency:
-            raise _Failure(
-                errors.CurrencyMismatch,
-                f"account {account_id} holds {account.currency}, the posting is in {currency}",
-            )
-        if new_entry and account.closed:
-            raise _Failure(errors.AccountClosed, f"account {account_id} is closed")
+        if account.currency != currency and mismatch is None:
+            mismatch = f"account {account_id} holds {account.currency}, the posting is in {currency}"
+        if new_entry and account.closed and closed is None:
+            closed = f"account {account_id} is closed"
         values = touched.get(account_id)
         if values is None:
             values = touched[account_id] = list(account.values)
         slot, sign = _SLOT[(direction, kind)]
         values[slot] += sign * amount
+    if mismatch is not None:
+        raise _Failure(errors.CurrencyMismatch, mismatch)
+    if closed is not None:
+        raise _Failure(errors.AccountClosed, closed)
     for account_id, values in touched.items():
         balances[account_id].check(values)
     for account_id, values in touched.items():
