@@ -276,3 +276,24 @@ class TestARefundThatFailsByNotification:
         assert (failed["status"], failed["failure_code"]) == ("failed", "refund_abnormal")
         assert shop.get(f"/v1/payments/{payment['id']}").json()["amount_refunded"] == 0
         ledger_verifies(app)
+
+
+class TestBodiesAreReadStrictly:
+    @pytest.mark.parametrize("path, body", [
+        ("/v1/payments", b'{"amount": 100, "amount": 100000, "currency": "CNY", "method": "alipay"}'),
+        ("/v1/products", b'{"name": "a", "price": {"amount": 1, "currency": "CNY", "amount": 9}}'),
+        ("/v1/wallets", b'{"customer_id": "c", "currency": "CNY", "currency": "USD"}'),
+    ])
+    def test_a_key_named_twice_is_refused_and_nothing_is_made(self, merchant_client_factory, path, body):
+        shop, _ = merchant_client_factory()
+        response = shop.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "malformed_request" and "more than once" in response.json()["detail"]
+        assert shop.get(path).json()["data"] == []
+
+    def test_a_number_with_thousands_of_digits_is_a_clear_400(self, merchant_client_factory):
+        shop, _ = merchant_client_factory()
+        body = b'{"amount": ' + b"9" * 5000 + b', "currency": "CNY", "method": "alipay"}'
+        response = shop.post("/v1/payments", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400
+        assert response.json()["detail"] == "a number in the body has too many digits"
