@@ -266,3 +266,26 @@ class TestKeyLists:
                           params={"starting_after": first["next_cursor"]}).json()
         assert [k["id"] for k in first["data"] + rest["data"]] == [k["id"] for k in everything["data"]]
         assert client.get(f"/v1/merchants/{shop.merchant_id}/api_keys", params={"limit": 0}).status_code == 422
+
+
+class TestMerchantRetry:
+    def test_a_merchant_create_retried_after_a_5xx_finds_the_merchant_it_made(self, client, monkeypatch):
+        from clearhouse.identity import service
+
+        real, calls = service.merchant_dict, []
+
+        def fails_once(row):
+            calls.append(row.id)
+            if len(calls) == 1:
+                raise RuntimeError("the answer is lost after the commit")
+            return real(row)
+
+        monkeypatch.setattr(service, "merchant_dict", fails_once)
+        headers = {"Idempotency-Key": "merchant-retry-1"}
+        assert client.post("/v1/merchants", json={"name": "Retry Shop"}, headers=headers).status_code == 500
+        again = client.post("/v1/merchants", json={"name": "Retry Shop"}, headers=headers)
+        assert again.status_code == 201, again.text
+        assert again.json()["id"] == calls[0]
+        listed = client.get("/v1/merchants", params={"limit": 500}).json()["data"]
+        named = [m for m in listed if m["name"] == "Retry Shop"]
+        assert len(named) == 1

@@ -297,3 +297,53 @@ class TestBodiesAreReadStrictly:
         response = shop.post("/v1/payments", content=body, headers={"content-type": "application/json"})
         assert response.status_code == 400
         assert response.json()["detail"] == "a number in the body has too many digits"
+
+
+class TestReviewOfTheseFixes:
+    def test_an_expiry_keeps_a_hold_the_channel_says_it_captured_when_its_status_cannot_be_had(
+            self, app, merchant_client_factory, monkeypatch):
+        from datetime import timedelta
+
+        from clearhouse.channels import protocol
+        from clearhouse.channels.protocol import ChannelTimeout
+        from clearhouse.kit import clock
+        from clearhouse.payments import service as payments
+
+        shop, merchant_id = merchant_client_factory()
+        held = shop.post("/v1/payments", json={"amount": 10000, "currency": "CNY", "method": "card",
+                                               "capture_method": "manual", "payment_details": CARD}).json()
+        assert held["status"] == "requires_capture"
+        card = app.state.channels["sandbox_card"]
+        monkeypatch.setattr(card, "cancel", lambda reference: protocol.ChannelResult(protocol.APPROVED, reference))
+
+        def no_answer(reference):
+            raise ChannelTimeout("no answer")
+
+        monkeypatch.setattr(card, "query", no_answer)
+        with clock.frozen(clock.now() + timedelta(days=8)):
+            assert payments.expire_authorizations(payments.Runtime.of(app)) == 1
+        kept = shop.get(f"/v1/payments/{held['id']}").json()
+        assert kept["status"] == "requires_capture"  # not voided: the channel said it took the money
+        assert "channel_reports_captured" in [e["type"] for e in kept["timeline"]]
+        ledger_verifies(app)
+
+    def test_a_short_transfer_is_recorded_once_however_often_the_worker_asks(self, app, merchant_client_factory,
+                                                                            monkeypatch):
+        from clearhouse.channels import protocol
+        from clearhouse.payments import service as payments
+
+        shop, _ = merchant_client_factory()
+        payment = shop.post("/v1/payments", json={"amount": 10000, "currency": "CNY",
+                                                  "method": "bank_transfer"}).json()
+        attempt = payment["attempts"][0]["id"]
+        bank = app.state.channels["sandbox_bank"]
+        monkeypatch.setattr(bank, "query", lambda reference: protocol.ChannelResult(
+            protocol.APPROVED, reference, amount=9000, currency="CNY"))
+        runtime = payments.Runtime.of(app)
+        for _ in range(3):
+            payments.resolve_stuck(runtime, older_than_seconds=-1)
+        view = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert view["status"] == "processing"
+        assert [e["type"] for e in view["timeline"]].count("amount_mismatch") == 1
+        assert view["attempts"][0]["id"] == attempt and view["attempts"][0]["status"] != "approved"
+        ledger_verifies(app)

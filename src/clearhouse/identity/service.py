@@ -139,6 +139,10 @@ def create_merchant(session: Session, actor: audit.Actor, *, name: str, country:
                     default_currency: str | None = None, timezone: str | None = None,
                     settlement_cycle: str | None = None, metadata: dict[str, Any] | None = None,
                     merchant_id: str | None = None) -> Row:
+    if merchant_id is not None:
+        existing = session.execute(select(merchants).where(merchants.c.id == merchant_id)).first()
+        if existing is not None:  # a retry of the request that made it (the id is derived from its key)
+            return existing
     now = clock.now()
     merchant_id = merchant_id or new_id("mch")
     values = {

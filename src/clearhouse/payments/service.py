@@ -639,6 +639,22 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
     attempt_status = _ATTEMPT_STATUS.get(result.status)
     if attempt_status is None:
         return f"ignored_status:{result.status}"
+    if _PAYMENT_STATUS[result.status] in (state.SUCCEEDED, state.REQUIRES_CAPTURE) \
+            and row.status not in (state.REQUIRES_CAPTURE, *state.FINAL) and row.reference == reference and (
+            (result.amount is not None and result.amount != row.amount)
+            or (result.currency is not None and result.currency != row.currency)):
+        # The channel says it took another sum than the one asked (a transfer that arrived short or in
+        # another currency, a QR payment of another amount): never booked as the payment, and its
+        # attempt is left as it was. The payment waits; an operator settles the difference with the
+        # customer. Recorded once per sum the channel names, however often the worker asks again.
+        seen = {"received": result.amount, "received_currency": result.currency}
+        if not any(e["type"] == "amount_mismatch" and {k: e["detail"].get(k) for k in seen} == seen
+                   for e in timeline_of(session, row.id)):
+            log.error("payment_amount_mismatch", payment=row.id, attempt=reference, expected=row.amount,
+                      currency=row.currency, **seen)
+            _event(session, row.id, "amount_mismatch", status=result.status, source=source, expected=row.amount,
+                   currency=row.currency, **seen)
+        return "amount_mismatch"
     _mark_attempt(session, reference, attempt_status, getattr(result, "message", None),
                   decline_code=getattr(result, "decline_code", None), external_id=result.external_id,
                   latency_ms=latency_ms)
@@ -659,17 +675,6 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
     if not state.allowed(row.status, target):
         _event(session, row.id, "channel_ignored", status=result.status, source=source, current=row.status)
         return f"ignored:{row.status}"
-    if target in (state.SUCCEEDED, state.REQUIRES_CAPTURE) and row.status != state.REQUIRES_CAPTURE and (
-            (result.amount is not None and result.amount != row.amount)
-            or (result.currency is not None and result.currency != row.currency)):
-        # The channel says it took another sum than the one asked (a transfer that arrived short or in
-        # another currency, a QR payment of another amount): never booked as the payment. The
-        # payment waits; an operator settles the difference with the customer.
-        log.error("payment_amount_mismatch", payment=row.id, attempt=reference, expected=row.amount,
-                  currency=row.currency, received=result.amount, received_currency=result.currency)
-        _event(session, row.id, "amount_mismatch", status=result.status, source=source, expected=row.amount,
-               currency=row.currency, received=result.amount, received_currency=result.currency)
-        return "amount_mismatch"
     if target == state.SUCCEEDED and row.status == state.REQUIRES_CAPTURE:
         # The channel captured the hold (a capture whose answer we missed, seen again in its answer
         # to a cancel or at expiry): post it for what the channel says it took, as a capture does.
@@ -803,8 +808,10 @@ def cancel(rt: Runtime, principal: Principal, payment_id: str, reason: str | Non
         with _asking(row.channel):
             result = rt.channels[row.channel].cancel(row.reference)
         if result.status in (protocol.APPROVED,):
-            _tx(rt, lambda s: apply_result(s, row.reference, result, source="cancel",
-                                                                 hold_hours=_hold(rt)))
+            outcome = _tx(rt, lambda s: apply_result(s, row.reference, result, source="cancel", hold_hours=_hold(rt)))
+            if outcome == "amount_mismatch":
+                raise errors.PaymentStateConflict("the channel says the customer paid another sum than the payment's; "
+                                                  "an operator settles it (see the timeline)")
             raise errors.PaymentStateConflict("the customer completed the payment before the cancel")
     _tx(rt, lambda s: _canceled(s, payment_id, reason or "requested"))
     return _tx(rt, lambda s: get_payment(s, None, payment_id))
@@ -1138,19 +1145,22 @@ def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
         connector = rt.channels[row.channel]
         try:
             result = connector.cancel(row.reference)
-            if result.status == protocol.APPROVED and not result.captured_amount:
-                result = connector.query(row.reference)  # its status may say how much it took
         except (ChannelTimeout, ChannelUnavailable, ChannelError):
             log.warning("authorization_cancel_failed", payment=row.id)
-        else:
-            if result.status == protocol.APPROVED:  # captured after all (its answer was lost): not released
-                outcome = _tx(rt, lambda s, r=row, found=result: apply_result(
-                    s, r.reference, found, source="expiry", hold_hours=_hold(rt)))
-                if outcome == "captured_amount_unknown":
-                    log.error("authorization_captured_amount_unknown", payment=row.id, channel=row.channel)
-                    _tx(rt, lambda s, r=row: _run(s, _UPDATE_PAYMENT, {
-                        "the_id": r.id, "authorization_expires_at": now + RECHECK_CAPTURED, "updated_at": now}))
-                continue
+            result = None
+        if result is not None and result.status == protocol.APPROVED:  # captured after all (its answer was lost)
+            if not result.captured_amount:
+                with contextlib.suppress(ChannelTimeout, ChannelUnavailable, ChannelError):
+                    queried = connector.query(row.reference)  # its status may say how much it took
+                    if queried.status == protocol.APPROVED and queried.captured_amount:
+                        result = queried
+            outcome = _tx(rt, lambda s, r=row, found=result: apply_result(
+                s, r.reference, found, source="expiry", hold_hours=_hold(rt)))
+            if outcome == "captured_amount_unknown":
+                log.error("authorization_captured_amount_unknown", payment=row.id, channel=row.channel)
+                _tx(rt, lambda s, r=row: _run(s, _UPDATE_PAYMENT, {
+                    "the_id": r.id, "authorization_expires_at": now + RECHECK_CAPTURED, "updated_at": now}))
+            continue  # never released: the channel says it took the money
         _tx(rt, lambda s, r=row: _canceled(s, r.id, "authorization_expired"))
     return len(rows)
 
