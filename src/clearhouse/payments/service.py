@@ -915,7 +915,8 @@ def _refund_entry(session: Session, payment: Row, refund_id: str, amount: int, f
         top_up=payment.purpose == "wallet_top_up", pending=pending)
 
 
-def _send_refund(rt: Runtime, refund_id: str) -> None:
+def _send_refund(rt: Runtime, refund_id: str, *, again: bool = False) -> None:
+    """Ask the channel for the refund; ``again``: the worker's resend of one the channel never took."""
     row = _tx(rt, lambda s: session_refund(s, refund_id))
     payment = _tx(rt, lambda s: _payment(s, row.payment_id))
     if payment.channel == WALLET:
@@ -933,7 +934,10 @@ def _send_refund(rt: Runtime, refund_id: str) -> None:
         # It failed and did not act (channels.md): the money is still owed, so the refund stays
         # pending and the worker sends it again (``resolve_pending_refunds``).
         code = error.code
-        _tx(rt, lambda s: _event(s, row.payment_id, "refund_not_sent", refund=refund_id, code=code))
+        if again:  # on the timeline once, not on every pass of the worker
+            log.warning("refund_not_sent", refund=refund_id, code=code)
+        else:
+            _tx(rt, lambda s: _event(s, row.payment_id, "refund_not_sent", refund=refund_id, code=code))
         return
     _tx(rt, lambda s: apply_refund_result(s, refund_id, result.status, result.external_id,
                                                       result.decline_code, source="refund"))
@@ -1115,7 +1119,7 @@ def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, li
             _tx(rt, lambda s, r=row: apply_refund_result(s, r.id, protocol.FAILED, None, "channel_never_accepted",
                                                          source="worker"))
         elif result.status == protocol.NOT_FOUND:
-            _send_refund(rt, row.id)
+            _send_refund(rt, row.id, again=True)
         else:
             _tx(rt, lambda s, r=row, res=result: apply_refund_result(
                 s, r.id, res.status, res.external_id, res.decline_code, source="query"))
