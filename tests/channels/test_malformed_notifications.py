@@ -302,6 +302,7 @@ _PAYMENTS = {"sandbox_card": {"method": "card", "payment_details": {"card": sand
              "sandbox_wechat": {"method": "wechat_pay"}}
 
 
+@pytest.mark.slow  # every malformed case over HTTP on both databases; the connector table stays in the default run
 class TestThroughTheNotificationEndpoint:
     """On the platform: a payment waiting for the customer (or a pending refund of a paid one),
     every malformed case posted to ``/v1/channels/{channel}/notifications``, then the genuine

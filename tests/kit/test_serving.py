@@ -226,6 +226,7 @@ def _answers(base: str) -> int | None:
         return None
 
 
+@pytest.mark.slow  # waits for a blocked worker to be found hung and replaced
 class TestHungEventLoop:
     def test_a_worker_whose_loop_hangs_is_replaced_on_its_socket(self, one_loop_worker) -> None:
         base, process, log = one_loop_worker

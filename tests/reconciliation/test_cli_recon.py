@@ -22,6 +22,9 @@ from clearhouse.kit import clock
 from tests.payments.support import card_body
 from tests.test_cli import clearhouse, ok, sqlite_file
 
+# Each test starts the CLI in its own process (about 4 s of CPU apiece): in the slow run.
+pytestmark = pytest.mark.slow
+
 CARD = "sandbox_card"
 NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DAY = NOON.date().isoformat()
