@@ -322,12 +322,7 @@ def list_api_keys(session: Session, principal: Principal, merchant_id: str | Non
     else:
         get_merchant(session, principal, merchant_id)
         where = api_keys.c.merchant_id == merchant_id
-    paged = newest_first(session, select(api_keys).where(where).limit(limit + 1), api_keys, starting_after,
-                         scope=where)
-    if paged is None:
-        return [], False
-    rows = list(session.execute(paged))
-    return rows[:limit], len(rows) > limit
+    return newest_first(session, select(api_keys).where(where), api_keys, starting_after, limit=limit, scope=where)
 
 
 def revoke_api_key(session: Session, actor: audit.Actor, principal: Principal, merchant_id: str | None,

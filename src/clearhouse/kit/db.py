@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import asyncpg
 import psycopg
 import structlog
-from sqlalchemy import Engine, Select, Table, and_, create_engine, event, or_, text
+from sqlalchemy import Engine, Row, Select, Table, and_, create_engine, event, or_, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -807,23 +807,25 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def newest_first(session: Session, query: Select[Any], table: Table, starting_after: str | None, *,
-                 scope: Any = None) -> Select[Any] | None:
-    """``query`` ordered newest first by (``created_at``, ``id``), continuing after the row ``starting_after``.
+def newest_first(session: Session, query: Select[Any], table: Table, starting_after: str | None, *, limit: int,
+                 scope: Any = None) -> tuple[list[Row[Any]], bool]:
+    """A page of ``query``'s rows, newest first by (``created_at``, ``id``), after the row ``starting_after``;
+    and whether more follow (one row more than ``limit`` is read to know).
 
     Ids are not always in time order (an id derived from an ``Idempotency-Key`` is a hash), so a list
     that promises newest first orders by the creation time, the id breaking ties. ``scope`` (the
     caller's tenant condition) also bounds the cursor: another tenant's id is as unknown as a made-up
-    one, so the answer says nothing about it. None when ``starting_after`` names no row in scope: the
-    caller answers an empty page."""
-    query = query.order_by(table.c.created_at.desc(), table.c.id.desc())
-    if not starting_after:
-        return query
-    cursor = table.select().with_only_columns(table.c.created_at).where(table.c.id == starting_after)
-    if scope is not None:
-        cursor = cursor.where(scope)
-    created_at = session.execute(cursor).scalar()
-    if created_at is None:
-        return None
-    return query.where(or_(table.c.created_at < created_at,
-                           and_(table.c.created_at == created_at, table.c.id < starting_after)))
+    one, so the answer says nothing about it. A ``starting_after`` that names no row in scope gives an
+    empty page."""
+    query = query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit + 1)
+    if starting_after:
+        cursor = table.select().with_only_columns(table.c.created_at).where(table.c.id == starting_after)
+        if scope is not None:
+            cursor = cursor.where(scope)
+        created_at = session.execute(cursor).scalar()
+        if created_at is None:
+            return [], False
+        query = query.where(or_(table.c.created_at < created_at,
+                                and_(table.c.created_at == created_at, table.c.id < starting_after)))
+    rows = list(session.execute(query))
+    return rows[:limit], len(rows) > limit

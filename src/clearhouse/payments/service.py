@@ -226,7 +226,7 @@ def get_payment(session: Session, principal: Principal | None, payment_id: str) 
 def list_payments(session: Session, principal: Principal, *, merchant_id: str | None, status: str | None,
                   merchant_order_id: str | None, limit: int, starting_after: str | None,
                   ) -> tuple[list[dict[str, Any]], bool]:
-    query = select(payments).limit(limit + 1)
+    query = select(payments)
     owner = principal.merchant_id or merchant_id
     if principal.merchant_id and merchant_id and merchant_id != principal.merchant_id:
         return [], False
@@ -236,13 +236,8 @@ def list_payments(session: Session, principal: Principal, *, merchant_id: str | 
         query = query.where(payments.c.status == status)
     if merchant_order_id:
         query = query.where(payments.c.merchant_order_id == merchant_order_id)
-    paged = newest_first(session, query, payments, starting_after,
-                         scope=payments.c.merchant_id == owner if owner else None)
-    if paged is None:
-        return [], False
-    rows = session.execute(paged).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = newest_first(session, query, payments, starting_after, limit=limit,
+                              scope=payments.c.merchant_id == owner if owner else None)
     views = _attempt_views(session, [r.id for r in rows])
     return [payment_view(r, views[r.id]) for r in rows], more
 
@@ -854,12 +849,9 @@ def list_refunds(session: Session, principal: Principal, payment_id: str, *, lim
                  starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
     """A page of the payment's refunds, newest first; and whether more follow."""
     get_payment_row(session, principal, payment_id)
-    paged = newest_first(session, select(refunds).where(refunds.c.payment_id == payment_id).limit(limit + 1),
-                         refunds, starting_after, scope=refunds.c.payment_id == payment_id)
-    if paged is None:
-        return [], False
-    rows = session.execute(paged).all()
-    return [refund_view(r) for r in rows[:limit]], len(rows) > limit
+    rows, more = newest_first(session, select(refunds).where(refunds.c.payment_id == payment_id), refunds,
+                              starting_after, limit=limit, scope=refunds.c.payment_id == payment_id)
+    return [refund_view(r) for r in rows], more
 
 
 def refund(rt: Runtime, principal: Principal, payment_id: str, amount: int | None, reason: str | None, *,

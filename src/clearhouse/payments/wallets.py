@@ -56,14 +56,11 @@ def list_wallets(session: Session, principal: Principal, *, customer_id: str | N
     if principal.merchant_id and merchant_id and merchant_id != principal.merchant_id:
         return [], False
     owner = principal.merchant_id or merchant_id
-    query = select(wallets).limit(limit + 1)
+    query = select(wallets)
     if owner:
         query = query.where(wallets.c.merchant_id == owner)
     if customer_id:
         query = query.where(wallets.c.customer_id == customer_id)
-    paged = newest_first(session, query, wallets, starting_after,
-                         scope=wallets.c.merchant_id == owner if owner else None)
-    if paged is None:
-        return [], False
-    rows = session.execute(paged).all()
-    return [wallet_view(session, r) for r in rows[:limit]], len(rows) > limit
+    rows, more = newest_first(session, query, wallets, starting_after, limit=limit,
+                              scope=wallets.c.merchant_id == owner if owner else None)
+    return [wallet_view(session, r) for r in rows], more

@@ -324,20 +324,16 @@ def get_order(session: Session, principal: Principal | None, order_id: str) -> d
 
 def list_orders(session: Session, principal: Principal, *, status: str | None, product_id: str | None,
                 limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    query = select(orders).limit(limit + 1)
+    query = select(orders)
     if principal.merchant_id:
         query = query.where(orders.c.merchant_id == principal.merchant_id)
     if status:
         query = query.where(orders.c.status == status)
     if product_id:
         query = query.where(orders.c.product_id == product_id)
-    paged = newest_first(session, query, orders, starting_after,
-                         scope=orders.c.merchant_id == principal.merchant_id if principal.merchant_id else None)
-    if paged is None:
-        return [], False
-    rows = session.execute(paged).all()
-    more = len(rows) > limit
-    return [order_view(session, r) for r in rows[:limit]], more
+    rows, more = newest_first(session, query, orders, starting_after, limit=limit,
+                              scope=orders.c.merchant_id == principal.merchant_id if principal.merchant_id else None)
+    return [order_view(session, r) for r in rows], more
 
 
 def _delivered_codes(session: Session, cipher: FieldCipher, row: Row) -> list[str]:
