@@ -28,6 +28,14 @@ SEALED = "<sealed when encoded>"
 NOW = "<now when encoded>"
 
 
+def sent(connector: Any) -> tuple[dict[str, str], bytes]:
+    """The one notification the sandbox owes, as it sends it (not delivered to us)."""
+    out: list[tuple[dict[str, str], bytes]] = []
+    connector.deliver_due(lambda path, headers, body: out.append((headers, body)) or 200)
+    assert len(out) == 1, out
+    return out[0]
+
+
 def now_stamp() -> str:
     return str(int(clock.now().timestamp()))
 

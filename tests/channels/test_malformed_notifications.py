@@ -227,27 +227,19 @@ KINDS = sorted({(case.channel, case.kind) for case in CASES})
 # --------------------------------------------------------------------------- the channel's side
 
 
-def _sent(connector: Any) -> tuple[dict[str, str], bytes]:
-    """The one notification the sandbox owes, as it sends it (not delivered to us)."""
-    sent: list[tuple[dict[str, str], bytes]] = []
-    connector.deliver_due(lambda path, headers, body: sent.append((headers, body)) or 200)
-    assert len(sent) == 1, sent
-    return sent[0]
-
-
 def _pay(connector: Any, reference: str) -> tuple[dict[str, str], bytes]:
     """The customer pays (passes the challenge): the channel's approved notification."""
     if connector.name == "sandbox_card":
         connector.challenge(reference, True)
     else:
         connector.pay(reference)
-    return _sent(connector)
+    return wire.sent(connector)
 
 
 def _complete_refund(connector: Any) -> tuple[dict[str, str], bytes]:
     """The channel completes the pending refund it was asked for: its refunded notification."""
     connector.sweep()
-    return _sent(connector)
+    return wire.sent(connector)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from clearhouse.channels.protocol import (
     NotificationInvalid,
 )
 from clearhouse.kit import clock
+from tests.channels import notification_wire as wire
 from tests.channels.sandbox_support import MONDAY, Recorder, charge, sandbox_settings
 
 QR_CHANNELS = ["sandbox_alipay", "sandbox_wechat"]
@@ -52,10 +53,7 @@ def paid_notification(connector, reference: str = "att_1", amount: int = 12_345)
     """The signed notification the channel sends once ``reference`` is paid."""
     connector.authorize(charge(reference, amount, channel=connector.name))
     connector.pay(reference)
-    sent: list[tuple[dict[str, str], bytes]] = []
-    connector.deliver_due(lambda path, headers, body: sent.append((headers, body)) or 200)
-    assert len(sent) == 1
-    return sent[0]
+    return wire.sent(connector)
 
 
 class TestQrCode:

@@ -256,20 +256,14 @@ class TestARefundThatFailsByNotification:
         wechat = app.state.channels["sandbox_wechat"]
         path = "/v1/channels/sandbox_wechat/notifications"
 
-        def sent() -> tuple[dict, bytes]:
-            out: list[tuple[dict, bytes]] = []
-            wechat.deliver_due(lambda _path, headers, body: out.append((headers, body)) or 200)
-            assert len(out) == 1, out
-            return out[0]
-
         payment = shop.post("/v1/payments", json={"amount": 8800, "currency": "CNY", "method": "wechat_pay"}).json()
         wechat.pay(payment["attempts"][0]["id"])
-        headers, body = sent()
+        headers, body = wire.sent(wechat)
         assert anonymous_client.post(path, headers=headers, content=body).is_success
         refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 3000}).json()
         assert refund["status"] == "pending"
         wechat.sweep()  # the channel completes it: its genuine notification, turned into a failure below
-        document = wire.decode("sandbox_wechat", wechat, *sent())
+        document = wire.decode("sandbox_wechat", wechat, *wire.sent(wechat))
         document["resource"]["refund_status"] = "ABNORMAL"
         document["resource"].pop("success_time", None)
         document["body"]["event_type"] = "REFUND.ABNORMAL"

@@ -907,21 +907,22 @@ def _refund_entry(session: Session, payment: Row, refund_id: str, amount: int, f
         top_up=payment.purpose == "wallet_top_up", pending=pending)
 
 
-def _send_refund(rt: Runtime, refund_id: str, *, again: bool = False) -> None:
-    """Ask the channel for the refund; ``again``: the worker's resend of one the channel never took."""
+def _send_refund(rt: Runtime, refund_id: str, *, again: bool = False) -> bool:
+    """Ask the channel for the refund; ``again``: the worker's resend of one the channel never took.
+    False when the channel did not take it (down, or failed without acting): it is still owed."""
     row = _tx(rt, lambda s: session_refund(s, refund_id))
     payment = _tx(rt, lambda s: _payment(s, row.payment_id))
     if payment.channel == WALLET:
         _tx(rt, lambda s: apply_refund_result(s, refund_id, protocol.REFUNDED, None, None,
                                                           source="wallet"))
-        return
+        return True
     connector = rt.channels[payment.channel]
     try:
         result = connector.refund(payment.reference, refund_id, row.amount, row.currency)
     except ChannelTimeout:
         result = _settle_timeout(connector, refund_id)
         if result is None or result.status == protocol.NOT_FOUND:
-            return  # still pending: the worker asks again
+            return True  # it may have acted: still pending, the worker asks again
     except (ChannelUnavailable, ChannelError) as error:
         # It failed and did not act (channels.md): the money is still owed, so the refund stays
         # pending and the worker sends it again (``resolve_pending_refunds``).
@@ -930,9 +931,10 @@ def _send_refund(rt: Runtime, refund_id: str, *, again: bool = False) -> None:
             log.warning("refund_not_sent", refund=refund_id, code=code)
         else:
             _tx(rt, lambda s: _event(s, row.payment_id, "refund_not_sent", refund=refund_id, code=code))
-        return
-    _tx(rt, lambda s: apply_refund_result(s, refund_id, result.status, result.external_id,
-                                                      result.decline_code, source="refund"))
+        return False
+    _tx(rt, lambda s: apply_refund_result(s, refund_id, result.status, result.external_id, result.decline_code,
+                                          source="refund", amount=result.amount, currency=result.currency))
+    return True
 
 
 def session_refund(session: Session, refund_id: str, *, lock: bool = False) -> Row:
@@ -943,8 +945,12 @@ def session_refund(session: Session, refund_id: str, *, lock: bool = False) -> R
 
 
 def apply_refund_result(session: Session, refund_id: str, status: str, external_id: str | None,
-                        failure_code: str | None, *, source: str) -> str:
-    """Apply a channel's answer about a refund, once: pending until the channel says."""
+                        failure_code: str | None, *, source: str, amount: int | None = None,
+                        currency: str | None = None) -> str:
+    """Apply a channel's answer about a refund, once: pending until the channel says.
+
+    ``amount`` and ``currency``: what the channel says it refunded, when it says (a notification
+    always does). Another sum is never booked as the refund: it stays pending, recorded once."""
     found = session.execute(select(refunds.c.payment_id).where(refunds.c.id == refund_id)).first()
     if found is None:
         return "unknown_reference"
@@ -953,6 +959,19 @@ def apply_refund_result(session: Session, refund_id: str, status: str, external_
     if row.status != "pending":
         return f"unchanged:{row.status}"
     now = clock.now()
+    if status in (protocol.REFUNDED, protocol.APPROVED) and (
+            (amount is not None and amount != row.amount) or (currency is not None and currency != row.currency)):
+        # The channel gave back another sum than the one asked: booking ours would make the ledger
+        # say the customer has money they have not (or not the money they have). An operator
+        # settles it with the channel; the refund waits, its amount still promised.
+        seen = {"refund": row.id, "received": amount, "received_currency": currency}
+        if not any(e["type"] == "refund_amount_mismatch" and {k: e["detail"].get(k) for k in seen} == seen
+                   for e in timeline_of(session, payment.id)):
+            log.error("refund_amount_mismatch", payment=payment.id, expected=row.amount, currency=row.currency,
+                      **seen)
+            _event(session, payment.id, "refund_amount_mismatch", status=status, source=source,
+                   expected=row.amount, currency=row.currency, **seen)
+        return "amount_mismatch"
     if status in (protocol.REFUNDED, protocol.APPROVED):
         rule = fees.Rule(**orjson.loads(payment.fee_rule_json))
         before, after = payment.amount_refunded, payment.amount_refunded + row.amount
@@ -1018,7 +1037,8 @@ def receive_notification(rt: Runtime, channel: str, headers: dict[str, str], bod
         if notification.kind == "refund":
             outcome = apply_refund_result(session, notification.reference, notification.status,
                                           notification.external_id, notification.decline_code,
-                                          source="notification")
+                                          source="notification", amount=notification.amount,
+                                          currency=notification.currency)
         else:
             outcome = apply_result(session, notification.reference, notification, source="notification",
                                    hold_hours=_hold(rt))
@@ -1083,7 +1103,8 @@ def _never_sent(session: Session, payment_id: str, reference: str) -> None:
 
 REFUND_RESEND_FOR = timedelta(days=3)
 """How long a refund the channel has not taken (it was down, or failed without acting) is sent again,
-every pass of the worker, before it is given up as ``failed`` (``channel_never_accepted``) for an operator."""
+every pass of the worker; past it, a resend the channel still does not take gives it up as ``failed``
+(``channel_never_accepted``) for an operator."""
 
 
 def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, limit: int = 100) -> int:
@@ -1107,14 +1128,15 @@ def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, li
             result = None  # asked again next pass, behind the others
         if result is None:
             pass
-        elif result.status == protocol.NOT_FOUND and row.created_at < now - REFUND_RESEND_FOR:
-            _tx(rt, lambda s, r=row: apply_refund_result(s, r.id, protocol.FAILED, None, "channel_never_accepted",
-                                                         source="worker"))
         elif result.status == protocol.NOT_FOUND:
-            _send_refund(rt, row.id, again=True)
+            if not _send_refund(rt, row.id, again=True) and row.created_at < now - REFUND_RESEND_FOR:
+                # Sent once more past the deadline, and still not taken: given up, for an operator.
+                _tx(rt, lambda s, r=row: apply_refund_result(s, r.id, protocol.FAILED, None,
+                                                             "channel_never_accepted", source="worker"))
         else:
             _tx(rt, lambda s, r=row, res=result: apply_refund_result(
-                s, r.id, res.status, res.external_id, res.decline_code, source="query"))
+                s, r.id, res.status, res.external_id, res.decline_code, source="query", amount=res.amount,
+                currency=res.currency))
         _tx(rt, lambda s, r=row: s.execute(update(refunds).where(
             refunds.c.id == r.id, refunds.c.status == "pending").values(updated_at=clock.now())))
         done += 1

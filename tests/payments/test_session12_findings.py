@@ -1,0 +1,103 @@
+"""Defects found in session 12 (2026-11-24), each held by a test through the API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from clearhouse.channels.connectors import sandbox
+from clearhouse.channels.protocol import REFUNDED, ChannelResult
+from clearhouse.kit import clock
+from clearhouse.payments import service as payments
+from tests.channels import notification_wire as wire
+from tests.payments.orders.support import CARD
+from tests.payments.support import balances, ledger_verifies
+
+WECHAT_PATH = "/v1/channels/sandbox_wechat/notifications"
+
+
+def _paid_wechat(app, shop, anonymous_client, amount: int) -> dict:
+    wechat = app.state.channels["sandbox_wechat"]
+    payment = shop.post("/v1/payments", json={"amount": amount, "currency": "CNY", "method": "wechat_pay"}).json()
+    wechat.pay(payment["attempts"][0]["id"])
+    headers, body = wire.sent(wechat)
+    assert anonymous_client.post(WECHAT_PATH, headers=headers, content=body).is_success
+    return payment
+
+
+def _timeline(shop, payment_id: str) -> list[str]:
+    return [event["type"] for event in shop.get(f"/v1/payments/{payment_id}").json()["timeline"]]
+
+
+class TestARefundOfAnotherSum:
+    def test_a_refund_notification_of_another_sum_or_currency_is_not_booked(
+            self, app, anonymous_client, merchant_client_factory):
+        shop, merchant_id = merchant_client_factory()
+        wechat = app.state.channels["sandbox_wechat"]
+        payment = _paid_wechat(app, shop, anonymous_client, 8800)
+        owed = balances(app, merchant_id, channel="sandbox_wechat")["merchant"]
+        refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 3000}).json()
+        assert refund["status"] == "pending"
+        wechat.sweep()  # the channel completes it: its genuine notification, changed below
+        genuine = wire.sent(wechat)
+        for n, (amount, currency) in enumerate(((2999, "CNY"), (3000, "USD"), (2999, "CNY"))):
+            document = wire.decode("sandbox_wechat", wechat, *genuine)
+            document["body"]["id"] = f"forged-{n}"  # another message each time, not a duplicate
+            document["resource"]["amount"].update(refund=amount, payer_refund=amount, currency=currency)
+            headers, body = wire.encode("sandbox_wechat", wechat, document)
+            assert anonymous_client.post(WECHAT_PATH, headers=headers, content=body).is_success  # acknowledged
+
+        assert shop.get(f"/v1/refunds/{refund['id']}").json()["status"] == "pending"
+        view = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert view["amount_refunded"] == 0
+        too_much = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 5801})
+        assert too_much.json()["code"] == "refund_exceeds_captured"  # its 3000 are still reserved
+        mismatches = [e for e in view["timeline"] if e["type"] == "refund_amount_mismatch"]
+        assert [(e["detail"]["received"], e["detail"]["received_currency"]) for e in mismatches] == [
+            (2999, "CNY"), (3000, "USD")]  # once per sum
+        assert balances(app, merchant_id, channel="sandbox_wechat")["merchant"] == owed  # nothing posted
+        ledger_verifies(app)
+
+        # The channel's own notification, of the refund's sum, completes it.
+        assert anonymous_client.post(WECHAT_PATH, headers=genuine[0], content=genuine[1]).is_success
+        assert shop.get(f"/v1/refunds/{refund['id']}").json()["status"] == "succeeded"
+        assert shop.get(f"/v1/payments/{payment['id']}").json()["amount_refunded"] == 3000
+        ledger_verifies(app)
+
+    def test_a_refund_the_channel_answers_with_another_sum_stays_pending(self, app, merchant_client_factory,
+                                                                         monkeypatch):
+        shop, merchant_id = merchant_client_factory()
+        payment = shop.post("/v1/payments", json={"amount": 10000, "currency": "CNY", "method": "card",
+                                                  "payment_details": CARD}).json()
+        assert payment["status"] == "succeeded"
+        owed = balances(app, merchant_id)["merchant"]
+        card = app.state.channels["sandbox_card"]
+        monkeypatch.setattr(card, "refund", lambda reference, refund_id, amount, currency: ChannelResult(
+            REFUNDED, refund_id, external_id="r-1", amount=amount * 10, currency=currency))
+        monkeypatch.setattr(card, "query", lambda reference: ChannelResult(
+            REFUNDED, reference, external_id="r-1", amount=25000, currency="CNY"))
+
+        refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 2500})
+        assert refund.status_code == 201, refund.text
+        assert refund.json()["status"] == "pending"
+        payments.resolve_pending_refunds(payments.Runtime.of(app), older_than_seconds=-1)  # asks: the same answer
+        assert shop.get(f"/v1/refunds/{refund.json()['id']}").json()["status"] == "pending"
+        assert _timeline(shop, payment["id"]).count("refund_amount_mismatch") == 1
+        assert balances(app, merchant_id)["merchant"] == owed
+        ledger_verifies(app)
+
+
+class TestARefundPastItsDeadline:
+    def test_is_sent_once_more_and_succeeds_when_the_channel_is_back(self, app, merchant_client_factory):
+        shop, merchant_id = merchant_client_factory()
+        payment = shop.post("/v1/payments", json={"amount": 10000, "currency": "CNY", "method": "card",
+                                                  "payment_details": CARD}).json()
+        card = app.state.channels["sandbox_card"]
+        card.faults = sandbox.FaultProfile(error_rate=1.0)  # fails without acting
+        refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 2500}).json()
+        assert refund["status"] == "pending"
+        card.faults = sandbox.FaultProfile()  # back, just after the deadline
+        with clock.frozen(clock.now() + payments.REFUND_RESEND_FOR + timedelta(minutes=1)):
+            assert payments.resolve_pending_refunds(payments.Runtime.of(app), older_than_seconds=-1) == 1
+        assert shop.get(f"/v1/refunds/{refund['id']}").json()["status"] == "succeeded"
+        assert shop.get(f"/v1/payments/{payment['id']}").json()["amount_refunded"] == 2500
+        ledger_verifies(app)
