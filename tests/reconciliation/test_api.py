@@ -229,6 +229,20 @@ class TestImportRules:
         assert client.get("/v1/reconciliations").json()["data"] == []
         assert _upload(client, content, day_of_payments["day"]).status_code == 201  # the file was not recorded
 
+    @pytest.mark.parametrize(("rules", "says"), [
+        ('{"rules": {"fee_tolerance_minor": 5}, "rules": {}}', 'names the key "rules" more than once'),
+        ('{"rules": {"fee_tolerance_minor": 5, "fee_tolerance_minor": 0}}', '"fee_tolerance_minor" more than once'),
+        ("{rules: 1}", "the rules field is not valid JSON"),
+        ('{"rules": {"fee_tolerance_minor": 1' + "0" * 5000 + "}}", "a number in the rules field"),
+    ])
+    def test_dry_run_rules_are_read_as_strictly_as_a_body(self, client, rules, says):
+        answer = client.post(f"/v1/recon_rules/{CHANNEL}/dry_run",
+                             data={"format": "csv", "statement_date": "2026-11-23", "mapping": "clearhouse_v1",
+                                   "rules": rules},
+                             files={"file": ("s.csv", io.BytesIO(HEADER.encode()), "text/csv")})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["code"] == "malformed_request" and says in answer.json()["detail"]
+
     def test_rules_are_validated(self, client):
         answer = client.put(f"/v1/recon_rules/{CHANNEL}", json={"rules": {"date_window_days": -1}})
         assert answer.status_code == 422 and answer.json()["code"] == "validation_error"

@@ -10,16 +10,15 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.permissions import actor_of, principal_of, requires
 from clearhouse.kit import clock
-from clearhouse.kit.api import Page, PrefixRouter, validate
+from clearhouse.kit.api import Page, PrefixRouter, parse_json, validate
 from clearhouse.kit.db import transact
-from clearhouse.kit.errors import ClearhouseError
+from clearhouse.kit.errors import ClearhouseError, MalformedRequest
 from clearhouse.reconciliation import cases, clearing, service
 from clearhouse.reconciliation.schemas import (
     CaseComment,
@@ -239,10 +238,10 @@ def dry_run(
     if rules is None:
         chosen, custom = transact(_engine(request), lambda s: service.rules_for(s, channel))
     else:
-        try:
-            raw = orjson.loads(rules)
-        except orjson.JSONDecodeError:
-            raw = None
+        try:  # read as strictly as a JSON body: a key named twice is refused, not last-one-wins
+            raw = parse_json(rules.encode())
+        except MalformedRequest as error:
+            raise MalformedRequest(error.detail.replace("the body", "the rules field")) from None
         body = validate(RulesIn, raw, ("body", "rules"))
         chosen, custom = _rules_and_mapping(body, channel)
     with _spooled(request, file) as path:
