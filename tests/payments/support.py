@@ -44,3 +44,9 @@ def balances(app: Any, merchant_id: str, currency: str = "CNY", channel: str = "
         return out
 
     return transact(app.state.engine, read)
+
+
+def set_plan(client: Any, merchant_id: str, rules: list[dict[str, Any]]) -> None:
+    """Give the merchant this fee plan (``PUT /v1/fee_plans/{merchant_id}``, a platform client)."""
+    response = client.put(f"/v1/fee_plans/{merchant_id}", json={"rules": rules})
+    assert response.status_code == 200, response.text

@@ -36,7 +36,7 @@ from clearhouse.payments import service as payments
 from clearhouse.webhooks import delivery as webhook_delivery
 from clearhouse.webhooks import service as webhooks
 from tests.conftest import TEST_MASTER_KEY
-from tests.payments.support import balances, card_body, ledger_verifies
+from tests.payments.support import balances, card_body, ledger_verifies, set_plan
 from tests.webhooks.support import refused_url
 
 SHOP_HOOK = "https://shop.example.com/hooks/clearhouse"
@@ -140,11 +140,6 @@ def postings_of(client, transfer_id: str) -> dict[tuple[str, str], int]:
     entry = response.json()
     assert entry["status"] == "posted"
     return {(p["account_id"], p["direction"]): p["amount"] for p in entry["postings"]}
-
-
-def set_plan(client, merchant_id: str, rules: list[dict[str, Any]]) -> None:
-    response = client.put(f"/v1/fee_plans/{merchant_id}", json={"rules": rules})
-    assert response.status_code == 200, response.text
 
 
 # ------------------------------------------------------------------------------ 1. refund events

@@ -10,7 +10,7 @@ from clearhouse.kit import clock
 from clearhouse.payments import service as payments
 from tests.channels import notification_wire as wire
 from tests.payments.orders.support import CARD
-from tests.payments.support import balances, ledger_verifies
+from tests.payments.support import balances, ledger_verifies, set_plan
 
 WECHAT_PATH = "/v1/channels/sandbox_wechat/notifications"
 
@@ -100,4 +100,24 @@ class TestARefundPastItsDeadline:
             assert payments.resolve_pending_refunds(payments.Runtime.of(app), older_than_seconds=-1) == 1
         assert shop.get(f"/v1/refunds/{refund['id']}").json()["status"] == "succeeded"
         assert shop.get(f"/v1/payments/{payment['id']}").json()["amount_refunded"] == 2500
+        ledger_verifies(app)
+
+
+class TestARefundTheMerchantCannotCover:
+    def test_a_full_refund_under_a_kept_fee_is_a_receivable_reported_on_the_timeline(
+            self, app, client, merchant_client_factory):
+        shop, merchant_id = merchant_client_factory()
+        set_plan(client, merchant_id, [{"percent": "2.9", "fixed": 30, "refund_fee_policy": "none"}])
+        payment = shop.post("/v1/payments", json={"amount": 10000, "currency": "CNY", "method": "card",
+                                                  "payment_details": CARD}).json()
+        part = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 5000}).json()
+        assert part["status"] == "succeeded"
+        assert "merchant_balance_negative" not in _timeline(shop, payment["id"])  # 46.80 still owed to it
+        rest = shop.post(f"/v1/payments/{payment['id']}/refunds", json={}).json()
+        assert rest["status"] == "succeeded"
+        # The platform keeps its 3.20 fee: the merchant gave back 100.00 of the 96.80 it was owed.
+        assert balances(app, merchant_id)["merchant"] == -320
+        [event] = [e for e in shop.get(f"/v1/payments/{payment['id']}").json()["timeline"]
+                   if e["type"] == "merchant_balance_negative"]
+        assert (event["detail"]["refund"], event["detail"]["balance"]) == (rest["id"], -320)
         ledger_verifies(app)

@@ -55,6 +55,7 @@ from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.kit.money import allocate, rate_of
 from clearhouse.ledger import errors as ledger_errors
 from clearhouse.ledger import service as ledger
+from clearhouse.ledger.chart import account_for
 from clearhouse.payments import errors, fees, postings, state
 from clearhouse.payments.models import ChannelNotification, Payment, PaymentAttempt, PaymentEvent, Refund, Wallet
 from clearhouse.vault import service as vault
@@ -991,6 +992,7 @@ def apply_refund_result(session: Session, refund_id: str, status: str, external_
             entry = _refund_entry(session, payment, row.id, row.amount, fee_back, cost_charged, cost_back)
             ledger.create_transfer(session, entry)
             entry_id = entry.id
+            _report_shortfall(session, payment, row.id, source)
         session.execute(update(refunds).where(refunds.c.id == row.id).values(
             status="succeeded", external_id=external_id, fee_refunded=fee_back, channel_cost_charged=cost_charged,
             ledger_entry_id=entry_id, updated_at=now))
@@ -1013,6 +1015,20 @@ def apply_refund_result(session: Session, refund_id: str, status: str, external_
     webhooks.emit(session, merchant_id=payment.merchant_id, event_type=f"refund.{new_status}",
                   data=refund_view(fresh))
     return f"refund_{new_status}"
+
+
+def _report_shortfall(session: Session, payment: Row, refund_id: str, source: str) -> None:
+    """A refund whose fee the merchant keeps paying (``refund_fee_policy: none``, or the channel's kept
+    fee borne by the merchant) can take more from ``merchant_pending`` than the payment put there: with
+    nothing else pending, the balance goes below zero, a receivable from the merchant (as accounting.md's
+    recipe 8 has it), reported to operators and on the payment's timeline."""
+    account = account_for(session, f"merchant_pending:{payment.merchant_id}", "liability", payment.currency)
+    _, balance = ledger.account_balance(session, account)
+    if balance.posted < 0:
+        log.warning("merchant_balance_negative", merchant=payment.merchant_id, account=account,
+                    balance=balance.posted, currency=payment.currency, refund=refund_id)
+        _event(session, payment.id, "merchant_balance_negative", refund=refund_id, account=account,
+               balance=balance.posted, currency=payment.currency, source=source)
 
 
 # ------------------------------------------------------------------------------ notifications
