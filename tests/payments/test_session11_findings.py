@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from clearhouse.payments.schemas import MAX_PAYMENT_AMOUNT
-from tests.payments.orders.support import CARD
+from tests.payments.orders.support import CARD, undeliverable_order
 from tests.payments.support import ledger_verifies
 
 
@@ -90,28 +90,6 @@ class TestWorkerQueries:
         ledger_verifies(app)
 
 
-def _undeliverable_order(app, shop, amount: int = 600) -> dict:
-    """An order whose payment succeeds and whose code cannot be decrypted: it must refund itself."""
-    from sqlalchemy import update
-
-    from clearhouse.kit.db import transact
-    from clearhouse.payments.orders.models import ProductCode
-    from tests.payments.orders.support import code_rows, make_product, order_body
-
-    product = make_product(shop, ["K-1", "K-2"], amount=amount)
-    first, second = code_rows(app, product["id"])
-    table = ProductCode.__table__
-
-    def swap(session):  # each ciphertext is bound to its row: swapped, neither decrypts
-        session.execute(update(table).where(table.c.id == first.id).values(code_encrypted=second.code_encrypted))
-        session.execute(update(table).where(table.c.id == second.id).values(code_encrypted=first.code_encrypted))
-
-    transact(app.state.engine, swap)
-    response = shop.post("/v1/orders", json=order_body(product["id"]))
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 class TestAnOrderThatRefundsItself:
     def test_a_refund_the_channel_failed_to_take_is_sent_again_and_the_order_ends_refunded(
             self, app, merchant_client_factory, monkeypatch):
@@ -128,7 +106,7 @@ class TestAnOrderThatRefundsItself:
             raise ChannelError("the channel failed and did not act")
 
         monkeypatch.setattr(card, "refund", down)
-        order = _undeliverable_order(app, shop)
+        order = undeliverable_order(app, shop)
         assert order["status"] == "refunding"
         payment = shop.get(f"/v1/payments/{order['payment_id']}").json()
         assert payment["amount_refunded"] == 0
@@ -186,7 +164,7 @@ class TestAnOrderThatRefundsItself:
         shop, _ = merchant_client_factory()
         real = orders.refund
         monkeypatch.setattr(orders, "refund", lambda rt, order_id: "crashed")  # the request dies before it
-        order = _undeliverable_order(app, shop)
+        order = undeliverable_order(app, shop)
         monkeypatch.setattr(orders, "refund", real)
         assert order["status"] == "refunding"
         by_hand = shop.post(f"/v1/payments/{order['payment_id']}/refunds", json={"amount": 600})

@@ -121,3 +121,55 @@ class TestARefundTheMerchantCannotCover:
                    if e["type"] == "merchant_balance_negative"]
         assert (event["detail"]["refund"], event["detail"]["balance"]) == (rest["id"], -320)
         ledger_verifies(app)
+
+
+class TestAnOrderRefundedByHandInPart:
+    def test_is_refunded_only_when_every_refund_has_succeeded(self, app, merchant_client_factory, monkeypatch):
+        from clearhouse.channels.protocol import DECLINED, NOT_FOUND, ChannelError
+        from clearhouse.payments.orders import service as orders
+        from clearhouse.payments.orders.tasks import advance_orders
+        from tests.payments.orders.support import undeliverable_order
+
+        shop, merchant_id = merchant_client_factory()
+        runtime = payments.Runtime.of(app)
+        real_order_refund = orders.refund
+        monkeypatch.setattr(orders, "refund", lambda rt, order_id: "crashed")  # the request dies before it
+        order = undeliverable_order(app, shop)
+        monkeypatch.setattr(orders, "refund", real_order_refund)
+        card = app.state.channels["sandbox_card"]
+        real_refund, real_query = card.refund, card.query
+
+        def down(*args, **kwargs):
+            raise ChannelError("the channel failed and did not act")
+
+        monkeypatch.setattr(card, "refund", down)
+        by_hand = shop.post(f"/v1/payments/{order['payment_id']}/refunds", json={"amount": 200}).json()
+        assert by_hand["status"] == "pending"
+        monkeypatch.setattr(card, "refund", real_refund)
+        advance_orders(runtime, older_than_seconds=-1)  # the order's own refund takes the other 400
+        assert shop.get(f"/v1/payments/{order['payment_id']}").json()["amount_refunded"] == 400
+        assert shop.get(f"/v1/orders/{order['id']}").json()["status"] == "refunding"  # 200 still on its way
+
+        # The channel never had the one by hand, and now refuses it: the buyer is 200 short.
+        monkeypatch.setattr(card, "query", lambda reference: ChannelResult(NOT_FOUND, reference))
+        monkeypatch.setattr(card, "refund", lambda reference, refund_id, amount, currency: ChannelResult(
+            DECLINED, refund_id, decline_code="refund_refused"))
+        payments.resolve_pending_refunds(runtime, older_than_seconds=-1)
+        assert shop.get(f"/v1/refunds/{by_hand['id']}").json()["status"] == "failed"
+        for _ in range(2):
+            advance_orders(runtime, older_than_seconds=-1)
+        view = shop.get(f"/v1/orders/{order['id']}").json()
+        assert view["status"] == "refunding"  # not refunded: the buyer is owed 200
+        short = [s for s in view["steps"] if s["step"] == "refund" and s["status"] == "failed"]
+        assert [s["detail"]["code"] for s in short] == ["refunded_short"]  # once, however many passes
+        assert short[0]["detail"]["short"] == 200
+
+        # An operator refunds the rest by hand: the order is done.
+        monkeypatch.setattr(card, "refund", real_refund)
+        monkeypatch.setattr(card, "query", real_query)
+        rest = shop.post(f"/v1/payments/{order['payment_id']}/refunds", json={}).json()
+        assert (rest["status"], rest["amount"]) == ("succeeded", 200)
+        advance_orders(runtime, older_than_seconds=-1)
+        assert shop.get(f"/v1/orders/{order['id']}").json()["status"] == "refunded"
+        assert balances(app, merchant_id)["merchant"] == 0
+        ledger_verifies(app)

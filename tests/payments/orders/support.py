@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from clearhouse.channels.connectors.sandbox_card import CARD_DECLINED, sandbox_card
 from clearhouse.kit.db import transact
@@ -59,3 +59,19 @@ def events_of(app: Any, merchant_id: str, event_type: str) -> list[Any]:
     table = WebhookEvent.__table__
     return transact(app.state.engine, lambda s: s.execute(
         select(table).where(table.c.merchant_id == merchant_id, table.c.type == event_type)).all())
+
+
+def undeliverable_order(app: Any, shop: Any, amount: int = 600) -> dict[str, Any]:
+    """An order whose payment succeeds and whose code cannot be decrypted: it must refund itself."""
+    product = make_product(shop, ["K-1", "K-2"], amount=amount)
+    first, second = code_rows(app, product["id"])
+    table = ProductCode.__table__
+
+    def swap(session: Any) -> None:  # each ciphertext is bound to its row: swapped, neither decrypts
+        session.execute(update(table).where(table.c.id == first.id).values(code_encrypted=second.code_encrypted))
+        session.execute(update(table).where(table.c.id == second.id).values(code_encrypted=first.code_encrypted))
+
+    transact(app.state.engine, swap)
+    response = shop.post("/v1/orders", json=order_body(product["id"]))
+    assert response.status_code == 201, response.text
+    return response.json()

@@ -578,11 +578,34 @@ def refund(rt: payments.Runtime, order_id: str) -> str:
     else:
         view = existing
     if view["status"] == "succeeded":
+        payment = transact(rt.engine, lambda s: _payment_or_none(s, row.payment_id))
+        if payment.amount_refunded < payment.amount_captured:
+            # Ours took what a refund by hand in part had left: the buyer has it all back only
+            # once that one has succeeded too.
+            if payment.amount_refunded + payment.amount_refund_pending >= payment.amount_captured:
+                return "pending"
+            # It failed: the buyer is short by it, and the order's one refund is spent. Not
+            # `refunded`: an operator refunds the rest by hand, and the order is done then.
+            transact(rt.engine, lambda s: _refunded_short(s, order_id, refund_id,
+                                                          payment.amount_captured - payment.amount_refunded))
+            return "failed"
         transact(rt.engine, lambda s: _refunded(s, order_id, refund_id))
     elif view["status"] == "failed" and existing is None:
         transact(rt.engine, lambda s: record_step(s, order_id, "refund", "failed", refund_id=refund_id,
                                                   code=view.get("failure_code")))
     return view["status"]
+
+
+def _refunded_short(session: Session, order_id: str, refund_id: str, short: int) -> None:
+    """Recorded once (the worker comes back to a ``refunding`` order every pass)."""
+    last = session.execute(select(steps.c.step, steps.c.status, steps.c.detail_json).where(
+        steps.c.order_id == order_id).order_by(steps.c.at.desc(), steps.c.id.desc()).limit(1)).first()
+    if last is not None and (last.step, last.status) == ("refund", "failed") \
+            and orjson.loads(last.detail_json).get("code") == "refunded_short":
+        return
+    log.error("order_refunded_short", order=order_id, refund=refund_id, short=short)
+    record_step(session, order_id, "refund", "failed", refund_id=refund_id, code="refunded_short", short=short,
+                message="a refund made by hand failed after the order's own refund took only the rest")
 
 
 def _refund_or_none(session: Session, refund_id: str) -> dict[str, Any] | None:
