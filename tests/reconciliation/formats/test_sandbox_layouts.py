@@ -81,6 +81,19 @@ def test_a_channel_bill_reads_back_what_was_paid_to_the_cent(channels, tmp_path,
         assert our_ref in text[line_no - 1]
 
 
+@pytest.mark.parametrize("name", ["sandbox_alipay", "sandbox_wechat"])
+@pytest.mark.parametrize("currency", ["KWD", "JPY"])
+def test_a_qr_bill_keeps_every_digit_of_a_currency_with_more_or_fewer_decimals(channels, tmp_path, name,
+                                                                                currency):
+    """The QR wallets' bills write yuan with two decimals; a 3-decimal currency still needs its third."""
+    connector = channels[name]
+    trade(connector, currency)
+    lines = parse_statement(saved(tmp_path, connector.statement(DAY)), "csv", channel=name).lines
+    amounts = dict(zip(lines["our_ref"], lines["amount"], strict=True))
+    assert amounts == {"att_1": 10_000, "att_2": 4_567, "re_1": -3_000}
+    assert set(lines["currency"]) == {currency}
+
+
 def test_channel_refs_are_the_channels_own_ids(channels, tmp_path):
     connector = channels["sandbox_wechat"]
     trade(connector, "CNY")

@@ -283,11 +283,12 @@ class SandboxStore:
 
 
 def major_units(minor: int, currency: str, places: int | None = None) -> str:
-    """``1234 CNY`` -> ``"12.34"``: exact, with the currency's ISO 4217 exponent unless a
-    layout fixes its own number of places."""
+    """``1234 CNY`` -> ``"12.34"``: exact, with the currency's ISO 4217 exponent. A layout that
+    writes its own number of ``places`` (two, for yuan) gets them, and more for a currency that
+    needs more (``1234 KWD`` -> ``"1.234"``), never fewer: a digit dropped would change the sum."""
     exponent = Currency.of(currency).exponent
     value = Decimal(minor).scaleb(-exponent)
-    return f"{value:.{exponent if places is None else places}f}"
+    return f"{value:.{exponent if places is None else max(places, exponent)}f}"
 
 
 def minor_units(text: str, currency: str) -> int:
