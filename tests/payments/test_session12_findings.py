@@ -173,3 +173,90 @@ class TestAnOrderRefundedByHandInPart:
         assert shop.get(f"/v1/orders/{order['id']}").json()["status"] == "refunded"
         assert balances(app, merchant_id)["merchant"] == 0
         ledger_verifies(app)
+
+
+def _held(shop, amount: int = 2004) -> dict:
+    payment = shop.post("/v1/payments", json={"amount": amount, "currency": "CNY", "method": "card",
+                                              "capture_method": "manual", "payment_details": CARD}).json()
+    assert payment["status"] == "requires_capture", payment
+    return payment
+
+
+class TestACaptureTheChannelDidNotAnswer:
+    def test_its_409_is_not_kept_against_the_key_and_the_retry_finds_the_capture(
+            self, app, merchant_client_factory, monkeypatch):
+        from clearhouse.channels.protocol import ChannelTimeout
+
+        shop, merchant_id = merchant_client_factory()
+        payment = _held(shop)
+        card = app.state.channels["sandbox_card"]
+        real_capture = card.capture
+
+        def captured_but_silent(*args, **kwargs):
+            real_capture(*args, **kwargs)  # the channel takes the money; its answer is lost
+            raise ChannelTimeout("no answer in time")
+
+        monkeypatch.setattr(card, "capture", captured_but_silent)
+        headers = {"Idempotency-Key": "capture-1"}
+        first = shop.post(f"/v1/payments/{payment['id']}/capture", json={"amount": 1500}, headers=headers)
+        assert first.status_code == 409 and first.json()["code"] == "channel_not_answering"
+        assert first.headers["Retry-After"] == "5"
+        monkeypatch.setattr(card, "capture", real_capture)
+        again = shop.post(f"/v1/payments/{payment['id']}/capture", json={"amount": 1500}, headers=headers)
+        assert again.status_code == 200, again.text
+        assert "Idempotent-Replayed" not in again.headers
+        assert (again.json()["status"], again.json()["amount_captured"]) == ("succeeded", 1500)
+        replayed = shop.post(f"/v1/payments/{payment['id']}/capture", json={"amount": 1500}, headers=headers)
+        assert replayed.headers["Idempotent-Replayed"] == "true" and replayed.json() == again.json()
+        assert card.query(payment["attempts"][0]["id"]).captured_amount == 1500  # captured once
+        ledger_verifies(app)
+
+
+class TestAnExpiredHoldTheChannelCannotBeAskedAbout:
+    def test_is_kept_until_the_channel_answers_and_then_posted_for_what_it_took(
+            self, app, merchant_client_factory, monkeypatch):
+        from clearhouse.channels.protocol import ChannelUnavailable
+
+        shop, merchant_id = merchant_client_factory()
+        payment = _held(shop)
+        reference = payment["attempts"][0]["id"]
+        card = app.state.channels["sandbox_card"]
+        card.capture(reference, 1500, "CNY")  # a capture whose answer we never had
+        real_cancel, real_query = card.cancel, card.query
+
+        def down(*args, **kwargs):
+            raise ChannelUnavailable("scheduled outage")
+
+        monkeypatch.setattr(card, "cancel", down)
+        monkeypatch.setattr(card, "query", down)
+        runtime = payments.Runtime.of(app)
+        later = clock.now() + timedelta(hours=169)
+        with clock.frozen(later):
+            assert payments.expire_authorizations(runtime) == 1
+        view = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert view["status"] == "requires_capture"  # not released blind
+        assert view["authorization_expires_at"] == clock.rfc3339(later + payments.RECHECK_UNREACHABLE)
+        with clock.frozen(later + timedelta(minutes=5)):
+            assert payments.expire_authorizations(runtime) == 0  # not before its time
+
+        monkeypatch.setattr(card, "cancel", real_cancel)
+        monkeypatch.setattr(card, "query", real_query)
+        with clock.frozen(later + timedelta(minutes=16)):
+            assert payments.expire_authorizations(runtime) == 1
+        view = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert (view["status"], view["amount_captured"]) == ("succeeded", 1500)
+        ledger_verifies(app)
+
+    def test_a_channel_that_cannot_cancel_but_says_the_hold_was_never_captured_is_released(
+            self, app, merchant_client_factory, monkeypatch):
+        from clearhouse.channels.protocol import ChannelError
+
+        shop, merchant_id = merchant_client_factory()
+        payment = _held(shop)
+        card = app.state.channels["sandbox_card"]
+        monkeypatch.setattr(card, "cancel", lambda reference: (_ for _ in ()).throw(ChannelError("failed")))
+        with clock.frozen(clock.now() + timedelta(hours=169)):
+            assert payments.expire_authorizations(payments.Runtime.of(app)) == 1
+        assert shop.get(f"/v1/payments/{payment['id']}").json()["status"] == "canceled"
+        assert balances(app, merchant_id)["merchant"] == 0
+        ledger_verifies(app)

@@ -20,7 +20,9 @@ effect a retry could repeat is on disk only with its claim. A stored answer lost
 power cut leaves the key ``in_progress``, which is the crash case above: the retry takes
 the lease over when it ends and finds the object by its derived id. A 5xx answer is not
 kept either: its lease ends at once and a retry of the same request runs again, under
-the same derived ids.
+the same derived ids. Nor is an answer carrying ``Retry-After`` (``429 rate_limited``,
+``409 channel_not_answering``): it says "try again", and a retry with the same key must be
+able to, not be shown the same "try again" for 24 hours.
 """
 
 from __future__ import annotations
@@ -198,9 +200,9 @@ def _body_context(scope: str, key: str) -> str:
 
 
 def _finish(session: Session, cipher: FieldCipher, scope: str, key: str, status: int, content_type: str,
-            body: bytes) -> None:
+            body: bytes, *, kept: bool) -> None:
     where = {"the_scope": scope, "the_key": key}
-    if status >= 500:
+    if not kept:
         # Not an answer to keep: the lease ends now, so the client may try again with the same key at
         # once. The record stays, with its creation time, so the retry derives the same ids
         # (``derived_id``) and finds what the failed attempt may already have done (a charge the
@@ -299,7 +301,7 @@ class IdempotencyMiddleware:
 
         state["idempotency_key"] = key
         state["idempotency_claimed_at"] = clock.rfc3339(found)
-        captured: dict[str, Any] = {"status": 500, "content_type": "", "body": [], "messages": []}
+        captured: dict[str, Any] = {"status": 500, "content_type": "", "body": [], "messages": [], "kept": False}
 
         async def capture(message: Message) -> None:
             # Held back until the answer is stored: a client that retries the moment it has
@@ -308,6 +310,7 @@ class IdempotencyMiddleware:
                 captured["status"] = message["status"]
                 headers = dict(message.get("headers", []))
                 captured["content_type"] = headers.get(b"content-type", b"").decode("latin-1")
+                captured["kept"] = message["status"] < 500 and b"retry-after" not in headers
             elif message["type"] == "http.response.body":
                 captured["body"].append(message.get("body", b""))
             captured["messages"].append(message)
@@ -315,15 +318,15 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, replay_body(body, receive), capture)
         finally:
-            status = captured["status"]
-            if writer is not None and status < 500:
+            status, kept = captured["status"], captured["kept"]
+            if writer is not None and kept:
                 await writer.scalar(_ANSWER_SQL, {"the_scope": caller, "the_key": key, **_answer(
                     self.cipher, caller, key, status, captured["content_type"], b"".join(captured["body"]))})
             else:
                 await run_in_threadpool(
                     transact, engine,
                     lambda s: _finish(s, self.cipher, caller, key, status, captured["content_type"],
-                                      b"".join(captured["body"])),
+                                      b"".join(captured["body"]), kept=kept),
                 )
         for message in captured["messages"]:
             await send(message)

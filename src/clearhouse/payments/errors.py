@@ -83,3 +83,7 @@ class ChannelNotAnswering(ClearhouseError):
     code = "channel_not_answering"
     status = 409
     title = "The channel did not answer"
+
+    def headers(self) -> dict[str, str]:
+        # "Try again": so the answer is not kept against an Idempotency-Key either (kit.idempotency).
+        return {"Retry-After": "5"}

@@ -1164,12 +1164,17 @@ RECHECK_CAPTURED = timedelta(hours=1)
 asked again (``expire_authorizations``)."""
 
 
+RECHECK_UNREACHABLE = timedelta(minutes=15)
+"""How long an expired hold waits when the channel answered neither the cancel nor a status query."""
+
+
 def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
-    """Release holds past their expiry, the longest expired first: the channel is told (best effort)
-    and the ledger voids. A hold the channel captured after all is posted instead, for the amount it
-    says it took; when neither its answer to the cancel nor its status says how much, nothing is
-    posted, an operator is told (log), and the hold is asked about again an hour later, behind the
-    others, so such holds never keep the rest from expiring."""
+    """Release holds past their expiry, the longest expired first: the channel is told and the ledger
+    voids. A channel that cannot be told is asked what became of the hold; one that answers neither
+    keeps it, asked again ``RECHECK_UNREACHABLE`` later. A hold the channel captured after all is
+    posted instead, for the amount it says it took; when neither its answer to the cancel nor its
+    status says how much, nothing is posted, an operator is told (log), and the hold is asked about
+    again an hour later, behind the others, so such holds never keep the rest from expiring."""
     now = clock.now()
     rows = _tx(rt, lambda s: s.execute(
         select(payments.c.id, payments.c.reference, payments.c.channel).where(
@@ -1182,7 +1187,17 @@ def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
         except (ChannelTimeout, ChannelUnavailable, ChannelError):
             log.warning("authorization_cancel_failed", payment=row.id)
             result = None
-        if result is not None and result.status == protocol.APPROVED:  # captured after all (its answer was lost)
+            with contextlib.suppress(ChannelTimeout, ChannelUnavailable, ChannelError):
+                result = connector.query(row.reference)  # what became of the hold, then
+        if result is None:
+            # Neither the cancel nor the status: the channel may have captured the hold (a capture
+            # whose answer was lost). Released blind, that money would be the customer's loss and
+            # never the merchant's credit; so it waits, behind the others, and is asked again.
+            log.warning("authorization_expiry_postponed", payment=row.id, channel=row.channel)
+            _tx(rt, lambda s, r=row: _run(s, _UPDATE_PAYMENT, {
+                "the_id": r.id, "authorization_expires_at": now + RECHECK_UNREACHABLE, "updated_at": now}))
+            continue
+        if result.status == protocol.APPROVED:  # captured after all (its answer was lost)
             if not result.captured_amount:
                 with contextlib.suppress(ChannelTimeout, ChannelUnavailable, ChannelError):
                     queried = connector.query(row.reference)  # its status may say how much it took
