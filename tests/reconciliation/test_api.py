@@ -243,6 +243,18 @@ class TestImportRules:
         assert answer.status_code == 400, answer.text
         assert answer.json()["code"] == "malformed_request" and says in answer.json()["detail"]
 
+    @pytest.mark.parametrize("zone", ["America", "Etc", "Mars/Base", "../../etc/passwd", ""])
+    def test_a_time_zone_that_is_a_tz_database_folder_or_unknown_is_a_422(self, client, zone):
+        for path, body in ((f"/v1/recon_rules/{CHANNEL}", {"rules": {"timezone": zone}}),
+                           (f"/v1/recon_rules/{CHANNEL}", {"rules": {}, "mapping": {
+                               "columns": {"our_ref": "r", "amount": "a", "currency": "c", "booked_on": "d"},
+                               "timezone": zone}})):
+            answer = client.put(path, json=body)
+            assert answer.status_code == 422 and answer.json()["code"] == "validation_error", answer.text
+        assert client.get(f"/v1/recon_rules/{CHANNEL}").json()["rules"]["timezone"] != zone
+        merchant = client.post("/v1/merchants", json={"name": "Zone", "timezone": zone})
+        assert merchant.status_code == 422 and merchant.json()["code"] == "validation_error", merchant.text
+
     def test_rules_are_validated(self, client):
         answer = client.put(f"/v1/recon_rules/{CHANNEL}", json={"rules": {"date_window_days": -1}})
         assert answer.status_code == 422 and answer.json()["code"] == "validation_error"

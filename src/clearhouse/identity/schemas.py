@@ -8,21 +8,14 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from clearhouse.identity.permissions import PERMISSIONS
+from clearhouse.kit import clock
 from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, UtcTime
 
 Text200 = Field(min_length=1, max_length=200)
 
 
 def _known_timezone(value: str | None) -> str | None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    if value is None:
-        return value
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Asia/Shanghai)") from None
-    return value
+    return value if value is None else clock.known_zone(value)
 
 
 class MerchantFields(Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _frozen: datetime | None = None
 
@@ -40,3 +41,13 @@ def rfc3339(value: datetime) -> str:
     """``2026-11-23T05:25:56.123456Z``: UTC, microseconds, Z suffix (``isoformat`` is several times
     cheaper than ``strftime``, and a view renders every timestamp it shows through here)."""
     return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def known_zone(value: str) -> str:
+    """``value`` if it names an IANA time zone (``Asia/Shanghai``); otherwise ``ValueError``, for a
+    pydantic validator to report. A tz-database folder (``America``) or a path is not a zone."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America" is a directory
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Asia/Shanghai)") from None
+    return value

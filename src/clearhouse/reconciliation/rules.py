@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from clearhouse.kit import clock
 
 DISCREPANCY_CLASSES = ("missing_in_ledger", "missing_in_statement", "amount_mismatch", "fee_mismatch",
                        "status_mismatch", "duplicate", "timing")
@@ -60,11 +61,7 @@ class MatchRules(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as error:
-            raise ValueError(f"unknown time zone {value!r}") from error
-        return value
+        return clock.known_zone(value)
 
     def amount_tolerance(self, ours: int) -> int:
         """The amount tolerance around ``ours`` in whole minor units: the larger of the absolute and the

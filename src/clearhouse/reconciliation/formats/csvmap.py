@@ -23,12 +23,12 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import iso4217
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from clearhouse.kit import clock
 from clearhouse.kit.money import Currency, UnknownCurrency
 from clearhouse.reconciliation.errors import StatementInvalid
 from clearhouse.reconciliation.frames import KINDS, STATEMENT_SCHEMA, STATUSES, ParsedStatement, StatementMeta
@@ -105,13 +105,7 @@ class CsvMapping(BaseModel):
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
         """An IANA zone, checked when the mapping is made (saved), not at every import."""
-        if value is None:
-            return value
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError) as error:  # OSError: "America" is a directory
-            raise ValueError(f"unknown time zone {value!r}") from error
-        return value
+        return value if value is None else clock.known_zone(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> CsvMapping:
