@@ -50,3 +50,26 @@ def set_plan(client: Any, merchant_id: str, rules: list[dict[str, Any]]) -> None
     """Give the merchant this fee plan (``PUT /v1/fee_plans/{merchant_id}``, a platform client)."""
     response = client.put(f"/v1/fee_plans/{merchant_id}", json={"rules": rules})
     assert response.status_code == 200, response.text
+
+
+SHOP_HOOK = "https://shop.example.com/hooks/clearhouse"
+"""A public endpoint: events are queued for it, and nothing in the tests ever sends them."""
+
+
+def add_endpoint(shop: Any, event_types: list[str], url: str = SHOP_HOOK) -> str:
+    response = shop.post("/v1/webhook_endpoints", json={"url": url, "event_types": event_types})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def events_of(shop: Any, event_type: str) -> list[dict[str, Any]]:
+    response = shop.get("/v1/events", params={"type": event_type, "limit": 500})
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def deliveries_of(shop: Any, endpoint_id: str) -> list[dict[str, Any]]:
+    """The endpoint's delivery log, each delivery with its attempts."""
+    response = shop.get(f"/v1/webhook_endpoints/{endpoint_id}/deliveries", params={"limit": 500})
+    assert response.status_code == 200, response.text
+    return response.json()["data"]

@@ -36,11 +36,16 @@ from clearhouse.payments import service as payments
 from clearhouse.webhooks import delivery as webhook_delivery
 from clearhouse.webhooks import service as webhooks
 from tests.conftest import TEST_MASTER_KEY
-from tests.payments.support import balances, card_body, ledger_verifies, set_plan
+from tests.payments.support import (
+    add_endpoint,
+    balances,
+    card_body,
+    deliveries_of,
+    events_of,
+    ledger_verifies,
+    set_plan,
+)
 from tests.webhooks.support import refused_url
-
-SHOP_HOOK = "https://shop.example.com/hooks/clearhouse"
-"""A public endpoint: events are queued for it, and nothing in these tests ever sends them."""
 
 
 class LoopbackSettings(Settings):
@@ -69,18 +74,6 @@ def crash(*args: Any, **kwargs: Any) -> str:
 # ------------------------------------------------------------------------------ helpers
 
 
-def add_endpoint(shop, event_types: list[str], url: str = SHOP_HOOK) -> str:
-    response = shop.post("/v1/webhook_endpoints", json={"url": url, "event_types": event_types})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def events_of(shop, event_type: str) -> list[dict[str, Any]]:
-    response = shop.get("/v1/events", params={"type": event_type, "limit": 500})
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
-
-
 def same_object(event_data: dict[str, Any], shown: dict[str, Any]) -> None:
     """The event's ``data`` is the object as the API shows it: the same fields and values, the
     times the same instants (their spelling differs: see ``TestEventDataTimes``)."""
@@ -92,11 +85,6 @@ def same_object(event_data: dict[str, Any], shown: dict[str, Any]) -> None:
             assert event_data[key] == value, key
 
 
-def deliveries_of(shop, endpoint_id: str) -> list[dict[str, Any]]:
-    """The endpoint's delivery log, each delivery with its attempts."""
-    response = shop.get(f"/v1/webhook_endpoints/{endpoint_id}/deliveries", params={"limit": 500})
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
 
 
 def only_payment(shop) -> dict[str, Any]:

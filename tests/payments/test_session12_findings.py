@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from clearhouse.channels.connectors import sandbox
 from clearhouse.channels.protocol import REFUNDED, ChannelResult
 from clearhouse.kit import clock
@@ -260,3 +262,87 @@ class TestAnExpiredHoldTheChannelCannotBeAskedAbout:
         assert shop.get(f"/v1/payments/{payment['id']}").json()["status"] == "canceled"
         assert balances(app, merchant_id)["merchant"] == 0
         ledger_verifies(app)
+
+
+class TestTheMerchantIsToldAPaymentIsProcessing:
+    def test_a_transfer_awaiting_its_funds_emits_payment_processing_once(self, app, merchant_client_factory):
+        from tests.payments.support import events_of
+
+        shop, _ = merchant_client_factory()
+        payment = shop.post("/v1/payments", json={"amount": 2500, "currency": "EUR",
+                                                  "method": "bank_transfer"}).json()
+        assert payment["status"] == "processing" and payment["next_action"] is not None
+        [event] = events_of(shop, "payment.processing")
+        assert event["data"]["id"] == payment["id"]
+        assert event["data"]["next_action"] == payment["next_action"]  # the instructions, for the buyer
+        payments.resolve_stuck(payments.Runtime.of(app), older_than_seconds=-1)  # asked: still pending
+        assert len(events_of(shop, "payment.processing")) == 1
+
+    def test_a_card_payment_whose_channel_timed_out_emits_payment_processing(self, app, merchant_client_factory,
+                                                                           monkeypatch):
+        from clearhouse.channels.protocol import ChannelTimeout
+        from tests.payments.support import events_of
+
+        shop, _ = merchant_client_factory()
+        card = app.state.channels["sandbox_card"]
+        monkeypatch.setattr(card, "authorize", lambda request: (_ for _ in ()).throw(ChannelTimeout("slow")))
+        monkeypatch.setattr(card, "query", lambda reference: (_ for _ in ()).throw(ChannelTimeout("slow")))
+        payment = shop.post("/v1/payments", json={"amount": 1000, "currency": "CNY", "method": "card",
+                                                  "payment_details": CARD}).json()
+        assert payment["status"] == "processing"
+        assert [e["data"]["id"] for e in events_of(shop, "payment.processing")] == [payment["id"]]
+
+    def test_a_payment_that_succeeds_at_once_emits_no_processing(self, merchant_client_factory):
+        from tests.payments.support import events_of
+
+        shop, _ = merchant_client_factory()
+        shop.post("/v1/payments", json={"amount": 1000, "currency": "CNY", "method": "card", "payment_details": CARD})
+        assert events_of(shop, "payment.processing") == []
+        assert len(events_of(shop, "*")) == len(events_of(shop, "payment.succeeded")) == 1  # "*" is every type
+
+
+class TestADeletedEndpointsLog:
+    def test_is_kept_and_readable(self, merchant_client_factory):
+        from tests.payments.support import add_endpoint, deliveries_of
+
+        shop, _ = merchant_client_factory()
+        endpoint = add_endpoint(shop, ["payment.succeeded"])
+        shop.post("/v1/payments", json={"amount": 1000, "currency": "CNY", "method": "card", "payment_details": CARD})
+        [pending] = deliveries_of(shop, endpoint)
+        assert shop.delete(f"/v1/webhook_endpoints/{endpoint}").status_code == 200
+        [kept] = deliveries_of(shop, endpoint)
+        assert (kept["id"], kept["status"]) == (pending["id"], "canceled")
+        assert shop.get(f"/v1/webhook_endpoints/{endpoint}").status_code == 404  # the endpoint itself is gone
+        other, _ = merchant_client_factory("Other")
+        assert other.get(f"/v1/webhook_endpoints/{endpoint}/deliveries").status_code == 404  # still not theirs
+
+
+class TestARoutePreviewIsAskedAsAPaymentWouldBe:
+    @pytest.mark.parametrize(("change", "code"), [
+        ({"currency": "XAU"}, "unknown_currency"), ({"currency": "cny"}, "unknown_currency"),
+        ({"country": "cn"}, "invalid_country"), ({"amount": 10**15 + 1}, "validation_error"),
+    ])
+    def test_what_no_payment_could_be_is_refused(self, client, change, code):
+        answer = client.post("/v1/routing/preview", json={"method": "card", "currency": "CNY", "amount": 100,
+                                                          **change})
+        assert answer.status_code == 422 and answer.json()["code"] == code, answer.text
+        assert client.post("/v1/routing/preview", json={"method": "card", "currency": "CNY",
+                                                        "amount": 10**15}).status_code == 200
+
+
+class TestFeePlanRanges:
+    @pytest.mark.parametrize("rule", [{"percent": "101"}, {"percent": "-1"}, {"percent": "1000"},
+                                      {"percent": "1", "fixed": -1}, {"percent": "1", "minimum": -5},
+                                      {"percent": "1", "minimum": 2**53}, {"percent": "1", "fixed": 10**30}])
+    def test_a_value_out_of_range_is_invalid_fee_plan(self, client, merchant_client_factory, rule):
+        _, merchant_id = merchant_client_factory()
+        answer = client.put(f"/v1/fee_plans/{merchant_id}", json={"rules": [rule]})
+        assert answer.status_code == 422 and answer.json()["code"] == "invalid_fee_plan", answer.text
+        assert client.get(f"/v1/fee_plans/{merchant_id}").json()["rules"] == []
+
+    @pytest.mark.parametrize("rule", [{"percent": 1}, {"percent": "1%"}, {"percent": "1", "fixed": "5"},
+                                      {"percent": "1.1234567"}])
+    def test_a_value_of_the_wrong_shape_is_a_validation_error(self, client, merchant_client_factory, rule):
+        _, merchant_id = merchant_client_factory()
+        answer = client.put(f"/v1/fee_plans/{merchant_id}", json={"rules": [rule]})
+        assert answer.status_code == 422 and answer.json()["code"] == "validation_error", answer.text

@@ -121,6 +121,7 @@ def preview_route(body: RoutePreviewIn, request: Request) -> RoutePlanOut:
         if merchant_id is not None and merchant_id != principal.merchant_id:
             raise NotFound(f"no merchant {merchant_id}")
         merchant_id = principal.merchant_id
+    routing.check_terms(body.currency, body.country)
     plan = transact(_engine(request), lambda s: _router(request).preview(
         s, merchant_id=merchant_id, method=body.method, currency=body.currency, amount=body.amount,
         country=body.country, card_bin=body.card_bin))

@@ -645,14 +645,18 @@ def rule_dict(row: Row) -> dict[str, Any]:
     }
 
 
+def check_terms(currency: str | None, country: str | None) -> None:
+    """A currency and a country as a payment has them (a rule's conditions, a route preview's question)."""
+    if currency is not None and not is_currency(currency):
+        raise UnknownCurrency(f"{currency!r} is not an ISO 4217 currency code with a minor unit (upper case)")
+    if country is not None and not _COUNTRY.match(country):
+        raise InvalidCountry(f"{country!r} is not an ISO 3166-1 alpha-2 code in upper case")
+
+
 def check_rule(channels: ChannelSet, values: dict[str, Any]) -> None:
     """The rules a routing rule must keep, each with its own error code."""
     currency = values.get("currency")
-    if currency is not None and not is_currency(currency):
-        raise UnknownCurrency(f"{currency!r} is not an ISO 4217 currency code with a minor unit (upper case)")
-    country = values.get("country")
-    if country is not None and not _COUNTRY.match(country):
-        raise InvalidCountry(f"{country!r} is not an ISO 3166-1 alpha-2 code in upper case")
+    check_terms(currency, values.get("country"))
     prefix = values.get("card_bin_prefix")
     if prefix is not None and not _BIN_PREFIX.match(prefix):
         raise InvalidCardBinPrefix("card_bin_prefix is 1 to 8 digits")

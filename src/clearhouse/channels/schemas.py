@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from clearhouse.kit.api import Model, UtcTime
-from clearhouse.kit.money import MAX_AMOUNT
+from clearhouse.kit.money import MAX_AMOUNT, MAX_PAYMENT_AMOUNT
 
 Method = Literal["card", "bank_transfer", "alipay", "wechat_pay", "wallet"]
 Strategy = Literal["score", "ordered"]
@@ -113,8 +113,8 @@ class RoutePreviewIn(Model):
     merchant_id: MerchantRef | None = Field(
         default=None, description="Platform callers: whose rules apply (null: the platform's only)")
     method: Method
-    currency: CurrencyText
-    amount: Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
+    currency: CurrencyText = Field(description="ISO 4217, upper case, as a payment's (else 422 unknown_currency)")
+    amount: Annotated[int, Field(strict=True, gt=0, le=MAX_PAYMENT_AMOUNT)]
     country: CountryText | None = None
     card_bin: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,8}$")] | None = Field(
         default=None, description="Up to 8 leading digits, never a card number")

@@ -11,6 +11,13 @@ import iso4217
 MAX_AMOUNT = 2**63 - 1
 """The largest amount a ledger column (BIGINT) can hold."""
 
+MAX_PAYMENT_AMOUNT = 10**15
+"""The largest payment, capture, refund or top-up, in minor units (ten trillion of a two-decimal currency).
+Far below the ledger's limit of an amount (``MAX_AMOUNT``, 2**63 - 1): every payment of a channel
+and currency goes through one clearing account, and an amount near the ledger's limit would
+overflow that shared balance after the channel had already charged the customer. Also the bound
+of anything sized like a payment: a route preview, a reconciliation tolerance."""
+
 
 class UnknownCurrency(ValueError):
     """The code is not an active ISO 4217 currency with a minor unit."""

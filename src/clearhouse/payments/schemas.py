@@ -7,13 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, UtcTime
+from clearhouse.kit.money import MAX_PAYMENT_AMOUNT
 from clearhouse.vault.schemas import CardNumber, HolderName, MerchantRef
-
-MAX_PAYMENT_AMOUNT = 10**15
-"""The largest payment, capture, refund or top-up, in minor units (ten trillion of a two-decimal currency).
-Far below the ledger's limit of an amount (``kit.money.MAX_AMOUNT``, 2**63 - 1): every payment of a channel
-and currency goes through one clearing account, and an amount near the ledger's limit would
-overflow that shared balance after the channel had already charged the customer."""
 
 Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_PAYMENT_AMOUNT, description="Minor units of the currency")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500)]
@@ -157,10 +152,12 @@ class RefundOut(BaseModel):
 class FeeRuleIn(Model):
     method: Literal["card", "bank_transfer", "alipay", "wechat_pay", "wallet"] | None = None
     currency: CurrencyCode | None = None
-    percent: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,3}(\.[0-9]{1,6})?$")] = Field(
-        description="Percent as a decimal string: \"0.6\" is 0.6 %")
-    fixed: int = Field(default=0, strict=True, ge=0, le=2**53)
-    minimum: int = Field(default=0, strict=True, ge=0, le=2**53)
+    # The shape here (a decimal string, whole numbers: else 422 validation_error); the ranges in
+    # fees._check, so every out-of-range value is the one documented code, 422 invalid_fee_plan.
+    percent: Annotated[str, StringConstraints(max_length=32, pattern=r"^-?[0-9]+(\.[0-9]{1,6})?$")] = Field(
+        description="Percent as a decimal string, 0 to 100: \"0.6\" is 0.6 %")
+    fixed: int = Field(default=0, strict=True, description="Minor units, 0 to 2**53 - 1")
+    minimum: int = Field(default=0, strict=True, description="Minor units, 0 to 2**53 - 1")
     refund_fee_policy: Literal["proportional", "none"] = "proportional"
     refund_cost_bearer: Literal["platform", "merchant"] = "platform"
 

@@ -526,8 +526,7 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
             result = _settle_timeout(connector, attempt_id)
             if result is None:
                 _record(rt, channel, "failure", started)
-                _tx(rt, lambda s, a=attempt_id: _mark_attempt(
-                    s, a, "timeout", "the channel did not answer; the worker will ask it until it is final"))
+                _tx(rt, lambda s, a=attempt_id: _timed_out(s, opened.payment_id, a))
                 return None
             if result.status == protocol.NOT_FOUND:
                 result, failure = None, "timeout"
@@ -549,6 +548,16 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
             rt.engine, lambda s, a=attempt_id, f=failure, n=next_candidate, q=seq, ms=latency: _fail_over(
                 s, opened.payment_id, a, f or "error", n, q, ms,
                 cost_of(rt, n.channel, row.amount) if n is not None else 0))
+
+
+def _timed_out(session: Session, payment_id: str, attempt_id: str) -> None:
+    """The channel may have acted: the payment stays ``processing`` (said to the merchant) until the
+    worker's query settles it."""
+    _mark_attempt(session, attempt_id, "timeout",
+                  "the channel did not answer; the worker will ask it until it is final")
+    row = _payment(session, payment_id)
+    if row.status == state.PROCESSING and row.reference == attempt_id:
+        _publish(session, row, state.PROCESSING)
 
 
 def _applied(session: Session, payment_id: str, _outcome: str) -> dict[str, Any]:
@@ -665,6 +674,11 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
         next_action = getattr(result, "next_action", None)
         if next_action:
             _run(session, _UPDATE_PAYMENT, {"the_id": row.id, "next_action_json": canonical_json(dict(next_action))})
+        if source == "authorize" and target == state.PROCESSING:
+            # The channel's first answer: it has the payment and no outcome yet (a transfer awaiting its
+            # funds). The payment was created processing; this is when the merchant is told so.
+            _publish(session, row, target)
+            return "unchanged"
         if source != "query":  # the worker's "still pending?" every 30 s is no new fact for the timeline
             _event(session, row.id, "channel_repeated", status=result.status, source=source)
         return "unchanged"

@@ -32,9 +32,11 @@ def insert_endpoint(session: Session, values: dict[str, Any]) -> None:
     session.execute(insert(endpoints).values(**values))
 
 
-def get_endpoint(session: Session, endpoint_id: str, *, lock: bool = False) -> Row | None:
-    """A live (not deleted) endpoint."""
-    query = select(endpoints).where(endpoints.c.id == endpoint_id, endpoints.c.deleted_at.is_(None))
+def get_endpoint(session: Session, endpoint_id: str, *, lock: bool = False, deleted: bool = False) -> Row | None:
+    """A live endpoint; ``deleted``: or one deleted (whose delivery log is kept)."""
+    query = select(endpoints).where(endpoints.c.id == endpoint_id)
+    if not deleted:
+        query = query.where(endpoints.c.deleted_at.is_(None))
     if lock:
         query = query.with_for_update()
     return session.execute(query).first()

@@ -235,8 +235,9 @@ def create_endpoint(session: Session, cipher: FieldCipher, actor: audit.Actor, p
     return _endpoint(session, None, endpoint_id), secret
 
 
-def _endpoint(session: Session, merchant_id: str | None, endpoint_id: str, *, lock: bool = False) -> Row:
-    row = repository.get_endpoint(session, endpoint_id, lock=lock)
+def _endpoint(session: Session, merchant_id: str | None, endpoint_id: str, *, lock: bool = False,
+              deleted: bool = False) -> Row:
+    row = repository.get_endpoint(session, endpoint_id, lock=lock, deleted=deleted)
     if row is None or (merchant_id is not None and row.merchant_id != merchant_id):
         raise EndpointNotFound(f"no webhook endpoint {endpoint_id}")
     return row
@@ -375,9 +376,11 @@ def get_event(session: Session, principal: Principal, event_id: str) -> Row:
 
 def list_events(session: Session, principal: Principal, *, event_type: str | None, merchant_id: str | None,
                 limit: int, starting_after: str | None) -> tuple[list[Row], bool]:
-    """Events oldest first; merchant callers see their own."""
+    """Events oldest first; merchant callers see their own. ``*`` is every type, as in an endpoint's filter."""
     if event_type is not None:
         check_event_types([event_type])
+        if event_type == "*":
+            event_type = None
     if principal.merchant_id is not None:
         if merchant_id is not None and merchant_id != principal.merchant_id:
             return [], False
@@ -407,8 +410,9 @@ def delivery_dicts(session: Session, rows: list[Row]) -> list[dict[str, Any]]:
 
 def list_deliveries(session: Session, principal: Principal, endpoint_id: str, *, status: str | None, limit: int,
                     starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    """An endpoint's delivery log, newest first, each with its attempts."""
-    _endpoint(session, principal.merchant_id, endpoint_id)
+    """An endpoint's delivery log, newest first, each with its attempts; kept, and readable, after the
+    endpoint is deleted."""
+    _endpoint(session, principal.merchant_id, endpoint_id, deleted=True)
     rows, more = repository.list_deliveries(session, endpoint_id, status=status, limit=limit,
                                             starting_after=starting_after)
     return delivery_dicts(session, rows), more
