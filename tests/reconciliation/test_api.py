@@ -255,6 +255,16 @@ class TestImportRules:
         merchant = client.post("/v1/merchants", json={"name": "Zone", "timezone": zone})
         assert merchant.status_code == 422 and merchant.json()["code"] == "validation_error", merchant.text
 
+    @pytest.mark.parametrize("fields", [{"format": "pdf"}, {"format": "CSV"}, {"format": "csv", "mapping": "nope"},
+                                        {"format": "csv", "mapping": "Bad-Name"}])
+    def test_an_unknown_format_or_mapping_is_statement_format_unknown_as_in_the_cli(self, client, fields):
+        content = f"{HEADER}\n".encode()
+        for path, extra in (("/v1/reconciliations", {"channel": CHANNEL}), (f"/v1/recon_rules/{CHANNEL}/dry_run", {})):
+            answer = client.post(path, data={"statement_date": "2026-11-23", **extra, **fields},
+                                 files={"file": ("s.csv", io.BytesIO(content), "text/csv")})
+            assert answer.status_code == 422 and answer.json()["code"] == "statement_format_unknown", answer.text
+        assert client.get("/v1/reconciliations").json()["data"] == []
+
     def test_rules_are_validated(self, client):
         answer = client.put(f"/v1/recon_rules/{CHANNEL}", json={"rules": {"date_window_days": -1}})
         assert answer.status_code == 422 and answer.json()["code"] == "validation_error"

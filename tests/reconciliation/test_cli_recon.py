@@ -183,7 +183,9 @@ class TestReconClearingRefusesBadArguments:
         (("--date", "2026-11-31"), "'2026-11-31' is not a date (YYYY-MM-DD)"),
         (("--date", "23.11.2026"), "'23.11.2026' is not a date (YYYY-MM-DD)"),
         (("--date", DAY, "--format", "pdf"), "format is json, csv, html or svg"),
-    ], ids=["no-such-day", "not-iso", "unknown-format"])
+        (("--date", DAY, "--out", "no/such/folder/report.json"), "the folder of 'no/such/folder/report.json' does"),
+        (("--date", DAY, "--out", "."), "'.' is a folder"),
+    ], ids=["no-such-day", "not-iso", "unknown-format", "out-in-a-missing-folder", "out-is-a-folder"])
     def test_exit_2_with_the_reason_and_no_database_touched(self, no_database, args, message):
         url, cwd = no_database
         assert message in refused(url, cwd, *args)

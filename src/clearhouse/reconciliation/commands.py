@@ -43,6 +43,14 @@ def _channel_or_all(name: str | None) -> str | None:
     return None if name is None else _channel(name)
 
 
+def _output_file(path: Path | None) -> Path | None:
+    """A file to write, checked before any work: its folder exists, and it is not a folder itself."""
+    if path is not None and (path.is_dir() or not path.parent.is_dir()):
+        raise typer.BadParameter(f"{str(path)!r} is a folder" if path.is_dir()
+                                 else f"the folder of {str(path)!r} does not exist")
+    return path
+
+
 @app.command()
 def run(
     channel: Annotated[str, typer.Option(callback=_channel,
@@ -93,7 +101,7 @@ def clearing(
     date_: Annotated[str, typer.Option("--date", help="The day, YYYY-MM-DD")],
     channel: Annotated[str | None, typer.Option(callback=_channel_or_all, help="One channel (default: all)")] = None,
     format_: Annotated[str, typer.Option("--format", help="json, csv, html or svg")] = "json",
-    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout")] = None,
+    out: Annotated[Path | None, typer.Option(callback=_output_file, help="Write here instead of stdout")] = None,
 ) -> None:
     """The daily clearing report: expected against received per channel, net positions."""
     from clearhouse.kit.db import transact
@@ -108,5 +116,8 @@ def clearing(
     if out is None:
         typer.echo(text)
     else:
-        out.write_text(text, encoding="utf-8")
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as error:  # not writable: a message, not a traceback
+            raise typer.BadParameter(f"cannot write {str(out)!r}: {error.strerror}", param_hint="--out") from None
         console.print(f"wrote {out}")
