@@ -14,6 +14,11 @@ from datetime import date
 
 import polars as pl
 
+from clearhouse.kit.money import MAX_AMOUNT
+
+STATEMENT_TOTAL_MAX = (MAX_AMOUNT + 1) // 2
+"""2**62: half the ledger's limit, so a statement's total less (or plus) ours still fits 2**63 - 1."""
+
 KINDS = ("payment", "refund", "settlement", "fee", "other")
 """``settlement`` is one credit (or debit) that covers many lines, paid net of fees (matching pass 3)."""
 

@@ -12,15 +12,12 @@ from pathlib import Path
 
 import polars as pl
 
-from clearhouse.kit.money import MAX_AMOUNT
 from clearhouse.reconciliation.errors import StatementInvalid, UnknownStatementFormat
 from clearhouse.reconciliation.formats.csvmap import CsvMapping, parse_csv
 from clearhouse.reconciliation.formats.mappings import MAPPINGS, default_mapping
-from clearhouse.reconciliation.frames import ParsedStatement
+from clearhouse.reconciliation.frames import STATEMENT_TOTAL_MAX, ParsedStatement
 
 FORMATS = ("csv", "mt940", "camt053")
-STATEMENT_TOTAL_MAX = (MAX_AMOUNT + 1) // 2
-"""2**62: half the ledger's limit, so a statement's total less (or plus) ours still fits 2**63 - 1."""
 
 __all__ = ["FORMATS", "MAPPINGS", "CsvMapping", "mapping_named", "parse_statement"]
 

@@ -7,7 +7,8 @@ Element names are matched by local name, so every version from camt.053.001.02 t
 
 Only booked entries are lines (``Sts`` BOOK; pending and information-only entries move no money yet).
 Each statement must add up: its opening balance (OPBD, else PRCD) plus its booked movements is its
-closing balance (CLBD, else CLAV), so an entry must be a child of a ``Stmt``. Any defect raises
+closing balance (CLBD, else CLAV), so an entry must be a child of a ``Stmt``; statements of one account
+and currency follow each other, each opening at the previous one's closing balance. Any defect raises
 ``StatementInvalid`` at the entry's XML line.
 """
 
@@ -22,7 +23,7 @@ import polars as pl
 from lxml import etree
 
 from clearhouse.reconciliation.errors import StatementInvalid
-from clearhouse.reconciliation.formats.csvmap import to_minor
+from clearhouse.reconciliation.formats.csvmap import bounded, check_chained, to_minor
 from clearhouse.reconciliation.frames import STATEMENT_SCHEMA, ParsedStatement, StatementMeta
 
 CHUNK = 1_024
@@ -183,12 +184,14 @@ def _entry(entry: Any) -> dict[str, Any] | None:
         our_ref = _reference(_first(index, "NtryDtls/TxDtls/Refs/EndToEndId"))
     texts = [item.text.strip() for item in index.get("NtryDtls/TxDtls/RmtInf/Ustrd", []) if item.text]
     description = " ".join(texts) or _first(index, "AddtlNtryInf")
+    # Our amount is gross: when the bank booked it net of its charges, the charges are added back.
+    amount = booked + fee if included and fee is not None else booked
     return {
         "line_no": line, "our_ref": our_ref, "channel_ref": _first(index, "AcctSvcrRef"), "kind": kind,
         "status": "succeeded",
-        # Our amount is gross: when the bank booked it net of its charges, the charges are added back.
-        "amount": booked + fee if included and fee is not None else booked, "fee": fee, "currency": currency,
-        "booked_on": booked_on,
+        # Each amount is bounded, but several charges (or charges added back) can add up beyond the frame's Int64.
+        "amount": bounded(amount, line=line), "fee": None if fee is None else bounded(fee, line=line),
+        "currency": currency, "booked_on": booked_on,
         "value_on": _day_of(index, "ValDt", line), "description": description, "_booked": booked,
     }
 
@@ -209,6 +212,15 @@ class _Statement:
         self.identifier: str | None = None
         self.account: str | None = None
 
+    @property
+    def opening(self) -> tuple[int, str, int] | None:
+        """(minor units, currency, XML line) of the opening balance: OPBD, else PRCD."""
+        return next((self.balances[code] for code in OPENING if code in self.balances), None)
+
+    @property
+    def closing(self) -> tuple[int, str, int] | None:
+        return next((self.balances[code] for code in CLOSING if code in self.balances), None)
+
 
 def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) -> ParsedStatement:
     path = Path(path)
@@ -218,6 +230,7 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
     rows: list[tuple[Any, ...]] = []
     count = 0
     statements: list[_Statement] = []
+    closed_before: dict[tuple[str, str], tuple[int, int]] = {}
     current: _Statement | None = None
     seen_root = False
     events = etree.iterparse(str(path), events=("start", "end"), tag=("{*}Document", "{*}Stmt", "{*}Bal", "{*}Ntry",
@@ -260,6 +273,7 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
             elif in_statement and current is not None and name == "Acct":
                 current.account = _text(element, "{*}Id/{*}IBAN") or _text(element, "{*}Id/{*}Othr/{*}Id")
             elif name == "Stmt" and current is not None:
+                _chain(current, closed_before)
                 _check(current, element.sourceline or 0)
                 _forget(element)
                 current = None
@@ -286,8 +300,7 @@ def _forget(element: Any) -> None:
 
 
 def _check(statement: _Statement, line: int) -> None:
-    opening = next((statement.balances[code] for code in OPENING if code in statement.balances), None)
-    closing = next((statement.balances[code] for code in CLOSING if code in statement.balances), None)
+    opening, closing = statement.opening, statement.closing
     if opening is None or closing is None:
         raise StatementInvalid("statement has no opening (OPBD/PRCD) or closing (CLBD/CLAV) balance", line=line)
     (opened, currency, _), (closed, closing_currency, closing_line) = opening, closing
@@ -303,10 +316,21 @@ def _check(statement: _Statement, line: int) -> None:
             f" but the closing balance is {closed}", line=closing_line)
 
 
+def _chain(statement: _Statement, closed_before: dict[tuple[str, str], tuple[int, int]]) -> None:
+    """Checked before the statement's own sum, so a gap is named at its opening balance, the earlier line.
+    A statement without an account chains to none."""
+    opening, closing = statement.opening, statement.closing
+    if statement.account is None or opening is None or closing is None:
+        return  # no balances: ``_check`` says so
+    (opened, currency, open_line), (closed, _, close_line) = opening, closing
+    check_chained(closed_before, statement.account, currency, opened, open_line)
+    closed_before[statement.account, currency] = (closed, close_line)
+
+
 def _meta(statements: list[_Statement], lines: pl.DataFrame) -> StatementMeta:
     first, last = statements[0], statements[-1]
-    opening = next(first.balances[code] for code in OPENING if code in first.balances)
-    closing = next(last.balances[code] for code in CLOSING if code in last.balances)
+    opening, closing = first.opening, last.closing
+    assert opening is not None and closing is not None  # every statement was checked
     one_currency = len({s_currency for s in statements for _, s_currency, _ in s.balances.values()}) == 1
     days = lines.select(pl.col("booked_on").min(), pl.col("booked_on").max().alias("last")).row(0)
     return StatementMeta(

@@ -31,7 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from clearhouse.kit import clock
 from clearhouse.kit.money import Currency, UnknownCurrency
 from clearhouse.reconciliation.errors import StatementInvalid
-from clearhouse.reconciliation.frames import KINDS, STATEMENT_SCHEMA, STATUSES, ParsedStatement, StatementMeta
+from clearhouse.reconciliation.frames import (
+    KINDS,
+    STATEMENT_SCHEMA,
+    STATEMENT_TOTAL_MAX,
+    STATUSES,
+    ParsedStatement,
+    StatementMeta,
+)
 
 FIELDS = ("our_ref", "channel_ref", "kind", "status", "amount", "fee", "currency", "booked_on", "booked_time",
           "value_on", "description", "indicator", "credit", "debit")
@@ -161,7 +168,31 @@ def to_minor(text: str | Decimal, currency: str, *, line: int | None = None) -> 
         raise StatementInvalid(f"amount {text!r} is not a number", line=line) from None
     if not value.is_finite() or value != value.to_integral_value():
         raise StatementInvalid(f"amount {text} is not a whole number of {currency} minor units", line=line)
-    return int(value)
+    return bounded(int(value), line=line)
+
+
+def bounded(minor: int, *, line: int | None = None) -> int:
+    """``minor`` if its magnitude is at most ``STATEMENT_TOTAL_MAX`` (2**62). One amount beyond it passes the
+    statement's total limit on its own, and beyond 2**63 - 1 it does not even fit the Int64 frame: refused at
+    its own line here, instead of an overflow while the frame is built (a 500 naming no line)."""
+    if abs(minor) > STATEMENT_TOTAL_MAX:
+        raise StatementInvalid(f"amount {minor} minor units is beyond {STATEMENT_TOTAL_MAX} (2^62): the statement's"
+                               " totals and differences would not fit the ledger's integers", line=line)
+    return minor
+
+
+def check_chained(closed_before: dict[tuple[str, str], tuple[int, int]], account: str, currency: str, opened: int,
+                  line: int) -> None:
+    """A bank statement of an account and currency already seen in the file (``closed_before``: its closing
+    balance and line) opens where the previous one closed: a bank's consecutive statements, and the pages of
+    one, chain. Anything else is movements missing between them (a lost statement or page), which no balance
+    inside either statement shows. Statements of other accounts or currencies are independent."""
+    if (account, currency) in closed_before and closed_before[account, currency][0] != opened:
+        closed, close_line = closed_before[account, currency]
+        raise StatementInvalid(
+            f"opening balance {opened} {currency} minor units of account {account} is not the closing balance"
+            f" {closed} of its previous statement (line {close_line}): movements between them are missing",
+            line=line)
 
 
 # --------------------------------------------------------------------------- reading
@@ -178,6 +209,7 @@ def _problem(field: str, mapping: CsvMapping) -> str:
         "kind": "kind is not known to the mapping",
         "status": "status is not known to the mapping",
         "indicator": f"debit/credit mark is neither {list(mapping.credit_values)} nor {list(mapping.debit_values)}",
+        "split": "both the credit and the debit amount are empty",
     }[field]
 
 
@@ -195,6 +227,13 @@ def _scan_plain(path: Path, mapping: CsvMapping) -> tuple[pl.LazyFrame, int, lis
     except pl.exceptions.NoDataError:
         raise StatementInvalid("the file is empty", line=1) from None
     header_line = mapping.skip_lines + 1
+    # Polars renames a second column of one name ``<name>_duplicated_0``, and the mapping would silently
+    # read the first: refused as the Python reader does. Only a header with that suffix is read again.
+    if any("_duplicated_" in name for name in header):
+        names = pl.read_csv(path, separator=mapping.delimiter, quote_char=mapping.quote_char,
+                            skip_rows=mapping.skip_lines, has_header=False, n_rows=1, infer_schema=False).row(0)
+        if len(set(names)) != len(names):
+            raise StatementInvalid("the header names a column twice", line=header_line)
     return plan.with_row_index("__line", offset=header_line + 1), header_line, header
 
 
@@ -233,7 +272,7 @@ def _decode(content: bytes, encoding: str) -> str:
             pass
         else:
             if not utf8.isascii():
-                first = next(n for n, text in enumerate(utf8.splitlines(), 1) if not text.isascii())
+                first = next(n for n, text in enumerate(_physical_lines(utf8), 1) if not text.isascii())
                 raise StatementInvalid(f"the file is UTF-8, not {encoding}", line=first)
     try:
         return content.decode(encoding)
@@ -244,6 +283,17 @@ def _decode(content: bytes, encoding: str) -> str:
         raise StatementInvalid(f"unknown encoding {encoding!r}") from None
 
 
+def _physical_lines(text: str) -> list[str]:
+    r"""The file's lines as the fast path and the ``csv`` module count them: ended by ``\n`` or ``\r\n`` only.
+    ``str.splitlines`` also ends a line at U+2028, NEL, form feed, ``\x1c``-``\x1e`` and a lone ``\r``: text
+    inside a field (a merchant's product name) that would cut its row in two and shift every later line number.
+    A lone ``\r`` is left to the ``csv`` module: kept in a quoted field, refused in an unquoted one."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def _read_exotic(path: Path, mapping: CsvMapping) -> tuple[pl.DataFrame, int, dict[str, str]]:
     """Decode and split in Python (small channel bills): comment lines, preamble, footer, backticks."""
     content = path.read_bytes()
@@ -252,7 +302,7 @@ def _read_exotic(path: Path, mapping: CsvMapping) -> tuple[pl.DataFrame, int, di
     text = _decode(content, mapping.encoding)
     if text.startswith("\ufeff"):
         text = text[1:]
-    physical = text.splitlines()
+    physical = _physical_lines(text)
     extra: dict[str, str] = {}
     for raw in physical[:mapping.skip_lines]:
         label, _, value = raw.partition(mapping.delimiter)
@@ -314,6 +364,11 @@ def _text(mapping: CsvMapping, field: str) -> pl.Expr:
     cleaned = [pl.col(name) if not others else pl.when(pl.col(name).is_in(others)).then(None).otherwise(pl.col(name))
                for name in sources]
     return pl.coalesce(cleaned) if len(cleaned) > 1 else cleaned[0]
+
+
+def _empty(mapping: CsvMapping, field: str) -> pl.Expr:
+    """Every one of the field's columns is an empty cell (read as null on both paths)."""
+    return pl.all_horizontal([pl.col(name).is_null() for name in mapping.sources(field)])
 
 
 def _minor(text: pl.Expr, exponent: pl.Expr, mapping: CsvMapping) -> tuple[pl.Expr, pl.Expr]:
@@ -458,6 +513,9 @@ def _conversions(mapping: CsvMapping) -> list[pl.Expr]:
         debit, debit_failed = _minor(_text(mapping, "debit").fill_null("0"), exponent, mapping)
         amount = credit.abs() - debit.abs()
         checks["amount"] = credit_failed | debit_failed
+        # One empty side means nothing moved that way; both empty is a line that states no amount at all
+        # (an explicit 0, or a ``null_values`` entry such as WeChat's ``0``, is still an amount of 0).
+        checks["split"] = _empty(mapping, "credit") & _empty(mapping, "debit")
     else:
         amount, checks["amount"] = _minor(pl.col(mapping.sources("amount")[0]), exponent, mapping)
         if mapping.sign == "indicator":

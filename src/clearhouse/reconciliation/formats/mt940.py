@@ -7,7 +7,8 @@ MT940 specification, the library then reads each statement (balances, the ``:86:
 as SEPA's ``EREF+``), and its transactions must be exactly the ``:61:`` lines we counted. Each
 statement must add up: opening balance plus its movements is its closing balance.
 
-A file may hold several statements (one ``:20:`` block each); ``meta`` covers them all.
+A file may hold several statements (one ``:20:`` block each); ``meta`` covers them all. Those of one
+account and currency follow each other: each opens at the previous one's closing balance.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import mt940 as mt940_library
 import polars as pl
 
 from clearhouse.reconciliation.errors import StatementInvalid
-from clearhouse.reconciliation.formats.csvmap import exponent_of, to_minor
+from clearhouse.reconciliation.formats.csvmap import check_chained, exponent_of, to_minor
 from clearhouse.reconciliation.frames import STATEMENT_SCHEMA, ParsedStatement, StatementMeta
 
 TAG = re.compile(r"^:(\d{2}[A-Z]?):(.*)$")
@@ -95,7 +96,9 @@ def _split(lines: list[str]) -> list[_Statement]:
                 raise StatementInvalid(f"statement line :61: does not follow the MT940 format: {value!r}", line=number)
             _date(movement["value"], number)
             if movement["entry"]:
-                _date("00" + movement["entry"], number)  # a leap year: 29 February is a valid entry date
+                # The library gives the entry date the value date's year before moving it across a year end
+                # (only when they are 330 days apart, which 29 February never is): so checked in that year.
+                _date(movement["value"][:2] + movement["entry"], number)
             current.movements.append(_Movement(number, movement))
         elif tag == "86":
             previous = lines[number - 2].lstrip() if number > 1 else ""
@@ -153,6 +156,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
     rows: list[dict[str, Any]] = []
     opening = closing = None
     currencies: set[str] = set()
+    closed_before: dict[tuple[str, str], tuple[int, int]] = {}
     for statement in statements:
         for tag in ("25", "60", "62"):
             if tag not in statement.tags:
@@ -161,14 +165,18 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
         open_line, open_text = statement.tags["60"]
         close_line, close_text = statement.tags["62"]
         opened, currency, _ = _balance(open_text, open_line)
-        closed, closing_currency, _ = _balance(close_text, close_line)
         exponent_of(currency, line=open_line)
-        if closing_currency != currency:
-            raise StatementInvalid(f"closing balance in {closing_currency}, opening in {currency}", line=close_line)
+        account = statement.tags["25"][1].strip()
+        check_chained(closed_before, account, currency, opened, open_line)
         moved = 0
         for movement, transaction in zip(statement.movements, _read(statement), strict=True):
             rows.append(_row(movement, transaction, currency))
             moved += rows[-1]["amount"]
+        # Read after the movements, which come first in the file: the first bad line is the one named.
+        closed, closing_currency, _ = _balance(close_text, close_line)
+        if closing_currency != currency:
+            raise StatementInvalid(f"closing balance in {closing_currency}, opening in {currency}", line=close_line)
+        closed_before[account, currency] = (closed, close_line)
         if opened + moved != closed:
             raise StatementInvalid(
                 f"opening balance {opened} + movements {moved} = {opened + moved} {currency} minor units,"
