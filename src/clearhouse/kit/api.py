@@ -179,6 +179,10 @@ class JsonBodyRoute(APIRoute):
                 if raw:
                     # Starlette's ``Request.json`` keeps its result here; FastAPI then uses it.
                     request._json = parse_json(raw)
+                    if request._json is None:
+                        # FastAPI would read ``null`` as no body at all: a full capture or post where
+                        # the caller's object (with its amount) was lost on the way.
+                        raise MalformedRequest("the body is null: send an object ({} for the defaults) or no body")
             return await handler(request)
 
         return with_checked_json

@@ -38,7 +38,8 @@ class Currency:
             data = iso4217.Currency(code)
         except ValueError:
             raise UnknownCurrency(code) from None
-        # Funds codes and metals (XAU, XDR...) have no minor unit: they are not money here.
+        # Metals, XDR and the testing codes (XAU, XDR, XXX, XTS...) have no minor unit: not money here.
+        # Funds codes (CLF, USN...) have one, and are.
         if data.exponent is None:
             raise UnknownCurrency(code)
         return Currency(code, data.exponent)
