@@ -317,6 +317,8 @@ class LedgerModel:
         debits = [(a, m, c) for a, d, m, c in pending.reserved if d == "debit"]
         credits = [(a, m, c) for a, d, m, c in pending.reserved if d == "credit"]
         total = sum(m for _a, m, _c in debits)
+        if request.amount is not None and len({c for _a, _d, _m, c in pending.reserved}) != 1:
+            raise Rejected(errors.PartialPostMultiCurrency.code)  # no one number is its amount
         if request.amount is None or request.amount == total:
             entry.posted_amount = total
             return entry, release + [(a, d, "posted", m, c) for a, d, m, c in pending.reserved]
@@ -324,8 +326,6 @@ class LedgerModel:
             raise Rejected(errors.InvalidAmount.code)
         if request.amount > total:
             raise Rejected(errors.AmountExceedsPending.code)
-        if len({c for _a, _d, _m, c in pending.reserved}) != 1:
-            raise Rejected(errors.PartialPostMultiCurrency.code)
         rows = list(release)
         for side, direction in ((debits, "debit"), (credits, "credit")):
             parts = largest_remainder(request.amount, [m for _a, m, _c in side])

@@ -106,7 +106,7 @@ def list_accounts(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: str | None = None,
-    owner_id: str | None = None,
+    owner_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> Page[AccountOut]:
     rows, more = transact(
         _engine(request),

@@ -554,14 +554,19 @@ def _resolution_rows(
         raise _Failure(errors.PendingExpired, f"pending transfer {pending_id} expired at {timeout_at}")
     debits = [(a, amount, c) for a, d, amount, c in reserved if d == DEBIT]
     credits = [(a, amount, c) for a, d, amount, c in reserved if d == CREDIT]
+    if request.amount is None:
+        return rows + [(a, d, POSTED, amount, c) for a, d, amount, c in reserved]
+    if len({c for _a, _d, _m, c in reserved}) != 1:
+        # No one number is the amount of an entry in several currencies (100 CNY and 5 KWD are not
+        # "105"): it is posted whole, with no amount, or not at all.
+        raise _Failure(errors.PartialPostMultiCurrency,
+                       "an entry in several currencies is posted whole, without an amount")
     total = sum(amount for _a, amount, _c in debits)
-    if request.amount is None or request.amount == total:
+    if request.amount == total:
         return rows + [(a, d, POSTED, amount, c) for a, d, amount, c in reserved]
     _check_amount(request.amount)
     if request.amount > total:
         raise _Failure(errors.AmountExceedsPending, f"{request.amount} is more than the pending {total}")
-    if len({c for _a, _d, _m, c in reserved}) != 1:
-        raise _Failure(errors.PartialPostMultiCurrency, "a partial post needs a single-currency pending entry")
     for side, direction in ((debits, DEBIT), (credits, CREDIT)):
         parts = allocate(request.amount, [amount for _a, amount, _c in side])
         rows.extend((a, direction, POSTED, part, c) for (a, _m, c), part in zip(side, parts, strict=True) if part)
