@@ -72,7 +72,8 @@ class TestPassOneExact:
         results = run([line(2, "att_p1", 10_000, currency="USD"), line(3, "att_p2", 10_000, status="failed"),
                        line(4, "att_p3", 10_000)],
                       [ours("p1", 10_000), ours("p2", 10_000), ours("p3", 10_000, currency="EUR")])
-        assert classes(results) == [("amount_mismatch", "p1", 2), ("matched", "p3", 4), ("status_mismatch", "p2", 3)]
+        assert classes(results) == [("matched", "p3", 4), ("missing_in_ledger", None, 2),
+                                    ("missing_in_statement", "p1", None), ("status_mismatch", "p2", 3)]
 
     def test_the_channel_reference_pairs_a_line_without_ours(self):
         result = only(run([line(2, None, 10_000, 170, channel_ref="ch_9")],

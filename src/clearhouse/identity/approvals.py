@@ -168,3 +168,18 @@ def expire_overdue(session: Session) -> int:
     result = session.execute(update(approvals).where(
         approvals.c.status == "pending", approvals.c.expires_at <= clock.now()).values(status="expired"))
     return result.rowcount or 0
+
+
+def expire(session: Session, approval_id: str, *, reason: str, actor: audit.Actor) -> bool:
+    """End a pending approval that can no longer run (the domain did the thing another way), as expired from now,
+    with ``reason``; returns whether it was pending. One that has already passed its expiry is left to the worker."""
+    now = clock.now()
+    result = session.execute(update(approvals).where(
+        approvals.c.id == approval_id, approvals.c.status == "pending", approvals.c.expires_at > now,
+    ).values(status="expired", expires_at=now, reason=reason))
+    if not result.rowcount:
+        return False
+    row = _row(session, approval_id)
+    audit.record(session, actor, "approval.expire", "approval", approval_id,
+                 changes={"action": row.action, "reason": reason}, merchant_id=row.merchant_id)
+    return True

@@ -16,6 +16,9 @@ An entry larger than ``recon_approval_threshold`` waits for a second person
 (identity.approvals, action ``recon.resolve``); the entry id is the case's, so a resolution
 is written once whatever retries. Timing cases resolve themselves when the other side
 arrives in a later statement, and a channel's ``auto_resolve`` rules settle known patterns.
+Every resolution, whoever made it, is a ``recon.case.resolve`` audit event (the automatic ones
+by ``system``/``reconciliation``, the approved ones by the approver), and a case closed while a
+resolution of it waits for approval ends that approval (``expired``, with the reason).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ COUNTER_ACCOUNTS = {
 }
 APPROVAL_ACTION = "recon.resolve"
 SYSTEM = "system:reconciliation"
+SYSTEM_ACTOR = audit.Actor(type="system", id="reconciliation")  # who the audit trail says resolved automatically
 
 
 def _select_cases() -> Any:
@@ -202,19 +206,27 @@ def _check_resolvable(session: Session, row: Any, action: str, account: str) -> 
         raise CaseStateConflict(f"unknown counter account {account}")
 
 
-def _apply(session: Session, row: Any, *, action: str, reason: str, account: str, by: str, now: datetime,
-           resolution: str | None = None) -> str | None:
-    """Write the resolution (and its entry); ``resolution`` names who decided when it was not a person."""
-    resolution = resolution or action
+def _apply(session: Session, row: Any, *, action: str, reason: str, account: str, actor: audit.Actor,
+           now: datetime, resolution: str | None = None, approving: bool = False) -> dict[str, Any]:
+    """Write the resolution (and its entry); ``resolution`` names who decided when it was not a person.
+
+    Returns the change as the caller records it in the audit trail (``recon.case.resolve``). A resolution
+    held for a second person that is still pending ends here as expired, since a closed case can never
+    run it; ``approving``: this resolution is that approval's, being run."""
+    resolution, by = resolution or action, _who(actor)
     entry = _entry(session, row, action, account, reason)
     entry_id = ledger.create_transfer(session, entry)[0] if entry is not None else None
     state = "written_off" if action == "write_off" else "resolved"
     session.execute(update(cases).where(cases.c.id == row.id).values(
         state=state, resolution=resolution, resolution_reason=reason[:500], ledger_entry_id=entry_id,
         approval_id=None, resolved_by=by, resolved_at=now, updated_at=now))
-    new_event(session, row.id, state, by, body=reason,
-              detail={"resolution": resolution, "account": account, "ledger_entry_id": entry_id}, now=now)
-    return entry_id
+    detail: dict[str, Any] = {"resolution": resolution, "account": account, "ledger_entry_id": entry_id}
+    if row.approval_id is not None and not approving and approvals.expire(
+            session, row.approval_id, actor=actor,
+            reason=f"case {row.id} was {state} otherwise ({resolution} by {by}) before this was decided"):
+        detail["approval_expired"] = row.approval_id
+    new_event(session, row.id, state, by, body=reason, detail=detail, now=now)
+    return {"action": action, "reason": reason, **detail}
 
 
 def _needs_second_person(action: str, delta: int, threshold: int) -> bool:
@@ -240,9 +252,8 @@ def resolve(session: Session, principal: Principal, actor: audit.Actor, case_id:
         new_event(session, case_id, "approval_requested", _who(actor), body=reason,
                   detail={"approval_id": approval["id"], "action": action, "account": account}, now=now)
         return {**case_view(session, case_id), "approval": approval}, True
-    entry_id = _apply(session, row, action=action, reason=reason, account=account, by=_who(actor), now=clock.now())
-    audit.record(session, actor, "recon.case.resolve", "recon_case", case_id,
-                 changes={"action": action, "reason": reason, "account": account, "ledger_entry_id": entry_id})
+    change = _apply(session, row, action=action, reason=reason, account=account, actor=actor, now=clock.now())
+    audit.record(session, actor, "recon.case.resolve", "recon_case", case_id, changes=change)
     return case_view(session, case_id), False
 
 
@@ -253,9 +264,13 @@ def _apply_approved(session: Session, payload: dict[str, Any], checker: Principa
         raise CaseStateConflict(f"case {row.id} is {row.state}")
     if row.delta != payload["delta"]:
         raise CaseStateConflict(f"case {row.id} changed since the resolution was asked for")
-    entry_id = _apply(session, row, action=payload["action"], reason=payload["reason"],
-                      account=payload["account"], by=f"{checker.kind}:{checker.id}", now=clock.now())
-    return {"case_id": row.id, "ledger_entry_id": entry_id}
+    # The checker resolves it, as for every approved action; the maker is the approval's (approval.request).
+    actor = audit.Actor(type=checker.kind, id=checker.id, role=checker.role, merchant_id=checker.merchant_id)
+    change = _apply(session, row, action=payload["action"], reason=payload["reason"], account=payload["account"],
+                    actor=actor, now=clock.now(), approving=True)
+    audit.record(session, actor, "recon.case.resolve", "recon_case", row.id,
+                 changes={**change, "approval_id": row.approval_id})
+    return {"case_id": row.id, "ledger_entry_id": change["ledger_entry_id"]}
 
 
 approvals.register(APPROVAL_ACTION, _apply_approved)
@@ -264,9 +279,13 @@ approvals.register(APPROVAL_ACTION, _apply_approved)
 # -- automatic resolutions ------------------------------------------------------------------------------------------
 
 
+Resolved = list[tuple[str, dict[str, Any] | None]]
+"""Automatic resolutions as (case id, audit change), for ``record_resolutions``."""
+
+
 def settle_timing(session: Session, run_id: str, channel: str, with_lines: Callable[[list[str]], set[str]],
-                  now: datetime) -> int:
-    """Close timing cases whose other side is now here; returns how many were closed.
+                  now: datetime) -> Resolved:
+    """Close timing cases whose other side is now here; returns them, for ``record_resolutions``.
 
     A timing pair found in this run (both sides present, booked on different days) is
     resolved at once; an open timing case of an earlier run is resolved when this run's
@@ -275,24 +294,27 @@ def settle_timing(session: Session, run_id: str, channel: str, with_lines: Calla
                      cases.c.line_no.is_not(None), cases.c.our_id.is_not(None), cases.c.delta == 0)
     pairs = session.execute(select(cases.c.id, cases.c.ours_booked_on, cases.c.theirs_booked_on)
                             .where(*settled_pairs)).all()
+    pair_reason = "both sides present, a day apart"
     if pairs:
         # Nothing to post for these (delta 0): one UPDATE and one batch of events, not one of each per case.
         session.execute(update(cases).where(*settled_pairs).values(
-            state="resolved", resolution="auto_timing", resolution_reason="both sides present, a day apart",
+            state="resolved", resolution="auto_timing", resolution_reason=pair_reason,
             resolved_by=SYSTEM, resolved_at=now, updated_at=now))
         bulk_insert(session, case_events, ("id", "case_id", "type", "actor", "body", "detail_json", "created_at"), [
             (event_id, p.id, "resolved", SYSTEM,
              f"both sides present: booked {p.ours_booked_on} by us, {p.theirs_booked_on} by the channel",
              '{"resolution": "auto_timing"}', now) for event_id, p in zip(sorted(new_ids("rce", len(pairs))), pairs,
                                                                             strict=True)])
-    closed = len(pairs)
+    # One audit change shared by every pair (record_many serializes it once).
+    pair_change = {"resolution": "auto_timing", "action": "accept", "reason": pair_reason, "account": "suspense",
+                   "ledger_entry_id": None}
+    resolved: Resolved = [(p.id, pair_change) for p in pairs]
     for row in session.execute(_select_cases().where(
             cases.c.reconciliation_id == run_id, cases.c["class"] == "timing", cases.c.state == "open",
             cases.c.line_no.is_not(None), cases.c.our_id.is_not(None))).all():
         reason = f"both sides present: booked {row.ours_booked_on} by us, {row.theirs_booked_on} by the channel"
-        _apply(session, row, action="accept", resolution="auto_timing", account="suspense",
-               by=SYSTEM, now=now, reason=reason)
-        closed += 1
+        resolved.append((row.id, _apply(session, row, action="accept", resolution="auto_timing", account="suspense",
+                                        actor=SYSTEM_ACTOR, now=now, reason=reason)))
     waiting = session.execute(_select_cases().where(
         cases.c.channel == channel, cases.c["class"] == "timing", cases.c.state.in_(OPEN_STATES),
         cases.c.reconciliation_id != run_id, cases.c.line_no.is_(None))).all()
@@ -300,14 +322,14 @@ def settle_timing(session: Session, run_id: str, channel: str, with_lines: Calla
         arrived = with_lines([w.our_id for w in waiting])
         for row in waiting:
             if row.our_id in arrived:
-                _apply(session, row, action="accept", resolution="auto_timing", account="suspense", by=SYSTEM,
-                       now=now, reason=f"the channel's line arrived in reconciliation {run_id}")
-                closed += 1
-    return closed
+                resolved.append((row.id, _apply(
+                    session, row, action="accept", resolution="auto_timing", account="suspense", actor=SYSTEM_ACTOR,
+                    now=now, reason=f"the channel's line arrived in reconciliation {run_id}")))
+    return resolved
 
 
-def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, threshold: int | None = None) -> int:
-    """Resolve this run's open cases that a channel rule explains; returns how many.
+def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, threshold: int | None = None) -> Resolved:
+    """Resolve this run's open cases that a channel rule explains; returns them, for ``record_resolutions``.
 
     A rule is nobody's second pair of eyes: a case whose entry would post more than ``threshold``
     (``recon_approval_threshold``; None: the configured one) stays open for people, with an event
@@ -315,12 +337,12 @@ def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, thresh
     from clearhouse.reconciliation.rules import auto_resolution
 
     if not rules.auto_resolve:
-        return 0
+        return []
     if threshold is None:
         from clearhouse.kit.settings import get_settings
 
         threshold = get_settings().recon_approval_threshold
-    settled = 0
+    settled: Resolved = []
     for row in session.execute(_select_cases().where(cases.c.reconciliation_id == run_id,
                                                    cases.c.state == "open")).all():
         rule = auto_resolution(rules, row.class_, difference_of(row))
@@ -335,7 +357,13 @@ def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, thresh
                               "threshold": threshold}, now=now)
             continue
         account = getattr(rule, "account", None) or "suspense"
-        _apply(session, row, action=rule.action, resolution="rule", account=account, by=SYSTEM, now=now,
-               reason=f"rule ({rule.action}): {rule.reason}")
-        settled += 1
+        settled.append((row.id, _apply(session, row, action=rule.action, resolution="rule", account=account,
+                                       actor=SYSTEM_ACTOR, now=now, reason=f"rule ({rule.action}): {rule.reason}")))
     return settled
+
+
+def record_resolutions(session: Session, resolved: Resolved) -> None:
+    """The audit events of the import's automatic resolutions (``settle_timing``, ``apply_rules``), in one
+    batch. Called last, after every ledger entry of the import: the audit chain's lock is then taken after
+    the ledger's, as everywhere else, and held only to the commit."""
+    audit.record_many(session, SYSTEM_ACTOR, "recon.case.resolve", "recon_case", resolved)

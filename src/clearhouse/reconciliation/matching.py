@@ -16,9 +16,15 @@ Pass 1, exact (one hash join over the whole frames; everything after it sees onl
   capture, a partial settlement; ``line_no`` is the first, ``batch_line_nos`` all of them); otherwise
   the best line (equal amount first, then the lowest ``line_no``) is the pair and every other line
   with that key is a ``duplicate`` (it carries the ``our_id`` it repeats). A statement line whose
-  ``channel_ref`` names one of ours that pass 1 paired already is a ``duplicate`` too. When one
-  statement line finds several of ours (we reused a reference), it takes the one with the same
-  currency and amount, then the lowest ``our_id``; the others stay unpaired.
+  ``channel_ref`` names one of ours that pass 1 paired already is a ``duplicate`` too; by the
+  ``channel_ref`` only lines of one direction pair (money in, or money back: a channel may give a
+  refund its payment's id). When one statement line finds several of ours (we reused a reference), it
+  takes the one with the same amount, then the lowest ``our_id``; the others stay unpaired.
+  Only lines of one currency pair: a line in another currency than the one of ours it names is not
+  its pair (its amount is other money, not a difference a tolerance could explain), so the line is
+  ``missing_in_ledger`` in its currency and ours, unless another line pairs it, unpaired in ours.
+  Our lines that ``settled`` marks (an earlier statement reconciled them: ``service.settled_earlier``)
+  are paired already: a line that names one is a ``duplicate``, and pass 2 does not offer them.
 
 A pair (from any pass) is then classified, first rule that applies:
   ``status_mismatch`` (we say failed and the channel succeeded, or the reverse), ``amount_mismatch``
@@ -179,8 +185,11 @@ class MatchOutcome:
 
 
 def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
-          period: tuple[date, date]) -> MatchOutcome:
-    """Pair ``statement`` with ``internal`` under ``rules`` for the days ``period`` (first, last)."""
+          period: tuple[date, date], settled: np.ndarray | None = None) -> MatchOutcome:
+    """Pair ``statement`` with ``internal`` under ``rules`` for the days ``period`` (first, last).
+
+    ``settled`` (a flag per line of ``internal``, or None) marks our lines that an earlier statement of the
+    channel reconciled already: a statement line that names one repeats it (a ``duplicate``)."""
     clock = _Stopwatch()
     theirs = statement.select(
         "line_no", pl.col("our_ref").alias("t_our_ref"), pl.col("channel_ref").alias("t_channel_ref"),
@@ -197,6 +206,12 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     # Pass 1a: our reference. One hash join of the two key columns gives (statement row, our row) pairs;
     # counting each side's pairs separates the clean one-to-one pairs (almost all) from repeated keys.
     line_rows, our_rows = _equal_references(statement["our_ref"], internal["our_ref"])
+    currencies = _equal_codes(statement["currency"], internal["currency"])  # hashed once, for both uses
+    same = _same_currency(statement["currency"], internal["currency"], currencies, line_rows, our_rows)
+    foreign = [] if same.all() else [
+        _foreign(pl.concat([theirs[line_rows[~same]], ours[our_rows[~same]]], how="horizontal"))]
+    if foreign:
+        line_rows, our_rows = line_rows[same], our_rows[same]
     pairs_per_line = np.bincount(line_rows, minlength=statement.height)
     pairs_per_ours = np.bincount(our_rows, minlength=internal.height)
     repeated = (pairs_per_line[line_rows] > 1) | (pairs_per_ours[our_rows] > 1)
@@ -204,7 +219,14 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     partner[line_rows[~repeated]] = our_rows[~repeated]
     clean_lines = np.flatnonzero(partner >= 0)  # statement order: the same input gives the same rows
     clean_ours = partner[clean_lines]
-    ours_paired = np.zeros(internal.height, dtype=bool)
+    earlier = np.zeros(internal.height, dtype=bool) if settled is None else np.asarray(settled, dtype=bool)
+    if settled is not None and earlier[clean_ours].any():
+        again = earlier[clean_ours]
+        repeats = pl.concat([theirs[clean_lines[again]], ours[clean_ours[again]]], how="horizontal")
+        parts.append(_emit(repeats.with_columns(pl.lit("duplicate").alias("class"), _repeat_sentence(True)),
+                           pass_no=None, keep_pass=False))
+        clean_lines, clean_ours = clean_lines[~again], clean_ours[~again]
+    ours_paired = earlier.copy()
     ours_paired[clean_ours] = True
     tangled = pl.concat([theirs[line_rows[repeated]], ours[our_rows[repeated]]], how="horizontal")
     theirs_left = theirs.filter(pairs_per_line == 0)
@@ -213,7 +235,7 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     clock.lap("pass1_join")
     # The clean pairs are classified on the compared columns alone (integers: no string is copied for
     # millions of pairs); only the few that are not plain matches are then built whole, with sentences.
-    compared = _compared_pairs(theirs, clean_lines, ours, clean_ours).with_columns(_class_code(rules))
+    compared = _compared_pairs(theirs, clean_lines, ours, clean_ours, currencies).with_columns(_class_code(rules))
     plain = (compared["class_code"] == 0).to_numpy()
     odd = ~plain
     if odd.any():
@@ -226,18 +248,26 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     clock.lap("pass1_classify")
 
     # Pass 1b: the channel's id, for what our reference did not pair. A line naming one of ours that is
-    # paired already repeats it.
-    by_channel = pl.DataFrame(schema={**_THEIRS, **_OURS, "taken": pl.Boolean()})
+    # paired already repeats it. Only lines of one currency and one direction pair: a channel gives a
+    # refund its payment's id (Alipay's 支付宝交易号), and a refund we never booked is not that payment.
+    by_channel = pl.DataFrame(schema={**_THEIRS, **_OURS, "taken": pl.Boolean(), "earlier": pl.Boolean()})
     wanted = theirs_left.filter(pl.col("t_channel_ref").is_not_null())
     if wanted.height:
         named = ours.filter(pl.col("channel_ref").is_in(wanted["t_channel_ref"].unique().implode()))
         if named.height:
             by_channel = wanted.join(named, left_on="t_channel_ref", right_on="channel_ref", how="inner",
-                                     coalesce=False)
-            by_channel = by_channel.with_columns(
-                pl.Series("taken", ours_paired[by_channel["row"].to_numpy()], dtype=pl.Boolean))
-    tangled = pl.concat([tangled.with_columns(pl.lit(False).alias("taken")),
-                         by_channel.select(*tangled.columns, "taken")], how="vertical_relaxed")
+                                     coalesce=False).filter(
+                (pl.col("theirs_amount") < 0).eq_missing(pl.col("ours_amount") < 0))
+            in_currency = pl.col("t_currency").eq_missing(pl.col("currency"))
+            foreign.append(_foreign(by_channel.filter(~in_currency)))
+            by_channel = by_channel.filter(in_currency)
+            rows = by_channel["row"].to_numpy()
+            by_channel = by_channel.with_columns(pl.Series("taken", ours_paired[rows], dtype=pl.Boolean),
+                                                 pl.Series("earlier", earlier[rows], dtype=pl.Boolean))
+    tangled_rows = tangled["row"].to_numpy()
+    tangled = pl.concat([tangled.with_columns(pl.Series("taken", earlier[tangled_rows], dtype=pl.Boolean),
+                                              pl.Series("earlier", earlier[tangled_rows], dtype=pl.Boolean)),
+                         by_channel.select(*tangled.columns, "taken", "earlier")], how="vertical_relaxed")
     if tangled.height:
         pairs, splits, duplicates = _untangle(tangled)
         parts.append(_emit(_classify(pairs, rules), pass_no=1))
@@ -250,8 +280,10 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
         ours_left = ours_left.filter(~pl.col("row").is_in(used_rows.implode()))
     clock.lap("pass1_repeats")
 
-    # Pass 2: fuzzy, on the residue.
-    fuzzy = _fuzzy_pairs(theirs_left.filter(pl.col("t_kind").ne_missing("settlement")), ours_left, rules)
+    # Pass 2: fuzzy, on the residue. Our lines settled by an earlier statement are not offered (pass 1
+    # makes a line that names one a duplicate); a settlement credit of pass 3 may still pay them.
+    offered = ours_left if settled is None else ours_left.filter(pl.Series(~earlier[ours_left["row"].to_numpy()]))
+    fuzzy = _fuzzy_pairs(theirs_left.filter(pl.col("t_kind").ne_missing("settlement")), offered, rules)
     if fuzzy.height:
         parts.append(_emit(_classify(fuzzy, rules), pass_no=2))
         theirs_left = theirs_left.filter(~pl.col("line_no").is_in(fuzzy["line_no"].implode()))
@@ -268,8 +300,12 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     clock.lap("pass3")
 
     # Leftovers.
-    parts.append(_emit(_complete(theirs_left).with_columns(pl.lit("missing_in_ledger").alias("class")),
-                       pass_no=None, keep_pass=False))
+    lonely = _complete(theirs_left).with_columns(pl.lit("missing_in_ledger").alias("class"))
+    if foreign:
+        # A line that named one of ours in another currency says so (the generic sentence would not).
+        named = pl.concat(foreign).unique("line_no", keep="first", maintain_order=True)
+        lonely = lonely.drop("detail").join(named, on="line_no", how="left", maintain_order="left")
+    parts.append(_emit(lonely, pass_no=None, keep_pass=False))
     parts.append(_emit(_unclaimed(ours_left, rules, period), pass_no=None, keep_pass=False))
     others = pl.concat([part for part in parts if part.height] or [pl.DataFrame(schema=RESULT_SCHEMA)],
                        rechunk=False)
@@ -325,17 +361,29 @@ def _class_code(rules: MatchRules) -> pl.Expr:
     and for the integer codes ``_compared_pairs`` gives them alike."""
     amount_gap = pl.col("theirs_amount") - pl.col("ours_amount")
     fee_gap = pl.col("theirs_fee") - pl.col("ours_fee")
-    within = amount_gap.abs() <= rules.amount_tolerance_minor
-    if rules.amount_tolerance_percent > 0:
-        numerator, denominator = rules.amount_tolerance_percent.as_integer_ratio()
-        # |gap| <= |ours| * p / 100, in integers: no rounding, no float.
-        within = within | (amount_gap.abs() * (100 * denominator) <= pl.col("ours_amount").abs() * numerator)
-    within = within & (pl.col("t_currency") == pl.col("currency"))
+    within = (amount_gap.abs() <= _amount_tolerance(rules)) & (pl.col("t_currency") == pl.col("currency"))
     status_differs = pl.col("theirs_status") != pl.col("ours_status")
     fee_differs = fee_gap.abs().fill_null(0) > rules.fee_tolerance_minor
     return (pl.when(status_differs).then(1).when(~within).then(2).when(fee_differs).then(3)
             .when(pl.col("theirs_booked_on") != pl.col("ours_booked_on")).then(4).otherwise(0)
             ).cast(pl.UInt8).alias("class_code")
+
+
+def _amount_tolerance(rules: MatchRules) -> pl.Expr:
+    """``MatchRules.amount_tolerance`` of each of our lines, in integers (no rounding, no float).
+
+    |ours| * p / 100 is taken in whole parts and a remainder, never as the product itself: our amount (up
+    to 10^15) times the percentage's numerator (up to 10^6) would wrap around 64 bits. The tolerances are
+    bounded by ``MAX_TOLERANCE_MINOR`` (rules.py), so that our amount plus or minus one fits as well."""
+    fixed = pl.lit(rules.amount_tolerance_minor, pl.Int64)
+    if not rules.amount_tolerance_percent:
+        return fixed
+    numerator, denominator = rules.amount_tolerance_percent.as_integer_ratio()
+    # numerator <= scale (at most 100%), so (|ours| // scale) * numerator is at most |ours|, and the
+    # remainder's product is below scale^2 = 10^12.
+    scale = 100 * denominator
+    ours = pl.col("ours_amount").abs()
+    return pl.max_horizontal(fixed, (ours // scale) * numerator + (ours % scale) * numerator // scale)
 
 
 def _classify(pairs: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
@@ -351,9 +399,11 @@ _COMPARED = (("theirs_amount", "ours_amount"), ("theirs_fee", "ours_fee"), ("the
 _EQUATED = (("theirs_status", "ours_status"), ("t_currency", "currency"))
 
 
-def _compared_pairs(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+def _compared_pairs(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame, rows: np.ndarray,
+                    currencies: tuple[np.ndarray, np.ndarray] | None) -> pl.DataFrame:
     """The columns ``_class_code`` compares, for the pairs (``theirs`` row ``lines[i]``, ``ours`` row ``rows[i]``):
-    numpy copies gathered by position, status and currency as integer codes (``_equal_codes``).
+    numpy copies gathered by position, status and currency as integer codes (``_equal_codes``; the
+    currencies' are given, computed once for pass 1).
 
     A compared column with nulls (a statement without fees) takes the slower way: the columns gathered as they are."""
     columns: dict[str, np.ndarray] = {}
@@ -363,7 +413,7 @@ def _compared_pairs(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame,
             return _gathered_pairs(theirs, lines, ours, rows)
         columns[left], columns[right] = left_values[lines], right_values[rows]
     for left, right in _EQUATED:
-        codes = _equal_codes(theirs[left], ours[right])
+        codes = currencies if left == "t_currency" else _equal_codes(theirs[left], ours[right])
         if codes is None:
             return _gathered_pairs(theirs, lines, ours, rows)
         columns[left], columns[right] = codes[0][lines], codes[1][rows]
@@ -422,9 +472,7 @@ def _untangle(tangled: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Dat
     best = ranked.with_columns((pl.col("row").is_first_distinct() & ~pl.col("taken")).alias("best"))
     pairs = best.filter(pl.col("best")).drop("best", "same_money", "lines", "lines_total", "uniform", "split",
                                              "taken")
-    duplicates = best.filter(~pl.col("best")).with_columns(
-        pl.concat_str([pl.lit("statement line "), pl.col("line_no").cast(pl.String),
-                       pl.lit(" repeats the line already paired with "), pl.col("our_id")]).alias("detail"))
+    duplicates = best.filter(~pl.col("best")).with_columns(_repeat_sentence(pl.col("earlier")))
     parts = chosen.filter(pl.col("split")).sort("line_no")
     splits = parts.group_by("row", maintain_order=True).agg(
         pl.col("line_no").first(), pl.col("line_no").alias("batch_line_nos"),
@@ -440,13 +488,36 @@ def _untangle(tangled: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Dat
     return pairs, splits, duplicates
 
 
+def _repeat_sentence(earlier: pl.Expr | bool) -> pl.Expr:
+    """A duplicate's ``detail``: the line repeats one of ours paired in this statement, or in an earlier one."""
+    earlier = earlier if isinstance(earlier, pl.Expr) else pl.lit(earlier)
+    where = pl.when(earlier).then(pl.lit(", reconciled already by an earlier statement")).otherwise(pl.lit(""))
+    return pl.concat_str([pl.lit("statement line "), pl.col("line_no").cast(pl.String),
+                          pl.lit(" repeats the line already paired with "), pl.col("our_id"), where]).alias("detail")
+
+
+def _same_currency(theirs: pl.Series, ours: pl.Series, codes: tuple[np.ndarray, np.ndarray] | None,
+                   line_rows: np.ndarray, our_rows: np.ndarray) -> np.ndarray:
+    """Which of the pairs (statement row, our row) are in one currency (``codes``: ``_equal_codes`` of the two
+    columns): a line in another currency than ours is not its pair, whatever its reference (its amount is
+    another money, not a difference that a tolerance could explain)."""
+    if codes is None:
+        return theirs.gather(line_rows).eq_missing(ours.gather(our_rows)).to_numpy()
+    return codes[0][line_rows] == codes[1][our_rows]
+
+
+def _foreign(pairs: pl.DataFrame) -> pl.DataFrame:
+    """``line_no`` and ``detail`` of statement lines whose reference named one of ours in another currency."""
+    return pairs.select("line_no", pl.format(
+        "statement line {} names our {}, booked in {}: a line in {} is not its pair", pl.col("line_no"),
+        pl.col("our_ref"), pl.col("currency"), pl.col("t_currency")).alias("detail"))
+
+
 def _fuzzy_pairs(theirs: pl.DataFrame, ours: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
     """Pass 2 pairs, one to one, with ``similarity`` and a ``detail`` sentence."""
     if not theirs.height or not ours.height:
         return pl.DataFrame()
-    numerator, denominator = rules.amount_tolerance_percent.as_integer_ratio()
-    tolerance = pl.max_horizontal(pl.lit(rules.amount_tolerance_minor, pl.Int64),
-                                  pl.col("ours_amount").abs() * numerator // (100 * denominator))
+    tolerance = _amount_tolerance(rules)
     bounded = ours.with_columns((pl.col("ours_amount") - tolerance).alias("low"),
                                 (pl.col("ours_amount") + tolerance).alias("high"))
     window = rules.date_window_days

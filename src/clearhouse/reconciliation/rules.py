@@ -14,9 +14,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clearhouse.kit import clock
+from clearhouse.kit.money import MAX_PAYMENT_AMOUNT
 
 DISCREPANCY_CLASSES = ("missing_in_ledger", "missing_in_statement", "amount_mismatch", "fee_mismatch",
                        "status_mismatch", "duplicate", "timing")
+
+MAX_TOLERANCE_MINOR = MAX_PAYMENT_AMOUNT
+"""The largest amount or fee tolerance: 10^15 minor units, the largest payment of ours, so a wider one means
+nothing more to a person; and the engine adds it to our amounts in 64-bit integers, where 2^63 wraps around."""
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
                     serialize_by_alias=True)
@@ -47,9 +52,9 @@ class MatchRules(BaseModel):
 
     model_config = _MODEL
 
-    amount_tolerance_minor: int = Field(default=0, ge=0)
+    amount_tolerance_minor: int = Field(default=0, ge=0, le=MAX_TOLERANCE_MINOR)
     amount_tolerance_percent: Decimal = Field(default=Decimal(0), ge=0, le=100, decimal_places=4)
-    fee_tolerance_minor: int = Field(default=0, ge=0)
+    fee_tolerance_minor: int = Field(default=0, ge=0, le=MAX_TOLERANCE_MINOR)
     date_window_days: int = Field(default=1, ge=0, le=31)
     reference_similarity: float = Field(default=0.85, ge=0, le=1)
     timing_cutoff_minutes: int = Field(default=60, ge=0, le=1440)

@@ -16,9 +16,10 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import polars as pl
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -83,13 +84,23 @@ def default_rules(channel: str) -> Any:
 
 def rules_for(session: Session, channel: str) -> tuple[Any, dict[str, Any] | None]:
     """The channel's matching rules and its CSV mapping override (None: the built-in mapping)."""
+    from pydantic import ValidationError
+
+    from clearhouse.kit.errors import ValidationFailed
     from clearhouse.reconciliation.rules import MatchRules
 
     row = session.execute(select(rules_table).where(rules_table.c.channel == channel)).first()
     if row is None:
         return default_rules(channel), None
     mapping = orjson.loads(row.mapping_json) if row.mapping_json else None
-    return MatchRules.model_validate_json(row.rules_json), mapping
+    try:
+        return MatchRules.model_validate_json(row.rules_json), mapping
+    except ValidationError as error:  # saved before a check it now fails (a bound): a 422 to fix it, not a 500
+        errors = error.errors(include_url=False, include_context=False, include_input=False)
+        where = ".".join(map(str, errors[0]["loc"]))
+        raise ValidationFailed(f"the channel's saved rules are invalid ({where}: {errors[0]['msg']}); "
+                               f"PUT /v1/recon_rules/{channel} to replace them",
+                               errors=[{**e, "loc": ("rules", *e["loc"])} for e in errors]) from None
 
 
 def put_rules(session: Session, actor: audit.Actor, channel: str, rules: Any, mapping: dict[str, Any] | None) -> None:
@@ -107,7 +118,15 @@ def put_rules(session: Session, actor: audit.Actor, channel: str, rules: Any, ma
 
 
 def rules_view(session: Session, channel: str) -> dict[str, Any]:
-    rules, mapping = rules_for(session, channel)
+    """The channel's rules; saved ones that a later check refuses are shown as saved, to be replaced."""
+    from clearhouse.kit.errors import ValidationFailed
+
+    try:
+        rules, mapping = rules_for(session, channel)
+    except ValidationFailed:
+        row = session.execute(select(rules_table).where(rules_table.c.channel == channel)).one()
+        return {"channel": channel, "rules": orjson.loads(row.rules_json),
+                "mapping": orjson.loads(row.mapping_json) if row.mapping_json else None}
     return {"channel": channel, "rules": rules.model_dump(mode="json"), "mapping": mapping}
 
 
@@ -149,10 +168,49 @@ def load_internal(session: Session, channel: str, period: tuple[date, date], rul
     return sources.internal_lines(session, channel, period[0] - widen, period[1] + widen, rules.timezone)
 
 
-def run_match(lines: pl.DataFrame, internal: pl.DataFrame, rules: Any, period: tuple[date, date]) -> Any:
+def settled_earlier(session: Session, channel: str, fmt: str, period: tuple[date, date],
+                    internal: pl.DataFrame) -> np.ndarray | None:
+    """Which of our lines an earlier statement of the channel reconciled (a flag per line; None: none).
+
+    Matched pairs are not stored one by one, so this is read from the runs: a succeeded line of ours booked
+    on a day outside ``period`` is settled when an earlier statement of the same kind (a channel's file, or
+    a bank's) spoke for that day, was imported after the line became final, and did not report it unpaired
+    (``missing_in_statement`` or ``timing`` without a line). A statement line that repeats it is then a
+    ``duplicate``, not a second match. The statement's own days are never settled: a second file of the
+    same day is a re-issue that replaces the first."""
+    outside = ~pl.col("booked_on").is_between(*period) & (pl.col("status") == "succeeded")
+    days = internal.lazy().filter(outside).select(pl.col("booked_on").min().alias("first"),
+                                                  pl.col("booked_on").max().alias("last")).collect()
+    first, last = days["first"][0], days["last"][0]
+    if first is None:
+        return None
+    spoke_for = or_(runs.c.statement_date.between(first, last),
+                    and_(statements.c.first_day <= last, statements.c.last_day >= first))
+    earlier = [run for run in session.execute(
+        select(runs.c.id, runs.c.created_at, runs.c.statement_date, statements.c.format, statements.c.first_day,
+               statements.c.last_day)
+        .join(statements, statements.c.id == runs.c.statement_id)
+        .where(runs.c.channel == channel, spoke_for)) if (run.format == "csv") == (fmt == "csv")]
+    if not earlier:
+        return None
+    unpaired: dict[str, list[str]] = {}
+    for run_id, our_id in session.execute(select(cases.c.reconciliation_id, cases.c.our_id).where(
+            cases.c.reconciliation_id.in_([run.id for run in earlier]), cases.c.line_no.is_(None),
+            cases.c.our_id.is_not(None))):
+        unpaired.setdefault(run_id, []).append(our_id)
+    reached = [outside & pl.col("booked_on").is_between(*period_of(run, run.format, run.statement_date))
+               & (pl.col("booked_at") < run.created_at)
+               & ~pl.col("our_id").is_in(pl.Series(unpaired.get(run.id, []), dtype=pl.String).implode())
+               for run in earlier]
+    settled = internal.select(pl.any_horizontal(reached).alias("settled"))["settled"].to_numpy()
+    return settled if settled.any() else None
+
+
+def run_match(lines: pl.DataFrame, internal: pl.DataFrame, rules: Any, period: tuple[date, date],
+              settled: np.ndarray | None = None) -> Any:
     from clearhouse.reconciliation.matching import match
 
-    return match(lines, internal, rules, period=period)
+    return match(lines, internal, rules, period=period, settled=settled)
 
 
 def with_delta(results: pl.DataFrame) -> pl.DataFrame:
@@ -204,9 +262,11 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     progress("load", 0, 1)
     if internal is None:
         internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
+    ours = internal  # bound for the closure: ``internal`` is reassigned above
+    settled = transact(engine, lambda s: settled_earlier(s, channel, fmt, period, ours))
     progress("load", 1, 1)
     progress("match", 0, 1)
-    outcome = run_match(parsed.lines, internal, rules, period)
+    outcome = run_match(parsed.lines, internal, rules, period, settled)
     progress("match", 1, 1)
     summary = outcome.summary()
     discrepancies = with_delta(outcome.others.filter(pl.col("class") != "matched"))
@@ -232,8 +292,9 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         save_cases(session, run_id, channel, discrepancies, now, progress)
         from clearhouse.reconciliation import cases as case_service
 
-        case_service.settle_timing(session, run_id, channel, outcome.with_lines, now)
-        case_service.apply_rules(session, run_id, rules, now, approval_threshold)
+        resolved = case_service.settle_timing(session, run_id, channel, outcome.with_lines, now)
+        resolved += case_service.apply_rules(session, run_id, rules, now, approval_threshold)
+        case_service.record_resolutions(session, resolved)
         audit.record(session, who, "recon.import", "reconciliation", run_id,
                      changes={"channel": channel, "statement_date": statement_date.isoformat(), "sha256": sha256,
                               "lines": parsed.lines.height, "cases": discrepancies.height})
@@ -354,7 +415,8 @@ def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_dat
     parsed = parse(path, fmt, channel, mapping)
     period = period_of(parsed.meta, fmt, statement_date)
     internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
-    outcome = run_match(parsed.lines, internal, rules, period)
+    settled = transact(engine, lambda s: settled_earlier(s, channel, fmt, period, internal))
+    outcome = run_match(parsed.lines, internal, rules, period, settled)
     sample = with_delta(outcome.others.filter(pl.col("class") != "matched").head(100))
     return {"channel": channel, "statement_date": statement_date, "statement_lines": parsed.lines.height,
             "internal_lines": internal.height, "classes": _all_classes(outcome.summary()),
