@@ -52,21 +52,50 @@ class TestAPersonsTransferIsHeld:
         assert len(approved.json()["result"]["transfer_ids"]) == 2
         assert balance(client, bank)["posted"] == 300
 
+    def test_an_adjustment_that_cannot_run_is_refused_before_it_is_held(self, client, user_client_factory):
+        bank, merchant = _accounts(client)
+        maker = user_client_factory("finance")
+        # Debiting the merchant would overdraw it; an unknown account can never be posted to.
+        for body, status, code in ((transfer_body(merchant, bank, 500), 409, "insufficient_funds"),
+                                   (transfer_body("acct_nope", bank, 5), 422, "account_not_found")):
+            refused = maker.post("/v1/ledger/transfers", json=body)
+            assert (refused.status_code, refused.json()["code"]) == (status, code), refused.text
+        batch = {"transfers": [transfer_body(bank, merchant, 100), transfer_body(merchant, bank, 500)]}
+        refused = maker.post("/v1/ledger/transfers", json=batch)
+        assert refused.status_code == 422 and refused.json()["code"] == "linked_batch_failed"
+        assert maker.get("/v1/approvals?status=pending").json()["data"] == []
+        assert balance(client, merchant)["posted"] == 0
+
     def test_an_adjustment_that_no_longer_fits_is_refused_at_approval_and_stays_pending(
             self, client, user_client_factory):
         bank, merchant = _accounts(client)
+        assert client.post("/v1/ledger/transfers", json=transfer_body(bank, merchant, 500)).status_code == 201
         maker = user_client_factory("finance")
-        # Debiting the merchant would overdraw it: the rule is checked when it is written.
-        held = maker.post("/v1/ledger/transfers", json=transfer_body(merchant, bank, 500)).json()
+        held = maker.post("/v1/ledger/transfers", json=transfer_body(merchant, bank, 500))
+        assert held.status_code == 202, held.text  # it fits now
+        assert client.post("/v1/ledger/transfers", json=transfer_body(merchant, bank, 100)).status_code == 201
         checker = user_client_factory("admin")
-        refused = checker.post(f"/v1/approvals/{held['id']}/approve")
-        assert refused.status_code == 422, refused.text
-        assert refused.json()["code"] == "linked_batch_failed"
-        assert refused.json()["results"][0]["code"] == "insufficient_funds"
-        assert checker.get(f"/v1/approvals/{held['id']}").json()["status"] == "pending"
-        assert balance(client, merchant)["posted"] == 0
-        rejected = checker.post(f"/v1/approvals/{held['id']}/reject", json={"reason": "would overdraw"})
+        refused = checker.post(f"/v1/approvals/{held.json()['id']}/approve")
+        assert refused.status_code == 409 and refused.json()["code"] == "insufficient_funds", refused.text
+        assert checker.get(f"/v1/approvals/{held.json()['id']}").json()["status"] == "pending"
+        assert balance(client, merchant)["posted"] == 400
+        rejected = checker.post(f"/v1/approvals/{held.json()['id']}/reject", json={"reason": "would overdraw"})
         assert rejected.json()["status"] == "rejected"
+
+    def test_a_held_batch_is_written_whole_or_not_at_all_and_says_so(self, client, user_client_factory):
+        bank, merchant = _accounts(client)
+        assert client.post("/v1/ledger/transfers", json=transfer_body(bank, merchant, 500)).status_code == 201
+        maker = user_client_factory("finance")
+        batch = {"transfers": [transfer_body(bank, merchant, 100), transfer_body(merchant, bank, 500)],
+                 "linked": False}
+        held = maker.post("/v1/ledger/transfers", json=batch)
+        assert held.status_code == 202, held.text
+        assert client.post("/v1/ledger/transfers", json=transfer_body(merchant, bank, 500)).status_code == 201
+        refused = user_client_factory("admin").post(f"/v1/approvals/{held.json()['id']}/approve")
+        assert refused.status_code == 422 and refused.json()["code"] == "linked_batch_failed", refused.text
+        assert [(r["status"], r["code"]) for r in refused.json()["results"]] == [
+            ("failed", "linked_event_failed"), ("failed", "insufficient_funds")]  # nothing says "created"
+        assert balance(client, merchant)["posted"] == 0
 
     def test_a_role_without_ledger_write_cannot_approve(self, client, user_client_factory):
         bank, merchant = _accounts(client)

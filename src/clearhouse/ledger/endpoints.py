@@ -307,21 +307,47 @@ async def _hold_adjustment(request: Request, body: Any) -> JSONResponse:
     ttl = timedelta(hours=request.app.state.settings.approval_ttl_hours)
     summary = (f"ledger adjustment: {len(fixed)} transfers" if is_batch else
                f"ledger adjustment {fixed[0]['id']}")
-    approval = await run_in_threadpool(transact, _engine(request), lambda s: approvals.hold(
-        s, principal, action="ledger.adjustment", payload={"body": held_body}, summary=summary,
-        permission="ledger:write", merchant_id=None, actor=actor, ttl=ttl))
+    checked, _linked, _is_batch = _parse_entries(held_body)
+
+    def hold(session: Session) -> dict[str, Any]:
+        _check_adjustment(session, checked, is_batch)
+        return approvals.hold(session, principal, action="ledger.adjustment", payload={"body": held_body},
+                              summary=summary, permission="ledger:write", merchant_id=None, actor=actor, ttl=ttl)
+
+    approval = await run_in_threadpool(transact, _engine(request), hold)
     return JSONResponse(ApprovalOut(**approval).model_dump(mode="json"), status_code=202)
 
 
-def _apply_adjustment(session: Session, payload: dict[str, Any], checker: Any) -> dict[str, Any]:
-    """The approved adjustment, written in the approver's transaction; all of it or nothing."""
-    entries, linked, _is_batch = _parse_entries(payload["body"])
-    outcomes = service.create_transfers(session, entries, linked=linked)
+def _check_adjustment(session: Session, entries: list[service.EntryRequest], is_batch: bool) -> None:
+    """A held adjustment is checked as it would be written now (accounts, currencies, limits against
+    today's balances), then undone: an approver is never asked to approve what cannot run. It may still
+    fail at approval, if balances have moved in between."""
+    savepoint = session.begin_nested()
+    try:
+        outcomes = service.create_transfers(session, entries, linked=True)
+    finally:
+        savepoint.rollback()
+    _refuse_failed(outcomes, is_batch)
+
+
+def _refuse_failed(outcomes: list[service.Outcome], is_batch: bool) -> None:
+    """An adjustment is all or nothing: the first failure, as a single transfer's error or the batch's."""
     failed = [o for o in outcomes if o.status == "failed" and o.code != errors.LINKED_EVENT_FAILED]
-    if failed:
-        raise errors.LinkedBatchFailed(
-            f"transfer {failed[0].index} failed with {failed[0].code}; nothing was written",
-            results=[{"index": o.index, "id": o.id, "status": o.status, "code": o.code} for o in outcomes])
+    if not failed:
+        return
+    if not is_batch:
+        service.raise_failed(failed[0])
+    raise errors.LinkedBatchFailed(
+        f"transfer {failed[0].index} failed with {failed[0].code}; nothing was written",
+        results=[{"index": o.index, "id": o.id, "status": o.status, "code": o.code} for o in outcomes])
+
+
+def _apply_adjustment(session: Session, payload: dict[str, Any], checker: Any) -> dict[str, Any]:
+    """The approved adjustment, written in the approver's transaction; all of it or nothing (a batch is
+    written linked, whatever its ``linked`` says: the approver approved the whole of it)."""
+    entries, _linked, is_batch = _parse_entries(payload["body"])
+    outcomes = service.create_transfers(session, entries, linked=True)
+    _refuse_failed(outcomes, is_batch)
     _count(outcomes)
     return {"transfer_ids": [o.id for o in outcomes]}
 

@@ -729,7 +729,7 @@ def _matches_stored(request: EntryRequest, entry: Row, rows: list[Row]) -> bool:
 # ---------------------------------------------------------------- single operations
 
 
-def _raise_failed(outcome: Outcome) -> None:
+def raise_failed(outcome: Outcome) -> None:
     if outcome.status == "failed":
         raise errors.BY_CODE.get(outcome.code or "", errors.LedgerError)(outcome.detail or "")
 
@@ -737,7 +737,7 @@ def _raise_failed(outcome: Outcome) -> None:
 def create_transfer(session: Session, request: EntryRequest) -> tuple[str, bool]:
     """Write one entry; returns (id, created). Raises the rule it broke."""
     (outcome,) = create_transfers(session, [request])
-    _raise_failed(outcome)
+    raise_failed(outcome)
     return outcome.id, outcome.status == "created"
 
 
