@@ -4,7 +4,7 @@ one injected discrepancy of every class, each class produced and resolved, and t
 from __future__ import annotations
 
 import io
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import orjson
@@ -14,22 +14,11 @@ from sqlalchemy import text
 from clearhouse.kit import clock
 from clearhouse.kit.db import transact
 from tests.payments.support import balances, card_body, ledger_verifies
+from tests.reconciliation.support import NOON, booked
 
 CHANNEL = "sandbox_card"
 HEADER = "our_ref,channel_ref,kind,status,amount,fee,currency,booked_on,value_on,description"
 DECLINED_CARD = "4000000000000002"
-NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # one fixed day: the payments cannot straddle midnight
-
-
-def _booked(app: Any, payment_ids: list[str]) -> dict[str, Any]:
-    """What we booked for each payment, read straight from the payments table."""
-    def read(session: Any) -> dict[str, Any]:
-        rows = session.execute(text(
-            "SELECT id, reference, external_id, amount, channel_cost, currency, status FROM payments"
-        )).all()
-        return {r.id: r for r in rows if r.id in payment_ids}
-
-    return transact(app.state.engine, read)
 
 
 def _line(row: Any, day: date, *, amount: int | None = None, fee: int | None = None,
@@ -58,7 +47,7 @@ def day_of_payments(app, client, merchant_client_factory) -> dict[str, Any]:
             ids.append(answer.json()["id"])
         declined = shop.post("/v1/payments", json=card_body(amount=5_000, number=DECLINED_CARD))
         assert declined.json()["status"] == "failed", declined.text
-    rows = _booked(app, [*ids, declined.json()["id"]])
+    rows = booked(app, [*ids, declined.json()["id"]])
     day = NOON.date()
     return {"rows": [rows[i] for i in ids], "declined": rows[declined.json()["id"]], "day": day,
             "merchant_id": merchant_id}

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from clearhouse.kit import clock
 from clearhouse.kit.db import transact
-from tests.payments.support import card_body, ledger_verifies
+from tests.payments.support import ledger_verifies
+from tests.reconciliation.support import NOON, sales_at_noon
 
 SAMPLES = Path(__file__).parent / "samples"
 CAMT053 = SAMPLES / "camt053_v02.xml"
@@ -31,7 +30,6 @@ CARD = "sandbox_card"
 BANK = "bank_eur"  # a bank account's statements, imported under its own name
 IBAN = "DE89370400440532013000"  # the account both bank samples are statements of
 HEADER = "our_ref,channel_ref,kind,status,amount,fee,currency,booked_on,value_on,description"
-NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DAY = NOON.date()
 STRAY = "pat_stray_0001"  # a line of the channel's that we never booked: 25.00, fee 0.10
 
@@ -136,20 +134,7 @@ def card_day(app, client, merchant_client_factory) -> dict[str, Any]:
     as booked, the second left out, the third with a fee 0.05 higher, and a stray credit nobody booked."""
     assert client.put(f"/v1/recon_rules/{CARD}", json={"rules": {"timing_cutoff_minutes": 0}}).status_code == 200
     shop, _merchant_id = merchant_client_factory("Adjusted shop")
-    ids = []
-    with clock.frozen(NOON):
-        for amount in (10_000, 20_000, 30_000):
-            answer = shop.post("/v1/payments", json=card_body(amount=amount))
-            assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
-            ids.append(answer.json()["id"])
-
-    def read(session: Any) -> dict[str, Any]:
-        rows = session.execute(text("SELECT id, reference, external_id, amount, channel_cost, currency"
-                                    " FROM payments")).all()
-        return {r.id: r for r in rows}
-
-    booked = transact(app.state.engine, read)
-    sales = [booked[i] for i in ids]
+    sales = sales_at_noon(app, shop, [10_000, 20_000, 30_000])
 
     def line(row: Any, fee: int) -> str:
         return f"{row.reference},{row.external_id},payment,succeeded,{row.amount},{fee},{row.currency},{DAY},,"

@@ -11,20 +11,18 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from clearhouse.audit import service as audit
-from clearhouse.kit import clock
 from clearhouse.kit.db import transact
-from tests.payments.support import card_body, ledger_verifies
+from tests.payments.support import ledger_verifies
+from tests.reconciliation.support import NOON, sales_at_noon
 
 CHANNEL = "sandbox_card"
 HEADER = "our_ref,channel_ref,kind,status,amount,fee,currency,booked_on,value_on,description"
-NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # one fixed day: the payments cannot straddle midnight
 DAY = NOON.date()
 NEXT_DAY = DAY + timedelta(days=1)
 SYSTEM = ("system", "reconciliation")
@@ -34,20 +32,7 @@ SYSTEM = ("system", "reconciliation")
 def sales(app, client, merchant_client_factory) -> list[Any]:
     """Four card sales at noon of one day (100.00, 101.00, ...), as we booked them."""
     shop, _merchant_id = merchant_client_factory("Timing shop")
-    ids = []
-    with clock.frozen(NOON):
-        for i in range(4):
-            answer = shop.post("/v1/payments", json=card_body(amount=10_000 + i * 100))
-            assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
-            ids.append(answer.json()["id"])
-
-    def read(session: Any) -> dict[str, Any]:
-        rows = session.execute(text("SELECT id, reference, external_id, amount, channel_cost, currency"
-                                    " FROM payments")).all()
-        return {r.id: r for r in rows}
-
-    booked = transact(app.state.engine, read)
-    return [booked[i] for i in ids]
+    return sales_at_noon(app, shop, [10_000 + i * 100 for i in range(4)])
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from clearhouse.kit.db import transact
 from clearhouse.reconciliation.frames import INTERNAL_SCHEMA, STATEMENT_SCHEMA
 from clearhouse.reconciliation.matching import match
 from clearhouse.reconciliation.rules import MAX_TOLERANCE_MINOR, MatchRules
-from tests.payments.support import card_body
-from tests.reconciliation.test_api import CHANNEL, HEADER, NOON, _booked, _line, _upload
+from tests.reconciliation.support import NOON, sales_at_noon
+from tests.reconciliation.test_api import CHANNEL, HEADER, _line, _upload
 from tests.reconciliation.test_qr_refunds import NOON_IN_CHINA, _paid
 
 DAY = date(2026, 11, 23)
@@ -32,14 +32,7 @@ def paid_day(app, client, merchant_client_factory) -> dict[str, Any]:
     """Seven card payments at noon of one fixed day, as ``test_api.paid_day`` has them (its cut-off off)."""
     assert client.put(f"/v1/recon_rules/{CHANNEL}", json={"rules": {"timing_cutoff_minutes": 0}}).status_code == 200
     shop, _merchant_id = merchant_client_factory("Recon shop")
-    ids = []
-    with clock.frozen(NOON):
-        for i in range(7):
-            answer = shop.post("/v1/payments", json=card_body(amount=10_000 + i * 100))
-            assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
-            ids.append(answer.json()["id"])
-    rows = _booked(app, ids)
-    return {"rows": [rows[i] for i in ids], "day": NOON.date()}
+    return {"rows": sales_at_noon(app, shop, [10_000 + i * 100 for i in range(7)]), "day": NOON.date()}
 
 
 def _classes(run: dict[str, Any]) -> dict[str, int]:

@@ -1,0 +1,38 @@
+"""Card sales on one fixed day, as the reconciliation tests start from them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+
+from clearhouse.kit import clock
+from clearhouse.kit.db import transact
+from tests.payments.support import card_body
+
+NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # one fixed day: the payments cannot straddle midnight
+
+
+def booked(app: Any, payment_ids: list[str]) -> dict[str, Any]:
+    """What we booked for each payment (reference, external id, amount, channel cost, currency, status),
+    read straight from the payments table."""
+    def read(session: Any) -> dict[str, Any]:
+        rows = session.execute(text(
+            "SELECT id, reference, external_id, amount, channel_cost, currency, status FROM payments"
+        )).all()
+        return {r.id: r for r in rows if r.id in payment_ids}
+
+    return transact(app.state.engine, read)
+
+
+def sales_at_noon(app: Any, shop: Any, amounts: list[int]) -> list[Any]:
+    """One card sale of each amount at ``NOON``, each succeeded, as we booked them, in order."""
+    ids = []
+    with clock.frozen(NOON):
+        for amount in amounts:
+            answer = shop.post("/v1/payments", json=card_body(amount=amount))
+            assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
+            ids.append(answer.json()["id"])
+    rows = booked(app, ids)
+    return [rows[i] for i in ids]
