@@ -28,6 +28,9 @@ from clearhouse.kit import clock
 from clearhouse.kit.db import head_revision, make_engine, transact, upgrade
 from clearhouse.ledger import service
 
+# Each test starts the CLI (or a server) in its own process, about 4 s of CPU apiece: in the slow run.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / ".venv" / "bin" / "clearhouse"
 if not CLI.exists():  # a venv somewhere else: the console script sits beside this interpreter

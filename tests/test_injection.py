@@ -809,6 +809,7 @@ class TestTheWalkReachesEveryRoute:
                 assert response.json()["code"] == override.answer_code, response.text
 
 
+@pytest.mark.slow  # every path parameter over a real server
 class TestOverRealHttp:
     """The test client decodes a path twice (``%2500`` reaches the app as a NUL), so path
     parameters are walked again through a real server, as a caller's HTTP library sends them;

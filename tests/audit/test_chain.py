@@ -207,6 +207,7 @@ class TestTampering:
     """With the triggers out of the way, each kind of rewrite is caught, naming the first
     failing event; the installed ``clearhouse audit verify`` agrees and exits 1."""
 
+    @pytest.mark.slow  # starts the CLI
     def test_an_edited_change_is_caught_by_verify_and_the_cli(self, engine, backend, database_url):
         write_trail(engine)
         code, report = cli_report(database_url)
@@ -288,6 +289,7 @@ class TestTampering:
         report = verify(engine)
         assert report.events_checked == 0 and report.first_failure["check"] == "chain_head"
 
+    @pytest.mark.slow  # starts the CLI
     def test_the_cli_says_so_in_words_without_json(self, engine, backend, database_url):
         from tests.audit.support import run_cli
 

@@ -128,6 +128,7 @@ class TestOwnSockets:
                 sock.close()
 
 
+@pytest.mark.slow  # each test starts a supervisor and its worker processes
 class TestServeWithWorkers:
     def test_keep_alive_connections_opened_at_once_are_served_by_both_workers(self, two_workers) -> None:
         _base, port, process, _log = two_workers

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -957,6 +958,7 @@ class LedgerStateMachine(RuleBasedStateMachine):
 # ---------------------------------------------------------------- the test
 
 
+@pytest.mark.slow  # a long random walk (20 to 30 s a database)
 class TestRandomLedgerOperations:
     def test_random_operations_keep_the_books_whole(self, backend, request, tmp_path: Path) -> None:
         """The same derandomized programs run on both databases, each example on an empty ledger."""

@@ -249,17 +249,29 @@ class TestAnExpiredHoldTheChannelCannotBeAskedAbout:
         assert (view["status"], view["amount_captured"]) == ("succeeded", 1500)
         ledger_verifies(app)
 
-    def test_a_channel_that_cannot_cancel_but_says_the_hold_was_never_captured_is_released(
+    def test_a_hold_the_channel_still_holds_is_cancelled_again_not_forgotten(
             self, app, merchant_client_factory, monkeypatch):
         from clearhouse.channels.protocol import ChannelError
 
         shop, merchant_id = merchant_client_factory()
         payment = _held(shop)
+        reference = payment["attempts"][0]["id"]
         card = app.state.channels["sandbox_card"]
+        real_cancel, real_query = card.cancel, card.query
         monkeypatch.setattr(card, "cancel", lambda reference: (_ for _ in ()).throw(ChannelError("failed")))
-        with clock.frozen(clock.now() + timedelta(hours=169)):
-            assert payments.expire_authorizations(payments.Runtime.of(app)) == 1
+        # The channel's status: the customer's funds are still blocked there.
+        monkeypatch.setattr(card, "query", lambda reference: ChannelResult("authorized", reference))
+        runtime = payments.Runtime.of(app)
+        later = clock.now() + timedelta(hours=169)
+        with clock.frozen(later):
+            assert payments.expire_authorizations(runtime) == 1
+        assert shop.get(f"/v1/payments/{payment['id']}").json()["status"] == "requires_capture"
+        monkeypatch.setattr(card, "cancel", real_cancel)
+        monkeypatch.setattr(card, "query", real_query)
+        with clock.frozen(later + timedelta(minutes=16)):
+            assert payments.expire_authorizations(runtime) == 1
         assert shop.get(f"/v1/payments/{payment['id']}").json()["status"] == "canceled"
+        assert card.query(reference).status == "canceled"  # released at the channel too
         assert balances(app, merchant_id)["merchant"] == 0
         ledger_verifies(app)
 

@@ -170,16 +170,21 @@ def expire_overdue(session: Session) -> int:
     return result.rowcount or 0
 
 
-def expire(session: Session, approval_id: str, *, reason: str, actor: audit.Actor) -> bool:
-    """End a pending approval that can no longer run (the domain did the thing another way), as expired from now,
-    with ``reason``; returns whether it was pending. One that has already passed its expiry is left to the worker."""
+def lock(session: Session, approval_id: str) -> None:
+    """Lock the approval's row, as ``decide`` does first: a domain that may end an approval takes this lock
+    before its own rows' (``decide`` runs the held action, which locks them, while holding it)."""
+    _row(session, approval_id, lock=True)
+
+
+def expire(session: Session, approval_id: str, *, reason: str) -> dict[str, Any] | None:
+    """End a pending approval that can no longer run (the domain did the thing another way), as expired from
+    now, with ``reason``. Returns the ``approval.expire`` change for the caller to record in the audit trail
+    (last, with its own events: the chain's lock after every other), or None if it was not pending. One that
+    has already passed its expiry is left to the worker."""
     now = clock.now()
     result = session.execute(update(approvals).where(
         approvals.c.id == approval_id, approvals.c.status == "pending", approvals.c.expires_at > now,
     ).values(status="expired", expires_at=now, reason=reason))
     if not result.rowcount:
-        return False
-    row = _row(session, approval_id)
-    audit.record(session, actor, "approval.expire", "approval", approval_id,
-                 changes={"action": row.action, "reason": reason}, merchant_id=row.merchant_id)
-    return True
+        return None
+    return {"action": _row(session, approval_id).action, "reason": reason}

@@ -555,7 +555,7 @@ def _timed_out(session: Session, payment_id: str, attempt_id: str) -> None:
     worker's query settles it."""
     _mark_attempt(session, attempt_id, "timeout",
                   "the channel did not answer; the worker will ask it until it is final")
-    row = _payment(session, payment_id)
+    row = _payment(session, payment_id, lock=True)  # as apply_result: never after a concurrent succeeded
     if row.status == state.PROCESSING and row.reference == attempt_id:
         _publish(session, row, state.PROCESSING)
 
@@ -1178,6 +1178,9 @@ RECHECK_CAPTURED = timedelta(hours=1)
 asked again (``expire_authorizations``)."""
 
 
+_STILL_HELD = (protocol.AUTHORIZED, protocol.PENDING, protocol.REQUIRES_ACTION)
+"""A channel's status of a hold its cancel did not reach: still live at the channel."""
+
 RECHECK_UNREACHABLE = timedelta(minutes=15)
 """How long an expired hold waits when the channel answered neither the cancel nor a status query."""
 
@@ -1203,10 +1206,12 @@ def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
             result = None
             with contextlib.suppress(ChannelTimeout, ChannelUnavailable, ChannelError):
                 result = connector.query(row.reference)  # what became of the hold, then
-        if result is None:
+        if result is None or result.status in _STILL_HELD:
             # Neither the cancel nor the status: the channel may have captured the hold (a capture
             # whose answer was lost). Released blind, that money would be the customer's loss and
-            # never the merchant's credit; so it waits, behind the others, and is asked again.
+            # never the merchant's credit; so it waits, behind the others, and is asked again. The
+            # same when the channel says the hold is still live: it is told again, not forgotten
+            # with the customer's funds still blocked.
             log.warning("authorization_expiry_postponed", payment=row.id, channel=row.channel)
             _tx(rt, lambda s, r=row: _run(s, _UPDATE_PAYMENT, {
                 "the_id": r.id, "authorization_expires_at": now + RECHECK_UNREACHABLE, "updated_at": now}))

@@ -206,13 +206,19 @@ def _check_resolvable(session: Session, row: Any, action: str, account: str) -> 
         raise CaseStateConflict(f"unknown counter account {account}")
 
 
+Expired = list[tuple[str, dict[str, Any] | None]]
+"""Approvals a resolution ended, as (approval id, ``approval.expire`` change), for the caller to record."""
+
+
 def _apply(session: Session, row: Any, *, action: str, reason: str, account: str, actor: audit.Actor,
-           now: datetime, resolution: str | None = None, approving: bool = False) -> dict[str, Any]:
+           now: datetime, resolution: str | None = None, approving: bool = False,
+           expired: Expired | None = None) -> dict[str, Any]:
     """Write the resolution (and its entry); ``resolution`` names who decided when it was not a person.
 
     Returns the change as the caller records it in the audit trail (``recon.case.resolve``). A resolution
     held for a second person that is still pending ends here as expired, since a closed case can never
-    run it; ``approving``: this resolution is that approval's, being run."""
+    run it (added to ``expired``, for the caller to record); ``approving``: this resolution is that
+    approval's, being run."""
     resolution, by = resolution or action, _who(actor)
     entry = _entry(session, row, action, account, reason)
     entry_id = ledger.create_transfer(session, entry)[0] if entry is not None else None
@@ -221,10 +227,14 @@ def _apply(session: Session, row: Any, *, action: str, reason: str, account: str
         state=state, resolution=resolution, resolution_reason=reason[:500], ledger_entry_id=entry_id,
         approval_id=None, resolved_by=by, resolved_at=now, updated_at=now))
     detail: dict[str, Any] = {"resolution": resolution, "account": account, "ledger_entry_id": entry_id}
-    if row.approval_id is not None and not approving and approvals.expire(
-            session, row.approval_id, actor=actor,
-            reason=f"case {row.id} was {state} otherwise ({resolution} by {by}) before this was decided"):
-        detail["approval_expired"] = row.approval_id
+    if row.approval_id is not None and not approving:
+        ended = approvals.expire(
+            session, row.approval_id,
+            reason=f"case {row.id} was {state} otherwise ({resolution} by {by}) before this was decided")
+        if ended is not None:
+            detail["approval_expired"] = row.approval_id
+            if expired is not None:
+                expired.append((row.approval_id, ended))
     new_event(session, row.id, state, by, body=reason, detail=detail, now=now)
     return {"action": action, "reason": reason, **detail}
 
@@ -252,8 +262,11 @@ def resolve(session: Session, principal: Principal, actor: audit.Actor, case_id:
         new_event(session, case_id, "approval_requested", _who(actor), body=reason,
                   detail={"approval_id": approval["id"], "action": action, "account": account}, now=now)
         return {**case_view(session, case_id), "approval": approval}, True
-    change = _apply(session, row, action=action, reason=reason, account=account, actor=actor, now=clock.now())
+    expired: Expired = []
+    change = _apply(session, row, action=action, reason=reason, account=account, actor=actor, now=clock.now(),
+                    expired=expired)
     audit.record(session, actor, "recon.case.resolve", "recon_case", case_id, changes=change)
+    audit.record_many(session, actor, "approval.expire", "approval", expired)
     return case_view(session, case_id), False
 
 
@@ -284,7 +297,7 @@ Resolved = list[tuple[str, dict[str, Any] | None]]
 
 
 def settle_timing(session: Session, run_id: str, channel: str, with_lines: Callable[[list[str]], set[str]],
-                  now: datetime) -> Resolved:
+                  now: datetime, expired: Expired) -> Resolved:
     """Close timing cases whose other side is now here; returns them, for ``record_resolutions``.
 
     A timing pair found in this run (both sides present, booked on different days) is
@@ -314,21 +327,31 @@ def settle_timing(session: Session, run_id: str, channel: str, with_lines: Calla
             cases.c.line_no.is_not(None), cases.c.our_id.is_not(None))).all():
         reason = f"both sides present: booked {row.ours_booked_on} by us, {row.theirs_booked_on} by the channel"
         resolved.append((row.id, _apply(session, row, action="accept", resolution="auto_timing", account="suspense",
-                                        actor=SYSTEM_ACTOR, now=now, reason=reason)))
+                                        actor=SYSTEM_ACTOR, now=now, reason=reason, expired=expired)))
     waiting = session.execute(_select_cases().where(
         cases.c.channel == channel, cases.c["class"] == "timing", cases.c.state.in_(OPEN_STATES),
         cases.c.reconciliation_id != run_id, cases.c.line_no.is_(None))).all()
     if waiting:
         arrived = with_lines([w.our_id for w in waiting])
         for row in waiting:
-            if row.our_id in arrived:
-                resolved.append((row.id, _apply(
-                    session, row, action="accept", resolution="auto_timing", account="suspense", actor=SYSTEM_ACTOR,
-                    now=now, reason=f"the channel's line arrived in reconciliation {run_id}")))
+            if row.our_id not in arrived:
+                continue
+            # Read again under its lock (a person may have resolved it since), and an approval waiting on
+            # it locked first: the order ``approvals.decide`` takes them in.
+            if row.approval_id is not None:
+                approvals.lock(session, row.approval_id)
+            current = _case(session, row.id, lock=True)
+            if current.state not in OPEN_STATES:
+                continue
+            resolved.append((row.id, _apply(
+                session, current, action="accept", resolution="auto_timing", account="suspense",
+                actor=SYSTEM_ACTOR, now=now, reason=f"the channel's line arrived in reconciliation {run_id}",
+                expired=expired)))
     return resolved
 
 
-def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, threshold: int | None = None) -> Resolved:
+def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, threshold: int | None = None,
+                expired: Expired | None = None) -> Resolved:
     """Resolve this run's open cases that a channel rule explains; returns them, for ``record_resolutions``.
 
     A rule is nobody's second pair of eyes: a case whose entry would post more than ``threshold``
@@ -358,12 +381,14 @@ def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, thresh
             continue
         account = getattr(rule, "account", None) or "suspense"
         settled.append((row.id, _apply(session, row, action=rule.action, resolution="rule", account=account,
-                                       actor=SYSTEM_ACTOR, now=now, reason=f"rule ({rule.action}): {rule.reason}")))
+                                       actor=SYSTEM_ACTOR, now=now, reason=f"rule ({rule.action}): {rule.reason}",
+                                       expired=expired)))
     return settled
 
 
-def record_resolutions(session: Session, resolved: Resolved) -> None:
-    """The audit events of the import's automatic resolutions (``settle_timing``, ``apply_rules``), in one
-    batch. Called last, after every ledger entry of the import: the audit chain's lock is then taken after
-    the ledger's, as everywhere else, and held only to the commit."""
+def record_resolutions(session: Session, resolved: Resolved, expired: Expired) -> None:
+    """The audit events of the import's automatic resolutions (``settle_timing``, ``apply_rules``) and of
+    the approvals they ended, in one batch each. Called last, after every ledger entry of the import: the
+    audit chain's lock is then taken after the ledger's, as everywhere else, and held only to the commit."""
     audit.record_many(session, SYSTEM_ACTOR, "recon.case.resolve", "recon_case", resolved)
+    audit.record_many(session, SYSTEM_ACTOR, "approval.expire", "approval", expired)

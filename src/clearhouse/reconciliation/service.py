@@ -292,9 +292,10 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         save_cases(session, run_id, channel, discrepancies, now, progress)
         from clearhouse.reconciliation import cases as case_service
 
-        resolved = case_service.settle_timing(session, run_id, channel, outcome.with_lines, now)
-        resolved += case_service.apply_rules(session, run_id, rules, now, approval_threshold)
-        case_service.record_resolutions(session, resolved)
+        expired: case_service.Expired = []
+        resolved = case_service.settle_timing(session, run_id, channel, outcome.with_lines, now, expired)
+        resolved += case_service.apply_rules(session, run_id, rules, now, approval_threshold, expired)
+        case_service.record_resolutions(session, resolved, expired)
         audit.record(session, who, "recon.import", "reconciliation", run_id,
                      changes={"channel": channel, "statement_date": statement_date.isoformat(), "sha256": sha256,
                               "lines": parsed.lines.height, "cases": discrepancies.height})
