@@ -788,6 +788,7 @@ class TestTheWalkReachesEveryRoute:
                             # multipart statement upload: its fields are walked in tests/reconciliation/
                             "POST /v1/reconciliations"}, unwalked
 
+    @pytest.mark.slow  # a base request to every operation, on both databases: minutes; the walk checks itself
     @pytest.mark.parametrize("operation", WALKED, ids=lambda o: o.label)
     def test_every_operation_is_reached(self, app, client, merchant_client_factory, user_client_factory,
                                         operation):
