@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tests.conftest import CARD_EXP_YEAR
+from tests.identity.people_support import new_password
 
 PAYLOADS: list[tuple[str, str]] = [
     ("sql_or", "' OR 1=1 --"),
@@ -169,10 +170,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
 
 
-def strong_password() -> str:
-    return f"Tidal-Harbour-{secrets.token_hex(6)}"
-
-
 STRING_BY_NAME: dict[str, Any] = {
     "currency": lambda: "CNY",
     "default_currency": lambda: "CNY",
@@ -180,7 +177,7 @@ STRING_BY_NAME: dict[str, Any] = {
     "timezone": lambda: "Asia/Shanghai",
     "settlement_cycle": lambda: "T+1",
     "email": lambda: f"{unique('walk')}@example.com",
-    "password": strong_password,
+    "password": new_password,
     "number": lambda: "4242424242424242",
     "cvc": lambda: "123",
     "iban": lambda: "DE89370400440532013000",

@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from clearhouse.kit.models import Base
 from clearhouse.kit.settings import Settings
 from tests.conftest import CARD_EXP_YEAR, TEST_MASTER_KEY
-from tests.identity.people_support import create_user
+from tests.identity.people_support import create_user, new_password
 from tests.injection_support import (
     NEW_KEY,
     PAYLOADS,
@@ -53,7 +53,6 @@ from tests.injection_support import (
     short,
     shown_literally,
     slot_label,
-    strong_password,
     unique,
     with_payload,
 )
@@ -181,7 +180,7 @@ class World:
     @cached_property
     def user_id(self) -> str:
         return self._ok(self.admin.post("/v1/users", json={
-            "email": f"{unique('walk')}@example.com", "role": "auditor", "password": strong_password()}))["id"]
+            "email": f"{unique('walk')}@example.com", "role": "auditor", "password": new_password()}))["id"]
 
     def login_user(self):
         return create_user(self.app.state.engine, "operator")
@@ -391,7 +390,7 @@ OVERRIDES: dict[str, Override] = {
     "POST /v1/auth/totp/confirm": Override(caller="totp_setup", reached=(401, 422)),
     "POST /v1/auth/password": Override(
         caller="operator",
-        bodies=[lambda w, c: {"current_password": c.user.password, "new_password": strong_password()}]),
+        bodies=[lambda w, c: {"current_password": c.user.password, "new_password": new_password()}]),
     "POST /v1/users": Override(patch=lambda w, c: {"role": "auditor", "merchant_id": DROP}),
     "POST /v1/users/{user_id}/role": Override(patch=lambda w, c: {"role": "operator"}),
     "POST /v1/vault/cards": Override(patch=lambda w, c: {"merchant_id": w.own_merchant_id}),

@@ -58,17 +58,17 @@ class TestCreate:
     def test_an_admin_creates_a_person_who_can_sign_in(self, app, browser, make_user):
         admin = _signed_in(browser, make_user("admin"))
         password = new_password()
-        response = admin.post(USERS, json={"email": "Ada@Example.com", "role": "risk_analyst",
+        response = admin.post(USERS, json={"email": "Ada.Lovelace@Example.com", "role": "risk_analyst",
                                            "password": password})
         assert response.status_code == 201, response.text
         created = response.json()
-        assert created["email"] == "ada@example.com" and created["role"] == "risk_analyst"
+        assert created["email"] == "ada.lovelace@example.com" and created["role"] == "risk_analyst"
         assert created["merchant_id"] is None and created["totp_enabled"] is False
         assert "password" not in response.text and password not in response.text
         assert user_row(app.state.engine, created["id"]).password_hash.startswith("$argon2id$")
-        signed_in = browser().post("/v1/auth/login", json={"email": "ADA@example.com", "password": password})
+        signed_in = browser().post("/v1/auth/login", json={"email": "ADA.LOVELACE@example.com", "password": password})
         assert signed_in.status_code == 200
-        assert admin.get(f"{USERS}/{created['id']}").json()["email"] == "ada@example.com"
+        assert admin.get(f"{USERS}/{created['id']}").json()["email"] == "ada.lovelace@example.com"
 
     def test_an_email_is_taken_once_whatever_its_case(self, browser, make_user):
         admin = _signed_in(browser, make_user("admin"))
