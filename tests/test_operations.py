@@ -67,3 +67,19 @@ class TestRequestEdges:
             assert response.status_code == 400, response.text
             assert response.headers["content-type"].startswith("application/problem+json")
             assert response.json()["code"] == "malformed_request"
+
+
+class TestAnswersBeforeRouting:
+    """An answer a middleware gives before routing is still counted under its route."""
+
+    def test_a_replayed_idempotent_answer_and_a_refused_signature_count_under_their_route(
+            self, client, anonymous_client):
+        route = "/v1/merchants"
+        before = (counted(client, "POST", route, 201), counted(client, "POST", route, 401))
+        body = {"name": "Replayed Shop", "default_currency": "CNY"}
+        first = client.post(route, json=body, headers={"Idempotency-Key": "count-me-0001"})
+        again = client.post(route, json=body, headers={"Idempotency-Key": "count-me-0001"})
+        assert first.status_code == again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+        assert anonymous_client.post(route, json=body).status_code == 401
+        assert counted(client, "POST", route, 201) == before[0] + 2
+        assert counted(client, "POST", route, 401) == before[1] + 1

@@ -32,6 +32,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from clearhouse.kit.writelock import Locked, WriterLock, writer_lock
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -54,18 +56,28 @@ def make_engine(url: str, *, pool_size: int = 10, durable: bool = True) -> Engin
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if not database or database == ":memory:":
+            # Each pooled connection would get a database of its own: writes would vanish.
+            raise ValueError("an in-memory SQLite database cannot be shared by the server's connections: "
+                             "give a file, such as sqlite:///var/clearhouse.db")
+        try:
+            if not database.startswith("file:"):  # a URI (?uri=true) names its file in its own way
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"cannot create the SQLite database's folder {Path(database).parent}: "
+                             f"{error.strerror or error}") from None
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 60},
+            connect_args={"check_same_thread": False, "timeout": BUSY_SECONDS, "factory": SQLiteConnection},
             pool_size=pool_size,
             max_overflow=pool_size,
         )
+        writer = writer_lock(database)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            dbapi_connection.writer = writer
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
@@ -79,7 +91,16 @@ def make_engine(url: str, *, pool_size: int = 10, durable: bool = True) -> Engin
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            dbapi_connection = connection.connection.dbapi_connection
+            try:
+                dbapi_connection.queue_for_writing()
+            except sqlite3.OperationalError as error:
+                raise OperationalError("BEGIN IMMEDIATE", None, error) from None
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                dbapi_connection.leave_queue()
+                raise
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -92,6 +113,66 @@ def make_engine(url: str, *, pool_size: int = 10, durable: bool = True) -> Engin
         event.listen(engine, "checkout", _refuse_closed_connection)
         return engine
     raise ValueError(f"unsupported database: {parsed.get_backend_name()} (use sqlite or postgresql)")
+
+
+BUSY_SECONDS = 60
+"""How long an SQLite writer waits for the database's write lock before "database is locked"."""
+
+
+class SQLiteConnection(sqlite3.Connection):
+    """``make_engine``'s SQLite connections: a write transaction first queues on the
+    database's ``WriterLock`` (see ``kit.writelock``), then takes SQLite's lock with
+    ``BEGIN IMMEDIATE``; its COMMIT or ROLLBACK (or closing the connection) lets the
+    next writer in."""
+
+    writer: WriterLock | None = None
+    busy_seconds: float = BUSY_SECONDS
+    _queued = False
+
+    def queue_for_writing(self, *, wait: bool = True) -> None:
+        """Wait for this database's turn to write (``sqlite3.OperationalError`` "database is
+        locked" after ``busy_seconds``, or at once without ``wait``)."""
+        if self.writer is None or self._queued:
+            return
+        try:
+            self._queued = self.writer.acquire(self.busy_seconds, blocking=wait)
+        except Locked:
+            raise sqlite3.OperationalError("database is locked") from None
+
+    def leave_queue(self) -> None:
+        if self._queued:
+            self._queued = False
+            self.writer.release()  # type: ignore[union-attr]
+
+    def begin_write(self, *, wait: bool = True) -> None:
+        """Queue, then ``BEGIN IMMEDIATE``."""
+        self.queue_for_writing(wait=wait)
+        try:
+            self.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.leave_queue()
+            raise
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.leave_queue()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.leave_queue()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.leave_queue()
+
+    def __del__(self) -> None:  # dropped without close (SQLite rolls back): never keep the queue
+        self.leave_queue()
 
 
 def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -207,13 +288,14 @@ def raw_transaction(engine: Engine) -> Iterator[RawCursor]:
             finally:
                 connection.driver_connection.autocommit = False
             return
-        cursor.execute("BEGIN IMMEDIATE")  # the same write-lock-first rule as make_engine
+        driver = connection.driver_connection
+        driver.begin_write()  # the same write-lock-first rule as make_engine
         try:
             yield RawCursor(cursor, postgresql)
         except BaseException:
-            cursor.execute("ROLLBACK")
+            driver.rollback()
             raise
-        cursor.execute("COMMIT")
+        driver.commit()
     except DBAPIError:
         raise
     except Exception as error:
@@ -301,19 +383,17 @@ class LoopWriter:
             self._inline = connection
         cursor = RawCursor(self._inline.cursor(), postgresql=False)
         try:
-            cursor.cursor.execute("BEGIN IMMEDIATE")
+            self._inline.begin_write(wait=False)
         except sqlite3.OperationalError:
             return _LOCKED
         try:
             answer = work(cursor, params)
-            cursor.cursor.execute("COMMIT")
+            self._inline.commit()
         except sqlite3.OperationalError:
-            if self._inline.in_transaction:
-                cursor.cursor.execute("ROLLBACK")
+            self._inline.rollback()
             return _LOCKED
         except BaseException:
-            if self._inline.in_transaction:
-                cursor.cursor.execute("ROLLBACK")
+            self._inline.rollback()
             raise
         return answer
 

@@ -160,10 +160,26 @@ class _RequestLog:
             await self.app(scope, receive, with_request_id)
         finally:
             seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None)
+            route = getattr(scope.get("route"), "path", None) or _route_template(scope)
             self._observe(scope["method"], route or "unmatched", status, seconds)
             self._log.info("request", method=scope["method"], route=route or scope["path"], status=status,
                            ms=round(seconds * 1000, 2))
+
+
+def _route_template(scope: Any) -> str | None:
+    """The template of the route a request was for, when a middleware answered it before
+    routing (a replayed ``Idempotency-Key``, a refused signature): the metrics then count it
+    under its route, not ``unmatched``. None when no documented route has that path."""
+    app = scope.get("app")
+    if app is None or not hasattr(app, "openapi"):
+        return None
+    patterns = getattr(app.state, "route_patterns", None)
+    if patterns is None:
+        patterns = app.state.route_patterns = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"), template)
+            for template in app.openapi()["paths"]
+        ]
+    return next((template for pattern, template in patterns if pattern.match(scope["path"])), None)
 
 
 def operator_console() -> Any:
