@@ -27,6 +27,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
@@ -41,7 +42,7 @@ from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
 from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, ReconCaseEvent, Reconciliation, ReconStatement
-from clearhouse.reconciliation.service import new_event
+from clearhouse.reconciliation.service import ACCOUNT_EVENT, SYSTEM, new_event
 
 cases = ReconCase.__table__
 case_events = ReconCaseEvent.__table__
@@ -57,7 +58,6 @@ COUNTER_ACCOUNTS = {
     "losses:writeoff": lambda channel: ("losses:writeoff", "expense"),
 }
 APPROVAL_ACTION = "recon.resolve"
-SYSTEM = "system:reconciliation"
 SYSTEM_ACTOR = audit.Actor(type="system", id="reconciliation")  # who the audit trail says resolved automatically
 
 
@@ -186,13 +186,17 @@ def _approval_pending(session: Session, approval_id: str) -> bool:
 
 def _statement_account(session: Session, row: Any) -> str:
     """Whose money the statement shows: the bank account's (MT940, camt.053: ``bank:<account>``) or the
-    channel's clearing account."""
+    channel's clearing account. In a file with statements of several accounts, a case on another account
+    than the file's first says which in its ``account`` event (``service.save_cases``)."""
     found = session.execute(select(statements.c.format, statements.c.account)
                             .join(runs, runs.c.statement_id == statements.c.id)
                             .where(runs.c.id == row.reconciliation_id)).one()
-    if found.format in BANK_FORMATS:
-        return f"bank:{found.account or row.channel}"
-    return f"channel_clearing:{row.channel}"
+    if found.format not in BANK_FORMATS:
+        return f"channel_clearing:{row.channel}"
+    own = session.execute(select(case_events.c.detail_json).where(
+        case_events.c.case_id == row.id, case_events.c.type == ACCOUNT_EVENT)).first()
+    account = orjson.loads(own.detail_json)["account"] if own is not None else found.account
+    return f"bank:{account or row.channel}"
 
 
 def _check_resolvable(session: Session, row: Any, action: str, account: str) -> None:
@@ -302,7 +306,8 @@ def settle_timing(session: Session, run_id: str, channel: str, with_lines: Calla
 
     A timing pair found in this run (both sides present, booked on different days) is
     resolved at once; an open timing case of an earlier run is resolved when this run's
-    statement brings its line (``with_lines``: those of our ids a line of this run reached)."""
+    statement brings its line (``with_lines``: those of our ids a line of this run paired; a
+    ``duplicate`` repeats one of ours paired elsewhere, it is not that line arriving)."""
     settled_pairs = (cases.c.reconciliation_id == run_id, cases.c["class"] == "timing", cases.c.state == "open",
                      cases.c.line_no.is_not(None), cases.c.our_id.is_not(None), cases.c.delta == 0)
     pairs = session.execute(select(cases.c.id, cases.c.ours_booked_on, cases.c.theirs_booked_on)
@@ -354,7 +359,9 @@ def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, thresh
                 expired: Expired | None = None) -> Resolved:
     """Resolve this run's open cases that a channel rule explains; returns them, for ``record_resolutions``.
 
-    A rule is nobody's second pair of eyes: a case whose entry would post more than ``threshold``
+    A rule's ``max_difference_minor`` bounds the case's delta too (``AutoResolveRule.applies``): a case whose
+    class difference fits it but whose net does not stays open for people, with an event saying so. A rule is
+    nobody's second pair of eyes either: a case whose entry would post more than ``threshold``
     (``recon_approval_threshold``; None: the configured one) stays open for people, with an event
     saying which rule matched and why it was not applied."""
     from clearhouse.reconciliation.rules import auto_resolution
@@ -368,8 +375,18 @@ def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, thresh
     settled: Resolved = []
     for row in session.execute(_select_cases().where(cases.c.reconciliation_id == run_id,
                                                    cases.c.state == "open")).all():
-        rule = auto_resolution(rules, row.class_, difference_of(row))
+        difference = difference_of(row)
+        rule = auto_resolution(rules, row.class_, difference, row.delta)
         if rule is None:
+            beyond = next((r for r in rules.auto_resolve if r.fits(row.class_, difference)), None)
+            if beyond is not None:
+                new_event(session, row.id, "rule_held", SYSTEM,
+                          body=f"rule ({beyond.action}): {beyond.reason}: not applied, the case's difference is"
+                               f" {difference} but it moves {abs(row.delta)} {row.currency} minor units net"
+                               f" (fees included), beyond the rule's {beyond.max_difference_minor}:"
+                               " a person resolves it",
+                          detail={"action": beyond.action, "reason": beyond.reason, "delta": row.delta,
+                                  "max_difference_minor": beyond.max_difference_minor}, now=now)
             continue
         if _needs_second_person(rule.action, row.delta, threshold):
             new_event(session, row.id, "rule_held", SYSTEM,

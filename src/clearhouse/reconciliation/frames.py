@@ -9,6 +9,7 @@ actually moves is ``amount - fee``.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -53,6 +54,18 @@ INTERNAL_SCHEMA: dict[str, pl.DataType] = {
 
 
 @dataclass(frozen=True, slots=True)
+class StatementPart:
+    """One statement of a bank file that may hold several (an MT940 ``:20:`` block, a camt.053 ``Stmt``).
+
+    Its lines are those from ``first_line`` (where it starts in the file) up to the next part's: they are
+    on its ``account``, which a file with statements of several accounts needs to post each case to its own."""
+
+    account: str | None
+    currency: str
+    first_line: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatementMeta:
     """What a statement says about itself, beyond its lines."""
 
@@ -65,6 +78,17 @@ class StatementMeta:
     first_day: date | None = None
     last_day: date | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    parts: tuple[StatementPart, ...] = ()  # bank files: each statement, in file order (``account`` is the first's)
+
+    def account_of(self, line_no: int | None, currency: str) -> str | None:
+        """The account a line of the file is on: its statement's. Without a line (one of ours the file lacks),
+        the file's first statement in ``currency``; the file's (first) account when none is in it."""
+        if not self.parts:
+            return self.account
+        if line_no is None:
+            return next((part.account for part in self.parts if part.currency == currency), self.account)
+        starts = [part.first_line for part in self.parts]
+        return self.parts[max(bisect_right(starts, line_no) - 1, 0)].account
 
 
 @dataclass(frozen=True, slots=True)

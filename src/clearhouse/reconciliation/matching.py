@@ -173,9 +173,11 @@ class MatchOutcome:
         return {name: found.get(name, {"count": 0, "amount": 0}) for name in CLASSES}
 
     def with_lines(self, our_ids: list[str]) -> set[str]:
-        """Those of ``our_ids`` that a statement line of this run reached (any class)."""
+        """Those of ``our_ids`` that a statement line of this run paired (any class but ``duplicate``: a line that
+        repeats one of ours paired elsewhere is not its line arriving)."""
         wanted = pl.Series(sorted(set(our_ids)), dtype=pl.String).implode()
-        found = set(self.others.filter(pl.col("line_no").is_not_null() & pl.col("our_id").is_in(wanted))["our_id"])
+        found = set(self.others.filter(pl.col("line_no").is_not_null() & pl.col("our_id").is_in(wanted)
+                                       & (pl.col("class") != "duplicate"))["our_id"])
         named = np.flatnonzero(self.plain.ours["our_id"].is_in(wanted).to_numpy())
         if named.size:
             paired = np.zeros(self.plain.ours.height, dtype=bool)
@@ -686,12 +688,17 @@ def _sentence() -> pl.Expr:
     ours_on = pl.col("ours_booked_on").cast(pl.String)
     theirs_on = pl.col("theirs_booked_on").cast(pl.String)
     class_ = pl.col("class")
+    fees = pl.concat_str([pl.lit("channel fee "), _major(pl.col("theirs_fee"), exponent), pl.lit(" against "),
+                          _major(pl.col("ours_fee"), exponent), pl.lit(" booked")])
+    # An amount mismatch is the first class that applies, so a fee gap beside it has no case of its own: the
+    # sentence names it, as the delta counts it.
+    fee_beside = pl.when(pl.col("theirs_fee").is_not_null() & (pl.col("theirs_fee") != pl.col("ours_fee"))).then(
+        pl.concat_str([pl.lit("; "), fees])).otherwise(pl.lit(""))
     return (
         pl.when(class_ == "amount_mismatch").then(pl.concat_str([
-            pl.lit("channel amount "), theirs_amount, pl.lit(" against "), ours_amount, pl.lit(" booked")]))
-        .when(class_ == "fee_mismatch").then(pl.concat_str([
-            pl.lit("channel fee "), _major(pl.col("theirs_fee"), exponent), pl.lit(" against "),
-            _major(pl.col("ours_fee"), exponent), pl.lit(" booked")]))
+            pl.lit("channel amount "), theirs_amount, pl.lit(" against "), ours_amount, pl.lit(" booked"),
+            fee_beside]))
+        .when(class_ == "fee_mismatch").then(fees)
         .when(class_ == "status_mismatch").then(pl.concat_str([
             pl.lit("the channel says "), pl.col("theirs_status"), pl.lit(", we say "), pl.col("ours_status")]))
         .when((class_ == "timing") & pl.col("line_no").is_not_null()).then(pl.concat_str([

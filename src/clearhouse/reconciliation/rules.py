@@ -29,7 +29,11 @@ _MODEL = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate
 
 class AutoResolveRule(BaseModel):
     """A known pattern: a case of ``class`` whose difference is at most ``max_difference_minor`` (in absolute
-    value; ``None``: any) is resolved on import with ``action``, for ``reason``. The case service applies it."""
+    value; ``None``: any) is resolved on import with ``action``, for ``reason``. The case service applies it.
+
+    The limit bounds the case's ``delta`` (what an adjustment posts: the net, fees included) as well as its
+    class's difference: an amount gap of 1 beside a fee gap of 95.00 is no 1-cent case, and the rule never
+    settles (or posts) more than it says."""
 
     model_config = _MODEL
 
@@ -39,7 +43,14 @@ class AutoResolveRule(BaseModel):
     account: Literal["suspense", "channel_cost"] = "suspense"
     reason: str = Field(min_length=1, max_length=200)
 
-    def applies(self, class_: str, difference: int | None) -> bool:
+    def applies(self, class_: str, difference: int | None, delta: int | None = None) -> bool:
+        """Whether it settles a case of ``class_`` with ``difference`` (and ``delta``, when given)."""
+        if not self.fits(class_, difference):
+            return False
+        return self.max_difference_minor is None or delta is None or abs(delta) <= self.max_difference_minor
+
+    def fits(self, class_: str, difference: int | None) -> bool:
+        """The class and its difference are the rule's (the delta aside)."""
         if class_ != self.class_:
             return False
         if self.max_difference_minor is None:
@@ -75,9 +86,11 @@ class MatchRules(BaseModel):
         return max(self.amount_tolerance_minor, abs(ours) * numerator // (100 * denominator))
 
 
-def auto_resolution(rules: MatchRules, class_: str, difference: int | None) -> AutoResolveRule | None:
-    """The first of the channel's ``auto_resolve`` rules that settles a case of ``class_`` with ``difference``."""
+def auto_resolution(rules: MatchRules, class_: str, difference: int | None,
+                    delta: int | None = None) -> AutoResolveRule | None:
+    """The first of the channel's ``auto_resolve`` rules that settles a case of ``class_`` with ``difference``
+    (and ``delta``, when given)."""
     for rule in rules.auto_resolve:
-        if rule.applies(class_, difference):
+        if rule.applies(class_, difference, delta):
             return rule
     return None

@@ -55,6 +55,11 @@ STAGES = ("hash", "parse", "load", "match", "save")
 CHANNEL_TIMEZONES = {"sandbox_alipay": "Asia/Shanghai", "sandbox_wechat": "Asia/Shanghai"}
 """Channels whose statement days are not UTC days (their own calendar: docs/channels.md)."""
 
+SYSTEM = "system:reconciliation"
+"""Who a case's events say acted, when reconciliation itself did."""
+ACCOUNT_EVENT = "account"
+"""A case's event naming the bank account its line is on, when not the statement's (``save_cases``)."""
+
 _CASE_COLUMNS = ("our_id", "our_ref", "channel_ref", "line_no", "currency", "ours_amount", "theirs_amount",
                  "ours_fee", "theirs_fee", "ours_status", "theirs_status", "ours_booked_on", "theirs_booked_on",
                  "detail")
@@ -149,10 +154,11 @@ def _mapping_of(mapping: str | dict[str, Any] | None) -> Any:
     return mapping
 
 
-def parse(path: Path, fmt: str, channel: str, mapping: Any) -> Any:
+def parse(path: Path, fmt: str, channel: str, mapping: Any, calendar: str | None = None) -> Any:
+    """The statement file read (``calendar``: the channel's, its rules' ``timezone``)."""
     from clearhouse.reconciliation.formats import parse_statement
 
-    return parse_statement(path, fmt, mapping=_mapping_of(mapping), channel=channel)
+    return parse_statement(path, fmt, mapping=_mapping_of(mapping), channel=channel, calendar=calendar)
 
 
 def period_of(meta: Any, fmt: str, statement_date: date) -> tuple[date, date]:
@@ -173,11 +179,13 @@ def settled_earlier(session: Session, channel: str, fmt: str, period: tuple[date
     """Which of our lines an earlier statement of the channel reconciled (a flag per line; None: none).
 
     Matched pairs are not stored one by one, so this is read from the runs: a succeeded line of ours booked
-    on a day outside ``period`` is settled when an earlier statement of the same kind (a channel's file, or
-    a bank's) spoke for that day, was imported after the line became final, and did not report it unpaired
-    (``missing_in_statement`` or ``timing`` without a line). A statement line that repeats it is then a
-    ``duplicate``, not a second match. The statement's own days are never settled: a second file of the
-    same day is a re-issue that replaces the first."""
+    on a day outside ``period`` is settled when the latest earlier statement of the same kind (a channel's
+    file, or a bank's) that spoke for that day was imported after the line became final and did not report
+    it unpaired (``missing_in_statement`` or ``timing`` without a line). A statement line that repeats it is
+    then a ``duplicate``, not a second match. Only the latest counts: a second file of a day is a re-issue
+    that replaces the first, so a line the re-issue dropped is unpaired, whatever the replaced file said (a
+    later statement that brings it pairs it). The statement's own days are never settled, for the same
+    reason: this file may be that day's re-issue."""
     outside = ~pl.col("booked_on").is_between(*period) & (pl.col("status") == "succeeded")
     days = internal.lazy().filter(outside).select(pl.col("booked_on").min().alias("first"),
                                                   pl.col("booked_on").max().alias("last")).collect()
@@ -186,11 +194,22 @@ def settled_earlier(session: Session, channel: str, fmt: str, period: tuple[date
         return None
     spoke_for = or_(runs.c.statement_date.between(first, last),
                     and_(statements.c.first_day <= last, statements.c.last_day >= first))
-    earlier = [run for run in session.execute(
+    candidates = [run for run in session.execute(
         select(runs.c.id, runs.c.created_at, runs.c.statement_date, statements.c.format, statements.c.first_day,
                statements.c.last_day)
         .join(statements, statements.c.id == runs.c.statement_id)
         .where(runs.c.channel == channel, spoke_for)) if (run.format == "csv") == (fmt == "csv")]
+    latest: dict[date, Any] = {}  # each day outside the period -> the latest earlier statement that spoke for it
+    for run in sorted(candidates, key=lambda run: (run.created_at, run.id)):
+        spoke_from, spoke_to = period_of(run, run.format, run.statement_date)
+        day = max(spoke_from, first)
+        while day <= min(spoke_to, last):
+            latest[day] = run
+            day += timedelta(days=1)
+    days_of: dict[str, list[date]] = {}
+    for day, run in latest.items():
+        days_of.setdefault(run.id, []).append(day)
+    earlier = [run for run in candidates if run.id in days_of]
     if not earlier:
         return None
     unpaired: dict[str, list[str]] = {}
@@ -198,7 +217,7 @@ def settled_earlier(session: Session, channel: str, fmt: str, period: tuple[date
             cases.c.reconciliation_id.in_([run.id for run in earlier]), cases.c.line_no.is_(None),
             cases.c.our_id.is_not(None))):
         unpaired.setdefault(run_id, []).append(our_id)
-    reached = [outside & pl.col("booked_on").is_between(*period_of(run, run.format, run.statement_date))
+    reached = [outside & pl.col("booked_on").is_in(pl.Series(days_of[run.id], dtype=pl.Date).implode())
                & (pl.col("booked_at") < run.created_at)
                & ~pl.col("our_id").is_in(pl.Series(unpaired.get(run.id, []), dtype=pl.String).implode())
                for run in earlier]
@@ -211,6 +230,19 @@ def run_match(lines: pl.DataFrame, internal: pl.DataFrame, rules: Any, period: t
     from clearhouse.reconciliation.matching import match
 
     return match(lines, internal, rules, period=period, settled=settled)
+
+
+def with_accounts(discrepancies: pl.DataFrame, meta: Any) -> pl.DataFrame:
+    """The discrepancies with the bank ``account`` each is on, where a file holds statements of several accounts
+    and it is not the statement's (its first): a line's is its own statement's, a line of ours the file lacks
+    takes the file's first statement in its currency (``StatementMeta.account_of``). Null elsewhere: the
+    statement's account is the case's, as for every file of one account."""
+    if len({part.account for part in meta.parts}) < 2:
+        return discrepancies
+    accounts = [meta.account_of(line_no, currency)
+                for line_no, currency in discrepancies.select("line_no", "currency").iter_rows()]
+    return discrepancies.with_columns(pl.Series(
+        "account", [None if account == meta.account else account for account in accounts], dtype=pl.String))
 
 
 def with_delta(results: pl.DataFrame) -> pl.DataFrame:
@@ -257,7 +289,8 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     def known(sha: str) -> bool:
         return transact(engine, lambda s: _known(s, sha))
 
-    parsed, (sha256, size) = _parse_beside_digest(path, fmt, channel, chosen_mapping, progress, known)
+    parsed, (sha256, size) = _parse_beside_digest(path, fmt, channel, chosen_mapping, rules.timezone, progress,
+                                                  known)
     period = period_of(parsed.meta, fmt, statement_date)
     progress("load", 0, 1)
     if internal is None:
@@ -269,7 +302,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     outcome = run_match(parsed.lines, internal, rules, period, settled)
     progress("match", 1, 1)
     summary = outcome.summary()
-    discrepancies = with_delta(outcome.others.filter(pl.col("class") != "matched"))
+    discrepancies = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched")), parsed.meta)
     clearing = clearing_of(parsed.lines, internal, period)
     mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
 
@@ -312,7 +345,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     return transact(engine, lambda s: run_view(s, run_id))
 
 
-def _parse_beside_digest(path: Path, fmt: str, channel: str, mapping: Any, progress: ProgressFn,
+def _parse_beside_digest(path: Path, fmt: str, channel: str, mapping: Any, calendar: str, progress: ProgressFn,
                          known: Callable[[str], bool]) -> tuple[Any, tuple[str, int]]:
     """The parsed statement and the file's SHA-256 and size, the digest taken on a second thread while
     the file is parsed (hashlib lets go of the GIL for large buffers). A file imported before (``known``)
@@ -328,7 +361,7 @@ def _parse_beside_digest(path: Path, fmt: str, channel: str, mapping: Any, progr
         hashed = pool.submit(digest)
         progress("parse", 0, 1)
         try:
-            parsed = parse(path, fmt, channel, mapping)
+            parsed = parse(path, fmt, channel, mapping, calendar)
         except (StatementInvalid, UnknownStatementFormat):
             sha256 = hashed.result()[0]
             if known(sha256):
@@ -360,20 +393,30 @@ def save_cases(session: Session, run_id: str, channel: str, discrepancies: pl.Da
     thousands) through ``bulk_insert``: COPY on PostgreSQL, a plain executemany on SQLite.
 
     The cases go in by class with ascending ids, so three of the table's four b-trees
-    (the key, the run's cases by class, the open queue) are appended to, not split."""
+    (the key, the run's cases by class, the open queue) are appended to, not split. A case on
+    another bank account than the statement's (``with_accounts``) gets an ``account`` event naming it:
+    its adjustment posts to that account (cases have no column for it)."""
     total = discrepancies.height
-    frame = discrepancies.sort("class", maintain_order=True).select(
-        "class", *_CASE_COLUMNS[:-1], pl.col("detail").fill_null("").str.slice(0, 500), "delta")
+    ordered = discrepancies.sort("class", maintain_order=True)
+    frame = ordered.select("class", *_CASE_COLUMNS[:-1], pl.col("detail").fill_null("").str.slice(0, 500), "delta")
     columns = ("id", "reconciliation_id", "channel", "state", "created_at", "updated_at",
                "class", *_CASE_COLUMNS, "delta")
     fixed = (run_id, channel, "open", now, now)
-    ids = iter(sorted(new_ids("rcs", total)))
+    case_ids = sorted(new_ids("rcs", total))
+    ids = iter(case_ids)
     done = 0
     for part in frame.iter_slices(chunk):
         rows = [(next(ids), *fixed, *row) for row in part.iter_rows()]
         bulk_insert(session, cases, columns, rows)
         done += len(rows)
         progress("save", done, total)
+    if "account" in ordered.columns:
+        elsewhere = [(case_id, account) for case_id, account in zip(case_ids, ordered["account"], strict=True)
+                     if account is not None]
+        bulk_insert(session, case_events, ("id", "case_id", "type", "actor", "body", "detail_json", "created_at"), [
+            (event_id, case_id, ACCOUNT_EVENT, SYSTEM, f"on bank account {account}",
+             orjson.dumps({"account": account}).decode(), now)
+            for event_id, (case_id, account) in zip(sorted(new_ids("rce", len(elsewhere))), elsewhere, strict=True)])
 
 
 def run_view(session: Session, run_id: str) -> dict[str, Any]:
@@ -413,12 +456,12 @@ def list_runs(session: Session, *, channel: str | None, limit: int,
 def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_date: date, rules: Any,
             mapping: str | dict[str, Any] | None = None) -> dict[str, Any]:
     """What ``rules`` would make of this file, without saving anything (the file is not even recorded)."""
-    parsed = parse(path, fmt, channel, mapping)
+    parsed = parse(path, fmt, channel, mapping, rules.timezone)
     period = period_of(parsed.meta, fmt, statement_date)
     internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
     settled = transact(engine, lambda s: settled_earlier(s, channel, fmt, period, internal))
     outcome = run_match(parsed.lines, internal, rules, period, settled)
-    sample = with_delta(outcome.others.filter(pl.col("class") != "matched").head(100))
+    sample = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched").head(100)), parsed.meta)
     return {"channel": channel, "statement_date": statement_date, "statement_lines": parsed.lines.height,
             "internal_lines": internal.height, "classes": _all_classes(outcome.summary()),
             "clearing": clearing_of(parsed.lines, internal, period),

@@ -170,7 +170,7 @@ class TestExactMoney:
 
     @pytest.mark.parametrize(("text", "currency"), [
         ("12.345", "CNY"), ("1.5", "JPY"), ("12;34", "CNY"), ("1e3", "CNY"), ("12.", "CNY"), (".5", "CNY"),
-        ("- 1", "CNY"), ("123456789012345", "CNY"),
+        ("- 1", "CNY"), ("12345678901234567", "CNY"),
     ])
     def test_digits_that_would_be_lost_are_an_error_not_rounding(self, tmp_path, text, currency):
         path = write(tmp_path, f"ref,amount,day,ccy\nr,1.00,2026-11-23,CNY\nr,{text},2026-11-23,{currency}\n")

@@ -30,14 +30,19 @@ def mapping_named(name: str) -> CsvMapping:
 
 
 def parse_statement(path: Path, fmt: str, *, mapping: str | CsvMapping | None = None,
-                    channel: str | None = None, progress: Callable[[int], None] | None = None) -> ParsedStatement:
+                    channel: str | None = None, calendar: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> ParsedStatement:
     """Read one statement file. ``mapping`` only matters for CSV: a built-in name or a ``CsvMapping``;
-    without one, the channel's default mapping. ``progress`` is told how many lines are done."""
+    without one, the channel's default mapping. ``calendar`` is the channel's (its rules' ``timezone``): the
+    days a mapping that states the file's ``timezone`` and no ``calendar`` of its own moves timestamps into.
+    ``progress`` is told how many lines are done."""
     path = Path(path)
     if fmt == "csv":
         if mapping is None:
             mapping = default_mapping(channel)
         chosen = mapping_named(mapping) if isinstance(mapping, str) else mapping
+        if chosen.timezone is not None and chosen.calendar is None and calendar is not None:
+            chosen = chosen.model_copy(update={"calendar": calendar})
         return _summable(parse_csv(path, chosen, progress=progress))
     if fmt == "mt940":
         from clearhouse.reconciliation.formats.mt940 import parse_mt940

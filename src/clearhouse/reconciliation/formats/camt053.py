@@ -8,7 +8,8 @@ Element names are matched by local name, so every version from camt.053.001.02 t
 Only booked entries are lines (``Sts`` BOOK; pending and information-only entries move no money yet).
 Each statement must add up: its opening balance (OPBD, else PRCD) plus its booked movements is its
 closing balance (CLBD, else CLAV), so an entry must be a child of a ``Stmt``; statements of one account
-and currency follow each other, each opening at the previous one's closing balance. Any defect raises
+and currency follow each other, each opening at the previous one's closing balance. ``meta.parts`` gives
+each statement's account (``Acct``), so every line is known to be on its own statement's. Any defect raises
 ``StatementInvalid`` at the entry's XML line.
 """
 
@@ -24,7 +25,7 @@ from lxml import etree
 
 from clearhouse.reconciliation.errors import StatementInvalid
 from clearhouse.reconciliation.formats.csvmap import bounded, check_chained, to_minor
-from clearhouse.reconciliation.frames import STATEMENT_SCHEMA, ParsedStatement, StatementMeta
+from clearhouse.reconciliation.frames import STATEMENT_SCHEMA, ParsedStatement, StatementMeta, StatementPart
 
 CHUNK = 1_024
 """Rows kept as Python objects before they are moved into a Polars chunk."""
@@ -206,7 +207,8 @@ def _balance(balance: Any) -> tuple[str | None, int, str, date | None]:
 class _Statement:
     """What one ``Stmt`` has said so far: its balances and the sum of its booked entries."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_line: int) -> None:
+        self.first_line = first_line  # where it starts: its entries are the file's lines from here to the next
         self.balances: dict[str, tuple[int, str, int]] = {}
         self.moved: dict[str, int] = {}
         self.identifier: str | None = None
@@ -243,7 +245,7 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
                 if name == "Document":
                     seen_root = True
                 elif name == "Stmt":
-                    current = _Statement()
+                    current = _Statement(element.sourceline or 0)
                     statements.append(current)
                 continue
             parent = element.getparent()
@@ -338,4 +340,5 @@ def _meta(statements: list[_Statement], lines: pl.DataFrame) -> StatementMeta:
         statement_id=first.identifier, opening_balance=opening[0] if one_currency else None,
         closing_balance=closing[0] if one_currency else None, first_day=days[0], last_day=days[1],
         extra={"statements": str(len(statements)), "last_statement_id": last.identifier or ""},
+        parts=tuple(StatementPart(s.account, s.opening[1], s.first_line) for s in statements if s.opening),
     )

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import iso4217
 import polars as pl
@@ -45,8 +45,10 @@ FIELDS = ("our_ref", "channel_ref", "kind", "status", "amount", "fee", "currency
 """What a mapping can name a file column for. ``indicator`` is a debit/credit mark column,
 ``credit`` and ``debit`` are the two unsigned amount columns of the ``split`` sign convention."""
 
-MAX_INTEGER_DIGITS = 14
-"""Digits before the decimal separator we accept: below 10**14 major units, any ISO exponent (up to 4) fits Int64."""
+MAX_MINOR_DIGITS = 18
+"""Digits of an amount in minor units we read (the integer part's digits plus the currency's exponent):
+below 10**18, so it fits Int64 whatever the exponent. A payment's largest amount (``MAX_PAYMENT_AMOUNT``,
+10**15 minor units) is 16 digits of yen and 14 of a 4-decimal currency's major units: always read."""
 
 
 class CsvMapping(BaseModel):
@@ -96,9 +98,10 @@ class CsvMapping(BaseModel):
     currency: str | None = None
     """The currency of every row, when the file has no currency column."""
     timezone: str | None = None
-    """The zone the file's dates and times are written in."""
+    """The zone the file's times are written in; without it they are taken as written (the statement's days)."""
     calendar: str | None = None
-    """The zone of the statement's day; when it differs from ``timezone`` timestamps are moved into it."""
+    """The zone of the statement's days. A timestamp written in ``timezone`` is moved into it (a date without a
+    time stays as written). None: the channel's calendar (its rules' ``timezone``), given by the import."""
 
     @field_validator("columns")
     @classmethod
@@ -113,6 +116,21 @@ class CsvMapping(BaseModel):
     def _known_zone(cls, value: str | None) -> str | None:
         """An IANA zone, checked when the mapping is made (saved), not at every import."""
         return value if value is None else clock.known_zone(value)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        """A text codec Python knows, checked when the mapping is made (saved): an unknown one would otherwise
+        surface at the first import as a fault of the statement file."""
+        try:
+            # One byte, since an empty one is decoded without a look-up. A LookupError for an unknown codec and
+            # for one that is no text encoding (``rot13``, ``hex``); a known codec may still refuse the byte.
+            b"\x00".decode(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r} (use a codec name such as utf-8 or gbk)") from None
+        except UnicodeDecodeError:
+            pass
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> CsvMapping:
@@ -136,6 +154,9 @@ class CsvMapping(BaseModel):
             raise ValueError("delimiter and quote_char are single characters")
         if self.quote_char == self.delimiter:
             raise ValueError("quote_char cannot be the delimiter")
+        if self.thousands_separator and (self.thousands_separator == self.decimal_separator
+                                         or any(char.isdigit() or char in "+-" for char in self.thousands_separator)):
+            raise ValueError("thousands_separator cannot be the decimal_separator, a digit or a sign")
         return self
 
     def sources(self, field: str) -> list[str]:
@@ -210,6 +231,10 @@ def _problem(field: str, mapping: CsvMapping) -> str:
         "status": "status is not known to the mapping",
         "indicator": f"debit/credit mark is neither {list(mapping.credit_values)} nor {list(mapping.debit_values)}",
         "split": "both the credit and the debit amount are empty",
+        "skipped_time": f"the local time does not exist in {mapping.timezone}: the clocks skipped it"
+                        " (daylight saving time began)",
+        "repeated_time": f"the local time occurs twice in {mapping.timezone} (daylight saving time ended) and"
+                         f" its two instants fall on different days in {mapping.calendar}",
     }[field]
 
 
@@ -376,16 +401,23 @@ def _minor(text: pl.Expr, exponent: pl.Expr, mapping: CsvMapping) -> tuple[pl.Ex
 
     Major units are split on the decimal separator: the integer part times 10**exponent plus the
     first ``exponent`` fraction digits; any further fraction digit must be zero or the row fails
-    (nothing is ever rounded). Empty text is a failure too: the caller decides what may be empty."""
+    (nothing is ever rounded). Empty text is a failure too: the caller decides what may be empty.
+    A thousands separator is only one between groups of three digits (``1.234.567,89``); anywhere else
+    (``12.34``, ``1.2.3,00``, one after the decimal separator) the row fails: ``12.34`` in a decimal-comma
+    file is no amount, and reading it as 1234 would be a guess a hundred times too large."""
     value = text
     if mapping.thousands_separator:
-        value = value.str.replace_all(mapping.thousands_separator, "", literal=True)
+        separator = mapping.thousands_separator
+        fraction = "" if mapping.amount_unit == "minor" else f"(?:{_regex_escape(mapping.decimal_separator)}[0-9]*)?"
+        grouped = rf"^[+-]?[1-9][0-9]{{0,2}}(?:{_regex_escape(separator)}[0-9]{{3}})+{fraction}$"
+        value = (pl.when(~value.str.contains(separator, literal=True)).then(value)
+                 .when(value.str.contains(grouped)).then(value.str.replace_all(separator, "", literal=True)))
     if mapping.amount_unit == "minor":
         # Polars' integer cast accepts exactly [+-]digits (no spaces, no decimal point, no overflow).
         number = value.cast(pl.Int64, strict=False)
         return number, number.is_null()
     separator = mapping.decimal_separator
-    pattern = r"^([+-]?)([0-9]{1," + str(MAX_INTEGER_DIGITS) + r"})(?:" + _regex_escape(separator) + r"([0-9]{1,18}))?$"
+    pattern = r"^([+-]?)([0-9]{1," + str(MAX_MINOR_DIGITS) + r"})(?:" + _regex_escape(separator) + r"([0-9]{1,18}))?$"
     parts = value.str.extract_groups(pattern)
     sign = parts.struct.field("1")
     whole = parts.struct.field("2")
@@ -396,7 +428,8 @@ def _minor(text: pl.Expr, exponent: pl.Expr, mapping: CsvMapping) -> tuple[pl.Ex
     magnitude = whole.cast(pl.Int64, strict=False) * scale + pl.when(exponent > 0).then(
         kept.cast(pl.Int64, strict=False)).otherwise(0)
     number = pl.when(sign == "-").then(-magnitude).otherwise(magnitude)
-    failed = whole.is_null() | dropped.str.contains("[1-9]") | magnitude.is_null()
+    too_long = whole.str.len_chars().cast(pl.Int64) + exponent.cast(pl.Int64) > MAX_MINOR_DIGITS  # would wrap
+    failed = whole.is_null() | too_long | dropped.str.contains("[1-9]") | magnitude.is_null()
     return pl.when(~failed).then(number), failed
 
 
@@ -404,8 +437,21 @@ def _regex_escape(text: str) -> str:
     return "".join("\\" + char if not char.isalnum() else char for char in text)
 
 
-def _date(text: pl.Expr, mapping: CsvMapping, time_text: pl.Expr | None = None) -> pl.Expr:
-    """A date column (possibly a timestamp) -> Date in the statement's calendar."""
+class _Day(NamedTuple):
+    """A date column read into the statement's calendar, with what kept a local time from being one day."""
+
+    day: pl.Expr  # Date; null when the text does not parse or is no single day
+    skipped: pl.Expr  # the local time does not exist in ``timezone`` (the clocks went forward over it)
+    repeated: pl.Expr  # it occurs twice there (the clocks went back) and its two instants fall on different days
+
+
+def _date(text: pl.Expr, mapping: CsvMapping, time_text: pl.Expr | None = None) -> _Day:
+    """A date column (possibly a timestamp) -> Date in the statement's calendar.
+
+    A local time at a daylight-saving change is no single instant. One the clocks skipped never happened:
+    refused (``skipped``). One they passed twice is read at both offsets: when both instants fall on the
+    same day of the calendar (nearly always: the day is all that is kept), that day; otherwise refused
+    (``repeated``). Nothing is guessed, and no ``ComputeError`` escapes as a 500."""
     value = text
     fmt = mapping.date_format
     has_time = any(code in fmt for code in ("%H", "%T", "%M", "%S"))
@@ -414,11 +460,15 @@ def _date(text: pl.Expr, mapping: CsvMapping, time_text: pl.Expr | None = None) 
         value = pl.concat_str([value, pl.lit(" "), time_text])
         fmt, has_time = f"{fmt} {mapping.time_format}", True
     if not has_time:
-        return value.str.strptime(pl.Date, fmt, strict=False)
+        return _Day(value.str.strptime(pl.Date, fmt, strict=False), pl.lit(False), pl.lit(False))
     moment = value.str.strptime(pl.Datetime("us"), fmt, strict=False)
-    if move:
-        moment = moment.dt.replace_time_zone(mapping.timezone).dt.convert_time_zone(mapping.calendar)
-    return moment.dt.date()
+    if not move:
+        return _Day(moment.dt.date(), pl.lit(False), pl.lit(False))
+    earliest, latest = (moment.dt.replace_time_zone(mapping.timezone, ambiguous=which, non_existent="null")
+                        .dt.convert_time_zone(mapping.calendar).dt.date() for which in ("earliest", "latest"))
+    skipped = moment.is_not_null() & earliest.is_null()
+    repeated = earliest != latest
+    return _Day(pl.when(earliest == latest).then(earliest), skipped.fill_null(False), repeated.fill_null(False))
 
 
 def _mapped(text: pl.Expr, table: dict[str, str], default: str | None, allowed: tuple[str, ...]) -> pl.Expr:
@@ -532,12 +582,17 @@ def _conversions(mapping: CsvMapping) -> list[pl.Expr]:
     else:
         fee = pl.lit(None, dtype=pl.Int64)
     booked_time = pl.col(mapping.sources("booked_time")[0]) if "booked_time" in mapping.columns else None
-    booked_on = _date(pl.col(mapping.sources("booked_on")[0]), mapping, booked_time)
-    checks["booked_on"] = booked_on.is_null()
+    booked = _date(pl.col(mapping.sources("booked_on")[0]), mapping, booked_time)
+    booked_on = booked.day
+    checks["booked_on"] = booked_on.is_null() & ~booked.skipped & ~booked.repeated
+    checks["skipped_time"], checks["repeated_time"] = booked.skipped, booked.repeated
     if "value_on" in mapping.columns:
         value_text = _text(mapping, "value_on")
-        value_on = _date(value_text, mapping)
-        checks["value_on"] = value_text.is_not_null() & value_on.is_null()
+        valued = _date(value_text, mapping)
+        value_on = valued.day
+        checks["value_on"] = value_text.is_not_null() & value_on.is_null() & ~valued.skipped & ~valued.repeated
+        checks["skipped_time"] = checks["skipped_time"] | valued.skipped
+        checks["repeated_time"] = checks["repeated_time"] | valued.repeated
     else:
         value_on = pl.lit(None, dtype=pl.Date)
     kind = _mapped(_text(mapping, "kind"), mapping.kind_map, mapping.kind_default, KINDS)

@@ -7,8 +7,9 @@ MT940 specification, the library then reads each statement (balances, the ``:86:
 as SEPA's ``EREF+``), and its transactions must be exactly the ``:61:`` lines we counted. Each
 statement must add up: opening balance plus its movements is its closing balance.
 
-A file may hold several statements (one ``:20:`` block each); ``meta`` covers them all. Those of one
-account and currency follow each other: each opens at the previous one's closing balance.
+A file may hold several statements (one ``:20:`` block each); ``meta`` covers them all, and its ``parts``
+give each statement's account (``:25:``), so every line is known to be on its own statement's account.
+Those of one account and currency follow each other: each opens at the previous one's closing balance.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import polars as pl
 
 from clearhouse.reconciliation.errors import StatementInvalid
 from clearhouse.reconciliation.formats.csvmap import check_chained, exponent_of, to_minor
-from clearhouse.reconciliation.frames import STATEMENT_SCHEMA, ParsedStatement, StatementMeta
+from clearhouse.reconciliation.frames import STATEMENT_SCHEMA, ParsedStatement, StatementMeta, StatementPart
 
 TAG = re.compile(r"^:(\d{2}[A-Z]?):(.*)$")
 BALANCE = re.compile(r"^(?P<mark>[CD])(?P<date>\d{6})(?P<currency>[A-Z]{3})(?P<amount>\d{1,15},\d*)$")
@@ -157,6 +158,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
     opening = closing = None
     currencies: set[str] = set()
     closed_before: dict[tuple[str, str], tuple[int, int]] = {}
+    parts: list[StatementPart] = []
     for statement in statements:
         for tag in ("25", "60", "62"):
             if tag not in statement.tags:
@@ -184,6 +186,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
         opening = opened if opening is None else opening
         closing = closed
         currencies.add(currency)
+        parts.append(StatementPart(account, currency, statement.first_line))
         if progress is not None:
             progress(len(rows))
     frame = pl.DataFrame(rows, schema=STATEMENT_SCHEMA) if rows else pl.DataFrame(schema=STATEMENT_SCHEMA)
@@ -197,6 +200,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
         closing_balance=closing if len(currencies) == 1 else None,
         first_day=min(days) if days else None, last_day=max(days) if days else None,
         extra={"statements": str(len(statements)), "last_statement_id": (last.tags.get("28C") or last.tags["20"])[1]},
+        parts=tuple(parts),
     )
     return ParsedStatement(meta, frame)
 
