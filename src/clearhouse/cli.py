@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+import traceback
 from typing import Annotated, Any
 
 import typer
@@ -42,8 +44,8 @@ def _setup() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000)")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: CLEARHOUSE_HOST, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: CLEARHOUSE_PORT, 8000)")] = None,
     demo: Annotated[bool, typer.Option(help="Migrate, load demo data and run the worker in this process")] = False,
     workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes, each on its own listening socket")] = 1,
 ) -> None:
@@ -58,7 +60,7 @@ def serve(
         _prepare_demo(settings)
     host = host or settings.host
     port = port or settings.port
-    console.print(f"Clearhouse on http://{host}:{port}  (database: {settings.database_url})")
+    console.print(f"Clearhouse on http://{host}:{port}  (database: {_safe_url()})")
     if workers > 1:
         _check_start_up(settings)
         try:
@@ -86,7 +88,8 @@ def _check_start_up(settings: Any) -> None:
 
 
 @app.command()
-def worker(once: Annotated[bool, typer.Option(help="Run each job once and exit")] = False) -> None:
+def worker(once: Annotated[bool, typer.Option(
+        help="Run each job once, print the counts as JSON and exit (1 if a job failed)")] = False) -> None:
     """Run the background worker: expiries, channel status queries, webhook and notification delivery."""
     import threading
 
@@ -94,9 +97,14 @@ def worker(once: Annotated[bool, typer.Option(help="Run each job once and exit")
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
+    # Opens the master keys (some jobs decrypt), so a key or database problem stops the worker
+    # here, once, like any other command, instead of failing every job on every pass.
     runtime = worker_module.build_runtime(settings, engine)
     if once:
-        print(json.dumps(worker_module.run_once(engine, runtime)))
+        counts = worker_module.run_once(engine, runtime)
+        print(json.dumps(counts))
+        if any(count < 0 for count in counts.values()):
+            raise typer.Exit(1)
         return
     stop = threading.Event()
     try:
@@ -139,12 +147,51 @@ def _prepare_demo(settings: Any) -> int:
     return created
 
 
+def _shipped_revision(revision: str) -> str:
+    """REVISION as Alembic resolves it (``head``, an id, or the unique start of one), checked
+    before any database is opened, so a typo leaves nothing behind."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from clearhouse.kit.db import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    newest = f"the newest is {script.get_current_head()}, also called head"
+    try:
+        found = script.get_revisions(revision)
+    except CommandError as error:
+        raise typer.BadParameter(f"{error}; {newest}") from None
+    if len(found) != 1:
+        raise typer.BadParameter(f"{revision!r} is not one revision to upgrade to; {newest}")
+    return revision
+
+
 @db_app.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
-    """Apply migrations up to REVISION (default: the newest)."""
+def db_upgrade(revision: Annotated[str, typer.Argument(callback=_shipped_revision)] = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest). There is no downgrade."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from clearhouse.kit.db import alembic_config, current_revision
+
     settings = get_settings()
-    upgrade(settings.database_url, revision)
-    console.print(f"database at {revision}")
+    try:
+        upgrade(settings.database_url, revision)
+    except CommandError as error:  # the database is at a revision this code does not ship
+        _say_database_problem(error)
+        raise typer.Exit(2) from None
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        now = current_revision(engine)
+    finally:
+        engine.dispose()
+    (wanted,) = ScriptDirectory.from_config(alembic_config("sqlite://")).get_revisions(revision)
+    if now != wanted.revision:  # Alembic does nothing when asked for a revision the database is past
+        console.print(f"database at {now}, already past {wanted.revision}: nothing done (there is no downgrade)")
+    elif revision in ("head", "heads"):
+        console.print(f"database at head ({now})")
+    else:
+        console.print(f"database at {now}")
 
 
 @db_app.command("current")
@@ -158,7 +205,7 @@ def db_current() -> None:
 
 @ledger_app.command("verify")
 def ledger_verify(as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False) -> None:
-    """Recompute the hash chain, zero-sum, limits and balances; exit 1 on the first failure."""
+    """Recompute the hash chain, zero-sum, limits and balances; report the failures (up to 100) and exit 1 if any."""
     from clearhouse.kit.verification import report_to_operator
     from clearhouse.ledger.verify import verify
 
@@ -226,7 +273,11 @@ def bench_recon(
 
 
 def main() -> None:
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    """The console script. An operator's misconfiguration (a setting, the database, the master keys)
+    is one ``error:`` line and a line saying what to check, exit 2, no traceback; a bug keeps its traceback."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+    from sqlalchemy.exc import SQLAlchemyError
 
     from clearhouse.kit.crypto import CryptoConfigError
 
@@ -234,17 +285,72 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except (ValidationError, SettingsError) as error:
+        if isinstance(error, ValidationError) and error.title != "Settings":
+            raise
+        # Said from the error alone: reading the settings again would only fail again.
+        message, variables = _settings_problem(error)
+        _say(message, f"check {', '.join(variables)} (docs/configuration.md)")
+        sys.exit(2)
     except CryptoConfigError as error:
-        console.print(f"[red]error[/]: {error}")
-        console.print("check CLEARHOUSE_MASTER_KEY or CLEARHOUSE_MASTER_KEY_FILE (docs/data-protection.md)")
+        if isinstance(error.__context__, SQLAlchemyError):
+            # The data keys could not be read at all: the database is at fault, not the keys.
+            _say_database_problem(error.__context__, schema=True)
+        else:
+            _say(str(error), "check CLEARHOUSE_MASTER_KEY or CLEARHOUSE_MASTER_KEY_FILE (docs/data-protection.md)")
         sys.exit(2)
-    except (SQLAlchemyError, ArgumentError, ValueError) as error:
-        # Misconfiguration (bad URL, server down, wrong credentials) is an operator's
-        # problem to fix, not a bug: one clear line, no traceback.
-        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        console.print(f"[red]error[/]: {type(error).__name__}: {detail}")
-        console.print(f"check CLEARHOUSE_DATABASE_URL (now {_safe_url()})")
+    except SQLAlchemyError as error:
+        # A bad URL, a server that does not answer, wrong credentials, a missing table.
+        _say_database_problem(error)
         sys.exit(2)
+    except ValueError as error:
+        if not _raised_by_database_layer(error):
+            raise
+        _say_database_problem(error)
+        sys.exit(2)
+
+
+def _say(message: str, hint: str) -> None:
+    from rich.markup import escape
+
+    console.print(f"[red]error[/]: {escape(message)}")
+    console.print(escape(hint))
+
+
+def _say_database_problem(error: BaseException, *, schema: bool = False) -> None:
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    hint = f"check CLEARHOUSE_DATABASE_URL (now {_safe_url()})"
+    if schema:
+        hint += "; a database without the schema needs `clearhouse db upgrade`"
+    _say(f"{type(error).__name__}: {detail}", hint)
+
+
+def _settings_problem(error: Exception) -> tuple[str, list[str]]:
+    """One line naming each ``CLEARHOUSE_*`` variable pydantic refused, and those variables."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):  # pydantic-settings could not decode a value
+        field = re.search(r'field "(\w+)"', str(error))
+        variable = f"CLEARHOUSE_{field.group(1).upper()}" if field else "the CLEARHOUSE_* variables"
+        return f"{variable}: {error}", [variable]
+    parts: list[str] = []
+    variables: list[str] = []
+    for problem in error.errors():
+        field, *inside = problem["loc"] or ("",)
+        variable = f"CLEARHOUSE_{str(field).upper()}" if field else "the CLEARHOUSE_* variables"
+        # A validator's own words, without pydantic's "Value error, " in front.
+        said = str(problem.get("ctx", {}).get("error") or problem["msg"])
+        parts.append(": ".join([variable, *map(str, inside), said]))
+        variables += [variable] if variable not in variables else []
+    return "; ".join(parts), variables
+
+
+def _raised_by_database_layer(error: BaseException) -> bool:
+    """kit/db.py refuses a database URL it cannot use (unsupported, in memory, a folder it cannot
+    make) with a ValueError. Any other ValueError reaching here is a bug, not a setting."""
+    modules = [frame.f_globals.get("__name__", "") for frame, _ in traceback.walk_tb(error.__traceback__)]
+    ours = [name for name in modules if name.startswith("clearhouse.")]
+    return bool(ours) and ours[-1] == "clearhouse.kit.db"
 
 
 def _safe_url() -> str:

@@ -53,7 +53,9 @@ def runtime_jobs() -> list[tuple[str, Callable[[Any], int]]]:
 
 
 def build_runtime(settings: Settings, engine: Engine) -> Any:
-    """A runtime for a worker process of its own (``clearhouse worker``)."""
+    """A runtime for a worker process of its own (``clearhouse worker``). It opens the master keys
+    (``webhooks.deliver_due`` decrypts endpoint secrets, ``orders.advance`` delivered codes), so a
+    missing key or an unusable database raises here, at start-up, not in every job."""
     from clearhouse.channels import connectors  # noqa: F401  (registers the built-in channels)
     from clearhouse.channels.protocol import ChannelSet
     from clearhouse.channels.routing import Router

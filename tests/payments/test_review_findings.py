@@ -24,20 +24,31 @@ def _held(shop, amount: int = 10000) -> dict:
     return response.json()
 
 
+def _cannot_be_asked(monkeypatch, card) -> None:
+    """The channel's status cannot be read either: the capture's outcome stays unknown to us."""
+    from clearhouse.channels.protocol import ChannelUnavailable
+
+    monkeypatch.setattr(card, "query", lambda reference: (_ for _ in ()).throw(ChannelUnavailable("down")))
+
+
 class TestACaptureWhoseAnswerWasLost:
     """The channel captured, but its answer timed out: what it says later must post the hold."""
 
-    def test_a_cancel_that_finds_it_captured_posts_the_capture(self, app, client, merchant_client_factory):
+    def test_a_cancel_that_finds_it_captured_posts_the_capture(self, app, client, merchant_client_factory,
+                                                               monkeypatch):
         shop, merchant_id = merchant_client_factory()
         payment = _held(shop)
         card = app.state.channels["sandbox_card"]
         card.faults = sandbox.FaultProfile(timeout_rate=1.0, seed=1)
+        _cannot_be_asked(monkeypatch, card)
         lost = shop.post(f"/v1/payments/{payment['id']}/capture", json={"amount": 6000})
-        assert lost.status_code == 409 and lost.json()["code"] == "channel_not_answering"
+        assert lost.status_code == 409 and lost.json()["code"] == "outcome_unconfirmed"
         card.faults = sandbox.FaultProfile()
+        monkeypatch.undo()
         refused = shop.post(f"/v1/payments/{payment['id']}/cancel", json={})
         assert refused.status_code == 409
         assert refused.json()["code"] == "payment_state_conflict"
+        assert "captured 6000" in refused.json()["detail"]
         after = shop.get(f"/v1/payments/{payment['id']}").json()
         assert after["status"] == "succeeded"
         assert after["amount_captured"] == 6000
@@ -51,13 +62,16 @@ class TestACaptureWhoseAnswerWasLost:
         assert refund.status_code == 201, refund.text
         ledger_verifies(app)
 
-    def test_an_expiry_that_finds_it_captured_posts_it_instead_of_releasing_it(self, app, merchant_client_factory):
+    def test_an_expiry_that_finds_it_captured_posts_it_instead_of_releasing_it(self, app, merchant_client_factory,
+                                                                               monkeypatch):
         shop, merchant_id = merchant_client_factory()
         payment = _held(shop)
         card = app.state.channels["sandbox_card"]
         card.faults = sandbox.FaultProfile(timeout_rate=1.0, seed=1)
+        _cannot_be_asked(monkeypatch, card)
         assert shop.post(f"/v1/payments/{payment['id']}/capture", json={}).status_code == 409
         card.faults = sandbox.FaultProfile()
+        monkeypatch.undo()
         with clock.frozen(clock.now() + timedelta(days=8)):
             assert payments.expire_authorizations(payments.Runtime.of(app)) == 1
         after = shop.get(f"/v1/payments/{payment['id']}").json()
@@ -220,8 +234,10 @@ class TestReviewOfTheFixes:
         payment = _held(shop)
         reference = payment["attempts"][-1]["id"]
         told = protocol.ChannelResult(protocol.APPROVED, reference)  # says captured, not how much
-        outcome = transact(app.state.engine, lambda s: payments.apply_result(s, reference, told, source="notification",
-                                                                             hold_hours=168))
+        runtime = payments.Runtime.of(app)
+        outcome = transact(app.state.engine, lambda s: payments.apply_result(s, runtime, reference, told,
+                                                                             channel="sandbox_card",
+                                                                             source="notification"))
         assert outcome == "captured_amount_unknown"
         after = shop.get(f"/v1/payments/{payment['id']}").json()
         assert after["status"] == "requires_capture" and after["amount_captured"] == 0

@@ -199,11 +199,14 @@ class TestACaptureTheChannelDidNotAnswer:
             raise ChannelTimeout("no answer in time")
 
         monkeypatch.setattr(card, "capture", captured_but_silent)
+        real_query = card.query
+        monkeypatch.setattr(card, "query", lambda reference: (_ for _ in ()).throw(ChannelTimeout("no answer")))
         headers = {"Idempotency-Key": "capture-1"}
         first = shop.post(f"/v1/payments/{payment['id']}/capture", json={"amount": 1500}, headers=headers)
-        assert first.status_code == 409 and first.json()["code"] == "channel_not_answering"
+        assert first.status_code == 409 and first.json()["code"] == "outcome_unconfirmed"
         assert first.headers["Retry-After"] == "5"
         monkeypatch.setattr(card, "capture", real_capture)
+        monkeypatch.setattr(card, "query", real_query)
         again = shop.post(f"/v1/payments/{payment['id']}/capture", json={"amount": 1500}, headers=headers)
         assert again.status_code == 200, again.text
         assert "Idempotent-Replayed" not in again.headers
@@ -352,8 +355,7 @@ class TestFeePlanRanges:
         assert answer.status_code == 422 and answer.json()["code"] == "invalid_fee_plan", answer.text
         assert client.get(f"/v1/fee_plans/{merchant_id}").json()["rules"] == []
 
-    @pytest.mark.parametrize("rule", [{"percent": 1}, {"percent": "1%"}, {"percent": "1", "fixed": "5"},
-                                      {"percent": "1.1234567"}])
+    @pytest.mark.parametrize("rule", [{"percent": 1}, {"percent": "1%"}, {"percent": "1", "fixed": "5"}])
     def test_a_value_of_the_wrong_shape_is_a_validation_error(self, client, merchant_client_factory, rule):
         _, merchant_id = merchant_client_factory()
         answer = client.put(f"/v1/fee_plans/{merchant_id}", json={"rules": [rule]})

@@ -29,7 +29,7 @@ def _connector(channel: str):
 
 @app.command()
 def pay(
-    reference: Annotated[str, typer.Argument(help="The attempt reference (the payment's attempts[].reference)")],
+    reference: Annotated[str, typer.Argument(help="The attempt id, pat_... (the payment's attempts[].id)")],
     channel: Annotated[str, typer.Option(help="sandbox_alipay, sandbox_wechat or sandbox_bank")],
 ) -> None:
     """Pay a waiting QR code or bank transfer as the customer would."""
@@ -53,7 +53,8 @@ def pay(
 
 @app.command()
 def challenge(
-    reference: Annotated[str, typer.Argument(help="The attempt reference of a card payment that requires action")],
+    reference: Annotated[str, typer.Argument(
+        help="The attempt id, pat_... (attempts[].id), of a card payment that requires action")],
     fail: Annotated[bool, typer.Option("--fail", help="Fail the challenge instead of passing it")] = False,
 ) -> None:
     """Answer a card payment's 3-D-Secure-like challenge as the cardholder."""
@@ -65,11 +66,20 @@ def challenge(
     console.print(f"{reference}: {result.status}")
 
 
+def _output_file(path: Path | None) -> Path | None:
+    """A file to write, checked before any work: its folder exists, and it is not a folder itself."""
+    if path is not None and (path.is_dir() or not path.parent.is_dir()):
+        raise typer.BadParameter(f"{str(path)!r} is a folder" if path.is_dir()
+                                 else f"the folder of {str(path)!r} does not exist")
+    return path
+
+
 @app.command()
 def statement(
     channel: Annotated[str, typer.Option(help="The sandbox channel")],
     day: Annotated[str, typer.Option("--date", help="The statement day, YYYY-MM-DD (the channel's calendar)")],
-    out: Annotated[Path | None, typer.Option(help="Write here (default: the channel's file name, here)")] = None,
+    out: Annotated[Path | None, typer.Option(callback=_output_file,
+                                             help="Write here (default: the channel's file name, here)")] = None,
 ) -> None:
     """Write the channel's statement file for one day, in the channel's own layout."""
     try:
@@ -78,8 +88,11 @@ def statement(
         console.print(f"[red]--date {day!r} is not YYYY-MM-DD[/red]")
         raise typer.Exit(2) from None
     statement_file = _connector(channel).statement(wanted)
-    target = out or Path(statement_file.filename)
-    target.write_bytes(statement_file.content)
+    target = _output_file(out or Path(statement_file.filename))
+    try:
+        target.write_bytes(statement_file.content)
+    except OSError as error:  # not writable: a message, not a traceback
+        raise typer.BadParameter(f"cannot write {str(target)!r}: {error.strerror}", param_hint="--out") from None
     console.print(f"{target} ({statement_file.layout}, {len(statement_file.content)} bytes)")
 
 

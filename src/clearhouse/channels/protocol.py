@@ -184,16 +184,33 @@ class Cost:
     """What the channel charges us for a payment: ``rate`` of the amount plus ``fixed``
     minor units, rounded half-up to the minor unit (``kit.money.rate_of``).
 
-    ``returned_on_refund``: the channel gives back its ``rate`` on the refunded amount (the QR
-    wallets do); card schemes and banks keep their whole fee."""
+    ``returned_on_refund``: the channel gives back the refunded share of its fee (the QR wallets
+    do); card schemes and banks keep their whole fee."""
 
     rate: Decimal = Decimal("0")
     fixed: int = 0
     returned_on_refund: bool = False
 
-    def returned(self, refunded: int) -> int:
-        """What the channel gives back of its fee when ``refunded`` minor units are refunded."""
-        return rate_of(refunded, self.rate) if self.returned_on_refund else 0
+    def charged(self, amount: int) -> int:
+        """What the channel charges for collecting ``amount``: ``rate`` of it plus ``fixed``, half-up.
+        It may exceed the amount (a fixed fee on a small payment)."""
+        return rate_of(amount, self.rate, self.fixed)
+
+    def returned(self, *, charged: int, captured: int, refunded_before: int, returned_before: int,
+                 refunded: int) -> int:
+        """What the channel gives back of the ``charged`` fee of a payment of ``captured`` when ``refunded``
+        more of it is refunded, after ``refunded_before`` that got ``returned_before`` back.
+
+        Cumulative, as the platform's own fee (``payments.fees.share``): the fee's share of everything
+        refunded so far (half-up), less what was given back already. Partial refunds therefore never
+        get back more than the fee, and the refund that completes the payment gets back the rest of it:
+        6600 charged 36, refunded 1001 then 5599, gives back 5 then 31 (per refund, 0.55 % half-up
+        would give 6 + 31 = 37, a cent the channel never charged)."""
+        if not self.returned_on_refund or captured <= 0 or charged <= 0:
+            return 0
+        after = min(captured, refunded_before + refunded)
+        share = (charged * after * 2 + captured) // (captured * 2)
+        return max(0, min(share, charged) - returned_before)
 
 
 # --------------------------------------------------------------------------- errors

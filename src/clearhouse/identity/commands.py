@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 
 from clearhouse.audit.service import Actor
 from clearhouse.identity.permissions import PERMISSIONS
@@ -32,21 +33,31 @@ def _open() -> tuple[object, object]:
     return engine, FieldCipher.open(engine, load_master_keys(settings))
 
 
+def _refuse(message: str) -> NoReturn:
+    """What the API would answer 422 to: one ``error:`` line, exit 2, before anything is opened."""
+    console.print(f"[red]error[/]: {escape(message)}")
+    raise typer.Exit(2)
+
+
 def _utc(value: datetime | None) -> datetime | None:
-    """A time given without an offset is UTC; one with an offset keeps it."""
+    """A time given without an offset is UTC; one with an offset is converted to UTC."""
     if value is None:
         return None
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        _refuse(f"--expires-at {value.isoformat()} is past the year 9999 once in UTC")
 
 
 def _scopes(raw: str | None) -> list[str] | None:
     if raw is None:
         return None
     scopes = [s.strip() for s in raw.split(",") if s.strip()]
+    if not scopes:  # a key that may do nothing is a mistake, not a request (the API wants one scope or more)
+        _refuse(f"--scopes names no scope; give at least one of: {', '.join(PERMISSIONS)}")
     unknown = sorted(set(scopes) - set(PERMISSIONS))
     if unknown:
-        console.print(f"[red]error[/]: unknown scope(s) {', '.join(unknown)}; known: {', '.join(PERMISSIONS)}")
-        raise typer.Exit(2)
+        _refuse(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(PERMISSIONS)}")
     return scopes
 
 
@@ -56,8 +67,9 @@ def keys_create(
     merchant_id: Annotated[str | None, typer.Option(help="A merchant's key (test unless --live)")] = None,
     live: Annotated[bool, typer.Option("--live", help="A live merchant key")] = False,
     scopes: Annotated[str | None, typer.Option(help="Comma-separated scopes (default: all the key may hold)")] = None,
-    name: Annotated[str, typer.Option(help="A label")] = "",
-    expires_at: Annotated[datetime | None, typer.Option(help="Expiry (RFC 3339, UTC)")] = None,
+    name: Annotated[str, typer.Option(help="A label, at most 200 characters")] = "",
+    expires_at: Annotated[datetime | None, typer.Option(
+        help="Expiry: RFC 3339, converted to UTC; a time without an offset is UTC")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print {api_key_id, api_secret} as JSON")] = False,
 ) -> None:
     """Create an API key and print its secret (shown this once)."""
@@ -65,18 +77,23 @@ def keys_create(
     from clearhouse.kit.db import transact
     from clearhouse.kit.errors import ClearhouseError
 
+    # The rules of POST /v1/api_keys and POST /v1/merchants/{id}/api_keys, checked before anything is opened.
     if platform == (merchant_id is not None):
-        console.print("[red]error[/]: give exactly one of --platform or --merchant-id")
-        raise typer.Exit(2)
+        _refuse("give exactly one of --platform or --merchant-id")
+    if live and platform:
+        _refuse("--live is for a merchant key (with --merchant-id); a platform key has no mode")
+    if len(name) > 200:
+        _refuse(f"--name is at most 200 characters, not {len(name)}")
     mode = "platform" if platform else ("live" if live else "test")
     chosen = _scopes(scopes)
+    expiry = _utc(expires_at)
     engine, cipher = _open()
     try:
         if merchant_id is not None:
             transact(engine, lambda s: service.get_merchant(s, None, merchant_id))
         row, secret = transact(engine, lambda s: service.create_api_key(
             s, cipher, CLI_ACTOR, merchant_id=merchant_id, mode=mode, name=name, scopes=chosen,
-            expires_at=_utc(expires_at), created_by="cli"))
+            expires_at=expiry, created_by="cli"))
     except ClearhouseError as error:
         console.print(f"[red]error[/]: {error.code}: {error.detail}")
         raise typer.Exit(2) from None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -16,8 +18,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/clearhouse.db"
     """An SQLAlchemy URL: ``sqlite:///path`` or ``postgresql+psycopg://user@host:port/db``."""
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "INFO"
+    """A level name of the ``logging`` module (``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``), any case."""
     log_json: bool = False
     metrics_public: bool = True
     """Serve ``/metrics`` without credentials (scrapers on a private network)."""
@@ -35,7 +38,9 @@ class Settings(BaseSettings):
 
     # Authentication (identity/).
     signature_tolerance_seconds: int = 300
-    nonce_ttl_seconds: int = 600
+    nonce_ttl_seconds: int = Field(default=600, validate_default=True)
+    """How long a used nonce is kept: at least twice ``signature_tolerance_seconds``, checked
+    even when left at its default (a raised tolerance alone would otherwise slip through)."""
     api_key_rate_limit_per_minute: int = 6000
     """Requests per API key per minute, shared by every server process (0: no limit)."""
     login_rate_limit_per_minute: int = 10
@@ -63,9 +68,10 @@ class Settings(BaseSettings):
     sandbox_dir: Path = Path("var/sandbox")
     """The sandbox channels' own store (their side of every call, their signing keys, their
     statements): a different system from ours, so it is not in our database."""
-    sandbox_faults: dict[str, dict[str, Any]] = {}
+    sandbox_faults: Annotated[dict[str, dict[str, Any]], NoDecode] = {}
     """Fault profile per sandbox channel, as JSON: ``{"sandbox_card": {"latency_ms": 200,
-    "decline_rate": 0.1, "timeout_rate": 0.05, "outages": [["02:00", "02:15"]]}}``."""
+    "decline_rate": 0.1, "timeout_rate": 0.05, "outages": [["02:00", "02:15"]]}}``. Checked
+    here, when the settings are read, so a wrong profile stops every command at start-up."""
 
     # Webhooks (webhooks/).
     webhook_timeout_seconds: float = 5.0
@@ -81,13 +87,54 @@ class Settings(BaseSettings):
     recon_upload_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     """The largest statement file ``POST /v1/reconciliations`` accepts."""
 
-    @model_validator(mode="after")
-    def _nonces_outlive_skew(self) -> Settings:
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"{value!r} is not a log level: DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @field_validator("nonce_ttl_seconds")
+    @classmethod
+    def _nonces_outlive_skew(cls, value: int, info: ValidationInfo) -> int:
         # A request stamped `tolerance` seconds ahead stays acceptable for 2 x tolerance:
         # its nonce must be remembered at least that long, or it could be replayed.
-        if self.nonce_ttl_seconds < 2 * self.signature_tolerance_seconds:
-            raise ValueError("nonce_ttl_seconds must be at least twice signature_tolerance_seconds")
-        return self
+        tolerance = info.data.get("signature_tolerance_seconds")
+        if tolerance is not None and value < 2 * tolerance:
+            raise ValueError(f"{value} is less than twice CLEARHOUSE_SIGNATURE_TOLERANCE_SECONDS ({tolerance}): "
+                             "raise it or lower the tolerance")
+        return value
+
+    @field_validator("sandbox_faults", mode="before")
+    @classmethod
+    def _faults_from_json(cls, value: Any) -> Any:
+        # Decoded here rather than by pydantic-settings, whose own failure names no variable.
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {}
+        try:
+            return json.loads(value)
+        except ValueError as error:
+            raise ValueError(f"not JSON ({error})") from None
+
+    @field_validator("sandbox_faults")
+    @classmethod
+    def _faults_are_profiles(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # Parsed now, not when a connector is first used: a wrong profile would otherwise
+        # surface as a 500 on every payment through that channel.
+        from clearhouse.channels import connectors  # noqa: F401  (registers the built-in sandboxes)
+        from clearhouse.channels.connectors.sandbox import SANDBOXES, FaultProfile
+
+        for channel, profile in value.items():
+            if channel not in SANDBOXES:
+                raise ValueError(f"no sandbox channel {channel!r}; sandboxes: {', '.join(sorted(SANDBOXES))}")
+            try:
+                FaultProfile.from_mapping(profile)
+            except ValueError as error:
+                raise ValueError(f"{channel}: {error}") from None
+        return value
 
     def sqlite_path(self) -> Path | None:
         prefix = "sqlite:///"

@@ -36,9 +36,11 @@ _WRITE = [requires("payments:write")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown or not yours (`payment_not_found`, `refund_not_found`, `wallet_not_found`)"},
     409: {"description": "Conflict with the payment's state (`payment_state_conflict`, `refund_exceeds_captured`, "
-          "`capture_exceeds_authorized`, `idempotency_key_reused`, `idempotency_key_in_use`)"},
+          "`capture_exceeds_authorized`, `channel_not_answering`, `outcome_unconfirmed`, `idempotency_key_reused`, "
+          "`idempotency_key_in_use`)"},
     422: {"description": "A rule is broken (`validation_error`, `payment_details_required`, "
-          "`capture_method_not_supported`, `no_channel_supports_payment`, `invalid_card_number`, ...)"},
+          "`currency_not_supported`, `capture_method_not_supported`, `no_channel_supports_payment`, "
+          "`invalid_card_number`, ...)"},
 }
 
 

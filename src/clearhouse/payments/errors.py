@@ -63,6 +63,8 @@ class PaymentDetailsRequired(ClearhouseError):
 
 
 class CurrencyNotSupported(ClearhouseError):
+    """A wallet payment is in a currency the customer's wallet holds (its wallets hold others)."""
+
     code = "currency_not_supported"
     status = 422
     title = "Currency not supported"
@@ -77,8 +79,8 @@ class InvalidFeePlan(ClearhouseError):
 
 
 class ChannelNotAnswering(ClearhouseError):
-    """The channel did not give a definite answer to a capture or cancel (timeout, outage,
-    error): nothing changed on our side; the same request may be sent again."""
+    """The channel did not act on a capture or cancel (an outage or error, or a timeout after which it
+    says the authorization is as it was): nothing changed; the same request may be sent again."""
 
     code = "channel_not_answering"
     status = 409
@@ -86,4 +88,18 @@ class ChannelNotAnswering(ClearhouseError):
 
     def headers(self) -> dict[str, str]:
         # "Try again": so the answer is not kept against an Idempotency-Key either (kit.idempotency).
+        return {"Retry-After": "5"}
+
+
+class OutcomeUnconfirmed(ClearhouseError):
+    """A capture or cancel the channel did not answer in time, and could not be asked what it did: it may
+    have acted, so nothing is recorded until it says. Send the same request again (the channel does not
+    act twice on one authorization); the answer then says what happened."""
+
+    code = "outcome_unconfirmed"
+    status = 409
+    title = "The channel's outcome is not confirmed yet"
+
+    def headers(self) -> dict[str, str]:
+        # "Ask again": like channel_not_answering, never kept against an Idempotency-Key (kit.idempotency).
         return {"Retry-After": "5"}

@@ -23,6 +23,8 @@ from clearhouse.payments.models import COST_BEARERS, REFUND_FEE_POLICIES, FeeRul
 
 rules = FeeRule.__table__
 _HUNDRED = Decimal(100)
+MAX_PERCENT_DECIMALS = 6
+"""A percentage is stored as text of at most 6 decimals (``0.000001`` %): finer is ``invalid_fee_plan``."""
 _RULES_FOR = select(rules).where(  # every payment asks: built once
     or_(rules.c.merchant_id == bindparam("merchant_id"), rules.c.merchant_id.is_(None)),
     or_(rules.c.method == bindparam("method"), rules.c.method.is_(None)),
@@ -71,6 +73,8 @@ def _check(rule: dict[str, Any]) -> Rule:
         raise InvalidFeePlan("percent must be a decimal number such as 0.6") from error
     if not percent.is_finite() or not Decimal(0) <= percent <= _HUNDRED:
         raise InvalidFeePlan("percent must be between 0 and 100")
+    if percent.normalize().as_tuple().exponent < -MAX_PERCENT_DECIMALS:  # type: ignore[operator]
+        raise InvalidFeePlan(f"percent has at most {MAX_PERCENT_DECIMALS} decimals, not {rule.get('percent')}")
     for name in ("fixed", "minimum"):
         value = rule.get(name, 0)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:

@@ -14,8 +14,11 @@ from clearhouse.ledger.service import CREDIT, DEBIT, EntryRequest, PostingReques
 
 
 def _legs(session: Session, currency: str, legs: list[tuple[str, str, str, int, dict]]) -> list[PostingRequest]:
+    """The postings; a leg whose amount came out negative is written on the other side (a channel that
+    charges more than it collected: the clearing account is credited the difference)."""
     return [
-        PostingRequest(account_for(session, name, type_, currency, **flags), direction, amount, currency)
+        PostingRequest(account_for(session, name, type_, currency, **flags),
+                       direction if amount > 0 else (CREDIT if direction == DEBIT else DEBIT), abs(amount), currency)
         for name, type_, direction, amount, flags in legs
         if amount
     ]
@@ -36,7 +39,10 @@ def payment_entry(session: Session, *, payment_id: str, merchant_id: str, channe
                   entry_id: str) -> EntryRequest:
     """Recipe 1 (a sale), 7 (a wallet top-up: no merchant, no fee) and 7b (paying from a wallet).
 
-    Pending (recipe 2, manual capture) writes the same postings as a pending entry."""
+    Pending (recipe 2, manual capture) writes the same postings as a pending entry. A channel cost above
+    the amount (the bank's fixed 0.50 on a 0.30 transfer) is booked whole, as the channel charges it:
+    Dr ``channel_cost`` 0.50, Cr ``channel_clearing`` 0.20 (the channel nets its charge against other
+    money it holds for us), Cr the merchant and the fee as usual."""
     if channel == "wallet":
         assert wallet_id is not None
         legs: list[tuple[str, str, str, int, dict]] = [

@@ -152,9 +152,10 @@ class RefundOut(BaseModel):
 class FeeRuleIn(Model):
     method: Literal["card", "bank_transfer", "alipay", "wechat_pay", "wallet"] | None = None
     currency: CurrencyCode | None = None
-    # The shape here (a decimal string, whole numbers: else 422 validation_error); the ranges in
-    # fees._check, so every out-of-range value is the one documented code, 422 invalid_fee_plan.
-    percent: Annotated[str, StringConstraints(max_length=32, pattern=r"^-?[0-9]+(\.[0-9]{1,6})?$")] = Field(
+    # The shape here (a decimal string, whole numbers: else 422 validation_error); the ranges and the
+    # number of decimals in fees._check, so every value out of its rule is the one documented code,
+    # 422 invalid_fee_plan.
+    percent: Annotated[str, StringConstraints(max_length=32, pattern=r"^-?[0-9]+(\.[0-9]+)?$")] = Field(
         description="Percent as a decimal string, 0 to 100: \"0.6\" is 0.6 %")
     fixed: int = Field(default=0, strict=True, description="Minor units, 0 to 2**53 - 1")
     minimum: int = Field(default=0, strict=True, description="Minor units, 0 to 2**53 - 1")

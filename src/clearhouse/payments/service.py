@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -52,7 +52,6 @@ from clearhouse.kit import clock
 from clearhouse.kit.canonical import canonical_json
 from clearhouse.kit.db import WrittenRow, group_transact, is_postgresql, newest_first, transact
 from clearhouse.kit.ids import new_id, new_ids
-from clearhouse.kit.money import allocate, rate_of
 from clearhouse.ledger import errors as ledger_errors
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
@@ -428,21 +427,26 @@ def _card_of(session: Session, rt: Runtime, principal: Principal, actor: audit.A
 
 
 def _paying_wallet(session: Session, merchant_id: str, request: NewPayment) -> str:
+    """The wallet a wallet payment draws on: the customer's wallet in the payment's currency. A customer
+    with no wallet at all is ``wallet_not_found``; one whose wallets hold other currencies is
+    ``currency_not_supported``, naming them. (``wallet_id`` is set only by Clearhouse's own callers.)"""
     customer_id = (request.customer or {}).get("id")
     if request.wallet_id:
-        row = session.execute(select(wallets).where(wallets.c.id == request.wallet_id,
-                                                    wallets.c.merchant_id == merchant_id)).first()
+        found = session.execute(select(wallets).where(wallets.c.id == request.wallet_id,
+                                                      wallets.c.merchant_id == merchant_id)).all()
     elif customer_id:
-        row = session.execute(select(wallets).where(
-            wallets.c.merchant_id == merchant_id, wallets.c.customer_id == customer_id,
-            wallets.c.currency == request.currency)).first()
+        found = session.execute(select(wallets).where(
+            wallets.c.merchant_id == merchant_id, wallets.c.customer_id == customer_id)
+            .order_by(wallets.c.currency)).all()
     else:
-        raise errors.PaymentDetailsRequired("a wallet payment needs customer.id (or wallet_id)")
-    if row is None:
-        raise errors.WalletNotFound("the customer has no wallet in this currency")
-    if row.currency != request.currency:
-        raise errors.CurrencyNotSupported(f"wallet {row.id} holds {row.currency}")
-    return row.id
+        raise errors.PaymentDetailsRequired("a wallet payment needs customer.id, the customer whose wallet pays")
+    if not found:
+        raise errors.WalletNotFound(f"customer {customer_id} has no wallet" if customer_id else "no such wallet")
+    for row in found:
+        if row.currency == request.currency:
+            return row.id
+    held = ", ".join(row.currency for row in found)
+    raise errors.CurrencyNotSupported(f"the customer's wallet holds {held}, not {request.currency}")
 
 
 def _start_attempt(session: Session, payment_id: str, seq: int, channel: str, reason: str, cost: int) -> str:
@@ -538,8 +542,8 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
             _record(rt, channel, "decline" if result.status == protocol.DECLINED else "success", started)
             latency = _ms(started)
             return _tx(rt, lambda s, r=result, a=attempt_id, c=channel, ms=latency: _applied(
-                s, opened.payment_id, apply_result(s, a, r, source="authorize", hold_hours=_hold(rt),
-                                                   latency_ms=ms, attempt_of=(opened.payment_id, c))))
+                s, opened.payment_id, apply_result(s, rt, a, r, channel=c, source="authorize", latency_ms=ms,
+                                                   attempt_of=(opened.payment_id, c))))
         _record(rt, channel, "failure", started)
         next_candidate = _next_available(rt, candidates)
         seq += 1
@@ -608,10 +612,12 @@ def _record(rt: Runtime, channel: str, outcome: str, started: float) -> None:
 
 def _mark_attempt(session: Session, attempt_id: str, status: str, message: str | None = None, *,
                   decline_code: str | None = None, external_id: str | None = None,
-                  latency_ms: int | None = None) -> None:
+                  latency_ms: int | None = None, replace_message: bool = False) -> None:
+    """``replace_message``: the channel's answer replaces what we wrote before, even with no words (an
+    attempt the worker settled after a timeout no longer says "the channel did not answer")."""
     values: dict[str, Any] = {"the_id": attempt_id, "status": status, "finished_at": clock.now()}
-    if message is not None:
-        values["message"] = message[:500]
+    if message is not None or replace_message:
+        values["message"] = message[:500] if message is not None else None
     if decline_code is not None:
         values["decline_code"] = decline_code
     if external_id is not None:
@@ -624,12 +630,15 @@ def _mark_attempt(session: Session, attempt_id: str, status: str, message: str |
 # ------------------------------------------------------------------------------ applying answers
 
 
-def apply_result(session: Session, reference: str, result: ChannelResult | protocol.Notification, *,
-                 source: str, hold_hours: int, latency_ms: int | None = None,
+def apply_result(session: Session, rt: Runtime, reference: str, result: ChannelResult | protocol.Notification, *,
+                 channel: str, source: str, latency_ms: int | None = None,
                  attempt_of: tuple[str, str] | None = None) -> str:
     """Apply a channel's answer about one attempt, once, whatever the order of arrival.
     Returns what happened (for the notification log).
 
+    ``channel``: the channel that answered (or signed the notification). A channel speaks only
+    for its own attempts: an answer naming another channel's attempt is not applied (nothing
+    changes, nothing is posted) and is logged for an operator, as an unknown reference would be.
     ``attempt_of``: (payment id, channel) of the attempt, when the caller made it (the
     answer to our own call); otherwise the attempt is looked up by ``reference``."""
     if attempt_of is None:
@@ -638,6 +647,12 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
             return "unknown_reference"
         attempt_of = (attempt.payment_id, attempt.channel)
     payment_id, attempt_channel = attempt_of
+    if attempt_channel != channel:
+        # Whoever holds one channel's key must not settle another channel's payment: that channel
+        # never collected the money, so booking it would credit the merchant for nothing.
+        log.error("channel_answer_for_another_channel", channel=channel, attempt=reference,
+                  attempt_channel=attempt_channel, payment=payment_id, source=source)
+        return "wrong_channel"
     row = _payment(session, payment_id, lock=True)
     if result.status == protocol.NOT_FOUND:
         return "not_found"
@@ -662,7 +677,7 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
         return "amount_mismatch"
     _mark_attempt(session, reference, attempt_status, getattr(result, "message", None),
                   decline_code=getattr(result, "decline_code", None), external_id=result.external_id,
-                  latency_ms=latency_ms)
+                  latency_ms=latency_ms, replace_message=True)
     target = _PAYMENT_STATUS[result.status]
     if row.reference != reference:
         if target == state.SUCCEEDED:
@@ -695,7 +710,7 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
             # cancel or the expiry asks the channel, whose answer says how much.
             _event(session, row.id, "channel_reports_captured", status=result.status, source=source)
             return "captured_amount_unknown"
-        _captured(session, row.id, min(captured, row.amount), source=source)
+        _captured(session, rt, row.id, min(captured, row.amount), source=source)
         return f"{row.status}->{target}"
     now = clock.now()
     values: dict[str, Any] = {"status": target, "updated_at": now, "external_id": result.external_id or row.external_id}
@@ -705,7 +720,7 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
         values.update(amount_captured=row.amount, ledger_entry_id=entry.id, next_action_json=None)
     elif target == state.REQUIRES_CAPTURE:
         entry = _entry(session, row, pending=True)
-        values.update(ledger_entry_id=entry.id, authorization_expires_at=now + timedelta(hours=hold_hours),
+        values.update(ledger_entry_id=entry.id, authorization_expires_at=now + timedelta(hours=_hold(rt)),
                       next_action_json=None)
     elif target == state.CANCELED and row.status == state.REQUIRES_CAPTURE:
         _void_hold(session, row)
@@ -729,18 +744,27 @@ def apply_result(session: Session, reference: str, result: ChannelResult | proto
 
 
 def cost_of(rt: Runtime, channel: str, amount: int) -> int:
-    """What the channel charges us for ``amount`` (its published ``cost``), at most the amount."""
+    """What the channel charges us for ``amount``: its published ``cost``, as its statement has it. It can
+    be more than the amount (the bank's fixed 0.50 on a 0.30 transfer): the platform's loss on the
+    payment, booked as such (``postings.payment_entry`` credits the clearing account the difference)."""
     if channel == WALLET:
         return 0
-    cost = rt.channels[channel].cost
-    return min(amount, rate_of(amount, cost.rate, cost.fixed))
+    return rt.channels[channel].cost.charged(amount)
 
 
-def cost_returned(rt: Runtime, channel: str, refunded: int) -> int:
-    """What the channel gives back of its fee when ``refunded`` is refunded (``Cost.returned``)."""
-    if channel == WALLET:
+def cost_returned(session: Session, rt: Runtime, payment: Row, refunded: int) -> int:
+    """What the channel gives back of its fee on a new refund of ``refunded`` (``Cost.returned``): its
+    share of everything refunded or being refunded so far, less what those refunds got back, so the
+    refunds of a payment never get back more than the fee it charged, and all of them get back all of it."""
+    if payment.channel == WALLET:
         return 0
-    return rt.channels[channel].cost.returned(refunded)
+    returned_before = session.execute(
+        select(func.coalesce(func.sum(refunds.c.channel_cost_returned), 0))
+        .where(refunds.c.payment_id == payment.id, refunds.c.status.in_(("pending", "succeeded")))).scalar_one()
+    return rt.channels[payment.channel].cost.returned(
+        charged=payment.channel_cost, captured=payment.amount_captured,
+        refunded_before=payment.amount_refunded + payment.amount_refund_pending,
+        returned_before=int(returned_before), refunded=refunded)
 
 
 def _entry(session: Session, row: Row, *, pending: bool) -> ledger.EntryRequest:
@@ -762,48 +786,110 @@ def _void_hold(session: Session, row: Row) -> None:
 
 
 def capture(rt: Runtime, principal: Principal, payment_id: str, amount: int | None) -> dict[str, Any]:
-    """Post a held authorization, fully or partly; the rest of the hold is released."""
+    """Post a held authorization, fully or partly; the rest of the hold is released.
+
+    The answer says what the channel did. A capture whose answer is lost is asked about at once
+    (``_ask``); a capture the channel had made before (its answer lost then) is recorded for the
+    amount the channel took, and said so, rather than refused as "not capturable"."""
     row = _tx(rt, lambda s: get_payment_row(s, principal, payment_id))
     if row.status != state.REQUIRES_CAPTURE:
         raise errors.PaymentStateConflict(f"payment {payment_id} is {row.status}, not requires_capture")
     amount = row.amount if amount is None else amount
     if not 0 < amount <= row.amount:
         raise errors.CaptureExceedsAuthorized(f"capture between 1 and {row.amount}")
-    with _asking(row.channel):
-        result = rt.channels[row.channel].capture(row.reference, amount, row.currency)
-    if result.status not in (protocol.APPROVED,):
+    result, queried = _ask(rt, row, "capture", amount,
+                           lambda connector: connector.capture(row.reference, amount, row.currency))
+    captured = _capture_taken(result, amount, queried=queried)
+    if captured is None:
+        if queried and result.status in _STILL_HELD:
+            raise errors.ChannelNotAnswering(f"{row.channel} did not answer the capture in time, and says the "
+                                             "authorization is still held: it did not capture; nothing changed, "
+                                             "try again")
+        if queried and result.status == protocol.APPROVED:
+            raise errors.OutcomeUnconfirmed(f"{row.channel} did not answer the capture in time and says it "
+                                            "captured, but not how much; an operator confirms it (see the "
+                                            "timeline); nothing is recorded yet")
         raise errors.PaymentStateConflict(f"the channel refused the capture: {result.decline_code or result.status}")
-    _tx(rt, lambda s: _captured(s, payment_id, amount))
+    _tx(rt, lambda s: _captured(s, rt, payment_id, captured))
+    if captured != amount:
+        raise errors.PaymentStateConflict(
+            f"the channel had already captured {captured} of this authorization (a capture whose answer was "
+            f"lost), and captures an authorization once; that capture is now recorded, so the payment is "
+            f"succeeded with {captured} captured")
     return _tx(rt, lambda s: get_payment(s, None, payment_id))
 
 
-@contextlib.contextmanager
-def _asking(channel: str) -> Iterator[None]:
-    """A capture or cancel the channel did not answer changes nothing here: a 409 the
-    caller may retry (the channel call is idempotent on our reference), never a 5xx."""
+def _capture_taken(result: ChannelResult, asked: int, *, queried: bool) -> int | None:
+    """How much the channel says it has captured of the hold, or None when it has not (or does not say).
+
+    A direct "approved" answer to our capture took what was asked when it names no amount; the
+    channel's refusal of a hold it had captured already (``not_capturable``) names what it took."""
+    if result.status == protocol.APPROVED:
+        return result.captured_amount or (None if queried else asked)
+    if result.status == protocol.DECLINED and result.captured_amount:
+        return result.captured_amount
+    return None
+
+
+def _ask(rt: Runtime, row: Row, what: str, amount: int | None,
+         call: Callable[[Connector], ChannelResult]) -> tuple[ChannelResult, bool]:
+    """A capture or cancel at the channel: its answer, and whether it came from a status query.
+
+    A channel that failed without acting (outage, error) changed nothing: ``409 channel_not_answering``,
+    try again. One that timed out may have acted, so it is asked at once what it did, and the answer
+    is applied like any other; if it cannot be asked either, nothing is recorded and the answer says
+    the outcome is not confirmed yet (``409 outcome_unconfirmed``): never "nothing changed"."""
+    connector = rt.channels[row.channel]
     try:
-        yield
-    except (ChannelTimeout, ChannelUnavailable, ChannelError) as error:
-        raise errors.ChannelNotAnswering(f"{channel}: {error.detail}; nothing changed, try again") from error
+        return call(connector), False
+    except ChannelTimeout as error:
+        found = _settle_timeout(connector, row.reference)
+        if found is None or found.status == protocol.NOT_FOUND:
+            said = error.detail[:200]
+            _tx(rt, lambda s: _event(s, row.id, f"{what}_unconfirmed", channel=row.channel, amount=amount,
+                                     said=said))
+            raise errors.OutcomeUnconfirmed(
+                f"{row.channel} did not answer the {what} in time and cannot be asked now: it may have acted. "
+                f"Nothing is recorded yet; send the {what} again (the channel does not act twice) and the "
+                "answer says what happened") from error
+        return found, True
+    except (ChannelUnavailable, ChannelError) as error:
+        raise errors.ChannelNotAnswering(f"{row.channel}: {error.detail}; it did not act: nothing changed, "
+                                         "try again") from error
 
 
-def _captured(session: Session, payment_id: str, amount: int, source: str = "capture") -> None:
+def _captured(session: Session, rt: Runtime, payment_id: str, amount: int, source: str = "capture") -> None:
+    """Post the capture of ``amount`` of the hold. A partial capture is priced as a payment of the
+    captured amount: the plan's fee of it (at least the minimum) and the channel's cost of it, which
+    is what the channel charges on it (its statement's fee). The ledger's partial post would scale
+    the hold's rounded fee and cost instead, so the hold is voided and the capture posted as its own
+    entry (``tr_{id}_capture``): accounting.md's recipe 2 scales them, payments.md says why not."""
     row = _payment(session, payment_id, lock=True)
     if row.status != state.REQUIRES_CAPTURE:
         return  # a concurrent capture or expiry got there first; it recorded the outcome
-    try:
-        ledger.resolve_pending(session, row.ledger_entry_id, "post", amount=None if amount == row.amount else amount,
-                               id=f"tr_{row.id}_capture")
-    except ledger_errors.PendingExpired as error:
-        raise errors.PaymentStateConflict("the authorization expired") from error
-    fee = allocate(amount, [row.amount - row.fee_amount, row.fee_amount])[1] if row.fee_amount else 0
-    cost = allocate(amount, [row.amount - row.channel_cost, row.channel_cost])[1] if row.channel_cost else 0
+    if amount == row.amount:
+        fee, cost, entry_id = row.fee_amount, row.channel_cost, row.ledger_entry_id
+        try:
+            ledger.resolve_pending(session, row.ledger_entry_id, "post", id=f"tr_{row.id}_capture")
+        except ledger_errors.PendingExpired as error:
+            raise errors.PaymentStateConflict("the authorization expired") from error
+    else:
+        rule = fees.Rule(**orjson.loads(row.fee_rule_json))
+        fee = 0 if row.purpose == "wallet_top_up" else rule.fee(amount)
+        cost = cost_of(rt, row.channel, amount)
+        ledger.resolve_pending(session, row.ledger_entry_id, "void", id=f"tr_{row.id}_release")
+        entry = postings.payment_entry(
+            session, payment_id=row.id, merchant_id=row.merchant_id, channel=row.channel, amount=amount,
+            currency=row.currency, fee=fee, cost=cost, wallet_id=row.wallet_id,
+            top_up=row.purpose == "wallet_top_up", pending=False, entry_id=f"tr_{row.id}_capture")
+        ledger.create_transfer(session, entry)
+        entry_id = entry.id
     items = orjson.loads(row.fees_json)
     for item in items:
         item["amount"] = fee
     session.execute(update(payments).where(payments.c.id == row.id).values(
         status=state.SUCCEEDED, amount_captured=amount, fee_amount=fee, channel_cost=cost,
-        fees_json=canonical_json(items), updated_at=clock.now()))
+        fees_json=canonical_json(items), ledger_entry_id=entry_id, updated_at=clock.now()))
     _event(session, row.id, "status_changed", from_status=row.status, to_status=state.SUCCEEDED, captured=amount,
            source=source)
     _publish(session, row, state.SUCCEEDED)
@@ -815,14 +901,27 @@ def cancel(rt: Runtime, principal: Principal, payment_id: str, reason: str | Non
     if row.status in state.FINAL:
         raise errors.PaymentStateConflict(f"payment {payment_id} is already {row.status}")
     if row.reference is not None and row.channel not in (None, WALLET):
-        with _asking(row.channel):
-            result = rt.channels[row.channel].cancel(row.reference)
-        if result.status in (protocol.APPROVED,):
-            outcome = _tx(rt, lambda s: apply_result(s, row.reference, result, source="cancel", hold_hours=_hold(rt)))
+        result, queried = _ask(rt, row, "cancel", None, lambda connector: connector.cancel(row.reference))
+        if result.status == protocol.APPROVED:
+            outcome = _tx(rt, lambda s: apply_result(s, rt, row.reference, result, channel=row.channel,
+                                                     source="cancel"))
             if outcome == "amount_mismatch":
                 raise errors.PaymentStateConflict("the channel says the customer paid another sum than the payment's; "
                                                   "an operator settles it (see the timeline)")
-            raise errors.PaymentStateConflict("the customer completed the payment before the cancel")
+            if row.status != state.REQUIRES_CAPTURE:
+                raise errors.PaymentStateConflict("the customer completed the payment before the cancel")
+            if outcome == "captured_amount_unknown":
+                raise errors.PaymentStateConflict("the channel says it captured this authorization before the "
+                                                  "cancel, but not how much; an operator confirms it (see the "
+                                                  "timeline)")
+            taken = min(result.captured_amount or row.amount, row.amount)
+            raise errors.PaymentStateConflict(
+                f"the channel had captured {taken} of this authorization before the cancel (a capture whose "
+                "answer was lost); that capture is now recorded: refund it instead")
+        if queried and result.status in _STILL_HELD:
+            raise errors.ChannelNotAnswering(f"{row.channel} did not answer the cancel in time, and says the "
+                                             f"payment is still {result.status}: it did not cancel; nothing "
+                                             "changed, try again")
     _tx(rt, lambda s: _canceled(s, payment_id, reason or "requested"))
     return _tx(rt, lambda s: get_payment(s, None, payment_id))
 
@@ -892,13 +991,17 @@ def _reserve_refund(session: Session, rt: Runtime, principal: Principal, payment
     if row.status != state.SUCCEEDED:
         raise errors.PaymentStateConflict(f"payment {payment_id} is {row.status}; only succeeded payments refund")
     available = row.amount_captured - row.amount_refunded - row.amount_refund_pending
+    if available <= 0:
+        raise errors.RefundExceedsCaptured(
+            f"nothing is left to refund: the {row.amount_captured} captured is refunded "
+            f"({row.amount_refunded}) or being refunded ({row.amount_refund_pending})")
     amount = available if amount is None else amount
-    if amount <= 0 or amount > available:
+    if amount > available:
         raise errors.RefundExceedsCaptured(
             f"{amount} is more than the {available} left to refund of {row.amount_captured} captured")
     rid = refund_id or new_id("re")
     now = clock.now()
-    cost_back = cost_returned(rt, row.channel, amount)
+    cost_back = cost_returned(session, rt, row, amount)
     session.execute(insert(refunds).values(
         id=rid, payment_id=row.id, merchant_id=row.merchant_id, amount=amount, currency=row.currency,
         status="pending", reason=reason, channel=row.channel, channel_cost_returned=cost_back,
@@ -927,11 +1030,12 @@ def _send_refund(rt: Runtime, refund_id: str, *, again: bool = False) -> bool:
     False when the channel did not take it (down, or failed without acting): it is still owed."""
     row = _tx(rt, lambda s: session_refund(s, refund_id))
     payment = _tx(rt, lambda s: _payment(s, row.payment_id))
-    if payment.channel == WALLET:
-        _tx(rt, lambda s: apply_refund_result(s, refund_id, protocol.REFUNDED, None, None,
-                                                          source="wallet"))
+    channel = row.channel or payment.channel  # the channel that took the payment, kept on the refund
+    if channel == WALLET:
+        _tx(rt, lambda s: apply_refund_result(s, refund_id, protocol.REFUNDED, None, None, channel=WALLET,
+                                              source="wallet"))
         return True
-    connector = rt.channels[payment.channel]
+    connector = rt.channels[channel]
     try:
         result = connector.refund(payment.reference, refund_id, row.amount, row.currency)
     except ChannelTimeout:
@@ -948,7 +1052,8 @@ def _send_refund(rt: Runtime, refund_id: str, *, again: bool = False) -> bool:
             _tx(rt, lambda s: _event(s, row.payment_id, "refund_not_sent", refund=refund_id, code=code))
         return False
     _tx(rt, lambda s: apply_refund_result(s, refund_id, result.status, result.external_id, result.decline_code,
-                                          source="refund", amount=result.amount, currency=result.currency))
+                                          channel=channel, source="refund", amount=result.amount,
+                                          currency=result.currency))
     return True
 
 
@@ -960,15 +1065,23 @@ def session_refund(session: Session, refund_id: str, *, lock: bool = False) -> R
 
 
 def apply_refund_result(session: Session, refund_id: str, status: str, external_id: str | None,
-                        failure_code: str | None, *, source: str, amount: int | None = None,
+                        failure_code: str | None, *, channel: str, source: str, amount: int | None = None,
                         currency: str | None = None) -> str:
     """Apply a channel's answer about a refund, once: pending until the channel says.
 
+    ``channel``: the channel that answered. Only the channel the refund was sent to speaks for it:
+    another channel's word is not applied (logged for an operator), as for payments.
     ``amount`` and ``currency``: what the channel says it refunded, when it says (a notification
     always does). Another sum is never booked as the refund: it stays pending, recorded once."""
-    found = session.execute(select(refunds.c.payment_id).where(refunds.c.id == refund_id)).first()
+    found = session.execute(
+        select(refunds.c.payment_id, func.coalesce(refunds.c.channel, payments.c.channel).label("channel"))
+        .join(payments, payments.c.id == refunds.c.payment_id).where(refunds.c.id == refund_id)).first()
     if found is None:
         return "unknown_reference"
+    if found.channel != channel:
+        log.error("channel_answer_for_another_channel", channel=channel, refund=refund_id,
+                  refund_channel=found.channel, payment=found.payment_id, source=source)
+        return "wrong_channel"
     payment = _payment(session, found.payment_id, lock=True)  # payment first: the lock order of every refund path
     row = session_refund(session, refund_id, lock=True)
     if row.status != "pending":
@@ -1066,12 +1179,12 @@ def receive_notification(rt: Runtime, channel: str, headers: dict[str, str], bod
             return "duplicate"
         if notification.kind == "refund":
             outcome = apply_refund_result(session, notification.reference, notification.status,
-                                          notification.external_id, notification.decline_code,
+                                          notification.external_id, notification.decline_code, channel=channel,
                                           source="notification", amount=notification.amount,
                                           currency=notification.currency)
         else:
-            outcome = apply_result(session, notification.reference, notification, source="notification",
-                                   hold_hours=_hold(rt))
+            outcome = apply_result(session, rt, notification.reference, notification, channel=channel,
+                                   source="notification")
         session.execute(update(notifications).where(
             notifications.c.channel == channel,
             notifications.c.notification_id == notification.notification_id).values(outcome=outcome[:200]))
@@ -1111,8 +1224,8 @@ def resolve_stuck(rt: Runtime, *, older_than_seconds: float = 30.0, limit: int =
                 # The channel never saw it (we crashed before the call): nothing was charged.
                 _tx(rt, lambda s, r=row: _never_sent(s, r.id, r.reference))
             else:
-                _tx(rt, lambda s, r=row, res=result: apply_result(s, r.reference, res, source="query",
-                                                                  hold_hours=_hold(rt)))
+                _tx(rt, lambda s, r=row, res=result: apply_result(s, rt, r.reference, res, channel=r.channel,
+                                                                  source="query"))
         except Exception:  # noqa: BLE001 - one payment that cannot be applied must not hold up the others
             log.exception("payment_resolve_failed", payment=row.id, attempt=row.reference)
         # Asked: to the back of the queue, applied or not.
@@ -1148,8 +1261,8 @@ def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, li
     done = 0
     for row in rows:
         if row.channel == WALLET:
-            _tx(rt, lambda s, r=row: apply_refund_result(s, r.id, protocol.REFUNDED, None, None,
-                                                                     source="worker"))
+            _tx(rt, lambda s, r=row: apply_refund_result(s, r.id, protocol.REFUNDED, None, None, channel=WALLET,
+                                                         source="worker"))
             done += 1
             continue
         try:
@@ -1162,11 +1275,12 @@ def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, li
             if not _send_refund(rt, row.id, again=True) and row.created_at < now - REFUND_RESEND_FOR:
                 # Sent once more past the deadline, and still not taken: given up, for an operator.
                 _tx(rt, lambda s, r=row: apply_refund_result(s, r.id, protocol.FAILED, None,
-                                                             "channel_never_accepted", source="worker"))
+                                                             "channel_never_accepted", channel=r.channel,
+                                                             source="worker"))
         else:
             _tx(rt, lambda s, r=row, res=result: apply_refund_result(
-                s, r.id, res.status, res.external_id, res.decline_code, source="query", amount=res.amount,
-                currency=res.currency))
+                s, r.id, res.status, res.external_id, res.decline_code, channel=r.channel, source="query",
+                amount=res.amount, currency=res.currency))
         _tx(rt, lambda s, r=row: s.execute(update(refunds).where(
             refunds.c.id == r.id, refunds.c.status == "pending").values(updated_at=clock.now())))
         done += 1
@@ -1223,7 +1337,7 @@ def expire_authorizations(rt: Runtime, *, limit: int = 100) -> int:
                     if queried.status == protocol.APPROVED and queried.captured_amount:
                         result = queried
             outcome = _tx(rt, lambda s, r=row, found=result: apply_result(
-                s, r.reference, found, source="expiry", hold_hours=_hold(rt)))
+                s, rt, r.reference, found, channel=r.channel, source="expiry"))
             if outcome == "captured_amount_unknown":
                 log.error("authorization_captured_amount_unknown", payment=row.id, channel=row.channel)
                 _tx(rt, lambda s, r=row: _run(s, _UPDATE_PAYMENT, {

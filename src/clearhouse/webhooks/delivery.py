@@ -49,7 +49,7 @@ from clearhouse.kit.ids import new_ids
 from clearhouse.kit.settings import Settings
 from clearhouse.webhooks import repository
 from clearhouse.webhooks.models import ERROR_MAX, RESPONSE_EXCERPT_MAX
-from clearhouse.webhooks.service import is_public, secret_context
+from clearhouse.webhooks.service import destination_allowed, secret_context
 
 log = structlog.get_logger(__name__)
 
@@ -150,9 +150,11 @@ def body_of(event_type: str, event_created_at: datetime, payload_json: str) -> b
     )
 
 
-def _private_destination(url: str) -> str | None:
-    """The first non-public address the URL's host resolves to, if any: a name that pointed
-    somewhere public when the endpoint was made may point inside the network now."""
+def _private_destination(url: str, allow_private: bool = False) -> str | None:
+    """The first address the URL's host resolves to that a webhook may not go to, if any: a name that
+    pointed somewhere public when the endpoint was made may point inside the network now. With
+    ``allow_private`` (development), loopback and private addresses pass; link-local (the cloud
+    metadata service), IPv4-mapped and the other special ranges never do."""
     host = urlsplit(url).hostname or ""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
@@ -160,7 +162,7 @@ def _private_destination(url: str) -> str | None:
         return None  # unresolvable: the request itself fails and is recorded as such
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not is_public(address):
+        if not destination_allowed(address, allow_private=allow_private):
             return str(address)
     return None
 
@@ -177,7 +179,7 @@ def _send(client: httpx.Client, claim: Row, signing_secrets: list[str], settings
     error: str | None = None
     excerpt: str | None = None
     try:
-        private = None if allow_private else _private_destination(claim.url)
+        private = _private_destination(claim.url, allow_private)
         if private is not None:
             error = f"refused: the host resolves to the non-public address {private}"
         else:

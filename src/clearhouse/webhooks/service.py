@@ -118,16 +118,39 @@ _IPV4_IN_LAST_32_BITS = tuple(ipaddress.ip_network(prefix) for prefix in (
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """A public address, and so is any IPv4 address an IPv6 one carries. NAT64, SIIT, IPv4-compatible
     and 6to4 addresses count as global, yet a gateway delivers them to the IPv4 address inside, which
-    may be loopback or private (``64:ff9b::7f00:1`` is 127.0.0.1)."""
+    may be loopback or private (``64:ff9b::7f00:1`` is 127.0.0.1). IPv4-mapped (``::ffff:0:0/96``) and
+    Teredo addresses are never public, whatever they carry: a mapped address is the host's own IPv4
+    socket in disguise, and a Teredo one reaches its client through a relay we do not choose."""
     if not address.is_global:
         return False
     if isinstance(address, ipaddress.IPv6Address):
-        inner = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if address.ipv4_mapped is not None or address.teredo is not None:
+            return False
+        inner = address.sixtofour
         if inner is None and any(address in network for network in _IPV4_IN_LAST_32_BITS):
             inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if inner is not None and not inner.is_global:
             return False
     return True
+
+
+_DEVELOPMENT_NETWORKS = tuple(ipaddress.ip_network(prefix) for prefix in (
+    "127.0.0.0/8", "::1/128",  # loopback
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # private (RFC 1918)
+    "fc00::/7",  # unique local (RFC 4193)
+))
+
+
+def is_development_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A loopback or private address: what ``webhook_allow_private_networks`` opens, and nothing else.
+    Link-local addresses (``169.254.169.254``, the cloud metadata service; ``fe80::/10``), IPv4-mapped and
+    Teredo forms, and every other special range stay refused with the setting on."""
+    return any(address in network for network in _DEVELOPMENT_NETWORKS)
+
+
+def destination_allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool) -> bool:
+    """Whether a webhook may go to ``address``: a public one; with ``allow_private``, a loopback or private one."""
+    return is_public(address) or (allow_private and is_development_host(address))
 
 
 def check_url(url: str, *, allow_private: bool) -> str:
@@ -174,6 +197,9 @@ def check_url(url: str, *, allow_private: bool) -> str:
         private = not is_public(address)
         if address.is_unspecified or address.is_multicast:
             raise InvalidWebhookUrl("the host is not an address a request can go to")
+        if private and allow_private and not is_development_host(address):
+            raise InvalidWebhookUrl("the host is a link-local, IPv4-mapped, Teredo or otherwise special address; "
+                                    "only loopback and private ones are allowed, and only for development")
     if private and not allow_private:
         raise InvalidWebhookUrl("the host is a loopback or private address; webhooks go to the public internet")
     if scheme == "http" and not (allow_private and private):

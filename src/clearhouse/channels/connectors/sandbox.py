@@ -59,7 +59,9 @@ from clearhouse.channels.protocol import (
     checked_text,
 )
 from clearhouse.kit import clock
-from clearhouse.kit.money import MAX_AMOUNT, Currency, UnknownCurrency, is_currency, rate_of
+from clearhouse.kit.db import SQLiteConnection
+from clearhouse.kit.money import MAX_AMOUNT, Currency, UnknownCurrency, is_currency
+from clearhouse.kit.writelock import writer_lock
 
 if TYPE_CHECKING:
     from clearhouse.kit.settings import Settings
@@ -95,13 +97,16 @@ CLAIM_SECONDS = 60
 
 # --------------------------------------------------------------------------- fault profile
 
+MAX_DELAY_SECONDS = 7 * 24 * 3600
+"""The longest ``delay_seconds`` (and ``latency_ms``): a week is longer than any delay worth
+rehearsing, and a huge value would overflow a notification's due time on every payment."""
+
 
 def _parse_hhmm(text: str) -> int:
-    hours, _, minutes = str(text).partition(":")
-    value = int(hours) * 60 + int(minutes)
-    if not (0 <= int(hours) < 24 and 0 <= int(minutes) < 60) or len(str(text)) != 5:
+    if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", str(text)):
         raise ValueError(f"outage times are HH:MM (UTC), not {text!r}")
-    return value
+    hours, _, minutes = str(text).partition(":")
+    return int(hours) * 60 + int(minutes)
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,8 @@ class FaultProfile:
                 raise ValueError(f"{name} is a probability between 0 and 1, not {value}")
         if self.latency_ms < 0 or self.delay_seconds < 0:
             raise ValueError("latency_ms and delay_seconds cannot be negative")
+        if self.latency_ms > 1000 * MAX_DELAY_SECONDS or self.delay_seconds > MAX_DELAY_SECONDS:
+            raise ValueError(f"latency_ms and delay_seconds are at most a week ({MAX_DELAY_SECONDS} s)")
         outages = tuple((str(start), str(end)) for start, end in self.outages)
         for start, end in outages:
             _parse_hhmm(start), _parse_hhmm(end)
@@ -139,14 +146,27 @@ class FaultProfile:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> FaultProfile:
-        """From ``settings.sandbox_faults[name]``; an unknown key is a configuration error."""
+        """From ``settings.sandbox_faults[name]`` (decoded JSON). Anything wrong (an unknown key,
+        a value of the wrong type or range) is a ``ValueError`` naming the key: a configuration error."""
         values = dict(values or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown fault profile keys {unknown}; known: {sorted(known)}")
+        for name, value in values.items():
+            whole = name in ("latency_ms", "seed")
+            if name == "outages" or (name == "seed" and value is None):
+                continue
+            # bool is an int to Python, and JSON lets NaN and Infinity through: neither is a rate.
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+                    or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"{name} is {'a whole number' if whole else 'a number'}, not {value!r}")
         if "outages" in values:
-            values["outages"] = tuple(tuple(window) for window in values["outages"])
+            windows = values["outages"]
+            if not isinstance(windows, list | tuple) or not all(
+                    isinstance(window, list | tuple) and len(window) == 2 for window in windows):
+                raise ValueError(f'outages is a list of ["HH:MM", "HH:MM"] windows, not {windows!r}')
+            values["outages"] = tuple(tuple(window) for window in windows)
         return cls(**values)
 
     def in_outage(self, at: datetime) -> bool:
@@ -235,10 +255,13 @@ class SandboxStore:
         # IF NOT EXISTS: the first process to open the file makes the tables, others find them.
         self._connection().executescript(_SCHEMA)
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> SQLiteConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False,
+                                         factory=SQLiteConnection)
+            connection.writer = writer_lock(str(self.path))
+            connection.busy_seconds = 30
             connection.row_factory = sqlite3.Row
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
@@ -249,13 +272,13 @@ class SandboxStore:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
+        connection.begin_write()  # queued as our own database's writers are (kit.writelock)
         try:
             yield connection
         except BaseException:
-            connection.execute("ROLLBACK")
+            connection.rollback()
             raise
-        connection.execute("COMMIT")
+        connection.commit()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -494,7 +517,7 @@ class OutboxMessage:
 
 
 DECLINE_MESSAGES = {
-    "do_not_honor": "The card was declined (card_declined)",
+    "do_not_honor": "The channel declined the payment (do_not_honor)",
     "insufficient_funds": "The card has insufficient funds",
     "expired_card": "The card has expired",
     "incorrect_cvc": "The card's security code is incorrect",
@@ -514,6 +537,11 @@ DECLINE_MESSAGES = {
     "refund_exceeds_captured": "Refunds would exceed the captured amount",
     "refund_id_reused": "This refund id was used for a different refund",
 }
+"""The sandboxes' words for their codes, as ``query`` gives them. Not every payment is a card: a
+channel with words of its own (the card acquirer's) sets ``SandboxConnector.decline_messages``."""
+
+CARD_DECLINE_MESSAGES = {**DECLINE_MESSAGES, "do_not_honor": "The card was declined (card_declined)"}
+"""The card acquirer's words: a declined card says so."""
 
 
 # --------------------------------------------------------------------------- the shared connector
@@ -533,6 +561,8 @@ class SandboxConnector:
     """Statement days are the channel's own calendar days (api.md)."""
     refund_status: ClassVar[str] = REFUNDED
     """``PENDING`` where refunds complete later, by notification."""
+    decline_messages: ClassVar[Mapping[str, str]] = DECLINE_MESSAGES
+    """The channel's words for its codes (a QR wallet or a bank declining is not "the card was declined")."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -717,7 +747,7 @@ class SandboxConnector:
                 # customer who paid first makes it approved), with the refusal beside it.
                 refusal = "already_captured" if row["status"] == APPROVED else "not_cancelable"
                 current = self._result(row)
-                return replace(current, message=current.message or DECLINE_MESSAGES[refusal],
+                return replace(current, message=current.message or self.decline_messages[refusal],
                                raw={**current.raw, "refusal": refusal}) if row["status"] != CANCELED else current
             self._must_fail()
             connection.execute(
@@ -737,7 +767,7 @@ class SandboxConnector:
                 if (existing["kind"], existing["parent"], existing["amount"], existing["currency"]) != (
                         "refund", reference, amount, currency):
                     return ChannelResult(DECLINED, refund_id, decline_code="refund_id_reused",
-                                         message=DECLINE_MESSAGES["refund_id_reused"])
+                                         message=self.decline_messages["refund_id_reused"])
                 return self._result(self._advance(connection, existing, now))
             payment = self._advance(connection, _operation(connection, reference), now)
             if payment is None or payment["kind"] != "payment":
@@ -753,21 +783,25 @@ class SandboxConnector:
                 refusal = "refund_exceeds_captured"
             if refusal:
                 return ChannelResult(DECLINED, refund_id, amount=amount, currency=currency, decline_code=refusal,
-                                     message=DECLINE_MESSAGES[refusal], captured_amount=payment["captured_amount"],
+                                     message=self.decline_messages[refusal],
+                                     captured_amount=payment["captured_amount"],
                                      refunded_amount=payment["refunded_amount"])
             self._must_fail()
+            # What this refund gets back of the fee is settled when it is asked for, in the order refunds
+            # are asked (as ``refunded_amount`` counts them), and booked when it completes.
+            details = {"fee_returned": self._fee_returned(connection, payment, amount)}
             connection.execute(
                 "INSERT INTO operations (reference, kind, parent, external_id, payment_id, merchant_id, method, amount,"
                 " currency, status, details, created_at, updated_at, expires_at)"
-                " VALUES (?, 'refund', ?, ?, ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?)",
+                " VALUES (?, 'refund', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (refund_id, reference, self.external_id("refund", now), payment["payment_id"],
-                 payment["merchant_id"], payment["method"], amount, currency, self.refund_status, stamp(now),
-                 stamp(now), stamp(now) if self.refund_status == PENDING else None))
+                 payment["merchant_id"], payment["method"], amount, currency, self.refund_status,
+                 json.dumps(details), stamp(now), stamp(now), stamp(now) if self.refund_status == PENDING else None))
             # The refunded total counts pending refunds too: the money is promised already.
             connection.execute("UPDATE operations SET refunded_amount = refunded_amount + ?, updated_at = ?"
                                " WHERE reference = ?", (amount, stamp(now), reference))
             if self.refund_status == REFUNDED:
-                self._move_refund(connection, refund_id, payment, amount, now)
+                self._move_refund(connection, _operation(connection, refund_id), payment, now)
             result = self._result(_operation(connection, refund_id))
         if self._times_out(too_slow):
             raise ChannelTimeout(f"{self.name} did not answer the refund in time (it may have acted)")
@@ -840,7 +874,7 @@ class SandboxConnector:
                 "UPDATE operations SET status = ?, expires_at = NULL, updated_at = ? WHERE reference = ?",
                 (REFUNDED, stamp(now), reference))
             payment = _operation(connection, row["parent"])
-            self._move_refund(connection, reference, payment, row["amount"], now)
+            self._move_refund(connection, row, payment, now)
             self._notify(connection, _operation(connection, reference), now)
         elif row["status"] in (REQUIRES_ACTION, PENDING):
             connection.execute(
@@ -867,24 +901,39 @@ class SandboxConnector:
 
     def _move(self, connection: sqlite3.Connection, reference: str, payment_reference: str, kind: str, amount: int,
               currency: str, now: datetime) -> None:
-        fee = rate_of(amount, self.cost.rate, self.cost.fixed)
+        fee = self.cost.charged(amount)  # on the amount collected (a capture: the captured part), whole
         connection.execute(
             "INSERT INTO movements (reference, payment_reference, type, amount, fee, currency, occurred_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)", (reference, payment_reference, kind, amount, fee, currency, stamp(now)))
 
-    def _move_refund(self, connection: sqlite3.Connection, refund_id: str, payment: sqlite3.Row, amount: int,
+    def _fee_returned(self, connection: sqlite3.Connection, payment: sqlite3.Row, amount: int) -> int:
+        """What a new refund of ``amount`` gets back of the payment's fee (``Cost.returned``): cumulative over
+        the payment's refunds, so together they never get back more than the fee it charged."""
+        if not self.cost.returned_on_refund:
+            return 0  # card schemes and banks keep their fee
+        charged = connection.execute(
+            "SELECT COALESCE(SUM(fee), 0) FROM movements WHERE payment_reference = ? AND type IN ('charge', 'capture')",
+            (payment["reference"],)).fetchone()[0]
+        earlier = connection.execute(
+            "SELECT details FROM operations WHERE kind = 'refund' AND parent = ?", (payment["reference"],)).fetchall()
+        returned_before = sum(int(json.loads(row["details"]).get("fee_returned", 0)) for row in earlier)
+        return self.cost.returned(charged=charged, captured=payment["captured_amount"],
+                                  refunded_before=payment["refunded_amount"], returned_before=returned_before,
+                                  refunded=amount)
+
+    def _move_refund(self, connection: sqlite3.Connection, refund: sqlite3.Row, payment: sqlite3.Row,
                      now: datetime) -> None:
-        # QR wallets give back their percentage on the refunded part; card schemes and banks keep their fee.
-        fee = -self.cost.returned(amount)
+        # QR wallets give back their share of the fee, settled when the refund was asked for.
+        fee = -int(json.loads(refund["details"]).get("fee_returned", 0))
         connection.execute(
             "INSERT INTO movements (reference, payment_reference, type, amount, fee, currency, occurred_at)"
             " VALUES (?, ?, 'refund', ?, ?, ?, ?)",
-            (refund_id, payment["reference"], -amount, fee, payment["currency"], stamp(now)))
+            (refund["reference"], payment["reference"], -refund["amount"], fee, payment["currency"], stamp(now)))
 
     def _refusal(self, row: sqlite3.Row, code: str) -> ChannelResult:
         current = self._result(row)
         return ChannelResult(DECLINED, row["reference"], external_id=row["external_id"], amount=row["amount"],
-                             currency=row["currency"], decline_code=code, message=DECLINE_MESSAGES[code],
+                             currency=row["currency"], decline_code=code, message=self.decline_messages[code],
                              captured_amount=current.captured_amount, refunded_amount=current.refunded_amount,
                              raw={"current_status": row["status"]})
 
@@ -893,7 +942,7 @@ class SandboxConnector:
         waiting = row["status"] in (REQUIRES_ACTION, PENDING) and row["kind"] == "payment"
         return ChannelResult(
             status=row["status"], reference=row["reference"], external_id=row["external_id"], amount=row["amount"],
-            currency=row["currency"], decline_code=code, message=DECLINE_MESSAGES.get(code) if code else None,
+            currency=row["currency"], decline_code=code, message=self.decline_messages.get(code) if code else None,
             next_action=json.loads(row["next_action"]) if waiting and row["next_action"] else None,
             captured_amount=row["captured_amount"] if row["kind"] == "payment" else None,
             refunded_amount=row["refunded_amount"] if row["kind"] == "payment" else None,

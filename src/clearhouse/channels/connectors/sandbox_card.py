@@ -19,7 +19,7 @@ from functools import cached_property
 from typing import Any
 
 from clearhouse.channels.connectors.sandbox import (
-    DECLINE_MESSAGES,
+    CARD_DECLINE_MESSAGES,
     Decision,
     OutboxMessage,
     SandboxConnector,
@@ -131,6 +131,7 @@ class SandboxCard(SandboxConnector):
     cost = Cost(rate=Decimal("0.0038"))
     supports_manual_capture = True
     settlement_delay_days = 2
+    decline_messages = CARD_DECLINE_MESSAGES
 
     @cached_property
     def notification_secret(self) -> bytes:
@@ -213,7 +214,7 @@ class SandboxCard(SandboxConnector):
             notification_id=event["id"], kind=kind, reference=data["reference"], status=status,
             external_id=text_field(data["external_id"], "external_id", EXTERNAL_ID_MAX),
             amount=minor_amount(data["amount"]), currency=currency_field(data["currency"]),
-            decline_code=decline_code, message=DECLINE_MESSAGES.get(decline_code) if decline_code else None,
+            decline_code=decline_code, message=self.decline_messages.get(decline_code) if decline_code else None,
             occurred_at=iso_time(data["occurred_at"], "occurred_at"), raw=event)
 
     def notification_reply(self) -> NotificationReply:
