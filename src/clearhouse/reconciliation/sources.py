@@ -7,8 +7,8 @@ rows are the ledger's view with the channel's references beside it. Failed lines
 that a statement saying "paid" for one of them is a ``status_mismatch``.
 
 A refund line carries the fee the channel gives back as a negative fee (the QR wallets return
-their rate on the refunded amount; cards and banks keep their fee, so 0): the ledger books the
-same, the clearing account credited with the amount less that and the channel cost with it.
+their cumulative share of the fee, so a payment's refunds return at most its fee; cards and
+banks keep their fee, so 0): the ledger books the same, the clearing account credited with the amount less that and the channel cost with it.
 """
 
 from __future__ import annotations
