@@ -8,7 +8,8 @@ that a statement saying "paid" for one of them is a ``status_mismatch``.
 
 A refund line carries the fee the channel gives back as a negative fee (the QR wallets return
 their cumulative share of the fee, so a payment's refunds return at most its fee; cards and
-banks keep their fee, so 0): the ledger books the same, the clearing account credited with the amount less that and the channel cost with it.
+banks keep their fee, so 0): the ledger books the same, the clearing account credited with
+the amount less that and the channel cost with it.
 """
 
 from __future__ import annotations
