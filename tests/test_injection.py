@@ -763,6 +763,7 @@ REST_OF_FAMILY = [(name, payload) for name, payload in PAYLOADS if (name, payloa
 
 
 class TestInjectionShapedStrings:
+    @pytest.mark.slow  # every operation on both databases: about 3 of the default run's 17 minutes (session 13)
     @pytest.mark.parametrize("operation", WALKED, ids=lambda o: o.label)
     def test_one_payload_of_each_family(self, app, client, merchant_client_factory, user_client_factory,
                                         operation):

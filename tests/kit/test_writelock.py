@@ -243,3 +243,15 @@ def _write_rows(database: str, start: int, count: int) -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda n: transact(engine, _insert(n)), range(start, start + count)))
     engine.dispose()
+
+
+def test_a_lock_file_that_cannot_be_opened_leaves_writers_to_sqlite(tmp_path):
+    """The queue is an aid: a folder where the lock file cannot be made still lets writers write."""
+    path = tmp_path / "ro" / "queue.db"
+    path.parent.mkdir()
+    (path.parent / "queue.db-writer.lock").mkdir()  # a folder where the file should be: open() fails
+    engine = make_engine(f"sqlite:///{path}", pool_size=1)
+    transact(engine, lambda s: s.execute(text("CREATE TABLE rows (n INTEGER NOT NULL)")))
+    transact(engine, _insert(1))
+    assert writer_lock(str(path)) is None and _count(str(path)) == 1
+    engine.dispose()

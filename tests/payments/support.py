@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from clearhouse.channels.connectors import sandbox
 from clearhouse.channels.connectors.sandbox_card import CARD_APPROVED, sandbox_card
+from clearhouse.kit import clock
 from clearhouse.kit.db import transact
 from clearhouse.ledger.verify import verify
 
@@ -73,3 +76,29 @@ def deliveries_of(shop: Any, endpoint_id: str) -> list[dict[str, Any]]:
     response = shop.get(f"/v1/webhook_endpoints/{endpoint_id}/deliveries", params={"limit": 500})
     assert response.status_code == 200, response.text
     return response.json()["data"]
+
+
+CUSTOMER_METHODS = {"sandbox_alipay": "alipay", "sandbox_wechat": "wechat_pay", "sandbox_bank": "bank_transfer"}
+"""The method of each channel whose customer pays outside our API (a QR code, a bank transfer)."""
+
+
+def deliver_notifications(app: Any, client: Any) -> None:
+    """Every notification the sandboxes owe us (within the next hour), sent to our notification endpoint."""
+    def send(path: str, headers: dict[str, str], body: bytes) -> int:
+        return client.post(path, content=body, headers=headers).status_code
+
+    with clock.frozen(clock.now() + timedelta(hours=1)):
+        for _ in range(3):
+            sandbox.deliver_due(app.state.settings, send)
+
+
+def paid_by_customer(app: Any, shop: Any, client: Any, channel: str, amount: int) -> dict[str, Any]:
+    """A CNY QR or bank payment the customer paid at the sandbox, its notification applied."""
+    created = shop.post("/v1/payments", json={"amount": amount, "currency": "CNY",
+                                              "method": CUSTOMER_METHODS[channel]})
+    assert created.status_code == 201, created.text
+    app.state.channels[channel].pay(created.json()["attempts"][0]["id"])
+    deliver_notifications(app, client)
+    view = shop.get(f"/v1/payments/{created.json()['id']}").json()
+    assert view["status"] == "succeeded", view
+    return view

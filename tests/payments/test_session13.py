@@ -20,32 +20,17 @@ from clearhouse.kit.db import transact
 from clearhouse.payments import service as payments
 from clearhouse.payments.models import ChannelNotification
 from tests.channels import notification_wire as wire
-from tests.payments.support import balances, card_body, ledger_verifies, set_plan
+from tests.payments.support import (
+    balances,
+    card_body,
+    deliver_notifications,
+    ledger_verifies,
+    paid_by_customer,
+    set_plan,
+)
 
 NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # one UTC day for the card and the bank
 NOON_IN_CHINA = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)  # one day in China and in UTC alike
-METHODS = {"sandbox_alipay": "alipay", "sandbox_wechat": "wechat_pay", "sandbox_bank": "bank_transfer"}
-
-
-def _deliver(app: Any, client: Any) -> None:
-    """Every notification the sandboxes owe us, sent to our notification endpoint."""
-    def send(path: str, headers: dict[str, str], body: bytes) -> int:
-        return client.post(path, content=body, headers=headers).status_code
-
-    with clock.frozen(clock.now() + timedelta(hours=1)):
-        for _ in range(3):
-            sandbox.deliver_due(app.state.settings, send)
-
-
-def _paid(app: Any, shop: Any, anonymous_client: Any, channel: str, amount: int) -> dict[str, Any]:
-    """A QR or bank payment the customer paid, its notification applied."""
-    created = shop.post("/v1/payments", json={"amount": amount, "currency": "CNY", "method": METHODS[channel]})
-    assert created.status_code == 201, created.text
-    app.state.channels[channel].pay(created.json()["attempts"][0]["id"])
-    _deliver(app, anonymous_client)
-    view = shop.get(f"/v1/payments/{created.json()['id']}").json()
-    assert view["status"] == "succeeded", view
-    return view
 
 
 def _reconcile(client: Any, app: Any, channel: str, day: Any) -> dict[str, Any]:
@@ -120,7 +105,7 @@ class TestANotificationSpeaksOnlyForItsOwnChannel:
     def test_a_bank_notification_naming_a_wechat_refund_leaves_it_pending(
             self, app, anonymous_client, merchant_client_factory):
         shop, merchant_id = merchant_client_factory()
-        payment = _paid(app, shop, anonymous_client, "sandbox_wechat", 8800)
+        payment = paid_by_customer(app, shop, anonymous_client, "sandbox_wechat", 8800)
         owed = balances(app, merchant_id, channel="sandbox_wechat")
         refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 3000}).json()
         assert refund["status"] == "pending"  # WeChat Pay completes refunds later
@@ -133,7 +118,7 @@ class TestANotificationSpeaksOnlyForItsOwnChannel:
         assert balances(app, merchant_id, channel="sandbox_wechat") == owed  # nothing posted
         assert _outcomes(app, refund["id"]) == [("sandbox_bank", "wrong_channel")]
 
-        _deliver(app, anonymous_client)  # WeChat Pay's own notification completes it
+        deliver_notifications(app, anonymous_client)  # WeChat Pay's own notification completes it
         assert shop.get(f"/v1/refunds/{refund['id']}").json()["status"] == "succeeded"
         assert shop.get(f"/v1/payments/{payment['id']}").json()["amount_refunded"] == 3000
         ledger_verifies(app)
@@ -165,7 +150,7 @@ class TestTheChannelCostIsWhatTheChannelCharges:
             self, app, client, anonymous_client, merchant_client_factory):
         shop, merchant_id = merchant_client_factory()
         with clock.frozen(NOON):
-            payment = _paid(app, shop, anonymous_client, "sandbox_bank", 30)
+            payment = paid_by_customer(app, shop, anonymous_client, "sandbox_bank", 30)
         # A 0.30 transfer: the bank keeps its 0.50, so it nets 0.20 against what else it holds for us.
         # The merchant is owed 0.30 (0.6 % of 0.30 rounds to no fee); the platform's loss shows.
         assert balances(app, merchant_id, channel="sandbox_bank") == {"clearing": -20, "cost": 50, "merchant": 30,
@@ -191,12 +176,12 @@ class TestTheChannelCostIsWhatTheChannelCharges:
         shop, merchant_id = merchant_client_factory()
         set_plan(client, merchant_id, [{"percent": "0.6", "refund_cost_bearer": bearer}])
         with clock.frozen(NOON_IN_CHINA):
-            payment = _paid(app, shop, anonymous_client, channel, amount)
+            payment = paid_by_customer(app, shop, anonymous_client, channel, amount)
             assert balances(app, merchant_id, channel=channel)["cost"] == fee_charged
             for part in parts:
                 refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": part})
                 assert refund.status_code == 201, refund.text
-            _deliver(app, anonymous_client)
+            deliver_notifications(app, anonymous_client)
             view = shop.get(f"/v1/payments/{payment['id']}").json()
             assert view["amount_refunded"] == amount
             movements = app.state.channels[channel].movements_of(NOON_IN_CHINA.date())

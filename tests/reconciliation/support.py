@@ -1,4 +1,4 @@
-"""Card sales on one fixed day, as the reconciliation tests start from them."""
+"""Card sales on one fixed day, as the reconciliation tests start from them, and reading a run's answer."""
 
 from __future__ import annotations
 
@@ -36,3 +36,15 @@ def sales_at_noon(app: Any, shop: Any, amounts: list[int]) -> list[Any]:
             ids.append(answer.json()["id"])
     rows = booked(app, ids)
     return [rows[i] for i in ids]
+
+
+def class_counts(run: dict[str, Any]) -> dict[str, int]:
+    """A reconciliation's classes that have lines, with their counts."""
+    return {name: figures["count"] for name, figures in run["classes"].items() if figures["count"]}
+
+
+def cases_of(client: Any, run_id: str) -> list[dict[str, Any]]:
+    """The cases of a reconciliation (its first page), through the API."""
+    answer = client.get(f"/v1/reconciliations/{run_id}/cases")
+    assert answer.status_code == 200, answer.text
+    return answer.json()["data"]

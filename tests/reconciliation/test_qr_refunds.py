@@ -5,38 +5,15 @@ the sandbox wallets' own statement files, uploaded through the HTTP API."""
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 import pytest
 
-from clearhouse.channels.connectors import sandbox
 from clearhouse.kit import clock
-from tests.payments.support import balances, ledger_verifies
+from tests.payments.support import balances, deliver_notifications, ledger_verifies, paid_by_customer
 
 NOON_IN_CHINA = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)  # the same day in UTC and in China
 RATES = {"sandbox_alipay": 55, "sandbox_wechat": 60}  # per 10,000 (0.55% and 0.6%)
-METHODS = {"sandbox_alipay": "alipay", "sandbox_wechat": "wechat_pay"}
-
-
-def _deliver(app: Any, client: Any) -> None:
-    """Every notification the channel owes us (WeChat answers refunds by notification)."""
-    def send(path: str, headers: dict[str, str], body: bytes) -> int:
-        return client.post(path, content=body, headers=headers).status_code
-
-    with clock.frozen(clock.now() + timedelta(hours=1)):
-        for _ in range(3):
-            sandbox.deliver_due(app.state.settings, send)
-
-
-def _paid(app: Any, shop: Any, client: Any, channel: str, amount: int) -> dict[str, Any]:
-    payment = shop.post("/v1/payments", json={"amount": amount, "currency": "CNY", "method": METHODS[channel]})
-    assert payment.status_code == 201, payment.text
-    app.state.channels[channel].pay(payment.json()["attempts"][0]["id"])
-    _deliver(app, client)
-    view = shop.get(f"/v1/payments/{payment.json()['id']}").json()
-    assert view["status"] == "succeeded", view
-    return view
 
 
 def _half_up(amount: int, per_10000: int) -> int:
@@ -49,13 +26,13 @@ class TestQrRefundGivesTheFeeBack:
             self, app, client, anonymous_client, merchant_client_factory, channel):
         shop, merchant_id = merchant_client_factory("QR shop")
         with clock.frozen(NOON_IN_CHINA):
-            first = _paid(app, shop, anonymous_client, channel, 10_000)
-            second = _paid(app, shop, anonymous_client, channel, 4_321)
+            first = paid_by_customer(app, shop, anonymous_client, channel, 10_000)
+            second = paid_by_customer(app, shop, anonymous_client, channel, 4_321)
             before = balances(app, merchant_id, channel=channel)
             partial = shop.post(f"/v1/payments/{first['id']}/refunds", json={"amount": 3_000})
             whole = shop.post(f"/v1/payments/{second['id']}/refunds", json={})
             assert partial.status_code in (200, 201, 202) and whole.status_code in (200, 201, 202), partial.text
-            _deliver(app, anonymous_client)
+            deliver_notifications(app, anonymous_client)
             assert shop.get(f"/v1/refunds/{partial.json()['id']}").json()["status"] == "succeeded"
             assert shop.get(f"/v1/refunds/{whole.json()['id']}").json()["status"] == "succeeded"
             after = balances(app, merchant_id, channel=channel)
@@ -86,7 +63,7 @@ def test_a_merchant_bearing_the_kept_fee_is_charged_nothing_the_wallet_gave_back
     assert client.put(f"/v1/fee_plans/{merchant_id}", json={"rules": [
         {"percent": "0.6", "refund_cost_bearer": "merchant"}]}).status_code == 200
     with clock.frozen(NOON_IN_CHINA):
-        payment = _paid(app, shop, anonymous_client, "sandbox_alipay", 10_000)
+        payment = paid_by_customer(app, shop, anonymous_client, "sandbox_alipay", 10_000)
         refund = shop.post(f"/v1/payments/{payment['id']}/refunds", json={"amount": 3_000})
         assert refund.status_code == 201 and refund.json()["status"] == "succeeded", refund.text
     # Recipe 3 with fees returned in proportion (0.18 of the 0.60); Alipay gave back its 0.17 of 0.55 on
@@ -105,7 +82,7 @@ def test_a_wallet_top_up_by_alipay_refunds_with_the_returned_fee_held_and_posted
         top_up = shop.post(f"/v1/wallets/{wallet['id']}/top_ups", json={"amount": 2_000, "method": "alipay"})
         assert top_up.status_code == 201, top_up.text
         app.state.channels["sandbox_alipay"].pay(top_up.json()["attempts"][0]["id"])
-        _deliver(app, anonymous_client)
+        deliver_notifications(app, anonymous_client)
         assert shop.get(f"/v1/wallets/{wallet['id']}").json()["balance"] == 2_000
         before = balances(app, merchant_id, channel="sandbox_alipay")
         refund = shop.post(f"/v1/payments/{top_up.json()['id']}/refunds", json={"amount": 500})

@@ -20,9 +20,10 @@ from clearhouse.kit.db import transact
 from clearhouse.reconciliation.frames import INTERNAL_SCHEMA, STATEMENT_SCHEMA
 from clearhouse.reconciliation.matching import match
 from clearhouse.reconciliation.rules import MAX_TOLERANCE_MINOR, MatchRules
-from tests.reconciliation.support import NOON, sales_at_noon
+from tests.payments.support import paid_by_customer
+from tests.reconciliation.support import NOON, cases_of, class_counts, sales_at_noon
 from tests.reconciliation.test_api import CHANNEL, HEADER, _line, _upload
-from tests.reconciliation.test_qr_refunds import NOON_IN_CHINA, _paid
+from tests.reconciliation.test_qr_refunds import NOON_IN_CHINA
 
 DAY = date(2026, 11, 23)
 
@@ -33,16 +34,6 @@ def paid_day(app, client, merchant_client_factory) -> dict[str, Any]:
     assert client.put(f"/v1/recon_rules/{CHANNEL}", json={"rules": {"timing_cutoff_minutes": 0}}).status_code == 200
     shop, _merchant_id = merchant_client_factory("Recon shop")
     return {"rows": sales_at_noon(app, shop, [10_000 + i * 100 for i in range(7)]), "day": NOON.date()}
-
-
-def _classes(run: dict[str, Any]) -> dict[str, int]:
-    return {name: figures["count"] for name, figures in run["classes"].items() if figures["count"]}
-
-
-def _cases(client: Any, run_id: str) -> list[dict[str, Any]]:
-    answer = client.get(f"/v1/reconciliations/{run_id}/cases")
-    assert answer.status_code == 200, answer.text
-    return answer.json()["data"]
 
 
 def _on(day: date) -> Any:
@@ -123,15 +114,15 @@ class TestALineAnEarlierStatementReconciled:
         rows, day = paid_day["rows"], paid_day["day"]
         with _on(day + timedelta(days=1)):
             first = _upload(client, "\n".join([HEADER, *[_line(r, day) for r in rows]]) + "\n", day).json()
-        assert _classes(first) == {"matched": 7}
+        assert class_counts(first) == {"matched": 7}
         later = day + timedelta(days=2)
         with _on(later + timedelta(days=1)):
             # The channel lists the payment of two days ago again (its own booking day, same money).
             again = _upload(client, f"{HEADER}\n{_line(rows[0], day)}\n", later, name="later.csv")
         assert again.status_code == 201, again.text
         run = again.json()
-        assert _classes(run) == {"duplicate": 1}
-        (case,) = _cases(client, run["id"])
+        assert class_counts(run) == {"duplicate": 1}
+        (case,) = cases_of(client, run["id"])
         net = rows[0].amount - rows[0].channel_cost
         assert (case["class"], case["our_ref"], case["delta"], case["state"]) == (
             "duplicate", rows[0].reference, net, "open")
@@ -144,19 +135,19 @@ class TestALineAnEarlierStatementReconciled:
             first = _upload(client, "\n".join([HEADER, *[_line(r, day) for r in rows]]) + "\n", day).json()
             reissue = _upload(client, "\n".join([HEADER, *[_line(r, day) for r in reversed(rows)]]) + "\n", day,
                               name="reissue.csv").json()
-        assert _classes(first) == _classes(reissue) == {"matched": 7}
+        assert class_counts(first) == class_counts(reissue) == {"matched": 7}
 
     def test_a_line_the_days_statement_lacked_is_matched_when_a_later_one_brings_it(self, client, paid_day):
         rows, day = paid_day["rows"], paid_day["day"]
         with _on(day + timedelta(days=1)):
             first = _upload(client, "\n".join([HEADER, *[_line(r, day) for r in rows[1:]]]) + "\n", day).json()
-        assert _classes(first) == {"matched": 6, "missing_in_statement": 1}
+        assert class_counts(first) == {"matched": 6, "missing_in_statement": 1}
         later = day + timedelta(days=2)
         with _on(later + timedelta(days=1)):
             run = _upload(client, "\n".join([HEADER, _line(rows[0], day), _line(rows[1], day)]) + "\n", later,
                           name="later.csv").json()
-        assert _classes(run) == {"matched": 1, "duplicate": 1}
-        (case,) = _cases(client, run["id"])
+        assert class_counts(run) == {"matched": 1, "duplicate": 1}
+        (case,) = cases_of(client, run["id"])
         assert (case["class"], case["our_ref"]) == ("duplicate", rows[1].reference)
 
     def test_a_dry_run_says_so_too(self, client, paid_day):
@@ -164,7 +155,7 @@ class TestALineAnEarlierStatementReconciled:
         with _on(day + timedelta(days=1)):
             _upload(client, "\n".join([HEADER, *[_line(r, day) for r in rows]]) + "\n", day)
             dry = _dry_run(client, f"{HEADER}\n{_line(rows[0], day)}\n", day + timedelta(days=2))
-        assert dry.status_code == 200 and _classes(dry.json()) == {"duplicate": 1}, dry.text
+        assert dry.status_code == 200 and class_counts(dry.json()) == {"duplicate": 1}, dry.text
 
 
 class TestALineInAnotherCurrency:
@@ -176,10 +167,10 @@ class TestALineInAnotherCurrency:
         # The channel reports our 100.00 CNY payment as 100.00 USD; every other line as booked.
         in_dollars = _line(rows[0], day).replace(",CNY,", ",USD,")
         run = _upload(client, "\n".join([HEADER, in_dollars, *[_line(r, day) for r in rows[1:]]]) + "\n", day).json()
-        assert _classes(run) == {"matched": 6, "missing_in_ledger": 1, "missing_in_statement": 1}
+        assert class_counts(run) == {"matched": 6, "missing_in_ledger": 1, "missing_in_statement": 1}
         assert run["case_states"] == {"open": 2}
         net = rows[0].amount - rows[0].channel_cost
-        found = {case["class"]: case for case in _cases(client, run["id"])}
+        found = {case["class"]: case for case in cases_of(client, run["id"])}
         theirs, ours = found["missing_in_ledger"], found["missing_in_statement"]
         assert (theirs["currency"], theirs["delta"], theirs["line_no"]) == ("USD", net, 2)
         assert (ours["currency"], ours["delta"], ours["our_ref"]) == ("CNY", -net, rows[0].reference)
@@ -203,7 +194,7 @@ class TestARefundCarryingItsPaymentsChannelId:
             self, app, client, anonymous_client, merchant_client_factory):
         shop, _merchant_id = merchant_client_factory("QR shop")
         with clock.frozen(NOON_IN_CHINA):
-            paid = _paid(app, shop, anonymous_client, "sandbox_alipay", 10_000)
+            paid = paid_by_customer(app, shop, anonymous_client, "sandbox_alipay", 10_000)
             statement = app.state.channels["sandbox_alipay"].statement(NOON_IN_CHINA.date())
         assert client.put("/v1/recon_rules/sandbox_alipay", json={"rules": {"timing_cutoff_minutes": 0}}
                           ).status_code == 200
@@ -220,8 +211,8 @@ class TestARefundCarryingItsPaymentsChannelId:
             "statement_date": NOON_IN_CHINA.date().isoformat(),
         }, files={"file": ("bill.csv", io.BytesIO(("\n".join(text_lines) + "\n").encode("gbk")), "text/csv")})
         assert run.status_code == 201, run.text
-        assert _classes(run.json()) == {"matched": 1, "missing_in_ledger": 1}
-        (case,) = _cases(client, run.json()["id"])
+        assert class_counts(run.json()) == {"matched": 1, "missing_in_ledger": 1}
+        (case,) = cases_of(client, run.json()["id"])
         assert (case["class"], case["our_id"], case["our_ref"], case["delta"]) == (
             "missing_in_ledger", None, "CONSOLE_REFUND_1", -1_000 + 6)  # 10.00 taken back, its fee 0.06 returned
 

@@ -28,7 +28,7 @@ from clearhouse.kit import clock
 from clearhouse.kit.db import transact
 from tests.payments.support import card_body, ledger_verifies
 from tests.reconciliation.formats.test_session12_formats import camt, camt_entry, camt_statement, mt940_statement
-from tests.reconciliation.support import NOON, sales_at_noon
+from tests.reconciliation.support import NOON, cases_of, class_counts, sales_at_noon
 from tests.reconciliation.test_api import CHANNEL, HEADER, _line, _upload
 from tests.reconciliation.test_audit_gaps import _entry
 from tests.test_cli import clearhouse
@@ -67,16 +67,6 @@ def _imported(client: Any, lines: list[str], day: date, name: str) -> dict[str, 
     answer = _upload(client, _statement(lines), day, name=name)
     assert answer.status_code == 201, answer.text
     return answer.json()
-
-
-def _classes(run: dict[str, Any]) -> dict[str, int]:
-    return {name: figures["count"] for name, figures in run["classes"].items() if figures["count"]}
-
-
-def _cases(client: Any, run_id: str) -> list[dict[str, Any]]:
-    answer = client.get(f"/v1/reconciliations/{run_id}/cases")
-    assert answer.status_code == 200, answer.text
-    return answer.json()["data"]
 
 
 def _case(client: Any, case_id: str) -> dict[str, Any]:
@@ -129,7 +119,7 @@ class TestAnAutoResolveRuleNeverPostsBeyondItsLimit:
         run = _imported(client, [_line(hidden, DAY, amount=10_001, fee=9_538),
                                  _line(rounding, DAY, amount=rounding.amount + 1),  # a true 1-cent case
                                  *[_line(row, DAY) for row in sales[2:]]], DAY, "day.csv")
-        found = {case["our_ref"]: case for case in _cases(client, run["id"])}
+        found = {case["our_ref"]: case for case in cases_of(client, run["id"])}
 
         case = _case(client, found[hidden.reference]["id"])
         assert (case["class"], case["difference"], case["delta"]) == ("amount_mismatch", 1, -9_499)
@@ -183,16 +173,16 @@ class TestAReIssueReplacesTheFirstStatementOfItsDay:
             first = _imported(client, [_line(row, DAY) for row in sales], DAY, "day.csv")
         with _at(NEXT_DAY, 9):
             reissue = _imported(client, [_line(row, DAY) for row in sales[:3]], DAY, "day-reissued.csv")
-        assert _classes(first) == {"matched": 4}
-        assert _classes(reissue) == {"matched": 3, "missing_in_statement": 1}
-        (missing,) = _cases(client, reissue["id"])
+        assert class_counts(first) == {"matched": 4}
+        assert class_counts(reissue) == {"matched": 3, "missing_in_statement": 1}
+        (missing,) = cases_of(client, reissue["id"])
         assert (missing["our_ref"], missing["delta"]) == (dropped.reference, -(dropped.amount - dropped.channel_cost))
 
         with _at(NEXT_DAY + timedelta(days=1), 8):
             later = _imported(client, [_line(dropped, NEXT_DAY)], NEXT_DAY, "next-day.csv")
 
-        assert _classes(later) == {"timing": 1}
-        (pair,) = _cases(client, later["id"])
+        assert class_counts(later) == {"timing": 1}
+        (pair,) = cases_of(client, later["id"])
         assert (pair["class"], pair["our_ref"], pair["delta"]) == ("timing", dropped.reference, 0)
         assert (pair["state"], pair["resolution"]) == ("resolved", "auto_timing")
         assert later["case_states"] == {"resolved": 1}  # no duplicate claiming the channel paid it twice
@@ -208,7 +198,7 @@ class TestAReIssueReplacesTheFirstStatementOfItsDay:
             _imported(client, [_line(row, DAY) for row in sales], DAY, "day.csv")
         with _at(NEXT_DAY, 9):
             reissue = _imported(client, [_line(row, DAY) for row in sales[:3]], DAY, "day-reissued.csv")
-        (waiting,) = _cases(client, reissue["id"])
+        (waiting,) = cases_of(client, reissue["id"])
         assert (waiting["class"], waiting["our_ref"]) == ("timing", dropped.reference)
         held = maker.post(f"/v1/recon_cases/{waiting['id']}/resolve",
                           json={"action": "write_off", "reason": "the channel lost it"})
@@ -222,8 +212,8 @@ class TestAReIssueReplacesTheFirstStatementOfItsDay:
         assert (closed["state"], closed["resolution"], closed["ledger_entry_id"]) == ("resolved", "auto_timing", None)
         assert checker.get(f"/v1/approvals/{approval_id}").json()["status"] == "expired"
         # The same run pairs the line (both sides present, a day apart): no duplicate claiming a second payment.
-        assert _classes(later) == {"timing": 1}
-        (pair,) = _cases(client, later["id"])
+        assert class_counts(later) == {"timing": 1}
+        (pair,) = cases_of(client, later["id"])
         assert (pair["class"], pair["delta"], pair["state"]) == ("timing", 0, "resolved")
         open_cases = client.get("/v1/recon_cases", params={"state": "open", "channel": CHANNEL}).json()["data"]
         assert open_cases == []
@@ -235,11 +225,11 @@ class TestAReIssueReplacesTheFirstStatementOfItsDay:
             first = _imported(client, [_line(row, DAY) for row in sales[1:]], DAY, "day.csv")
         with _at(NEXT_DAY, 9):
             reissue = _imported(client, [_line(row, DAY) for row in sales], DAY, "day-reissued.csv")
-        assert _classes(first) == {"matched": 3, "missing_in_statement": 1}
-        assert _classes(reissue) == {"matched": 4}
+        assert class_counts(first) == {"matched": 3, "missing_in_statement": 1}
+        assert class_counts(reissue) == {"matched": 4}
         with _at(NEXT_DAY + timedelta(days=1), 8):
             later = _imported(client, [_line(sales[0], NEXT_DAY)], NEXT_DAY, "next-day.csv")
-        (repeat,) = _cases(client, later["id"])
+        (repeat,) = cases_of(client, later["id"])
         net = sales[0].amount - sales[0].channel_cost
         assert (repeat["class"], repeat["our_ref"], repeat["delta"]) == ("duplicate", sales[0].reference, net)
         assert "reconciled already by an earlier statement" in repeat["detail"]
@@ -272,7 +262,7 @@ class TestABankFileWithStatementsOfTwoAccounts:
         assert answer.status_code == 201, answer.text
         run = answer.json()
         assert run["statement"]["account"] == CNY_IBAN  # the file's first statement's, as before
-        found = _cases(client, run["id"])
+        found = cases_of(client, run["id"])
         (euro,) = [c for c in found if c["currency"] == "EUR"]
         (yuan, *_refund) = sorted((c for c in found if c["currency"] == "CNY"), key=lambda c: -c["delta"])
         assert (euro["class"], euro["delta"], yuan["class"], yuan["delta"]) == (
@@ -395,12 +385,12 @@ class TestAMappingsTimezoneAloneMovesTimestampsIntoTheChannelsDays:
         dry = _dry_run(client, self._file(evening_sales), channel=CHANNEL, day=china_day,
                        body={"rules": rules, "mapping": self.MAPPING})
         assert dry.status_code == 200, dry.text
-        assert _classes(dry.json()) == {"matched": 2}
+        assert class_counts(dry.json()) == {"matched": 2}
         _rules(client, mapping=self.MAPPING, **rules)
         answer = _upload_file(client, self._file(evening_sales), fmt="csv", channel=CHANNEL, day=china_day,
                               name="utc.csv")
         assert answer.status_code == 201, answer.text
-        assert _classes(answer.json()) == {"matched": 2}
+        assert class_counts(answer.json()) == {"matched": 2}
         assert answer.json()["statement"]["first_day"] == "2026-11-24"
 
     def test_a_calendar_of_its_own_still_wins(self, client, evening_sales):

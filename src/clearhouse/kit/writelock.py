@@ -30,6 +30,10 @@ import threading
 import time
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 POLL_SECONDS = 0.0005
 """How often a process's waiting thread tries the file lock held by another process."""
 
@@ -77,22 +81,26 @@ class Locked(Exception):
     """Another writer kept the lock past the wait allowed."""
 
 
-_LOCKS: dict[tuple[int, str], WriterLock] = {}
+_LOCKS: dict[tuple[int, str], WriterLock | None] = {}
 _LOCKS_LOCK = threading.Lock()
 
 
 def writer_lock(database: str) -> WriterLock | None:
-    """This process's ``WriterLock`` of the SQLite database file ``database`` (None for an
-    in-memory database). One per file and process: a forked child makes its own, since an
-    inherited ``flock`` would be shared with its parent."""
+    """This process's ``WriterLock`` of the SQLite database file ``database``. One per file and
+    process: a forked child makes its own, since an inherited ``flock`` would be shared with its
+    parent. None (writers wait the old way, in SQLite's busy handler) for an in-memory database or
+    one named by URI, and when the lock file cannot be opened (a read-only folder, a file another
+    user made): the queue is an aid, never a condition for writing."""
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     real = os.path.realpath(database)
     key = (os.getpid(), real)
-    lock = _LOCKS.get(key)
-    if lock is None:
+    if key not in _LOCKS:
         with _LOCKS_LOCK:
-            lock = _LOCKS.get(key)
-            if lock is None:
-                lock = _LOCKS[key] = WriterLock(Path(real + "-writer.lock"))
-    return lock
+            if key not in _LOCKS:
+                try:
+                    _LOCKS[key] = WriterLock(Path(real + "-writer.lock"))
+                except OSError as error:
+                    log.warning("sqlite_writer_queue_unavailable", path=real + "-writer.lock", error=str(error))
+                    _LOCKS[key] = None
+    return _LOCKS[key]
