@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from clearhouse.kit.errors import ClearhouseError
-from clearhouse.kit.money import MAX_AMOUNT, is_currency, rate_of
+from clearhouse.kit.money import MAX_AMOUNT, is_currency, rate_of, share
 
 if TYPE_CHECKING:
     from clearhouse.kit.settings import Settings
@@ -201,7 +201,7 @@ class Cost:
         """What the channel gives back of the ``charged`` fee of a payment of ``captured`` when ``refunded``
         more of it is refunded, after ``refunded_before`` that got ``returned_before`` back.
 
-        Cumulative, as the platform's own fee (``payments.fees.share``): the fee's share of everything
+        Cumulative, as the platform's own fee (``kit.money.share``): the fee's share of everything
         refunded so far (half-up), less what was given back already. Partial refunds therefore never
         get back more than the fee, and the refund that completes the payment gets back the rest of it:
         6600 charged 36, refunded 1001 then 5599, gives back 5 then 31 (per refund, 0.55 % half-up
@@ -209,8 +209,7 @@ class Cost:
         if not self.returned_on_refund or captured <= 0 or charged <= 0:
             return 0
         after = min(captured, refunded_before + refunded)
-        share = (charged * after * 2 + captured) // (captured * 2)
-        return max(0, min(share, charged) - returned_before)
+        return max(0, min(share(charged, after, captured), charged) - returned_before)
 
 
 # --------------------------------------------------------------------------- errors

@@ -137,3 +137,12 @@ def rate_of(amount: int, rate: Decimal, fixed: int = 0) -> int:
     if amount < 0:
         raise ValueError("amount must not be negative")
     return int((Decimal(amount) * rate).quantize(Decimal(1), rounding=ROUND_HALF_UP)) + fixed
+
+
+def share(total: int, part: int, whole: int) -> int:
+    """``total`` x ``part`` / ``whole``, half-up: the part of a fee that belongs to part of an amount.
+    Used cumulatively (share of everything refunded so far minus what was returned before), so
+    several partial refunds return exactly the whole fee when they reach the whole amount."""
+    if whole <= 0:
+        return 0
+    return (total * part * 2 + whole) // (whole * 2)

@@ -57,15 +57,6 @@ DEFAULT_RULE = Rule()
 """The platform's plan when neither the merchant nor the platform has a rule: 0.6 %."""
 
 
-def share(total: int, part: int, whole: int) -> int:
-    """``total`` x ``part`` / ``whole``, half-up: the part of a fee that belongs to part of an amount.
-    Used cumulatively (share of everything refunded so far minus what was returned before), so
-    several partial refunds return exactly the whole fee when they reach the whole amount."""
-    if whole <= 0:
-        return 0
-    return (total * part * 2 + whole) // (whole * 2)
-
-
 def _check(rule: dict[str, Any]) -> Rule:
     try:
         percent = Decimal(str(rule.get("percent", "0")))

@@ -52,6 +52,7 @@ from clearhouse.kit import clock
 from clearhouse.kit.canonical import canonical_json
 from clearhouse.kit.db import WrittenRow, group_transact, is_postgresql, newest_first, transact
 from clearhouse.kit.ids import new_id, new_ids
+from clearhouse.kit.money import share
 from clearhouse.ledger import errors as ledger_errors
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
@@ -1105,13 +1106,13 @@ def apply_refund_result(session: Session, refund_id: str, status: str, external_
         before, after = payment.amount_refunded, payment.amount_refunded + row.amount
         fee_back = 0
         if rule.refund_fee_policy == "proportional":
-            fee_back = (fees.share(payment.fee_amount, after, payment.amount_captured)
-                        - fees.share(payment.fee_amount, before, payment.amount_captured))
+            fee_back = (share(payment.fee_amount, after, payment.amount_captured)
+                        - share(payment.fee_amount, before, payment.amount_captured))
         cost_back = row.channel_cost_returned
         cost_charged = 0
         if rule.refund_cost_bearer == "merchant":  # what the channel keeps of its fee on this part
-            cost_charged = max(0, fees.share(payment.channel_cost, after, payment.amount_captured)
-                               - fees.share(payment.channel_cost, before, payment.amount_captured) - cost_back)
+            cost_charged = max(0, share(payment.channel_cost, after, payment.amount_captured)
+                               - share(payment.channel_cost, before, payment.amount_captured) - cost_back)
         if payment.purpose == "wallet_top_up":
             fee_back = cost_charged = 0
             entry_id, _created = ledger.resolve_pending(session, f"tr_{row.id}", "post", id=f"tr_{row.id}_post")
