@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from clearhouse import cli
 from clearhouse.audit.service import SYSTEM
+from clearhouse.bench import PostgresServer
 from clearhouse.channels import commands as sandbox_commands
 from clearhouse.identity import commands as identity_commands
 from clearhouse.identity import service as identity
@@ -86,18 +85,8 @@ def unmigrated_url(backend: str, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    server = make_url(POSTGRES_URL)
-    name = f"{server.database}_unmigrated"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with PostgresServer(POSTGRES_URL, "the tests' server").fresh_database("unmigrated") as url:
+        yield url
 
 
 # ------------------------------------------------------------------------------------ settings
