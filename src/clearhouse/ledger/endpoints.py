@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from clearhouse.audit import service as audit
 from clearhouse.identity import approvals
 from clearhouse.identity.permissions import actor_of, principal_of, requires
+from clearhouse.identity.schemas import ApprovalOut
 from clearhouse.kit.api import Page, PrefixRouter, QueryTime, json_body, query_time, validate
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import problem_response
@@ -76,7 +77,9 @@ def _as_dict(balance: service.Balance) -> dict[str, int]:
     return dataclasses.asdict(balance)
 
 
-@router.post("/accounts", status_code=201, response_model=AccountOut, responses=_ERRORS, dependencies=_WRITE)
+@router.post("/accounts", status_code=201, response_model=AccountOut, dependencies=_WRITE, responses={
+    200: {"model": AccountOut, "description": "The account existed with the same fields: returned as it is"},
+    **_ERRORS})
 def create_account(body: AccountCreate, request: Request, response: Response) -> AccountOut:
     """Open an account. An id that exists with the same fields returns it with 200."""
 
@@ -222,7 +225,13 @@ def _validate_at(adapter: TypeAdapter[Any], item: Any, at: tuple[Any, ...]) -> A
     "/transfers",
     status_code=201,
     openapi_extra=_TRANSFER_BODY,
-    responses={200: {"model": BatchOut, "description": "A batch: one result per transfer"}, **_ERRORS},
+    responses={
+        200: {"model": TransferOut | BatchOut,
+              "description": "A batch: one result per transfer; or a single transfer that existed with the same"
+                             " fields, returned as it is"},
+        202: {"model": ApprovalOut, "description": "Sent by a person: checked and held for a second person's"
+                                                   " approval"},
+        **_ERRORS},
     response_model=TransferOut,
     dependencies=_WRITE,
 )
@@ -296,7 +305,6 @@ def _parse_entries(body: Any) -> tuple[list[service.EntryRequest], bool, bool]:
 
 
 async def _hold_adjustment(request: Request, body: Any) -> JSONResponse:
-    from clearhouse.identity.schemas import ApprovalOut
 
     entries, _linked, is_batch = _parse_entries(body)
     # Ids fixed now, so what is approved is exactly what will be written.
