@@ -185,44 +185,70 @@ def settled_earlier(session: Session, channel: str, fmt: str, period: tuple[date
     then a ``duplicate``, not a second match. Only the latest counts: a second file of a day is a re-issue
     that replaces the first, so a line the re-issue dropped is unpaired, whatever the replaced file said (a
     later statement that brings it pairs it). The statement's own days are never settled, for the same
-    reason: this file may be that day's re-issue."""
+    reason: this file may be that day's re-issue.
+
+    A line such a statement lacked is settled once a later statement paired it (a ``timing`` case with a line:
+    the channel booked it a day or more late), while that statement is still the latest of the day it put the
+    line on (``_paired_late``)."""
     outside = ~pl.col("booked_on").is_between(*period) & (pl.col("status") == "succeeded")
     days = internal.lazy().filter(outside).select(pl.col("booked_on").min().alias("first"),
                                                   pl.col("booked_on").max().alias("last")).collect()
     first, last = days["first"][0], days["last"][0]
     if first is None:
         return None
-    spoke_for = or_(runs.c.statement_date.between(first, last),
-                    and_(statements.c.first_day <= last, statements.c.last_day >= first))
+    # Every statement of the kind that spoke for a day from ``first`` on: those of the lines' own days, and the
+    # later ones that may have paired a line late.
+    spoke_for = or_(runs.c.statement_date >= first, statements.c.last_day >= first)
     candidates = [run for run in session.execute(
         select(runs.c.id, runs.c.created_at, runs.c.statement_date, statements.c.format, statements.c.first_day,
                statements.c.last_day)
         .join(statements, statements.c.id == runs.c.statement_id)
         .where(runs.c.channel == channel, spoke_for)) if (run.format == "csv") == (fmt == "csv")]
-    latest: dict[date, Any] = {}  # each day outside the period -> the latest earlier statement that spoke for it
+    latest: dict[date, Any] = {}  # each day from ``first`` on -> the latest earlier statement that spoke for it
     for run in sorted(candidates, key=lambda run: (run.created_at, run.id)):
         spoke_from, spoke_to = period_of(run, run.format, run.statement_date)
         day = max(spoke_from, first)
-        while day <= min(spoke_to, last):
+        while day <= spoke_to:
             latest[day] = run
             day += timedelta(days=1)
     days_of: dict[str, list[date]] = {}
     for day, run in latest.items():
-        days_of.setdefault(run.id, []).append(day)
+        if day <= last and not period[0] <= day <= period[1]:
+            days_of.setdefault(run.id, []).append(day)
     earlier = [run for run in candidates if run.id in days_of]
-    if not earlier:
+    reached = []
+    late = _paired_late(session, latest, period)
+    if late:
+        reached.append(outside & pl.col("our_id").is_in(pl.Series(late, dtype=pl.String).implode()))
+    if not earlier and not reached:
         return None
     unpaired: dict[str, list[str]] = {}
     for run_id, our_id in session.execute(select(cases.c.reconciliation_id, cases.c.our_id).where(
             cases.c.reconciliation_id.in_([run.id for run in earlier]), cases.c.line_no.is_(None),
             cases.c.our_id.is_not(None))):
         unpaired.setdefault(run_id, []).append(our_id)
-    reached = [outside & pl.col("booked_on").is_in(pl.Series(days_of[run.id], dtype=pl.Date).implode())
-               & (pl.col("booked_at") < run.created_at)
-               & ~pl.col("our_id").is_in(pl.Series(unpaired.get(run.id, []), dtype=pl.String).implode())
-               for run in earlier]
+    reached += [outside & pl.col("booked_on").is_in(pl.Series(days_of[run.id], dtype=pl.Date).implode())
+                & (pl.col("booked_at") < run.created_at)
+                & ~pl.col("our_id").is_in(pl.Series(unpaired.get(run.id, []), dtype=pl.String).implode())
+                for run in earlier]
     settled = internal.select(pl.any_horizontal(reached).alias("settled"))["settled"].to_numpy()
     return settled if settled.any() else None
+
+
+def _paired_late(session: Session, latest: dict[date, Any], period: tuple[date, date]) -> list[str]:
+    """Our ids that an earlier statement paired as ``timing`` (both sides present, booked on different days),
+    each where that statement is still the latest (``latest``: day -> run) of the day the channel put the line
+    on, and that day is not one of this statement's (this file may be its re-issue)."""
+    runs_of_days: dict[str, set[date]] = {}
+    for day, run in latest.items():
+        if not period[0] <= day <= period[1]:
+            runs_of_days.setdefault(run.id, set()).add(day)
+    if not runs_of_days:
+        return []
+    pairs = session.execute(select(cases.c.reconciliation_id, cases.c.our_id, cases.c.theirs_booked_on).where(
+        cases.c.reconciliation_id.in_(sorted(runs_of_days)), cases.c["class"] == "timing",
+        cases.c.line_no.is_not(None), cases.c.our_id.is_not(None)))
+    return sorted({our_id for run_id, our_id, day in pairs if day in runs_of_days[run_id]})
 
 
 def run_match(lines: pl.DataFrame, internal: pl.DataFrame, rules: Any, period: tuple[date, date],
