@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
