@@ -370,7 +370,7 @@ class TestClearingReport:
 
     def test_a_second_file_of_the_day_replaces_the_first_in_the_figures(self, client, day_of_payments):
         """A re-issued statement of one day: our expected money counts once, the channel's is the latest file's;
-        the first file's case (the line it lacked) still counts until someone resolves it."""
+        the first file's case (the line it lacked) is counted, closed by the re-issue (session 14)."""
         rows, day = day_of_payments["rows"], day_of_payments["day"]
         first = "\n".join([HEADER, *[_line(r, day) for r in rows[:-1]]]) + "\n"
         second = "\n".join([HEADER, *[_line(r, day) for r in rows]]) + "\n"
@@ -382,7 +382,7 @@ class TestClearingReport:
         assert _upload(client, second, day, name="corrected.csv").status_code == 201
         (line,) = client.get("/v1/clearing/daily", params={"date": day.isoformat()}).json()["channels"]
         assert (line["expected"], line["reported"], line["net_position"]) == (net, net, net)
-        assert line["discrepancies"] == 1 and line["open_cases"] == 1 and len(line["reconciliations"]) == 2
+        assert line["discrepancies"] == 1 and line["open_cases"] == 0 and len(line["reconciliations"]) == 2
 
     def test_discrepancies_and_open_cases_are_counted_per_currency(self, client, day_of_payments):
         day = day_of_payments["day"]

@@ -1,14 +1,19 @@
-"""Reconciliation, session 14: a line of ours first paired by a later statement (it came a day late) is
-reconciled from then on, so a further statement that repeats it is a ``duplicate``, never a second match
-that would count the channel's payment twice in the clearing report."""
+"""Reconciliation, session 14:
+
+- a line of ours first paired by a later statement (it came a day late) is reconciled from then on, so a
+  further statement that repeats it is a ``duplicate``, never a second match that would count the
+  channel's payment twice in the clearing report;
+- a re-issued statement replaces the first for its day: the first import's cases still open are closed
+  (accepted by the system, posting nothing, a held resolution expired), the re-issue's are the day's."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from tests.payments.support import ledger_verifies
 from tests.reconciliation.support import cases_of, class_counts
-from tests.reconciliation.test_api import _line
-from tests.reconciliation.test_session13 import DAY, NEXT_DAY, _at, _imported, _rules, sales  # noqa: F401
+from tests.reconciliation.test_api import CHANNEL, _line
+from tests.reconciliation.test_session13 import DAY, NEXT_DAY, _at, _case, _imported, _rules, people, sales  # noqa: F401
 
 THIRD_DAY = NEXT_DAY + timedelta(days=1)
 
@@ -44,3 +49,72 @@ class TestALinePairedLateIsReconciledFromThenOn:
         assert class_counts(repeat) == {"timing": 1}
         (case,) = cases_of(client, repeat["id"])
         assert (case["class"], case["our_ref"], case["delta"]) == ("timing", dropped.reference, 0)
+
+
+def _open_cases(client) -> list[dict]:
+    return client.get("/v1/recon_cases", params={"state": "open", "channel": CHANNEL}).json()["data"]
+
+
+class TestAReIssueClosesTheFirstImportsOpenCases:
+    def test_a_line_the_first_file_lacked_and_the_re_issue_has_leaves_nothing_open(self, app, client, sales):  # noqa: F811
+        _rules(client, timing_cutoff_minutes=0)
+        with _at(NEXT_DAY, 8):
+            first = _imported(client, [_line(row, DAY) for row in sales[:3]], DAY, "day.csv")
+        (missing,) = cases_of(client, first["id"])
+        assert missing["class"] == "missing_in_statement"
+        with _at(NEXT_DAY, 9):
+            reissue = _imported(client, [_line(row, DAY) for row in sales], DAY, "day-reissued.csv")
+        assert class_counts(reissue) == {"matched": 4}
+        closed = _case(client, missing["id"])
+        assert (closed["state"], closed["resolution"], closed["ledger_entry_id"]) == ("resolved", "accept", None)
+        assert closed["resolved_by"] == "system:reconciliation"
+        assert reissue["id"] in closed["resolution_reason"]
+        assert _open_cases(client) == []
+        ledger_verifies(app)
+
+    def test_a_discrepancy_the_re_issue_still_has_is_one_open_case_and_a_held_resolution_expires(
+            self, app, client, sales, people):  # noqa: F811
+        maker, checker = people
+        _rules(client, timing_cutoff_minutes=0)
+        wrong = [_line(row, DAY, amount=row.amount + 5_000 if n == 1 else None) for n, row in enumerate(sales)]
+        with _at(NEXT_DAY, 8):
+            first = _imported(client, wrong, DAY, "day.csv")
+        (mismatch,) = cases_of(client, first["id"])
+        held = maker.post(f"/v1/recon_cases/{mismatch['id']}/resolve", json={"action": "adjust", "reason": "short"})
+        assert held.status_code == 202, held.text
+        with _at(NEXT_DAY, 9):
+            reissue = _imported(client, wrong[::-1], DAY, "day-reissued.csv")  # the same lines, another file
+        (again,) = cases_of(client, reissue["id"])
+        assert (again["class"], again["state"]) == ("amount_mismatch", "open")
+        assert _case(client, mismatch["id"])["state"] == "resolved"
+        assert checker.get(f"/v1/approvals/{held.json()['approval_id']}").json()["status"] == "expired"
+        assert [case["id"] for case in _open_cases(client)] == [again["id"]]
+        ledger_verifies(app)
+
+    def test_a_statement_of_the_next_day_closes_nothing_of_the_day_before(self, client, sales):  # noqa: F811
+        _rules(client, timing_cutoff_minutes=0)
+        with _at(NEXT_DAY, 8):
+            first = _imported(client, [_line(row, DAY) for row in sales[:3]], DAY, "day.csv")
+        with _at(NEXT_DAY + timedelta(days=1), 8):
+            _imported(client, [], NEXT_DAY, "next-day.csv")
+        (missing,) = cases_of(client, first["id"])
+        assert missing["state"] == "open"
+
+    def test_a_discrepancy_adjusted_before_the_re_issue_is_not_adjusted_twice(self, app, client, sales):  # noqa: F811
+        _rules(client, timing_cutoff_minutes=0)
+        app.state.settings = app.state.settings.model_copy(update={"recon_approval_threshold": 1_000_000})
+        wrong = [_line(row, DAY, amount=row.amount - 200 if n == 2 else None) for n, row in enumerate(sales)]
+        with _at(NEXT_DAY, 8):
+            first = _imported(client, wrong, DAY, "day.csv")
+        (short,) = cases_of(client, first["id"])
+        adjusted = client.post(f"/v1/recon_cases/{short['id']}/resolve", json={"action": "adjust", "reason": "short"})
+        assert adjusted.status_code == 200, adjusted.text
+        entry = adjusted.json()["ledger_entry_id"]
+        with _at(NEXT_DAY, 9):
+            reissue = _imported(client, wrong[::-1], DAY, "day-reissued.csv")
+        (again,) = cases_of(client, reissue["id"])
+        assert (again["class"], again["state"], again["resolution"]) == ("amount_mismatch", "resolved", "accept")
+        assert again["ledger_entry_id"] is None
+        assert short["id"] in again["resolution_reason"] and entry in again["resolution_reason"]
+        assert _open_cases(client) == []
+        ledger_verifies(app)

@@ -355,6 +355,56 @@ def settle_timing(session: Session, run_id: str, channel: str, with_lines: Calla
     return resolved
 
 
+def supersede(session: Session, run_id: str, channel: str, bank: bool, period: tuple[Any, Any], now: datetime,
+              expired: Expired) -> Resolved:
+    """Close the open cases of the earlier statements this one re-issues; returns them, for ``record_resolutions``.
+
+    A statement of the same kind (a channel's file, or a bank's: ``bank``) that spoke only for days this one
+    speaks for (``period``) is replaced by it: this import's cases are the day's cases now, and it raised again
+    whatever is still wrong. So an earlier case still open is accepted, posting nothing, with the reason; a
+    resolution of it waiting for a second person ends as expired. Cases resolved before stay as they are, and
+    one of this import's cases that repeats one of them already posted for (the same class, lines and delta)
+    is accepted too, naming that case and its entry: the difference is in the ledger once, not twice."""
+    from clearhouse.reconciliation.service import period_of
+
+    first, last = period
+    earlier = session.execute(
+        select(runs.c.id, runs.c.statement_date, statements.c.format, statements.c.first_day, statements.c.last_day)
+        .join(statements, statements.c.id == runs.c.statement_id)
+        .where(runs.c.channel == channel, runs.c.id != run_id, runs.c.statement_date.between(first, last))).all()
+    replaced = [run.id for run in earlier if (run.format in BANK_FORMATS) == bank
+                and first <= period_of(run, run.format, run.statement_date)[0]
+                and period_of(run, run.format, run.statement_date)[1] <= last]
+    if not replaced:
+        return []
+    reason = f"replaced by the re-issued statement of reconciliation {run_id}, which reports the day anew"
+    resolved: Resolved = []
+    for row in session.execute(_select_cases().where(cases.c.reconciliation_id.in_(replaced),
+                                                   cases.c.state.in_(OPEN_STATES))).all():
+        # Read again under its lock, an approval waiting on it locked first (``approvals.decide``'s order).
+        if row.approval_id is not None:
+            approvals.lock(session, row.approval_id)
+        current = _case(session, row.id, lock=True)
+        if current.state not in OPEN_STATES:
+            continue
+        resolved.append((row.id, _apply(session, current, action="accept", account="suspense", actor=SYSTEM_ACTOR,
+                                        now=now, reason=reason, expired=expired)))
+    same = (cases.c["class"], cases.c.our_id, cases.c.our_ref, cases.c.channel_ref, cases.c.currency, cases.c.delta)
+    posted = {tuple(row[:-2]): row[-2:] for row in session.execute(select(*same, cases.c.id, cases.c.ledger_entry_id)
+                                                                   .where(cases.c.reconciliation_id.in_(replaced),
+                                                                          cases.c.ledger_entry_id.is_not(None)))}
+    if posted:
+        for row in session.execute(_select_cases().where(cases.c.reconciliation_id == run_id,
+                                                       cases.c.state == "open")).all():
+            earlier_case = posted.get((row.class_, row.our_id, row.our_ref, row.channel_ref, row.currency, row.delta))
+            if earlier_case is not None:
+                resolved.append((row.id, _apply(
+                    session, row, action="accept", account="suspense", actor=SYSTEM_ACTOR, now=now, expired=expired,
+                    reason=f"posted already: case {earlier_case[0]} of the statement this one re-issues was resolved "
+                           f"with ledger entry {earlier_case[1]}")))
+    return resolved
+
+
 def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, threshold: int | None = None,
                 expired: Expired | None = None) -> Resolved:
     """Resolve this run's open cases that a channel rule explains; returns them, for ``record_resolutions``.
