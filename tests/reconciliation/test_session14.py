@@ -11,9 +11,22 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.payments.support import ledger_verifies
+from tests.reconciliation.formats.test_session12_formats import camt, camt_entry, camt_statement
 from tests.reconciliation.support import cases_of, class_counts
 from tests.reconciliation.test_api import CHANNEL, _line
-from tests.reconciliation.test_session13 import DAY, NEXT_DAY, _at, _case, _imported, _rules, people, sales  # noqa: F401
+from tests.reconciliation.test_session13 import (  # noqa: F401
+    CNY_IBAN,
+    DAY,
+    EUR_IBAN,
+    NEXT_DAY,
+    _at,
+    _case,
+    _imported,
+    _rules,
+    _upload_file,
+    people,
+    sales,
+)
 
 THIRD_DAY = NEXT_DAY + timedelta(days=1)
 
@@ -118,3 +131,15 @@ class TestAReIssueClosesTheFirstImportsOpenCases:
         assert short["id"] in again["resolution_reason"] and entry in again["resolution_reason"]
         assert _open_cases(client) == []
         ledger_verifies(app)
+
+    def test_bank_statements_of_one_day_add_up_and_close_nothing_of_each_other(self, client):
+        """Two accounts' statements of one day (two files): each one's cases are its own."""
+        cny = camt(camt_statement("S1", CNY_IBAN, "1000.00", "1250.00", camt_entry("250.00", "BR1", currency="CNY"),
+                                  currency="CNY")).encode()
+        eur = camt(camt_statement("S9", EUR_IBAN, "10.00", "15.00", camt_entry("5.00", "BR9"))).encode()
+        first = _upload_file(client, cny, fmt="camt053", channel="bank_two", day=DAY, name="cny.xml")
+        assert first.status_code == 201, first.text
+        second = _upload_file(client, eur, fmt="camt053", channel="bank_two", day=DAY, name="eur.xml")
+        assert second.status_code == 201, second.text
+        (stray,) = cases_of(client, first.json()["id"])
+        assert (stray["class"], _case(client, stray["id"])["state"]) == ("missing_in_ledger", "open")

@@ -355,26 +355,22 @@ def settle_timing(session: Session, run_id: str, channel: str, with_lines: Calla
     return resolved
 
 
-def supersede(session: Session, run_id: str, channel: str, bank: bool, period: tuple[Any, Any], now: datetime,
+def supersede(session: Session, run_id: str, channel: str, statement_date: Any, now: datetime,
               expired: Expired) -> Resolved:
-    """Close the open cases of the earlier statements this one re-issues; returns them, for ``record_resolutions``.
+    """Close the open cases of the earlier channel statements this one re-issues; returns them, for
+    ``record_resolutions``.
 
-    A statement of the same kind (a channel's file, or a bank's: ``bank``) that spoke only for days this one
-    speaks for (``period``) is replaced by it: this import's cases are the day's cases now, and it raised again
-    whatever is still wrong. So an earlier case still open is accepted, posting nothing, with the reason; a
-    resolution of it waiting for a second person ends as expired. Cases resolved before stay as they are, and
+    A channel's statement speaks for the channel's whole day, so an earlier one of the same channel and day is
+    replaced by it (bank statements are not: two of one day may be two accounts', and they add up): this
+    import's cases are the day's cases now, and it raised again whatever is still wrong. So an earlier case
+    still open is accepted, posting nothing, with the reason; a resolution of it waiting for a second person
+    ends as expired. Cases resolved before stay as they are, and
     one of this import's cases that repeats one of them already posted for (the same class, lines and delta)
     is accepted too, naming that case and its entry: the difference is in the ledger once, not twice."""
-    from clearhouse.reconciliation.service import period_of
-
-    first, last = period
-    earlier = session.execute(
-        select(runs.c.id, runs.c.statement_date, statements.c.format, statements.c.first_day, statements.c.last_day)
-        .join(statements, statements.c.id == runs.c.statement_id)
-        .where(runs.c.channel == channel, runs.c.id != run_id, runs.c.statement_date.between(first, last))).all()
-    replaced = [run.id for run in earlier if (run.format in BANK_FORMATS) == bank
-                and first <= period_of(run, run.format, run.statement_date)[0]
-                and period_of(run, run.format, run.statement_date)[1] <= last]
+    replaced = list(session.scalars(
+        select(runs.c.id).join(statements, statements.c.id == runs.c.statement_id)
+        .where(runs.c.channel == channel, runs.c.id != run_id, runs.c.statement_date == statement_date,
+               statements.c.format.not_in(BANK_FORMATS))))
     if not replaced:
         return []
     reason = f"replaced by the re-issued statement of reconciliation {run_id}, which reports the day anew"

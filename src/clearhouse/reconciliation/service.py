@@ -352,8 +352,8 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         from clearhouse.reconciliation import cases as case_service
 
         expired: case_service.Expired = []
-        resolved = case_service.supersede(session, run_id, channel, fmt in case_service.BANK_FORMATS, period, now,
-                                           expired)
+        resolved = [] if fmt in case_service.BANK_FORMATS else case_service.supersede(
+            session, run_id, channel, statement_date, now, expired)
         resolved += case_service.settle_timing(session, run_id, channel, outcome.with_lines, now, expired)
         resolved += case_service.apply_rules(session, run_id, rules, now, approval_threshold, expired)
         case_service.record_resolutions(session, resolved, expired)
