@@ -3,14 +3,20 @@
 - a line of ours first paired by a later statement (it came a day late) is reconciled from then on, so a
   further statement that repeats it is a ``duplicate``, never a second match that would count the
   channel's payment twice in the clearing report;
+- a payment the customer paid just before the channel's midnight, whose notification reached us just after
+  (the channel's day D, ours D+1), pairs as ``timing`` in D's statement and raises nothing in D+1's;
 - a re-issued statement replaces the first for its day: the first import's cases still open are closed
   (accepted by the system, posting nothing, a held resolution expired), the re-issue's are the day's."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import io
+from datetime import UTC, datetime, timedelta
 
-from tests.payments.support import ledger_verifies
+import pytest
+
+from clearhouse.kit import clock
+from tests.payments.support import ledger_verifies, paid_by_customer
 from tests.reconciliation.formats.test_session12_formats import camt, camt_entry, camt_statement
 from tests.reconciliation.support import cases_of, class_counts
 from tests.reconciliation.test_api import CHANNEL, _line
@@ -143,3 +149,33 @@ class TestAReIssueClosesTheFirstImportsOpenCases:
         assert second.status_code == 201, second.text
         (stray,) = cases_of(client, first.json()["id"])
         assert (stray["class"], _case(client, stray["id"])["state"]) == ("missing_in_ledger", "open")
+
+
+BEFORE_MIDNIGHT_IN_CHINA = datetime(2026, 11, 25, 15, 59, 50, tzinfo=UTC)  # 23:59:50 on 25 Nov in Asia/Shanghai
+BEFORE_MIDNIGHT_UTC = datetime(2026, 11, 25, 23, 59, 50, tzinfo=UTC)
+
+
+def _sandbox_statement_cases(app, client, channel, day) -> list[tuple]:
+    statement = app.state.channels[channel].statement(day)
+    run = client.post("/v1/reconciliations", data={"format": "csv", "channel": channel,
+                                                   "statement_date": day.isoformat()},
+                      files={"file": (statement.filename, io.BytesIO(statement.content), "text/csv")})
+    assert run.status_code == 201, run.text
+    return [(c["class"], c["delta"], c["state"]) for c in cases_of(client, run.json()["id"])]
+
+
+class TestAPaymentPaidJustBeforeTheChannelsMidnight:
+    @pytest.mark.parametrize("channel", ["sandbox_alipay", "sandbox_wechat", "sandbox_bank"])
+    def test_pairs_on_the_channels_day_and_is_not_missing_from_the_next(self, app, client, anonymous_client,
+                                                                        merchant_client_factory, channel):
+        shop, _ = merchant_client_factory("Night shop")
+        paid_at = BEFORE_MIDNIGHT_UTC if channel == "sandbox_bank" else BEFORE_MIDNIGHT_IN_CHINA
+        with clock.frozen(paid_at):
+            paid_by_customer(app, shop, anonymous_client, channel, 10_000)  # notified after midnight
+        day = (paid_at + timedelta(hours=0 if channel == "sandbox_bank" else 8)).date()
+        with clock.frozen(paid_at + timedelta(days=1, hours=2)):
+            first = _sandbox_statement_cases(app, client, channel, day)
+            second = _sandbox_statement_cases(app, client, channel, day + timedelta(days=1))
+        assert [(kind, delta) for kind, delta, _state in first] == [("timing", 0)]
+        assert second == []
+        ledger_verifies(app)

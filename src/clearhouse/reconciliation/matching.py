@@ -24,7 +24,8 @@ Pass 1, exact (one hash join over the whole frames; everything after it sees onl
   its pair (its amount is other money, not a difference a tolerance could explain), so the line is
   ``missing_in_ledger`` in its currency and ours, unless another line pairs it, unpaired in ours.
   Our lines that ``settled`` marks (an earlier statement reconciled them: ``service.settled_earlier``)
-  are paired already: a line that names one is a ``duplicate``, and pass 2 does not offer them.
+  are paired already: a line that names one is a ``duplicate``, pass 2 does not offer them, and one of the
+  period that no line names is not ``missing_in_statement`` (the channel put it on an earlier day).
 
 A pair (from any pass) is then classified, first rule that applies:
   ``status_mismatch`` (we say failed and the channel succeeded, or the reverse), ``amount_mismatch``
@@ -308,6 +309,8 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
         named = pl.concat(foreign).unique("line_no", keep="first", maintain_order=True)
         lonely = lonely.drop("detail").join(named, on="line_no", how="left", maintain_order="left")
     parts.append(_emit(lonely, pass_no=None, keep_pass=False))
+    if settled is not None:  # paired by an earlier statement: nobody's claim is missing (the day before ours)
+        ours_left = ours_left.filter(pl.Series(~earlier[ours_left["row"].to_numpy()]))
     parts.append(_emit(_unclaimed(ours_left, rules, period), pass_no=None, keep_pass=False))
     others = pl.concat([part for part in parts if part.height] or [pl.DataFrame(schema=RESULT_SCHEMA)],
                        rechunk=False)

@@ -22,6 +22,8 @@ DISCREPANCY_CLASSES = ("missing_in_ledger", "missing_in_statement", "amount_mism
 MAX_TOLERANCE_MINOR = MAX_PAYMENT_AMOUNT
 """The largest amount or fee tolerance: 10^15 minor units, the largest payment of ours, so a wider one means
 nothing more to a person; and the engine adds it to our amounts in 64-bit integers, where 2^63 wraps around."""
+MAX_WINDOW_DAYS = 31
+"""The widest ``date_window_days`` and ``batch_window_days``: lines are paired at most this many days apart."""
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
                     serialize_by_alias=True)
@@ -66,12 +68,12 @@ class MatchRules(BaseModel):
     amount_tolerance_minor: int = Field(default=0, ge=0, le=MAX_TOLERANCE_MINOR)
     amount_tolerance_percent: Decimal = Field(default=Decimal(0), ge=0, le=100, decimal_places=4)
     fee_tolerance_minor: int = Field(default=0, ge=0, le=MAX_TOLERANCE_MINOR)
-    date_window_days: int = Field(default=1, ge=0, le=31)
+    date_window_days: int = Field(default=1, ge=0, le=MAX_WINDOW_DAYS)
     reference_similarity: float = Field(default=0.85, ge=0, le=1)
     timing_cutoff_minutes: int = Field(default=60, ge=0, le=1440)
     timezone: str = "UTC"
     batch_matching: bool = True
-    batch_window_days: int = Field(default=3, ge=0, le=31)
+    batch_window_days: int = Field(default=3, ge=0, le=MAX_WINDOW_DAYS)
     auto_resolve: list[AutoResolveRule] = Field(default_factory=list, max_length=50)
 
     @field_validator("timezone")

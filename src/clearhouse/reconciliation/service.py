@@ -42,6 +42,7 @@ from clearhouse.reconciliation.models import (
     ReconRules,
     ReconStatement,
 )
+from clearhouse.reconciliation.rules import MAX_WINDOW_DAYS
 
 statements = ReconStatement.__table__
 runs = Reconciliation.__table__
@@ -187,39 +188,42 @@ def settled_earlier(session: Session, channel: str, fmt: str, period: tuple[date
     later statement that brings it pairs it). The statement's own days are never settled, for the same
     reason: this file may be that day's re-issue.
 
-    A line such a statement lacked is settled once a later statement paired it (a ``timing`` case with a line:
-    the channel booked it a day or more late), while that statement is still the latest of the day it put the
-    line on (``_paired_late``)."""
+    A line an earlier statement paired as ``timing`` (a case with a line: the channel booked it on another day
+    than we did, later, or earlier as with a payment made just before midnight that we booked just after) is
+    settled too, on whatever day we booked it, while that statement is still the latest of the day it put the
+    line on (``_paired_late``): a later statement lacks it rightly, and one that repeats it holds a duplicate."""
     outside = ~pl.col("booked_on").is_between(*period) & (pl.col("status") == "succeeded")
-    days = internal.lazy().filter(outside).select(pl.col("booked_on").min().alias("first"),
-                                                  pl.col("booked_on").max().alias("last")).collect()
-    first, last = days["first"][0], days["last"][0]
-    if first is None:
+    days = internal.lazy().select(pl.col("booked_on").min().alias("earliest"),
+                                  pl.col("booked_on").filter(outside).min().alias("first"),
+                                  pl.col("booked_on").filter(outside).max().alias("last")).collect()
+    earliest, first, last = days["earliest"][0], days["first"][0], days["last"][0]
+    if earliest is None:
         return None
-    # Every statement of the kind that spoke for a day from ``first`` on: those of the lines' own days, and the
-    # later ones that may have paired a line late.
-    spoke_for = or_(runs.c.statement_date >= first, statements.c.last_day >= first)
+    # Every statement of the kind that spoke for a day from ``since`` on: those of the outside lines' own days,
+    # and those that may have paired a line as ``timing`` (a pair is at most a date window apart).
+    since = earliest - timedelta(days=MAX_WINDOW_DAYS)
+    spoke_for = or_(runs.c.statement_date >= since, statements.c.last_day >= since)
     candidates = [run for run in session.execute(
         select(runs.c.id, runs.c.created_at, runs.c.statement_date, statements.c.format, statements.c.first_day,
                statements.c.last_day)
         .join(statements, statements.c.id == runs.c.statement_id)
         .where(runs.c.channel == channel, spoke_for)) if (run.format == "csv") == (fmt == "csv")]
-    latest: dict[date, Any] = {}  # each day from ``first`` on -> the latest earlier statement that spoke for it
+    latest: dict[date, Any] = {}  # each day from ``since`` on -> the latest earlier statement that spoke for it
     for run in sorted(candidates, key=lambda run: (run.created_at, run.id)):
         spoke_from, spoke_to = period_of(run, run.format, run.statement_date)
-        day = max(spoke_from, first)
+        day = max(spoke_from, since)
         while day <= spoke_to:
             latest[day] = run
             day += timedelta(days=1)
     days_of: dict[str, list[date]] = {}
     for day, run in latest.items():
-        if day <= last and not period[0] <= day <= period[1]:
+        if first is not None and first <= day <= last and not period[0] <= day <= period[1]:
             days_of.setdefault(run.id, []).append(day)
     earlier = [run for run in candidates if run.id in days_of]
     reached = []
     late = _paired_late(session, latest, period)
-    if late:
-        reached.append(outside & pl.col("our_id").is_in(pl.Series(late, dtype=pl.String).implode()))
+    if late:  # whatever day we booked it on: one the channel put on the day before ours is paired all the same
+        reached.append(pl.col("our_id").is_in(pl.Series(late, dtype=pl.String).implode()))
     if not earlier and not reached:
         return None
     unpaired: dict[str, list[str]] = {}
