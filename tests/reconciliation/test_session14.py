@@ -179,3 +179,35 @@ class TestAPaymentPaidJustBeforeTheChannelsMidnight:
         assert [(kind, delta) for kind, delta, _state in first] == [("timing", 0)]
         assert second == []
         ledger_verifies(app)
+
+
+class TestAReIssueThatWithdrawsADiscrepancyReversesItsAdjustment:
+    def test_the_line_back_in_the_re_issue_reverses_the_entry_posted_for_its_absence(self, app, client, sales):  # noqa: F811
+        _rules(client, timing_cutoff_minutes=0)
+        app.state.settings = app.state.settings.model_copy(update={"recon_approval_threshold": 1_000_000})
+        dropped = sales[1]
+        with _at(NEXT_DAY, 8):
+            first = _imported(client, [_line(row, DAY) for n, row in enumerate(sales) if n != 1], DAY, "day.csv")
+        (missing,) = cases_of(client, first["id"])
+        net = dropped.amount - dropped.channel_cost
+        assert (missing["class"], missing["delta"]) == ("missing_in_statement", -net)
+        clearing = f"acct_channel_clearing_{CHANNEL}_cny"
+        before = client.get(f"/v1/ledger/accounts/{clearing}/balance").json()
+        adjusted = client.post(f"/v1/recon_cases/{missing['id']}/resolve", json={"action": "adjust", "reason": "lost"})
+        assert adjusted.status_code == 200, adjusted.text
+        entry = adjusted.json()["ledger_entry_id"]
+
+        with _at(NEXT_DAY, 9):
+            reissue = _imported(client, [_line(row, DAY) for row in sales], DAY, "day-reissued.csv")
+
+        assert class_counts(reissue) == {"matched": 4}
+        reversal = client.get(f"/v1/ledger/transfers/{entry}_reversed").json()
+        original = client.get(f"/v1/ledger/transfers/{entry}").json()
+        assert sorted((p["account_id"], p["direction"], p["amount"]) for p in reversal["postings"]) == sorted(
+            (p["account_id"], "credit" if p["direction"] == "debit" else "debit", p["amount"])
+            for p in original["postings"])
+        assert (reversal["code"], reversal["reference"]) == ("recon_adjustment_reversal", missing["id"])
+        assert client.get(f"/v1/ledger/accounts/{clearing}/balance").json() == before
+        (reversed_event,) = [e for e in _case(client, missing["id"])["events"] if e["type"] == "reversed"]
+        assert f"entry {entry}_reversed reverses {entry}" in reversed_event["body"]
+        ledger_verifies(app)

@@ -389,16 +389,42 @@ def supersede(session: Session, run_id: str, channel: str, statement_date: Any, 
     posted = {tuple(row[:-2]): row[-2:] for row in session.execute(select(*same, cases.c.id, cases.c.ledger_entry_id)
                                                                    .where(cases.c.reconciliation_id.in_(replaced),
                                                                           cases.c.ledger_entry_id.is_not(None)))}
-    if posted:
-        for row in session.execute(_select_cases().where(cases.c.reconciliation_id == run_id,
-                                                       cases.c.state == "open")).all():
-            earlier_case = posted.get((row.class_, row.our_id, row.our_ref, row.channel_ref, row.currency, row.delta))
-            if earlier_case is not None:
-                resolved.append((row.id, _apply(
-                    session, row, action="accept", account="suspense", actor=SYSTEM_ACTOR, now=now, expired=expired,
-                    reason=f"posted already: case {earlier_case[0]} of the statement this one re-issues was resolved "
-                           f"with ledger entry {earlier_case[1]}")))
+    if not posted:
+        return resolved
+    repeated = set()
+    for row in session.execute(_select_cases().where(cases.c.reconciliation_id == run_id)).all():
+        key = (row.class_, row.our_id, row.our_ref, row.channel_ref, row.currency, row.delta)
+        earlier_case = posted.get(key)
+        if earlier_case is None:
+            continue
+        repeated.add(key)
+        if row.state == "open":
+            resolved.append((row.id, _apply(
+                session, row, action="accept", account="suspense", actor=SYSTEM_ACTOR, now=now, expired=expired,
+                reason=f"posted already: case {earlier_case[0]} of the statement this one re-issues was resolved "
+                       f"with ledger entry {earlier_case[1]}")))
+    for key, (case_id, entry_id) in sorted(posted.items(), key=lambda item: item[1][0]):
+        if key not in repeated:
+            resolved.append((case_id, _reverse(session, case_id, entry_id, run_id, now)))
     return resolved
+
+
+def _reverse(session: Session, case_id: str, entry_id: str, run_id: str, now: datetime) -> dict[str, Any]:
+    """Reverse the entry a case of a replaced statement posted, its discrepancy gone from the re-issue (the
+    line is there now, or the amount right): the ledger is as before the adjustment, as the re-issue says it
+    should be. A new entry, never a change: ``<entry>_reversed``, posted once."""
+    original = ledger.get_transfer(session, entry_id)
+    reason = f"the re-issued statement of reconciliation {run_id} no longer reports this discrepancy"
+    reversal = ledger.EntryRequest(
+        postings=[ledger.PostingRequest(p["account_id"], ledger.CREDIT if p["direction"] == ledger.DEBIT
+                                        else ledger.DEBIT, p["amount"], p["currency"]) for p in original["postings"]],
+        id=f"{entry_id}_reversed", code="recon_adjustment_reversal", reference=case_id,
+        metadata={"case_id": case_id, "reverses": entry_id, "reconciliation_id": run_id, "reason": reason})
+    reversal_id = ledger.create_transfer(session, reversal)[0]
+    detail = {"ledger_entry_id": reversal_id, "reverses": entry_id, "reconciliation_id": run_id}
+    new_event(session, case_id, "reversed", SYSTEM, body=f"{reason}: entry {reversal_id} reverses {entry_id}",
+              detail=detail, now=now)
+    return {"action": "reverse", "reason": reason, **detail}
 
 
 def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, threshold: int | None = None,
