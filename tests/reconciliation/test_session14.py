@@ -211,3 +211,18 @@ class TestAReIssueThatWithdrawsADiscrepancyReversesItsAdjustment:
         (reversed_event,) = [e for e in _case(client, missing["id"])["events"] if e["type"] == "reversed"]
         assert f"entry {entry}_reversed reverses {entry}" in reversed_event["body"]
         ledger_verifies(app)
+
+
+class TestAChannelStatementUnderAnotherDay:
+    def test_is_refused_naming_its_days_and_nothing_is_imported(self, client, sales):  # noqa: F811
+        from tests.reconciliation.test_api import _upload
+        from tests.reconciliation.test_session13 import _statement
+
+        content = _statement([_line(row, NEXT_DAY) for row in sales])
+        refused = _upload(client, content, DAY, name="next-day.csv")
+        assert refused.status_code == 422, refused.text
+        problem = refused.json()
+        assert problem["code"] == "statement_invalid"
+        assert f"statement_date {DAY.isoformat()}" in problem["detail"] and NEXT_DAY.isoformat() in problem["detail"]
+        assert client.get("/v1/reconciliations", params={"channel": CHANNEL}).json()["data"] == []
+        assert _upload(client, content, NEXT_DAY, name="next-day.csv").status_code == 201  # under its own day

@@ -169,6 +169,19 @@ def period_of(meta: Any, fmt: str, statement_date: date) -> tuple[date, date]:
     return statement_date, statement_date
 
 
+def statement_period(meta: Any, fmt: str, statement_date: date) -> tuple[date, date]:
+    """``period_of`` for a file being imported. A channel's statement speaks for its day, and may bring lines of
+    earlier days (late ones); a file whose every line is of a later day than ``statement_date`` (say, the UTC
+    date given for a file of the channel's next day) would reconcile another day's lines against this day's
+    ledger, so it is refused, naming its days."""
+    first, last = meta.first_day, meta.last_day
+    if fmt == "csv" and first is not None and last is not None and first > statement_date:
+        days = first.isoformat() if first == last else f"{first.isoformat()} to {last.isoformat()}"
+        raise StatementInvalid(f"statement_date {statement_date.isoformat()} is before every line of this statement: "
+                               f"they are booked on {days} (in the channel's time zone); import it under its own day")
+    return period_of(meta, fmt, statement_date)
+
+
 def load_internal(session: Session, channel: str, period: tuple[date, date], rules: Any) -> pl.DataFrame:
     """Our lines for the period widened by the rules' windows (a line may be booked a day apart)."""
     widen = timedelta(days=max(rules.date_window_days, rules.batch_window_days))
@@ -321,7 +334,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
 
     parsed, (sha256, size) = _parse_beside_digest(path, fmt, channel, chosen_mapping, rules.timezone, progress,
                                                   known)
-    period = period_of(parsed.meta, fmt, statement_date)
+    period = statement_period(parsed.meta, fmt, statement_date)
     progress("load", 0, 1)
     if internal is None:
         internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
@@ -489,7 +502,7 @@ def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_dat
             mapping: str | dict[str, Any] | None = None) -> dict[str, Any]:
     """What ``rules`` would make of this file, without saving anything (the file is not even recorded)."""
     parsed = parse(path, fmt, channel, mapping, rules.timezone)
-    period = period_of(parsed.meta, fmt, statement_date)
+    period = statement_period(parsed.meta, fmt, statement_date)
     internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
     settled = transact(engine, lambda s: settled_earlier(s, channel, fmt, period, internal))
     outcome = run_match(parsed.lines, internal, rules, period, settled)
