@@ -83,7 +83,9 @@ def settings_from(monkeypatch):
 def unmigrated_url(backend: str, tmp_path: Path) -> Iterator[str]:
     """A database that answers but has no schema: a fresh SQLite file, or a new PostgreSQL database."""
     if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        path = tmp_path / "empty.db"
+        sqlite3.connect(path).close()  # a file that is there (a missing one is refused before its schema is read)
+        yield f"sqlite:///{path}"
         return
     with PostgresServer(POSTGRES_URL, "the tests' server").fresh_database("unmigrated") as url:
         yield url

@@ -43,6 +43,21 @@ from clearhouse.vault.endpoints import router as vault_router
 from clearhouse.webhooks.endpoints import router as webhooks_router
 
 
+def _readiness(status: str, description: str, **properties: dict[str, str]) -> dict[str, Any]:
+    schema = {"type": "object", "required": ["status"],
+              "properties": {"status": {"type": "string", "enum": [status]}, **properties}}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+# What ``/readyz`` answers, for the OpenAPI document (the route returns its JSON itself).
+_READINESS: dict[int | str, dict[str, Any]] = {
+    200: _readiness("ready", "The database answers and its schema is at the expected revision",
+                    schema={"type": "string", "description": "the schema revision"}),
+    503: _readiness("unavailable", "The database does not answer, or its schema is at another revision",
+                    detail={"type": "string", "description": "what failed: an error class or the two revisions"}),
+}
+
+
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
                bookkeeping_engine: Engine | None = None, cipher: FieldCipher | None = None,
                run_worker: bool = False) -> FastAPI:
@@ -118,7 +133,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     expected_revision = head_revision()
 
     @app.head("/readyz", include_in_schema=False, dependencies=[requires(PUBLIC)])
-    @app.get("/readyz", tags=["operations"], dependencies=[requires(PUBLIC)])
+    @app.get("/readyz", tags=["operations"], dependencies=[requires(PUBLIC)], responses=_READINESS)
     def readyz() -> Response:
         """The database answers and its schema is at the revision this code expects."""
         try:

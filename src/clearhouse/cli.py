@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -94,9 +95,11 @@ def worker(once: Annotated[bool, typer.Option(
     import threading
 
     from clearhouse import worker as worker_module
+    from clearhouse.kit.crypto import load_master_keys
 
     settings = get_settings()
-    engine = make_engine(settings.database_url)
+    load_master_keys(settings)  # the settings before the database, as every command checks them
+    engine = make_engine(_existing_database(settings.database_url))
     # Opens the master keys (some jobs decrypt), so a key or database problem stops the worker
     # here, once, like any other command, instead of failing every job on every pass.
     runtime = worker_module.build_runtime(settings, engine)
@@ -134,7 +137,12 @@ def _prepare_demo(settings: Any) -> int:
     created = transact(engine, demo_module.load)
     credentials = demo_module.write_credentials(engine, settings)
     if credentials is not None:
-        console.print(f"demo credentials written to {credentials}")
+        path, replaced = credentials
+        if replaced:
+            console.print(f"[yellow]{path} held API keys this database does not have (another database's): "
+                          "fresh demo credentials written over it[/]")
+        else:
+            console.print(f"demo credentials written to {path}")
     from clearhouse import worker as worker_module
 
     runtime = worker_module.build_runtime(settings, engine)
@@ -199,7 +207,12 @@ def db_current() -> None:
     """Print the schema revision the database is at."""
     from clearhouse.kit.db import current_revision
 
-    revision = current_revision(make_engine(get_settings().database_url, pool_size=1))
+    url = get_settings().database_url
+    missing = _missing_sqlite_file(url)
+    if missing is not None:  # the answer all the same, without making the file to ask it
+        print(f"none (no database at {missing}: `clearhouse db upgrade` creates it)")
+        return
+    revision = current_revision(make_engine(url, pool_size=1))
     print(revision or "none (not migrated: run `clearhouse db upgrade`)")
 
 
@@ -209,7 +222,7 @@ def ledger_verify(as_json: Annotated[bool, typer.Option("--json", help="Print th
     from clearhouse.kit.verification import report_to_operator
     from clearhouse.ledger.verify import verify
 
-    report = transact(make_engine(get_settings().database_url, pool_size=1), verify)
+    report = transact(make_engine(_existing_database(get_settings().database_url), pool_size=1), verify)
     summary = (f"{report.entries_checked} entries, {report.postings_checked} postings, "
                f"{report.accounts_checked} accounts")
     if report_to_operator(report, as_json=as_json, what="ledger", summary=summary, console=console):
@@ -308,6 +321,34 @@ def main() -> None:
             raise
         _say_database_problem(error)
         sys.exit(2)
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file ``url`` names when it is a SQLite database that does not exist, else None.
+    ``make_engine`` would create it (and its folder): right for ``db upgrade`` and ``serve``,
+    wrong for a command that reads, given a mistyped path."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - make_engine says what is wrong with the URL
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None  # not SQLite, or refused by make_engine, or a URI naming its file its own way
+    path = Path(database)
+    return None if path.exists() else path
+
+
+def _existing_database(url: str) -> str:
+    """``url``, unless it names a SQLite file that does not exist: then one ``error:`` line naming
+    the file and how to create it, exit 2, and nothing created."""
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        _say(f"no SQLite database at {missing} (`clearhouse db upgrade` creates it)",
+             f"check CLEARHOUSE_DATABASE_URL (now {_safe_url()})")
+        raise typer.Exit(2)
+    return url
 
 
 def _say(message: str, hint: str) -> None:

@@ -84,10 +84,14 @@ def credentials_path(settings: Any) -> Path:
     return (database.parent if database is not None else Path("var")) / "demo-credentials.json"
 
 
-def write_credentials(engine: Engine, settings: Any) -> Path | None:
+def write_credentials(engine: Engine, settings: Any) -> tuple[Path, bool] | None:
     """The first time: a platform key (every scope), a test key for the demo merchant, and an
     admin and a merchant admin who can sign in (the admin sets up TOTP at first sign-in),
-    written to ``demo-credentials.json`` (mode 0600) beside the database. None if it exists."""
+    written to ``demo-credentials.json`` (mode 0600) beside the database.
+
+    None when the file holds this database's demo keys. A file whose keys this database does
+    not hold (left by an earlier database: every request signed with it would be refused 401)
+    is replaced: returns the path and True; the first time, the path and False."""
     import secrets
 
     from clearhouse.audit.service import Actor
@@ -96,9 +100,10 @@ def write_credentials(engine: Engine, settings: Any) -> Path | None:
     from clearhouse.kit.crypto import FieldCipher, load_master_keys
 
     path = credentials_path(settings)
-    if path.exists():
-        return None
     cipher = FieldCipher.open(engine, load_master_keys(settings))
+    stale = path.exists()
+    if stale and _holds_keys_of(engine, cipher, path):
+        return None
     actor = Actor(type="system", id="demo")
 
     def work(session: Session) -> dict[str, Any]:
@@ -109,8 +114,11 @@ def write_credentials(engine: Engine, settings: Any) -> Path | None:
         users = {}
         for role, email, merchant_id in (("admin", "admin@demo.clearhouse.dev", None),
                                          ("merchant_admin", "owner@demo.clearhouse.dev", DEMO_MERCHANT)):
-            password = f"Demo-{secrets.token_urlsafe(12)}"
-            people.create_user(session, actor, email=email, role=role, merchant_id=merchant_id, password=password)
+            password: str | None = f"Demo-{secrets.token_urlsafe(12)}"
+            try:
+                people.create_user(session, actor, email=email, role=role, merchant_id=merchant_id, password=password)
+            except people.EmailTaken:  # made with credentials since lost: its password is not known here
+                password = None
             users[role] = {"email": email, "password": password}
         return {
             "platform": {"api_key_id": platform.id, "api_secret": platform_secret},
@@ -120,10 +128,35 @@ def write_credentials(engine: Engine, settings: Any) -> Path | None:
 
     credentials = transact(engine, work)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written beside the file, then renamed over it: never a moment with a half-written file,
+    # and the secrets are never readable by others (0600 from the start).
+    written = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump(credentials, handle, indent=2)
-    return path
+    os.replace(written, path)
+    return path, stale
+
+
+def _holds_keys_of(engine: Engine, cipher: Any, path: Path) -> bool:
+    """Whether both API keys in the credentials file at ``path`` are keys of this database, with
+    the secrets it stores for them."""
+    from clearhouse.identity import service as identity
+
+    try:
+        credentials = json.loads(path.read_text())
+        keys = [(credentials[who]["api_key_id"], credentials[who]["api_secret"]) for who in ("platform", "merchant")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+    def check(session: Session) -> bool:
+        for key_id, secret in keys:
+            key = identity.find_key(session, key_id) if isinstance(key_id, str) else None
+            if key is None or identity.key_secret(cipher, key) != secret:
+                return False
+        return True
+
+    return transact(engine, check)
 
 
 def load_payments(runtime: Any) -> int:

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Query, Request, Response
+from fastapi import Body, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
@@ -390,8 +390,10 @@ def _resolve(request: Request, transfer_id: str, resolution: str, amount: int | 
     return TransferOut(**transact(_engine(request), work, retry_integrity=True))
 
 
+# The body may be left out, not be null (refused 400 like any body that is not an object):
+# ``PostPending | None`` would make the OpenAPI document say ``anyOf [PostPending, null]``.
 @router.post("/transfers/{transfer_id}/post", response_model=TransferOut, responses=_ERRORS, dependencies=_WRITE)
-def post_pending(transfer_id: str, request: Request, body: PostPending | None = None) -> Any:
+def post_pending(transfer_id: str, request: Request, body: Annotated[PostPending, Body()] = None) -> Any:
     """Post a pending transfer, fully or partly (``amount``); returns the pending transfer, now posted."""
     body = body or PostPending()
     entry_id = body.id or derived_id(request, "tr", "post", transfer_id)
@@ -399,7 +401,7 @@ def post_pending(transfer_id: str, request: Request, body: PostPending | None = 
 
 
 @router.post("/transfers/{transfer_id}/void", response_model=TransferOut, responses=_ERRORS, dependencies=_WRITE)
-def void_pending(transfer_id: str, request: Request, body: VoidPending | None = None) -> Any:
+def void_pending(transfer_id: str, request: Request, body: Annotated[VoidPending, Body()] = None) -> Any:
     """Void a pending transfer, releasing what it reserved; returns it, now voided."""
     body = body or VoidPending()
     return _resolve(request, transfer_id, "void", None, body.id or derived_id(request, "tr", "void", transfer_id))

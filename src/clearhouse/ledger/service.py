@@ -11,6 +11,7 @@ concurrently, and the plain-transfer path guards against it (``WHERE NOT closed`
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -268,6 +269,9 @@ def _signed_sums(sums: dict[tuple[str, str], int]) -> list[int]:
     return values
 
 
+_CURSOR = re.compile(r"([0-9]+):([0-9]+)")
+
+
 def account_entries(
     session: Session, account_id: str, *, limit: int = 50, starting_after: str | None = None,
     as_of: datetime | None = None,
@@ -276,13 +280,11 @@ def account_entries(
     get_account(session, account_id)
     after = None
     if starting_after:
-        try:
-            seq, idx = starting_after.split(":")
-            after = (int(seq), int(idx))
-            if not (0 <= after[0] <= MAX_AMOUNT and 0 <= after[1] <= MAX_AMOUNT):
-                raise ValueError(starting_after)
-        except ValueError:
-            raise errors.ValidationFailed("starting_after is not a cursor from this list") from None
+        # Digits as the list spells them: int() would also take spaces, signs, "_" and non-ASCII digits.
+        cursor = _CURSOR.fullmatch(starting_after)
+        after = (int(cursor[1]), int(cursor[2])) if cursor else None
+        if after is None or not (after[0] <= MAX_AMOUNT and after[1] <= MAX_AMOUNT):
+            raise errors.ValidationFailed("starting_after is not a cursor from this list")
     up_to = repository.last_seq_at(session, as_of) if as_of is not None else None
     rows = repository.account_history(session, account_id, after=after, up_to_seq=up_to, limit=limit + 1)
     return rows[:limit], len(rows) > limit
