@@ -285,18 +285,18 @@ class SandboxAlipay(QrSandbox):
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["支付宝交易号", "商户订单号", "业务类型", "商品名称", "创建时间", "完成时间", "币种",
                          "订单金额（元）", "商家实收（元）", "退款批次号/请求号", "服务费（元）", "备注"])
-        trades = refunds = 0
-        received = refunded = fees = 0
+        totals: dict[str, list[int]] = {}  # currency -> [trades, received, fees, refunds, refunded]
         for line in lines:
             currency = line["currency"]
             is_refund = line["type"] == "refund"
+            total = totals.setdefault(currency, [0, 0, 0, 0, 0])
             if is_refund:
-                refunds += 1
-                refunded += line["amount"]
+                total[3] += 1
+                total[4] += line["amount"]
             else:
-                trades += 1
-                received += line["amount"]
-            fees += line["fee"]
+                total[0] += 1
+                total[1] += line["amount"]
+            total[2] += line["fee"]
             writer.writerow([
                 line["payment_external_id"], line["payment_reference"], "退款" if is_refund else "交易",
                 line["payment_details"].get("description") or "", f"{line['payment_created_at']:%Y-%m-%d %H:%M:%S}",
@@ -304,11 +304,13 @@ class SandboxAlipay(QrSandbox):
                 major_units(line["payment_amount"], currency, 2), major_units(line["amount"], currency, 2),
                 line["reference"] if is_refund else "", major_units(-line["fee"], currency, 2), "",
             ])
-        currency = lines[0]["currency"] if lines else "CNY"
         buffer.write("#-----------------------------------------业务明细列表结束------------------------------------\n")
-        buffer.write(f"#交易合计：{trades}笔，商家实收共{major_units(received, currency, 2)}元，"
-                     f"服务费共{major_units(-fees, currency, 2)}元\n")
-        buffer.write(f"#退款合计：{refunds}笔，退款共{major_units(refunded, currency, 2)}元\n")
+        # The totals per currency, each in its own units (yuan: 元; another currency: its code).
+        for currency, (trades, received, fees, refunds, refunded) in sorted(totals.items()) or [("CNY", [0] * 5)]:
+            unit, of = ("元", "") if currency == "CNY" else (f" {currency}", f"（{currency}）")
+            buffer.write(f"#交易合计{of}：{trades}笔，商家实收共{major_units(received, currency, 2)}{unit}，"
+                         f"服务费共{major_units(-fees, currency, 2)}{unit}\n")
+            buffer.write(f"#退款合计{of}：{refunds}笔，退款共{major_units(refunded, currency, 2)}{unit}\n")
         buffer.write(f"#导出时间：[{clock.now().astimezone(CHINA_TIME):%Y年%m月%d日 %H:%M:%S}]\n")
         return StatementFile(self.name, day, f"{self.app_id}_{day:%Y%m%d}_业务明细.csv",
                              buffer.getvalue().encode("gbk", errors="replace"), "alipay_bill_v1")
@@ -546,23 +548,21 @@ class SandboxWechat(QrSandbox):
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow(WECHAT_BILL_HEADER)
-        count = settled = refunded = fees = ordered = 0
-        currency = "CNY"
+        totals: dict[str, list[int]] = {}  # currency -> [count, settled, refunded, fees, ordered]
         rate = f"{self.cost.rate * 100:.2f}%"
-
-        def money(minor: int) -> str:
-            return major_units(minor, currency, 2)
 
         for line in self.movements_of(day):
             currency = line["currency"]
+            money = functools.partial(major_units, currency=currency, places=2)
             is_refund = line["type"] == "refund"
-            count += 1
-            fees += line["fee"]
+            total = totals.setdefault(currency, [0, 0, 0, 0, 0])
+            total[0] += 1
+            total[3] += line["fee"]
             if is_refund:
-                refunded += -line["amount"]
+                total[2] += -line["amount"]
             else:
-                settled += line["amount"]
-                ordered += line["payment_amount"]
+                total[1] += line["amount"]
+                total[4] += line["payment_amount"]
             fields = [
                 f"{line['occurred_at']:%Y-%m-%d %H:%M:%S}", self.appid, self.mchid, "0", "",
                 line["payment_external_id"], line["payment_reference"], "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "NATIVE",
@@ -575,8 +575,10 @@ class SandboxWechat(QrSandbox):
             ]
             writer.writerow(["`" + field for field in fields])
         writer.writerow(WECHAT_BILL_SUMMARY)
-        writer.writerow(["`" + field for field in (str(count), money(settled), money(refunded), "0.00", money(fees),
-                                                   money(ordered), money(refunded))])
+        # One summary row per currency, each in its own units (a day of one currency: one row, as WeChat writes).
+        for currency, (count, settled, refunded, fees, ordered) in sorted(totals.items()) or [("CNY", [0] * 5)]:
+            writer.writerow(["`" + major_units(minor, currency, 2) if n else "`" + str(minor)
+                             for n, minor in enumerate((count, settled, refunded, 0, fees, ordered, refunded))])
         return StatementFile(self.name, day, f"{self.mchid}All{day:%Y-%m-%d}.csv",
                              b"\xef\xbb\xbf" + buffer.getvalue().encode("utf-8"), "wechat_bill_v1")
 
