@@ -753,6 +753,19 @@ def cost_of(rt: Runtime, channel: str, amount: int) -> int:
     return rt.channels[channel].cost.charged(amount)
 
 
+def _cost_kept(session: Session, payment: Row, refunded_after: int, cost_back: int) -> int:
+    """What the merchant bears of the channel's fee on a refund now completing: what the channel has kept so
+    far (its fee's share of everything refunded, ``refunded_after`` included, less what the completed refunds
+    and this one got back) less what earlier refunds charged. Cumulative, because what a refund gets back is
+    fixed in the order refunds are asked for (``cost_returned``) and they may complete in another."""
+    returned, charged = session.execute(
+        select(func.coalesce(func.sum(refunds.c.channel_cost_returned), 0),
+               func.coalesce(func.sum(refunds.c.channel_cost_charged), 0))
+        .where(refunds.c.payment_id == payment.id, refunds.c.status == "succeeded")).one()
+    kept = share(payment.channel_cost, refunded_after, payment.amount_captured) - int(returned) - cost_back
+    return max(0, kept - int(charged))
+
+
 def cost_returned(session: Session, rt: Runtime, payment: Row, refunded: int) -> int:
     """What the channel gives back of its fee on a new refund of ``refunded`` (``Cost.returned``): its
     share of everything refunded or being refunded so far, less what those refunds got back, so the
@@ -1111,8 +1124,7 @@ def apply_refund_result(session: Session, refund_id: str, status: str, external_
         cost_back = row.channel_cost_returned
         cost_charged = 0
         if rule.refund_cost_bearer == "merchant":  # what the channel keeps of its fee on this part
-            cost_charged = max(0, share(payment.channel_cost, after, payment.amount_captured)
-                               - share(payment.channel_cost, before, payment.amount_captured) - cost_back)
+            cost_charged = _cost_kept(session, payment, after, cost_back)
         if payment.purpose == "wallet_top_up":
             fee_back = cost_charged = 0
             entry_id, _created = ledger.resolve_pending(session, f"tr_{row.id}", "post", id=f"tr_{row.id}_post")
