@@ -84,6 +84,9 @@ class AuthenticationMiddleware:
             self._public_starts = tuple({r.path.split("{", 1)[0] for r in self._public if "{" in r.path})
         if scope["path"] not in self._public_paths and not scope["path"].startswith(self._public_starts):
             return False
+        if scope.get("method") == "HEAD":
+            # HEAD is GET without the body (the router answers it so): a public GET is public to HEAD.
+            scope = {**scope, "method": "GET"}
         return any(route.matches(scope)[0] == Match.FULL for route in self._public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

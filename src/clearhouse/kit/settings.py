@@ -24,9 +24,9 @@ class Settings(BaseSettings):
     log_json: bool = False
     metrics_public: bool = True
     """Serve ``/metrics`` without credentials (scrapers on a private network)."""
-    worker_interval_seconds: float = 1.0
-    db_pool_size: int = 10
-    max_request_bytes: int = 64 * 1024 * 1024
+    worker_interval_seconds: float = Field(default=1.0, gt=0, le=3600, allow_inf_nan=False)
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """The largest request body accepted (413 ``request_too_large`` past it)."""
 
     # Data protection (kit/crypto.py): the master keys that wrap the data keys.
@@ -37,33 +37,34 @@ class Settings(BaseSettings):
     """One master key as ``<key id>:<base64 of 32 bytes>``; used instead of the file when set."""
 
     # Authentication (identity/).
-    signature_tolerance_seconds: int = 300
-    nonce_ttl_seconds: int = Field(default=600, validate_default=True)
+    signature_tolerance_seconds: int = Field(default=300, ge=1, le=86400)
+    nonce_ttl_seconds: int = Field(default=600, le=7 * 86400, validate_default=True)
     """How long a used nonce is kept: at least twice ``signature_tolerance_seconds``, checked
     even when left at its default (a raised tolerance alone would otherwise slip through)."""
-    api_key_rate_limit_per_minute: int = 6000
+    api_key_rate_limit_per_minute: int = Field(default=6000, ge=0)
     """Requests per API key per minute, shared by every server process (0: no limit)."""
-    login_rate_limit_per_minute: int = 10
+    login_rate_limit_per_minute: int = Field(default=10, ge=0)
     """Login attempts per source address per minute (0: no limit)."""
-    login_lockout_threshold: int = 5
+    login_lockout_threshold: int = Field(default=5, ge=0, le=1000)
     """Failed logins in a row before an account is locked; each further failure doubles the lock."""
-    login_lockout_seconds: int = 60
-    password_hash_time_cost: int = 3
-    password_hash_memory_kib: int = 65536
-    password_hash_parallelism: int = 4
+    login_lockout_seconds: int = Field(default=60, ge=1, le=86400)
+    password_hash_time_cost: int = Field(default=3, ge=1, le=100)
+    password_hash_memory_kib: int = Field(default=65536, ge=8, le=4 * 1024 * 1024)
+    password_hash_parallelism: int = Field(default=4, ge=1, le=64)
     """argon2id parameters for new password hashes (RFC 9106's low-memory profile by default)."""
-    session_idle_minutes: int = 30
-    session_absolute_hours: int = 12
-    approval_ttl_hours: int = 24
+    # Durations are bounded so that a date they are added to stays a date (a year at most).
+    session_idle_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60)
+    session_absolute_hours: int = Field(default=12, ge=1, le=8760)
+    approval_ttl_hours: int = Field(default=24, ge=1, le=8760)
 
     # Payments and channels (payments/, channels/).
     public_base_url: str = "http://127.0.0.1:8000"
     """Where this server is reached from outside: channels send notifications here and buyers
     open the hosted pages (QR payment, delivered codes)."""
-    channel_timeout_seconds: float = 10.0
+    channel_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
     """How long a channel call may take before it counts as a timeout (the payment stays
     ``processing`` and the worker asks the channel until it is final)."""
-    authorization_hold_hours: int = 168
+    authorization_hold_hours: int = Field(default=168, ge=1, le=8760)
     """How long a manual-capture authorization holds the funds before it is voided."""
     sandbox_dir: Path = Path("var/sandbox")
     """The sandbox channels' own store (their side of every call, their signing keys, their
@@ -74,14 +75,15 @@ class Settings(BaseSettings):
     here, when the settings are read, so a wrong profile stops every command at start-up."""
 
     # Webhooks (webhooks/).
-    webhook_timeout_seconds: float = 5.0
-    webhook_retry_hours: int = 72
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
+    """Each delivery attempt's timeout; the delivery job's lease is a multiple of it."""
+    webhook_retry_hours: int = Field(default=72, ge=1, le=8760)
     """Deliveries are retried with exponential backoff for this long, then given up."""
     webhook_allow_private_networks: bool = False
     """Allow loopback and private hosts for webhook URLs, and http:// to them (development and tests only)."""
 
     # Reconciliation (reconciliation/).
-    recon_approval_threshold: int = Field(default=10_000, ge=0)
+    recon_approval_threshold: int = Field(default=10_000, ge=0, le=10**15)
     """A case resolution that posts more than this (minor units of the case's currency) waits for a
     second person (maker-checker)."""
     recon_upload_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
@@ -104,6 +106,16 @@ class Settings(BaseSettings):
         if tolerance is not None and value < 2 * tolerance:
             raise ValueError(f"{value} is less than twice CLEARHOUSE_SIGNATURE_TOLERANCE_SECONDS ({tolerance}): "
                              "raise it or lower the tolerance")
+        return value
+
+    @field_validator("password_hash_parallelism")
+    @classmethod
+    def _argon2_memory_per_lane(cls, value: int, info: ValidationInfo) -> int:
+        # argon2 refuses less than 8 KiB per lane: checked here, not at the first sign-in.
+        memory = info.data.get("password_hash_memory_kib")
+        if memory is not None and memory < 8 * value:
+            raise ValueError(f"{value} lanes need at least {8 * value} KiB: raise CLEARHOUSE_PASSWORD_HASH_MEMORY_KIB "
+                             f"({memory}) or lower the lanes")
         return value
 
     @field_validator("sandbox_faults", mode="before")

@@ -7,9 +7,10 @@ import html
 from typing import Annotated, Any
 
 from fastapi import Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from clearhouse.identity.permissions import PUBLIC, actor_of, principal_of, requires
+from clearhouse.kit import clock
 from clearhouse.kit.api import Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.kit.idempotency import derived_id
@@ -21,6 +22,7 @@ from clearhouse.payments.orders.schemas import (
     OrderCodesOut,
     OrderCreate,
     OrderOut,
+    OrderStatus,
     ProductCreate,
     ProductOut,
     ProductUpdate,
@@ -116,7 +118,7 @@ def list_orders(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: str | None = None,
-    status: str | None = None,
+    status: OrderStatus | None = None,
     product_id: str | None = None,
 ) -> Page[Any]:
     principal = principal_of(request)
@@ -173,6 +175,8 @@ def delivery_page(order_id: str, request: Request, token: str = "") -> HTMLRespo
         body = f"<p>Your codes:</p><ul>{items}</ul>"
     else:
         body = f"<p>{html.escape(_STATUS_TEXT.get(row.status, row.status))}</p>"
+        if row.status in orders.WAITING:
+            body += f"<p>Pay before {html.escape(clock.rfc3339(orders.payment_deadline(row)))}.</p>"
     page = (
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>Order {html.escape(row.id)}</title></head><body>"
@@ -180,3 +184,10 @@ def delivery_page(order_id: str, request: Request, token: str = "") -> HTMLRespo
         f"<p>Order <code>{html.escape(row.id)}</code></p>{body}</body></html>"
     )
     return HTMLResponse(page, headers=_PAGE_HEADERS)
+
+
+@router.head("/orders/{order_id}/delivery", include_in_schema=False, dependencies=[requires(PUBLIC)])
+def delivery_page_head(order_id: str, request: Request, token: str = "") -> Response:
+    """GET's status and headers without the page (link checkers, previews): no code is decrypted."""
+    transact(request.app.state.engine, lambda s: orders.buyer_order(s, order_id, token))
+    return Response(headers={**_PAGE_HEADERS, "Content-Type": "text/html; charset=utf-8"})

@@ -111,6 +111,10 @@ class StepOut(BaseModel):
     at: UtcTime
 
 
+OrderStatus = Literal["reserved", "awaiting_payment", "paid", "delivered", "failed", "refunding", "refunded"]
+"""An order's states (``models.ORDER_STATUSES``): a filter naming another is 422, not an empty page."""
+
+
 class OrderOut(BaseModel):
     id: str
     object: Literal["order"]
@@ -119,7 +123,7 @@ class OrderOut(BaseModel):
     quantity: int
     amount: int
     currency: str
-    status: Literal["reserved", "awaiting_payment", "paid", "delivered", "failed", "refunding", "refunded"]
+    status: OrderStatus
     payment_id: str
     payment_method: str
     payment_status: str | None = None

@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -69,6 +69,15 @@ FAILED = "failed"
 REFUNDING = "refunding"
 REFUNDED = "refunded"
 WAITING = (RESERVED, AWAITING_PAYMENT)
+
+PAYMENT_TIMEOUT = timedelta(minutes=30)
+"""How long an order waits for its payment: its codes are held meanwhile, so not the channel's own
+validity (a bank transfer's instructions hold for days), which would keep stock from other buyers."""
+
+
+def payment_deadline(row: Row) -> datetime:
+    """When the order stops waiting for its payment (the worker then cancels the payment)."""
+    return row.created_at + PAYMENT_TIMEOUT
 
 
 # ------------------------------------------------------------------------------ errors
@@ -187,16 +196,14 @@ def get_product(session: Session, principal: Principal | None, product_id: str) 
 
 def list_products(session: Session, principal: Principal, *, active: bool | None, limit: int,
                   starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    query = select(products).order_by(products.c.id.desc()).limit(limit + 1)
+    query = select(products)
     if principal.merchant_id:
         query = query.where(products.c.merchant_id == principal.merchant_id)
     if active is not None:
         query = query.where(products.c.active.is_(active))
-    if starting_after:
-        query = query.where(products.c.id < starting_after)
-    rows = session.execute(query).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    # The orders' cursor rule: newest first, and an unknown (or another merchant's) cursor is an empty page.
+    rows, more = newest_first(session, query, products, starting_after, limit=limit,
+                              scope=products.c.merchant_id == principal.merchant_id if principal.merchant_id else None)
     stock = stock_of(session, [r.id for r in rows])
     return [product_view(r, stock[r.id]) for r in rows], more
 
@@ -312,10 +319,21 @@ def order_view(session: Session, row: Row, *, with_steps: bool = False, with_pay
         payment = _payment_or_none(session, row.payment_id)
         view["payment_status"] = payment.status if payment is not None else None
         if payment is not None and payment.next_action_json and payment.status not in state.FINAL:
-            view["next_action"] = orjson.loads(payment.next_action_json)
+            view["next_action"] = _within_deadline(orjson.loads(payment.next_action_json), payment_deadline(row))
     if with_steps:
         view["steps"] = steps_of(session, row.id)
     return view
+
+
+def _within_deadline(next_action: dict[str, Any], deadline: datetime) -> dict[str, Any]:
+    """The buyer is told the order's deadline, not a later one of the channel's (the payment is
+    canceled at the order's)."""
+    stated = next_action.get("expires_at")
+    if isinstance(stated, str):
+        with contextlib.suppress(ValueError):
+            if datetime.fromisoformat(stated.replace("Z", "+00:00")) > deadline:
+                return {**next_action, "expires_at": clock.rfc3339(deadline)}
+    return next_action
 
 
 def get_order(session: Session, principal: Principal | None, order_id: str) -> dict[str, Any]:
@@ -359,13 +377,19 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def buyer_order(session: Session, order_id: str, token: str) -> Row:
+    """The order the buyer's page is for; a wrong token is answered like an unknown order."""
+    row = session.execute(select(orders).where(orders.c.id == order_id)).first()
+    if row is None or not token or not hmac.compare_digest(row.delivery_token_digest, token_digest(token)):
+        raise OrderNotFound(f"no order {order_id}")
+    return row
+
+
 def buyer_delivery(session: Session, cipher: FieldCipher, order_id: str, token: str,
                    ) -> tuple[Row, str, list[str]]:
     """What the buyer's page shows: the order, its product's name and, once delivered, its
     codes. A wrong token is answered like an unknown order."""
-    row = session.execute(select(orders).where(orders.c.id == order_id)).first()
-    if row is None or not token or not hmac.compare_digest(row.delivery_token_digest, token_digest(token)):
-        raise OrderNotFound(f"no order {order_id}")
+    row = buyer_order(session, order_id, token)
     found = _delivered_codes(session, cipher, row) if row.status == DELIVERED else []
     return row, _product(session, None, row.product_id).name, found
 
@@ -685,28 +709,43 @@ def _refund_late_success(rt: payments.Runtime, row: Row) -> bool:
 # ------------------------------------------------------------------------------ placing an order
 
 
+def _answer(session: Session, cipher: FieldCipher, order_id: str) -> dict[str, Any]:
+    """The answer to ``POST /v1/orders``: the order, with its codes once delivered."""
+    row = _order(session, order_id)
+    view = order_view(session, row, with_steps=True, with_payment=True)
+    if row.status == DELIVERED:
+        view["codes"] = _delivered_codes(session, cipher, row)
+    return view
+
+
+def _answer_again(session: Session, cipher: FieldCipher, principal: Principal, order_id: str,
+                  delivery_token: str) -> dict[str, Any]:
+    row = _visible_order(session, principal, order_id)
+    # Not `updated_at`: the order has not moved, and the worker picks orders by it.
+    session.execute(update(orders).where(orders.c.id == row.id)
+                    .values(delivery_token_digest=token_digest(delivery_token)))
+    return _answer(session, cipher, row.id)
+
+
 def place_order(rt: payments.Runtime, principal: Principal, actor: audit.Actor, request: OrderRequest, *,
                 order_id: str | None = None) -> dict[str, Any]:
     """Reserve, pay, deliver (or release, or wait for the payment); returns the order with
     its codes when delivered and the buyer's page address."""
     order_id = order_id or new_id("ord")
     existing = transact(rt.engine, lambda s: s.execute(select(orders.c.id).where(orders.c.id == order_id)).first())
-    if existing is not None:
-        # The same Idempotency-Key after its stored answer expired: the order as it stands.
-        return transact(rt.engine, lambda s: get_order(s, principal, order_id))
     delivery_token = secrets.token_urlsafe(32)
-    transact(rt.engine, lambda s: reserve(s, principal, request, order_id=order_id, delivery_token=delivery_token))
-    pay(rt, principal, actor, order_id, request.card)
-    settle(rt, order_id)
-
-    def answer(session: Session) -> dict[str, Any]:
-        row = _order(session, order_id)
-        view = order_view(session, row, with_steps=True, with_payment=True)
-        if row.status == DELIVERED:
-            view["codes"] = _delivered_codes(session, rt.cipher, row)
-        return view
-
-    view = transact(rt.engine, answer)
+    if existing is not None:
+        # The same Idempotency-Key with no stored answer (the request died after the order was
+        # committed, before its answer was stored): the order as it stands, with the answer's promises
+        # (the buyer's page, the codes once delivered). The page's token is kept only as a digest,
+        # so a fresh one replaces it: the link of a lost answer stops working.
+        view = transact(rt.engine, lambda s: _answer_again(s, rt.cipher, principal, order_id, delivery_token))
+    else:
+        transact(rt.engine, lambda s: reserve(s, principal, request, order_id=order_id,
+                                              delivery_token=delivery_token))
+        pay(rt, principal, actor, order_id, request.card)
+        settle(rt, order_id)
+        view = transact(rt.engine, lambda s: _answer(s, rt.cipher, order_id))
     base = str(rt.settings.public_base_url).rstrip("/")
     view["delivery_url"] = f"{base}/orders/{order_id}/delivery?token={delivery_token}"
     return view

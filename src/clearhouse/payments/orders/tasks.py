@@ -12,8 +12,9 @@ log = structlog.get_logger(__name__)
 
 STUCK_AFTER_SECONDS = 30.0
 """An order not moved on for this long is the worker's: its request died, or it waits for a payment."""
-PAYMENT_TIMEOUT_SECONDS = 30 * 60.0
-"""A payment still pending this long after the order was made is canceled and the codes go back in stock."""
+PAYMENT_TIMEOUT_SECONDS = orders.PAYMENT_TIMEOUT.total_seconds()
+"""A payment still pending this long after the order was made is canceled and the codes go back in stock
+(the deadline the order's answers and the buyer's page state)."""
 
 
 def advance_orders(rt: payments.Runtime, *, older_than_seconds: float = STUCK_AFTER_SECONDS,
