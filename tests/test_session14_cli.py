@@ -35,8 +35,10 @@ class TestACommandThatReadsRefusesASQLiteFileThatIsNotThere:
     """Only ``db upgrade``, ``demo`` and ``serve`` create the database; a command that reads one
     names the missing file and how to create it, and leaves no folder, file or lock behind."""
 
-    @pytest.mark.parametrize("args", [("ledger", "verify"), ("ledger", "verify", "--json"), ("worker", "--once")],
-                             ids=["verify", "verify-json", "worker"])
+    @pytest.mark.parametrize("args", [("ledger", "verify"), ("ledger", "verify", "--json"), ("worker", "--once"),
+                                      ("audit", "verify"), ("keys", "revoke", "ck_test_none"),
+                                      ("recon", "clearing", "--date", "2026-11-23")],
+                             ids=["verify", "verify-json", "worker", "audit-verify", "keys-revoke", "recon-clearing"])
     def test_refused_with_the_file_named_and_nothing_created(self, mistyped, args):
         url, cwd = mistyped
         result = clearhouse(*args, url=url, cwd=cwd, timeout=60, CLEARHOUSE_MASTER_KEY=MASTER_KEY)

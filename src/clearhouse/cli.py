@@ -99,7 +99,7 @@ def worker(once: Annotated[bool, typer.Option(
 
     settings = get_settings()
     load_master_keys(settings)  # the settings before the database, as every command checks them
-    engine = make_engine(_existing_database(settings.database_url))
+    engine = make_engine(settings.database_url, must_exist=True)
     # Opens the master keys (some jobs decrypt), so a key or database problem stops the worker
     # here, once, like any other command, instead of failing every job on every pass.
     runtime = worker_module.build_runtime(settings, engine)
@@ -222,7 +222,7 @@ def ledger_verify(as_json: Annotated[bool, typer.Option("--json", help="Print th
     from clearhouse.kit.verification import report_to_operator
     from clearhouse.ledger.verify import verify
 
-    report = transact(make_engine(_existing_database(get_settings().database_url), pool_size=1), verify)
+    report = transact(make_engine(get_settings().database_url, pool_size=1, must_exist=True), verify)
     summary = (f"{report.entries_checked} entries, {report.postings_checked} postings, "
                f"{report.accounts_checked} accounts")
     if report_to_operator(report, as_json=as_json, what="ledger", summary=summary, console=console):
@@ -340,17 +340,6 @@ def _missing_sqlite_file(url: str) -> Path | None:
     return None if path.exists() else path
 
 
-def _existing_database(url: str) -> str:
-    """``url``, unless it names a SQLite file that does not exist: then one ``error:`` line naming
-    the file and how to create it, exit 2, and nothing created."""
-    missing = _missing_sqlite_file(url)
-    if missing is not None:
-        _say(f"no SQLite database at {missing} (`clearhouse db upgrade` creates it)",
-             f"check CLEARHOUSE_DATABASE_URL (now {_safe_url()})")
-        raise typer.Exit(2)
-    return url
-
-
 def _say(message: str, hint: str) -> None:
     from rich.markup import escape
 
@@ -359,11 +348,13 @@ def _say(message: str, hint: str) -> None:
 
 
 def _say_database_problem(error: BaseException, *, schema: bool = False) -> None:
+    from clearhouse.kit.db import MissingDatabase
+
     detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
     hint = f"check CLEARHOUSE_DATABASE_URL (now {_safe_url()})"
     if schema:
         hint += "; a database without the schema needs `clearhouse db upgrade`"
-    _say(f"{type(error).__name__}: {detail}", hint)
+    _say(detail if isinstance(error, MissingDatabase) else f"{type(error).__name__}: {detail}", hint)
 
 
 def _settings_problem(error: Exception) -> tuple[str, list[str]]:

@@ -26,7 +26,7 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="Print the repor
     from clearhouse.kit.db import make_engine, transact
     from clearhouse.kit.settings import get_settings
 
-    engine = make_engine(get_settings().database_url, pool_size=1)
+    engine = make_engine(get_settings().database_url, pool_size=1, must_exist=True)
     try:
         report = transact(engine, verify_trail)
     finally:

@@ -29,7 +29,7 @@ def _open() -> tuple[object, object]:
     from clearhouse.kit.settings import get_settings
 
     settings = get_settings()
-    engine = make_engine(settings.database_url, pool_size=1)
+    engine = make_engine(settings.database_url, pool_size=1, must_exist=True)
     return engine, FieldCipher.open(engine, load_master_keys(settings))
 
 
@@ -113,7 +113,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The API key id (ck_.
     from clearhouse.kit.errors import ClearhouseError, NotFound
     from clearhouse.kit.settings import get_settings
 
-    engine = make_engine(get_settings().database_url, pool_size=1)
+    engine = make_engine(get_settings().database_url, pool_size=1, must_exist=True)
     # The operator at the machine sees every tenant: a platform principal with no permissions
     # beyond this one command.
     operator = Principal(kind="user", id="cli", role="admin", merchant_id=None, permissions=frozenset())

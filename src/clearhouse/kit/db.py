@@ -41,7 +41,11 @@ T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 10, durable: bool = True) -> Engine:
+class MissingDatabase(ValueError):
+    """A SQLite file that is not there, given to a command that only works on an existing database."""
+
+
+def make_engine(url: str, *, pool_size: int = 10, durable: bool = True, must_exist: bool = False) -> Engine:
     """An engine with the settings Clearhouse relies on.
 
     SQLite: WAL, ``synchronous=FULL`` (an acknowledged write survives a power cut),
@@ -52,6 +56,10 @@ def make_engine(url: str, *, pool_size: int = 10, durable: bool = True) -> Engin
     half-written (request nonces, rate-limit counters): commits do not wait for the
     disk (SQLite ``synchronous=NORMAL`` in WAL mode, PostgreSQL ``synchronous_commit=off``),
     which makes them about ten times cheaper. Never for money.
+
+    ``must_exist``: a SQLite file that is not there is refused (``MissingDatabase``), creating nothing,
+    instead of made empty: for the commands that read or change an existing database, where a missing
+    file is a mistyped URL (only ``db upgrade``, ``demo`` and ``serve`` create the database).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -60,6 +68,8 @@ def make_engine(url: str, *, pool_size: int = 10, durable: bool = True) -> Engin
             # Each pooled connection would get a database of its own: writes would vanish.
             raise ValueError("an in-memory SQLite database cannot be shared by the server's connections: "
                              "give a file, such as sqlite:///var/clearhouse.db")
+        if must_exist and not database.startswith("file:") and not Path(database).exists():
+            raise MissingDatabase(f"no SQLite database at {database} (`clearhouse db upgrade` creates it)")
         try:
             if not database.startswith("file:"):  # a URI (?uri=true) names its file in its own way
                 Path(database).parent.mkdir(parents=True, exist_ok=True)

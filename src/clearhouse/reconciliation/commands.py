@@ -20,7 +20,7 @@ def _engine() -> Any:
     from clearhouse.kit.db import make_engine
     from clearhouse.kit.settings import get_settings
 
-    return make_engine(get_settings().database_url, pool_size=1)
+    return make_engine(get_settings().database_url, pool_size=1, must_exist=True)
 
 
 def _day(text: str) -> date:

@@ -44,7 +44,7 @@ def create(
     from clearhouse.kit.settings import get_settings
 
     password = _read_password()
-    engine = make_engine(get_settings().database_url, pool_size=1)
+    engine = make_engine(get_settings().database_url, pool_size=1, must_exist=True)
     actor = Actor(type="system", id="cli")
     try:
         user = transact(engine, lambda s: service.create_user(s, actor, email=email, role=role,
