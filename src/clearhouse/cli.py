@@ -6,7 +6,6 @@ import json
 import re
 import sys
 import traceback
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -205,14 +204,14 @@ def db_upgrade(revision: Annotated[str, typer.Argument(callback=_shipped_revisio
 @db_app.command("current")
 def db_current() -> None:
     """Print the schema revision the database is at."""
-    from clearhouse.kit.db import current_revision
+    from clearhouse.kit.db import MissingDatabase, current_revision
 
-    url = get_settings().database_url
-    missing = _missing_sqlite_file(url)
-    if missing is not None:  # the answer all the same, without making the file to ask it
-        print(f"none (no database at {missing}: `clearhouse db upgrade` creates it)")
+    try:
+        engine = make_engine(get_settings().database_url, pool_size=1, must_exist=True)
+    except MissingDatabase as missing:  # the answer all the same, without making the file to ask it
+        print(f"none (no database at {missing.path}: `clearhouse db upgrade` creates it)")
         return
-    revision = current_revision(make_engine(url, pool_size=1))
+    revision = current_revision(engine)
     print(revision or "none (not migrated: run `clearhouse db upgrade`)")
 
 
@@ -321,23 +320,6 @@ def main() -> None:
             raise
         _say_database_problem(error)
         sys.exit(2)
-
-
-def _missing_sqlite_file(url: str) -> Path | None:
-    """The file ``url`` names when it is a SQLite database that does not exist, else None.
-    ``make_engine`` would create it (and its folder): right for ``db upgrade`` and ``serve``,
-    wrong for a command that reads, given a mistyped path."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - make_engine says what is wrong with the URL
-        return None
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
-        return None  # not SQLite, or refused by make_engine, or a URI naming its file its own way
-    path = Path(database)
-    return None if path.exists() else path
 
 
 def _say(message: str, hint: str) -> None:

@@ -44,6 +44,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
 class MissingDatabase(ValueError):
     """A SQLite file that is not there, given to a command that only works on an existing database."""
 
+    def __init__(self, path: Path):
+        super().__init__(f"no SQLite database at {path} (`clearhouse db upgrade` creates it)")
+        self.path = path
+
 
 def make_engine(url: str, *, pool_size: int = 10, durable: bool = True, must_exist: bool = False) -> Engine:
     """An engine with the settings Clearhouse relies on.
@@ -69,7 +73,7 @@ def make_engine(url: str, *, pool_size: int = 10, durable: bool = True, must_exi
             raise ValueError("an in-memory SQLite database cannot be shared by the server's connections: "
                              "give a file, such as sqlite:///var/clearhouse.db")
         if must_exist and not database.startswith("file:") and not Path(database).exists():
-            raise MissingDatabase(f"no SQLite database at {database} (`clearhouse db upgrade` creates it)")
+            raise MissingDatabase(Path(database))
         try:
             if not database.startswith("file:"):  # a URI (?uri=true) names its file in its own way
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
