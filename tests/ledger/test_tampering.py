@@ -87,6 +87,8 @@ def behind_the_applications_back(engine, backend) -> Iterator[object]:
             for table in ("ledger_transfers", "ledger_postings"):
                 for action in ("update", "delete"):
                     connection.execute(text(f"DROP TRIGGER {table}_no_{action}"))
+            for trigger in ("ledger_chain_no_delete", "ledger_chain_forward", "ledger_chain_one_row"):
+                connection.execute(text(f"DROP TRIGGER {trigger}"))
         yield connection
 
 

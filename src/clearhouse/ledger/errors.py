@@ -9,6 +9,15 @@ class LedgerError(ClearhouseError):
     """Base of ledger rule violations."""
 
 
+class ChainHeadMissing(LedgerError):
+    """The journal's chain head row is gone (only tampering past the database's guard does
+    that): nothing is written until an operator restores it from ``ledger verify``'s report."""
+
+    code = "ledger_chain_broken"
+    status = 503
+    title = "Ledger chain head missing"
+
+
 class AccountNotFound(LedgerError):
     """A posting names an account that does not exist."""
 

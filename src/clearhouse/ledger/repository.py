@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from clearhouse.kit.db import _driver_errors, bulk_increment, bulk_insert, is_postgresql, one_of
+from clearhouse.ledger.errors import ChainHeadMissing
 from clearhouse.ledger.models import BLOCK, accounts, chain, entries, postings
 
 CHUNK = 5000  # SQLite binds each value separately: stay under its parameter limit
@@ -203,7 +204,9 @@ def set_account_closed(session: Session, account_id: str) -> None:
 
 def lock_chain(session: Session) -> tuple[int, str]:
     """Lock the head of the hash chain; taken after the account locks, by every writer."""
-    row = session.connection().execute(_LOCK_CHAIN).one()
+    row = session.connection().execute(_LOCK_CHAIN).one_or_none()
+    if row is None:
+        raise ChainHeadMissing("The journal's chain head is missing; run `clearhouse ledger verify` and restore it")
     return row.seq, row.hash
 
 
@@ -366,7 +369,7 @@ def account_num(session: Session, account_id: str) -> int | None:
 
 
 def _blocks_up_to(session: Session, up_to_seq: int | None) -> range:
-    head = up_to_seq if up_to_seq is not None else chain_head(session)[0]
+    head = up_to_seq if up_to_seq is not None else last_seq(session)
     return range(0, head // BLOCK + 1)
 
 
@@ -580,6 +583,6 @@ def find_chain_head(session: Session) -> tuple[Any, Any] | None:
     return (rows[0].seq, rows[0].hash) if rows else None
 
 
-def chain_head(session: Session) -> tuple[int, str]:
-    row = session.execute(select(chain.c.seq, chain.c.hash).where(chain.c.id == 1)).one()
-    return row.seq, row.hash
+def last_seq(session: Session) -> int:
+    """The last entry's seq, read from the journal itself rather than the chain head."""
+    return session.scalar(select(func.coalesce(func.max(entries.c.seq), 0))) or 0
