@@ -7,6 +7,9 @@ url=$(scripts/postgres.sh start "$pgdir")
 trap 'scripts/postgres.sh stop "$pgdir"' EXIT
 export CLEARHOUSE_TEST_POSTGRES_URL="$url"
 export CLEARHOUSE_TEST_BACKENDS="sqlite,postgresql"
+# The browser tests (tests/browser) drive Debian's Chromium with Playwright.
+CLEARHOUSE_TEST_CHROMIUM=$(scripts/chromium.sh)
+export CLEARHOUSE_TEST_CHROMIUM
 # Two workers on two cores: each gets its own PostgreSQL database (tests/conftest.py).
 if [ $# -gt 0 ]; then
     .venv/bin/pytest -n auto "$@"  # not exec: the trap must still stop the server

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -50,6 +50,7 @@ from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.payments import errors as payment_errors
 from clearhouse.payments import service as payments
 from clearhouse.payments import state
+from clearhouse.payments.models import Payment
 from clearhouse.payments.orders.models import FINAL_ORDER_STATUSES, Order, OrderStep, Product, ProductCode
 from clearhouse.payments.schemas import MAX_PAYMENT_AMOUNT
 from clearhouse.webhooks import service as webhooks
@@ -755,10 +756,16 @@ def place_order(rt: payments.Runtime, principal: Principal, actor: audit.Actor, 
 
 
 def orders_to_advance(session: Session, *, older_than_seconds: float, limit: int) -> list[Row]:
+    """Orders not moved on for ``older_than_seconds`` (a request that died, a payment still
+    pending), and at once an order waiting for a payment that has become final: a buyer who
+    paid the QR code or sent the transfer gets the codes on the worker's next pass."""
     cutoff = clock.now() - timedelta(seconds=older_than_seconds)
+    payment_final = (select(Payment.id)
+                     .where(Payment.id == orders.c.payment_id, Payment.status.in_(state.FINAL)).exists())
     return session.execute(
         select(orders.c.id, orders.c.status, orders.c.payment_id, orders.c.created_at)
-        .where(orders.c.status.not_in(FINAL_ORDER_STATUSES), orders.c.updated_at < cutoff)
+        .where(orders.c.status.not_in(FINAL_ORDER_STATUSES),
+               or_(orders.c.updated_at < cutoff, and_(orders.c.status == AWAITING_PAYMENT, payment_final)))
         .order_by(orders.c.updated_at).limit(limit)).all()
 
 
