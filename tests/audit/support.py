@@ -47,7 +47,7 @@ def behind_the_applications_back(engine: Any, backend: str) -> Iterator[Any]:
             connection.execute(text("SET LOCAL session_replication_role = replica"))
         else:
             for name in ("audit_events_no_update", "audit_events_no_delete", "audit_chain_no_delete",
-                         "audit_chain_forward"):
+                         "audit_chain_forward", "audit_chain_one_row", "audit_events_no_replace"):
                 connection.execute(text(f"DROP TRIGGER {name}"))
         yield connection
 
