@@ -170,6 +170,24 @@ class TestServeWithWorkers:
             assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text()
         assert "Traceback" not in log.read_text()
 
+    def test_workers_of_a_supervisor_killed_outright_shut_down_and_free_the_port(self, two_workers) -> None:
+        """Found by the session 15 tester: SIGKILL of the supervisor left both workers serving as
+        orphans, and the next ``serve`` on the port failed with "Address already in use"."""
+        base, port, process, _log = two_workers
+        workers = workers_of(process.pid)
+        process.kill()
+        process.wait(timeout=10)
+
+        def gone(pid: int) -> bool:
+            try:
+                return "zombie" in Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                return True
+
+        wait_for(lambda: all(gone(pid) for pid in workers), timeout=30, what="the orphaned workers' exit")
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", port))  # no SO_REUSEPORT: refused while any worker still listens
+
     def test_a_port_in_use_is_a_clear_error_and_nothing_starts(self, demo_url) -> None:
         url, cwd = demo_url
         with socket.socket() as taken:

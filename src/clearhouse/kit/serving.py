@@ -56,6 +56,10 @@ the worker counts as hung. Long enough for any honest stall (a garbage collectio
 enough that a stuck worker does not hold its share of the connections for long."""
 
 
+PARENT_CHECK_SECONDS = 1.0
+"""How often a serving worker checks that its supervisor is still there."""
+
+
 class CannotListen(OSError):
     """The address cannot be had: another program listens on it, or it is not this machine's."""
 
@@ -107,6 +111,7 @@ class Worker(Process):
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover (the child)
         threading.Thread(target=self.always_pong, daemon=True).start()
+        threading.Thread(target=self.exit_with_the_supervisor, args=(os.getppid(),), daemon=True).start()
         server = self.server
 
         async def serve() -> None:
@@ -114,6 +119,15 @@ class Worker(Process):
             await server.serve(sockets=sockets)
 
         asyncio_run(serve(), loop_factory=self.config.get_loop_factory())
+
+    def exit_with_the_supervisor(self, supervisor: int) -> None:  # pragma: no cover (the child)
+        """A supervisor killed outright (SIGKILL, the OOM killer) cannot stop its workers: each notices
+        it is gone (the worker is re-parented) and shuts down as on SIGTERM, finishing its requests, so
+        the port is free for the next ``serve``."""
+        while os.getppid() == supervisor:
+            time.sleep(PARENT_CHECK_SECONDS)
+        logger.warning("worker [%s]: the supervisor [%s] is gone; shutting down", os.getpid(), supervisor)
+        self.server.should_exit = True
 
     def pong(self) -> None:  # pragma: no cover (the child)
         self.child_conn.recv()
