@@ -93,13 +93,22 @@ def configure_logging(level: str = "INFO", json: bool = False, stream: IO[str] |
     logging.basicConfig(format="%(message)s", stream=stream, level=level.upper(), force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_scrub_filter)
+        if json:
+            # One JSON object per line for the libraries' lines too (SQLAlchemy, httpx, asyncio),
+            # with the level, the logger's name and the time, as structlog's own lines have.
+            handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                                   structlog.processors.TimeStamper(fmt="iso", utc=True)],
+                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                            structlog.processors.format_exc_info, scrub_event, renderer]))
     # uvicorn's loggers keep their own handlers and do not propagate: filter them where records start.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         if _scrub_filter not in logger.filters:
             logger.addFilter(_scrub_filter)
-    # Alembic and uvicorn narrate every step at INFO; operators want their warnings only.
-    for noisy in ("alembic", "uvicorn.access"):
+    # Alembic and uvicorn narrate every step at INFO, httpx every request it sends (webhook URLs,
+    # which may carry tokens, and the sandbox's notifications); operators want their warnings only.
+    for noisy in ("alembic", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
