@@ -21,6 +21,7 @@ from clearhouse.channels.schemas import (
     RuleOut,
     RuleUpdate,
 )
+from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import actor_of, principal_of, requires
 from clearhouse.kit import clock
 from clearhouse.kit.api import Page, PrefixRouter
@@ -122,9 +123,15 @@ def preview_route(body: RoutePreviewIn, request: Request) -> RoutePlanOut:
             raise NotFound(f"no merchant {merchant_id}")
         merchant_id = principal.merchant_id
     routing.check_terms(body.currency, body.country)
-    plan = transact(_engine(request), lambda s: _router(request).preview(
-        s, merchant_id=merchant_id, method=body.method, currency=body.currency, amount=body.amount,
-        country=body.country, card_bin=body.card_bin))
+
+    def work(session: Session) -> routing.RoutePlan:
+        if merchant_id is not None and principal.merchant_id is None:
+            identity.get_merchant(session, None, merchant_id)  # 404 not_found, as a rule naming it
+        return _router(request).preview(session, merchant_id=merchant_id, method=body.method,
+                                        currency=body.currency, amount=body.amount, country=body.country,
+                                        card_bin=body.card_bin)
+
+    plan = transact(_engine(request), work)
     return RoutePlanOut(
         rule_id=plan.rule_id, evaluated_at=clock.now(),
         candidates=[{"channel": c.channel, "score": c.score, "reason": c.reason} for c in plan.candidates],

@@ -315,6 +315,7 @@ class Breaker:
             now = clock.now()
             self._advance(now)
             if self._state == HALF_OPEN:
+                self._consecutive_failures += 1  # the run that opened it goes on
                 self._cooldown = min(self._cooldown * 2, self.policy.max_cooldown_seconds)
                 self._open(now, "the probe failed")
             elif self._state == CLOSED:
@@ -360,6 +361,7 @@ class Breaker:
         self._state = CLOSED
         self._cooldown = self.policy.cooldown_seconds
         self._opened_until = None
+        self._opened_because = ""
         self._consecutive_failures = 0
         self._probe_deadline = None
         # The failures that opened the circuit are history: the rate starts afresh.

@@ -22,7 +22,7 @@ Priority = Annotated[int, Field(strict=True, ge=0, le=1_000_000, description="Lo
 RuleAmount = Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT, description="Minor units, inclusive")]
 CurrencyText = Annotated[str, StringConstraints(min_length=1, max_length=8)]
 CountryText = Annotated[str, StringConstraints(min_length=1, max_length=8)]
-BinPrefixText = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+BinPrefixText = Annotated[str, StringConstraints(max_length=16)]  # "" too: invalid_card_bin_prefix, not a shape
 RuleChannels = Annotated[list[ChannelName], Field(min_length=1, max_length=16,
                                                   description="Channel names, in fallback order")]
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -525,9 +525,11 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
         started = time.monotonic()
         failure: str | None = None
         result: ChannelResult | None = None
+        timed_out = False
         try:
             result = connector.authorize(_charge_request(row, attempt_id, opened.card))
         except ChannelTimeout:
+            timed_out = True
             result = _settle_timeout(connector, attempt_id)
             if result is None:
                 _record(rt, channel, "failure", started)
@@ -540,11 +542,20 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
         except ChannelError as error:
             failure = f"error: {error.detail}"
         if result is not None:
-            _record(rt, channel, "decline" if result.status == protocol.DECLINED else "success", started)
             latency = _ms(started)
-            return _tx(rt, lambda s, r=result, a=attempt_id, c=channel, ms=latency: _applied(
-                s, opened.payment_id, apply_result(s, rt, a, r, channel=c, source="authorize", latency_ms=ms,
-                                                   attempt_of=(opened.payment_id, c))))
+            note = None
+            if timed_out:
+                # The call timed out and the query answered: for the breaker a timeout all the same (a
+                # channel that answers only when asked again is failing, routing.md), and the attempt
+                # and the timeline say how the answer came.
+                _record(rt, channel, "failure", started)
+                note = (f"the channel did not answer in time (timeout after {latency} ms); "
+                        f"its status query answered {result.status}")
+            else:
+                _record(rt, channel, "decline" if result.status == protocol.DECLINED else "success", started)
+            return _tx(rt, lambda s, r=result, a=attempt_id, c=channel, ms=latency, n=note: _applied(
+                s, opened.payment_id, apply_result(s, rt, a, r, channel=c, source="query" if n else "authorize",
+                                                   latency_ms=ms, attempt_of=(opened.payment_id, c), note=n)))
         _record(rt, channel, "failure", started)
         next_candidate = _next_available(rt, candidates)
         seq += 1
@@ -633,7 +644,7 @@ def _mark_attempt(session: Session, attempt_id: str, status: str, message: str |
 
 def apply_result(session: Session, rt: Runtime, reference: str, result: ChannelResult | protocol.Notification, *,
                  channel: str, source: str, latency_ms: int | None = None,
-                 attempt_of: tuple[str, str] | None = None) -> str:
+                 attempt_of: tuple[str, str] | None = None, note: str | None = None) -> str:
     """Apply a channel's answer about one attempt, once, whatever the order of arrival.
     Returns what happened (for the notification log).
 
@@ -641,7 +652,9 @@ def apply_result(session: Session, rt: Runtime, reference: str, result: ChannelR
     for its own attempts: an answer naming another channel's attempt is not applied (nothing
     changes, nothing is posted) and is logged for an operator, as an unknown reference would be.
     ``attempt_of``: (payment id, channel) of the attempt, when the caller made it (the
-    answer to our own call); otherwise the attempt is looked up by ``reference``."""
+    answer to our own call); otherwise the attempt is looked up by ``reference``.
+    ``note``: how the answer came, put on the attempt before the channel's own message (a call
+    that timed out and was answered by the status query)."""
     if attempt_of is None:
         attempt = _run(session, _ATTEMPT_BY_ID, {"the_id": reference}).first()
         if attempt is None:
@@ -676,7 +689,10 @@ def apply_result(session: Session, rt: Runtime, reference: str, result: ChannelR
             _event(session, row.id, "amount_mismatch", status=result.status, source=source, expected=row.amount,
                    currency=row.currency, **seen)
         return "amount_mismatch"
-    _mark_attempt(session, reference, attempt_status, getattr(result, "message", None),
+    message = getattr(result, "message", None)
+    if note is not None:
+        message = f"{note}: {message}" if message else note
+    _mark_attempt(session, reference, attempt_status, message,
                   decline_code=getattr(result, "decline_code", None), external_id=result.external_id,
                   latency_ms=latency_ms, replace_message=True)
     target = _PAYMENT_STATUS[result.status]
@@ -690,15 +706,28 @@ def apply_result(session: Session, rt: Runtime, reference: str, result: ChannelR
         next_action = getattr(result, "next_action", None)
         if next_action:
             _run(session, _UPDATE_PAYMENT, {"the_id": row.id, "next_action_json": canonical_json(dict(next_action))})
-        if source == "authorize" and target == state.PROCESSING:
-            # The channel's first answer: it has the payment and no outcome yet (a transfer awaiting its
-            # funds). The payment was created processing; this is when the merchant is told so.
+        if latency_ms is not None and target == state.PROCESSING:
+            # The channel's first answer to our call (``latency_ms``: only ``_drive`` passes it, also when
+            # the query after a timeout answered): it has the payment and no outcome yet (a transfer
+            # awaiting its funds). The payment was created processing; this is when the merchant is told so.
             _publish(session, row, target)
             return "unchanged"
         if source != "query":  # the worker's "still pending?" every 30 s is no new fact for the timeline
             _event(session, row.id, "channel_repeated", status=result.status, source=source)
         return "unchanged"
     if not state.allowed(row.status, target):
+        if target in (state.SUCCEEDED, state.REQUIRES_CAPTURE) and row.status in (state.FAILED, state.CANCELED):
+            # The channel took (or holds) the customer's money for a payment we have given up on: never
+            # dropped in silence. An operator gives it back (or books it) with the channel.
+            log.error("channel_approved_final_payment", payment=row.id, attempt=reference, status=result.status,
+                      amount=result.amount if result.amount is not None else row.amount,
+                      currency=result.currency or row.currency, current=row.status, source=source,
+                      channel=attempt_channel)
+            _event(session, row.id, "channel_approved_final_payment", status=result.status, source=source,
+                   current=row.status, attempt=reference, channel=attempt_channel,
+                   amount=result.amount if result.amount is not None else row.amount,
+                   currency=result.currency or row.currency, external_id=result.external_id)
+            return f"approved_final:{row.status}"
         _event(session, row.id, "channel_ignored", status=result.status, source=source, current=row.status)
         return f"ignored:{row.status}"
     if target == state.SUCCEEDED and row.status == state.REQUIRES_CAPTURE:
@@ -928,10 +957,22 @@ def cancel(rt: Runtime, principal: Principal, payment_id: str, reason: str | Non
                 raise errors.PaymentStateConflict("the channel says it captured this authorization before the "
                                                   "cancel, but not how much; an operator confirms it (see the "
                                                   "timeline)")
-            taken = min(result.captured_amount or row.amount, row.amount)
+            fresh = _tx(rt, lambda s: _payment(s, payment_id))
+            if outcome.startswith(f"{state.REQUIRES_CAPTURE}->"):
+                raise errors.PaymentStateConflict(
+                    f"the payment was captured: the channel had captured {fresh.amount_captured} of this "
+                    "authorization before the cancel (a capture whose answer was lost); that capture is now "
+                    "recorded: refund it instead")
             raise errors.PaymentStateConflict(
-                f"the channel had captured {taken} of this authorization before the cancel (a capture whose "
-                "answer was lost); that capture is now recorded: refund it instead")
+                f"the payment was captured ({fresh.amount_captured} of {fresh.amount}) by a capture recorded before "
+                f"this cancel reached the channel; it is {fresh.status}: refund it instead")
+        if result.status == protocol.NOT_FOUND and row.status == state.PROCESSING and _attempt_in_flight(
+                rt, _tx(rt, lambda s: _run(s, _ATTEMPT_BY_ID, {"the_id": row.reference}).first())):
+            # The channel has not seen our call yet, but it is still on its way: "nothing to cancel" now
+            # could become a charge a moment later, on a payment we would have called canceled.
+            raise errors.ChannelNotAnswering(
+                f"the call to {row.channel} is still in flight and the channel has not seen it yet: it cannot "
+                "cancel it now; nothing changed, try again once the payment has moved on")
         if queried and result.status in _STILL_HELD:
             raise errors.ChannelNotAnswering(f"{row.channel} did not answer the cancel in time, and says the "
                                              f"payment is still {result.status}: it did not cancel; nothing "
@@ -1212,17 +1253,51 @@ def receive_notification(rt: Runtime, channel: str, headers: dict[str, str], bod
 # ------------------------------------------------------------------------------ worker
 
 
-def resolve_stuck(rt: Runtime, *, older_than_seconds: float = 30.0, limit: int = 100) -> int:
+STUCK_AFTER = timedelta(seconds=30)
+"""How long a payment the channel has answered (a transfer awaiting its funds, a QR code) waits between
+two questions of the worker ("still pending?")."""
+
+IN_FLIGHT_MARGIN = timedelta(seconds=30)
+_UNANSWERED = ("started", "timeout")
+"""Attempts whose call has not been answered: still in flight, or timed out with the query unanswered."""
+
+
+def in_flight_window(rt: Runtime) -> timedelta:
+    """How long after an attempt started our own call to the channel may still be in flight: the call's
+    timeout, then the status query after a timeout (another timeout), and a margin. Until then the
+    channel's "never saw it" (``not_found``) only says the call has not arrived yet."""
+    return 2 * timedelta(seconds=rt.settings.channel_timeout_seconds) + IN_FLIGHT_MARGIN
+
+
+def _attempt_in_flight(rt: Runtime, attempt: Row | None) -> bool:
+    """Whether ``attempt``'s call may still reach the channel (see ``in_flight_window``)."""
+    return (attempt is not None and attempt.status in _UNANSWERED
+            and attempt.created_at > clock.now() - in_flight_window(rt))
+
+
+def resolve_stuck(rt: Runtime, *, older_than_seconds: float | None = None, limit: int = 100) -> int:
     """Ask the channels about attempts we never heard back from (a timeout, a crash between
-    their answer and our commit, a customer who never came back) and apply what they say."""
-    cutoff = clock.now() - timedelta(seconds=older_than_seconds)
+    their answer and our commit, a customer who never came back) and apply what they say.
+
+    A payment is asked about when it has not moved for ``STUCK_AFTER``, and, while its attempt's
+    call is unanswered, not before ``in_flight_window`` has passed since the attempt started: a
+    call still in flight is not stuck, and the channel's "never saw it" would fail a payment it
+    is about to charge. ``older_than_seconds`` replaces both (tests, or an operator who knows no
+    call is in flight: every server stopped)."""
+    now = clock.now()
+    if older_than_seconds is None:
+        cutoff, started_before = now - STUCK_AFTER, now - in_flight_window(rt)
+    else:
+        cutoff = started_before = now - timedelta(seconds=older_than_seconds)
 
     def stuck(session: Session) -> list[Row]:
         return session.execute(
             select(payments.c.id, payments.c.reference, payments.c.channel)
+            .join(attempts, attempts.c.id == payments.c.reference)
             .where(payments.c.status.in_((state.PROCESSING, state.REQUIRES_ACTION)),
                    payments.c.updated_at < cutoff, payments.c.reference.is_not(None),
-                   payments.c.channel != WALLET)
+                   payments.c.channel != WALLET,
+                   or_(attempts.c.status.not_in(_UNANSWERED), attempts.c.created_at < started_before))
             .order_by(payments.c.updated_at).limit(limit)
         ).all()
 

@@ -777,7 +777,9 @@ def advance(rt: payments.Runtime, order_id: str, *, payment_timeout_seconds: flo
         payment = transact(rt.engine, lambda s: _payment_or_none(s, row.payment_id))
         if payment is not None and payment.status not in state.FINAL:
             # PaymentStateConflict: the customer paid (or it settled) just now; settle sees the outcome.
-            with contextlib.suppress(payment_errors.PaymentStateConflict):
+            # ChannelNotAnswering: the channel is down, or the payment's call may still be in flight:
+            # the order keeps waiting and the worker's next pass tries the cancel again.
+            with contextlib.suppress(payment_errors.PaymentStateConflict, payment_errors.ChannelNotAnswering):
                 payments.cancel(rt, None, row.payment_id, "order_payment_timeout")  # type: ignore[arg-type]
     status = settle(rt, order_id, release_unpaid=True)
     if status not in FINAL_ORDER_STATUSES:
