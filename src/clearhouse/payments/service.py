@@ -977,14 +977,17 @@ def cancel(rt: Runtime, principal: Principal, payment_id: str, reason: str | Non
             raise errors.ChannelNotAnswering(f"{row.channel} did not answer the cancel in time, and says the "
                                              f"payment is still {result.status}: it did not cancel; nothing "
                                              "changed, try again")
-    _tx(rt, lambda s: _canceled(s, payment_id, reason or "requested"))
+    already = _tx(rt, lambda s: _canceled(s, payment_id, reason or "requested"))
+    if already is not None:  # another request (a second cancel, a capture, the customer) got there first
+        raise errors.PaymentStateConflict(f"payment {payment_id} is already {already}")
     return _tx(rt, lambda s: get_payment(s, None, payment_id))
 
 
-def _canceled(session: Session, payment_id: str, reason: str) -> None:
+def _canceled(session: Session, payment_id: str, reason: str) -> str | None:
+    """Cancel under the payment's lock; the final status it found instead, if it was already final."""
     row = _payment(session, payment_id, lock=True)
     if row.status in state.FINAL:
-        return
+        return row.status
     if row.status == state.REQUIRES_CAPTURE:
         _void_hold(session, row)
     session.execute(update(payments).where(payments.c.id == row.id).values(
@@ -993,6 +996,7 @@ def _canceled(session: Session, payment_id: str, reason: str) -> None:
         _mark_attempt(session, row.reference, "canceled", reason)
     _event(session, row.id, "status_changed", from_status=row.status, to_status=state.CANCELED, reason=reason)
     _publish(session, row, state.CANCELED)
+    return None
 
 
 # ------------------------------------------------------------------------------ refunds
