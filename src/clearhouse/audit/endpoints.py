@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -20,13 +21,32 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "A filter or cursor is invalid (`validation_error`)"},
 }
 
+
 def _event_out(row: Row) -> AuditEventOut:
     return AuditEventOut(
-        id=row.id, seq=row.seq, occurred_at=row.occurred_at, actor_type=row.actor_type, actor_id=row.actor_id,
-        actor_role=row.actor_role, merchant_id=row.merchant_id, action=row.action, object_type=row.object_type,
-        object_id=row.object_id, source_ip=row.source_ip, request_id=row.request_id,
-        changes=orjson.loads(row.changes_json), prev_hash=row.prev_hash, hash=row.hash,
+        id=row.id, seq=row.seq, occurred_at=_stored_time(row.occurred_at), actor_type=row.actor_type,
+        actor_id=row.actor_id, actor_role=row.actor_role, merchant_id=row.merchant_id, action=row.action,
+        object_type=row.object_type, object_id=row.object_id, source_ip=row.source_ip, request_id=row.request_id,
+        changes=_changes(row.changes_json), prev_hash=row.prev_hash, hash=row.hash,
     )
+
+
+def _changes(stored: Any) -> dict[str, Any] | str:
+    """The stored change as an object; if it is not a JSON object (only a write behind the
+    application's back stores that), the stored text itself, as a string (bytes as their repr),
+    so the event is still listed; ``verify`` reports the row."""
+    if isinstance(stored, str):
+        try:
+            changes = orjson.loads(stored)
+        except orjson.JSONDecodeError:
+            return stored
+        return changes if isinstance(changes, dict) else stored
+    return repr(stored)
+
+
+def _stored_time(stored: Any) -> datetime | str:
+    """``occurred_at``; a stored value that is not a time (SQLite keeps any text) as its text."""
+    return stored if isinstance(stored, datetime) else str(stored)
 
 
 @router.get("/events", response_model=Page[AuditEventOut], responses=_ERRORS,

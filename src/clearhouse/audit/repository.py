@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, String, insert, select, type_coerce, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeDecorator
 
 from clearhouse.audit.models import chain, events
 from clearhouse.kit.db import bulk_insert
@@ -39,36 +41,91 @@ def insert_events(session: Session, rows: list[tuple]) -> None:
     bulk_insert(session, events, EVENT_COLUMNS, rows)
 
 
-def chain_head(session: Session) -> tuple[int, str]:
-    row = session.execute(select(chain.c.seq, chain.c.hash).where(chain.c.id == 1)).one()
-    return row.seq, row.hash
+class _StoredTime(TypeDecorator[Any]):
+    """``occurred_at`` as ``UTCDateTime`` reads it, except that a value that is not a time
+    (SQLite keeps whatever text a tamperer wrote) comes back as stored instead of raising
+    while the row is fetched: verify reports it, and the events list still answers."""
+
+    impl = String
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return value
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
+
+
+# Events as the readers (verify, the events list) fetch them: whatever a tamperer wrote in
+# the time column must not stop the read.
+_EVENTS = select(*(type_coerce(column, _StoredTime()).label(column.name) if column.name == "occurred_at" else column
+                   for column in events.c))
+
+
+def _read_all(session: Session, statement: Any) -> list[Row]:
+    """``statement``'s rows. SQLite refuses to hand back text that is not UTF-8 (a tamperer
+    may write any bytes): such a read is done again with the bad bytes read as U+FFFD, so the
+    row differs from what was hashed and verify reports it."""
+    try:
+        return list(session.execute(statement))
+    except OperationalError as error:
+        if "Could not decode to UTF-8" not in str(error.orig):
+            raise
+    connection = session.connection().connection.dbapi_connection
+    connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
+    try:
+        return list(session.execute(statement))
+    finally:
+        connection.text_factory = str
+
+
+def chain_head(session: Session) -> tuple[Any, Any] | None:
+    """The chain head as stored, or None when its row is gone."""
+    rows = _read_all(session, select(chain.c.seq, chain.c.hash).where(chain.c.id == 1))
+    return (rows[0].seq, rows[0].hash) if rows else None
 
 
 def events_in_chain_order(session: Session) -> Iterator[Row]:
-    """All events by seq, fetched in batches by keyset, so memory stays flat however long
-    the trail is."""
-    after = None
+    """All events at seq 1 and above, by seq, fetched in batches by keyset, so memory stays
+    flat however long the trail is."""
+    after = 0
     while True:
-        query = select(events).order_by(events.c.seq).limit(VERIFY_BATCH)
-        if after is not None:
-            query = query.where(events.c.seq > after)
-        rows = session.execute(query).all()
+        rows = _read_all(session, _EVENTS.where(events.c.seq > after).order_by(events.c.seq).limit(VERIFY_BATCH))
         yield from rows
         if len(rows) < VERIFY_BATCH:
             return
         after = rows[-1].seq
 
 
-def events_before_the_chain(session: Session) -> int:
-    """Rows at seq 0 or below (refused by a CHECK; counted in case the CHECK was dropped)."""
-    return session.scalar(select(func.count()).select_from(events).where(events.c.seq < 1)) or 0
+def events_before_the_chain(session: Session) -> list[Row]:
+    """Rows at seq 0 or below (refused by a CHECK; read in case the CHECK was dropped), by seq."""
+    return _read_all(session, select(events.c.seq, events.c.id).where(events.c.seq < 1).order_by(events.c.seq))
 
 
-def seq_of(session: Session, event_id: str, *, merchant_id: str | None = None) -> int | None:
-    query = select(events.c.seq).where(events.c.id == event_id)
-    if merchant_id is not None:
-        query = query.where(events.c.merchant_id == merchant_id)
-    return session.scalar(query)
+def _filtered(query: Any, *, actor_id: str | None = None, object_id: str | None = None,
+              object_type: str | None = None, action: str | None = None, merchant_id: str | None = None,
+              since: datetime | None = None, until: datetime | None = None) -> Any:
+    """``query`` narrowed to the events the filters of the events list keep."""
+    for column, value in (
+        (events.c.actor_id, actor_id), (events.c.object_id, object_id), (events.c.object_type, object_type),
+        (events.c.action, action), (events.c.merchant_id, merchant_id),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if since is not None:
+        query = query.where(events.c.occurred_at >= since)
+    if until is not None:
+        query = query.where(events.c.occurred_at < until)
+    return query
+
+
+def seq_of(session: Session, event_id: str, **filters: Any) -> int | None:
+    """The seq of ``event_id`` if it is one of the events the filters keep, else None."""
+    return session.scalar(_filtered(select(events.c.seq).where(events.c.id == event_id), **filters))
 
 
 def list_events(
@@ -85,17 +142,8 @@ def list_events(
     until: datetime | None = None,
 ) -> list[Row]:
     """Events in chain order, filtered; one more than ``limit`` tells the caller there are more."""
-    query = select(events).order_by(events.c.seq).limit(limit + 1)
-    for column, value in (
-        (events.c.actor_id, actor_id), (events.c.object_id, object_id), (events.c.object_type, object_type),
-        (events.c.action, action), (events.c.merchant_id, merchant_id),
-    ):
-        if value is not None:
-            query = query.where(column == value)
+    query = _filtered(_EVENTS.order_by(events.c.seq).limit(limit + 1), actor_id=actor_id, object_id=object_id,
+                      object_type=object_type, action=action, merchant_id=merchant_id, since=since, until=until)
     if after_seq is not None:
         query = query.where(events.c.seq > after_seq)
-    if since is not None:
-        query = query.where(events.c.occurred_at >= since)
-    if until is not None:
-        query = query.where(events.c.occurred_at < until)
-    return list(session.execute(query).all())
+    return _read_all(session, query)

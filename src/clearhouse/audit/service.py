@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -47,6 +50,32 @@ class Actor:
 
 
 SYSTEM = Actor(type="system", id="system")
+
+# The request on whose behalf events are being recorded, while ``on_behalf_of`` runs.
+_ORIGIN: ContextVar[Actor | None] = ContextVar("clearhouse_audit_origin", default=None)
+
+
+@contextmanager
+def on_behalf_of(actor: Actor) -> Iterator[None]:
+    """Within this block, an event recorded by the same principal as ``actor`` without a source
+    address or request id of its own takes ``actor``'s. An approved action runs in the approver's
+    request, but its executor is given the approver's principal, not the request: what it records
+    still says where the approval came from (``approvals.decide``)."""
+    token = _ORIGIN.set(actor)
+    try:
+        yield
+    finally:
+        _ORIGIN.reset(token)
+
+
+def _from_origin(actor: Actor) -> Actor:
+    origin = _ORIGIN.get()
+    if origin is None or (origin.type, origin.id) != (actor.type, actor.id):
+        return actor
+    if actor.source_ip is not None and actor.request_id is not None:
+        return actor
+    return dataclasses.replace(actor, source_ip=actor.source_ip or origin.source_ip,
+                               request_id=actor.request_id or origin.request_id)
 
 
 def actor_of(principal: Any, request: Any = None) -> Actor:
@@ -230,6 +259,7 @@ def _event_values(actor: Actor, action: str, object_type: str, object_id: str, e
     """An event's columns but its place in the chain (seq, time, hashes), each cut to its width."""
     if actor.type not in ACTOR_TYPES:
         raise ValueError(f"actor type must be one of {ACTOR_TYPES}, not {actor.type!r}")
+    actor = _from_origin(actor)
     # The event's tenant: the merchant whose object changed, else the acting merchant.
     tenant = merchant_id if merchant_id is not None else actor.merchant_id
     return {
@@ -242,7 +272,8 @@ def _event_values(actor: Actor, action: str, object_type: str, object_id: str, e
         "object_type": _text(object_type, models.OBJECT_TYPE_MAX),
         "object_id": _text(object_id, models.OBJECT_ID_MAX),
         "source_ip": _text(actor.source_ip, models.SOURCE_IP_MAX),
-        "request_id": _text(actor.request_id, models.REQUEST_ID_MAX),
+        # Masked as the log masks it: a client-chosen X-Request-Id may hold a card number.
+        "request_id": _text(mask_value(actor.request_id), models.REQUEST_ID_MAX),
         "changes_json": changes_json,
     }
 
@@ -257,7 +288,8 @@ def list_events(
 
     ``tenant`` confines the page (and the cursor) to one merchant's events: a merchant
     caller neither sees nor can page from another merchant's events. ``starting_after``
-    is an event id from an earlier page; anything else is a 422.
+    is an event id from an earlier page of the same list (an event the filters keep); anything
+    else is a 422.
     """
     if tenant is not None:
         if filters.get("merchant_id") not in (None, tenant):
@@ -265,7 +297,8 @@ def list_events(
         filters["merchant_id"] = tenant
     after_seq = None
     if starting_after is not None:
-        after_seq = repository.seq_of(session, starting_after, merchant_id=tenant)
+        # The cursor must be an event of this very list: one the filters (and the tenant) leave out is not.
+        after_seq = repository.seq_of(session, starting_after, **filters)
         if after_seq is None:
             raise ValidationFailed("starting_after is not an event id from this list")
     rows = repository.list_events(session, limit=limit, after_seq=after_seq, **filters)
@@ -280,33 +313,68 @@ class Report(Findings):
 def verify(session: Session) -> Report:
     """Recompute the chain from the stored events and report every break, the first one first.
 
-    Walks the events by seq: seqs must run 1, 2, 3 ... without a gap, each event must
-    name its predecessor's hash, and each stored hash must equal the hash recomputed
-    from the predecessor and the event's fields. The chain head must name the last event.
+    Walks the events by seq: seqs must run 1, 2, 3 ... without a gap, each event's
+    ``prev_hash`` must be its predecessor's stored hash (the link), and each stored hash must
+    equal the hash recomputed from the event's own fields and ``prev_hash`` (its content). So
+    an event is blamed only for what changed in it or next to it. Rows at seq 0 or below are
+    outside the chain, and the chain head must name the last event. Whatever a row holds, it
+    is reported, never raised on: the tables may have been written behind our back.
     """
     # Events and the chain head are read by several statements: one snapshot, or an
     # event committing in between would look like a broken chain.
     read_snapshot(session)
     report = Report()
+    for stray in repository.events_before_the_chain(session):
+        report.fail("outside_chain", "an event at seq 0 or below, outside the chain (which starts at 1)",
+                    seq=_shown(stray.seq), event_id=_shown(stray.id))
+    head = repository.chain_head(session)
+    head_event_id = None
     prev = GENESIS_HASH
     expected_seq = 1
     for event in repository.events_in_chain_order(session):
-        where = {"seq": event.seq, "event_id": event.id}
+        where = {"seq": _shown(event.seq), "event_id": _shown(event.id)}
         report.events_checked += 1
         if event.seq != expected_seq:
             report.fail("chain_gap", f"expected event {expected_seq}, found {event.seq}", **where)
         expected_seq = event.seq + 1
         if event.prev_hash != prev:
             report.fail("broken_link", "the event does not name its predecessor's hash", **where)
-        if stored_event_hash(prev, event) != event.hash:
-            report.fail("hash_mismatch", "the event's content or predecessor does not match its hash", **where)
+        problem = _event_problem(event)
+        if problem is None:
+            try:
+                if stored_event_hash(event.prev_hash, event) != event.hash:
+                    report.fail("hash_mismatch", "the event's content or predecessor does not match its hash",
+                                **where)
+            except TypeError as error:  # a value the canonical form has no spelling for (bytes, say)
+                report.fail("invalid_event", f"the event's content cannot be hashed: {error}", **where)
+        else:
+            report.fail("invalid_event", problem, **where)
+        if head is not None and event.seq == head[0]:
+            head_event_id = event.id
         prev = event.hash
-    stray = repository.events_before_the_chain(session)
-    if stray:
-        report.fail("outside_chain", f"{stray} events at seq 0 or below")
-    head_seq, head_hash = repository.chain_head(session)
-    report.chain_head = {"seq": head_seq, "hash": head_hash}
+    if head is None:
+        report.chain_head = {"seq": None, "hash": None}
+        report.fail("chain_head", f"the chain head is missing, the trail ends at {expected_seq - 1}")
+        return report
+    head_seq, head_hash = head
+    report.chain_head = {"seq": _shown(head_seq), "hash": _shown(head_hash)}
     if (head_seq, head_hash) != (expected_seq - 1, prev):
-        report.fail("chain_head", f"head says event {head_seq}, the trail ends at {expected_seq - 1}",
-                    seq=head_seq)
+        where = {"seq": _shown(head_seq)}
+        if head_event_id is not None:
+            where["event_id"] = _shown(head_event_id)
+        report.fail("chain_head", f"head says event {_shown(head_seq)}, the trail ends at {expected_seq - 1}",
+                    **where)
     return report
+
+
+def _shown(value: Any) -> Any:
+    """A stored value as a report can carry it (JSON): text and whole numbers as they are,
+    anything else a tamperer wrote (bytes, a float) as its repr."""
+    return value if value is None or isinstance(value, str) or type(value) is int else repr(value)
+
+
+def _event_problem(event: Any) -> str | None:
+    """What in an event's own columns no write of ours could have stored, short of its hash."""
+    if not isinstance(event.occurred_at, datetime):
+        return f"occurred_at {event.occurred_at!r} is not a time"
+    return None

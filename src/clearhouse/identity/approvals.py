@@ -18,7 +18,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
-from clearhouse.identity.models import Approval
+from clearhouse.identity.models import ApiKey, Approval
 from clearhouse.identity.permissions import Forbidden, Principal
 from clearhouse.kit import clock
 from clearhouse.kit.errors import ClearhouseError, NotFound
@@ -142,8 +142,9 @@ def decide(session: Session, checker: Principal, approval_id: str, *, approve: b
         raise NotFound(f"no approval {approval_id}")
     if checker.kind != "user":
         raise Forbidden("approvals are decided by people, not API keys")
-    if row.maker_id == checker.id:
-        raise SelfApprovalRefused("a different person must approve this")
+    if checker.id in _people_behind(session, row.maker_id):
+        raise SelfApprovalRefused("a different person must approve this (a request made with an API key "
+                                  "is its makers', and the person who asked for that key may not approve it)")
     if not checker.can(row.permission):
         raise Forbidden(f"approving this needs the {row.permission} permission")
     status = status_of(row)
@@ -152,15 +153,39 @@ def decide(session: Session, checker: Principal, approval_id: str, *, approve: b
     if status != "pending":
         raise ApprovalNotPending(f"approval {approval_id} is already {status}")
     now = clock.now()
-    result = _EXECUTORS[row.action](session, orjson.loads(row.payload_json), checker) if approve else None
+    actor = actor or _actor(checker)
+    result = None
+    if approve:
+        # The held action runs in this request: what it records names the approver, from this request's
+        # address and request id (the executor is given the checker's principal, not the request).
+        with audit.on_behalf_of(actor):
+            result = _EXECUTORS[row.action](session, orjson.loads(row.payload_json), checker)
     session.execute(update(approvals).where(approvals.c.id == approval_id).values(
         status="approved" if approve else "rejected", checker_id=checker.id, decided_at=now, reason=reason,
         result_json=orjson.dumps(result).decode() if result is not None else None,
     ))
-    audit.record(session, actor or _actor(checker), "approval.approve" if approve else "approval.reject",
+    audit.record(session, actor, "approval.approve" if approve else "approval.reject",
                  "approval", approval_id, changes={"action": row.action, "reason": reason},
                  merchant_id=row.merchant_id)
     return as_dict(_row(session, approval_id))
+
+
+MAX_KEY_CHAIN = 16
+"""Keys made by keys made by keys: followed this far back (no real chain is anywhere near it)."""
+
+
+def _people_behind(session: Session, maker_id: str) -> set[str]:
+    """The maker and, when it is an API key, whoever asked for that key, and so on back: none of
+    them may approve, or one person holding a key could approve their own request through it."""
+    behind = {maker_id}
+    current = maker_id
+    for _ in range(MAX_KEY_CHAIN):
+        created_by = session.scalar(select(ApiKey.created_by).where(ApiKey.id == current))
+        if created_by is None or created_by in behind:
+            break
+        behind.add(created_by)
+        current = created_by
+    return behind
 
 
 def expire_overdue(session: Session) -> int:

@@ -55,6 +55,15 @@ def _json(model: Any, status: int) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status)
 
 
+SECRET_HEADERS = {"Cache-Control": "no-store"}
+"""An answer carrying an API key's secret must not sit in any cache (a proxy's, a browser's)."""
+
+
+def _with_secret(result: dict[str, Any], status: int = 200) -> JSONResponse:
+    return JSONResponse(ApiKeyWithSecret(**result).model_dump(mode="json"), status_code=status,
+                        headers=SECRET_HEADERS)
+
+
 # --- merchants -----------------------------------------------------------------------------
 
 
@@ -115,7 +124,7 @@ def _create_key(request: Request, merchant_id: str | None, mode: str, body: Any)
     outcome, result = transact(_engine(request), work)
     if outcome == "held":
         return _json(ApprovalOut(**result), 202)
-    return _json(ApiKeyWithSecret(**result), 201)
+    return _with_secret(result, 201)
 
 
 @router.post("/merchants/{merchant_id}/api_keys", status_code=201, response_model=ApiKeyWithSecret,
@@ -152,12 +161,12 @@ def revoke_merchant_key(merchant_id: str, key_id: str, request: Request) -> ApiK
 
 @router.post("/merchants/{merchant_id}/api_keys/{key_id}/secret", response_model=ApiKeyWithSecret,
              tags=["api keys"], responses=_ERRORS, dependencies=[requires("api_keys:write")])
-def collect_merchant_key_secret(merchant_id: str, key_id: str, request: Request) -> ApiKeyWithSecret:
+def collect_merchant_key_secret(merchant_id: str, key_id: str, request: Request) -> Any:
     """The secret of an approved live key, once, to the person who asked for the key."""
     principal, actor, cipher = principal_of(request), actor_of(request), _cipher(request)
     result = transact(_engine(request), lambda s: service.collect_secret(
         s, cipher, actor, principal, merchant_id, key_id))
-    return ApiKeyWithSecret(**result)
+    return _with_secret(result)
 
 
 @router.post("/api_keys", status_code=202, response_model=ApprovalOut, tags=["api keys"], responses=_ERRORS,
@@ -185,10 +194,10 @@ def revoke_platform_key(key_id: str, request: Request) -> ApiKeyOut:
 
 @router.post("/api_keys/{key_id}/secret", response_model=ApiKeyWithSecret, tags=["api keys"], responses=_ERRORS,
              dependencies=[requires("api_keys:write")])
-def collect_platform_key_secret(key_id: str, request: Request) -> ApiKeyWithSecret:
+def collect_platform_key_secret(key_id: str, request: Request) -> Any:
     principal, actor, cipher = principal_of(request), actor_of(request), _cipher(request)
     result = transact(_engine(request), lambda s: service.collect_secret(s, cipher, actor, principal, None, key_id))
-    return ApiKeyWithSecret(**result)
+    return _with_secret(result)
 
 
 # --- approvals -----------------------------------------------------------------------------

@@ -240,7 +240,9 @@ def _apply(session: Session, row: Any, *, action: str, reason: str, account: str
             if expired is not None:
                 expired.append((row.approval_id, ended))
     new_event(session, row.id, state, by, body=reason, detail=detail, now=now)
-    return {"action": action, "reason": reason, **detail}
+    # The audit trail records the counter-account the entry posts to: a write-off's is always losses:writeoff.
+    return {"action": action, "reason": reason, **detail,
+            "account": "losses:writeoff" if action == "write_off" else account}
 
 
 def _needs_second_person(action: str, delta: int, threshold: int) -> bool:
