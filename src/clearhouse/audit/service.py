@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,6 +29,7 @@ from clearhouse.kit.canonical import canonical_json
 from clearhouse.kit.db import read_snapshot
 from clearhouse.kit.errors import ValidationFailed
 from clearhouse.kit.ids import new_id, new_ids
+from clearhouse.kit.masking import is_secret_key as _is_secret_key
 from clearhouse.kit.masking import mask_value
 from clearhouse.kit.verification import Findings
 
@@ -102,16 +102,11 @@ def actor_of(principal: Any, request: Any = None) -> Actor:
 # dotted and camel case), so "api_secret", "apiSecret", "recovery_codes" and "cvc" match
 # while "currency" never matches "cvc" by accident. A superset of kit.masking's list:
 # "code" too, since TOTP, recovery and digital-goods codes are secrets in a change.
-SECRET_WORDS = frozenset({
-    "password", "passwords", "passwd", "passphrase", "secret", "secrets", "token", "tokens",
-    "cvc", "cvv", "cvv2", "totp", "otp", "code", "codes", "pin",
-})
-_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-
-
 def is_secret_key(key: str) -> bool:
-    """Whether a change under this key holds a secret (its value is replaced by ``***``)."""
-    return any(word.lower() in SECRET_WORDS for word in _WORD.findall(key))
+    """Whether a change under this key holds a secret (its value is replaced by ``***``): the
+    masking rule of every other output, where a bare ``code`` or ``codes`` is a secret too
+    (digital-goods and recovery codes) and ``bank_code`` or ``currency_code`` is not."""
+    return _is_secret_key(key, bare_code=True)
 
 
 def _json_safe(value: Any) -> Any:

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine
 from starlette.requests import cookie_parser
 from starlette.routing import Match
@@ -24,7 +25,7 @@ from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Prin
 from clearhouse.identity.ratelimit import RateLimited
 from clearhouse.kit import clock
 from clearhouse.kit.api import RequestTooLarge, read_body, replay_body
-from clearhouse.kit.crypto import FieldCipher
+from clearhouse.kit.crypto import CryptoError, FieldCipher
 from clearhouse.kit.db import LoopWriter, transact
 from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
 from clearhouse.kit.settings import Settings
@@ -36,6 +37,8 @@ _TIMESTAMP = signing.TIMESTAMP_HEADER.lower().encode()
 _NONCE = signing.NONCE_HEADER.lower().encode()
 _SIGNATURE = signing.SIGNATURE_HEADER.lower().encode()
 _KEY_CACHE_SIZE = 10_000
+
+log = structlog.get_logger(__name__)
 
 
 class CsrfFailed(ClearhouseError):
@@ -229,7 +232,14 @@ class AuthenticationMiddleware:
             key = transact(self.engine, lambda session: service.find_key(session, key_id))
             if key is None:
                 return None
-            cached = (key, service.key_secret(self.cipher, key), service.key_principal(key))
+            try:
+                secret = service.key_secret(self.cipher, key)
+            except CryptoError as error:
+                # A damaged secret: the operator's problem, told in the log only. The caller,
+                # who has not proven anything yet, gets what an unknown key gets (401).
+                log.error("api_key_secret_unreadable", api_key_id=key.id, code=error.code, detail=error.detail)
+                return None
+            cached = (key, secret, service.key_principal(key))
             if len(self._keys) >= _KEY_CACHE_SIZE:
                 self._keys.pop(next(iter(self._keys)))
             self._keys[key_id] = cached

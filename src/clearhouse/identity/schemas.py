@@ -12,6 +12,8 @@ from clearhouse.kit import clock
 from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, UtcTime
 
 Text200 = Field(min_length=1, max_length=200)
+# Merchant metadata is stored as it is shown: masked (data-protection.md, "Free text").
+Metadata = MetadataIn  # stored masked (kit/api.py)
 
 
 def _known_timezone(value: str | None) -> str | None:
@@ -23,7 +25,7 @@ class MerchantFields(Model):
     default_currency: CurrencyCode | None = None
     timezone: str | None = Field(default=None, max_length=64, description="IANA time zone of business dates")
     settlement_cycle: str | None = Field(default=None, pattern=r"^T\+[0-9]{1,2}$", description="T+0, T+1, ... T+N")
-    metadata: MetadataIn | None = None
+    metadata: Metadata | None = None
 
     _timezone = field_validator("timezone")(_known_timezone)
 

@@ -30,6 +30,7 @@ from starlette.routing import Match
 
 from clearhouse.kit import clock
 from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
+from clearhouse.kit.masking import mask_free_form
 from clearhouse.kit.money import MAX_AMOUNT, is_currency
 
 T = TypeVar("T")
@@ -98,8 +99,9 @@ def _canonical_json_safe(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-MetadataIn = Annotated[dict[str, Any], AfterValidator(_canonical_json_safe)]
-"""A free-form ``metadata`` object of a request (ledger entries, accounts, merchants)."""
+MetadataIn = Annotated[dict[str, Any], AfterValidator(_canonical_json_safe), AfterValidator(mask_free_form)]
+"""A free-form ``metadata`` object of a request (ledger entries and accounts, merchants, payments),
+stored masked as merchant free text is (data-protection.md, "Free text")."""
 
 
 class Model(BaseModel):

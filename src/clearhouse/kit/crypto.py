@@ -24,11 +24,14 @@ import hmac
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Boolean, CheckConstraint, Index, String, Text, select, text, update
@@ -53,6 +56,11 @@ TOKEN_VERSION = "v1"
 PURPOSES = ("field", "fingerprint")
 ENV_NAME = "CLEARHOUSE_MASTER_KEY"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+ACTIVE_KEY_RECHECK_SECONDS = 5.0
+"""How stale a process's idea of the active field key may get: at most this long after
+``clearhouse keys rotate --data-key``, every running process encrypts under the new key."""
+
+log = structlog.get_logger(__name__)
 
 
 class DataKey(Base):
@@ -270,6 +278,8 @@ class FieldCipher:
     fingerprint_key: bytes = field(repr=False)
     _keys: dict[str, tuple[str, AESGCM]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _active_checked_at: float = field(default_factory=time.monotonic, repr=False)
+    _recheck_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, engine: Engine, keyring: Keyring) -> FieldCipher:
@@ -313,9 +323,49 @@ class FieldCipher:
     def encrypt(self, plaintext: str, context: str) -> str:
         """``v1.<data key id>.<base64url(nonce || ciphertext)>``, bound to ``context``."""
         nonce = os.urandom(NONCE_BYTES)
-        _purpose, aead = self._keys[self.active_field_key_id]
+        data_key_id = self._active_key_id()
+        aead = self._field_key(data_key_id)
         sealed = aead.encrypt(nonce, plaintext.encode("utf-8"), context.encode("utf-8"))
-        return f"{TOKEN_VERSION}.{self.active_field_key_id}.{_b64url(nonce + sealed)}"
+        return f"{TOKEN_VERSION}.{data_key_id}.{_b64url(nonce + sealed)}"
+
+    def _active_key_id(self) -> str:
+        """The active field key, re-read from ``data_keys`` when the last look is more than
+        ``ACTIVE_KEY_RECHECK_SECONDS`` old (a rotation by another process takes effect here
+        within that time, with no restart). One thread looks while the others go on with the
+        key they know; if the look fails, the known key (still readable) stays in use."""
+        if time.monotonic() - self._active_checked_at < ACTIVE_KEY_RECHECK_SECONDS:
+            return self.active_field_key_id
+        if not self._recheck_lock.acquire(blocking=False):
+            return self.active_field_key_id
+        try:
+            if time.monotonic() - self._active_checked_at >= ACTIVE_KEY_RECHECK_SECONDS:
+                try:
+                    rows = self._read_keys("purpose = 'field' AND active")
+                    if rows and rows[0].id != self.active_field_key_id:
+                        self._field_key(rows[0].id)  # unwrapped now, re-reading the key file if needed
+                        self.active_field_key_id = rows[0].id
+                except Exception as error:  # noqa: BLE001 - encrypting under the known key is still right
+                    log.error("active_data_key_check_failed", error=f"{type(error).__name__}: {error}",
+                              active_field_key_id=self.active_field_key_id)
+                self._active_checked_at = time.monotonic()
+        finally:
+            self._recheck_lock.release()
+        return self.active_field_key_id
+
+    def _read_keys(self, where: str, *params: str) -> list[Any]:
+        """``data_keys`` rows on a driver connection of their own, outside any transaction of the
+        caller's: on SQLite a second ``BEGIN IMMEDIATE`` beside the caller's would wait for it."""
+        connection = self.engine.raw_connection()
+        try:
+            placeholder = "%s" if self.engine.dialect.name == "postgresql" else "?"
+            cursor = connection.cursor()
+            cursor.execute("SELECT id, purpose, master_key_id, wrapped_key FROM data_keys WHERE "
+                           + where.replace("?", placeholder) + " ORDER BY created_at DESC", params)
+            rows = cursor.fetchall()
+            cursor.close()
+        finally:
+            connection.close()
+        return [SimpleNamespace(id=r[0], purpose=r[1], master_key_id=r[2], wrapped_key=r[3]) for r in rows]
 
     def decrypt(self, token: str, context: str) -> str:
         """The plaintext, or ``CryptoError`` when the token is altered or made for another context."""
@@ -353,10 +403,8 @@ class FieldCipher:
         with self._lock:
             if data_key_id in self._keys:
                 return self._keys[data_key_id]
-            with self.engine.connect() as connection:
-                row = connection.execute(
-                    select(DataKey.__table__).where(DataKey.id == data_key_id)
-                ).first()
+            found = self._read_keys("id = ?", data_key_id)
+            row = found[0] if found else None
             if row is None:
                 raise CryptoError(f"data key {data_key_id} does not exist")
             if row.master_key_id not in self.keyring.keys and self.keyring.path is not None:
@@ -374,8 +422,16 @@ class FieldCipher:
             return cached
 
 
-def rotate_master_key(engine: Engine, settings: Settings) -> dict[str, Any]:
-    """Append a new master key to the key file and re-wrap every data key under it.
+def _cli_actor() -> Any:
+    from clearhouse.audit import service as audit
+
+    return audit.Actor(type="system", id="cli")
+
+
+def rotate_master_key(engine: Engine, settings: Settings, *, actor: Any = None) -> dict[str, Any]:
+    """Append a new master key to the key file and re-wrap every data key under it; the
+    re-wrap records ``keys.master_key.rotate`` in the audit trail in its transaction (``actor``:
+    an ``audit.Actor``, by default ``system``/``cli``, since the command line is the caller).
 
     Order matters: the new line is written (durably) before any data key is re-wrapped, so
     a crash in between leaves data keys wrapped by a key the file still holds. Running
@@ -391,7 +447,7 @@ def rotate_master_key(engine: Engine, settings: Settings) -> dict[str, Any]:
     if settings.master_key_file is None:
         raise CryptoConfigError("no master key file configured (CLEARHOUSE_MASTER_KEY_FILE)")
     path = Path(settings.master_key_file)
-    parse_key_file(path)  # the current file must be sound before we add to it
+    previous_key_id = parse_key_file(path).active_id  # the current file must be sound before we add to it
     content = path.read_text(encoding="utf-8")
     new_key_id, line = new_master_key_line()
     if content and not content.endswith("\n"):
@@ -408,22 +464,31 @@ def rotate_master_key(engine: Engine, settings: Settings) -> dict[str, Any]:
     assert keyring.active_id == new_key_id
 
     def rewrap(session: Session) -> int:
+        from clearhouse.audit import service as audit
+
         rows = session.scalars(select(DataKey).order_by(DataKey.id).with_for_update()).all()
         for row in rows:
             data_key = _unwrap(keyring, row)
             row.wrapped_key = _wrap(keyring.active_key, row.id, data_key)
             row.master_key_id = new_key_id
         session.flush()
+        audit.record(session, actor or _cli_actor(), "keys.master_key.rotate", "master_key", new_key_id, changes={
+            "master_key_id": new_key_id, "previous_master_key_id": previous_key_id,
+            "data_keys_rewrapped": len(rows), "key_file": str(path),
+        })
         return len(rows)
 
     return {"master_key_id": new_key_id, "data_keys_rewrapped": transact(engine, rewrap)}
 
 
-def rotate_data_key(engine: Engine, cipher: FieldCipher) -> dict[str, Any]:
-    """A new active field data key for new encryptions; old keys stay for decryption.
+def rotate_data_key(engine: Engine, cipher: FieldCipher, *, actor: Any = None) -> dict[str, Any]:
+    """A new active field data key for new encryptions; old keys stay for decryption. Records
+    ``keys.data_key.rotate`` in the audit trail in the same transaction (``actor`` as for
+    ``rotate_master_key``).
 
-    Other running processes keep encrypting under the key they opened with, which stays
-    readable, so nothing needs restarting."""
+    Other running processes notice the new active key within ``ACTIVE_KEY_RECHECK_SECONDS``
+    (``FieldCipher._active_key_id``) and encrypt under it from then on; until then they use
+    the retired key, which stays readable, so nothing needs restarting."""
 
     keyring = cipher.keyring
     if keyring.path is not None:
@@ -432,16 +497,22 @@ def rotate_data_key(engine: Engine, cipher: FieldCipher) -> dict[str, Any]:
         keyring = cipher.keyring = parse_key_file(keyring.path)
 
     def rotate(session: Session) -> tuple[str, bytes, list[str]]:
+        from clearhouse.audit import service as audit
+
         retired = list(session.scalars(
             select(DataKey.id).where(DataKey.purpose == "field", DataKey.active.is_(True)).with_for_update()
         ))
         session.execute(update(DataKey).where(DataKey.id.in_(retired)).values(active=False))
         session.flush()  # the partial unique index allows the new active key only after this
         data_key_id, data_key = _new_data_key(session, keyring, "field")
+        audit.record(session, actor or _cli_actor(), "keys.data_key.rotate", "data_key", data_key_id, changes={
+            "data_key_id": data_key_id, "purpose": "field", "retired": retired, "master_key_id": keyring.active_id,
+        })
         return data_key_id, data_key, retired
 
     data_key_id, data_key, retired = transact(engine, rotate)
     with cipher._lock:
         cipher._keys[data_key_id] = ("field", AESGCM(data_key))
         cipher.active_field_key_id = data_key_id
+        cipher._active_checked_at = time.monotonic()
     return {"data_key_id": data_key_id, "retired": retired}

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
+from clearhouse.kit.masking import mask_value, scrub
+
 if TYPE_CHECKING:  # the web stack loads only where HTTP is served, not for every CLI command
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -39,10 +41,12 @@ class ClearhouseError(Exception):
             "title": self.title,
             "status": self.status,
             "code": self.code,
-            "detail": self.detail,
+            # A detail may repeat what the caller sent (an id from the path, a field's value): no
+            # card number or secret comes back in it (data-protection.md). Ids stay readable.
+            "detail": scrub(self.detail) if isinstance(self.detail, str) else self.detail,
         }
         if self.errors is not None:
-            body["errors"] = self.errors
+            body["errors"] = mask_value(self.errors)
         body.update(self.extra)
         return body
 

@@ -23,7 +23,7 @@ _API_SECRET = re.compile(r"cks_[A-Za-z0-9_\-]{16,}")
 # Header-shaped secrets: "Authorization: ...", {"authorization": "..."}, (b'authorization', b'...').
 _HEADER = re.compile(
     r"(?i)(authorization|x-clearhouse-signature|proxy-authorization|cookie|set-cookie|x-csrf-token)"
-    r"(['\"]?\s*[:=,]\s*b?['\"]?)([^'\"\r\n]+)"
+    r"(['\"]?\s*[:=,]\s*(?:b(?=['\"]))?['\"]?)([^'\"\r\n]+)"
 )
 # key=value and "key": "value" forms of passwords and secrets (TOTP seeds in otpauth://
 # URIs are a ``secret=`` query parameter).
@@ -37,15 +37,31 @@ _SUSPECT_DIGITS = re.compile(r"[0-9][0-9 \-]{11,}[0-9]")
 _SUSPECT_WORDS = re.compile(r"cks_|authoriz|signature|cookie|csrf|passw|secret|recovery")
 
 SENSITIVE_KEYS = frozenset({
-    "password", "passwords", "passwd", "secret", "secrets", "token", "tokens", "cvc", "cvv", "cvv2", "cvc2",
-    "pin", "pins", "totp", "recovery", "authorization", "signature", "cookie", "otp", "seed",
+    "password", "passwords", "passwd", "passphrase", "passcode", "secret", "secrets", "token", "tokens",
+    "cvc", "cvv", "cvv2", "cvc2", "pin", "pins", "totp", "recovery", "authorization", "signature", "cookie",
+    "otp", "seed",
 })
-"""A key whose name has one of these as a part (``api_secret``, ``csrf_token``,
+"""A key with one of these as a word (``api_secret``, ``apiSecret``, ``csrf-token``,
 ``recovery_codes``) has its value replaced by ``***``."""
+CODE_WORDS = frozenset({"code", "codes"})
+SECRET_CODE_QUALIFIERS = frozenset({
+    "security", "auth", "authorization", "authentication", "verification", "verify", "confirmation",
+    "otp", "totp", "mfa", "2fa", "sms", "recovery", "backup", "access", "reset", "login", "activation",
+    "redemption", "redeem", "voucher", "gift", "unlock", "pin", "pass", "card", "cvc", "cvv", "onetime",
+})
+"""``code`` is a secret only after one of these words (``security_code``, ``authCode``,
+``otp-code``); other codes (``bank_code``, ``currency_code``, ``country_code``,
+``reason_code``, ``status_code``) stay readable."""
 NUMBER_KEYS = frozenset({"number", "pan", "iban"})
-"""A key named like these (``number``, ``card_number``, ``account_number``, ``iban``) keeps
+"""A key named like these (``number``, ``card_number``, ``accountNumber``, ``iban``) keeps
 only the visible part of a card number: first six and last four, or last four."""
-_KEY_PARTS = re.compile(r"[^a-z0-9]+")
+ACCOUNT_WORDS = frozenset({"account", "acct", "iban", "bank"})
+"""A number key with one of these words is an account number or IBAN: last four only."""
+_FREE_NUMBER_WORDS = frozenset({"number", "no", "num", "nr"})
+_FREE_NUMBER_OWNERS = frozenset({"card", "account", "acct", "bank"})
+# Words of a key in snake, kebab, dotted and camel case: "payoutAccountNumber" is payout,
+# account, number; "IBANNumber" is iban, number; "X-CSRF-Token" is x, csrf, token.
+_KEY_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 
 def luhn_ok(number: str) -> bool:
@@ -139,47 +155,101 @@ def scrub(text: str) -> str:
 
 
 @lru_cache(maxsize=4096)  # log and audit keys are a small, repeating set
-def _key_kind(key: str) -> str | None:
-    parts = set(_KEY_PARTS.split(key.lower()))
-    if parts & SENSITIVE_KEYS:
+def key_words(key: str) -> tuple[str, ...]:
+    """The words of a key, lower case, split at snake, kebab, dotted and camel case."""
+    return tuple(word.lower() for word in _KEY_WORD.findall(key))
+
+
+def _secret_code(words: tuple[str, ...], bare_code: bool) -> bool:
+    for index, word in enumerate(words):
+        if word not in CODE_WORDS:
+            continue
+        if index == 0:
+            if bare_code:
+                return True
+            continue
+        before = words[index - 1]
+        if before in SECRET_CODE_QUALIFIERS or (before == "time" and index >= 2 and words[index - 2] == "one"):
+            return True
+    return False
+
+
+def is_secret_key(key: str, *, bare_code: bool = False) -> bool:
+    """Whether the value under ``key`` is a secret, shown as ``***``: a word of the key is in
+    ``SENSITIVE_KEYS``, or it is a ``code`` after a secret word (``security_code``, ``authCode``).
+    ``bare_code``: a key that is just ``code`` or ``codes`` is a secret too (the audit trail,
+    where such a key holds digital-goods or recovery codes)."""
+    words = key_words(key)
+    return not SENSITIVE_KEYS.isdisjoint(words) or _secret_code(words, bare_code)
+
+
+@lru_cache(maxsize=4096)
+def _key_kind(key: str, free_form: bool = False) -> str | None:
+    words = key_words(key)
+    if is_secret_key(key):
         return "secret"
-    if parts & NUMBER_KEYS:
-        return "number"
-    return None
+    parts = set(words)
+    if free_form:
+        # Merchant text: only keys that clearly hold a card or account number (order_number,
+        # phone_number and the like stay as they are; a card number in them is still scrubbed).
+        if not ({"pan", "iban"} & parts or (_FREE_NUMBER_WORDS & parts and _FREE_NUMBER_OWNERS & parts)):
+            return None
+    elif not NUMBER_KEYS & parts:
+        return None
+    return "account" if ACCOUNT_WORDS & parts else "number"
 
 
-def _mask_number(value: Any) -> Any:
+def _mask_number(value: Any, account: bool = False) -> Any:
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
         value = str(value)
     if not isinstance(value, str):
         return MASK
-    if any(char.isalpha() for char in value):  # an IBAN
+    if "*" in value and len(_DIGITS.sub("", value)) <= (4 if account else 10):
+        return value  # masked already (a value shown by the API and sent back): keep it stable
+    if account or any(char.isalpha() for char in value):  # an account number or IBAN
         return mask_account(value)
     return mask_pan(value)
 
 
-def mask_value(value: Any) -> Any:
-    """A copy of ``value`` safe to show or log: recursive over dicts, lists and tuples;
-    strings scrubbed; values of secret-named keys replaced; number-named keys masked."""
+def _walk(value: Any, free_form: bool) -> Any:
     if isinstance(value, str):
         return scrub(value)
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for key, item in value.items():
-            kind = _key_kind(key) if isinstance(key, str) else None
-            if kind == "secret" and item is not None:
+            kind = _key_kind(key, free_form) if isinstance(key, str) else None
+            if free_form and isinstance(key, str):
+                key = scrub(key)
+            if kind == "secret" and item is not None and not (free_form and isinstance(item, bool)):
                 out[key] = MASK
-            elif kind == "number":
-                out[key] = _mask_number(item)
+            elif kind in ("number", "account"):
+                out[key] = _mask_number(item, account=kind == "account")
             else:
-                out[key] = mask_value(item)
+                out[key] = _walk(item, free_form)
         return out
     if isinstance(value, list | tuple):
-        return type(value)(mask_value(item) for item in value)
+        return type(value)(_walk(item, free_form) for item in value)
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
         text = str(value)
         scrubbed = scrub(text)
         return value if scrubbed == text else scrubbed
     return value
+
+
+def mask_value(value: Any) -> Any:
+    """A copy of ``value`` safe to show or log: recursive over dicts, lists and tuples;
+    strings scrubbed; values of secret-named keys replaced; number-named keys masked."""
+    return _walk(value, False)
+
+
+def mask_free_form(value: Any) -> Any:
+    """Merchant-supplied free text (metadata, descriptions, reasons) as it is stored: what
+    ``mask_value`` does, narrowed so ordinary data survives. Strings and keys are scrubbed
+    (card numbers, API secrets, secret assignments); values under secret-named keys
+    (``cvc``, ``pin``, ``password``, ``apiSecret``, ``security_code``) become ``***``, except
+    true/false and null; values under card or account number keys (``card_number``,
+    ``accountNumber``, ``iban``, ``pan``) keep what ``mask_pan`` or ``mask_account`` keeps.
+    Other keys (``order_number``, ``order_id``, ``bank_code``) keep their values, scrubbed."""
+    return _walk(value, True)

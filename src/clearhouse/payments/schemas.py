@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
 from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, UtcTime
+from clearhouse.kit.masking import mask_free_form
 from clearhouse.kit.money import MAX_PAYMENT_AMOUNT
 from clearhouse.vault.schemas import CardNumber, HolderName, MerchantRef
 
 Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_PAYMENT_AMOUNT, description="Minor units of the currency")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# Merchant-supplied free text is stored as it is shown: masked (data-protection.md, "Free text").
+FreeText = Annotated[Text, AfterValidator(mask_free_form)]
+Metadata = MetadataIn  # stored masked (kit/api.py)
 
 
 class CardIn(Model):
@@ -51,11 +55,11 @@ class PaymentCreate(Model):
     capture_method: Literal["automatic", "manual"] = "automatic"
     merchant_id: MerchantRef | None = Field(default=None, description="Platform callers name the merchant")
     merchant_order_id: Ref | None = None
-    description: Text | None = None
+    description: FreeText | None = None
     customer: Customer | None = None
     payment_details: PaymentDetails | None = None
     return_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://")] | None = None
-    metadata: MetadataIn | None = None
+    metadata: Metadata | None = None
 
 
 class CaptureIn(Model):
@@ -63,12 +67,12 @@ class CaptureIn(Model):
 
 
 class CancelIn(Model):
-    reason: Text | None = None
+    reason: FreeText | None = None
 
 
 class RefundCreate(Model):
     amount: Amount | None = Field(default=None, description="Omit to refund everything not yet refunded")
-    reason: Text | None = None
+    reason: FreeText | None = None
 
 
 class FeeOut(BaseModel):
@@ -194,4 +198,4 @@ class TopUpCreate(Model):
     method: Literal["card", "bank_transfer", "alipay", "wechat_pay"]
     payment_details: PaymentDetails | None = None
     return_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://")] | None = None
-    metadata: MetadataIn | None = None
+    metadata: Metadata | None = None

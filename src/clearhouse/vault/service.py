@@ -205,10 +205,22 @@ def create_card(session: Session, cipher: FieldCipher, actor: audit.Actor, princ
 
 
 
+_ID_SHAPE = re.compile(r"[a-z]+_[0-9a-z]{1,60}")
+
+
+def _shown_id(given: str, prefix: str) -> str:
+    """The id asked for, as a 404 repeats it: only when it has the shape of our ids
+    (``card_01...``); anything else (a card number or IBAN typed where the id goes) is not
+    repeated (data-protection.md: no error message repeats the number)."""
+    if _ID_SHAPE.fullmatch(given) and given.startswith(prefix + "_"):
+        return given
+    return "with the id given"
+
+
 def _card(session: Session, merchant_id: str | None, card_id: str) -> Row:
     row = repository.get_card(session, card_id)
     if row is None or (merchant_id is not None and row.merchant_id != merchant_id):
-        raise CardNotFound(f"no card {card_id}")
+        raise CardNotFound(f"no card {_shown_id(card_id, 'card')}")
     return row
 
 
@@ -315,7 +327,7 @@ def create_bank_account(session: Session, cipher: FieldCipher, actor: audit.Acto
 def _bank_account(session: Session, merchant_id: str | None, bank_account_id: str) -> Row:
     row = repository.get_bank_account(session, bank_account_id)
     if row is None or (merchant_id is not None and row.merchant_id != merchant_id):
-        raise BankAccountNotFound(f"no bank account {bank_account_id}")
+        raise BankAccountNotFound(f"no bank account {_shown_id(bank_account_id, 'ba')}")
     return row
 
 

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import math
 import random
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
 from clearhouse.kit.db import transact
 from clearhouse.kit.ids import new_ids
+from clearhouse.kit.masking import scrub
 from clearhouse.kit.settings import Settings
 from clearhouse.webhooks import repository
 from clearhouse.webhooks.models import ERROR_MAX, RESPONSE_EXCERPT_MAX
@@ -168,8 +170,22 @@ def _private_destination(url: str, allow_private: bool = False) -> str | None:
 
 
 def _text(value: str, limit: int) -> str:
-    # PostgreSQL text cannot hold NUL; what a receiver sends back is stored as seen otherwise.
-    return value.replace("\x00", "\ufffd")[:limit]
+    """What a receiver sent back (or an error about it), as stored and shown: scrubbed (card
+    numbers, Authorization and Cookie values, secrets masked, as in the logs), NUL replaced
+    (PostgreSQL text cannot hold it), cut at ``limit``. Scrubbed before the cut, so a card
+    number across the cut is masked; a digit run the cut leaves at the end is dropped, since
+    the rest of a card number may lie beyond it."""
+    text = scrub(value.replace("\x00", "\ufffd"))
+    if len(text) <= limit:
+        return text
+    text = text[:limit]
+    tail = _TRAILING_DIGITS.search(text)
+    if tail is not None and sum(char.isdigit() for char in tail.group(0)) > 6:
+        text = text[:tail.start()]
+    return text
+
+
+_TRAILING_DIGITS = re.compile(r"[0-9](?:[ \-]?[0-9*])*[ \-]?$")
 
 
 def _send(client: httpx.Client, claim: Row, signing_secrets: list[str], settings: Settings,
@@ -202,7 +218,8 @@ def _send(client: httpx.Client, claim: Row, signing_secrets: list[str], settings
                     received += chunk
                     if len(received) >= RESPONSE_EXCERPT_MAX or time.monotonic() > deadline:
                         break
-                excerpt = _text(bytes(received[:RESPONSE_EXCERPT_MAX]).decode("utf-8", "replace"),
+                # A little past the limit, so a card number across the cut is still recognised.
+                excerpt = _text(bytes(received[:RESPONSE_EXCERPT_MAX + 64]).decode("utf-8", "replace"),
                                 RESPONSE_EXCERPT_MAX) or None
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"

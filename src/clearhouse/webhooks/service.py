@@ -27,6 +27,7 @@ from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
 from clearhouse.kit.errors import ClearhouseError, NotFound, ValidationFailed
 from clearhouse.kit.ids import new_id, new_ids
+from clearhouse.kit.masking import mask_free_form
 from clearhouse.webhooks import repository
 from clearhouse.webhooks.models import URL_MAX
 
@@ -247,6 +248,7 @@ def create_endpoint(session: Session, cipher: FieldCipher, actor: audit.Actor, p
     """A new endpoint and its signing secret (returned here only; stored encrypted)."""
     check_url(url, allow_private=allow_private)
     event_types = check_event_types(event_types)
+    description = mask_free_form(description)  # stored as shown (data-protection.md, "Free text")
     owner = identity.owner_of(session, principal, merchant_id)
     endpoint_id, secret, now = new_id("we"), new_secret(), clock.now()
     values = {
@@ -297,6 +299,8 @@ def update_endpoint(session: Session, actor: audit.Actor, principal: Principal, 
         check_url(changes["url"], allow_private=allow_private)
     if "event_types" in changes:
         changes = {**changes, "event_types": check_event_types(changes["event_types"])}
+    if changes.get("description") is not None:
+        changes = {**changes, "description": mask_free_form(changes["description"])}
     diff = {k: {"from": old[k], "to": v} for k, v in changes.items() if old.get(k) != v}
     if diff:
         values = {("event_types_json" if k == "event_types" else k):
