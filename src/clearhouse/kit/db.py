@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import os
 import random
 import re
 import select
@@ -143,6 +144,10 @@ class SQLiteConnection(sqlite3.Connection):
     busy_seconds: float = BUSY_SECONDS
     _queued = False
 
+    def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
+        _create_private(database, uri=bool(kwargs.get("uri") or (len(args) > 6 and args[6])))
+        super().__init__(database, *args, **kwargs)
+
     def queue_for_writing(self, *, wait: bool = True) -> None:
         """Wait for this database's turn to write (``sqlite3.OperationalError`` "database is
         locked" after ``busy_seconds``, or at once without ``wait``)."""
@@ -187,6 +192,21 @@ class SQLiteConnection(sqlite3.Connection):
 
     def __del__(self) -> None:  # dropped without close (SQLite rolls back): never keep the queue
         self.leave_queue()
+
+
+def _create_private(database: Any, *, uri: bool) -> None:
+    """Make a database file that is not there yet with mode 0600 before SQLite opens it, since
+    SQLite would make it 0644 (less the umask). Its ``-wal`` and ``-shm`` files take the
+    database file's mode, so they are 0600 too. An existing file keeps its mode."""
+    if not isinstance(database, str | os.PathLike):
+        return
+    name = os.fsdecode(database)
+    if uri or not name or name == ":memory:" or name.startswith("file:"):
+        return
+    try:
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        return  # there already, or not creatable: SQLite opens it or says why not
 
 
 def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -320,6 +340,13 @@ def raw_transaction(engine: Engine) -> Iterator[RawCursor]:
         connection.close()
 
 
+_DROPPED = (asyncpg.exceptions.InterfaceError, asyncpg.exceptions.PostgresConnectionError,
+            asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InternalClientError, ConnectionError)
+"""What asyncpg raises on a connection the server has closed (or is closing); an idle one whose
+protocol took the server's termination notice answers the next query with InternalClientError
+("cannot switch to state ...")."""
+
+
 class LoopWriter:
     """A short write made for every request (the nonce of a signed request), from the event
     loop, where it costs the least (``clearhouse bench auth``): a hop to a worker thread and
@@ -432,22 +459,44 @@ class LoopWriter:
         if loop is not self._loop:
             return await self.in_thread(_in_transaction, self.engine, _scalar, {"sql": sql, "params": params})
         numbered, names = numbered_paramstyle(sql)
+        values = [params[name] for name in names]
         async with self._slots:
-            if self._idle:
-                connection = self._idle.pop()
-            else:
-                connection = await asyncpg.connect(_libpq_url(self.engine),
-                                                   server_settings={"synchronous_commit": "off"})
-            try:
-                # asyncpg prepares each statement on a connection once and keeps it
-                # (its statement cache): half psycopg's CPU per statement, the part of this
-                # write that overlaps nothing.
-                answer = await connection.fetchval(numbered, *[params[name] for name in names])
-            except BaseException:
-                connection.terminate()  # a connection in an unknown state is not reused
-                raise
-            self._idle.append(connection)
-        return answer
+            for first_try in (True, False):
+                connection = self._take_idle()
+                reused = connection is not None
+                if connection is None:
+                    connection = await asyncpg.connect(_libpq_url(self.engine),
+                                                       server_settings={"synchronous_commit": "off"})
+                try:
+                    # asyncpg prepares each statement on a connection once and keeps it
+                    # (its statement cache): half psycopg's CPU per statement, the part of this
+                    # write that overlaps nothing.
+                    answer = await connection.fetchval(numbered, *values)
+                except _DROPPED as error:
+                    connection.terminate()
+                    if reused and first_try:
+                        # The server dropped it while it sat idle (a restart, a failover, a proxy's
+                        # idle timeout, pg_terminate_backend): so were its idle peers, most likely.
+                        # Once more on a new connection, as pool_pre_ping does for the engine's.
+                        log.warning("idle_connection_dropped", error=type(error).__name__)
+                        self._discard()
+                        continue
+                    raise
+                except BaseException:
+                    connection.terminate()  # a connection in an unknown state is not reused
+                    raise
+                self._idle.append(connection)
+                return answer
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _take_idle(self) -> Any:
+        """An idle connection still open, or None; the closed ones are dropped."""
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.is_closed():
+                return connection
+            connection.terminate()
+        return None
 
     def _discard(self) -> None:
         """Forget the idle connections (closed at the socket: their loop may be gone)."""
