@@ -18,9 +18,10 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
-from clearhouse.identity.models import ApiKey, Approval
+from clearhouse.identity.models import ApiKey, Approval, User
 from clearhouse.identity.permissions import Forbidden, Principal
 from clearhouse.kit import clock
+from clearhouse.kit.db import after_rollback, transact
 from clearhouse.kit.errors import ClearhouseError, NotFound
 from clearhouse.kit.ids import new_id
 
@@ -55,6 +56,16 @@ class ApprovalExpired(ClearhouseError):
     title = "Approval expired"
 
 
+class ApprovalStale(ApprovalExpired):
+    """What was held no longer fits the world (the person's role changed, an account was disabled, the maker
+    was disabled or their key revoked): approving it is refused and the approval ends as expired, with the
+    reason, so the maker asks again for what they now mean. Raised by ``decide`` or by an executor."""
+
+
+SEALED = "_sealed"
+"""A payload key kept with the held action for its executor but never shown nor audited (a password hash)."""
+
+
 def register(action: str, executor: Executor) -> None:
     """Say how a held ``action`` runs once approved (called at import by the owning module)."""
     _EXECUTORS[action] = executor
@@ -62,14 +73,16 @@ def register(action: str, executor: Executor) -> None:
 
 def hold(session: Session, principal: Principal, *, action: str, payload: dict[str, Any], summary: str,
          permission: str, merchant_id: str | None, actor: audit.Actor | None = None,
-         ttl: timedelta = DEFAULT_TTL) -> dict[str, Any]:
-    """Hold ``action`` for a second person; returns the approval as the API shows it."""
+         ttl: timedelta = DEFAULT_TTL, sealed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hold ``action`` for a second person; returns the approval as the API shows it. ``sealed`` is given to
+    the executor with the payload but never shown in the approval nor recorded in the audit trail."""
     if action not in _EXECUTORS:
         raise ValueError(f"no executor registered for {action!r}")
     now = clock.now()
     approval_id = new_id("apr")
     session.execute(approvals.insert().values(
-        id=approval_id, action=action, payload_json=orjson.dumps(payload).decode(), summary=summary[:500],
+        id=approval_id, action=action, summary=summary[:500],
+        payload_json=orjson.dumps({**payload, SEALED: sealed} if sealed else payload).decode(),
         permission=permission, merchant_id=merchant_id, maker_type=principal.kind, maker_id=principal.id,
         status="pending", created_at=now, expires_at=now + ttl,
     ))
@@ -97,9 +110,15 @@ def status_of(row: Row) -> str:
     return row.status
 
 
+def shown_payload(row: Row) -> dict[str, Any]:
+    payload = orjson.loads(row.payload_json)
+    payload.pop(SEALED, None)
+    return payload
+
+
 def as_dict(row: Row) -> dict[str, Any]:
     return {
-        "id": row.id, "action": row.action, "summary": row.summary, "payload": orjson.loads(row.payload_json),
+        "id": row.id, "action": row.action, "summary": row.summary, "payload": shown_payload(row),
         "permission": row.permission, "merchant_id": row.merchant_id, "maker_type": row.maker_type,
         "maker_id": row.maker_id, "status": status_of(row), "created_at": row.created_at,
         "expires_at": row.expires_at, "checker_id": row.checker_id, "decided_at": row.decided_at,
@@ -156,10 +175,22 @@ def decide(session: Session, checker: Principal, approval_id: str, *, approve: b
     actor = actor or _actor(checker)
     result = None
     if approve:
-        # The held action runs in this request: what it records names the approver, from this request's
-        # address and request id (the executor is given the checker's principal, not the request).
-        with audit.on_behalf_of(actor):
-            result = _EXECUTORS[row.action](session, orjson.loads(row.payload_json), checker)
+        try:
+            _check_maker_active(session, row)
+            # The held action runs in this request: what it records names the approver, from this request's
+            # address and request id (the executor is given the checker's principal, not the request).
+            with audit.on_behalf_of(actor):
+                result = _EXECUTORS[row.action](session, orjson.loads(row.payload_json), checker)
+        except ApprovalStale as stale:
+            # This transaction is rolled back (the executor may have written); the approval ends after that,
+            # in a transaction of its own, so the 409 leaves it expired with the reason.
+            engine, reason = session.get_bind(), stale.detail
+
+            def end_it() -> None:
+                transact(engine, lambda s: end(s, approval_id, reason=reason, actor=actor))
+
+            after_rollback(session, end_it)
+            raise
     session.execute(update(approvals).where(approvals.c.id == approval_id).values(
         status="approved" if approve else "rejected", checker_id=checker.id, decided_at=now, reason=reason,
         result_json=orjson.dumps(result).decode() if result is not None else None,
@@ -168,6 +199,47 @@ def decide(session: Session, checker: Principal, approval_id: str, *, approve: b
                  "approval", approval_id, changes={"action": row.action, "reason": reason},
                  merchant_id=row.merchant_id)
     return as_dict(_row(session, approval_id))
+
+
+def _check_maker_active(session: Session, row: Row) -> None:
+    """A held action speaks for its maker: once the maker is disabled (or the maker key revoked) it can't run."""
+    if row.maker_type == "user":
+        disabled = session.scalar(select(User.disabled).where(User.id == row.maker_id))
+        if disabled is None or disabled:
+            raise ApprovalStale(f"its maker {row.maker_id} was disabled since asking")
+    elif row.maker_type == "api_key":
+        key = session.execute(select(ApiKey.revoked_at, ApiKey.expires_at).where(ApiKey.id == row.maker_id)).first()
+        now = clock.now()
+        if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+            raise ApprovalStale(f"its maker key {row.maker_id} was revoked or expired since asking")
+
+
+def end(session: Session, approval_id: str, *, reason: str, actor: audit.Actor) -> bool:
+    """``expire`` and record it in the audit trail (``approval.expire``); True if it was pending."""
+    ended = expire(session, approval_id, reason=reason)
+    if ended is None:
+        return False
+    audit.record(session, actor, "approval.expire", "approval", approval_id, changes=ended,
+                 merchant_id=_row(session, approval_id).merchant_id)
+    return True
+
+
+def pending_of(session: Session, *, maker_id: str | None = None, action: str | None = None,
+               payload_match: dict[str, Any] | None = None) -> list[str]:
+    """Ids of pending approvals (not past their expiry) made by ``maker_id`` and/or of ``action`` whose payload
+    has the ``payload_match`` items, in id order (the order to lock them in)."""
+    query = select(approvals.c.id, approvals.c.payload_json).where(
+        approvals.c.status == "pending", approvals.c.expires_at > clock.now()).order_by(approvals.c.id)
+    if maker_id is not None:
+        query = query.where(approvals.c.maker_id == maker_id)
+    if action is not None:
+        query = query.where(approvals.c.action == action)
+    ids = []
+    for row in session.execute(query):
+        payload = orjson.loads(row.payload_json)
+        if all(payload.get(k) == v for k, v in (payload_match or {}).items()):
+            ids.append(row.id)
+    return ids
 
 
 MAX_KEY_CHAIN = 16

@@ -72,7 +72,7 @@ class TestCreate:
 
     def test_an_email_is_taken_once_whatever_its_case(self, browser, make_user):
         admin = _signed_in(browser, make_user("admin"))
-        first = admin.post(USERS, json={"email": "ops@example.com", "role": "operator", "password": new_password()})
+        first = admin.post(USERS, json={"email": "ops@example.com", "role": "risk_analyst", "password": new_password()})
         assert first.status_code == 201
         again = admin.post(USERS, json={"email": "OPS@example.com", "role": "auditor", "password": new_password()})
         assert again.status_code == 409 and again.json()["code"] == "email_taken"

@@ -39,7 +39,8 @@ router = PrefixRouter(prefix="/v1")
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "`invalid_credentials`, `account_locked` (with Retry-After), `totp_required`, "
           "`totp_invalid`, `authentication_required`"},
-    403: {"description": "`csrf_failed`; `forbidden` for API keys (these routes are for people's sessions)"},
+    403: {"description": "`csrf_failed`; `forbidden` for API keys (these routes are for people's sessions); "
+          "`merchant_suspended` at sign-in"},
     409: {"description": "`totp_already_enabled`, `totp_not_set_up`"},
     422: {"description": "`validation_error`, `weak_password`, `invalid_current_password`"},
     429: {"description": "`rate_limited` (with Retry-After)"},
@@ -190,16 +191,23 @@ def change_password(body: PasswordChangeIn, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/users", status_code=201, response_model=UserOut, tags=["users"], responses=_USER_ERRORS,
+@router.post("/users", status_code=201, response_model=UserOut | ApprovalOut, tags=["users"],
+             responses={**_USER_ERRORS, 202: {"model": ApprovalOut, "description": "held for a second person: "
+                                              "a role that may decide approvals (admin, operator, finance, "
+                                              "merchant_admin)"}},
              dependencies=[requires("users:write")])
-def create_user(body: UserCreate, request: Request) -> UserOut:
-    """A new person. Merchant admins create their own merchant's staff, in merchant roles."""
+def create_user(body: UserCreate, request: Request, response: Response) -> UserOut | ApprovalOut:
+    """A new person. Merchant admins create their own merchant's staff, in merchant roles. A person who could
+    decide approvals is held, as a role change is: `202` with the approval, the user made when approved."""
     principal = principal_of(request)
     actor = actor_of(principal, request)
-    user = transact(_engine(request), lambda s: service.create_user_as(
+    made = transact(_engine(request), lambda s: service.create_user_as(
         s, principal, actor, email=body.email, role=body.role, merchant_id=body.merchant_id,
         password=body.password))
-    return user_out(user)
+    if isinstance(made, dict):
+        response.status_code = 202
+        return ApprovalOut(**made)
+    return user_out(made)
 
 
 @router.get("/users", response_model=Page[UserOut], tags=["users"], dependencies=[requires("users:read")])

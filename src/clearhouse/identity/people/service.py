@@ -33,8 +33,17 @@ from sqlalchemy.orm import Session
 
 from clearhouse.audit.service import Actor, actor_of, record
 from clearhouse.identity import approvals
-from clearhouse.identity.models import MERCHANT_ROLES, ROLES, Merchant, RecoveryCode, User, UserSession
+from clearhouse.identity.models import (
+    MERCHANT_ROLES,
+    ROLES,
+    Merchant,
+    RateLimitCounter,
+    RecoveryCode,
+    User,
+    UserSession,
+)
 from clearhouse.identity.permissions import MFA_REQUIRED_ROLES, ROLE_PERMISSIONS, Principal
+from clearhouse.identity.service import MerchantSuspended
 from clearhouse.kit import clock
 from clearhouse.kit.errors import ClearhouseError, NotFound
 from clearhouse.kit.ids import new_id
@@ -293,17 +302,32 @@ def _check_role_and_tenant(session: Session, role: str, merchant_id: str | None)
         raise MerchantNotFound(f"no merchant {merchant_id}")
 
 
-def create_user(session: Session, actor: Actor, *, email: str, role: str, merchant_id: str | None,
-                password: str) -> User:
-    """A new account (no tenant rules: see ``create_user_as`` for a caller's request)."""
+def _check_new_user(session: Session, *, email: str, role: str, merchant_id: str | None,
+                    password: str | None) -> str:
+    """The normalized email, once the role, tenant, password (when given) and address are fine."""
     email = normalize_email(email)
     _check_role_and_tenant(session, role, merchant_id)
-    check_password_policy(password, email)
+    if password is not None:
+        check_password_policy(password, email)
     if session.execute(select(User.id).where(User.email == email)).first() is not None:
         raise EmailTaken(f"{email} already has an account")
+    return email
+
+
+def create_user(session: Session, actor: Actor, *, email: str, role: str, merchant_id: str | None,
+                password: str) -> User:
+    """A new account (no tenant rules: see ``create_user_as`` for a caller's request; nothing held: this is
+    also ``clearhouse users create``, which bootstraps the first admin)."""
+    email = _check_new_user(session, email=email, role=role, merchant_id=merchant_id, password=password)
+    return _insert_user(session, actor, email=email, role=role, merchant_id=merchant_id,
+                        password_hash=hash_password(password))
+
+
+def _insert_user(session: Session, actor: Actor, *, email: str, role: str, merchant_id: str | None,
+                 password_hash: str, changes: dict[str, Any] | None = None) -> User:
     now = clock.now()
     user = User(id=new_id("usr"), email=email, role=role, merchant_id=merchant_id,
-                password_hash=hash_password(password), totp_secret_ciphertext=None, totp_enabled=False,
+                password_hash=password_hash, totp_secret_ciphertext=None, totp_enabled=False,
                 totp_last_step=None, failed_logins=0, locked_until=None, disabled=False, created_at=now,
                 updated_at=now)
     try:
@@ -313,21 +337,57 @@ def create_user(session: Session, actor: Actor, *, email: str, role: str, mercha
             session.flush()
     except IntegrityError:
         raise EmailTaken(f"{email} already has an account") from None
-    _audit(session, actor, "user.create", user, {"email": email, "role": role, "merchant_id": merchant_id})
+    _forget_unknown(session, email)
+    _audit(session, actor, "user.create", user,
+           {"email": email, "role": role, "merchant_id": merchant_id, **(changes or {})})
     return user
 
 
+USER_CREATE_ACTION = "user.create"
+HELD_CREATE_PERMISSIONS = frozenset({"approvals:decide", "users:write"})
+"""A new person whose role holds one of these could decide (or make people who decide) the maker's own held
+actions: such a creation is held for a second person, as every role change is."""
+
+
+def creation_is_held(role: str) -> bool:
+    return bool(ROLE_PERMISSIONS.get(role, frozenset()) & HELD_CREATE_PERMISSIONS)
+
+
 def create_user_as(session: Session, principal: Principal, actor: Actor, *, email: str, role: str,
-                   merchant_id: str | None, password: str) -> User:
+                   merchant_id: str | None, password: str) -> User | dict[str, Any]:
     """Create a user on behalf of ``principal``: merchant staff create only their merchant's
-    staff, in merchant roles."""
+    staff, in merchant roles. A role that could decide approvals (``creation_is_held``) is held for a
+    second person with ``users:write``: the answer is then the approval, and the user is made when approved."""
     if principal.merchant_id is not None:
         if role not in MERCHANT_ROLES:
             raise RoleNotAllowed(f"merchant staff may only be given {' or '.join(MERCHANT_ROLES)}")
         if merchant_id not in (None, principal.merchant_id):
             raise MerchantNotFound(f"no merchant {merchant_id}")
         merchant_id = principal.merchant_id
-    return create_user(session, actor, email=email, role=role, merchant_id=merchant_id, password=password)
+    if not creation_is_held(role):
+        return create_user(session, actor, email=email, role=role, merchant_id=merchant_id, password=password)
+    email = _check_new_user(session, email=email, role=role, merchant_id=merchant_id, password=password)
+    payload = {"email": email, "role": role, "merchant_id": merchant_id}
+    # The password's hash travels sealed: the executor gets it, the approval and the audit trail never show it.
+    return approvals.hold(session, principal, action=USER_CREATE_ACTION, payload=payload,
+                          summary=f"create {email} as {role}" + (f" of {merchant_id}" if merchant_id else ""),
+                          permission="users:write", merchant_id=merchant_id, actor=actor,
+                          ttl=timedelta(hours=get_settings().approval_ttl_hours),
+                          sealed={"password_hash": hash_password(password)})
+
+
+def apply_user_create(session: Session, payload: dict[str, Any], checker: Principal) -> dict[str, Any]:
+    """The approved creation: the same checks again (the address may have been taken meanwhile)."""
+    email, role, merchant_id = payload["email"], payload["role"], payload["merchant_id"]
+    if not checker.sees(merchant_id):
+        raise MerchantNotFound(f"no merchant {merchant_id}")
+    try:
+        _check_new_user(session, email=email, role=role, merchant_id=merchant_id, password=None)
+        user = _insert_user(session, actor_of(checker), email=email, role=role, merchant_id=merchant_id,
+                            password_hash=payload[approvals.SEALED]["password_hash"], changes={"approved": True})
+    except EmailTaken:
+        raise approvals.ApprovalStale(f"{email} got an account since this was asked") from None
+    return {"user_id": user.id, "email": email, "role": role, "merchant_id": merchant_id}
 
 
 def visible_user(session: Session, principal: Principal, user_id: str, *, for_update: bool = False) -> User:
@@ -366,7 +426,18 @@ def revoke_sessions(session: Session, user_id: str, *, except_session_id: str | 
 
 
 def set_disabled(session: Session, principal: Principal, actor: Actor, user_id: str, disabled: bool) -> User:
-    """Disable (ending its sessions) or re-enable an account."""
+    """Disable (ending its sessions and the pending approvals it made or that change its role) or re-enable
+    an account."""
+    moot: list[str] = []
+    if disabled:
+        # Approvals' rows are locked before the user's, as ``approvals.decide`` does (it locks the approval,
+        # then the executor the user).
+        visible_user(session, principal, user_id)
+        moot = sorted(set(approvals.pending_of(session, maker_id=user_id))
+                      | set(approvals.pending_of(session, action=ROLE_CHANGE_ACTION,
+                                                 payload_match={"user_id": user_id})))
+        for approval_id in moot:
+            approvals.lock(session, approval_id)
     user = visible_user(session, principal, user_id, for_update=True)
     if disabled and principal.kind == "user" and principal.id == user.id:
         raise CannotDisableSelf("ask another administrator")
@@ -377,6 +448,8 @@ def set_disabled(session: Session, principal: Principal, actor: Actor, user_id: 
             revoke_sessions(session, user.id)
         session.flush()
         _audit(session, actor, "user.disable" if disabled else "user.enable", user, {"disabled": disabled})
+        for approval_id in moot:
+            approvals.end(session, approval_id, actor=actor, reason=f"{user.email} was disabled")
     return user
 
 
@@ -396,6 +469,10 @@ def request_role_change(session: Session, principal: Principal, actor: Actor, us
     """Hold a role change for a second person's approval; returns the approval."""
     user = visible_user(session, principal, user_id)
     _check_role_fits(user, role)
+    if role == user.role:
+        raise RoleNotAllowed(f"{user.email} is already {role}")
+    if user.disabled:
+        raise RoleNotAllowed(f"{user.email} is disabled: enable the account first")
     payload = {"user_id": user.id, "role": role, "previous_role": user.role}
     approval = approvals.hold(session, principal, action=ROLE_CHANGE_ACTION, payload=payload,
                               summary=f"change {user.email} from {user.role} to {role}",
@@ -411,6 +488,12 @@ def apply_role_change(session: Session, payload: dict[str, Any], checker: Princi
     permissions (and, for admin and finance, the TOTP requirement) apply from the next login."""
     user = visible_user(session, checker, payload["user_id"], for_update=True)
     role = payload["role"]
+    # Held "from X to Y": run only if the person is still X and still enabled, or it would do what no one asked.
+    if user.disabled:
+        raise approvals.ApprovalStale(f"{user.email} was disabled since this was asked")
+    if payload.get("previous_role") is not None and user.role != payload["previous_role"]:
+        raise approvals.ApprovalStale(f"{user.email} is {user.role} now, not {payload['previous_role']} "
+                                      "as when this was asked")
     _check_role_fits(user, role)
     previous = user.role
     user.role = role
@@ -436,7 +519,8 @@ def _accept_totp(user: User, seed: str, code: str) -> bool:
     """Accept a code of the previous, current or next step, but never a step at or before
     the last one accepted: a code observed once (shoulder, phishing proxy) is worthless."""
     code = code.strip().replace(" ", "")
-    if not re.fullmatch(rf"\d{{{TOTP_DIGITS}}}", code):
+    # ASCII digits only: \d would also take full-width or Arabic-Indic digits, which compare_digest refuses.
+    if not re.fullmatch(rf"[0-9]{{{TOTP_DIGITS}}}", code):
         return False
     current = totp_step(clock.now())
     for step in (current + 1, current, current - 1):
@@ -449,11 +533,18 @@ def _accept_totp(user: User, seed: str, code: str) -> bool:
 
 
 def _normalize_recovery_code(code: str) -> str:
+    """Case, spaces and the dash do not matter; anything but ASCII letters and digits never matches."""
     return re.sub(r"[\s-]", "", code).lower()
+
+
+def _recovery_code_shape(code: str) -> bool:
+    return re.fullmatch(r"[0-9a-z]{10}", _normalize_recovery_code(code)) is not None
 
 
 def _use_recovery_code(session: Session, user: User, code: str) -> bool:
     """Spend one recovery code; the conditional update makes a code good for exactly one login."""
+    if not _recovery_code_shape(code):
+        return False
     digest = token_digest(_normalize_recovery_code(code))
     spent = session.execute(
         update(RecoveryCode)
@@ -529,15 +620,72 @@ class LoginOutcome:
     mfa_enrollment_required: bool
 
 
+def _lock_seconds(failures: int, settings: Settings) -> int | None:
+    """How long ``failures`` failures in a row lock an account for (None: not locked)."""
+    threshold = settings.login_lockout_threshold
+    if threshold <= 0 or failures < threshold:
+        return None
+    doublings = min(failures - threshold, 30)
+    cap = max(MAX_LOCK_SECONDS, settings.login_lockout_seconds)
+    return min(settings.login_lockout_seconds * 2**doublings, cap)
+
+
 def _register_failure(user: User, settings: Settings, now: datetime) -> None:
     """Count a failed attempt; from the threshold on, lock for a doubling time (capped)."""
     user.failed_logins += 1
-    threshold = settings.login_lockout_threshold
-    if threshold > 0 and user.failed_logins >= threshold:
-        doublings = min(user.failed_logins - threshold, 30)
-        cap = max(MAX_LOCK_SECONDS, settings.login_lockout_seconds)
-        user.locked_until = now + timedelta(seconds=min(settings.login_lockout_seconds * 2**doublings, cap))
+    seconds = _lock_seconds(user.failed_logins, settings)
+    if seconds is not None:
+        user.locked_until = now + timedelta(seconds=seconds)
     user.updated_at = now
+
+
+UNKNOWN_LOGIN_BUCKET = "login_unknown:"
+"""``rate_limit_counters`` row counting failed sign-ins to an address without an account (its SHA-256):
+``count`` is the failures, ``window_start`` until when (epoch seconds) it is locked, or the last failure."""
+
+
+def _unknown_bucket(email: str) -> str:
+    return UNKNOWN_LOGIN_BUCKET + token_digest(email.strip().lower())
+
+
+def _unknown_locked_until(session: Session, email: str, now: datetime) -> int | None:
+    """Seconds an unknown address is still "locked" for, as an account would be, else None."""
+    row = session.execute(select(RateLimitCounter.window_start, RateLimitCounter.count)
+                          .where(RateLimitCounter.bucket == _unknown_bucket(email))
+                          .order_by(RateLimitCounter.count.desc()).limit(1).with_for_update()).first()
+    if row is None:
+        return None
+    wait = row.window_start - now.timestamp()
+    return math.ceil(wait) if wait > 0 else None
+
+
+def _register_unknown_failure(session: Session, email: str, settings: Settings, now: datetime) -> None:
+    """Count a failure to an address without an account the way ``_register_failure`` counts one to an
+    account, so lockout (its answer, its Retry-After, its skipped hash) does not tell the two apart.
+    Old rows are purged with the rate-limit windows, an hour after the last failure or lock."""
+    bucket = _unknown_bucket(email)
+    row = session.execute(select(RateLimitCounter).where(RateLimitCounter.bucket == bucket)
+                          .order_by(RateLimitCounter.count.desc()).limit(1).with_for_update()).scalar_one_or_none()
+    failures = (row.count if row is not None else 0) + 1
+    seconds = _lock_seconds(failures, settings)
+    until = math.ceil(now.timestamp() + seconds) if seconds is not None else int(now.timestamp())
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(RateLimitCounter(bucket=bucket, window_start=until, count=failures))
+                session.flush()
+        except IntegrityError:
+            pass  # the same address, at the same second, from another attempt: it counted
+    else:
+        session.execute(update(RateLimitCounter).where(RateLimitCounter.bucket == bucket,
+                                                       RateLimitCounter.window_start == row.window_start)
+                        .values(window_start=until, count=failures))
+        session.expire(row)
+
+
+def _forget_unknown(session: Session, email: str) -> None:
+    """An address that now has an account starts from its own count."""
+    session.execute(delete(RateLimitCounter).where(RateLimitCounter.bucket == _unknown_bucket(email)))
 
 
 def open_session(session: Session, user: User, settings: Settings, *, source_ip: str | None,
@@ -556,7 +704,7 @@ def open_session(session: Session, user: User, settings: Settings, *, source_ip:
 
 def login(session: Session, settings: Settings, cipher: FieldCipher | None, *, email: str, password: str,
           totp_code: str | None = None, recovery_code: str | None = None, source_ip: str | None = None,
-          previous_token: str | None = None) -> LoginOutcome | PeopleError:
+          previous_token: str | None = None) -> LoginOutcome | ClearhouseError:
     """Check the credentials; return the new session, or the error to answer with once the
     failed-login counter and the audit event are committed."""
     now = clock.now()
@@ -576,14 +724,27 @@ def login(session: Session, settings: Settings, cipher: FieldCipher | None, *, e
         record(session, actor, "user.login_failed", "user", user.id if user else "unknown",
                changes={"reason": reason}, merchant_id=user.merchant_id if user else None)
 
-    if user is None or user.disabled:
-        _password_matches(_dummy_hash() if user is None else user.password_hash, password)  # the same time
-        failed(user, "unknown_email" if user is None else "disabled")
+    # An unknown address and a disabled account answer as a known one with a wrong password would: the same
+    # refusals (locked from the same count on, for the same time), after the same work (a hash, or none
+    # while locked), so no answer and no timing says which addresses have accounts.
+    if user is None:
+        wait = _unknown_locked_until(session, email, now)
+        if wait is not None:
+            failed(None, "locked")
+            return AccountLocked(f"too many failed logins; try again in {wait} s", retry_after=wait)
+        _password_matches(_dummy_hash(), password)  # the same time
+        _register_unknown_failure(session, email, settings, now)
+        failed(None, "unknown_email")
         return InvalidCredentials("wrong email or password")
     if user.locked_until is not None and user.locked_until > now:
         failed(user, "locked")
         wait = math.ceil((user.locked_until - now).total_seconds())
         return AccountLocked(f"too many failed logins; try again in {wait} s", retry_after=wait)
+    if user.disabled:
+        _password_matches(user.password_hash, password)  # the same time
+        _register_failure(user, settings, now)
+        failed(user, "disabled")
+        return InvalidCredentials("wrong email or password")
     if not _password_matches(user.password_hash, password):
         _register_failure(user, settings, now)
         failed(user, "wrong_password")
@@ -605,6 +766,11 @@ def login(session: Session, settings: Settings, cipher: FieldCipher | None, *, e
             _register_failure(user, settings, now)
             failed(user, f"{second_factor}_rejected")
             return TotpInvalid("the two-factor code is wrong or was already used")
+    if user.merchant_id is not None and session.execute(
+            select(Merchant.status).where(Merchant.id == user.merchant_id)).scalar_one() != "active":
+        # Said only to whoever knows the password (and second factor): a session would be refused at once.
+        failed(user, "merchant_suspended")
+        return MerchantSuspended(f"merchant {user.merchant_id} is suspended: its staff cannot sign in")
 
     user.failed_logins = 0
     user.locked_until = None
@@ -685,6 +851,8 @@ def change_password(session: Session, settings: Settings, actor: Actor, user_id:
         record(session, actor, "user.password_change_failed", "user", user.id, merchant_id=user.merchant_id)
         return CurrentPasswordWrong("the current password is wrong")
     check_password_policy(new_password, user.email)
+    if new_password == current_password:
+        raise WeakPassword("the new password is the current one", reason="same_as_current")
     user.password_hash = hash_password(new_password)
     user.updated_at = now
     ended = revoke_sessions(session, user.id, except_session_id=session_id)
@@ -694,3 +862,4 @@ def change_password(session: Session, settings: Settings, actor: Actor, user_id:
 
 
 approvals.register(ROLE_CHANGE_ACTION, apply_role_change)
+approvals.register(USER_CREATE_ACTION, apply_user_create)
