@@ -33,7 +33,8 @@ def test_every_error_code_is_documented_with_its_status():
     for code, status in re.findall(r"^\| `([a-z0-9_]+)` \| (\d{3}|—) \|", text, re.MULTILINE):
         documented.setdefault(code, set()).add(None if status == "—" else int(status))
     assert all(f"`{code}`" in text for code in CONNECTOR_ERRORS)
-    classes = [cls for cls in _every_error_class() if cls.code != "error" and cls.code not in CONNECTOR_ERRORS]
+    classes = [cls for cls in _every_error_class()  # not tests' own subclasses (one process runs many tests)
+               if cls.__module__.startswith("clearhouse.") and cls.code != "error" and cls.code not in CONNECTOR_ERRORS]
     assert len(classes) > 100
     undocumented = sorted({cls.code for cls in classes if cls.code not in documented})
     assert undocumented == []

@@ -3,11 +3,12 @@
 Each test gets the app behind uvicorn on its own loopback port, with
 ``public_base_url`` set to that port (so QR codes, challenge redirects and the
 sandbox's notifications point at it), and the worker running beside it in a thread,
-as ``clearhouse serve --demo`` runs it. The browser is started once per test process.
+as ``clearhouse serve --demo`` runs it.
 
 ``make test`` installs Chromium (``scripts/chromium.sh``) and names it in
 ``CLEARHOUSE_TEST_CHROMIUM``; when that variable is set, a browser that does not start
 is a failure. Run by hand without it, the tests use ``/usr/bin/chromium`` or are skipped.
+The browser is started once per module.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def _chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped, not session-scoped: Playwright's synchronous API keeps an event loop running
+    in this thread while it is started, and a later test in the same process that calls
+    ``asyncio.run`` would fail ("cannot be called from a running event loop")."""
     from playwright.sync_api import sync_playwright
 
     executable = _chromium()
