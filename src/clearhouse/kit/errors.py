@@ -142,7 +142,38 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(error, headers=getattr(exc, "headers", None))
 
 
+class DatabaseUnavailable(ClearhouseError):
+    """The database could not be reached, or dropped the connection mid-request (a restart, a
+    failover): nothing was done that the caller can see; try again shortly."""
+
+    code = "database_unavailable"
+    status = 503
+    title = "Database unavailable"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": "5"}
+
+
+def _database_down(exc: BaseException) -> bool:
+    """Whether ``exc`` says PostgreSQL is out of reach (not a bug): a refused or dropped
+    connection, from psycopg through SQLAlchemy or from the nonce writer's asyncpg."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        original = exc.orig
+        return type(original).__module__.startswith("psycopg") and type(original).__name__ in (
+            "OperationalError", "AdminShutdown", "CannotConnectNow", "InterfaceError")
+    return isinstance(exc, asyncpg.exceptions.PostgresConnectionError | asyncpg.exceptions.CannotConnectNowError
+                      | asyncpg.exceptions.AdminShutdownError | ConnectionRefusedError)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if _database_down(exc):
+        log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        return problem_response(DatabaseUnavailable("The database is out of reach; try again in a few seconds"))
     log.exception("unhandled_error", path=request.url.path)
     error = ClearhouseError("An unexpected error occurred; it has been logged")
     error.code = "internal_error"  # type: ignore[misc]
