@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, String, insert, select, type_coerce, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Row, insert, select, type_coerce, update
 from sqlalchemy.orm import Session
-from sqlalchemy.types import TypeDecorator
 
 from clearhouse.audit.models import chain, events
 from clearhouse.kit.db import bulk_insert
+from clearhouse.kit.verification import StoredTime, read_all
 
 VERIFY_BATCH = 2000  # rows fetched per round trip while verify walks the chain
 
@@ -41,51 +40,15 @@ def insert_events(session: Session, rows: list[tuple]) -> None:
     bulk_insert(session, events, EVENT_COLUMNS, rows)
 
 
-class _StoredTime(TypeDecorator[Any]):
-    """``occurred_at`` as ``UTCDateTime`` reads it, except that a value that is not a time
-    (SQLite keeps whatever text a tamperer wrote) comes back as stored instead of raising
-    while the row is fetched: verify reports it, and the events list still answers."""
-
-    impl = String
-    cache_ok = True
-
-    def process_result_value(self, value: Any, dialect: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value)
-            except ValueError:
-                return value
-        if isinstance(value, datetime):
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return value
-
-
 # Events as the readers (verify, the events list) fetch them: whatever a tamperer wrote in
 # the time column must not stop the read.
-_EVENTS = select(*(type_coerce(column, _StoredTime()).label(column.name) if column.name == "occurred_at" else column
+_EVENTS = select(*(type_coerce(column, StoredTime()).label(column.name) if column.name == "occurred_at" else column
                    for column in events.c))
-
-
-def _read_all(session: Session, statement: Any) -> list[Row]:
-    """``statement``'s rows. SQLite refuses to hand back text that is not UTF-8 (a tamperer
-    may write any bytes): such a read is done again with the bad bytes read as U+FFFD, so the
-    row differs from what was hashed and verify reports it."""
-    try:
-        return list(session.execute(statement))
-    except OperationalError as error:
-        if "Could not decode to UTF-8" not in str(error.orig):
-            raise
-    connection = session.connection().connection.dbapi_connection
-    connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
-    try:
-        return list(session.execute(statement))
-    finally:
-        connection.text_factory = str
 
 
 def chain_head(session: Session) -> tuple[Any, Any] | None:
     """The chain head as stored, or None when its row is gone."""
-    rows = _read_all(session, select(chain.c.seq, chain.c.hash).where(chain.c.id == 1))
+    rows = read_all(session, select(chain.c.seq, chain.c.hash).where(chain.c.id == 1))
     return (rows[0].seq, rows[0].hash) if rows else None
 
 
@@ -94,7 +57,7 @@ def events_in_chain_order(session: Session) -> Iterator[Row]:
     flat however long the trail is."""
     after = 0
     while True:
-        rows = _read_all(session, _EVENTS.where(events.c.seq > after).order_by(events.c.seq).limit(VERIFY_BATCH))
+        rows = read_all(session, _EVENTS.where(events.c.seq > after).order_by(events.c.seq).limit(VERIFY_BATCH))
         yield from rows
         if len(rows) < VERIFY_BATCH:
             return
@@ -103,7 +66,7 @@ def events_in_chain_order(session: Session) -> Iterator[Row]:
 
 def events_before_the_chain(session: Session) -> list[Row]:
     """Rows at seq 0 or below (refused by a CHECK; read in case the CHECK was dropped), by seq."""
-    return _read_all(session, select(events.c.seq, events.c.id).where(events.c.seq < 1).order_by(events.c.seq))
+    return read_all(session, select(events.c.seq, events.c.id).where(events.c.seq < 1).order_by(events.c.seq))
 
 
 def _filtered(query: Any, *, actor_id: str | None = None, object_id: str | None = None,
@@ -146,4 +109,4 @@ def list_events(
                       object_type=object_type, action=action, merchant_id=merchant_id, since=since, until=until)
     if after_seq is not None:
         query = query.where(events.c.seq > after_seq)
-    return _read_all(session, query)
+    return read_all(session, query)

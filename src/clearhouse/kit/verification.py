@@ -4,7 +4,13 @@ failures found, capped so that a wrecked table still gives a readable report."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import Row, String
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeDecorator
 
 MAX_FAILURES = 100
 
@@ -45,3 +51,39 @@ def report_to_operator(findings: Findings, *, as_json: bool, what: str, summary:
     else:
         console.print(f"[red]{what} verification failed[/]: {json.dumps(findings.first_failure)}")
     return 0 if findings.ok else 1
+
+
+class StoredTime(TypeDecorator[Any]):
+    """A time column as ``UTCDateTime`` reads it, except that a value that is not a time
+    (SQLite stores text, and a tamperer may write any) comes back as stored instead of
+    raising while the row is fetched: verify reports it, and readers still answer."""
+
+    impl = String
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return value
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
+
+
+def read_all(session: Session, statement: Any) -> list[Row]:
+    """``statement``'s rows, for verify. SQLite hands back text as it was written, and refuses
+    to read text that is not UTF-8 (a tamperer may write any bytes): such a read is done again
+    with the bad bytes read as U+FFFD, so the row differs from what was hashed and is reported."""
+    try:
+        return list(session.execute(statement))
+    except OperationalError as error:
+        if "Could not decode to UTF-8" not in str(error.orig):
+            raise
+    connection = session.connection().connection.dbapi_connection
+    connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
+    try:
+        return list(session.execute(statement))
+    finally:
+        connection.text_factory = str

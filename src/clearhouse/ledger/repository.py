@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, String, and_, any_, bindparam, func, insert, literal_column, select, type_coerce, update
+from sqlalchemy import Row, and_, any_, bindparam, func, insert, literal_column, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
-from sqlalchemy.types import TypeDecorator
 
 from clearhouse.kit.db import _driver_errors, bulk_increment, bulk_insert, is_postgresql, one_of
+from clearhouse.kit.verification import StoredTime, read_all
 from clearhouse.ledger.errors import ChainHeadMissing
 from clearhouse.ledger.models import BLOCK, accounts, chain, entries, postings
 
@@ -479,30 +478,11 @@ def account_history(
     return found[:limit]
 
 
-class _StoredTime(TypeDecorator[Any]):
-    """A time column as ``UTCDateTime`` reads it, except that a value that is not a time
-    (SQLite stores text, and a tamperer may write any) comes back as stored instead of
-    raising while the row is fetched: verify reports it (``invalid_entry``)."""
-
-    impl = String
-    cache_ok = True
-
-    def process_result_value(self, value: Any, dialect: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value)
-            except ValueError:
-                return value
-        if isinstance(value, datetime):
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return value
-
-
 _TIMES = ("created_at", "timeout_at")
 # The journal as verify reads it: what a tamperer wrote into a time column must not stop the read.
 _JOURNAL = (
     select(
-        *(type_coerce(column, _StoredTime()).label(column.name) if column.name in _TIMES else column
+        *(type_coerce(column, StoredTime()).label(column.name) if column.name in _TIMES else column
           for column in entries.c),
         _debit_accounts.c.id.label("debit_account_id"), _credit_accounts.c.id.label("credit_account_id"),
     )
@@ -512,32 +492,15 @@ _JOURNAL = (
 )
 
 
-def _read_all(session: Session, statement: Any) -> list[Row]:
-    """``statement``'s rows, for verify. SQLite hands back text as it was written, and refuses
-    to read text that is not UTF-8 (a tamperer may write any bytes): such a read is done again
-    with the bad bytes read as U+FFFD, so the row differs from what was hashed and is reported."""
-    try:
-        return list(session.execute(statement))
-    except OperationalError as error:
-        if "Could not decode to UTF-8" not in str(error.orig):
-            raise
-    connection = session.connection().connection.dbapi_connection
-    connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
-    try:
-        return list(session.execute(statement))
-    finally:
-        connection.text_factory = str
-
-
 def journal(session: Session, batch: int = 20000) -> Iterator[tuple[Row | None, list[Leg]]]:
     """Every entry in chain order with its legs, streamed in slices."""
     last = 0
     while True:
-        entry_rows = _read_all(session, _JOURNAL.where(entries.c.seq > last).order_by(entries.c.seq).limit(batch))
+        entry_rows = read_all(session, _JOURNAL.where(entries.c.seq > last).order_by(entries.c.seq).limit(batch))
         if not entry_rows:
             # Postings past the last entry belong to no entry at all.
             stray: dict[int, list[Leg]] = {}
-            for row in _read_all(session, select(postings).where(postings.c.seq > last).order_by(postings.c.seq)):
+            for row in read_all(session, select(postings).where(postings.c.seq > last).order_by(postings.c.seq)):
                 stray.setdefault(row.seq, []).append(_posting_leg(row))
             for orphans in stray.values():
                 yield None, orphans
@@ -549,7 +512,7 @@ def journal(session: Session, batch: int = 20000) -> Iterator[tuple[Row | None, 
             .where(postings.c.seq > last, postings.c.seq <= high)
             .order_by(postings.c.seq, postings.c.idx)
         )
-        for row in _read_all(session, query):
+        for row in read_all(session, query):
             grouped.setdefault(row.seq, []).append(_posting_leg(row))
         for row in entry_rows:
             rows = grouped.pop(row.seq)
@@ -574,12 +537,12 @@ def rows_before_the_chain(session: Session) -> tuple[int, int]:
 
 def all_accounts(session: Session) -> Iterator[Row]:
     """Every account with what verify checks (its creation time, which it does not, is left out)."""
-    yield from _read_all(session, select(*LOCKED_ACCOUNT_COLUMNS).order_by(accounts.c.id))
+    yield from read_all(session, select(*LOCKED_ACCOUNT_COLUMNS).order_by(accounts.c.id))
 
 
 def find_chain_head(session: Session) -> tuple[Any, Any] | None:
     """The chain head as stored, or None when its row is gone (nothing guards that table)."""
-    rows = _read_all(session, select(chain.c.seq, chain.c.hash).where(chain.c.id == 1))
+    rows = read_all(session, select(chain.c.seq, chain.c.hash).where(chain.c.id == 1))
     return (rows[0].seq, rows[0].hash) if rows else None
 
 
