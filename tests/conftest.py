@@ -8,6 +8,7 @@ The backends come from ``CLEARHOUSE_TEST_BACKENDS`` (``make test`` sets
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import shutil
 import socket
@@ -79,6 +80,17 @@ BACKENDS = [
 ]
 if "postgresql" in BACKENDS and not POSTGRES_URL:
     raise RuntimeError("CLEARHOUSE_TEST_BACKENDS names postgresql but CLEARHOUSE_TEST_POSTGRES_URL is not set")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What is imported by now lives for the whole run: frozen out of the garbage collector's
+    sight, so that its full passes (one every test or two, since each test builds an app, and
+    an app is many cycles) scan only what the tests make, not the 250,000 objects of the
+    libraries. And fewer passes: a young generation of 10,000 allocations, not 700. Together
+    about a tenth of a worker's time."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 @pytest.fixture(scope="session")

@@ -134,8 +134,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @app.head("/readyz", include_in_schema=False, dependencies=[requires(PUBLIC)])
     @app.get("/readyz", tags=["operations"], dependencies=[requires(PUBLIC)], responses=_READINESS)
-    def readyz() -> Response:
+    def readyz(request: Request) -> Response:
         """The database answers and its schema is at the revision this code expects."""
+        # The engine from the app, not from this closure: FastAPI keeps route functions in
+        # module-level caches, and a closure over the engine would keep every engine alive.
+        engine = request.app.state.engine
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
