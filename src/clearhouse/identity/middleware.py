@@ -24,7 +24,7 @@ from clearhouse.identity import service, signing
 from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, leaf_routes, route_permission
 from clearhouse.identity.ratelimit import RateLimited
 from clearhouse.kit import clock
-from clearhouse.kit.api import RequestTooLarge, read_body, replay_body
+from clearhouse.kit.api import RequestTooLarge, limit_body, read_body, replay_body
 from clearhouse.kit.crypto import CryptoError, FieldCipher
 from clearhouse.kit.db import LoopWriter, transact
 from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
@@ -103,7 +103,7 @@ class AuthenticationMiddleware:
             await send_problem(send, RequestTooLarge(f"the body is larger than {limit} bytes"))
             return
         if self._is_public(scope):
-            await self.app(scope, receive, send)
+            await self.app(scope, limit_body(receive, limit), send)
             return
         try:
             if _KEY in headers:
@@ -119,6 +119,7 @@ class AuthenticationMiddleware:
                 principal, admitted = await self._key_principal(scope, signed, key, body)
             elif b"cookie" in headers:
                 principal, admitted = await self._in_thread(self._session_principal, scope, headers), None
+                receive = limit_body(receive, limit)
             else:
                 raise AuthenticationRequired("sign the request with an API key (api.md, Authentication) or sign in")
         except ClearhouseError as error:

@@ -325,6 +325,23 @@ async def read_body(receive: Any, limit: int | None = None) -> bytes | None:
             return b"".join(chunks)
 
 
+def limit_body(receive: Any, limit: int) -> Any:
+    """An ASGI ``receive`` that raises ``RequestTooLarge`` once the body passes ``limit`` bytes:
+    for a body read later, by the route (one sent in chunks, with no ``Content-Length`` to
+    refuse up front)."""
+    size = 0
+
+    async def limited() -> dict[str, Any]:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise RequestTooLarge(f"the body is larger than {limit} bytes")
+        return message
+
+    return limited
+
+
 def replay_body(body: bytes, receive: Any) -> Any:
     """An ASGI ``receive`` that hands the already-read body to the next application, then
     passes on whatever the client sends next (its disconnect)."""
