@@ -45,7 +45,9 @@ class WriterLock:
         self.path = path
         self._mutex = threading.Lock()
         self._owner: int | None = None  # the holding thread's ident
-        self._file = open(path, "a+b")  # noqa: SIM115 - held for the life of the process
+        # Only its owner may open it (0600, as the database beside it): another user holding
+        # the flock could stall every writer. Held for the life of the process.
+        self._file = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+b")
 
     def acquire(self, timeout: float, *, blocking: bool = True) -> bool:
         """Take the lock: True once taken (``release`` it), False when this thread holds it
