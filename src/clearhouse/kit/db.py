@@ -689,7 +689,9 @@ class GroupCommit:
     """
 
     def __init__(self, engine: Engine, *, max_group: int = 64):
-        self.engine = engine
+        # A weak reference: ``_GROUPS`` is keyed weakly by the engine, and a value holding its
+        # key strongly would keep every engine (its pool, its statement cache) alive for good.
+        self._engine = weakref.ref(engine)
         self.max_group = max_group
         self._lock = threading.Lock()
         self._queue: deque[_Unit] = deque()
@@ -697,6 +699,13 @@ class GroupCommit:
         self.groups = 0
         """Groups committed or rolled back so far (units / groups: the mean group size)."""
         self.units = 0
+
+    @property
+    def engine(self) -> Engine:
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("the engine of this GroupCommit was garbage-collected")
+        return engine
 
     def transact(self, work: Callable[[Session], T], *, attempts: int = 8, retry_integrity: bool = False) -> T:
         """``transact``'s contract (retries included, per unit), the commit shared with others.
