@@ -281,9 +281,12 @@ async def create_transfers(request: Request) -> Any:
 
     def work(session: Session) -> tuple[dict[str, Any], bool]:
         transfer_id, created = service.create_transfer(session, entry)
+        view = service.get_transfer(session, transfer_id)
         if created:
-            audit.record(session, actor, "ledger.transfer.create", "ledger_transfer", transfer_id)
-        return service.get_transfer(session, transfer_id), created
+            # What moved, not only who moved it: the trail is read without the ledger beside it.
+            audit.record(session, actor, "ledger.transfer.create", "ledger_transfer", transfer_id,
+                         changes={"postings": view["postings"], "pending": view["pending"], "entry_code": view["code"]})
+        return view, created
 
     try:
         view, created = await _run(engine, work)
