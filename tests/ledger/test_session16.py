@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def test_the_audit_event_of_a_transfer_names_its_postings(client):
     for account_id in ("acct_a16", "acct_b16"):
         created = client.post("/v1/ledger/accounts", json={"id": account_id, "type": "asset", "currency": "EUR",

@@ -9,9 +9,8 @@ from pydantic import Field, field_validator
 
 from clearhouse.identity.permissions import PERMISSIONS
 from clearhouse.kit import clock
-from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, UtcTime
+from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, Name, UtcTime
 
-Text200 = Field(min_length=1, max_length=200)
 # Merchant metadata is stored as it is shown: masked (data-protection.md, "Free text").
 Metadata = MetadataIn  # stored masked (kit/api.py)
 
@@ -31,11 +30,11 @@ class MerchantFields(Model):
 
 
 class MerchantCreate(MerchantFields):
-    name: str = Text200
+    name: Name
 
 
 class MerchantUpdate(MerchantFields):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = None
     status: Literal["active", "suspended"] | None = None
     kyc_status: Literal["pending", "verified", "rejected"] | None = None
 

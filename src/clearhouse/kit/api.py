@@ -77,6 +77,8 @@ def _currency(value: str) -> str:
 
 
 CurrencyCode = Annotated[str, StringConstraints(min_length=3, max_length=3), AfterValidator(_currency)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+"""A name people read (a merchant's): spaces around it dropped, and not blank."""
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 
 
