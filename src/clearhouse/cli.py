@@ -8,6 +8,7 @@ import sys
 import traceback
 from typing import Annotated, Any
 
+import structlog
 import typer
 
 from clearhouse.audit import commands as audit_commands
@@ -60,7 +61,11 @@ def serve(
         _prepare_demo(settings)
     host = host or settings.host
     port = port or settings.port
-    console.print(f"Clearhouse on http://{host}:{port}  (database: {_safe_url()})")
+    if settings.log_json:  # a log collector reads standard error: one JSON object per line, this one too
+        structlog.get_logger("clearhouse.serve").info("serving", url=f"http://{host}:{port}", database=_safe_url(),
+                                                       workers=workers)
+    else:
+        console.print(f"Clearhouse on http://{host}:{port}  (database: {_safe_url()})")
     if workers > 1:
         _check_start_up(settings)
         try:
@@ -72,7 +77,10 @@ def serve(
             console.print("[red]a worker failed to start (its log is above)[/red]")
             raise typer.Exit(1)
     else:
-        uvicorn.run(create_app(settings, run_worker=demo), host=host, port=port, log_level="warning")
+        # log_config=None: uvicorn's own lines go through our handler (one JSON object each
+        # under CLEARHOUSE_LOG_JSON), not through the plain-text handlers it would install.
+        uvicorn.run(create_app(settings, run_worker=demo), host=host, port=port, log_level="warning",
+                    log_config=None)
 
 
 def _check_start_up(settings: Any) -> None:

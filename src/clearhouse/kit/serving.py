@@ -243,9 +243,11 @@ def serve(*, host: str, port: int, workers: int, log_level: str = "warning") -> 
     """Serve ``APP`` with ``workers`` processes (each builds its own app from the settings); False when a
     worker could not start."""
     if not hasattr(socket, "SO_REUSEPORT"):  # uvicorn's way: one socket shared by all
-        uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, log_level=log_level)
+        uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, log_level=log_level, log_config=None)
         return True
-    config = uvicorn.Config(APP, factory=True, host=host, port=port, workers=workers, log_level=log_level)
+    # log_config=None, as cli.serve: uvicorn's lines go through the process's own (JSON) handler.
+    config = uvicorn.Config(APP, factory=True, host=host, port=port, workers=workers, log_level=log_level,
+                            log_config=None)
     sockets = own_sockets(host, port, workers, backlog=config.backlog)
     try:
         return Supervisor(config, sockets).run()
