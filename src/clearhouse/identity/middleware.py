@@ -28,6 +28,7 @@ from clearhouse.kit.api import RequestTooLarge, limit_body, read_body, replay_bo
 from clearhouse.kit.crypto import CryptoError, FieldCipher
 from clearhouse.kit.db import LoopWriter, transact
 from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
+from clearhouse.kit.idempotency import HEADER as IDEMPOTENCY_HEADER
 from clearhouse.kit.settings import Settings
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -37,6 +38,18 @@ _TIMESTAMP = signing.TIMESTAMP_HEADER.lower().encode()
 _NONCE = signing.NONCE_HEADER.lower().encode()
 _SIGNATURE = signing.SIGNATURE_HEADER.lower().encode()
 _KEY_CACHE_SIZE = 10_000
+_OWN_HEADERS = (b"x-clearhouse-", IDEMPOTENCY_HEADER)
+
+
+def _repeated_own_header(raw: list[tuple[bytes, bytes]]) -> str | None:
+    """The name of a Clearhouse header (``X-Clearhouse-*``, ``Idempotency-Key``) sent twice, if any."""
+    seen: set[bytes] = set()
+    for name, _value in raw:
+        if name.startswith(_OWN_HEADERS):
+            if name in seen:
+                return name.decode("latin-1")
+            seen.add(name)
+    return None
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +110,11 @@ class AuthenticationMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        if len(headers) != len(scope["headers"]) and (repeated := _repeated_own_header(scope["headers"])):
+            # Two signatures, keys or idempotency keys: which one counts would be a guess (a proxy
+            # may read the first, this the last), so neither does.
+            await send_problem(send, MalformedRequest(f"the header {repeated} is sent more than once"))
+            return
         declared, limit = headers.get(b"content-length", b"0"), self.settings.max_request_bytes
         if declared.isdigit() and int(declared) > limit:
             # Said up front by the client: refused before anything else, public routes included.
