@@ -224,6 +224,8 @@ class TestReviewOfTheFixes:
         refused = shop.post("/v1/orders", json=order_body(product["id"], quantity=2, details=CARD))
         assert refused.status_code == 422
         assert refused.json()["code"] == "amount_too_large"
+        # The amounts read whole (they were masked as if card numbers: "1000000*****0000").
+        assert "*" not in refused.json()["detail"] and "1,000,000,000,000,000" in refused.json()["detail"]
         assert shop.get("/v1/payments").json()["data"] == []
 
     def test_a_capture_reported_without_its_amount_posts_nothing(self, app, merchant_client_factory):

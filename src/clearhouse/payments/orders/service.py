@@ -455,8 +455,9 @@ def reserve(session: Session, principal: Principal, request: OrderRequest, *, or
     if not product.active:
         raise ProductInactive(f"product {product.id} is not for sale")
     if product.price_amount * request.quantity > MAX_PAYMENT_AMOUNT:
-        raise AmountTooLarge(f"{request.quantity} x {product.price_amount} is more than the largest payment, "
-                             f"{MAX_PAYMENT_AMOUNT}")
+        # Grouped digits: readable, and not a run of digits that error scrubbing takes for a card number.
+        raise AmountTooLarge(f"{request.quantity} x {product.price_amount:,} minor units is more than the largest "
+                             f"payment, {MAX_PAYMENT_AMOUNT:,}")
     query = (select(codes.c.id).where(codes.c.product_id == product.id, codes.c.status == "available")
              .order_by(codes.c.id).limit(request.quantity))
     if is_postgresql(session):
