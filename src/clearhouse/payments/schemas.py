@@ -146,7 +146,10 @@ class RefundOut(BaseModel):
     currency: str
     status: Literal["pending", "succeeded", "failed"]
     reason: str | None
-    fee_refunded: int
+    fee_refunded: int = Field(description="The platform's fee given back to the merchant (set when the refund "
+                              "succeeds; 0 before)")
+    channel_cost_charged: int = Field(description="What the channel keeps of its own fee on this refund, charged to "
+                                      "the merchant under refund_cost_bearer: merchant (set when the refund succeeds)")
     failure_code: str | None
     ledger_transfer_id: str | None
     created_at: UtcTime

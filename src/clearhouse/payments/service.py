@@ -1006,7 +1006,8 @@ def refund_view(row: Row) -> dict[str, Any]:
     return {
         "id": row.id, "object": "refund", "payment_id": row.payment_id, "merchant_id": row.merchant_id,
         "amount": row.amount, "currency": row.currency, "status": row.status, "reason": row.reason,
-        "fee_refunded": row.fee_refunded, "failure_code": row.failure_code,
+        "fee_refunded": row.fee_refunded, "channel_cost_charged": row.channel_cost_charged,
+        "failure_code": row.failure_code,
         "ledger_transfer_id": row.ledger_entry_id, "created_at": row.created_at, "updated_at": row.updated_at,
     }
 
