@@ -142,14 +142,18 @@ def logout_all(request: Request, response: Response) -> LogoutAllOut:
 
 @router.get("/auth/me", response_model=MeOut, tags=["auth"], responses=_AUTH_ERRORS,
             dependencies=[requires(SESSION)])
-def me(request: Request) -> MeOut:
-    """The signed-in person, their session and what their role may do."""
+def me(request: Request, response: Response) -> MeOut:
+    """The signed-in person, their session, what their role may do, and the session's CSRF token."""
     principal = _session_of(request)
     user, row = transact(_engine(request), lambda s: service.current_session(s, principal))
+    _no_store(response)
+    # Readable only with the session's cookie, by a page of this origin (no CORS here, and the
+    # cookie is SameSite=Strict): what the token guards against, a cross-site form, cannot read it.
     return MeOut(user=user_out(user),
                  session=SessionOut(created_at=row.created_at, expires_at=row.expires_at,
                                     mfa_satisfied=row.mfa_satisfied),
-                 permissions=sorted(principal.permissions), mfa_enrollment_required=principal.mfa_pending)
+                 permissions=sorted(principal.permissions), mfa_enrollment_required=principal.mfa_pending,
+                 csrf_token=row.csrf_token)
 
 
 @router.post("/auth/totp/setup", response_model=TotpSetupOut, tags=["auth"], responses=_AUTH_ERRORS,

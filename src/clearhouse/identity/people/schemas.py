@@ -56,6 +56,8 @@ class MeOut(BaseModel):
     session: SessionOut
     permissions: list[str]
     mfa_enrollment_required: bool
+    csrf_token: str = Field(description="The session's token for X-CSRF-Token, again: a console page that was "
+                                        "reloaded has lost the one the sign-in answered")
 
 
 class LogoutAllOut(BaseModel):
