@@ -139,7 +139,25 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     error.code = codes.get(exc.status_code, "http_error")  # type: ignore[misc]
     error.status = exc.status_code  # type: ignore[misc]
     error.title = str(exc.detail)  # type: ignore[misc]
-    return problem_response(error, headers=getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return problem_response(error, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of this path answers. Starlette's ``Allow`` names only the first
+    route's (``POST`` for ``/v1/payments``, which lists with ``GET`` too)."""
+    from fastapi.routing import iter_route_contexts
+
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.routes):
+        route = context.route
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 class DatabaseUnavailable(ClearhouseError):

@@ -1,0 +1,19 @@
+"""Session 16: a ``405`` names in ``Allow`` every method the path answers (RFC 9110, 15.5.6),
+not only the first route's: ``PUT /v1/payments`` said ``Allow: POST`` though ``GET`` lists them."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("PUT", "/v1/payments", "GET, POST"),
+    ("DELETE", "/v1/ledger/accounts", "GET, POST"),
+    ("PUT", "/v1/merchants/mch_nobody", "GET, PATCH"),
+    ("PATCH", "/healthz", "GET, HEAD"),
+])
+def test_allow_names_every_method_of_the_path(client, method, path, allow):
+    answer = client.request(method, path)
+    assert answer.status_code == 405, answer.text
+    assert answer.json()["code"] == "method_not_allowed"
+    assert answer.headers["allow"] == allow
