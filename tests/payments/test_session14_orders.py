@@ -144,6 +144,6 @@ class TestListsAndThePublicPage:
         """The sandbox's hosted pages answer GET only: HEAD is 405 for everyone (it was 401 for a
         caller without credentials, as if the page needed some). A private route stays 401."""
         assert anonymous_client.get("/sandbox/sandbox_bank/pay/nope").status_code == 404
-        head = anonymous_client.head("/sandbox/sandbox_bank/pay/nope")
-        assert head.status_code == 405 and head.headers["allow"] == "GET, POST", head.text  # the bank page takes its form by POST
+        head = anonymous_client.head("/sandbox/sandbox_bank/pay/nope")  # the bank page takes its form by POST
+        assert head.status_code == 405 and head.headers["allow"] == "GET, POST", head.text
         assert anonymous_client.head("/v1/orders").status_code == 401
