@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, exists, select, update
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
@@ -42,14 +42,13 @@ from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
 from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, ReconCaseEvent, Reconciliation, ReconStatement
-from clearhouse.reconciliation.service import ACCOUNT_EVENT, SYSTEM, new_event
+from clearhouse.reconciliation.service import ACCOUNT_EVENT, BANK_FORMATS, SYSTEM, new_event
 
 cases = ReconCase.__table__
 case_events = ReconCaseEvent.__table__
 approval_table = Approval.__table__
 runs = Reconciliation.__table__
 statements = ReconStatement.__table__
-BANK_FORMATS = ("mt940", "camt053")
 
 ACTIONS = ("accept", "adjust", "write_off")
 COUNTER_ACCOUNTS = {
@@ -58,6 +57,8 @@ COUNTER_ACCOUNTS = {
     "losses:writeoff": lambda channel: ("losses:writeoff", "expense"),
 }
 APPROVAL_ACTION = "recon.resolve"
+REVERSED_EVENT = "reversed"
+"""A case's event saying its entry was reversed (``_reverse``): the entry is then no longer in the ledger."""
 SYSTEM_ACTOR = audit.Actor(type="system", id="reconciliation")  # who the audit trail says resolved automatically
 
 
@@ -368,7 +369,9 @@ def supersede(session: Session, run_id: str, channel: str, statement_date: Any, 
     still open is accepted, posting nothing, with the reason; a resolution of it waiting for a second person
     ends as expired. Cases resolved before stay as they are, and
     one of this import's cases that repeats one of them already posted for (the same class, lines and delta)
-    is accepted too, naming that case and its entry: the difference is in the ledger once, not twice."""
+    is accepted too, naming that case and its entry: the difference is in the ledger once, not twice. An entry
+    an earlier re-issue reversed is in the ledger no more: a case that repeats its discrepancy stays open, and
+    it is not reversed a second time."""
     replaced = list(session.scalars(
         select(runs.c.id).join(statements, statements.c.id == runs.c.statement_id)
         .where(runs.c.channel == channel, runs.c.id != run_id, runs.c.statement_date == statement_date,
@@ -387,10 +390,15 @@ def supersede(session: Session, run_id: str, channel: str, statement_date: Any, 
             continue
         resolved.append((row.id, _apply(session, current, action="accept", account="suspense", actor=SYSTEM_ACTOR,
                                         now=now, reason=reason, expired=expired)))
+    # Only entries still in the ledger count: one an earlier re-issue reversed is no longer there, so it is not
+    # reversed twice (its ``_reversed`` id is taken), and a discrepancy reported again is booked nowhere: its case
+    # stays open for a person.
+    reversed_already = exists().where(case_events.c.case_id == cases.c.id, case_events.c.type == REVERSED_EVENT)
     same = (cases.c["class"], cases.c.our_id, cases.c.our_ref, cases.c.channel_ref, cases.c.currency, cases.c.delta)
-    posted = {tuple(row[:-2]): row[-2:] for row in session.execute(select(*same, cases.c.id, cases.c.ledger_entry_id)
-                                                                   .where(cases.c.reconciliation_id.in_(replaced),
-                                                                          cases.c.ledger_entry_id.is_not(None)))}
+    posted = {tuple(row[:-2]): row[-2:] for row in session.execute(
+        select(*same, cases.c.id, cases.c.ledger_entry_id)
+        .where(cases.c.reconciliation_id.in_(replaced), cases.c.ledger_entry_id.is_not(None),
+               ~reversed_already))}
     if not posted:
         return resolved
     repeated = set()
@@ -424,7 +432,7 @@ def _reverse(session: Session, case_id: str, entry_id: str, run_id: str, now: da
         metadata={"case_id": case_id, "reverses": entry_id, "reconciliation_id": run_id, "reason": reason})
     reversal_id = ledger.create_transfer(session, reversal)[0]
     detail = {"ledger_entry_id": reversal_id, "reverses": entry_id, "reconciliation_id": run_id}
-    new_event(session, case_id, "reversed", SYSTEM, body=f"{reason}: entry {reversal_id} reverses {entry_id}",
+    new_event(session, case_id, REVERSED_EVENT, SYSTEM, body=f"{reason}: entry {reversal_id} reverses {entry_id}",
               detail=detail, now=now)
     return {"action": "reverse", "reason": reason, **detail}
 

@@ -30,6 +30,17 @@ def _day(text: str) -> date:
         raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
+def _statement_day(text: str) -> date:
+    """A statement's day: a date that reconciliation can work with (``service.check_statement_date``)."""
+    from clearhouse.kit.errors import ClearhouseError
+    from clearhouse.reconciliation.service import FIRST_DAY, LAST_DAY, check_statement_date
+
+    try:
+        return check_statement_date(_day(text))
+    except ClearhouseError:  # short enough for the one line of typer's error box
+        raise typer.BadParameter(f"{text} is out of range ({FIRST_DAY} to {LAST_DAY})") from None
+
+
 def _channel(name: str) -> str:
     from clearhouse.reconciliation.schemas import CHANNEL_NAME
 
@@ -68,7 +79,7 @@ def run(
     from clearhouse.kit.errors import ClearhouseError
     from clearhouse.reconciliation.service import STAGES, reconcile_file
 
-    day = _day(date_)
+    day = _statement_day(date_)
     with Progress(TextColumn("{task.description:<8}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=not console.is_terminal) as bar:
         tasks = {stage: bar.add_task(stage, total=1, start=False) for stage in STAGES}
@@ -90,6 +101,12 @@ def run(
     for name, figures in view["classes"].items():
         table.add_row(name, str(figures["count"]), str(figures["amount"]))
     console.print(table)
+    per_currency = view["amounts_by_currency"]
+    if len({currency for amounts in per_currency.values() for currency in amounts}) > 1:
+        # The table's amounts add up every currency's: each one's apart, when the file has several.
+        for name, amounts in per_currency.items():
+            console.print(f"{name} per currency: " + ", ".join(f"{currency} {amount}"
+                                                               for currency, amount in amounts.items()))
     console.print(f"{view['statement_lines']} statement lines, {view['internal_lines']} of ours, "
                   f"{view['case_count']} cases, {view['duration_ms']} ms")
     if as_json:

@@ -21,7 +21,7 @@ class StatementInvalid(ClearhouseError):
 
 
 class StatementAlreadyImported(ClearhouseError):
-    """The same file (by SHA-256 of its bytes) was imported before."""
+    """The same file (by SHA-256 of its bytes) was imported before, or the same bank statement in other bytes."""
 
     code = "statement_already_imported"
     status = 409

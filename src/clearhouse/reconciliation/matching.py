@@ -132,6 +132,7 @@ class PlainMatches:
     lines: np.ndarray  # statement positions, ascending
     our_rows: np.ndarray  # our positions, beside them
     amount: int  # the sum of our absolute amounts
+    amounts: dict[str, int] = field(default_factory=dict)  # the same per currency
 
     @property
     def count(self) -> int:
@@ -158,20 +159,36 @@ class MatchOutcome:
         return pl.concat([self.plain.rows(), self.others], rechunk=False)
 
     def summary(self) -> dict[str, dict[str, int]]:
-        """Per class: how many rows and the sum of their absolute amounts (minor units, all currencies).
+        """Per class: how many rows and the sum of their absolute amounts (minor units, all currencies: see
+        ``amounts`` for them apart).
 
         The amount of a row is our amount where we have the line; the statement's for ``missing_in_ledger``
         and ``duplicate`` (the repeated money is theirs)."""
+        found: dict[str, dict[str, int]] = {name: {"count": 0, "amount": 0} for name in CLASSES}
+        for name, _currency, count, total in self._per_currency():
+            found[name]["count"] += count
+            found[name]["amount"] += total
+        found["matched"]["count"] += self.plain.count
+        return found
+
+    def amounts(self) -> dict[str, dict[str, int]]:
+        """Per class: the sum of its rows' absolute amounts (as ``summary``) per currency, minor units: one sum
+        over CNY and EUR would add different money."""
+        found: dict[str, dict[str, int]] = {name: {} for name in CLASSES}
+        for name, currency, _count, total in self._per_currency():
+            found[name][currency] = found[name].get(currency, 0) + total
+        return found
+
+    def _per_currency(self) -> list[tuple[str, str, int, int]]:
+        """(class, currency, rows, sum of their absolute amounts), the plain matches' rows counted apart."""
         theirs_only = pl.col("class").is_in(["missing_in_ledger", "duplicate"])
         amount = pl.when(theirs_only).then(pl.col("theirs_amount")).otherwise(
             pl.coalesce("ours_amount", "theirs_amount")).abs()
-        grouped = self.others.group_by("class").agg(pl.len().alias("count"), amount.sum().alias("amount"))
-        found = {row["class"]: {"count": int(row["count"]), "amount": int(row["amount"] or 0)}
-                 for row in grouped.iter_rows(named=True)}
-        matched = found.setdefault("matched", {"count": 0, "amount": 0})
-        matched["count"] += self.plain.count
-        matched["amount"] += self.plain.amount
-        return {name: found.get(name, {"count": 0, "amount": 0}) for name in CLASSES}
+        grouped = self.others.group_by("class", "currency").agg(pl.len().alias("count"), amount.sum().alias("amount"))
+        rows = [("matched", currency, 0, total) for currency, total in self.plain.amounts.items()]
+        rows += [(name, currency, int(count), int(total or 0)) for name, currency, count, total
+                 in grouped.select("class", "currency", "count", "amount").iter_rows()]
+        return sorted(rows, key=lambda row: (row[0], row[1] or ""))
 
     def with_lines(self, our_ids: list[str]) -> set[str]:
         """Those of ``our_ids`` that a statement line of this run paired (any class but ``duplicate``: a line that
@@ -245,8 +262,10 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
         wrong = pl.concat([theirs[clean_lines[odd]], ours[clean_ours[odd]]], how="horizontal")
         parts.append(_emit(_with_sentences(_classify(wrong, rules)), pass_no=1, detail=False, both_sides=True))
     plain_lines, plain_ours = clean_lines[plain], clean_ours[plain]
-    plain_amount = compared["ours_amount"].filter(pl.Series(plain)).abs().sum()
-    matched = PlainMatches(theirs, ours, plain_lines, plain_ours, int(plain_amount or 0))
+    plain_amounts = ours.select("currency", "ours_amount")[plain_ours].group_by("currency").agg(
+        pl.col("ours_amount").abs().sum())
+    amounts = {currency: int(amount) for currency, amount in plain_amounts.iter_rows()}
+    matched = PlainMatches(theirs, ours, plain_lines, plain_ours, sum(amounts.values()), amounts)
     del clean_lines, clean_ours, compared, plain, odd
     clock.lap("pass1_classify")
 

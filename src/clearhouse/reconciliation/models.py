@@ -73,7 +73,9 @@ class Reconciliation(Base):
     rules_json: Mapped[str] = mapped_column(Text)
     """The rules the run used, as they were."""
     classes_json: Mapped[str] = mapped_column(Text)
-    """``{class: {"count": n, "amount": minor units}}`` for every class, matched included."""
+    """``{class: {"count": n, "amount": minor units, "amounts": {currency: minor units}}}`` for every class, matched
+    included: ``amount`` adds every currency's (as it always has), ``amounts`` (runs imported since 2026-11-25) keeps
+    them apart."""
     statement_lines: Mapped[int] = mapped_column(Integer)
     internal_lines: Mapped[int] = mapped_column(Integer)
     case_count: Mapped[int] = mapped_column(Integer)

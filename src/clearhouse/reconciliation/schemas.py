@@ -20,7 +20,14 @@ CommentText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 
 class ClassFigures(BaseModel):
     count: int
-    amount: int = Field(description="Sum of the lines' absolute amounts, minor units")
+    amount: int = Field(description="Sum of the lines' absolute amounts over every currency, minor units (kept as "
+                                    "it was: with several currencies it adds different money; see "
+                                    "amounts_by_currency)")
+
+
+AMOUNTS_BY_CURRENCY = Field(default_factory=dict, description=(
+    "Per class, the sum of its lines' absolute amounts per currency, minor units (classes without lines left out; "
+    "empty for a run imported before 2026-11-25)"))
 
 
 class ClearingFigures(BaseModel):
@@ -52,6 +59,7 @@ class ReconciliationOut(BaseModel):
     statement_date: date
     statement: StatementOut
     classes: dict[str, ClassFigures]
+    amounts_by_currency: dict[str, dict[str, int]] = AMOUNTS_BY_CURRENCY
     statement_lines: int
     internal_lines: int
     case_count: int
@@ -144,6 +152,7 @@ class DryRunOut(BaseModel):
     statement_lines: int
     internal_lines: int
     classes: dict[str, ClassFigures]
+    amounts_by_currency: dict[str, dict[str, int]] = AMOUNTS_BY_CURRENCY
     clearing: dict[str, ClearingFigures]
     discrepancies: list[dict[str, Any]]
 

@@ -3,7 +3,8 @@
 One statement file is one reconciliation. The file is parsed completely before anything is
 written, so a malformed file changes nothing; the statement row, the run, every case and the
 automatic resolutions are then written in one transaction. The same file (by SHA-256) is
-refused the second time, by a unique constraint as much as by the check before parsing.
+refused the second time, by a unique constraint as much as by the check before parsing; so is
+the same bank statement in other bytes (``_bank_statement_imported``), by a check alone.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from clearhouse.reconciliation.models import (
     ReconStatement,
 )
 from clearhouse.reconciliation.rules import MAX_WINDOW_DAYS
+
+BANK_FORMATS = ("mt940", "camt053")
 
 statements = ReconStatement.__table__
 runs = Reconciliation.__table__
@@ -162,6 +165,23 @@ def parse(path: Path, fmt: str, channel: str, mapping: Any, calendar: str | None
     return parse_statement(path, fmt, mapping=_mapping_of(mapping), channel=channel, calendar=calendar)
 
 
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(9998, 12, 31)
+"""The days a statement may speak for. Our lines are read some weeks around them (the rules' windows, and
+``MAX_WINDOW_DAYS`` more for earlier statements), and Python's dates end at 9999-12-31: a day near either end
+would overflow there, a 500 instead of an answer."""
+
+
+def check_statement_date(statement_date: date) -> date:
+    """``statement_date`` if reconciliation can work with it, else ``422 validation_error``."""
+    if not FIRST_DAY <= statement_date <= LAST_DAY:
+        from clearhouse.kit.errors import ValidationFailed
+
+        raise ValidationFailed(f"statement_date {statement_date.isoformat()} is out of range: a statement's day is "
+                               f"from {FIRST_DAY.isoformat()} to {LAST_DAY.isoformat()}",
+                               errors=[{"loc": ["statement_date"], "msg": "out of range", "type": "value_error"}])
+    return statement_date
+
+
 def period_of(meta: Any, fmt: str, statement_date: date) -> tuple[date, date]:
     """The days the statement speaks for: a bank statement says so itself; a channel file is its day."""
     if fmt != "csv" and meta.first_day is not None and meta.last_day is not None:
@@ -175,6 +195,11 @@ def statement_period(meta: Any, fmt: str, statement_date: date) -> tuple[date, d
     date given for a file of the channel's next day) would reconcile another day's lines against this day's
     ledger, so it is refused, naming its days."""
     first, last = meta.first_day, meta.last_day
+    check_statement_date(statement_date)
+    outside = [day for day in (first, last) if day is not None and not FIRST_DAY <= day <= LAST_DAY]
+    if outside:  # a bank statement speaks for its own days, and they are read around as much as statement_date
+        raise StatementInvalid(f"the statement's lines are booked on {outside[0].isoformat()}, out of range: "
+                               f"a statement's days are from {FIRST_DAY.isoformat()} to {LAST_DAY.isoformat()}")
     if fmt == "csv" and first is not None and last is not None and first > statement_date:
         days = first.isoformat() if first == last else f"{first.isoformat()} to {last.isoformat()}"
         raise StatementInvalid(f"statement_date {statement_date.isoformat()} is before every line of this statement: "
@@ -304,13 +329,22 @@ def with_delta(results: pl.DataFrame) -> pl.DataFrame:
     return results.with_columns(delta.cast(pl.Int64).alias("delta"))
 
 
+def _reported_frame(lines: pl.DataFrame) -> pl.LazyFrame:
+    # A line whose statement gives no fee (null) counts its whole amount.
+    return (lines.lazy().filter(pl.col("status") == "succeeded")
+            .group_by("currency").agg((pl.col("amount") - pl.col("fee").fill_null(0)).sum().alias("reported")))
+
+
+def reported_of(lines: pl.DataFrame) -> dict[str, int]:
+    """Per currency, the statement's net (``reported`` in ``clearing_of``), currencies of net 0 left out."""
+    return {currency: int(net) for currency, net in _reported_frame(lines).collect().iter_rows() if net}
+
+
 def clearing_of(lines: pl.DataFrame, internal: pl.DataFrame, period: tuple[date, date]) -> dict[str, dict[str, int]]:
     """Per currency: what our ledger expects the channel to hold for the period, what its statement says."""
     ours = (internal.lazy().filter((pl.col("status") == "succeeded") & pl.col("booked_on").is_between(*period))
             .group_by("currency").agg((pl.col("amount") - pl.col("fee")).sum().alias("expected")))
-    # A line whose statement gives no fee (null) counts its whole amount.
-    theirs = (lines.lazy().filter(pl.col("status") == "succeeded")
-              .group_by("currency").agg((pl.col("amount") - pl.col("fee").fill_null(0)).sum().alias("reported")))
+    theirs = _reported_frame(lines)
     both = ours.join(theirs, on="currency", how="full", coalesce=True).fill_null(0).sort("currency").collect()
     return {row["currency"]: {"expected": int(row["expected"]), "reported": int(row["reported"]),
                               "difference": int(row["reported"]) - int(row["expected"])}
@@ -326,6 +360,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     ``internal`` replaces our lines read from the database (the benchmark's generated ledger side).
     ``approval_threshold`` bounds what an ``auto_resolve`` rule may post (None: the configured one)."""
     started = time.perf_counter()
+    check_statement_date(statement_date)  # before the file is read: nothing is imported
     who = actor if isinstance(actor, audit.Actor) else audit.Actor(type="system", id=actor)
     rules, custom_mapping = transact(engine, lambda s: rules_for(s, channel))
     chosen_mapping = mapping if mapping is not None else custom_mapping
@@ -335,6 +370,11 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     parsed, (sha256, size) = _parse_beside_digest(path, fmt, channel, chosen_mapping, rules.timezone, progress,
                                                   known)
     period = statement_period(parsed.meta, fmt, statement_date)
+    reported = reported_of(parsed.lines)
+    earlier = transact(engine, lambda s: _bank_statement_imported(s, fmt, statement_date, parsed.meta,
+                                                                  parsed.lines.height, reported))
+    if earlier is not None:  # refused before the work of matching it
+        raise _bank_statement_refused(earlier, parsed.meta)
     progress("load", 0, 1)
     if internal is None:
         internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
@@ -344,7 +384,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     progress("match", 0, 1)
     outcome = run_match(parsed.lines, internal, rules, period, settled)
     progress("match", 1, 1)
-    summary = outcome.summary()
+    classes = _all_classes(outcome)
     discrepancies = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched")), parsed.meta)
     clearing = clearing_of(parsed.lines, internal, period)
     mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
@@ -352,6 +392,10 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     def work(session: Session) -> str:
         statement_id, run_id, now = new_id("stm"), new_id("rec"), clock.now()
         meta = parsed.meta
+        # Again in the writing transaction: another import of it may have been saved while this one matched.
+        earlier = _bank_statement_imported(session, fmt, statement_date, meta, parsed.lines.height, reported)
+        if earlier is not None:
+            raise _bank_statement_refused(earlier, meta)
         session.execute(statements.insert().values(
             id=statement_id, sha256=sha256, channel=channel, format=fmt, mapping=mapping_name,
             file_name=(file_name or path.name)[:255], size_bytes=size, line_count=parsed.lines.height,
@@ -360,7 +404,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
             closing_balance=meta.closing_balance, imported_by=f"{who.type}:{who.id}", imported_at=now))
         session.execute(runs.insert().values(
             id=run_id, statement_id=statement_id, channel=channel, statement_date=statement_date,
-            rules_json=rules.model_dump_json(), classes_json=orjson.dumps(_all_classes(summary)).decode(),
+            rules_json=rules.model_dump_json(), classes_json=orjson.dumps(classes).decode(),
             statement_lines=parsed.lines.height, internal_lines=internal.height, case_count=discrepancies.height,
             clearing_json=orjson.dumps(clearing).decode(),
             duration_ms=int((time.perf_counter() - started) * 1000), created_by=f"{who.type}:{who.id}",
@@ -419,6 +463,38 @@ def _parse_beside_digest(path: Path, fmt: str, channel: str, mapping: Any, calen
     return parsed, (sha256, size)
 
 
+def _bank_statement_imported(session: Session, fmt: str, statement_date: date, meta: Any, lines: int,
+                             reported: dict[str, int]) -> str | None:
+    """The reconciliation that imported this bank statement already, in whatever bytes (None: none did).
+
+    Bank statements of a day add up (two accounts, two pages), so a second file of the day is no re-issue:
+    the same statement imported again (as CR LF and as LF, or as MT940 and as camt.053) would count its lines
+    and its money in ``received`` twice. The file's bytes cannot tell, so what the bank says of the statement
+    does: its account, currency, opening and closing balances, the days of its lines, how many there are and
+    what they add up to per currency (for a statement without lines, the day it is imported for as well: an
+    account's empty statements of consecutive days are alike). The statement numbers (MT940 ``:28C:``,
+    camt.053 ``Stmt/Id``) are not kept with an import, so they cannot be compared."""
+    if fmt not in BANK_FORMATS:
+        return None
+    same = [statements.c.format.in_(BANK_FORMATS), statements.c.line_count == lines]
+    same += [statements.c[column].is_not_distinct_from(getattr(meta, column))
+             for column in ("account", "currency", "opening_balance", "closing_balance", "first_day", "last_day")]
+    if not lines:
+        same.append(statements.c.statement_date == statement_date)
+    for run_id, clearing_json in session.execute(
+            select(runs.c.id, runs.c.clearing_json).join(statements, statements.c.id == runs.c.statement_id)
+            .where(*same).order_by(runs.c.created_at, runs.c.id)):
+        if {currency: figures["reported"] for currency, figures in orjson.loads(clearing_json).items()
+                if figures["reported"]} == reported:
+            return run_id
+    return None
+
+
+def _bank_statement_refused(run_id: str, meta: Any) -> StatementAlreadyImported:
+    return StatementAlreadyImported(f"this bank statement (account {meta.account}, the same balances, days and "
+                                    f"lines) was imported already, in reconciliation {run_id}")
+
+
 def _known(session: Session, sha256: str) -> bool:
     return session.execute(select(statements.c.id).where(statements.c.sha256 == sha256)).first() is not None
 
@@ -427,9 +503,22 @@ def _already_imported(sha256: str) -> StatementAlreadyImported:
     return StatementAlreadyImported(f"this file (sha256 {sha256}) was imported already")
 
 
-def _all_classes(summary: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    return {name: {"count": int(summary.get(name, {}).get("count", 0)),
-                   "amount": int(summary.get(name, {}).get("amount", 0))} for name in CLASSES}
+def _all_classes(outcome: Any) -> dict[str, dict[str, Any]]:
+    """Every class with its count, its amount (over every currency, as it always was) and its amounts per
+    currency (``amounts``, shown apart by ``_classes_view``)."""
+    summary, amounts = outcome.summary(), outcome.amounts()
+    return {name: {"count": int(summary[name]["count"]), "amount": int(summary[name]["amount"]),
+                   "amounts": amounts[name]} for name in CLASSES}
+
+
+def _classes_view(classes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``classes`` (count and amount per class, the shape they always had) and ``amounts_by_currency`` (per class
+    with lines, its amounts per currency): a sum of CNY and USD is no amount of money, but readers of ``classes``
+    compare its entries whole. A run saved before amounts were kept per currency has none."""
+    return {"classes": {name: {"count": figures["count"], "amount": figures["amount"]}
+                        for name, figures in classes.items()},
+            "amounts_by_currency": {name: figures["amounts"] for name, figures in classes.items()
+                                    if figures.get("amounts")}}
 
 
 def save_cases(session: Session, run_id: str, channel: str, discrepancies: pl.DataFrame, now: Any,
@@ -480,7 +569,7 @@ def run_view(session: Session, run_id: str) -> dict[str, Any]:
             "opening_balance": statement.opening_balance, "closing_balance": statement.closing_balance,
             "first_day": statement.first_day, "last_day": statement.last_day,
         },
-        "classes": orjson.loads(row.classes_json), "statement_lines": row.statement_lines,
+        **_classes_view(orjson.loads(row.classes_json)), "statement_lines": row.statement_lines,
         "internal_lines": row.internal_lines, "case_count": row.case_count, "case_states": states,
         "clearing": orjson.loads(row.clearing_json), "rules": orjson.loads(row.rules_json),
         "duration_ms": row.duration_ms, "created_by": row.created_by, "created_at": row.created_at,
@@ -501,6 +590,7 @@ def list_runs(session: Session, *, channel: str | None, limit: int,
 def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_date: date, rules: Any,
             mapping: str | dict[str, Any] | None = None) -> dict[str, Any]:
     """What ``rules`` would make of this file, without saving anything (the file is not even recorded)."""
+    check_statement_date(statement_date)
     parsed = parse(path, fmt, channel, mapping, rules.timezone)
     period = statement_period(parsed.meta, fmt, statement_date)
     internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
@@ -508,7 +598,7 @@ def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_dat
     outcome = run_match(parsed.lines, internal, rules, period, settled)
     sample = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched").head(100)), parsed.meta)
     return {"channel": channel, "statement_date": statement_date, "statement_lines": parsed.lines.height,
-            "internal_lines": internal.height, "classes": _all_classes(outcome.summary()),
+            "internal_lines": internal.height, **_classes_view(_all_classes(outcome)),
             "clearing": clearing_of(parsed.lines, internal, period),
             "discrepancies": [_json_row(r) for r in sample.iter_rows(named=True)]}
 

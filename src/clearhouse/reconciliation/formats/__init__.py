@@ -63,6 +63,7 @@ def _summable(parsed: ParsedStatement) -> ParsedStatement:
     magnitude = sum(pl.col(column).cast(pl.Int128).abs().fill_null(0) for column in ("amount", "fee"))
     if (parsed.lines.select(magnitude.sum()).item() or 0) > STATEMENT_TOTAL_MAX:
         over = parsed.lines.filter(magnitude.cum_sum() > STATEMENT_TOTAL_MAX)["line_no"][0]
-        raise StatementInvalid(f"the file's amounts and fees add up beyond {STATEMENT_TOTAL_MAX} minor units "
-                               "(2^62): its totals and differences would not fit the ledger's integers", line=over)
+        # Separated, as ``csvmap.bounded`` writes it: 19 digits in a row would be masked as a card number.
+        raise StatementInvalid(f"the file's amounts and fees add up beyond 2^62 ({STATEMENT_TOTAL_MAX:,}) minor "
+                               "units: its totals and differences would not fit the ledger's integers", line=over)
     return parsed

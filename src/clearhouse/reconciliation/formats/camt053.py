@@ -15,6 +15,7 @@ each statement's account (``Acct``), so every line is known to be on its own sta
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
@@ -51,7 +52,7 @@ def _day(element: Any, path: str, line: int) -> date | None:
     holder = element.find(path)
     if holder is None:
         return None
-    return _iso_day(_text(holder, "{*}Dt") or _text(holder, "{*}DtTm"), line)
+    return _iso_day(_text(holder, "{*}Dt"), _text(holder, "{*}DtTm"), line)
 
 
 def _money(element: Any | None, line: int, what: str) -> tuple[int, str]:
@@ -133,19 +134,30 @@ def _first(index: dict[str, list[Any]], path: str) -> str | None:
 
 
 def _day_of(index: dict[str, list[Any]], path: str, line: int) -> date | None:
-    return _iso_day(_first(index, path + "/Dt") or _first(index, path + "/DtTm"), line)
+    return _iso_day(_first(index, path + "/Dt"), _first(index, path + "/DtTm"), line)
 
 
-def _iso_day(text: str | None, line: int) -> date | None:
-    """The day of an ISO date or date-time element's text (``Dt`` or ``DtTm``)."""
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+"""A ``Dt`` (ISODate): the day alone. A time or an offset after it would be a date-time written in the
+wrong element, and reading it as a day in some zone would be a guess."""
+ISO_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+                           r"(?:Z|[+-][0-9]{2}:[0-9]{2})?")
+"""A ``DtTm`` (ISODateTime), with its offset when given; its own day counts."""
+
+
+def _iso_day(day: str | None, day_time: str | None, line: int) -> date | None:
+    """The day of a ``Dt`` (``day``) or, without one, a ``DtTm`` (``day_time``) element's text."""
+    kind, text, shape = ("Dt", day, ISO_DATE) if day is not None else ("DtTm", day_time, ISO_DATE_TIME)
     if text is None:
         return None
     text = text.strip()
     try:
-        # A date (``Dt``) or a whole date-time (``DtTm``, with its offset): nothing after it.
-        return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text).date()
+        if not shape.fullmatch(text):
+            raise ValueError(text)
+        return date.fromisoformat(text) if kind == "Dt" else datetime.fromisoformat(text).date()
     except ValueError:
-        raise StatementInvalid(f"{text!r} is not an ISO date", line=line) from None
+        what = "an ISO date (YYYY-MM-DD)" if kind == "Dt" else "an ISO date-time (YYYY-MM-DDThh:mm:ss)"
+        raise StatementInvalid(f"{kind} {text!r} is not {what}", line=line) from None
 
 
 def _entry(entry: Any) -> dict[str, Any] | None:

@@ -197,8 +197,10 @@ def bounded(minor: int, *, line: int | None = None) -> int:
     statement's total limit on its own, and beyond 2**63 - 1 it does not even fit the Int64 frame: refused at
     its own line here, instead of an overflow while the frame is built (a 500 naming no line)."""
     if abs(minor) > STATEMENT_TOTAL_MAX:
-        raise StatementInvalid(f"amount {minor} minor units is beyond {STATEMENT_TOTAL_MAX} (2^62): the statement's"
-                               " totals and differences would not fit the ledger's integers", line=line)
+        # Written with thousands separators: a run of 13 to 19 digits in an error's detail is masked as a card
+        # number (kit.masking.scrub), which 2^62's 19 digits (and a long amount's) would be.
+        raise StatementInvalid(f"amount {minor:,} minor units is beyond 2^62 ({STATEMENT_TOTAL_MAX:,}): the "
+                               "statement's totals and differences would not fit the ledger's integers", line=line)
     return minor
 
 
