@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
 from clearhouse.kit.api import Amount, ClientId, CurrencyCode, MetadataIn, Model, ShortText, UtcTime
 from clearhouse.kit.money import MAX_AMOUNT
@@ -12,6 +13,22 @@ from clearhouse.kit.money import MAX_AMOUNT
 AccountType = Literal["asset", "liability", "equity", "revenue", "expense"]
 Metadata = dict[str, Any]
 MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
+
+SYSTEM_ENTRY_ID = re.compile(r"tr_(pay|re|rcs)_")
+"""The ids the system gives its own entries: ``tr_<payment id>`` (and its ``_capture``, ``_release``...),
+``tr_<refund id>``, ``tr_<reconciliation case id>``."""
+
+
+def _not_a_system_id(value: str | None) -> str | None:
+    # Taken first by a client, such an id made the system's own entry fail: a payment paid at the channel
+    # was never recorded, a capture taken at the channel was refused, a case could not be resolved.
+    if value is not None and SYSTEM_ENTRY_ID.match(value):
+        raise ValueError("ids starting tr_pay_, tr_re_ or tr_rcs_ are the system's own (payments, refunds, "
+                         "reconciliation cases): choose another")
+    return value
+
+
+EntryId = Annotated[ClientId, AfterValidator(_not_a_system_id)]
 
 
 class AccountFlags(Model):
@@ -62,7 +79,7 @@ class AccountBalanceOut(BalanceOut):
 class EntryFields(Model):
     """What every new entry carries, whether a plain transfer or a multi-leg entry."""
 
-    id: ClientId | None = None
+    id: EntryId | None = None
     code: str | None = Field(default=None, max_length=128)
     reference: ShortText | None = None
     pending: StrictBool = False
@@ -98,12 +115,12 @@ class TransferBatch(Model):
 
 
 class PostPending(Model):
-    id: ClientId | None = Field(default=None, description="Optional id for the posting entry (idempotency)")
+    id: EntryId | None = Field(default=None, description="Optional id for the posting entry (idempotency)")
     amount: Amount | None = Field(default=None, description="Post part of the pending amount; all by default")
 
 
 class VoidPending(Model):
-    id: ClientId | None = None
+    id: EntryId | None = None
 
 
 class PostingOut(BaseModel):
