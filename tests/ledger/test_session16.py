@@ -24,3 +24,16 @@ def test_the_audit_event_of_a_transfer_names_its_postings(client):
                                                       "currency": "EUR", "code": "manual"})
     assert again.status_code == 200, again.text
     assert len(client.get("/v1/audit/events", params={"action": "ledger.transfer.create"}).json()["data"]) == 1
+
+
+def test_a_large_amount_stays_an_integer_in_the_audit_trail(client):
+    """1000000000009 passes the Luhn check: the audit trail's masking turned it into "100000***0009"."""
+    for account_id in ("acct_c16", "acct_d16"):
+        client.post("/v1/ledger/accounts", json={"id": account_id, "type": "asset", "currency": "JPY",
+                                                 "code": account_id})
+    answer = client.post("/v1/ledger/transfers", json={"id": "tr_s16_big", "debit_account_id": "acct_c16",
+                                                       "credit_account_id": "acct_d16", "amount": 1000000000009,
+                                                       "currency": "JPY"})
+    assert answer.status_code == 201, answer.text
+    event = client.get("/v1/audit/events", params={"action": "ledger.transfer.create"}).json()["data"][0]
+    assert [p["amount"] for p in event["changes"]["postings"]] == [1000000000009, 1000000000009]

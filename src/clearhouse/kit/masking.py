@@ -52,6 +52,9 @@ SECRET_CODE_QUALIFIERS = frozenset({
 """``code`` is a secret only after one of these words (``security_code``, ``authCode``,
 ``otp-code``); other codes (``bank_code``, ``currency_code``, ``country_code``,
 ``reason_code``, ``status_code``) stay readable."""
+MONEY_WORDS = frozenset({"amount", "amounts", "delta", "fee", "balance"})
+"""An integer under a key with one of these words (``amount``, ``fee_amount``, ``delta``) is money in
+minor units and is kept: the audit trail turned a transfer of 1000000000009 into ``"100000***0009"``."""
 NUMBER_KEYS = frozenset({"number", "pan", "iban"})
 """A key named like these (``number``, ``card_number``, ``accountNumber``, ``iban``) keeps
 only the visible part of a card number: first six and last four, or last four."""
@@ -226,6 +229,8 @@ def _walk(value: Any, free_form: bool) -> Any:
                 out[key] = MASK
             elif kind in ("number", "account"):
                 out[key] = _mask_number(item, account=kind == "account")
+            elif isinstance(item, int) and isinstance(key, str) and MONEY_WORDS & set(key_words(key)):
+                out[key] = item  # money in minor units, never a card number, however Luhn-shaped its digits
             else:
                 out[key] = _walk(item, free_form)
         return out
