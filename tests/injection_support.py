@@ -344,7 +344,9 @@ def shown_literally(document: Any, slot: Path_, payload: str) -> str | None:
         masked = mask_free_form({payload: "walk"})
         literal = payload in value and value[payload] == "walk"
         return None if literal or all(value.get(k) == v for k, v in masked.items()) else f"keys {sorted(value)[:5]!r}"
-    return None if value in (payload, scrub(payload)) else repr(value)[:200]
+    # A merchant's name is stored without the spaces around it (identity.md): the text, not its margins.
+    trimmed = (payload.strip(),) if slot and slot[-1] == "name" else ()
+    return None if value in (payload, scrub(payload), *trimmed) else repr(value)[:200]
 
 
 def in_url(payload: str) -> bool:
