@@ -98,7 +98,8 @@ def create_reconciliation(
     """Import a statement and reconcile it against the ledger; every discrepancy becomes a case.
 
     The whole file is checked before anything is written: a malformed file is 422
-    ``statement_invalid`` naming its first bad line, and the same file twice is 409
+    ``statement_invalid`` naming its first bad line, and the same file twice, or a bank
+    statement imported already (in other bytes, or under the same bank's number), is 409
     ``statement_already_imported``."""
     with _spooled(request, file) as path:
         view = service.reconcile_file(_engine(request), channel=channel, path=path, fmt=format,

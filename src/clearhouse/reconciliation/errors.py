@@ -21,7 +21,9 @@ class StatementInvalid(ClearhouseError):
 
 
 class StatementAlreadyImported(ClearhouseError):
-    """The same file (by SHA-256 of its bytes) was imported before, or the same bank statement in other bytes."""
+    """The same file (by SHA-256 of its bytes) was imported before, or the same bank statement in other bytes
+    (by its figures), or another statement under the same bank's statement number (account, number, sequence and
+    closing day): a bank statement is imported once. The detail names the earlier reconciliation."""
 
     code = "statement_already_imported"
     status = 409

@@ -16,6 +16,7 @@ from datetime import date
 import polars as pl
 
 from clearhouse.kit.money import MAX_AMOUNT
+from clearhouse.reconciliation.errors import StatementInvalid
 
 STATEMENT_TOTAL_MAX = (MAX_AMOUNT + 1) // 2
 """2**62: half the ledger's limit, so a statement's total less (or plus) ours still fits 2**63 - 1."""
@@ -65,6 +66,53 @@ class StatementPart:
     first_line: int
 
 
+IDENTITY_LIMITS = {"account": 64, "number": 35, "sequence": 16}
+"""The longest account, statement number and sequence a bank statement's identity may have (its columns'
+widths; MT940 writes at most 35, 5 and 5 characters, camt.053 34, 35 and 5)."""
+
+
+def statement_number(text: str | None) -> str | None:
+    """A bank's statement (or page) number as it is compared: digits without their leading zeros (MT940's
+    ``:28C:00101`` is camt.053's ``<ElctrncSeqNb>101``), anything else as written, stripped; None if empty."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    return (text.lstrip("0") or "0") if text.isascii() and text.isdigit() else text
+
+
+@dataclass(frozen=True, slots=True)
+class BankStatementIdentity:
+    """How the bank numbers a statement: the statement with this number and page (``sequence``), of this
+    account, closing on this day, is one statement whatever file it comes in (MT940 ``:25:`` and ``:28C:``;
+    camt.053 ``Acct/Id``, ``ElctrncSeqNb`` else ``LglSeqNb`` else ``Stmt/Id``, and ``StmtPgntn/PgNb``). A statement
+    without a page number is its page 1. ``closed_on`` (the closing balance's day) is part of it because banks
+    start their numbers again every year, and some write the same number on every statement."""
+
+    account: str
+    number: str
+    sequence: str
+    closed_on: date
+
+    @classmethod
+    def of(cls, account: str | None, number: str | None, sequence: str | None, closed_on: date | None, *,
+           line: int) -> BankStatementIdentity | None:
+        """The identity, when the statement states its account, number and closing day (None otherwise).
+        A part too long to be kept is ``StatementInvalid`` at ``line`` (where the statement starts)."""
+        parts = {"account": (account or "").strip() or None, "number": statement_number(number),
+                 "sequence": statement_number(sequence) or "1"}
+        for part, value in parts.items():
+            if value is not None and len(value) > IDENTITY_LIMITS[part]:
+                raise StatementInvalid(f"the statement's {part} is longer than {IDENTITY_LIMITS[part]} characters",
+                                       line=line)
+        if parts["account"] is None or parts["number"] is None or closed_on is None:
+            return None
+        return cls(parts["account"], parts["number"], parts["sequence"], closed_on)
+
+    def __str__(self) -> str:
+        return (f"number {self.number} (sequence {self.sequence}) of account {self.account}, "
+                f"closing {self.closed_on.isoformat()}")
+
+
 @dataclass(frozen=True, slots=True)
 class StatementMeta:
     """What a statement says about itself, beyond its lines."""
@@ -79,6 +127,7 @@ class StatementMeta:
     last_day: date | None = None
     extra: dict[str, str] = field(default_factory=dict)
     parts: tuple[StatementPart, ...] = ()  # bank files: each statement, in file order (``account`` is the first's)
+    identity: BankStatementIdentity | None = None  # bank files: how the bank numbers the (first) statement
 
     def account_of(self, line_no: int | None, currency: str) -> str | None:
         """The account a line of the file is on: its statement's. Without a line (one of ours the file lacks),

@@ -1,17 +1,20 @@
 """Reconciliation tables: per-channel rules, imported statements, reconciliation runs, and cases.
 
 A statement is stored by the SHA-256 of its bytes (unique), so the same file can never be
-imported twice. Matched lines are not stored one by one (a day can hold millions): the run
-keeps counts and amounts per class, and every discrepancy becomes a case that people (or a
-rule) work to resolution. A case's resolution may post an adjusting ledger entry, whose id
+imported twice; a bank statement also by its figures and by its bank's number (each unique), so
+it is imported once in whatever bytes. Matched lines are not stored one by one (a day can hold
+millions): the run keeps counts and amounts per class, and every discrepancy becomes a case that
+people (or a rule) work to resolution. A case's resolution may post an adjusting ledger entry, whose id
 the case keeps.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, Date, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, Date, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearhouse.kit.models import Base, sql_list
@@ -38,8 +41,41 @@ class ReconRules(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+def statement_fingerprint(*, account: str | None, currency: str | None, opening_balance: int | None,
+                          closing_balance: int | None, first_day: date | None, last_day: date | None, lines: int,
+                          net: dict[str, int], statement_date: date) -> str:
+    """A bank statement's ``fingerprint``: the SHA-256 (hex) of what the bank's file says of it and an import
+    keeps, in one canonical form. Its (first) account, currency, opening and closing balances, the first and
+    last day of its lines, how many lines it has and their net per currency (currencies of net 0 left out);
+    for a statement without lines, the day it is imported for as well (an account's empty statements of
+    consecutive days are otherwise alike). The same statement in other bytes (CR LF or LF, MT940 or camt.053)
+    has the same one."""
+    canonical = {"v": 1, "account": account, "currency": currency, "opening_balance": opening_balance,
+                 "closing_balance": closing_balance, "first_day": first_day and first_day.isoformat(),
+                 "last_day": last_day and last_day.isoformat(), "lines": lines,
+                 "net": {code: int(amount) for code, amount in sorted(net.items()) if amount},
+                 "statement_date": None if lines else statement_date.isoformat()}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+FINGERPRINT_INDEX = "ix_recon_statements_fingerprint"
+BANK_STATEMENT_INDEX = "ix_recon_statements_bank_statement"
+
+
 class ReconStatement(Base):
+    """An imported statement file. A bank statement (MT940, camt.053) is imported once, whatever its bytes: the
+    database refuses a second row with its ``fingerprint`` (what the bank says of it: account, currency,
+    balances, days, lines and net per currency) or with its bank's number (``bank_account``,
+    ``bank_statement_number``, ``bank_statement_sequence``, ``bank_statement_closed_on``; migration 0015)."""
+
     __tablename__ = "recon_statements"
+    __table_args__ = (
+        Index(FINGERPRINT_INDEX, "fingerprint", unique=True,
+              sqlite_where=text("fingerprint IS NOT NULL"), postgresql_where=text("fingerprint IS NOT NULL")),
+        Index(BANK_STATEMENT_INDEX, "bank_account", "bank_statement_number", "bank_statement_sequence",
+              "bank_statement_closed_on", unique=True, sqlite_where=text("bank_statement_number IS NOT NULL"),
+              postgresql_where=text("bank_statement_number IS NOT NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -58,6 +94,15 @@ class ReconStatement(Base):
     closing_balance: Mapped[int | None] = mapped_column(BigInteger)
     imported_by: Mapped[str] = mapped_column(String(80))
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    """A bank statement's SHA-256 of its figures (``statement_fingerprint``); null for a channel's statement, and
+    for a bank statement imported twice before migration 0015 (on every row of it but the first)."""
+    bank_account: Mapped[str | None] = mapped_column(String(64))
+    """The bank's identity of the (first) statement (``frames.BankStatementIdentity``): all four, or none (a
+    channel's statement, one without a statement number, or one imported before migration 0015)."""
+    bank_statement_number: Mapped[str | None] = mapped_column(String(35))
+    bank_statement_sequence: Mapped[str | None] = mapped_column(String(16))
+    bank_statement_closed_on: Mapped[date | None] = mapped_column(Date)
 
 
 class Reconciliation(Base):

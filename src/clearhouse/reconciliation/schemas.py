@@ -36,6 +36,17 @@ class ClearingFigures(BaseModel):
     difference: int
 
 
+class BankStatementOut(BaseModel):
+    """How the bank numbers the (first) statement of a bank file, which is imported once
+    (docs/reconciliation.md, "Import a statement")."""
+
+    account: str
+    number: str = Field(description="MT940 `:28C:` statement number; camt.053 `ElctrncSeqNb`, else `LglSeqNb`, "
+                                    "else `Stmt/Id` (digits without their leading zeros)")
+    sequence: str = Field(description="MT940 `:28C:` sequence number; camt.053 `StmtPgntn/PgNb`; 1 when not given")
+    closed_on: date = Field(description="The day of the statement's closing balance")
+
+
 class StatementOut(BaseModel):
     id: str
     file_name: str
@@ -50,6 +61,8 @@ class StatementOut(BaseModel):
     closing_balance: int | None
     first_day: date | None
     last_day: date | None
+    bank_statement: BankStatementOut | None = None
+    """Null for a channel's statement, a bank statement without a number, and one imported before migration 0015."""
 
 
 class ReconciliationOut(BaseModel):

@@ -4,7 +4,10 @@ One statement file is one reconciliation. The file is parsed completely before a
 written, so a malformed file changes nothing; the statement row, the run, every case and the
 automatic resolutions are then written in one transaction. The same file (by SHA-256) is
 refused the second time, by a unique constraint as much as by the check before parsing; so is
-the same bank statement in other bytes (``_bank_statement_imported``), by a check alone.
+a bank statement imported already in other bytes (its ``fingerprint``) or under the same bank's
+number (its ``BankStatementIdentity``), by unique indexes as much as by the check before matching
+(``_earlier_import``). Two imports racing past that check meet at the index: the loser's
+transaction rolls back whole and it is refused like the check would have (``_raced``).
 """
 
 from __future__ import annotations
@@ -35,13 +38,17 @@ from clearhouse.reconciliation.errors import (
     StatementInvalid,
     UnknownStatementFormat,
 )
+from clearhouse.reconciliation.frames import BankStatementIdentity
 from clearhouse.reconciliation.models import (
+    BANK_STATEMENT_INDEX,
     CLASSES,
+    FINGERPRINT_INDEX,
     ReconCase,
     ReconCaseEvent,
     Reconciliation,
     ReconRules,
     ReconStatement,
+    statement_fingerprint,
 )
 from clearhouse.reconciliation.rules import MAX_WINDOW_DAYS
 
@@ -370,11 +377,11 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     parsed, (sha256, size) = _parse_beside_digest(path, fmt, channel, chosen_mapping, rules.timezone, progress,
                                                   known)
     period = statement_period(parsed.meta, fmt, statement_date)
-    reported = reported_of(parsed.lines)
-    earlier = transact(engine, lambda s: _bank_statement_imported(s, fmt, statement_date, parsed.meta,
-                                                                  parsed.lines.height, reported))
-    if earlier is not None:  # refused before the work of matching it
-        raise _bank_statement_refused(earlier, parsed.meta)
+    fingerprint = bank_fingerprint(fmt, statement_date, parsed.meta, parsed.lines.height, reported_of(parsed.lines))
+    identity = parsed.meta.identity if fmt in BANK_FORMATS else None
+    refusal = transact(engine, lambda s: _earlier_import(s, parsed.meta, fingerprint, identity))
+    if refusal is not None:  # refused before the work of matching it
+        raise refusal
     progress("load", 0, 1)
     if internal is None:
         internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
@@ -392,16 +399,18 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     def work(session: Session) -> str:
         statement_id, run_id, now = new_id("stm"), new_id("rec"), clock.now()
         meta = parsed.meta
-        # Again in the writing transaction: another import of it may have been saved while this one matched.
-        earlier = _bank_statement_imported(session, fmt, statement_date, meta, parsed.lines.height, reported)
-        if earlier is not None:
-            raise _bank_statement_refused(earlier, meta)
+        # First in the transaction: another import of this statement saved while this one matched is refused
+        # here by the unique indexes, before anything else is written (``_raced`` says which).
         session.execute(statements.insert().values(
             id=statement_id, sha256=sha256, channel=channel, format=fmt, mapping=mapping_name,
             file_name=(file_name or path.name)[:255], size_bytes=size, line_count=parsed.lines.height,
             statement_date=statement_date, first_day=meta.first_day, last_day=meta.last_day,
             account=meta.account, currency=meta.currency, opening_balance=meta.opening_balance,
-            closing_balance=meta.closing_balance, imported_by=f"{who.type}:{who.id}", imported_at=now))
+            closing_balance=meta.closing_balance, imported_by=f"{who.type}:{who.id}", imported_at=now,
+            fingerprint=fingerprint, bank_account=identity and identity.account,
+            bank_statement_number=identity and identity.number,
+            bank_statement_sequence=identity and identity.sequence,
+            bank_statement_closed_on=identity and identity.closed_on))
         session.execute(runs.insert().values(
             id=run_id, statement_id=statement_id, channel=channel, statement_date=statement_date,
             rules_json=rules.model_dump_json(), classes_json=orjson.dumps(classes).decode(),
@@ -426,10 +435,12 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     progress("save", 0, 1)
     try:
         run_id = transact(engine, work)
-    except IntegrityError as exc:
-        if known(sha256):
-            raise _already_imported(sha256) from exc
-        raise
+    except IntegrityError as error:  # rolled back whole: nothing of this import is written
+        violated = _violated(error)
+        refusal = transact(engine, lambda s: _raced(s, violated, sha256, parsed.meta, fingerprint, identity))
+        if refusal is None:
+            raise
+        raise refusal from error
     progress("save", 1, 1)
     return transact(engine, lambda s: run_view(s, run_id))
 
@@ -463,36 +474,98 @@ def _parse_beside_digest(path: Path, fmt: str, channel: str, mapping: Any, calen
     return parsed, (sha256, size)
 
 
-def _bank_statement_imported(session: Session, fmt: str, statement_date: date, meta: Any, lines: int,
-                             reported: dict[str, int]) -> str | None:
-    """The reconciliation that imported this bank statement already, in whatever bytes (None: none did).
+def bank_fingerprint(fmt: str, statement_date: date, meta: Any, lines: int, reported: dict[str, int]) -> str | None:
+    """A bank statement's fingerprint (``models.statement_fingerprint``); None for a channel's statement.
 
     Bank statements of a day add up (two accounts, two pages), so a second file of the day is no re-issue:
     the same statement imported again (as CR LF and as LF, or as MT940 and as camt.053) would count its lines
     and its money in ``received`` twice. The file's bytes cannot tell, so what the bank says of the statement
     does: its account, currency, opening and closing balances, the days of its lines, how many there are and
-    what they add up to per currency (for a statement without lines, the day it is imported for as well: an
-    account's empty statements of consecutive days are alike). The statement numbers (MT940 ``:28C:``,
-    camt.053 ``Stmt/Id``) are not kept with an import, so they cannot be compared."""
+    what they add up to per currency (``reported``)."""
     if fmt not in BANK_FORMATS:
         return None
-    same = [statements.c.format.in_(BANK_FORMATS), statements.c.line_count == lines]
-    same += [statements.c[column].is_not_distinct_from(getattr(meta, column))
-             for column in ("account", "currency", "opening_balance", "closing_balance", "first_day", "last_day")]
-    if not lines:
-        same.append(statements.c.statement_date == statement_date)
-    for run_id, clearing_json in session.execute(
-            select(runs.c.id, runs.c.clearing_json).join(statements, statements.c.id == runs.c.statement_id)
-            .where(*same).order_by(runs.c.created_at, runs.c.id)):
-        if {currency: figures["reported"] for currency, figures in orjson.loads(clearing_json).items()
-                if figures["reported"]} == reported:
-            return run_id
+    return statement_fingerprint(account=meta.account, currency=meta.currency, opening_balance=meta.opening_balance,
+                                 closing_balance=meta.closing_balance, first_day=meta.first_day,
+                                 last_day=meta.last_day, lines=lines, net=reported, statement_date=statement_date)
+
+
+def _earlier_import(session: Session, meta: Any, fingerprint: str | None,
+                    identity: BankStatementIdentity | None) -> StatementAlreadyImported | None:
+    """The refusal of a bank statement imported already (None: it was not): the same statement, by its
+    fingerprint, else another statement under the same bank's number (``BankStatementIdentity``)."""
+    if fingerprint is not None:
+        run_id = _run_of(session, statements.c.fingerprint == fingerprint)
+        if run_id is not None:
+            return _bank_statement_refused(run_id, meta)
+    if identity is not None:
+        run_id = _run_of(session, *_identity_is(identity))
+        if run_id is not None:
+            return _bank_number_used(run_id, identity)
+    return None
+
+
+def _identity_is(identity: BankStatementIdentity) -> list[Any]:
+    return [statements.c.bank_account == identity.account, statements.c.bank_statement_number == identity.number,
+            statements.c.bank_statement_sequence == identity.sequence,
+            statements.c.bank_statement_closed_on == identity.closed_on]
+
+
+def _run_of(session: Session, *where: Any) -> str | None:
+    """The (earliest) reconciliation of a statement that fits ``where``."""
+    return session.execute(select(runs.c.id).join(statements, statements.c.id == runs.c.statement_id).where(*where)
+                           .order_by(runs.c.created_at, runs.c.id).limit(1)).scalar()
+
+
+SHA256_CONSTRAINT = "uq_recon_statements_sha256"
+_SQLITE_UNIQUE = {
+    ("sha256",): SHA256_CONSTRAINT,
+    ("fingerprint",): FINGERPRINT_INDEX,
+    ("bank_account", "bank_statement_number", "bank_statement_sequence", "bank_statement_closed_on"):
+        BANK_STATEMENT_INDEX,
+}
+"""SQLite names the columns of a unique index an insert broke, not the index."""
+
+
+def _violated(error: IntegrityError) -> str | None:
+    """The name of the statements' unique constraint or index that ``error`` broke; None for any other error."""
+    diag = getattr(error.orig, "diag", None)  # PostgreSQL (psycopg) names it
+    if diag is not None:
+        return getattr(diag, "constraint_name", None)
+    message = str(error.orig)
+    prefix = f"UNIQUE constraint failed: {statements.name}."
+    if not message.startswith(prefix):
+        return None
+    named = message.split(":", 1)[1].split(",")
+    columns = tuple(column.strip().removeprefix(f"{statements.name}.") for column in named)
+    return _SQLITE_UNIQUE.get(columns)
+
+
+def _raced(session: Session, violated: str | None, sha256: str, meta: Any, fingerprint: str | None,
+           identity: BankStatementIdentity | None) -> StatementAlreadyImported | None:
+    """The refusal of an import that another one of the same statement (or file) beat to the commit, naming
+    the winner, as the check before matching would have said it; None when ``violated`` is no rule of
+    ``recon_statements`` (the error is then no refusal, and goes on up)."""
+    if violated == SHA256_CONSTRAINT:
+        return _already_imported(sha256) if _known(session, sha256) else None
+    if violated in (FINGERPRINT_INDEX, BANK_STATEMENT_INDEX):
+        # Whichever index the database checked first, the answer is the check's: the same statement, else the number.
+        return _earlier_import(session, meta, fingerprint, identity)
     return None
 
 
 def _bank_statement_refused(run_id: str, meta: Any) -> StatementAlreadyImported:
-    return StatementAlreadyImported(f"this bank statement (account {meta.account}, the same balances, days and "
-                                    f"lines) was imported already, in reconciliation {run_id}")
+    identity = meta.identity
+    named = "" if identity is None else f", statement number {identity.number} (sequence {identity.sequence})"
+    return StatementAlreadyImported(f"this bank statement (account {meta.account}{named}, the same balances, days "
+                                    f"and lines) was imported already, in reconciliation {run_id}")
+
+
+def _bank_number_used(run_id: str, identity: BankStatementIdentity) -> StatementAlreadyImported:
+    return StatementAlreadyImported(
+        f"the bank's statement number {identity.number} (sequence {identity.sequence}) of account "
+        f"{identity.account}, closing {identity.closed_on.isoformat()}, was already used by reconciliation "
+        f"{run_id}, for a statement with other balances, days or lines: a bank statement is imported once, and "
+        "one corrected or issued again under its number would count its money twice; nothing was imported")
 
 
 def _known(session: Session, sha256: str) -> bool:
@@ -568,6 +641,9 @@ def run_view(session: Session, run_id: str) -> dict[str, Any]:
             "lines": statement.line_count, "account": statement.account, "currency": statement.currency,
             "opening_balance": statement.opening_balance, "closing_balance": statement.closing_balance,
             "first_day": statement.first_day, "last_day": statement.last_day,
+            "bank_statement": None if statement.bank_statement_number is None else {
+                "account": statement.bank_account, "number": statement.bank_statement_number,
+                "sequence": statement.bank_statement_sequence, "closed_on": statement.bank_statement_closed_on},
         },
         **_classes_view(orjson.loads(row.classes_json)), "statement_lines": row.statement_lines,
         "internal_lines": row.internal_lines, "case_count": row.case_count, "case_states": states,

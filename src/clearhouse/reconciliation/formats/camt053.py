@@ -10,7 +10,9 @@ Each statement must add up: its opening balance (OPBD, else PRCD) plus its booke
 closing balance (CLBD, else CLAV), so an entry must be a child of a ``Stmt``; statements of one account
 and currency follow each other, each opening at the previous one's closing balance. ``meta.parts`` gives
 each statement's account (``Acct``), so every line is known to be on its own statement's. Any defect raises
-``StatementInvalid`` at the entry's XML line.
+``StatementInvalid`` at the entry's XML line. The first statement's account, number (``ElctrncSeqNb``, else
+``LglSeqNb``, else ``Id``), page (``StmtPgntn/PgNb``) and closing balance day are how the bank numbers it
+(``meta.identity``): a bank statement is imported once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from lxml import etree
 
 from clearhouse.reconciliation.errors import StatementInvalid
 from clearhouse.reconciliation.formats.csvmap import bounded, check_chained, to_minor
-from clearhouse.reconciliation.frames import STATEMENT_SCHEMA, ParsedStatement, StatementMeta, StatementPart
+from clearhouse.reconciliation.frames import (
+    STATEMENT_SCHEMA,
+    BankStatementIdentity,
+    ParsedStatement,
+    StatementMeta,
+    StatementPart,
+)
 
 CHUNK = 1_024
 """Rows kept as Python objects before they are moved into a Polars chunk."""
@@ -222,9 +230,11 @@ class _Statement:
     def __init__(self, first_line: int) -> None:
         self.first_line = first_line  # where it starts: its entries are the file's lines from here to the next
         self.balances: dict[str, tuple[int, str, int]] = {}
+        self.balance_days: dict[str, date | None] = {}
         self.moved: dict[str, int] = {}
         self.identifier: str | None = None
         self.account: str | None = None
+        self.numbers: dict[str, str | None] = {}  # ElctrncSeqNb, LglSeqNb, StmtPgntn/PgNb: how the bank numbers it
 
     @property
     def opening(self) -> tuple[int, str, int] | None:
@@ -234,6 +244,14 @@ class _Statement:
     @property
     def closing(self) -> tuple[int, str, int] | None:
         return next((self.balances[code] for code in CLOSING if code in self.balances), None)
+
+    def identity(self) -> BankStatementIdentity | None:
+        """The bank's number of the statement: its electronic sequence number, else its legal one, else its
+        ``Id``; its page (``StmtPgntn/PgNb``); its account; the day of its closing balance."""
+        number = self.numbers.get("ElctrncSeqNb") or self.numbers.get("LglSeqNb") or self.identifier
+        closed_on = next((self.balance_days[code] for code in CLOSING if code in self.balances), None)
+        return BankStatementIdentity.of(self.account, number, self.numbers.get("PgNb"), closed_on,
+                                        line=self.first_line)
 
 
 def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) -> ParsedStatement:
@@ -246,9 +264,11 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
     statements: list[_Statement] = []
     closed_before: dict[tuple[str, str], tuple[int, int]] = {}
     current: _Statement | None = None
+    identity: BankStatementIdentity | None = None
     seen_root = False
     events = etree.iterparse(str(path), events=("start", "end"), tag=("{*}Document", "{*}Stmt", "{*}Bal", "{*}Ntry",
-                                                                       "{*}Id", "{*}Acct"),
+                                                                       "{*}Id", "{*}Acct", "{*}ElctrncSeqNb",
+                                                                       "{*}LglSeqNb", "{*}StmtPgntn"),
                              resolve_entities=False, no_network=True, huge_tree=True, remove_comments=True)
     try:
         for event, element in events:
@@ -279,16 +299,23 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
                             progress(count)
                 _forget(element)
             elif in_statement and current is not None and name == "Bal":
-                code, amount, currency, _ = _balance(element)
-                if code is not None:
-                    current.balances.setdefault(code, (amount, currency, element.sourceline or 0))
+                code, amount, currency, day = _balance(element)
+                if code is not None and code not in current.balances:
+                    current.balances[code] = (amount, currency, element.sourceline or 0)
+                    current.balance_days[code] = day
             elif in_statement and current is not None and name == "Id":
                 current.identifier = (element.text or "").strip() or None
             elif in_statement and current is not None and name == "Acct":
                 current.account = _text(element, "{*}Id/{*}IBAN") or _text(element, "{*}Id/{*}Othr/{*}Id")
+            elif in_statement and current is not None and name in ("ElctrncSeqNb", "LglSeqNb"):
+                current.numbers.setdefault(name, (element.text or "").strip() or None)
+            elif in_statement and current is not None and name == "StmtPgntn":  # camt.053.001.04 and later
+                current.numbers.setdefault("PgNb", _text(element, "{*}PgNb"))
             elif name == "Stmt" and current is not None:
                 _chain(current, closed_before)
                 _check(current, element.sourceline or 0)
+                if current is statements[0]:  # the file's identity, as its account is: checked where it ends
+                    identity = current.identity()
                 _forget(element)
                 current = None
     except etree.XMLSyntaxError as error:
@@ -301,7 +328,7 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
     lines = pl.concat(chunks, rechunk=True) if chunks else pl.DataFrame(schema=STATEMENT_SCHEMA)
     if progress is not None:
         progress(count)
-    return ParsedStatement(_meta(statements, lines), lines)
+    return ParsedStatement(_meta(statements, lines, identity), lines)
 
 
 def _forget(element: Any) -> None:
@@ -341,7 +368,7 @@ def _chain(statement: _Statement, closed_before: dict[tuple[str, str], tuple[int
     closed_before[statement.account, currency] = (closed, close_line)
 
 
-def _meta(statements: list[_Statement], lines: pl.DataFrame) -> StatementMeta:
+def _meta(statements: list[_Statement], lines: pl.DataFrame, identity: BankStatementIdentity | None) -> StatementMeta:
     first, last = statements[0], statements[-1]
     opening, closing = first.opening, last.closing
     assert opening is not None and closing is not None  # every statement was checked
@@ -353,4 +380,5 @@ def _meta(statements: list[_Statement], lines: pl.DataFrame) -> StatementMeta:
         closing_balance=closing[0] if one_currency else None, first_day=days[0], last_day=days[1],
         extra={"statements": str(len(statements)), "last_statement_id": last.identifier or ""},
         parts=tuple(StatementPart(s.account, s.opening[1], s.first_line) for s in statements if s.opening),
+        identity=identity,
     )

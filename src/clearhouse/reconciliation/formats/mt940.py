@@ -10,6 +10,8 @@ statement must add up: opening balance plus its movements is its closing balance
 A file may hold several statements (one ``:20:`` block each); ``meta`` covers them all, and its ``parts``
 give each statement's account (``:25:``), so every line is known to be on its own statement's account.
 Those of one account and currency follow each other: each opens at the previous one's closing balance.
+The first statement's ``:25:``, ``:28C:`` (statement number and sequence, 5n[/5n]) and closing balance day
+are how the bank numbers it (``meta.identity``): a bank statement is imported once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ import polars as pl
 
 from clearhouse.reconciliation.errors import StatementInvalid
 from clearhouse.reconciliation.formats.csvmap import check_chained, exponent_of, to_minor
-from clearhouse.reconciliation.frames import STATEMENT_SCHEMA, ParsedStatement, StatementMeta, StatementPart
+from clearhouse.reconciliation.frames import (
+    STATEMENT_SCHEMA,
+    BankStatementIdentity,
+    ParsedStatement,
+    StatementMeta,
+    StatementPart,
+)
 
 TAG = re.compile(r"^:(\d{2}[A-Z]?):(.*)$")
 BALANCE = re.compile(r"^(?P<mark>[CD])(?P<date>\d{6})(?P<currency>[A-Z]{3})(?P<amount>\d{1,15},\d*)$")
@@ -36,6 +44,8 @@ MOVEMENT = re.compile(
     r"^(?P<value>\d{6})(?P<entry>\d{4})?(?P<mark>R?[CD])(?P<funds>[A-Z])?(?P<amount>\d{1,15},\d*)"
     r"(?P<type>[NSF][A-Z0-9]{3})(?P<customer>.{1,16}?)(?://(?P<bank>.{1,16}))?$")
 """``:61:``: 6!n[4!n]2a[1!a]15d1!a3!c16x[//16x] (the supplementary details line follows, if any)."""
+STATEMENT_NUMBER = re.compile(r"^(?P<number>\d{1,5})(?:/(?P<sequence>\d{1,5}))?$")
+"""``:28C:``: 5n[/5n], the statement's number and its page (sequence) within the statement."""
 FEE_CODES = {"CHG", "COM", "INT", "BRF"}
 """Transaction type codes (after N/S/F) of the bank's own charges, commissions, interest and fees."""
 
@@ -106,6 +116,12 @@ def _split(lines: list[str]) -> list[_Statement]:
             if current.movements and not current.movements[-1].details and not previous.startswith((":62", ":60")):
                 details = current.movements[-1].details
                 details.append(value)
+        elif tag == "28C" and tag not in current.tags:
+            # The library reads ``123456`` as number 12345, page 6: a number it guessed is no identity.
+            if STATEMENT_NUMBER.match(value.strip()) is None:
+                raise StatementInvalid(f"statement number :28C: does not follow the MT940 format (5n[/5n]): "
+                                       f"{value!r}", line=number)
+            current.tags[tag] = (number, value)
         elif tag in ("60F", "60M", "62F", "62M"):
             if BALANCE.match(value) is None:
                 raise StatementInvalid(f"balance :{tag}: does not follow the MT940 format: {value!r}", line=number)
@@ -159,6 +175,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
     currencies: set[str] = set()
     closed_before: dict[tuple[str, str], tuple[int, int]] = {}
     parts: list[StatementPart] = []
+    identity: BankStatementIdentity | None = None  # the first statement's: the file's, as its account is
     for statement in statements:
         for tag in ("25", "60", "62"):
             if tag not in statement.tags:
@@ -175,7 +192,11 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
             rows.append(_row(movement, transaction, currency))
             moved += rows[-1]["amount"]
         # Read after the movements, which come first in the file: the first bad line is the one named.
-        closed, closing_currency, _ = _balance(close_text, close_line)
+        closed, closing_currency, closed_on = _balance(close_text, close_line)
+        if identity is None and statement is statements[0]:
+            number = STATEMENT_NUMBER.match(statement.tags["28C"][1].strip()) if "28C" in statement.tags else None
+            identity = BankStatementIdentity.of(account, number and number["number"], number and number["sequence"],
+                                                closed_on, line=statement.first_line)
         if closing_currency != currency:
             raise StatementInvalid(f"closing balance in {closing_currency}, opening in {currency}", line=close_line)
         closed_before[account, currency] = (closed, close_line)
@@ -200,7 +221,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
         closing_balance=closing if len(currencies) == 1 else None,
         first_day=min(days) if days else None, last_day=max(days) if days else None,
         extra={"statements": str(len(statements)), "last_statement_id": (last.tags.get("28C") or last.tags["20"])[1]},
-        parts=tuple(parts),
+        parts=tuple(parts), identity=identity,
     )
     return ParsedStatement(meta, frame)
 
