@@ -23,6 +23,9 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     engine = make_engine(url, pool_size=1)
+    with engine.connect():
+        pass  # the dialect learns the server's version (a batch table copy on SQLite reflects with it)
+    engine.pool.dispose()
     engine.pool = pool.NullPool(engine.pool._creator)  # type: ignore[attr-defined]
     with engine.connect() as connection:
         context.configure(

@@ -270,7 +270,7 @@ class World:
 
         self.webhook_endpoint_id  # noqa: B018 - so the event has a delivery to show and redo
         return transact(self.app.state.engine, lambda s: emit(
-            s, merchant_id=self.own_merchant_id, event_type="payment.succeeded", data={"walk": True}))
+            s, livemode=True, merchant_id=self.own_merchant_id, event_type="payment.succeeded", data={"walk": True}))
 
     # reconciliation
     def new_case(self) -> str:

@@ -177,7 +177,7 @@ def load_payments(runtime: Any) -> int:
             select(table.c.id).where(table.c.merchant_id == DEMO_MERCHANT).limit(1)).first()) is not None:
         return 0
     principal = Principal(kind="api_key", id="demo", role="merchant_key", merchant_id=DEMO_MERCHANT,
-                          permissions=MERCHANT_KEY_SCOPES)
+                          permissions=MERCHANT_KEY_SCOPES, mode="test")  # as made with the demo's test key
     actor = Actor(type="system", id="demo")
 
     def pay(amount: int, method: str = "card", **extra: Any) -> dict[str, Any]:

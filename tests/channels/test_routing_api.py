@@ -13,6 +13,7 @@ from clearhouse.channels.endpoints import router as routing_router
 from clearhouse.channels.routing import Router
 from clearhouse.kit import clock
 from tests.channels.test_routing import NOON, fake_registry  # noqa: F401  (the fixture)
+from tests.conftest import make_key
 
 MISSING_RULE = "rr_00000000000000000000000000"
 
@@ -77,7 +78,7 @@ class TestPlatformRules:
         assert again.status_code == 200
         assert audit_actions(engine, rule["id"]) == ["routing.rule.create"]
 
-    def test_the_platform_writes_a_merchants_rule_and_lists_by_owner(self, client, merchant_client_factory):
+    def test_the_platform_writes_a_merchants_rule_and_lists_by_owner(self, app, client, merchant_client_factory):
         shop, shop_id = merchant_client_factory("Shop A")
         for_shop = client.post("/v1/routing/rules", json=rule_body(merchant_id=shop_id))
         assert for_shop.status_code == 201, for_shop.text
@@ -87,7 +88,12 @@ class TestPlatformRules:
             for_shop.json()["id"]]
         assert [r["id"] for r in client.get("/v1/routing/rules?scope=platform").json()["data"]] == [
             platform_wide["id"]]
-        assert shop.get(f"/v1/routing/rules/{for_shop.json()['id']}").status_code == 200
+        # The platform's rule for a merchant routes its live payments: the merchant's live key sees
+        # it, its test key does not (identity.md, "Test and live").
+        assert for_shop.json()["livemode"] is True and platform_wide["livemode"] is None
+        live = make_key(app, merchant_id=shop_id, mode="live")
+        assert client.get(f"/v1/routing/rules/{for_shop.json()['id']}", auth=live.auth).status_code == 200
+        assert shop.get(f"/v1/routing/rules/{for_shop.json()['id']}").status_code == 404
 
     def test_a_rule_for_a_merchant_that_does_not_exist_is_404(self, client):
         response = client.post("/v1/routing/rules", json=rule_body(merchant_id="mch_00000000000000000000000000"))
@@ -244,8 +250,12 @@ class TestPreview:
         assert [c["channel"] for c in default["candidates"]] == ["fake_card_a"]
         assert default["skipped"] == [{"channel": "fake_card_b", "reason": "currency EUR not supported",
                                        "transient": False}]
-        assert client.post("/v1/routing/preview", json={**payment, "merchant_id": shop_id}).json()["rule_id"] == (
-            rule["id"])
+        # The shop's test key wrote a test-mode rule: it routes the shop's test payments, not its live ones.
+        assert client.post("/v1/routing/preview", json={**payment, "merchant_id": shop_id, "livemode": False}
+                           ).json()["rule_id"] == rule["id"]
+        assert client.post("/v1/routing/preview", json={**payment, "merchant_id": shop_id}).json()["rule_id"] is None
+        refused = shop.post("/v1/routing/preview", json={**payment, "livemode": True})
+        assert (refused.status_code, refused.json()["errors"][0]["type"]) == (422, "mode_not_allowed")
 
     def test_a_card_number_is_refused_as_a_bin(self, client):
         response = client.post("/v1/routing/preview", json={"method": "card", "currency": "USD", "amount": 1,

@@ -131,7 +131,7 @@ class TestWebhookResponseExcerpt:
         with Receiver() as receiver:
             receiver.scripts["/hook"] = [answer(500, b"echo: card 4111111111111111 Authorization: Bearer sekrit123")]
             endpoint = shop.post("/v1/webhook_endpoints", json={"url": receiver.url(), "event_types": ["*"]}).json()
-            transact(app.state.engine, lambda s: service.emit(s, merchant_id=merchant_id,
+            transact(app.state.engine, lambda s: service.emit(s, livemode=False, merchant_id=merchant_id,
                                                               event_type="payment.succeeded", data={"id": "pay_1"}))
             with clock.frozen(clock.now()):
                 assert delivery.deliver_due(app.state.engine, app.state.settings, app.state.cipher) == 1

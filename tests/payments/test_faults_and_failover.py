@@ -108,7 +108,7 @@ class TestCrashRepair:
         from clearhouse.identity.permissions import Principal
 
         principal = Principal(kind="api_key", id="ck_test_x", role="merchant_key", merchant_id=merchant_id,
-                              permissions=frozenset({"payments:write", "vault:write"}))
+                              permissions=frozenset({"payments:write", "vault:write"}), mode="test")
         request = payments.NewPayment(amount=4200, currency="CNY", method="card",
                                       card={"number": "4242424242424242", "exp_month": 12, "exp_year": CARD_EXP_YEAR})
         opened = transact(app.state.engine, lambda s: payments._open(s, runtime, principal, SYSTEM, request, None))
@@ -132,7 +132,7 @@ class TestCrashRepair:
         from clearhouse.identity.permissions import Principal
 
         principal = Principal(kind="api_key", id="ck_test_x", role="merchant_key", merchant_id=merchant_id,
-                              permissions=frozenset({"payments:write", "vault:write"}))
+                              permissions=frozenset({"payments:write", "vault:write"}), mode="test")
         request = payments.NewPayment(amount=4200, currency="CNY", method="card",
                                       card={"number": "4242424242424242", "exp_month": 12, "exp_year": CARD_EXP_YEAR})
         opened = transact(app.state.engine, lambda s: payments._open(s, runtime, principal, SYSTEM, request, None))

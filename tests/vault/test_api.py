@@ -45,8 +45,8 @@ class TestTokenizeCard:
         assert (card["exp_month"], card["exp_year"]) == (12, NEXT_YEAR)
         assert len(card["fingerprint"]) == 64
         assert pan not in response.text
-        assert set(card) == {"id", "merchant_id", "bin", "last4", "brand", "exp_month", "exp_year", "fingerprint",
-                             "created_at"}
+        assert set(card) == {"id", "livemode", "merchant_id", "bin", "last4", "brand", "exp_month", "exp_year",
+                             "fingerprint", "created_at"}
         # Stored: ciphertext bound to this card; no readable number, holder name or CVC anywhere in the row.
         with engine.connect() as connection:
             row = connection.execute(select(VaultCard.__table__).where(VaultCard.id == card["id"])).one()
@@ -273,12 +273,15 @@ class TestReveal:
         card = client.post("/v1/vault/cards", json=card_body(TEST_PANS["amex"], holder_name="Ann",
                                                              merchant_id=merchant_id)).json()
         cipher, engine = app.state.cipher, app.state.engine
-        details = transact(engine, lambda s: service.reveal_card(s, cipher, card["id"], merchant_id, actor=SYSTEM))
+        details = transact(engine, lambda s: service.reveal_card(s, cipher, card["id"], merchant_id, True,
+                                                                 actor=SYSTEM))
         assert (details.number, details.holder_name, details.brand) == (TEST_PANS["amex"], "Ann", "amex")
         assert TEST_PANS["amex"] not in repr(details) and "Ann" not in repr(details)
         _, other_id = merchant_client_factory("Other")
         with pytest.raises(service.CardNotFound):
-            transact(engine, lambda s: service.reveal_card(s, cipher, card["id"], other_id))
+            transact(engine, lambda s: service.reveal_card(s, cipher, card["id"], other_id, True))
+        with pytest.raises(service.CardNotFound):  # vaulted by the platform: live, never charged in test mode
+            transact(engine, lambda s: service.reveal_card(s, cipher, card["id"], merchant_id, False))
         events = client.get("/v1/audit/events", params={"object_id": card["id"]}).json()["data"]
         assert [e["action"] for e in events] == ["vault.card.create", "vault.card.reveal"]
         assert TEST_PANS["amex"] not in str(events)
@@ -288,7 +291,7 @@ class TestReveal:
         account = client.post("/v1/vault/bank_accounts", json={
             "iban": IBAN, "holder_name": "M", "country": "DE", "merchant_id": merchant[1]}).json()
         details = transact(app.state.engine, lambda s: service.reveal_bank_account(
-            s, app.state.cipher, account["id"], merchant[1]))
+            s, app.state.cipher, account["id"], merchant[1], True))
         assert details.number == IBAN
         assert IBAN not in repr(details)
 
@@ -304,7 +307,7 @@ class TestReveal:
             stolen = connection.execute(select(VaultCard.number_ciphertext).where(VaultCard.id == first["id"])).scalar()
             connection.execute(update(VaultCard).where(VaultCard.id == second["id"]).values(number_ciphertext=stolen))
         with pytest.raises(CryptoError):
-            transact(engine, lambda s: service.reveal_card(s, app.state.cipher, second["id"], merchant_id))
+            transact(engine, lambda s: service.reveal_card(s, app.state.cipher, second["id"], merchant_id, True))
 
 
 class TestBrands:

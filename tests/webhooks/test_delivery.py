@@ -39,7 +39,7 @@ def add_endpoint(merchant_client, url: str, event_types=("*",), **extra) -> dict
 
 
 def emit(engine: Engine, merchant_id: str, event_type: str = "payment.succeeded", data=None) -> str:
-    return transact(engine, lambda s: service.emit(s, merchant_id=merchant_id, event_type=event_type,
+    return transact(engine, lambda s: service.emit(s, livemode=False, merchant_id=merchant_id, event_type=event_type,
                                                    data=PAYMENT if data is None else data))
 
 

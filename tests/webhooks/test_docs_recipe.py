@@ -43,7 +43,7 @@ def test_the_documented_verifier_accepts_a_real_delivery_and_nothing_else(app, e
                                   ).json()["secret"]
     with clock.frozen(datetime.now(UTC) + timedelta(days=1)):
         transact(engine, lambda s: service.emit(s, merchant_id=merchant_id, event_type="refund.succeeded",
-                                                data={"id": "re_1", "amount": 300}))
+                                                livemode=False, data={"id": "re_1", "amount": 300}))
         delivery.deliver_due(engine, app.state.settings, app.state.cipher)
         now = clock.now().timestamp()
     [request] = receiver.at("/hook")

@@ -54,7 +54,7 @@ class TestInjectionShapes:
         for body in ({"description": payload}, {"url": payload}, {"event_types": [payload]}):
             problem_or_ok(merchant_client.patch(f"/v1/webhook_endpoints/{endpoint['id']}", **as_json(body)))
         event_id = transact(engine, lambda s: service.emit(s, merchant_id=merchant_id, event_type="payment.failed",
-                                                           data={}))
+                                                           livemode=False, data={}))
         problem_or_ok(merchant_client.post(f"/v1/events/{event_id}/redeliver", **as_json({"endpoint_id": payload})))
 
     @pytest.mark.parametrize("name, payload", URL_PAYLOADS, ids=[name for name, _ in URL_PAYLOADS])

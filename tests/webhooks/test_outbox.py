@@ -47,12 +47,12 @@ class TestEmit:
         other_client, other_merchant = merchant_client_factory("Other")
         others = add_endpoint(other_client, ["*"])
 
-        event_id = transact(engine, lambda s: service.emit(s, merchant_id=merchant_id,
+        event_id = transact(engine, lambda s: service.emit(s, livemode=False, merchant_id=merchant_id,
                                                            event_type="payment.succeeded", data=PAYMENT))
         assert event_id.startswith("evt_")
         assert deliveries_of(engine, event_id) == {succeeded_only: "pending", everything: "pending"}
         refund = transact(engine, lambda s: service.emit(s, merchant_id=merchant_id, event_type="refund.failed",
-                                                         data={"id": "re_1"}))
+                                                         livemode=False, data={"id": "re_1"}))
         assert deliveries_of(engine, refund) == {everything: "pending", refunds_only: "pending"}
         assert disabled not in deliveries_of(engine, refund) and others not in deliveries_of(engine, refund)
 
@@ -70,7 +70,7 @@ class TestEmit:
     def test_an_event_without_endpoints_is_still_recorded(self, shop, engine: Engine):
         merchant_client, merchant_id = shop
         event_id = transact(engine, lambda s: service.emit(s, merchant_id=merchant_id, event_type="order.delivered",
-                                                           data={"order_id": "ord_1"}))
+                                                           livemode=False, data={"order_id": "ord_1"}))
         assert deliveries_of(engine, event_id) == {}
         listed = merchant_client.get("/v1/events?type=order.delivered").json()["data"]
         assert [e["id"] for e in listed] == [event_id]
@@ -86,7 +86,7 @@ class TestEmit:
             pass
 
         def work(session):
-            service.emit(session, merchant_id=merchant_id, event_type="payment.succeeded", data=PAYMENT)
+            service.emit(session, livemode=False, merchant_id=merchant_id, event_type="payment.succeeded", data=PAYMENT)
             raise PaymentFailedToCommit
 
         with pytest.raises(PaymentFailedToCommit):
@@ -99,27 +99,27 @@ class TestEmit:
         _, merchant_id = shop
         with pytest.raises(ValueError, match="unknown event type"):
             transact(engine, lambda s: service.emit(s, merchant_id=merchant_id, event_type="payment.exploded",
-                                                    data={}))
+                                                    livemode=False, data={}))
         with pytest.raises(TypeError):
             transact(engine, lambda s: service.emit(s, merchant_id=merchant_id, event_type="payment.failed",
-                                                    data={"amount": object()}))
+                                                    livemode=False, data={"amount": object()}))
         assert count(engine, WebhookEvent.__table__) == 0
 
     def test_every_published_type_can_be_emitted_and_filtered(self, shop, engine: Engine):
         merchant_client, merchant_id = shop
         endpoint = add_endpoint(merchant_client, list(service.EVENT_TYPES))
         for event_type in service.EVENT_TYPES:
-            event_id = transact(engine, lambda s, t=event_type: service.emit(s, merchant_id=merchant_id,
+            event_id = transact(engine, lambda s, t=event_type: service.emit(s, livemode=False, merchant_id=merchant_id,
                                                                              event_type=t, data={"t": t}))
             assert deliveries_of(engine, event_id) == {endpoint: "pending"}
 
     def test_deleting_an_endpoint_cancels_its_pending_deliveries(self, shop, engine: Engine):
         merchant_client, merchant_id = shop
         endpoint = add_endpoint(merchant_client, ["*"])
-        event_id = transact(engine, lambda s: service.emit(s, merchant_id=merchant_id,
+        event_id = transact(engine, lambda s: service.emit(s, livemode=False, merchant_id=merchant_id,
                                                            event_type="payment.failed", data={}))
         assert merchant_client.delete(f"/v1/webhook_endpoints/{endpoint}").status_code == 200
         assert deliveries_of(engine, event_id) == {endpoint: "canceled"}
         later = transact(engine, lambda s: service.emit(s, merchant_id=merchant_id, event_type="payment.failed",
-                                                        data={}))
+                                                        livemode=False, data={}))
         assert deliveries_of(engine, later) == {}

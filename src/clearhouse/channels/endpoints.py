@@ -26,7 +26,7 @@ from clearhouse.identity.permissions import actor_of, principal_of, requires
 from clearhouse.kit import clock
 from clearhouse.kit.api import Page, PrefixRouter
 from clearhouse.kit.db import transact
-from clearhouse.kit.errors import NotFound
+from clearhouse.kit.errors import NotFound, ValidationFailed
 
 router = PrefixRouter(prefix="/v1", tags=["routing"])
 _READ = [requires("routing:read")]
@@ -123,13 +123,18 @@ def preview_route(body: RoutePreviewIn, request: Request) -> RoutePlanOut:
             raise NotFound(f"no merchant {merchant_id}")
         merchant_id = principal.merchant_id
     routing.check_terms(body.currency, body.country)
+    livemode = principal.creates_livemode if body.livemode is None else body.livemode
+    if principal.livemode not in (None, livemode):
+        raise ValidationFailed("a key previews payments of its own mode", errors=[
+            {"loc": ["body", "livemode"], "type": "mode_not_allowed",
+             "msg": f"a {principal.mode} key previews {principal.mode} payments only"}])
 
     def work(session: Session) -> routing.RoutePlan:
         if merchant_id is not None and principal.merchant_id is None:
             identity.get_merchant(session, None, merchant_id)  # 404 not_found, as a rule naming it
         return _router(request).preview(session, merchant_id=merchant_id, method=body.method,
                                         currency=body.currency, amount=body.amount, country=body.country,
-                                        card_bin=body.card_bin)
+                                        card_bin=body.card_bin, livemode=livemode)
 
     plan = transact(_engine(request), work)
     return RoutePlanOut(

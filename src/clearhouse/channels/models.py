@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearhouse.channels.protocol import METHODS
@@ -36,6 +36,8 @@ class RoutingRule(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str | None] = mapped_column(String(40), ForeignKey("merchants.id"))
     """None: a platform-wide rule, tried after every rule of the merchant."""
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     priority: Mapped[int] = mapped_column(Integer)
     """Lower is tried first (1 before 10); equal priorities go in creation order."""
     method: Mapped[str | None] = mapped_column(String(16))

@@ -42,7 +42,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Row, bindparam, case, delete, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, case, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
@@ -491,7 +491,7 @@ class Router:
             self.breaker(channel).record_success()
 
     def plan(self, session: Session, *, merchant_id: str, method: str, currency: str, amount: int,
-             country: str | None = None, card_bin: str | None = None) -> RoutePlan:
+             country: str | None = None, card_bin: str | None = None, livemode: bool = True) -> RoutePlan:
         """The channels to try for this payment, best first.
 
         The first candidate is cleared to be called: if its circuit is half-open, the plan
@@ -501,22 +501,22 @@ class Router:
         succeeded elsewhere. Report every call with ``record``.
         """
         return self._plan(session, merchant_id=merchant_id, method=method, currency=currency, amount=amount,
-                          country=country, card_bin=card_bin, take_probes=True)
+                          country=country, card_bin=card_bin, livemode=livemode, take_probes=True)
 
     def preview(self, session: Session, *, merchant_id: str | None, method: str, currency: str, amount: int,
-                country: str | None = None, card_bin: str | None = None) -> RoutePlan:
+                country: str | None = None, card_bin: str | None = None, livemode: bool = True) -> RoutePlan:
         """``plan`` without taking the first candidate's probe: what a payment would get now."""
         return self._plan(session, merchant_id=merchant_id, method=method, currency=currency, amount=amount,
-                          country=country, card_bin=card_bin, take_probes=False)
+                          country=country, card_bin=card_bin, livemode=livemode, take_probes=False)
 
     def _plan(self, session: Session, *, merchant_id: str | None, method: str, currency: str, amount: int,
-              country: str | None, card_bin: str | None, take_probes: bool) -> RoutePlan:
+              country: str | None, card_bin: str | None, livemode: bool, take_probes: bool) -> RoutePlan:
         if method == WALLET:
             # The wallet is our own ledger, not a channel that fails or costs: nothing to rank.
             return RoutePlan([Candidate(WALLET, None, "method wallet is paid from the customer's Clearhouse "
                                                       "wallet")], [], None)
         rule = first_matching_rule(session, merchant_id=merchant_id, method=method, currency=currency,
-                                   amount=amount, country=country, card_bin=card_bin)
+                                   amount=amount, country=country, card_bin=card_bin, livemode=livemode)
         skipped: list[Skipped] = []
         eligible: list[_Eligible] = []
         if rule is not None:
@@ -587,7 +587,9 @@ class Router:
 def _candidate_rules(merchant: bool) -> Any:
     owner = rules.c.merchant_id.is_(None)
     if merchant:
-        owner = or_(rules.c.merchant_id == bindparam("merchant_id"), owner)
+        # The merchant's own rules of the payment's mode (a test key's rules never route live payments).
+        owner = or_(and_(rules.c.merchant_id == bindparam("merchant_id"), rules.c.livemode == bindparam("livemode")),
+                    owner)
     return (
         select(rules)
         .where(rules.c.enabled.is_(True), owner, or_(rules.c.method.is_(None), rules.c.method == bindparam("method")))
@@ -600,11 +602,11 @@ _CANDIDATE_RULES = {True: _candidate_rules(True), False: _candidate_rules(False)
 
 
 def first_matching_rule(session: Session, *, merchant_id: str | None, method: str, currency: str, amount: int,
-                        country: str | None, card_bin: str | None) -> Row | None:
-    """The first enabled rule whose conditions all hold: the merchant's before the platform's,
-    then by priority (lowest first), then by creation (ids sort by time)."""
+                        country: str | None, card_bin: str | None, livemode: bool = True) -> Row | None:
+    """The first enabled rule whose conditions all hold: the merchant's (of the payment's mode) before
+    the platform's, then by priority (lowest first), then by creation (ids sort by time)."""
     merchant = merchant_id is not None
-    params = {"merchant_id": merchant_id, "method": method} if merchant else {"method": method}
+    params = {"merchant_id": merchant_id, "method": method, "livemode": livemode} if merchant else {"method": method}
     country = country.upper() if country else None
     for rule in session.connection().execute(_CANDIDATE_RULES[merchant], params):
         if rule_matches(rule, method=method, currency=currency, amount=amount, country=country, card_bin=card_bin):
@@ -640,6 +642,7 @@ _COUNTRY = re.compile(r"^[A-Z]{2}$")
 def rule_dict(row: Row) -> dict[str, Any]:
     return {
         "id": row.id, "merchant_id": row.merchant_id, "scope": "platform" if row.merchant_id is None else "merchant",
+        "livemode": None if row.merchant_id is None else row.livemode,
         "priority": row.priority, "method": row.method, "currency": row.currency, "min_amount": row.min_amount,
         "max_amount": row.max_amount, "country": row.country, "card_bin_prefix": row.card_bin_prefix,
         "channels": orjson.loads(row.channels_json), "strategy": row.strategy, "enabled": row.enabled,
@@ -682,8 +685,8 @@ def check_rule(channels: ChannelSet, values: dict[str, Any]) -> None:
 
 
 def _visible(principal: Principal, row: Row | None) -> bool:
-    """Merchants see their own rules and the platform's; the platform sees all."""
-    return row is not None and (principal.merchant_id is None or row.merchant_id in (None, principal.merchant_id))
+    """Merchants see their own rules (a key: of its mode) and the platform's; the platform sees all."""
+    return row is not None and (row.merchant_id is None or principal.sees_object(row.merchant_id, row.livemode))
 
 
 def get_rule(session: Session, principal: Principal, rule_id: str) -> Row:
@@ -708,6 +711,8 @@ def list_rules(session: Session, principal: Principal, *, merchant_id: str | Non
     query = select(rules).order_by(rules.c.id).limit(limit + 1)
     if principal.merchant_id is not None:
         query = query.where(or_(rules.c.merchant_id == principal.merchant_id, rules.c.merchant_id.is_(None)))
+    if principal.livemode is not None:
+        query = query.where(or_(rules.c.livemode == principal.livemode, rules.c.merchant_id.is_(None)))
     if platform_only:
         query = query.where(rules.c.merchant_id.is_(None))
     elif merchant_id is not None:
@@ -737,8 +742,8 @@ def create_rule(session: Session, channels: ChannelSet, actor: audit.Actor, prin
     now = clock.now()
     rule_id = new_id("rr")
     row_values = _row_values(values)
-    session.execute(insert(rules).values(id=rule_id, merchant_id=merchant_id, created_at=now, updated_at=now,
-                                         created_by=actor.id[:64], **row_values))
+    session.execute(insert(rules).values(id=rule_id, merchant_id=merchant_id, livemode=principal.creates_livemode,
+                                         created_at=now, updated_at=now, created_by=actor.id[:64], **row_values))
     audit.record(session, actor, "routing.rule.create", "routing_rule", rule_id,
                  changes={"merchant_id": merchant_id, **values}, merchant_id=merchant_id)
     return get_rule(session, principal, rule_id)

@@ -63,6 +63,8 @@ class RuleUpdate(Model):
 class RuleOut(BaseModel):
     id: str
     merchant_id: str | None
+    livemode: bool | None
+    """The mode of the payments a merchant's rule routes; None: a platform-wide rule, which routes both."""
     scope: Literal["merchant", "platform"]
     priority: int
     method: str | None
@@ -118,6 +120,8 @@ class RoutePreviewIn(Model):
     country: CountryText | None = None
     card_bin: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,8}$")] | None = Field(
         default=None, description="Up to 8 leading digits, never a card number")
+    livemode: bool | None = Field(
+        default=None, description="Platform callers: the mode of the payment (default live); a key previews its own")
 
 
 class CandidateOut(BaseModel):

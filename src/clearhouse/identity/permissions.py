@@ -98,6 +98,10 @@ PLATFORM_KEY_SCOPES = _ALL - {"users:write", "approvals:decide"}
 """Deciding approvals and managing people are for people, not for machines."""
 
 
+MODES = {"live": True, "test": False}
+"""A merchant key's mode as the ``livemode`` of the objects it makes and may see."""
+
+
 @dataclass(frozen=True)
 class Principal:
     """The authenticated caller of one request."""
@@ -123,6 +127,33 @@ class Principal:
     def sees(self, merchant_id: str | None) -> bool:
         """Whether an object owned by ``merchant_id`` is visible (platform callers see all)."""
         return self.merchant_id is None or self.merchant_id == merchant_id
+
+    @property
+    def livemode(self) -> bool | None:
+        """The mode this caller is held to: a live key sees and touches live objects only, a test key
+        test objects only; platform keys and people see both (None). identity.md, "Test and live"."""
+        return MODES.get(self.mode or "")
+
+    @property
+    def creates_livemode(self) -> bool:
+        """The mode of what this caller creates: test for a test key, live for everyone else."""
+        return self.livemode is not False
+
+    def sees_object(self, merchant_id: str | None, livemode: bool) -> bool:
+        """Whether an object of a merchant and a mode (a payment, a card, an endpoint...) is visible."""
+        return self.sees(merchant_id) and self.livemode in (None, livemode)
+
+    def listing(self, table: Any, merchant_id: str | None) -> list[Any] | None:
+        """The conditions that keep a list of ``table`` (with ``merchant_id`` and ``livemode`` columns)
+        to what this caller may see, ``merchant_id`` being the list's own filter; None when that
+        filter names another merchant than a merchant caller's own (the list is empty)."""
+        if self.merchant_id and merchant_id and merchant_id != self.merchant_id:
+            return None
+        owner = self.merchant_id or merchant_id
+        conditions = [table.c.merchant_id == owner] if owner else []
+        if self.livemode is not None:
+            conditions.append(table.c.livemode == self.livemode)
+        return conditions
 
 
 class AuthenticationRequired(ClearhouseError):

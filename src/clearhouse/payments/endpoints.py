@@ -22,6 +22,7 @@ from clearhouse.payments.schemas import (
     FeePlanOut,
     PaymentCreate,
     PaymentOut,
+    PaymentStatus,
     RefundCreate,
     RefundOut,
     TopUpCreate,
@@ -72,7 +73,7 @@ def list_payments(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: str | None = None,
-    status: str | None = None,
+    status: PaymentStatus | None = None,
     merchant_id: str | None = None,
     merchant_order_id: str | None = None,
 ) -> Page[Any]:
@@ -258,6 +259,7 @@ def top_up_wallet(wallet_id: str, body: TopUpCreate, request: Request) -> dict[s
         amount=body.amount, currency=wallet.currency, method=body.method, merchant_id=wallet.merchant_id,
         customer={"id": wallet.customer_id}, card=card, return_url=body.return_url, metadata=body.metadata,
         purpose="wallet_top_up", wallet_id=wallet.id, description=f"wallet top-up {wallet.id}",
+        livemode=wallet.livemode,
     )
     return payments.create_payment(_runtime(request), principal, actor_of(request), new,
                                    payment_id=derived_id(request, "pay"))

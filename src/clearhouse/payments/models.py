@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearhouse.kit.models import Base, sql_list
@@ -41,6 +52,8 @@ class Payment(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(String(40), ForeignKey("merchants.id"))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     purpose: Mapped[str] = mapped_column(String(16), default="merchant_sale")
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
@@ -132,6 +145,8 @@ class Refund(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     payment_id: Mapped[str] = mapped_column(String(40), ForeignKey("payments.id"))
     merchant_id: Mapped[str] = mapped_column(String(40), ForeignKey("merchants.id"))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(12))
@@ -205,10 +220,14 @@ class Wallet(Base):
     """A customer's Clearhouse e-wallet: a ledger liability account that never goes below zero."""
 
     __tablename__ = "wallets"
-    __table_args__ = (UniqueConstraint("merchant_id", "customer_id", "currency", name="uq_wallets_customer"),)
+    __table_args__ = (
+        UniqueConstraint("merchant_id", "livemode", "customer_id", "currency", name="uq_wallets_customer"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(String(40), ForeignKey("merchants.id"))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     customer_id: Mapped[str] = mapped_column(String(128))
     currency: Mapped[str] = mapped_column(String(3))
     account_id: Mapped[str] = mapped_column(String(64))

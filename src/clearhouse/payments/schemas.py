@@ -103,11 +103,16 @@ class TimelineEvent(BaseModel):
     at: UtcTime
 
 
+PaymentStatus = Literal["requires_action", "processing", "requires_capture", "succeeded", "failed", "canceled"]
+"""models.STATUSES, as the API writes and filters them (an unknown status filter is a 422, not an empty list)."""
+
+
 class PaymentOut(BaseModel):
     id: str
     object: Literal["payment"]
     merchant_id: str
-    status: Literal["requires_action", "processing", "requires_capture", "succeeded", "failed", "canceled"]
+    livemode: bool
+    status: PaymentStatus
     amount: int
     amount_captured: int
     amount_refunded: int
@@ -142,6 +147,7 @@ class RefundOut(BaseModel):
     object: Literal["refund"]
     payment_id: str
     merchant_id: str
+    livemode: bool
     amount: int
     currency: str
     status: Literal["pending", "succeeded", "failed"]
@@ -189,6 +195,7 @@ class WalletOut(BaseModel):
     id: str
     object: Literal["wallet"]
     merchant_id: str
+    livemode: bool
     customer_id: str
     currency: str
     balance: int

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Row, bindparam, func, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -154,7 +154,7 @@ def _payment(session: Session, payment_id: str, *, lock: bool = False) -> Row:
 
 def get_payment_row(session: Session, principal: Principal | None, payment_id: str) -> Row:
     row = _payment(session, payment_id)
-    if principal is not None and not principal.sees(row.merchant_id):
+    if principal is not None and not principal.sees_object(row.merchant_id, row.livemode):
         raise errors.PaymentNotFound(f"no payment {payment_id}")
     return row
 
@@ -196,7 +196,8 @@ def _net_amount(row: Row) -> int:
 def payment_view(row: Row, attempt_views: list[dict[str, Any]], timeline: list[dict[str, Any]] | None = None,
                  ) -> dict[str, Any]:
     view: dict[str, Any] = {
-        "id": row.id, "object": "payment", "merchant_id": row.merchant_id, "status": row.status,
+        "id": row.id, "object": "payment", "livemode": row.livemode, "merchant_id": row.merchant_id,
+        "status": row.status,
         "amount": row.amount, "amount_captured": row.amount_captured, "amount_refunded": row.amount_refunded,
         "currency": row.currency, "method": row.method, "capture_method": row.capture_method,
         "purpose": row.purpose, "channel": row.channel, "merchant_order_id": row.merchant_order_id,
@@ -227,18 +228,15 @@ def get_payment(session: Session, principal: Principal | None, payment_id: str) 
 def list_payments(session: Session, principal: Principal, *, merchant_id: str | None, status: str | None,
                   merchant_order_id: str | None, limit: int, starting_after: str | None,
                   ) -> tuple[list[dict[str, Any]], bool]:
-    query = select(payments)
-    owner = principal.merchant_id or merchant_id
-    if principal.merchant_id and merchant_id and merchant_id != principal.merchant_id:
+    scope = principal.listing(payments, merchant_id)
+    if scope is None:
         return [], False
-    if owner:
-        query = query.where(payments.c.merchant_id == owner)
+    query = select(payments).where(*scope)
     if status:
         query = query.where(payments.c.status == status)
     if merchant_order_id:
         query = query.where(payments.c.merchant_order_id == merchant_order_id)
-    rows, more = newest_first(session, query, payments, starting_after, limit=limit,
-                              scope=payments.c.merchant_id == owner if owner else None)
+    rows, more = newest_first(session, query, payments, starting_after, limit=limit, scope=and_(true(), *scope))
     views = _attempt_views(session, [r.id for r in rows])
     return [payment_view(r, views[r.id]) for r in rows], more
 
@@ -279,8 +277,8 @@ def _publish(session: Session, row: Row, status: str, written: dict[str, Any] | 
         fresh = WrittenRow({**row._mapping, **written})
     view = payment_view(fresh, _attempt_views(session, [fresh.id])[fresh.id])
     session.info.setdefault("payment_views", {})[fresh.id] = view
-    webhooks.emit(session, merchant_id=fresh.merchant_id, event_type=state.WEBHOOK_EVENTS[status],
-                  data=view)
+    webhooks.emit(session, merchant_id=fresh.merchant_id, livemode=fresh.livemode,
+                  event_type=state.WEBHOOK_EVENTS[status], data=view)
 
 
 def _json_safe(view: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +306,8 @@ class NewPayment:
     metadata: dict[str, Any] | None = None
     purpose: str = "merchant_sale"
     wallet_id: str | None = None
+    livemode: bool | None = None
+    """None: the caller's (``Principal.creates_livemode``); an order's payment takes the order's."""
 
 
 @dataclass
@@ -350,18 +350,19 @@ def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Acto
     if payment_id is not None and _run(session, _PAYMENT_EXISTS, {"the_id": payment_id}).first() is not None:
         return _Opened(payment_id, None, None, [], None, existing=True)
     merchant_id = identity.owner_of(session, principal, request.merchant_id)
+    livemode = principal.creates_livemode if request.livemode is None else request.livemode
     if request.capture_method == "manual" and request.method != "card":
         raise errors.CaptureMethodNotSupported("manual capture is for card payments")
-    card_data, card_id = _card_of(session, rt, principal, actor, merchant_id, request)
+    card_data, card_id = _card_of(session, rt, principal, actor, merchant_id, livemode, request)
     wallet_id = request.wallet_id
     if request.method == "wallet":
-        wallet_id = _paying_wallet(session, merchant_id, request)
+        wallet_id = _paying_wallet(session, merchant_id, livemode, request)
     customer = request.customer or {}
     rule = fees.rule_for(session, merchant_id, request.method, request.currency)
     fee = 0 if request.purpose == "wallet_top_up" else rule.fee(request.amount)
     plan = rt.router.plan(session, merchant_id=merchant_id, method=request.method, currency=request.currency,
                           amount=request.amount, country=customer.get("country"),
-                          card_bin=card_data.bin if card_data else None)
+                          card_bin=card_data.bin if card_data else None, livemode=livemode)
     if not plan.candidates and not any(s.transient for s in plan.skipped):
         raise plan.no_candidate_error()  # nothing could ever take it: refused, nothing stored
     now = clock.now()
@@ -369,7 +370,8 @@ def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Acto
     fee_items = [{"type": "processing_fee", "amount": fee, "percent": rule.percent, "fixed": rule.fixed,
                   "minimum": rule.minimum}] if request.purpose != "wallet_top_up" else []
     values = {
-        "id": pid, "merchant_id": merchant_id, "purpose": request.purpose, "amount": request.amount,
+        "id": pid, "merchant_id": merchant_id, "livemode": livemode, "purpose": request.purpose,
+        "amount": request.amount,
         "currency": request.currency, "method": request.method, "capture_method": request.capture_method,
         "status": state.PROCESSING, "merchant_order_id": request.merchant_order_id,
         "description": request.description, "customer_json": canonical_json(customer), "card_id": card_id,
@@ -405,19 +407,20 @@ def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Acto
 
 
 def _card_of(session: Session, rt: Runtime, principal: Principal, actor: audit.Actor, merchant_id: str,
-             request: NewPayment) -> tuple[protocol.CardData | None, str | None]:
+             livemode: bool, request: NewPayment) -> tuple[protocol.CardData | None, str | None]:
     if request.method != "card":
         return None, None
     card = request.card
     if not card:
         raise errors.PaymentDetailsRequired("a card payment needs payment_details.card")
     if card.get("card_id"):
-        details = vault.reveal_card(session, rt.cipher, card["card_id"], merchant_id, actor=actor)
+        details = vault.reveal_card(session, rt.cipher, card["card_id"], merchant_id, livemode, actor=actor)
         cvc = None
     else:
         row = vault.create_card(session, rt.cipher, actor, principal, number=card["number"],
                                 exp_month=card["exp_month"], exp_year=card["exp_year"],
-                                holder_name=card.get("holder_name"), merchant_id=merchant_id, audited=False)
+                                holder_name=card.get("holder_name"), merchant_id=merchant_id, livemode=livemode,
+                                audited=False)
         details = vault.CardDetails(card_id=row.id, merchant_id=merchant_id,
                                     number=vault.normalize_card_number(card["number"]), exp_month=row.exp_month,
                                     exp_year=row.exp_year, brand=row.brand, bin=row.bin, last4=row.last4)
@@ -427,18 +430,19 @@ def _card_of(session: Session, rt: Runtime, principal: Principal, actor: audit.A
     return data, details.card_id
 
 
-def _paying_wallet(session: Session, merchant_id: str, request: NewPayment) -> str:
+def _paying_wallet(session: Session, merchant_id: str, livemode: bool, request: NewPayment) -> str:
     """The wallet a wallet payment draws on: the customer's wallet in the payment's currency. A customer
     with no wallet at all is ``wallet_not_found``; one whose wallets hold other currencies is
     ``currency_not_supported``, naming them. (``wallet_id`` is set only by Clearhouse's own callers.)"""
     customer_id = (request.customer or {}).get("id")
     if request.wallet_id:
-        found = session.execute(select(wallets).where(wallets.c.id == request.wallet_id,
-                                                      wallets.c.merchant_id == merchant_id)).all()
+        found = session.execute(select(wallets).where(
+            wallets.c.id == request.wallet_id, wallets.c.merchant_id == merchant_id,
+            wallets.c.livemode == livemode)).all()
     elif customer_id:
         found = session.execute(select(wallets).where(
-            wallets.c.merchant_id == merchant_id, wallets.c.customer_id == customer_id)
-            .order_by(wallets.c.currency)).all()
+            wallets.c.merchant_id == merchant_id, wallets.c.livemode == livemode,
+            wallets.c.customer_id == customer_id).order_by(wallets.c.currency)).all()
     else:
         raise errors.PaymentDetailsRequired("a wallet payment needs customer.id, the customer whose wallet pays")
     if not found:
@@ -1004,8 +1008,9 @@ def _canceled(session: Session, payment_id: str, reason: str) -> str | None:
 
 def refund_view(row: Row) -> dict[str, Any]:
     return {
-        "id": row.id, "object": "refund", "payment_id": row.payment_id, "merchant_id": row.merchant_id,
-        "amount": row.amount, "currency": row.currency, "status": row.status, "reason": row.reason,
+        "id": row.id, "object": "refund", "livemode": row.livemode, "payment_id": row.payment_id,
+        "merchant_id": row.merchant_id, "amount": row.amount, "currency": row.currency, "status": row.status,
+        "reason": row.reason,
         "fee_refunded": row.fee_refunded, "channel_cost_charged": row.channel_cost_charged,
         "failure_code": row.failure_code,
         "ledger_transfer_id": row.ledger_entry_id, "created_at": row.created_at, "updated_at": row.updated_at,
@@ -1014,7 +1019,7 @@ def refund_view(row: Row) -> dict[str, Any]:
 
 def get_refund(session: Session, principal: Principal | None, refund_id: str) -> dict[str, Any]:
     row = session.execute(select(refunds).where(refunds.c.id == refund_id)).first()
-    if row is None or (principal is not None and not principal.sees(row.merchant_id)):
+    if row is None or (principal is not None and not principal.sees_object(row.merchant_id, row.livemode)):
         raise errors.RefundNotFound(f"no refund {refund_id}")
     return refund_view(row)
 
@@ -1063,7 +1068,8 @@ def _reserve_refund(session: Session, rt: Runtime, principal: Principal, payment
     now = clock.now()
     cost_back = cost_returned(session, rt, row, amount)
     session.execute(insert(refunds).values(
-        id=rid, payment_id=row.id, merchant_id=row.merchant_id, amount=amount, currency=row.currency,
+        id=rid, payment_id=row.id, merchant_id=row.merchant_id, livemode=row.livemode, amount=amount,
+        currency=row.currency,
         status="pending", reason=reason, channel=row.channel, channel_cost_returned=cost_back,
         created_at=now, updated_at=now))
     if row.purpose == "wallet_top_up":
@@ -1198,8 +1204,8 @@ def apply_refund_result(session: Session, refund_id: str, status: str, external_
         return f"pending:{status}"
     _event(session, payment.id, f"refund_{new_status}", refund=row.id, amount=row.amount, source=source)
     fresh = session_refund(session, refund_id)
-    webhooks.emit(session, merchant_id=payment.merchant_id, event_type=f"refund.{new_status}",
-                  data=refund_view(fresh))
+    webhooks.emit(session, merchant_id=payment.merchant_id, livemode=payment.livemode,
+                  event_type=f"refund.{new_status}", data=refund_view(fresh))
     return f"refund_{new_status}"
 
 

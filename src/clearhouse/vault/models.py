@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearhouse.kit.models import Base, sql_list
@@ -30,6 +30,8 @@ class VaultCard(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(String(40), ForeignKey("merchants.id"))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     number_ciphertext: Mapped[str] = mapped_column(Text)
     """FieldCipher token, context ``vault_cards.number:<id>``."""
     holder_name_ciphertext: Mapped[str | None] = mapped_column(Text)
@@ -54,6 +56,8 @@ class VaultBankAccount(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(String(40), ForeignKey("merchants.id"))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     kind: Mapped[str] = mapped_column(String(16))
     number_ciphertext: Mapped[str] = mapped_column(Text)
     """FieldCipher token, context ``vault_bank_accounts.number:<id>``."""

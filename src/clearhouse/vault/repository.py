@@ -26,11 +26,10 @@ def get_card(session: Session, card_id: str) -> Row | None:
     return session.execute(select(cards).where(cards.c.id == card_id)).first()
 
 
-def list_cards(session: Session, merchant_id: str | None, *, limit: int,
+def list_cards(session: Session, scope: list[Any], *, limit: int,
                starting_after: str | None) -> tuple[list[Row], bool]:
-    query = select(cards).order_by(cards.c.id).limit(limit + 1)
-    if merchant_id is not None:
-        query = query.where(cards.c.merchant_id == merchant_id)
+    """``scope``: the caller's conditions (``Principal.listing``)."""
+    query = select(cards).where(*scope).order_by(cards.c.id).limit(limit + 1)
     if starting_after:
         query = query.where(cards.c.id > starting_after)
     rows = session.execute(query).all()
@@ -45,11 +44,10 @@ def get_bank_account(session: Session, bank_account_id: str) -> Row | None:
     return session.execute(select(bank_accounts).where(bank_accounts.c.id == bank_account_id)).first()
 
 
-def list_bank_accounts(session: Session, merchant_id: str | None, *, limit: int,
+def list_bank_accounts(session: Session, scope: list[Any], *, limit: int,
                        starting_after: str | None) -> tuple[list[Row], bool]:
-    query = select(bank_accounts).order_by(bank_accounts.c.id).limit(limit + 1)
-    if merchant_id is not None:
-        query = query.where(bank_accounts.c.merchant_id == merchant_id)
+    """``scope``: the caller's conditions (``Principal.listing``)."""
+    query = select(bank_accounts).where(*scope).order_by(bank_accounts.c.id).limit(limit + 1)
     if starting_after:
         query = query.where(bank_accounts.c.id > starting_after)
     rows = session.execute(query).all()

@@ -33,6 +33,7 @@ class CardCreate(Model):
 class CardOut(BaseModel):
     id: str
     merchant_id: str
+    livemode: bool
     bin: str
     last4: str
     brand: Literal["visa", "mastercard", "amex", "unionpay", "jcb", "discover", "diners", "unknown"]
@@ -55,6 +56,7 @@ class BankAccountCreate(Model):
 class BankAccountOut(BaseModel):
     id: str
     merchant_id: str
+    livemode: bool
     kind: Literal["account_number", "iban"]
     last4: str
     bank_code: str | None

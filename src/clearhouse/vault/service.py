@@ -159,7 +159,8 @@ def _card_context(card_id: str, column: str = "number") -> str:
 
 def card_dict(row: Row) -> dict[str, Any]:
     return {
-        "id": row.id, "merchant_id": row.merchant_id, "bin": row.bin, "last4": row.last4, "brand": row.brand,
+        "id": row.id, "livemode": row.livemode, "merchant_id": row.merchant_id, "bin": row.bin, "last4": row.last4,
+        "brand": row.brand,
         "exp_month": row.exp_month, "exp_year": row.exp_year, "fingerprint": row.fingerprint,
         "created_at": row.created_at,
     }
@@ -167,8 +168,10 @@ def card_dict(row: Row) -> dict[str, Any]:
 
 def create_card(session: Session, cipher: FieldCipher, actor: audit.Actor, principal: Principal, *,
                 number: str, exp_month: int, exp_year: int, holder_name: str | None = None,
-                merchant_id: str | None = None, audited: bool = True) -> Any:
+                merchant_id: str | None = None, livemode: bool | None = None, audited: bool = True) -> Any:
     """Vault a card: validate, encrypt the number, keep BIN/last four/expiry/brand readable.
+
+    ``livemode``: the card's mode when it is not the caller's (a payment's card takes the payment's).
 
     ``audited=False`` is for a card vaulted inside a payment, whose own timeline records it:
     the audit chain's lock would otherwise serialize every card payment.
@@ -184,6 +187,7 @@ def create_card(session: Session, cipher: FieldCipher, actor: audit.Actor, princ
     values = {
         "id": card_id,
         "merchant_id": owner,
+        "livemode": principal.creates_livemode if livemode is None else livemode,
         "number_ciphertext": cipher.encrypt(digits, _card_context(card_id)),
         "holder_name_ciphertext": (
             cipher.encrypt(holder_name, _card_context(card_id, "holder_name")) if holder_name else None
@@ -217,33 +221,34 @@ def _shown_id(given: str, prefix: str) -> str:
     return "with the id given"
 
 
-def _card(session: Session, merchant_id: str | None, card_id: str) -> Row:
+def _card(session: Session, card_id: str, merchant_id: str | None, livemode: bool | None) -> Row:
+    """The card, when it is of ``merchant_id`` and of mode ``livemode`` (None: any)."""
     row = repository.get_card(session, card_id)
-    if row is None or (merchant_id is not None and row.merchant_id != merchant_id):
+    if row is None or merchant_id not in (None, row.merchant_id) or livemode not in (None, row.livemode):
         raise CardNotFound(f"no card {_shown_id(card_id, 'card')}")
     return row
 
 
 def get_card(session: Session, principal: Principal, card_id: str) -> Row:
     """A card the caller may see, masked (the row holds no readable number)."""
-    return _card(session, principal.merchant_id, card_id)
+    return _card(session, card_id, principal.merchant_id, principal.livemode)
 
 
 def list_cards(session: Session, principal: Principal, *, merchant_id: str | None, limit: int,
                starting_after: str | None) -> tuple[list[Row], bool]:
     """Cards oldest first; merchant callers see their own only (another merchant's filter: none)."""
-    if principal.merchant_id is not None:
-        if merchant_id is not None and merchant_id != principal.merchant_id:
-            return [], False
-        merchant_id = principal.merchant_id
-    return repository.list_cards(session, merchant_id, limit=limit, starting_after=starting_after)
+    scope = principal.listing(repository.cards, merchant_id)
+    if scope is None:
+        return [], False
+    return repository.list_cards(session, scope, limit=limit, starting_after=starting_after)
 
 
-def reveal_card(session: Session, cipher: FieldCipher, card_id: str, merchant_id: str, *,
+def reveal_card(session: Session, cipher: FieldCipher, card_id: str, merchant_id: str, livemode: bool, *,
                 actor: audit.Actor | None = None) -> CardDetails:
     """The card with its number, for the channel call that needs it (payments); only for the
-    merchant that owns it. With ``actor`` the access is recorded in the audit trail."""
-    row = _card(session, merchant_id, card_id)
+    merchant that owns it, and in its mode (a test payment never charges a card vaulted live).
+    With ``actor`` the access is recorded in the audit trail."""
+    row = _card(session, card_id, merchant_id, livemode)
     if actor is not None:
         audit.record(session, actor, "vault.card.reveal", "card", card_id, merchant_id=row.merchant_id)
     return CardDetails(
@@ -291,7 +296,7 @@ def _account_context(bank_account_id: str) -> str:
 
 def bank_account_dict(row: Row) -> dict[str, Any]:
     return {
-        "id": row.id, "merchant_id": row.merchant_id, "kind": row.kind, "last4": row.last4,
+        "id": row.id, "livemode": row.livemode, "merchant_id": row.merchant_id, "kind": row.kind, "last4": row.last4,
         "bank_code": row.bank_code, "holder_name": row.holder_name, "country": row.country,
         "currency": row.currency, "fingerprint": row.fingerprint, "created_at": row.created_at,
     }
@@ -307,6 +312,7 @@ def create_bank_account(session: Session, cipher: FieldCipher, actor: audit.Acto
     values = {
         "id": bank_account_id,
         "merchant_id": owner,
+        "livemode": principal.creates_livemode,
         "kind": kind,
         "number_ciphertext": cipher.encrypt(number, _account_context(bank_account_id)),
         "fingerprint": cipher.fingerprint(f"bank:{country}:{bank_code or ''}:{number}"),
@@ -321,33 +327,33 @@ def create_bank_account(session: Session, cipher: FieldCipher, actor: audit.Acto
     audit.record(session, actor, "vault.bank_account.create", "bank_account", bank_account_id, merchant_id=owner,
                  changes={k: values[k] for k in ("kind", "last4", "bank_code", "country", "currency",
                                                  "fingerprint")})
-    return _bank_account(session, None, bank_account_id)
+    return _bank_account(session, bank_account_id, None, None)
 
 
-def _bank_account(session: Session, merchant_id: str | None, bank_account_id: str) -> Row:
+def _bank_account(session: Session, bank_account_id: str, merchant_id: str | None, livemode: bool | None) -> Row:
+    """The account, when it is of ``merchant_id`` and of mode ``livemode`` (None: any)."""
     row = repository.get_bank_account(session, bank_account_id)
-    if row is None or (merchant_id is not None and row.merchant_id != merchant_id):
+    if row is None or merchant_id not in (None, row.merchant_id) or livemode not in (None, row.livemode):
         raise BankAccountNotFound(f"no bank account {_shown_id(bank_account_id, 'ba')}")
     return row
 
 
 def get_bank_account(session: Session, principal: Principal, bank_account_id: str) -> Row:
-    return _bank_account(session, principal.merchant_id, bank_account_id)
+    return _bank_account(session, bank_account_id, principal.merchant_id, principal.livemode)
 
 
 def list_bank_accounts(session: Session, principal: Principal, *, merchant_id: str | None, limit: int,
                        starting_after: str | None) -> tuple[list[Row], bool]:
-    if principal.merchant_id is not None:
-        if merchant_id is not None and merchant_id != principal.merchant_id:
-            return [], False
-        merchant_id = principal.merchant_id
-    return repository.list_bank_accounts(session, merchant_id, limit=limit, starting_after=starting_after)
+    scope = principal.listing(repository.bank_accounts, merchant_id)
+    if scope is None:
+        return [], False
+    return repository.list_bank_accounts(session, scope, limit=limit, starting_after=starting_after)
 
 
-def reveal_bank_account(session: Session, cipher: FieldCipher, bank_account_id: str, merchant_id: str, *,
-                        actor: audit.Actor | None = None) -> BankAccountDetails:
-    """The account with its number, for the payout that needs it; only for its merchant."""
-    row = _bank_account(session, merchant_id, bank_account_id)
+def reveal_bank_account(session: Session, cipher: FieldCipher, bank_account_id: str, merchant_id: str,
+                        livemode: bool, *, actor: audit.Actor | None = None) -> BankAccountDetails:
+    """The account with its number, for the payout that needs it; only for its merchant, in its mode."""
+    row = _bank_account(session, bank_account_id, merchant_id, livemode)
     if actor is not None:
         audit.record(session, actor, "vault.bank_account.reveal", "bank_account", bank_account_id,
                      merchant_id=row.merchant_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearhouse.kit.models import Base, sql_list
@@ -33,6 +33,8 @@ class WebhookEndpoint(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(String(40), ForeignKey("merchants.id"))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     url: Mapped[str] = mapped_column(String(URL_MAX))
     description: Mapped[str | None] = mapped_column(String(DESCRIPTION_MAX))
     event_types_json: Mapped[str] = mapped_column(Text)
@@ -62,6 +64,8 @@ class WebhookEvent(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(String(40), ForeignKey("merchants.id"))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     type: Mapped[str] = mapped_column(String(EVENT_TYPE_MAX))
     payload_json: Mapped[str] = mapped_column(Text)
     """The event's ``data`` object as JSON, exactly as sent in every delivery."""

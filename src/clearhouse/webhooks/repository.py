@@ -21,7 +21,8 @@ attempts = WebhookAttempt.__table__
 # spends more building a statement than the database spends running it.
 _INSERT_EVENT = insert(events)
 _ENABLED_ENDPOINTS_OF = select(endpoints.c.id, endpoints.c.event_types_json).where(
-    endpoints.c.merchant_id == bindparam("merchant_id"), endpoints.c.enabled.is_(True),
+    endpoints.c.merchant_id == bindparam("merchant_id"), endpoints.c.livemode == bindparam("livemode"),
+    endpoints.c.enabled.is_(True),
     endpoints.c.deleted_at.is_(None),
 ).order_by(endpoints.c.id)
 
@@ -42,11 +43,11 @@ def get_endpoint(session: Session, endpoint_id: str, *, lock: bool = False, dele
     return session.execute(query).first()
 
 
-def list_endpoints(session: Session, merchant_id: str | None, *, limit: int,
+def list_endpoints(session: Session, scope: list[Any], *, limit: int,
                    starting_after: str | None) -> tuple[list[Row], bool]:
-    query = select(endpoints).where(endpoints.c.deleted_at.is_(None)).order_by(endpoints.c.id).limit(limit + 1)
-    if merchant_id is not None:
-        query = query.where(endpoints.c.merchant_id == merchant_id)
+    """``scope``: the caller's conditions (``Principal.listing``)."""
+    query = (select(endpoints).where(endpoints.c.deleted_at.is_(None), *scope).order_by(endpoints.c.id)
+             .limit(limit + 1))
     if starting_after:
         query = query.where(endpoints.c.id > starting_after)
     rows = session.execute(query).all()
@@ -57,9 +58,10 @@ def update_endpoint(session: Session, endpoint_id: str, values: dict[str, Any]) 
     session.execute(update(endpoints).where(endpoints.c.id == endpoint_id).values(**values))
 
 
-def enabled_endpoints_of(session: Session, merchant_id: str) -> list[Row]:
-    """The endpoints an event of this merchant may go to (filters are matched by the caller)."""
-    return session.connection().execute(_ENABLED_ENDPOINTS_OF, {"merchant_id": merchant_id}).all()
+def enabled_endpoints_of(session: Session, merchant_id: str, livemode: bool) -> list[Row]:
+    """The endpoints an event of this merchant and mode may go to (filters are matched by the caller)."""
+    return session.connection().execute(_ENABLED_ENDPOINTS_OF, {"merchant_id": merchant_id,
+                                                                "livemode": livemode}).all()
 
 
 def cancel_pending_deliveries(session: Session, endpoint_id: str) -> int:
@@ -79,11 +81,10 @@ def get_event(session: Session, event_id: str) -> Row | None:
     return session.execute(select(events).where(events.c.id == event_id)).first()
 
 
-def list_events(session: Session, merchant_id: str | None, event_type: str | None, *, limit: int,
+def list_events(session: Session, scope: list[Any], event_type: str | None, *, limit: int,
                 starting_after: str | None) -> tuple[list[Row], bool]:
-    query = select(events).order_by(events.c.id).limit(limit + 1)
-    if merchant_id is not None:
-        query = query.where(events.c.merchant_id == merchant_id)
+    """``scope``: the caller's conditions (``Principal.listing``)."""
+    query = select(events).where(*scope).order_by(events.c.id).limit(limit + 1)
     if event_type is not None:
         query = query.where(events.c.type == event_type)
     if starting_after:

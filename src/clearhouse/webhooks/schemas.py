@@ -40,6 +40,7 @@ class WebhookEndpointUpdate(Model):
 class WebhookEndpointOut(BaseModel):
     id: str
     merchant_id: str
+    livemode: bool
     url: str
     description: str | None
     event_types: list[str]
@@ -63,6 +64,7 @@ class WebhookEndpointDeleted(BaseModel):
 class EventOut(BaseModel):
     id: str
     merchant_id: str
+    livemode: bool
     type: str
     data: dict[str, Any]
     created_at: UtcTime

@@ -235,7 +235,8 @@ def secret_context(endpoint_id: str, column: str = "secret") -> str:
 
 def endpoint_dict(row: Row) -> dict[str, Any]:
     return {
-        "id": row.id, "merchant_id": row.merchant_id, "url": row.url, "description": row.description,
+        "id": row.id, "livemode": row.livemode, "merchant_id": row.merchant_id, "url": row.url,
+        "description": row.description,
         "event_types": orjson.loads(row.event_types_json), "enabled": row.enabled,
         "previous_secret_expires_at": row.previous_secret_expires_at,
         "created_at": row.created_at, "updated_at": row.updated_at,
@@ -252,7 +253,8 @@ def create_endpoint(session: Session, cipher: FieldCipher, actor: audit.Actor, p
     owner = identity.owner_of(session, principal, merchant_id)
     endpoint_id, secret, now = new_id("we"), new_secret(), clock.now()
     values = {
-        "id": endpoint_id, "merchant_id": owner, "url": url, "description": description,
+        "id": endpoint_id, "merchant_id": owner, "livemode": principal.creates_livemode, "url": url,
+        "description": description,
         "event_types_json": orjson.dumps(event_types).decode(), "enabled": enabled,
         "secret_ciphertext": cipher.encrypt(secret, secret_context(endpoint_id)),
         "created_at": now, "updated_at": now,
@@ -263,26 +265,25 @@ def create_endpoint(session: Session, cipher: FieldCipher, actor: audit.Actor, p
     return _endpoint(session, None, endpoint_id), secret
 
 
-def _endpoint(session: Session, merchant_id: str | None, endpoint_id: str, *, lock: bool = False,
+def _endpoint(session: Session, principal: Principal | None, endpoint_id: str, *, lock: bool = False,
               deleted: bool = False) -> Row:
     row = repository.get_endpoint(session, endpoint_id, lock=lock, deleted=deleted)
-    if row is None or (merchant_id is not None and row.merchant_id != merchant_id):
+    if row is None or (principal is not None and not principal.sees_object(row.merchant_id, row.livemode)):
         raise EndpointNotFound(f"no webhook endpoint {endpoint_id}")
     return row
 
 
 def get_endpoint(session: Session, principal: Principal, endpoint_id: str) -> Row:
-    return _endpoint(session, principal.merchant_id, endpoint_id)
+    return _endpoint(session, principal, endpoint_id)
 
 
 def list_endpoints(session: Session, principal: Principal, *, merchant_id: str | None, limit: int,
                    starting_after: str | None) -> tuple[list[Row], bool]:
     """Endpoints oldest first; merchant callers see their own (another merchant's filter: none)."""
-    if principal.merchant_id is not None:
-        if merchant_id is not None and merchant_id != principal.merchant_id:
-            return [], False
-        merchant_id = principal.merchant_id
-    return repository.list_endpoints(session, merchant_id, limit=limit, starting_after=starting_after)
+    scope = principal.listing(repository.endpoints, merchant_id)
+    if scope is None:
+        return [], False
+    return repository.list_endpoints(session, scope, limit=limit, starting_after=starting_after)
 
 
 def update_endpoint(session: Session, actor: audit.Actor, principal: Principal, endpoint_id: str,
@@ -293,7 +294,7 @@ def update_endpoint(session: Session, actor: audit.Actor, principal: Principal, 
         if name in changes and changes[name] is None:
             raise ValidationFailed(f"{name} cannot be null", errors=[
                 {"loc": ["body", name], "type": "null_not_allowed", "msg": f"{name} cannot be null"}])
-    before = _endpoint(session, principal.merchant_id, endpoint_id, lock=True)
+    before = _endpoint(session, principal, endpoint_id, lock=True)
     old = endpoint_dict(before)
     if "url" in changes:
         check_url(changes["url"], allow_private=allow_private)
@@ -314,7 +315,7 @@ def update_endpoint(session: Session, actor: audit.Actor, principal: Principal, 
 def delete_endpoint(session: Session, actor: audit.Actor, principal: Principal, endpoint_id: str) -> int:
     """Remove an endpoint; its pending deliveries are canceled (returns how many). Its
     delivery log stays for the audit trail."""
-    row = _endpoint(session, principal.merchant_id, endpoint_id, lock=True)
+    row = _endpoint(session, principal, endpoint_id, lock=True)
     now = clock.now()
     repository.update_endpoint(session, endpoint_id, {"deleted_at": now, "updated_at": now, "enabled": False})
     canceled = repository.cancel_pending_deliveries(session, endpoint_id)
@@ -327,7 +328,7 @@ def rotate_secret(session: Session, cipher: FieldCipher, actor: audit.Actor, pri
                   endpoint_id: str) -> tuple[Row, str]:
     """A new signing secret, returned once. For ``ROTATION_OVERLAP`` deliveries carry a
     signature under the old secret as well, so verifiers holding either one accept them."""
-    row = _endpoint(session, principal.merchant_id, endpoint_id, lock=True)
+    row = _endpoint(session, principal, endpoint_id, lock=True)
     old_secret = cipher.decrypt(row.secret_ciphertext, secret_context(endpoint_id))
     secret, now = new_secret(), clock.now()
     repository.update_endpoint(session, endpoint_id, {
@@ -350,9 +351,10 @@ def _rfc3339(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not plain JSON")
 
 
-def emit(session: Session, *, merchant_id: str, event_type: str, data: dict[str, Any]) -> str:
-    """Record an event and one delivery per enabled endpoint of the merchant whose filter
-    matches, in the caller's transaction (no commit, no HTTP); returns the event id ("evt_...").
+def emit(session: Session, *, merchant_id: str, livemode: bool, event_type: str, data: dict[str, Any]) -> str:
+    """Record an event and one delivery per enabled endpoint of the merchant and the event's mode
+    (``livemode``, its cause's) whose filter matches, in the caller's transaction (no commit, no
+    HTTP); returns the event id ("evt_...").
 
     Call it beside the state change it reports: if that change rolls back, so does the event.
     ``data`` must be plain JSON (str keys; str, int, bool, None, lists, dicts; datetimes are
@@ -365,9 +367,10 @@ def emit(session: Session, *, merchant_id: str, event_type: str, data: dict[str,
     payload = orjson.dumps(data, default=_rfc3339, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
     event_id, now = new_id("evt"), clock.now()
     repository.insert_event(session, {
-        "id": event_id, "merchant_id": merchant_id, "type": event_type, "payload_json": payload, "created_at": now,
+        "id": event_id, "merchant_id": merchant_id, "livemode": livemode, "type": event_type, "payload_json": payload,
+        "created_at": now,
     })
-    targets = [row.id for row in repository.enabled_endpoints_of(session, merchant_id)
+    targets = [row.id for row in repository.enabled_endpoints_of(session, merchant_id, livemode)
                if matches(orjson.loads(row.event_types_json), event_type)]
     _schedule(session, event_id, merchant_id, targets, manual=False)
     return event_id
@@ -393,13 +396,13 @@ def _schedule(session: Session, event_id: str, merchant_id: str, endpoint_ids: l
 # --- events and the delivery log ---------------------------------------------------------
 
 def event_dict(row: Row) -> dict[str, Any]:
-    return {"id": row.id, "merchant_id": row.merchant_id, "type": row.type, "data": orjson.loads(row.payload_json),
-            "created_at": row.created_at}
+    return {"id": row.id, "livemode": row.livemode, "merchant_id": row.merchant_id, "type": row.type,
+            "data": orjson.loads(row.payload_json), "created_at": row.created_at}
 
 
 def get_event(session: Session, principal: Principal, event_id: str) -> Row:
     row = repository.get_event(session, event_id)
-    if row is None or not principal.sees(row.merchant_id):
+    if row is None or not principal.sees_object(row.merchant_id, row.livemode):
         raise EventNotFound(f"no event {event_id}")
     return row
 
@@ -411,11 +414,10 @@ def list_events(session: Session, principal: Principal, *, event_type: str | Non
         check_event_types([event_type])
         if event_type == "*":
             event_type = None
-    if principal.merchant_id is not None:
-        if merchant_id is not None and merchant_id != principal.merchant_id:
-            return [], False
-        merchant_id = principal.merchant_id
-    return repository.list_events(session, merchant_id, event_type, limit=limit, starting_after=starting_after)
+    scope = principal.listing(repository.events, merchant_id)
+    if scope is None:
+        return [], False
+    return repository.list_events(session, scope, event_type, limit=limit, starting_after=starting_after)
 
 
 def delivery_dicts(session: Session, rows: list[Row]) -> list[dict[str, Any]]:
@@ -442,7 +444,7 @@ def list_deliveries(session: Session, principal: Principal, endpoint_id: str, *,
                     starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
     """An endpoint's delivery log, newest first, each with its attempts; kept, and readable, after the
     endpoint is deleted."""
-    _endpoint(session, principal.merchant_id, endpoint_id, deleted=True)
+    _endpoint(session, principal, endpoint_id, deleted=True)
     rows, more = repository.list_deliveries(session, endpoint_id, status=status, limit=limit,
                                             starting_after=starting_after)
     return delivery_dicts(session, rows), more
@@ -456,12 +458,14 @@ def redeliver(session: Session, actor: audit.Actor, principal: Principal, event_
     event id, so a receiver that already handled it can recognise it."""
     event = get_event(session, principal, event_id)
     if endpoint_id is not None:
-        endpoint = _endpoint(session, event.merchant_id, endpoint_id)
+        endpoint = _endpoint(session, principal, endpoint_id)
+        if endpoint.merchant_id != event.merchant_id or endpoint.livemode != event.livemode:
+            raise EndpointNotFound(f"no webhook endpoint {endpoint_id} of the event's merchant and mode")
         if not endpoint.enabled:
             raise EndpointDisabled(f"webhook endpoint {endpoint_id} is disabled")
         targets = [endpoint_id]
     else:
-        targets = [row.id for row in repository.enabled_endpoints_of(session, event.merchant_id)
+        targets = [row.id for row in repository.enabled_endpoints_of(session, event.merchant_id, event.livemode)
                    if matches(orjson.loads(row.event_types_json), event.type)]
     delivery_ids = _schedule(session, event.id, event.merchant_id, targets, manual=True)
     audit.record(session, actor, "webhook_event.redeliver", "webhook_event", event.id, merchant_id=event.merchant_id,

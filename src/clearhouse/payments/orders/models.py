@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clearhouse.kit.models import Base, sql_list
@@ -37,6 +48,8 @@ class Product(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(String(40), ForeignKey("merchants.id"))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     name: Mapped[str] = mapped_column(String(200))
     price_amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
@@ -85,6 +98,8 @@ class Order(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(String(40), ForeignKey("merchants.id"))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    """False: made with a test key, seen only by test keys (identity.md, "Test and live")."""
     product_id: Mapped[str] = mapped_column(String(40), ForeignKey("products.id"))
     quantity: Mapped[int] = mapped_column(Integer)
     amount: Mapped[int] = mapped_column(BigInteger)

@@ -71,6 +71,7 @@ class ProductOut(BaseModel):
     id: str
     object: Literal["product"]
     merchant_id: str
+    livemode: bool
     name: str
     price: PriceOut
     active: bool
@@ -119,6 +120,7 @@ class OrderOut(BaseModel):
     id: str
     object: Literal["order"]
     merchant_id: str
+    livemode: bool
     product_id: str
     quantity: int
     amount: int

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy import Row, and_, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -165,7 +165,7 @@ def _fingerprint(cipher: FieldCipher, product_id: str, code: str) -> str:
 
 def _product(session: Session, principal: Principal | None, product_id: str) -> Row:
     row = session.execute(select(products).where(products.c.id == product_id)).first()
-    if row is None or (principal is not None and not principal.sees(row.merchant_id)):
+    if row is None or (principal is not None and not principal.sees_object(row.merchant_id, row.livemode)):
         raise ProductNotFound(f"no product {product_id}")
     return row
 
@@ -184,7 +184,7 @@ def stock_of(session: Session, product_ids: list[str]) -> dict[str, dict[str, in
 
 def product_view(row: Row, stock: dict[str, int]) -> dict[str, Any]:
     return {
-        "id": row.id, "object": "product", "merchant_id": row.merchant_id, "name": row.name,
+        "id": row.id, "object": "product", "livemode": row.livemode, "merchant_id": row.merchant_id, "name": row.name,
         "price": {"amount": row.price_amount, "currency": row.currency}, "active": row.active, "stock": stock,
         "created_at": row.created_at, "updated_at": row.updated_at,
     }
@@ -197,14 +197,12 @@ def get_product(session: Session, principal: Principal | None, product_id: str) 
 
 def list_products(session: Session, principal: Principal, *, active: bool | None, limit: int,
                   starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    query = select(products)
-    if principal.merchant_id:
-        query = query.where(products.c.merchant_id == principal.merchant_id)
+    scope = principal.listing(products, None)
+    query = select(products).where(*scope)
     if active is not None:
         query = query.where(products.c.active.is_(active))
     # The orders' cursor rule: newest first, and an unknown (or another merchant's) cursor is an empty page.
-    rows, more = newest_first(session, query, products, starting_after, limit=limit,
-                              scope=products.c.merchant_id == principal.merchant_id if principal.merchant_id else None)
+    rows, more = newest_first(session, query, products, starting_after, limit=limit, scope=and_(true(), *scope))
     stock = stock_of(session, [r.id for r in rows])
     return [product_view(r, stock[r.id]) for r in rows], more
 
@@ -215,8 +213,8 @@ def create_product(session: Session, actor: audit.Actor, principal: Principal, *
     now = clock.now()
     product_id = new_id("prod")
     session.execute(insert(products).values(
-        id=product_id, merchant_id=owner, name=name, price_amount=amount, currency=currency, active=active,
-        created_at=now, updated_at=now))
+        id=product_id, merchant_id=owner, livemode=principal.creates_livemode, name=name, price_amount=amount,
+        currency=currency, active=active, created_at=now, updated_at=now))
     audit.record(session, actor, "orders.product.create", "product", product_id, merchant_id=owner,
                  changes={"name": name, "price": {"amount": amount, "currency": currency}, "active": active})
     return get_product(session, None, product_id)
@@ -296,7 +294,7 @@ def _order(session: Session, order_id: str, *, lock: bool = False) -> Row:
 
 def _visible_order(session: Session, principal: Principal | None, order_id: str) -> Row:
     row = _order(session, order_id)
-    if principal is not None and not principal.sees(row.merchant_id):
+    if principal is not None and not principal.sees_object(row.merchant_id, row.livemode):
         raise OrderNotFound(f"no order {order_id}")
     return row
 
@@ -309,7 +307,8 @@ def steps_of(session: Session, order_id: str) -> list[dict[str, Any]]:
 def order_view(session: Session, row: Row, *, with_steps: bool = False, with_payment: bool = False,
                ) -> dict[str, Any]:
     view: dict[str, Any] = {
-        "id": row.id, "object": "order", "merchant_id": row.merchant_id, "product_id": row.product_id,
+        "id": row.id, "object": "order", "livemode": row.livemode, "merchant_id": row.merchant_id,
+        "product_id": row.product_id,
         "quantity": row.quantity, "amount": row.amount, "currency": row.currency, "status": row.status,
         "payment_id": row.payment_id, "payment_method": row.payment_method, "refund_id": row.refund_id,
         "customer": orjson.loads(row.customer_json), "failure_code": row.failure_code,
@@ -343,15 +342,13 @@ def get_order(session: Session, principal: Principal | None, order_id: str) -> d
 
 def list_orders(session: Session, principal: Principal, *, status: str | None, product_id: str | None,
                 limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    query = select(orders)
-    if principal.merchant_id:
-        query = query.where(orders.c.merchant_id == principal.merchant_id)
+    scope = principal.listing(orders, None)
+    query = select(orders).where(*scope)
     if status:
         query = query.where(orders.c.status == status)
     if product_id:
         query = query.where(orders.c.product_id == product_id)
-    rows, more = newest_first(session, query, orders, starting_after, limit=limit,
-                              scope=orders.c.merchant_id == principal.merchant_id if principal.merchant_id else None)
+    rows, more = newest_first(session, query, orders, starting_after, limit=limit, scope=and_(true(), *scope))
     return [order_view(session, r) for r in rows], more
 
 
@@ -414,7 +411,7 @@ def _transition(session: Session, order_id: str, from_statuses: tuple[str, ...],
 
 def _publish(session: Session, order_id: str, event_type: str) -> None:
     view = order_view(session, _order(session, order_id))
-    webhooks.emit(session, merchant_id=view["merchant_id"], event_type=event_type,
+    webhooks.emit(session, merchant_id=view["merchant_id"], livemode=view["livemode"], event_type=event_type,
                   data=view)
 
 
@@ -470,7 +467,8 @@ def reserve(session: Session, principal: Principal, request: OrderRequest, *, or
                          available=len(code_ids))
     now = clock.now()
     session.execute(insert(orders).values(
-        id=order_id, merchant_id=product.merchant_id, product_id=product.id, quantity=request.quantity,
+        id=order_id, merchant_id=product.merchant_id, livemode=product.livemode, product_id=product.id,
+        quantity=request.quantity,
         amount=product.price_amount * request.quantity, currency=product.currency, status=RESERVED,
         payment_method=request.method, payment_id=_payment_id_for(order_id),
         customer_json=canonical_json(request.customer or {}), delivery_token_digest=token_digest(delivery_token),
@@ -504,7 +502,7 @@ def pay(rt: payments.Runtime, principal: Principal, actor: audit.Actor, order_id
     request = payments.NewPayment(
         amount=row.amount, currency=row.currency, method=row.payment_method, merchant_id=row.merchant_id,
         merchant_order_id=row.id, customer=orjson.loads(row.customer_json) or None, card=card,
-        description=f"{row.quantity} x {product_name}"[:500], metadata={"order_id": row.id})
+        description=f"{row.quantity} x {product_name}"[:500], metadata={"order_id": row.id}, livemode=row.livemode)
     try:
         return payments.create_payment(rt, principal, actor, request, payment_id=row.payment_id)
     except ClearhouseError as error:
