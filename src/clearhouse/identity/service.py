@@ -276,6 +276,10 @@ def request_api_key(session: Session, cipher: FieldCipher, principal: Principal,
 def _create_approved_key(cipher_of: Any) -> approvals.Executor:
     def execute(session: Session, payload: dict[str, Any], checker: Principal) -> dict[str, Any]:
         expires_at = datetime.fromisoformat(payload["expires_at"]) if payload.get("expires_at") else None
+        if expires_at is not None and expires_at <= clock.now():
+            # Not the approver's 422 about a field they never sent: the request no longer fits, so it ends.
+            raise approvals.ApprovalStale(f"the key would have expired at {clock.rfc3339(expires_at)}, which has "
+                                          "passed since asking; ask for a new key")
         actor = audit.Actor(type=checker.kind, id=checker.id, role=checker.role, merchant_id=checker.merchant_id)
         row, _secret = create_api_key(
             session, cipher_of(), actor, merchant_id=payload["merchant_id"], mode=payload["mode"],
