@@ -23,7 +23,7 @@ from clearhouse.identity import service as identity_service
 from clearhouse.identity.endpoints import router as identity_router
 from clearhouse.identity.middleware import AuthenticationMiddleware
 from clearhouse.identity.people.endpoints import router as people_router
-from clearhouse.identity.permissions import PUBLIC, leaf_routes, requires, route_permission
+from clearhouse.identity.permissions import PUBLIC, requires
 from clearhouse.kit.api import install_input_guards
 from clearhouse.kit.crypto import FieldCipher, load_master_keys
 from clearhouse.kit.db import current_revision, head_revision, make_engine
@@ -31,10 +31,10 @@ from clearhouse.kit.errors import install_handlers
 from clearhouse.kit.idempotency import IdempotencyMiddleware
 from clearhouse.kit.logging import configure_logging, install_request_logging
 from clearhouse.kit.metrics import metrics_response
-from clearhouse.kit.money import MAX_AMOUNT
 from clearhouse.kit.settings import Settings, get_settings
 from clearhouse.ledger.endpoints import BODY_MODELS as ledger_body_models
 from clearhouse.ledger.endpoints import router as ledger_router
+from clearhouse.openapi import complete_openapi
 from clearhouse.payments.endpoints import router as payments_router
 from clearhouse.payments.orders.endpoints import router as orders_router
 from clearhouse.payments.service import Runtime as PaymentsRuntime
@@ -158,52 +158,5 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     def metrics(request: Request) -> Response:
         return metrics_response()
 
-    _complete_openapi(app, extra_models=ledger_body_models)
+    complete_openapi(app, extra_models=ledger_body_models, no_database=["/healthz"])
     return app
-
-
-_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-
-
-def _exact_integer_bounds(node: Any) -> None:
-    """FastAPI passes the document through its own models, whose bounds are floats: an integer field's
-    ``le=2**63 - 1`` came out as ``9.223372036854776e+18``, which is 2**63, one past the limit. An
-    integer's bound is an integer again: exact below 2**53, and the one bound above it that we use, the
-    ledger's ``MAX_AMOUNT``, recognised by its float."""
-    if isinstance(node, list):
-        for item in node:
-            _exact_integer_bounds(item)
-    elif isinstance(node, dict):
-        if node.get("type") == "integer":
-            for key in _BOUNDS:
-                value = node.get(key)
-                if isinstance(value, float):
-                    node[key] = MAX_AMOUNT if value == float(MAX_AMOUNT) else int(value)
-        for value in node.values():
-            _exact_integer_bounds(value)
-
-
-def _complete_openapi(app: FastAPI, extra_models: list[Any]) -> None:
-    """Show each operation's permission in the OpenAPI document (``x-permission``), and
-    define the models that request bodies read by hand refer to (``extra_models``)."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            _exact_integer_bounds(schema)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in extra_models:
-                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                for name, nested in definition.pop("$defs", {}).items():
-                    components.setdefault(name, nested)
-                components.setdefault(model.__name__, definition)
-            for route in leaf_routes(app):
-                permission = route_permission(route)
-                operations = schema["paths"].get(getattr(route, "path", ""), {})
-                for method in getattr(route, "methods", None) or ():
-                    if permission is not None and method.lower() in operations:
-                        operations[method.lower()]["x-permission"] = permission
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
