@@ -195,3 +195,78 @@ class TestRouting:
             return next(e["detail"]["rule"] for e in timeline if e["type"] == "created")
 
         assert (rule_used(shop.test), rule_used(shop.live)) == (rule["id"], None)
+
+
+def test_a_test_key_shares_no_idempotency_key_with_the_live_integration(shop: Shop):
+    headers = {"Idempotency-Key": "order-42"}
+    live = shop.live.post("/v1/payments", json=card_body(7000), headers=headers)
+    assert live.status_code == 201, live.text
+    test = shop.test.post("/v1/payments", json=card_body(7000), headers=headers)
+    assert test.status_code == 201, test.text  # not 409 idempotency_key_reused: it learns nothing
+    assert test.json()["id"] != live.json()["id"] and test.json()["livemode"] is False
+    again = shop.live.post("/v1/payments", json=card_body(7000), headers=headers)
+    assert (again.json()["id"], again.headers.get("Idempotent-Replayed")) == (live.json()["id"], "true")
+
+
+class TestTheMigration:
+    """Rows made before migration 0016 take the mode of the key that made them (found again here by
+    taking the schema back to 0015, which forgets every mode, and forward again)."""
+
+    def test_what_a_test_key_made_before_it_stays_test(self, app, shop: Shop):
+        from alembic import command
+
+        from clearhouse.kit.db import alembic_config, upgrade
+
+        hook = add_endpoint(shop.test, ["*"])
+        rule = created(shop.test.post("/v1/routing/rules", json={"priority": 1, "channels": ["sandbox_card"]}))
+        product = make_product(shop.test, ["TEST-1"])
+        order = created(shop.test.post("/v1/orders", json=order_body(product["id"])))
+        paid = created(shop.test.post("/v1/payments", json=card_body(5000)))
+        refund = created(shop.test.post(f"/v1/payments/{paid['id']}/refunds", json={"amount": 100}))
+        wallet = created(shop.test.post("/v1/wallets", json={"customer_id": "cus_9", "currency": "CNY"}))
+        created(shop.test.post(f"/v1/wallets/{wallet['id']}/top_ups", json={
+            "amount": 100, "method": "card", "payment_details": card_body()["payment_details"]}))
+        live_hook = add_endpoint(shop.live, ["*"])
+        live = created(shop.live.post("/v1/payments", json=card_body(7000)))
+
+        url = app.state.engine.url.render_as_string(hide_password=False)
+        app.state.engine.dispose()
+        command.downgrade(alembic_config(url), "0015_statement_identity")
+        upgrade(url)
+
+        assert shop.test.get(f"/v1/webhook_endpoints/{hook}").json()["livemode"] is False
+        not_found(shop.live.get(f"/v1/webhook_endpoints/{hook}"))  # it receives no live event
+        assert shop.live.get(f"/v1/webhook_endpoints/{live_hook}").json()["livemode"] is True
+        assert shop.test.get(f"/v1/routing/rules/{rule['id']}").json()["livemode"] is False
+        for path in (f"/v1/products/{product['id']}", f"/v1/orders/{order['id']}", f"/v1/payments/{paid['id']}",
+                     f"/v1/refunds/{refund['id']}", f"/v1/wallets/{wallet['id']}",
+                     f"/v1/vault/cards/{paid['card_id']}"):
+            answer = shop.test.get(path)
+            assert (answer.status_code, answer.json().get("livemode")) == (200, False), path
+        assert shop.live.get(f"/v1/payments/{live['id']}").json()["livemode"] is True
+        assert {e["livemode"] for e in shop.test.get("/v1/events").json()["data"]} == {False}
+
+    def test_the_way_back_refuses_while_a_customer_has_a_wallet_of_each_mode(self, app, shop: Shop):
+        from alembic import command
+
+        from clearhouse.kit.db import alembic_config, current_revision
+
+        for caller in (shop.test, shop.live):
+            created(caller.post("/v1/wallets", json={"customer_id": "cus_both", "currency": "CNY"}))
+        url = app.state.engine.url.render_as_string(hide_password=False)
+        app.state.engine.dispose()
+        with pytest.raises(RuntimeError, match="has a test and a live CNY wallet"):
+            command.downgrade(alembic_config(url), "0015_statement_identity")
+        assert current_revision(app.state.engine) == "0016_livemode"
+
+
+def test_a_test_keys_failing_traffic_does_not_open_the_circuit_live_payments_use(shop: Shop):
+    from clearhouse.channels.connectors.sandbox_card import CARD_CHANNEL_ERROR
+
+    for _ in range(6):
+        shop.test.post("/v1/payments", json=card_body(5000, number=CARD_CHANNEL_ERROR))
+    assert shop.test.get("/v1/channels/sandbox_card").json()["breaker"]["state"] == "open"
+    live = created(shop.live.post("/v1/payments", json=card_body(7000)))
+    assert (live["status"], live["channel"]) == ("succeeded", "sandbox_card")
+    health = shop.live.get("/v1/channels/sandbox_card").json()
+    assert (health["breaker"]["state"], health["outcomes"]) == ("closed", 1)

@@ -91,7 +91,7 @@ class TestFailover:
 
     def test_an_open_circuit_skips_the_channel(self, app, merchant_client_factory, two_acquirers):
         shop, _ = merchant_client_factory()
-        breaker = app.state.router.breaker("sandbox_card")
+        breaker = app.state.router.breaker("sandbox_card", False)  # the test key's payments: test mode's circuit
         for _ in range(20):
             breaker.record_failure()
         payment = shop.post("/v1/payments", json=card_body(700, number="5555555555554444")).json()

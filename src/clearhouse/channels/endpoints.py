@@ -147,14 +147,15 @@ def preview_route(body: RoutePreviewIn, request: Request) -> RoutePlanOut:
 def _channel_out(request: Request, name: str) -> ChannelOut:
     connector = _channels(request)[name]
     router_ = _router(request)
-    health = router_.health(name)
+    livemode = principal_of(request).creates_livemode  # a test key sees the test traffic's circuit and health
+    health = router_.health(name, livemode)
     return ChannelOut(
         name=name, methods=list(connector.methods),
         currencies=list(connector.currencies) if connector.currencies is not None else None,
         cost=CostOut(rate=str(connector.cost.rate), fixed=connector.cost.fixed,
                      returned_on_refund=connector.cost.returned_on_refund),
         supports_manual_capture=bool(getattr(connector, "supports_manual_capture", False)),
-        breaker=BreakerOut(**router_.breaker(name).snapshot()),
+        breaker=BreakerOut(**router_.breaker(name, livemode).snapshot()),
         outcomes=health.outcomes,
         success_rate=round(health.success_rate, 4) if health.success_rate is not None else None,
         mean_latency_ms=round(health.mean_latency_ms, 1) if health.mean_latency_ms is not None else None,

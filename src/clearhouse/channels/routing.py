@@ -458,37 +458,39 @@ class Router:
         self.breaker_policy = breaker_policy or BreakerPolicy()
         self.score_policy = score_policy or ScorePolicy()
         self._lock = threading.Lock()
-        self._breakers: dict[str, Breaker] = {}
-        self._stats: dict[str, ChannelStats] = {}
+        # Per channel and mode: test traffic (made with a test key, which needs no approval) never opens
+        # the circuit live payments use, nor weighs on their scores (identity.md, "Test and live").
+        self._breakers: dict[tuple[str, bool], Breaker] = {}
+        self._stats: dict[tuple[str, bool], ChannelStats] = {}
 
-    def breaker(self, channel: str) -> Breaker:
-        found = self._breakers.get(channel)
+    def breaker(self, channel: str, livemode: bool = True) -> Breaker:
+        found = self._breakers.get((channel, livemode))
         if found is None:
             with self._lock:
-                found = self._breakers.setdefault(channel, Breaker(channel, self.breaker_policy))
+                found = self._breakers.setdefault((channel, livemode), Breaker(channel, self.breaker_policy))
         return found
 
-    def stats(self, channel: str) -> ChannelStats:
-        found = self._stats.get(channel)
+    def stats(self, channel: str, livemode: bool = True) -> ChannelStats:
+        found = self._stats.get((channel, livemode))
         if found is None:
             with self._lock:
-                found = self._stats.setdefault(channel, ChannelStats(self.score_policy))
+                found = self._stats.setdefault((channel, livemode), ChannelStats(self.score_policy))
         return found
 
-    def health(self, channel: str) -> Health:
-        return self.stats(channel).health()
+    def health(self, channel: str, livemode: bool = True) -> Health:
+        return self.stats(channel, livemode).health()
 
-    def record(self, channel: str, outcome: str, latency_ms: float) -> None:
-        """What a call to ``channel`` came to: ``success`` (approved, pending, needs the
-        customer), ``decline`` (a definite no: the channel works, the card does not), or
-        ``failure`` (timeout, outage, channel error: counts towards opening the circuit)."""
+    def record(self, channel: str, outcome: str, latency_ms: float, livemode: bool = True) -> None:
+        """What a call to ``channel`` for a payment of mode ``livemode`` came to: ``success`` (approved,
+        pending, needs the customer), ``decline`` (a definite no: the channel works, the card does not),
+        or ``failure`` (timeout, outage, channel error: counts towards opening the circuit)."""
         if outcome not in OUTCOMES:
             raise UnknownOutcome(f"outcome must be one of {OUTCOMES}, not {outcome!r}")
-        self.stats(channel).add(outcome == SUCCESS, float(latency_ms))
+        self.stats(channel, livemode).add(outcome == SUCCESS, float(latency_ms))
         if outcome == FAILURE:
-            self.breaker(channel).record_failure()
+            self.breaker(channel, livemode).record_failure()
         else:
-            self.breaker(channel).record_success()
+            self.breaker(channel, livemode).record_success()
 
     def plan(self, session: Session, *, merchant_id: str, method: str, currency: str, amount: int,
              country: str | None = None, card_bin: str | None = None, livemode: bool = True) -> RoutePlan:
@@ -539,25 +541,26 @@ class Router:
             if connector.currencies is not None and currency not in connector.currencies:
                 skipped.append(Skipped(name, f"currency {currency} not supported"))
                 continue
-            breaker = self.breaker(name)
+            breaker = self.breaker(name, livemode)
             if not breaker.would_allow():
                 skipped.append(Skipped(name, breaker.describe(), transient=True))
                 continue
             eligible.append(_Eligible(name, connector, position))
-        candidates = self._rank(eligible, amount, preamble, ordered)
+        candidates = self._rank(eligible, amount, preamble, ordered, livemode)
         if take_probes:
             # The first candidate will be called at once: take its breaker's permission now
             # (the half-open probe). Another thread may have taken that probe since
             # would_allow: then the next candidate moves up.
-            while candidates and not self.breaker(candidates[0].channel).allow():
+            while candidates and not self.breaker(candidates[0].channel, livemode).allow():
                 lost = candidates.pop(0)
-                skipped.append(Skipped(lost.channel, self.breaker(lost.channel).describe(), transient=True))
+                skipped.append(Skipped(lost.channel, self.breaker(lost.channel, livemode).describe(), transient=True))
         return RoutePlan(candidates, skipped, rule.id if rule is not None else None)
 
-    def _rank(self, eligible: list[_Eligible], amount: int, preamble: str, ordered: bool) -> list[Candidate]:
+    def _rank(self, eligible: list[_Eligible], amount: int, preamble: str, ordered: bool,
+              livemode: bool) -> list[Candidate]:
         scored = []
         for channel in eligible:
-            score, explanation = self.score(channel.name, channel.connector, amount)
+            score, explanation = self.score(channel.name, channel.connector, amount, livemode)
             scored.append((channel, score, explanation))
         if not ordered:
             # Best score first; equal scores keep the rule's (or the registry's) order.
@@ -565,10 +568,10 @@ class Router:
         return [Candidate(channel.name, round(score, 4), f"{preamble}; {explanation}")
                 for channel, score, explanation in scored]
 
-    def score(self, name: str, connector: Connector, amount: int) -> tuple[float, str]:
-        """The channel's score for this amount, and the sentence that explains it."""
+    def score(self, name: str, connector: Connector, amount: int, livemode: bool = True) -> tuple[float, str]:
+        """The channel's score for this amount in a mode, and the sentence that explains it."""
         policy = self.score_policy
-        health = self.health(name)
+        health = self.health(name, livemode)
         weight = policy.prior_weight
         success = (health.successes + policy.prior_success_rate * weight) / (health.outcomes + weight)
         latency_ms = ((health.mean_latency_ms or 0.0) * health.outcomes + policy.prior_latency_ms * weight) / (

@@ -121,7 +121,7 @@ class RoutePreviewIn(Model):
     card_bin: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,8}$")] | None = Field(
         default=None, description="Up to 8 leading digits, never a card number")
     livemode: bool | None = Field(
-        default=None, description="Platform callers: the mode of the payment (default live); a key previews its own")
+        default=None, description="Platform keys and people: the payment's mode (default live); a key previews its own")
 
 
 class CandidateOut(BaseModel):

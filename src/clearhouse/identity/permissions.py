@@ -118,8 +118,11 @@ class Principal:
 
     @property
     def idempotency_scope(self) -> str:
-        """api.md: Idempotency-Keys are scoped to the caller's merchant."""
-        return f"merchant:{self.merchant_id}" if self.merchant_id else "platform"
+        """api.md: Idempotency-Keys are scoped to the caller's merchant; a test key's to its merchant's test
+        mode, so a test key neither learns which keys the live integration used nor takes one first."""
+        if not self.merchant_id:
+            return "platform"
+        return f"merchant:{self.merchant_id}" + (":test" if self.livemode is False else "")
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions

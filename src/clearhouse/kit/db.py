@@ -966,14 +966,15 @@ def newest_first(session: Session, query: Select[Any], table: Table, starting_af
 
     Ids are not always in time order (an id derived from an ``Idempotency-Key`` is a hash), so a list
     that promises newest first orders by the creation time, the id breaking ties. ``scope`` (the
-    caller's tenant condition) also bounds the cursor: another tenant's id is as unknown as a made-up
-    one, so the answer says nothing about it. A ``starting_after`` that names no row in scope gives an
-    empty page."""
+    caller's tenant condition, or a list of them, as ``Principal.listing`` gives) also bounds the cursor:
+    another tenant's id is as unknown as a made-up one, so the answer says nothing about it. A
+    ``starting_after`` that names no row in scope gives an empty page."""
     query = query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit + 1)
     if starting_after:
         cursor = table.select().with_only_columns(table.c.created_at).where(table.c.id == starting_after)
-        if scope is not None:
-            cursor = cursor.where(scope)
+        conditions = scope if isinstance(scope, list) else ([] if scope is None else [scope])
+        if conditions:
+            cursor = cursor.where(*conditions)
         created_at = session.execute(cursor).scalar()
         if created_at is None:
             return [], False

@@ -4,7 +4,7 @@ Same key and same request within 24 h: the first response again, with
 ``Idempotent-Replayed: true``. Same key, different request: 409
 ``idempotency_key_reused``. Same key while the first request still runs: 409
 ``idempotency_key_in_use``. Keys are scoped to the caller (``request.state``'s
-``idempotency_scope``, set by authentication: ``merchant:<id>`` or ``platform``).
+``idempotency_scope``, set by authentication: ``merchant:<id>``, ``merchant:<id>:test`` or ``platform``).
 
 Exactly-once effects do not rest on this table alone: an endpoint that creates an
 object without a client-chosen id derives the id from the key (``derived_id``), so a

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, true, update
+from sqlalchemy import Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -236,7 +236,7 @@ def list_payments(session: Session, principal: Principal, *, merchant_id: str | 
         query = query.where(payments.c.status == status)
     if merchant_order_id:
         query = query.where(payments.c.merchant_order_id == merchant_order_id)
-    rows, more = newest_first(session, query, payments, starting_after, limit=limit, scope=and_(true(), *scope))
+    rows, more = newest_first(session, query, payments, starting_after, limit=limit, scope=scope)
     views = _attempt_views(session, [r.id for r in rows])
     return [payment_view(r, views[r.id]) for r in rows], more
 
@@ -521,6 +521,7 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
     the channel certainly did not act (outage, error, or a timeout it then denies).
     Returns the payment's view when the last transaction could read it."""
     row = opened.row or _tx(rt, lambda s: _payment(s, opened.payment_id))
+    livemode = row.livemode
     attempt_id, channel = opened.attempt_id, opened.channel
     candidates = list(opened.candidates)
     seq = 1
@@ -536,7 +537,7 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
             timed_out = True
             result = _settle_timeout(connector, attempt_id)
             if result is None:
-                _record(rt, channel, "failure", started)
+                _record(rt, channel, "failure", started, livemode)
                 _tx(rt, lambda s, a=attempt_id: _timed_out(s, opened.payment_id, a))
                 return None
             if result.status == protocol.NOT_FOUND:
@@ -552,16 +553,17 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
                 # The call timed out and the query answered: for the breaker a timeout all the same (a
                 # channel that answers only when asked again is failing, routing.md), and the attempt
                 # and the timeline say how the answer came.
-                _record(rt, channel, "failure", started)
+                _record(rt, channel, "failure", started, livemode)
                 note = (f"the channel did not answer in time (timeout after {latency} ms); "
                         f"its status query answered {result.status}")
             else:
-                _record(rt, channel, "decline" if result.status == protocol.DECLINED else "success", started)
+                _record(rt, channel, "decline" if result.status == protocol.DECLINED else "success", started,
+                        livemode)
             return _tx(rt, lambda s, r=result, a=attempt_id, c=channel, ms=latency, n=note: _applied(
                 s, opened.payment_id, apply_result(s, rt, a, r, channel=c, source="query" if n else "authorize",
                                                    latency_ms=ms, attempt_of=(opened.payment_id, c), note=n)))
-        _record(rt, channel, "failure", started)
-        next_candidate = _next_available(rt, candidates)
+        _record(rt, channel, "failure", started, livemode)
+        next_candidate = _next_available(rt, candidates, livemode)
         seq += 1
         latency = _ms(started)
         attempt_id, channel = transact(
@@ -584,10 +586,10 @@ def _applied(session: Session, payment_id: str, _outcome: str) -> dict[str, Any]
     return brief_view(session, payment_id)
 
 
-def _next_available(rt: Runtime, candidates: list[Any]) -> Any | None:
+def _next_available(rt: Runtime, candidates: list[Any], livemode: bool) -> Any | None:
     while candidates:
         candidate = candidates.pop(0)
-        if rt.router.breaker(candidate.channel).allow():
+        if rt.router.breaker(candidate.channel, livemode).allow():
             return candidate
     return None
 
@@ -622,8 +624,8 @@ def _hold(rt: Runtime) -> int:
     return rt.settings.authorization_hold_hours
 
 
-def _record(rt: Runtime, channel: str, outcome: str, started: float) -> None:
-    rt.router.record(channel, outcome, (time.monotonic() - started) * 1000)
+def _record(rt: Runtime, channel: str, outcome: str, started: float, livemode: bool) -> None:
+    rt.router.record(channel, outcome, (time.monotonic() - started) * 1000, livemode)
 
 
 def _mark_attempt(session: Session, attempt_id: str, status: str, message: str | None = None, *,

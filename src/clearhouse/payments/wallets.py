@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, and_, insert, select, true
+from sqlalchemy import Row, insert, select
 from sqlalchemy.orm import Session
 
 from clearhouse.identity import service as identity
@@ -63,5 +63,5 @@ def list_wallets(session: Session, principal: Principal, *, customer_id: str | N
     query = select(wallets).where(*scope)
     if customer_id:
         query = query.where(wallets.c.customer_id == customer_id)
-    rows, more = newest_first(session, query, wallets, starting_after, limit=limit, scope=and_(true(), *scope))
+    rows, more = newest_first(session, query, wallets, starting_after, limit=limit, scope=scope)
     return [wallet_view(session, r) for r in rows], more

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Row, and_, func, insert, or_, select, true, update
+from sqlalchemy import Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -197,12 +197,12 @@ def get_product(session: Session, principal: Principal | None, product_id: str) 
 
 def list_products(session: Session, principal: Principal, *, active: bool | None, limit: int,
                   starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    scope = principal.listing(products, None)
+    scope = principal.listing(products, None) or []  # None only for another merchant's filter: there is none
     query = select(products).where(*scope)
     if active is not None:
         query = query.where(products.c.active.is_(active))
     # The orders' cursor rule: newest first, and an unknown (or another merchant's) cursor is an empty page.
-    rows, more = newest_first(session, query, products, starting_after, limit=limit, scope=and_(true(), *scope))
+    rows, more = newest_first(session, query, products, starting_after, limit=limit, scope=scope)
     stock = stock_of(session, [r.id for r in rows])
     return [product_view(r, stock[r.id]) for r in rows], more
 
@@ -342,13 +342,13 @@ def get_order(session: Session, principal: Principal | None, order_id: str) -> d
 
 def list_orders(session: Session, principal: Principal, *, status: str | None, product_id: str | None,
                 limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    scope = principal.listing(orders, None)
+    scope = principal.listing(orders, None) or []  # None only for another merchant's filter: there is none
     query = select(orders).where(*scope)
     if status:
         query = query.where(orders.c.status == status)
     if product_id:
         query = query.where(orders.c.product_id == product_id)
-    rows, more = newest_first(session, query, orders, starting_after, limit=limit, scope=and_(true(), *scope))
+    rows, more = newest_first(session, query, orders, starting_after, limit=limit, scope=scope)
     return [order_view(session, r) for r in rows], more
 
 
