@@ -42,7 +42,7 @@ from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
 from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, ReconCaseEvent, Reconciliation, ReconStatement
-from clearhouse.reconciliation.service import ACCOUNT_EVENT, BANK_FORMATS, SYSTEM, new_event
+from clearhouse.reconciliation.service import ACCOUNT_EVENT, BANK_FORMATS, SYSTEM, new_event, statement_account_name
 
 cases = ReconCase.__table__
 case_events = ReconCaseEvent.__table__
@@ -193,11 +193,11 @@ def _statement_account(session: Session, row: Any) -> str:
                             .join(runs, runs.c.statement_id == statements.c.id)
                             .where(runs.c.id == row.reconciliation_id)).one()
     if found.format not in BANK_FORMATS:
-        return f"channel_clearing:{row.channel}"
+        return statement_account_name(found.format, None, row.channel)
     own = session.execute(select(case_events.c.detail_json).where(
         case_events.c.case_id == row.id, case_events.c.type == ACCOUNT_EVENT)).first()
     account = orjson.loads(own.detail_json)["account"] if own is not None else found.account
-    return f"bank:{account or row.channel}"
+    return statement_account_name(found.format, account, row.channel)
 
 
 def _check_resolvable(session: Session, row: Any, action: str, account: str) -> None:

@@ -5,7 +5,8 @@ A channel statement (a CSV bill) tells what the channel did for us that day: our
 imported under a channel's name tells what that channel actually paid into our account
 (``received``). The net position is what the channel still owes us for the day
 (``expected - received``), and ``clearing_balance`` is the ledger's ``channel_clearing:C``
-balance at the end of the day: the money in flight, which reconciliation proves.
+balance at the end of the day: the money in flight, which reconciliation proves. The bank statements' paid
+lines move it (recipe 4, posted on import): a statement of the day imported a day later still counts for it.
 
 A channel statement is the channel's whole day: when a day's statement is imported again (a
 corrected file), ``expected`` and ``reported`` are those of the latest import, not a sum over
@@ -19,7 +20,7 @@ from __future__ import annotations
 import csv
 import html
 import io
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from clearhouse.ledger.chart import account_id
 from clearhouse.ledger.errors import NotFound
 from clearhouse.reconciliation.cases import BANK_FORMATS
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, Reconciliation, ReconStatement
+from clearhouse.reconciliation.service import PAYOUTS_KEY
 from clearhouse.reconciliation.sources import day_bounds
 
 runs = Reconciliation.__table__
@@ -43,12 +45,30 @@ COLUMNS = ("channel", "currency", "expected", "reported", "received", "net_posit
 
 
 def _clearing_balance(session: Session, channel: str, currency: str, day: date, timezone: str) -> int | None:
+    """``channel_clearing:C`` at the end of ``day``, less what the bank statements of that day (or before) show
+    the channel paid, posted when they were imported, a day or more later (recipe 4: ``service.post_payouts``)."""
+    end = day_bounds(day, day, timezone)[1]
     try:
         _row, balance = ledger.account_balance(session, account_id(f"channel_clearing:{channel}", currency),
-                                               as_of=day_bounds(day, day, timezone)[1])
+                                               as_of=end)
     except NotFound:  # no entry has touched this channel and currency yet
         return None
-    return balance.posted
+    return balance.posted - _paid_out_later(session, channel, currency, day, end)
+
+
+def _paid_out_later(session: Session, channel: str, currency: str, day: date, end: datetime) -> int:
+    """What the payouts of ``channel``'s bank statements of ``day`` or before, posted after ``end``, took from its
+    clearing account in ``currency`` (an entry is posted in its import's transaction, just after the run's
+    ``created_at``: the runs are read from a minute before ``end``, the entries' own times decide)."""
+    paid = 0
+    for (figures_json,) in session.execute(
+            select(runs.c.clearing_json).join(statements, statements.c.id == runs.c.statement_id)
+            .where(runs.c.channel == channel, statements.c.format.in_(BANK_FORMATS), runs.c.statement_date <= day,
+                   runs.c.created_at > end - timedelta(minutes=1))):
+        for payout in orjson.loads(figures_json).get(currency, {}).get(PAYOUTS_KEY, []):
+            if ledger.get_transfer(session, payout["entry_id"])["created_at"] > end:
+                paid += payout["amount"]
+    return paid
 
 
 def daily_report(session: Session, day: date, *, channel: str | None = None) -> dict[str, Any]:

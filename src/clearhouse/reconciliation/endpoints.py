@@ -38,9 +38,11 @@ _READ = [requires("recon:read")]
 _WRITE = [requires("recon:write")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "`reconciliation_not_found`, `recon_case_not_found`"},
-    409: {"description": "`statement_already_imported`, `recon_case_state_conflict`"},
+    409: {"description": "`statement_already_imported`, `recon_case_state_conflict`; a bank statement's payout "
+                         "entry the ledger refuses: its own code (`account_closed`, ...), nothing imported"},
     413: {"description": "`statement_too_large`"},
-    422: {"description": "`statement_invalid` (names the line), `statement_format_unknown`, `validation_error`"},
+    422: {"description": "`statement_invalid` (names the line), `statement_format_unknown`, `validation_error`; "
+                         "a payout entry the ledger refuses (`currency_mismatch`, ...)"},
 }
 Limit = Annotated[int, Query(ge=1, le=500)]
 Cursor = Annotated[str | None, Query(max_length=64)]
@@ -100,7 +102,8 @@ def create_reconciliation(
     The whole file is checked before anything is written: a malformed file is 422
     ``statement_invalid`` naming its first bad line, and the same file twice, or a bank
     statement imported already (in other bytes, or under the same bank's number), is 409
-    ``statement_already_imported``."""
+    ``statement_already_imported``. A bank statement's lines that paired with ours post the channel's payout
+    (Dr ``bank:<account>``, Cr ``channel_clearing:C``) in the same transaction."""
     with _spooled(request, file) as path:
         view = service.reconcile_file(_engine(request), channel=channel, path=path, fmt=format,
                                       statement_date=statement_date, mapping=mapping, actor=actor_of(request),

@@ -8,6 +8,11 @@ a bank statement imported already in other bytes (its ``fingerprint``) or under 
 number (its ``BankStatementIdentity``), by unique indexes as much as by the check before matching
 (``_earlier_import``). Two imports racing past that check meet at the index: the loser's
 transaction rolls back whole and it is refused like the check would have (``_raced``).
+
+A bank statement's lines that paired with ours (``matched``, and ``timing`` pairs: the money is in the bank,
+so it has left the channel) are the channel paying us (docs/accounting.md, recipe 4): in the same transaction,
+one entry per bank account and currency moves their net from ``channel_clearing:C`` to ``bank:<account>``
+(``post_payouts``). Lines that did not pair stay to the cases, whose adjustments move ``bank:<account>``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from clearhouse.audit import service as audit
 from clearhouse.kit import clock
 from clearhouse.kit.db import bulk_insert, transact
 from clearhouse.kit.ids import new_id, new_ids
+from clearhouse.ledger import service as ledger
+from clearhouse.ledger.chart import account_for
+from clearhouse.ledger.errors import LedgerError
 from clearhouse.reconciliation import sources
 from clearhouse.reconciliation.errors import (
     ReconciliationNotFound,
@@ -70,6 +78,15 @@ SYSTEM = "system:reconciliation"
 """Who a case's events say acted, when reconciliation itself did."""
 ACCOUNT_EVENT = "account"
 """A case's event naming the bank account its line is on, when not the statement's (``save_cases``)."""
+
+PAYOUT_ENTRY_PREFIX = "tr_rcb_"
+"""A channel payout's entry id: ``tr_rcb_<reconciliation id>_<n>`` (reserved in ``ledger.schemas``)."""
+PAYOUT_CODE = "channel_payout"
+PAYOUTS_KEY = "payouts"
+"""In a bank statement's run, beside a currency's clearing figures: the payout entries posted for it (read by the
+clearing report, not shown in the run)."""
+PAID_CLASSES = ("matched", "timing")
+"""The classes of a bank statement line paired with ours that count as the channel paying it (recipe 4)."""
 
 _CASE_COLUMNS = ("our_id", "our_ref", "channel_ref", "line_no", "currency", "ours_amount", "theirs_amount",
                  "ours_fee", "theirs_fee", "ours_status", "theirs_status", "ours_booked_on", "theirs_booked_on",
@@ -358,6 +375,64 @@ def clearing_of(lines: pl.DataFrame, internal: pl.DataFrame, period: tuple[date,
             for row in both.iter_rows(named=True)}
 
 
+def statement_account_name(fmt: str, account: str | None, channel: str) -> str:
+    """The ledger account a statement's money is on: ``bank:<account>`` for a bank statement (MT940, camt.053;
+    the channel's name when the file names no account), ``channel_clearing:C`` for a channel's statement."""
+    if fmt not in BANK_FORMATS:
+        return f"channel_clearing:{channel}"
+    return f"bank:{account or channel}"
+
+
+def paid_lines(outcome: Any) -> pl.Series:
+    """The statement's line numbers that paired with ours as ``PAID_CLASSES`` (a split match's every line, a
+    pass-3 credit once however many of ours it pays)."""
+    plain = outcome.plain.theirs["line_no"].gather(outcome.plain.lines) if outcome.plain.count else None
+    paired = outcome.others.filter(pl.col("class").is_in(PAID_CLASSES) & pl.col("line_no").is_not_null())
+    batches = paired["batch_line_nos"].explode().drop_nulls()
+    parts = [part.cast(pl.Int64) for part in (plain, paired["line_no"], batches) if part is not None]
+    return pl.concat(parts).unique().sort() if parts else pl.Series("line_no", [], dtype=pl.Int64)
+
+
+def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series) -> dict[tuple[str | None, str], tuple[int, int]]:
+    """Per (bank account, currency): the net of the ``paid`` lines (their amount less the fee they state, what the
+    bank booked) and how many they are. Nets of 0 are left out: there is nothing to post."""
+    found: dict[tuple[str | None, str], tuple[int, int]] = {}
+    rows = lines.filter(pl.col("line_no").is_in(paid.implode()) & (pl.col("status") == "succeeded")).select(
+        "line_no", "currency", (pl.col("amount") - pl.col("fee").fill_null(0)).alias("net"))
+    for line_no, currency, net in rows.iter_rows():
+        key = (meta.account_of(line_no, currency), currency)
+        total, count = found.get(key, (0, 0))
+        found[key] = (total + int(net), count + 1)
+    return {key: figures for key, figures in found.items() if figures[0]}
+
+
+def post_payouts(session: Session, run_id: str, channel: str, fmt: str,
+                 payouts: dict[tuple[str | None, str], tuple[int, int]]) -> dict[str, list[dict[str, Any]]]:
+    """Recipe 4, the channel pays us: per bank account and currency, Dr ``bank:<account>``, Cr
+    ``channel_clearing:C`` for the net of the lines the statement paid (the reverse when they add up to money
+    going back). Entry ids ``tr_rcb_<run id>_<n>``, in (account, currency) order, so an entry is written once.
+    A posting the ledger refuses (an account closed, or in another currency) refuses the whole import: the
+    error says so, and the caller's transaction rolls back, leaving nothing of the import."""
+    posted: dict[str, list[dict[str, Any]]] = {}
+    ordered = sorted(payouts.items(), key=lambda item: (item[0][0] or "", item[0][1]))
+    for n, ((account, currency), (net, count)) in enumerate(ordered, 1):
+        entry_id, bank_name = f"{PAYOUT_ENTRY_PREFIX}{run_id}_{n}", statement_account_name(fmt, account, channel)
+        try:
+            bank = account_for(session, bank_name, "asset", currency)
+            clearing = account_for(session, f"channel_clearing:{channel}", "asset", currency)
+            debit, credit = (bank, clearing) if net > 0 else (clearing, bank)
+            ledger.create_transfer(session, ledger.EntryRequest.transfer(
+                debit, credit, abs(net), currency, id=entry_id, code=PAYOUT_CODE, reference=run_id,
+                metadata={"reconciliation_id": run_id, "channel": channel, "account": bank_name, "lines": count}))
+        except LedgerError as error:
+            raise type(error)(f"the channel's payout of {count} statement line(s) in {currency} could not be posted "
+                              f"from channel_clearing:{channel} to {bank_name}: {error.detail}; nothing was imported",
+                              errors=error.errors, **error.extra) from None
+        posted.setdefault(currency, []).append({"entry_id": entry_id, "account": bank_name, "amount": net,
+                                                "lines": count})
+    return posted
+
+
 def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statement_date: date,
                    mapping: str | dict[str, Any] | None = None, internal: pl.DataFrame | None = None,
                    actor: audit.Actor | str = "cli", file_name: str | None = None,
@@ -394,6 +469,8 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     classes = _all_classes(outcome)
     discrepancies = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched")), parsed.meta)
     clearing = clearing_of(parsed.lines, internal, period)
+    # A channel's statement is its report, not money arriving: only a bank statement's paid lines post.
+    payouts = payouts_of(parsed.lines, parsed.meta, paid_lines(outcome)) if fmt in BANK_FORMATS else {}
     mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
 
     def work(session: Session) -> str:
@@ -411,11 +488,15 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
             bank_statement_number=identity and identity.number,
             bank_statement_sequence=identity and identity.sequence,
             bank_statement_closed_on=identity and identity.closed_on))
+        posted = post_payouts(session, run_id, channel, fmt, payouts)
+        figures = {currency: dict(values) for currency, values in clearing.items()}
+        for currency, entries in posted.items():
+            figures.setdefault(currency, {"expected": 0, "reported": 0, "difference": 0})[PAYOUTS_KEY] = entries
         session.execute(runs.insert().values(
             id=run_id, statement_id=statement_id, channel=channel, statement_date=statement_date,
             rules_json=rules.model_dump_json(), classes_json=orjson.dumps(classes).decode(),
             statement_lines=parsed.lines.height, internal_lines=internal.height, case_count=discrepancies.height,
-            clearing_json=orjson.dumps(clearing).decode(),
+            clearing_json=orjson.dumps(figures).decode(),
             duration_ms=int((time.perf_counter() - started) * 1000), created_by=f"{who.type}:{who.id}",
             created_at=now))
         save_cases(session, run_id, channel, discrepancies, now, progress)
@@ -429,18 +510,25 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         case_service.record_resolutions(session, resolved, expired)
         audit.record(session, who, "recon.import", "reconciliation", run_id,
                      changes={"channel": channel, "statement_date": statement_date.isoformat(), "sha256": sha256,
-                              "lines": parsed.lines.height, "cases": discrepancies.height})
+                              "lines": parsed.lines.height, "cases": discrepancies.height,
+                              "payout_entries": [p["entry_id"] for paid in posted.values() for p in paid]})
         return run_id
 
     progress("save", 0, 1)
-    try:
-        run_id = transact(engine, work)
-    except IntegrityError as error:  # rolled back whole: nothing of this import is written
-        violated = _violated(error)
-        refusal = transact(engine, lambda s: _raced(s, violated, sha256, parsed.meta, fingerprint, identity))
-        if refusal is None:
-            raise
-        raise refusal from error
+    for attempt in (1, 2):
+        try:
+            run_id = transact(engine, work)
+            break
+        except IntegrityError as error:  # rolled back whole: nothing of this import is written
+            violated = _violated(error)
+            refusal = transact(engine, lambda s, violated=violated: _raced(s, violated, sha256, parsed.meta,
+                                                                           fingerprint, identity))
+            if refusal is not None:
+                raise refusal from error
+            if violated is not None or attempt == 2:
+                raise
+            # No rule of the statements: most likely a ledger account the payout opens (``bank:<account>``)
+            # opened at the same moment by another transaction. It is there now; the import runs once more.
     progress("save", 1, 1)
     return transact(engine, lambda s: run_view(s, run_id))
 
@@ -647,7 +735,9 @@ def run_view(session: Session, run_id: str) -> dict[str, Any]:
         },
         **_classes_view(orjson.loads(row.classes_json)), "statement_lines": row.statement_lines,
         "internal_lines": row.internal_lines, "case_count": row.case_count, "case_states": states,
-        "clearing": orjson.loads(row.clearing_json), "rules": orjson.loads(row.rules_json),
+        "clearing": {currency: {name: value for name, value in figures.items() if name != PAYOUTS_KEY}
+                     for currency, figures in orjson.loads(row.clearing_json).items()},
+        "rules": orjson.loads(row.rules_json),
         "duration_ms": row.duration_ms, "created_by": row.created_by, "created_at": row.created_at,
     }
 
