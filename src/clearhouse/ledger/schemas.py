@@ -31,6 +31,23 @@ def _not_a_system_id(value: str | None) -> str | None:
 
 EntryId = Annotated[ClientId, AfterValidator(_not_a_system_id)]
 
+CHART_ACCOUNT_ID = re.compile(r"acct_[a-z2-7]{32}")
+"""The shape of a named account's id (``chart.account_id``: ``acct_`` and 32 base32 characters of a hash of
+its name and currency). Ids a client does not choose are ``acct_`` and a 26-character ULID, or ``acct_ik`` and
+26 hex digits (from an Idempotency-Key): never this shape."""
+
+
+def _not_a_chart_id(value: str | None) -> str | None:
+    # Taken first by a client (in another currency, or then closed), the chart's account made every
+    # payment, refund or payout that posts to it fail: fee_revenue, a merchant's balance, a bank account.
+    if value is not None and CHART_ACCOUNT_ID.fullmatch(value):
+        raise ValueError("ids of the shape acct_ and 32 letters a-z and digits 2-7 are the chart's named accounts "
+                         "(fee_revenue, merchant_pending:..., bank:...): choose another")
+    return value
+
+
+AccountId = Annotated[ClientId, AfterValidator(_not_a_chart_id)]
+
 
 class AccountFlags(Model):
     debits_must_not_exceed_credits: StrictBool = False
@@ -38,7 +55,7 @@ class AccountFlags(Model):
 
 
 class AccountCreate(Model):
-    id: ClientId | None = None
+    id: AccountId | None = None
     type: AccountType
     currency: CurrencyCode
     code: str = Field(min_length=1, max_length=128)
