@@ -59,7 +59,7 @@ def payment_entry(session: Session, *, payment_id: str, merchant_id: str, channe
                      {"debits_must_not_exceed_credits": True}))
     else:
         legs += [
-            (f"merchant_pending:{merchant_id}", "liability", CREDIT, amount - fee, {}),
+            (f"merchant_pending:{merchant_id}", "liability", CREDIT, amount - fee, {"owner_id": merchant_id}),
             ("fee_revenue", "revenue", CREDIT, fee, {}),
         ]
     return EntryRequest(
@@ -88,7 +88,7 @@ def refund_entry(session: Session, *, refund_id: str, payment_id: str, merchant_
         ]
     else:
         net_fee = fee_back - cost_charged
-        legs = [(f"merchant_pending:{merchant_id}", "liability", DEBIT, amount - net_fee, {})]
+        legs = [(f"merchant_pending:{merchant_id}", "liability", DEBIT, amount - net_fee, {"owner_id": merchant_id})]
         if net_fee > 0:
             legs.append(("fee_revenue", "revenue", DEBIT, net_fee, {}))
         elif net_fee < 0:

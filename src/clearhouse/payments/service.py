@@ -1216,7 +1216,8 @@ def _report_shortfall(session: Session, payment: Row, refund_id: str, source: st
     fee borne by the merchant) can take more from ``merchant_pending`` than the payment put there: with
     nothing else pending, the balance goes below zero, a receivable from the merchant (as accounting.md's
     recipe 8 has it), reported to operators and on the payment's timeline."""
-    account = account_for(session, f"merchant_pending:{payment.merchant_id}", "liability", payment.currency)
+    account = account_for(session, f"merchant_pending:{payment.merchant_id}", "liability", payment.currency,
+                          owner_id=payment.merchant_id)
     _, balance = ledger.account_balance(session, account)
     if balance.posted < 0:
         log.warning("merchant_balance_negative", merchant=payment.merchant_id, account=account,
