@@ -62,10 +62,10 @@ _SIGNING = ("Every request made with an API key carries all four `X-Clearhouse-*
             "See api.md, \"Authentication\", and docs/identity.md, \"Signing a request\".")
 
 
-def honours_idempotency_key(method: str, path: str) -> bool:
+def honours_idempotency_key(method: str, path: str, permission: str | None) -> bool:
     """Whether ``IdempotencyMiddleware`` takes an ``Idempotency-Key`` for this operation: every
-    POST under ``/v1``, whoever sends it."""
-    return method.upper() == "POST" and path.startswith("/v1/")
+    POST under ``/v1`` but the public ones (no caller to keep the key for)."""
+    return method.upper() == "POST" and path.startswith("/v1/") and permission != PUBLIC
 
 
 def complete_openapi(app: FastAPI, *, extra_models: Iterable[Any] = (), no_database: Iterable[str] = ()) -> None:
@@ -138,7 +138,7 @@ def _describe(app: FastAPI, schema: dict[str, Any], no_database: frozenset[str])
             operation["security"] = _security(permission, method)
             if isinstance(route, JsonBodyRoute):
                 _body_not_nullable(operation)
-            idempotent = honours_idempotency_key(method, path)
+            idempotent = honours_idempotency_key(method, path, permission)
             _error_answers(operation, method, permission, settings, idempotent=idempotent,
                            database=path not in no_database)
             if idempotent:
@@ -268,9 +268,10 @@ def _idempotency_parameter() -> dict[str, Any]:
         f"body, JSON compared as data) from the same caller within {hours} h gets the first answer again, "
         "with `Idempotent-Replayed: true`, and does nothing twice; the same key with another request is "
         "`409 idempotency_key_reused`; while the first request still runs, `409 idempotency_key_in_use`. "
-        "Keys are scoped to the caller's merchant (`platform` for platform callers; requests without "
-        "credentials share one scope). An answer of 5xx or with `Retry-After` is not kept, so the same "
-        "key may be sent again. An object created without a client-chosen id gets an id derived from the key.",
+        "Keys are scoped to the caller's merchant (`merchant:<id>:test` for its test keys, `platform` for "
+        "platform callers); public operations take none. An answer of 5xx or with `Retry-After` is not kept, "
+        "so the same key may be sent again. An object created without a client-chosen id gets an id derived "
+        "from the key.",
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~](?:[ -~]*[!-~])?$"},
     }
 

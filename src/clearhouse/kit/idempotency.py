@@ -246,7 +246,12 @@ class IdempotencyMiddleware:
         return writer if isinstance(writer, LoopWriter) and writer.engine is engine else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
+        if (scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/")
+                or "idempotency_scope" not in scope.get("state", {})):
+            # Only an authenticated caller's key is honoured (authentication sets its scope). A public POST
+            # (sign-in, a channel's notification) has no caller to keep a key for: all of them would share one
+            # scope, so one anonymous client could block another's key, and a repeated sign-in would replay
+            # the first answer without its session cookie. The header is ignored there.
             await self.app(scope, receive, send)
             return
         raw_key = dict(scope["headers"]).get(HEADER)
@@ -263,7 +268,7 @@ class IdempotencyMiddleware:
             await send_problem(send, MalformedRequest("the client disconnected before the body arrived"))
             return
         state = scope.setdefault("state", {})
-        caller = state.get("idempotency_scope", "public")
+        caller = state["idempotency_scope"]
         request_hash = request_fingerprint(scope["path"], scope.get("query_string", b""), body,
                                            state.get("idempotency_caller", ""))
 
