@@ -9,14 +9,16 @@ every live event (card last four digits, customers, amounts). Each object now ca
 own mode (identity.md, "Test and live").
 
 Rows made before this revision take the mode of the key that made them, as far as the
-database shows it (``_backfill``): a routing rule its ``created_by``; a payment the ``by`` of
-its ``created`` event; a webhook endpoint, product, card or bank account its audit event's
-actor; a refund its payment's; an order its product's; a wallet or card the test payments
-that used it; a webhook event the object it reports. Left live is only what no test key can
-be shown to have made. Live is not the safe side for everything: an endpoint registered with
-a test key and left live would receive live events, so endpoints and rules are the ones that
-must be found. A customer may now have a test wallet and a live wallet in one currency, so
-the wallets' uniqueness includes the mode. Deliveries follow their event.
+database shows it (``_backfill``): a routing rule its ``created_by``; a webhook endpoint,
+product, bank account or card vaulted on its own its audit event's actor; an order its
+product's; a payment its order's, else its wallet's, else the ``by`` of its ``created`` event;
+a wallet, and a card vaulted inside a payment, the mode of the first payment that used it; a
+refund its payment's; a webhook event the object it reports. Left live is only what no test
+key can be shown to have made (a wallet never paid with, say). Live is not the safe side for
+everything: an endpoint registered with a test key and left live would receive live events,
+so endpoints and rules are the ones that must be found. A customer may now have a test
+wallet and a live wallet in one currency, so the wallets' uniqueness includes the mode.
+Deliveries follow their event.
 
 The downgrade merges the modes again; it refuses (and changes nothing) while a customer has
 a test and a live wallet in one currency, which the old uniqueness cannot hold.
@@ -69,32 +71,47 @@ def _backfill(connection: Connection) -> None:
     if not test_keys:
         return
 
-    def made_by_test_key(action: str) -> set[str]:
-        return {row.object_id for row in connection.execute(sa.text(
-            "SELECT object_id, actor_id FROM audit_events WHERE action = :action"), {"action": action})
-            if row.actor_id in test_keys}
+    def by_actor(action: str) -> dict[str, bool]:
+        """Object id -> made by a test key, for every object with this audit action."""
+        return {row.object_id: row.actor_id in test_keys for row in connection.execute(sa.text(
+            "SELECT object_id, actor_id FROM audit_events WHERE action = :action"), {"action": action})}
 
     _test(connection, "routing_rules", {row.id for row in connection.execute(sa.text(
         "SELECT id, created_by FROM routing_rules WHERE merchant_id IS NOT NULL")) if row.created_by in test_keys})
-    _test(connection, "webhook_endpoints", made_by_test_key("webhook_endpoint.create"))
-    products = made_by_test_key("orders.product.create")
+    _test(connection, "webhook_endpoints", {i for i, test in by_actor("webhook_endpoint.create").items() if test})
+    _test(connection, "vault_bank_accounts", {i for i, test in by_actor("vault.bank_account.create").items() if test})
+    products = {i for i, test in by_actor("orders.product.create").items() if test}
     _test(connection, "products", products)
-    payments = {row.payment_id for row in connection.execute(sa.text(
+    orders = {row.id: row.product_id in products for row in connection.execute(sa.text(
+        "SELECT id, product_id FROM orders"))}
+    _test(connection, "orders", {i for i, test in orders.items() if test})
+
+    # A payment: its order's mode, else its wallet's (the mode of the wallet's first payment), else its key's.
+    by_key = {row.payment_id for row in connection.execute(sa.text(
         "SELECT payment_id, detail_json FROM payment_events WHERE type = 'created'"))
         if json.loads(row.detail_json or "{}").get("by") in test_keys}
+    of_order = {row.payment_id: orders[row.id] for row in connection.execute(sa.text(
+        "SELECT id, payment_id FROM orders WHERE payment_id IS NOT NULL"))}
+    rows = connection.execute(sa.text("SELECT id, card_id, wallet_id FROM payments ORDER BY created_at, id")).all()
+    first_mode = {row.id: of_order.get(row.id, row.id in by_key) for row in rows}
+    wallets: dict[str, bool] = {}
+    cards: dict[str, bool] = {}
+    for row in rows:
+        if row.wallet_id is not None:
+            wallets.setdefault(row.wallet_id, first_mode[row.id])
+        if row.card_id is not None:
+            cards.setdefault(row.card_id, first_mode[row.id])  # a card vaulted in its first payment
+    payments = {row.id for row in rows
+                if of_order.get(row.id, wallets.get(row.wallet_id, row.id in by_key) if row.wallet_id else
+                                row.id in by_key)}
     _test(connection, "payments", payments)
+    _test(connection, "wallets", {i for i, test in wallets.items() if test})
+    cards.update(by_actor("vault.card.create"))  # a card vaulted on its own: its maker's mode
+    _test(connection, "vault_cards", {i for i, test in cards.items() if test})
     refunds = {row.id for row in connection.execute(sa.text("SELECT id, payment_id FROM refunds"))
                if row.payment_id in payments}
     _test(connection, "refunds", refunds)
-    orders = {row.id for row in connection.execute(sa.text("SELECT id, product_id FROM orders"))
-              if row.product_id in products}
-    _test(connection, "orders", orders)
-    used = connection.execute(sa.text("SELECT id, card_id, wallet_id FROM payments")).all()
-    _test(connection, "vault_cards", made_by_test_key("vault.card.create")
-          | {row.card_id for row in used if row.id in payments and row.card_id})
-    _test(connection, "vault_bank_accounts", made_by_test_key("vault.bank_account.create"))
-    _test(connection, "wallets", {row.wallet_id for row in used if row.id in payments and row.wallet_id})
-    reported = payments | refunds | orders
+    reported = payments | refunds | {i for i, test in orders.items() if test}
     _test(connection, "webhook_events", {row.id for row in connection.execute(sa.text(
         "SELECT id, payload_json FROM webhook_events")) if json.loads(row.payload_json).get("id") in reported})
 

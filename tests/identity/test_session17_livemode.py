@@ -259,6 +259,43 @@ class TestTheMigration:
             command.downgrade(alembic_config(url), "0015_statement_identity")
         assert current_revision(app.state.engine) == "0016_livemode"
 
+    def test_a_card_or_wallet_a_test_key_used_before_it_stays_with_the_mode_that_made_it(self, app, shop: Shop,
+                                                                                         client):
+        """Before 0016 a test key could charge a live card and spend a live wallet (made here by moving a test
+        payment's card and wallet onto them); afterwards the card and the wallet are still live, and the order
+        a platform key made of a test product has a test payment."""
+        from alembic import command
+        from sqlalchemy import update
+
+        from clearhouse.kit.db import alembic_config, upgrade
+        from clearhouse.payments.models import Payment
+
+        card = created(shop.live.post("/v1/vault/cards", json=card_body()["payment_details"]["card"]))
+        wallet = created(shop.live.post("/v1/wallets", json={"customer_id": "cus_l", "currency": "CNY"}))
+        created(shop.live.post(f"/v1/wallets/{wallet['id']}/top_ups", json={
+            "amount": 10000, "method": "card", "payment_details": card_body()["payment_details"]}))
+        charged = created(shop.test.post("/v1/payments", json=card_body(300)))
+        with app.state.engine.begin() as connection:
+            connection.execute(update(Payment).where(Payment.id == charged["id"]).values(
+                card_id=card["id"], wallet_id=wallet["id"]))
+        product = make_product(shop.test, ["TEST-1"])
+        order = created(client.post("/v1/orders", json=order_body(product["id"])))
+
+        url = app.state.engine.url.render_as_string(hide_password=False)
+        app.state.engine.dispose()
+        command.downgrade(alembic_config(url), "0015_statement_identity")
+        upgrade(url)
+
+        assert shop.live.get(f"/v1/vault/cards/{card['id']}").json()["livemode"] is True
+        assert shop.live.get(f"/v1/wallets/{wallet['id']}").json()["balance"] == 10000
+        not_found(shop.test.get(f"/v1/vault/cards/{card['id']}"))
+        not_found(shop.test.get(f"/v1/wallets/{wallet['id']}"))
+        body = {"amount": 300, "currency": "CNY", "method": "card",
+                "payment_details": {"card": {"card_id": card["id"]}}}
+        assert created(shop.live.post("/v1/payments", json=body))["status"] == "succeeded"
+        assert shop.test.get(f"/v1/orders/{order['id']}").json()["livemode"] is False
+        assert shop.test.get(f"/v1/payments/{order['payment_id']}").json()["livemode"] is False
+
 
 def test_a_test_keys_failing_traffic_does_not_open_the_circuit_live_payments_use(shop: Shop):
     from clearhouse.channels.connectors.sandbox_card import CARD_CHANNEL_ERROR
