@@ -307,3 +307,26 @@ def test_a_test_keys_failing_traffic_does_not_open_the_circuit_live_payments_use
     assert (live["status"], live["channel"]) == ("succeeded", "sandbox_card")
     health = shop.live.get("/v1/channels/sandbox_card").json()
     assert (health["breaker"]["state"], health["outcomes"]) == ("closed", 1)
+
+
+def test_platform_callers_list_one_mode_with_the_livemode_filter(shop: Shop, client):
+    live = created(shop.live.post("/v1/payments", json=card_body(7000)))
+    test = created(shop.test.post("/v1/payments", json=card_body(5000)))
+    created(shop.live.post("/v1/wallets", json={"customer_id": "cus_f", "currency": "CNY"}))
+    created(shop.test.post("/v1/wallets", json={"customer_id": "cus_f", "currency": "CNY"}))
+
+    def ids(caller: TestClient, path: str, **params: Any) -> list[str]:
+        answer = caller.get(path, params={"merchant_id": shop.merchant_id, **params})
+        assert answer.status_code == 200, answer.text
+        return [o["id"] for o in answer.json()["data"]]
+
+    assert ids(client, "/v1/payments", livemode="true") == [live["id"]]
+    assert ids(client, "/v1/payments", livemode="false") == [test["id"]]
+    assert {w["livemode"] for w in client.get("/v1/wallets", params={"livemode": "false"}).json()["data"]} == {False}
+    for path in ("/v1/payments", "/v1/wallets", "/v1/events", "/v1/webhook_endpoints", "/v1/vault/cards",
+                 "/v1/vault/bank_accounts", "/v1/products", "/v1/orders", "/v1/routing/rules"):
+        assert client.get(path, params={"livemode": "false"}).status_code == 200, path
+        assert shop.test.get(path, params={"livemode": "true"}).json()["data"] == [], path  # never the other mode
+    assert ids(shop.test, "/v1/payments", livemode="false") == [test["id"]]
+    refused = client.get("/v1/payments", params={"livemode": "maybe"})
+    assert (refused.status_code, refused.json()["code"]) == (422, "validation_error")

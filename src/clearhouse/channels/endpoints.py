@@ -24,7 +24,7 @@ from clearhouse.channels.schemas import (
 from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import actor_of, principal_of, requires
 from clearhouse.kit import clock
-from clearhouse.kit.api import Page, PrefixRouter
+from clearhouse.kit.api import ModeFilter, Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import NotFound, ValidationFailed
 
@@ -62,12 +62,13 @@ def list_rules(
     merchant_id: Annotated[str | None, Query(max_length=40, pattern=r"^[A-Za-z0-9_\-]+$",
                                               description="Platform callers: one merchant's")] = None,
     scope: Annotated[str | None, Query(pattern="^platform$", description="`platform`: platform-wide only")] = None,
+    livemode: ModeFilter = None,
 ) -> Page[RuleOut]:
     """Rules in creation order. Merchant callers see their own and the platform-wide ones."""
     principal = principal_of(request)
     rows, more = transact(_engine(request), lambda s: routing.list_rules(
         s, principal, merchant_id=merchant_id, platform_only=scope == "platform", limit=limit,
-        starting_after=starting_after))
+        starting_after=starting_after, livemode=livemode))
     return Page(data=[RuleOut(**routing.rule_dict(r)) for r in rows], has_more=more,
                 next_cursor=rows[-1].id if more else None)
 

@@ -708,14 +708,17 @@ def _writable(session: Session, principal: Principal, rule_id: str) -> Row:
 
 
 def list_rules(session: Session, principal: Principal, *, merchant_id: str | None, platform_only: bool,
-               limit: int, starting_after: str | None) -> tuple[list[Row], bool]:
+               limit: int, starting_after: str | None, livemode: bool | None = None) -> tuple[list[Row], bool]:
     """Rules by id (creation order). Merchants get their own and the platform's; the platform
     may narrow to one merchant's (``merchant_id``) or to the platform-wide (``platform_only``)."""
     query = select(rules).order_by(rules.c.id).limit(limit + 1)
     if principal.merchant_id is not None:
         query = query.where(or_(rules.c.merchant_id == principal.merchant_id, rules.c.merchant_id.is_(None)))
-    if principal.livemode is not None:
-        query = query.where(or_(rules.c.livemode == principal.livemode, rules.c.merchant_id.is_(None)))
+    if livemode is not None and principal.livemode not in (None, livemode):
+        return [], False
+    mode = principal.livemode if principal.livemode is not None else livemode
+    if mode is not None:  # a platform-wide rule routes both modes
+        query = query.where(or_(rules.c.livemode == mode, rules.c.merchant_id.is_(None)))
     if platform_only:
         query = query.where(rules.c.merchant_id.is_(None))
     elif merchant_id is not None:

@@ -146,16 +146,20 @@ class Principal:
         """Whether an object of a merchant and a mode (a payment, a card, an endpoint...) is visible."""
         return self.sees(merchant_id) and self.livemode in (None, livemode)
 
-    def listing(self, table: Any, merchant_id: str | None) -> list[Any] | None:
+    def listing(self, table: Any, merchant_id: str | None, livemode: bool | None = None) -> list[Any] | None:
         """The conditions that keep a list of ``table`` (with ``merchant_id`` and ``livemode`` columns)
-        to what this caller may see, ``merchant_id`` being the list's own filter; None when that
-        filter names another merchant than a merchant caller's own (the list is empty)."""
+        to what this caller may see, ``merchant_id`` and ``livemode`` being the list's own filters; None
+        when a filter names another merchant than a merchant caller's own, or a key asks for the other
+        mode (the list is empty)."""
         if self.merchant_id and merchant_id and merchant_id != self.merchant_id:
+            return None
+        if livemode is not None and self.livemode not in (None, livemode):
             return None
         owner = self.merchant_id or merchant_id
         conditions = [table.c.merchant_id == owner] if owner else []
-        if self.livemode is not None:
-            conditions.append(table.c.livemode == self.livemode)
+        mode = self.livemode if self.livemode is not None else livemode
+        if mode is not None:
+            conditions.append(table.c.livemode == mode)
         return conditions
 
 

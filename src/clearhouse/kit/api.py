@@ -69,6 +69,11 @@ ClientId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern
 
 Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT, description="Integer minor units, 1 to 2^63-1")]
 
+ModeFilter = Annotated[bool | None, Query(description="Only live (true) or only test (false) objects. Platform keys "
+                                                      "and people see both without it; a key lists its own mode only, "
+                                                      "so the other mode gives an empty page")]
+"""A list's ``livemode`` filter (identity.md, "Test and live")."""
+
 
 def _currency(value: str) -> str:
     if not is_currency(value):

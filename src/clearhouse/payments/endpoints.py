@@ -9,7 +9,7 @@ from fastapi import Query, Request, Response
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.permissions import PUBLIC, actor_of, principal_of, requires
-from clearhouse.kit.api import Page, PrefixRouter
+from clearhouse.kit.api import ModeFilter, Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.kit.errors import NotFound
 from clearhouse.kit.idempotency import derived_id
@@ -76,11 +76,12 @@ def list_payments(
     status: PaymentStatus | None = None,
     merchant_id: str | None = None,
     merchant_order_id: str | None = None,
+    livemode: ModeFilter = None,
 ) -> Page[Any]:
     principal = principal_of(request)
     views, more = transact(request.app.state.engine, lambda s: payments.list_payments(
         s, principal, merchant_id=merchant_id, status=status, merchant_order_id=merchant_order_id, limit=limit,
-        starting_after=starting_after))
+        starting_after=starting_after, livemode=livemode))
     return Page(data=views, has_more=more, next_cursor=views[-1]["id"] if more else None)
 
 
@@ -229,11 +230,13 @@ def list_wallets(
     starting_after: str | None = None,
     customer_id: str | None = None,
     merchant_id: str | None = None,
+    livemode: ModeFilter = None,
 ) -> Page[Any]:
     """Wallets, newest first, with their balances; ``customer_id`` filters."""
     principal = principal_of(request)
     views, more = transact(request.app.state.engine, lambda s: wallets.list_wallets(
-        s, principal, customer_id=customer_id, merchant_id=merchant_id, limit=limit, starting_after=starting_after))
+        s, principal, customer_id=customer_id, merchant_id=merchant_id, limit=limit, starting_after=starting_after,
+        livemode=livemode))
     return Page(data=views, has_more=more, next_cursor=views[-1]["id"] if more else None)
 
 

@@ -227,8 +227,8 @@ def get_payment(session: Session, principal: Principal | None, payment_id: str) 
 
 def list_payments(session: Session, principal: Principal, *, merchant_id: str | None, status: str | None,
                   merchant_order_id: str | None, limit: int, starting_after: str | None,
-                  ) -> tuple[list[dict[str, Any]], bool]:
-    scope = principal.listing(payments, merchant_id)
+                  livemode: bool | None = None) -> tuple[list[dict[str, Any]], bool]:
+    scope = principal.listing(payments, merchant_id, livemode)
     if scope is None:
         return [], False
     query = select(payments).where(*scope)

@@ -55,9 +55,10 @@ def wallet_view(session: Session, row: Row) -> dict[str, Any]:
 
 
 def list_wallets(session: Session, principal: Principal, *, customer_id: str | None, merchant_id: str | None,
-                 limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
+                 limit: int, starting_after: str | None, livemode: bool | None = None,
+                 ) -> tuple[list[dict[str, Any]], bool]:
     """A page of wallets, newest first, with their balances; and whether more follow."""
-    scope = principal.listing(wallets, merchant_id)
+    scope = principal.listing(wallets, merchant_id, livemode)
     if scope is None:
         return [], False
     query = select(wallets).where(*scope)

@@ -8,7 +8,7 @@ from fastapi import Query, Request
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.permissions import actor_of, principal_of, requires
-from clearhouse.kit.api import Page, PrefixRouter
+from clearhouse.kit.api import ModeFilter, Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.vault import service
 from clearhouse.vault.schemas import BankAccountCreate, BankAccountOut, CardCreate, CardOut
@@ -55,11 +55,12 @@ def list_cards(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: Annotated[str | None, Query(max_length=64)] = None,
     merchant_id: Annotated[str | None, Query(max_length=40)] = None,
+    livemode: ModeFilter = None,
 ) -> Page[CardOut]:
     """Cards oldest first, masked. Merchant callers see their own."""
     principal = principal_of(request)
     rows, more = transact(_engine(request), lambda s: service.list_cards(
-        s, principal, merchant_id=merchant_id, limit=limit, starting_after=starting_after))
+        s, principal, merchant_id=merchant_id, limit=limit, starting_after=starting_after, livemode=livemode))
     return Page(data=[CardOut(**service.card_dict(r)) for r in rows], has_more=more,
                 next_cursor=rows[-1].id if more else None)
 
@@ -94,11 +95,12 @@ def list_bank_accounts(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: Annotated[str | None, Query(max_length=64)] = None,
     merchant_id: Annotated[str | None, Query(max_length=40)] = None,
+    livemode: ModeFilter = None,
 ) -> Page[BankAccountOut]:
     """Bank accounts oldest first, masked. Merchant callers see their own."""
     principal = principal_of(request)
     rows, more = transact(_engine(request), lambda s: service.list_bank_accounts(
-        s, principal, merchant_id=merchant_id, limit=limit, starting_after=starting_after))
+        s, principal, merchant_id=merchant_id, limit=limit, starting_after=starting_after, livemode=livemode))
     return Page(data=[BankAccountOut(**service.bank_account_dict(r)) for r in rows], has_more=more,
                 next_cursor=rows[-1].id if more else None)
 

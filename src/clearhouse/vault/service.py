@@ -235,9 +235,9 @@ def get_card(session: Session, principal: Principal, card_id: str) -> Row:
 
 
 def list_cards(session: Session, principal: Principal, *, merchant_id: str | None, limit: int,
-               starting_after: str | None) -> tuple[list[Row], bool]:
+               starting_after: str | None, livemode: bool | None = None) -> tuple[list[Row], bool]:
     """Cards oldest first; merchant callers see their own only (another merchant's filter: none)."""
-    scope = principal.listing(repository.cards, merchant_id)
+    scope = principal.listing(repository.cards, merchant_id, livemode)
     if scope is None:
         return [], False
     return repository.list_cards(session, scope, limit=limit, starting_after=starting_after)
@@ -343,8 +343,8 @@ def get_bank_account(session: Session, principal: Principal, bank_account_id: st
 
 
 def list_bank_accounts(session: Session, principal: Principal, *, merchant_id: str | None, limit: int,
-                       starting_after: str | None) -> tuple[list[Row], bool]:
-    scope = principal.listing(repository.bank_accounts, merchant_id)
+                       starting_after: str | None, livemode: bool | None = None) -> tuple[list[Row], bool]:
+    scope = principal.listing(repository.bank_accounts, merchant_id, livemode)
     if scope is None:
         return [], False
     return repository.list_bank_accounts(session, scope, limit=limit, starting_after=starting_after)

@@ -8,7 +8,7 @@ from fastapi import Query, Request
 from sqlalchemy.orm import Session
 
 from clearhouse.identity.permissions import actor_of, principal_of, requires
-from clearhouse.kit.api import Page, PrefixRouter
+from clearhouse.kit.api import ModeFilter, Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.webhooks import service
 from clearhouse.webhooks.schemas import (
@@ -66,11 +66,11 @@ def create_endpoint(body: WebhookEndpointCreate, request: Request) -> WebhookEnd
 
 @router.get("/webhook_endpoints", response_model=Page[WebhookEndpointOut], dependencies=_READ)
 def list_endpoints(request: Request, limit: Limit = 50, starting_after: Cursor = None,
-                   merchant_id: MerchantFilter = None) -> Page[WebhookEndpointOut]:
+                   merchant_id: MerchantFilter = None, livemode: ModeFilter = None) -> Page[WebhookEndpointOut]:
     """Endpoints oldest first. Merchant callers see their own."""
     principal = principal_of(request)
     rows, more = transact(_engine(request), lambda s: service.list_endpoints(
-        s, principal, merchant_id=merchant_id, limit=limit, starting_after=starting_after))
+        s, principal, merchant_id=merchant_id, limit=limit, starting_after=starting_after, livemode=livemode))
     return Page(data=[WebhookEndpointOut(**service.endpoint_dict(r)) for r in rows], has_more=more,
                 next_cursor=rows[-1].id if more else None)
 
@@ -136,11 +136,13 @@ def list_events(
     request: Request, limit: Limit = 50, starting_after: Cursor = None,
     type: Annotated[str | None, Query(max_length=100)] = None,  # noqa: A002 - the API's name for it
     merchant_id: MerchantFilter = None,
+    livemode: ModeFilter = None,
 ) -> Page[EventOut]:
     """Events oldest first, of one ``type`` if given. Merchant callers see their own."""
     principal = principal_of(request)
     rows, more = transact(_engine(request), lambda s: service.list_events(
-        s, principal, event_type=type, merchant_id=merchant_id, limit=limit, starting_after=starting_after))
+        s, principal, event_type=type, merchant_id=merchant_id, limit=limit, starting_after=starting_after,
+        livemode=livemode))
     return Page(data=[EventOut(**service.event_dict(r)) for r in rows], has_more=more,
                 next_cursor=rows[-1].id if more else None)
 

@@ -278,9 +278,9 @@ def get_endpoint(session: Session, principal: Principal, endpoint_id: str) -> Ro
 
 
 def list_endpoints(session: Session, principal: Principal, *, merchant_id: str | None, limit: int,
-                   starting_after: str | None) -> tuple[list[Row], bool]:
+                   starting_after: str | None, livemode: bool | None = None) -> tuple[list[Row], bool]:
     """Endpoints oldest first; merchant callers see their own (another merchant's filter: none)."""
-    scope = principal.listing(repository.endpoints, merchant_id)
+    scope = principal.listing(repository.endpoints, merchant_id, livemode)
     if scope is None:
         return [], False
     return repository.list_endpoints(session, scope, limit=limit, starting_after=starting_after)
@@ -408,13 +408,13 @@ def get_event(session: Session, principal: Principal, event_id: str) -> Row:
 
 
 def list_events(session: Session, principal: Principal, *, event_type: str | None, merchant_id: str | None,
-                limit: int, starting_after: str | None) -> tuple[list[Row], bool]:
+                limit: int, starting_after: str | None, livemode: bool | None = None) -> tuple[list[Row], bool]:
     """Events oldest first; merchant callers see their own. ``*`` is every type, as in an endpoint's filter."""
     if event_type is not None:
         check_event_types([event_type])
         if event_type == "*":
             event_type = None
-    scope = principal.listing(repository.events, merchant_id)
+    scope = principal.listing(repository.events, merchant_id, livemode)
     if scope is None:
         return [], False
     return repository.list_events(session, scope, event_type, limit=limit, starting_after=starting_after)

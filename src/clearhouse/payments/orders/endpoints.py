@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from clearhouse.identity.permissions import PUBLIC, actor_of, principal_of, requires
 from clearhouse.kit import clock
-from clearhouse.kit.api import Page, PrefixRouter
+from clearhouse.kit.api import ModeFilter, Page, PrefixRouter
 from clearhouse.kit.db import transact
 from clearhouse.kit.idempotency import derived_id
 from clearhouse.payments import service as payments
@@ -59,10 +59,11 @@ def list_products(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: str | None = None,
     active: bool | None = None,
+    livemode: ModeFilter = None,
 ) -> Page[Any]:
     principal = principal_of(request)
     views, more = transact(request.app.state.engine, lambda s: orders.list_products(
-        s, principal, active=active, limit=limit, starting_after=starting_after))
+        s, principal, active=active, limit=limit, starting_after=starting_after, livemode=livemode))
     return Page(data=views, has_more=more, next_cursor=views[-1]["id"] if more else None)
 
 
@@ -120,10 +121,12 @@ def list_orders(
     starting_after: str | None = None,
     status: OrderStatus | None = None,
     product_id: str | None = None,
+    livemode: ModeFilter = None,
 ) -> Page[Any]:
     principal = principal_of(request)
     views, more = transact(request.app.state.engine, lambda s: orders.list_orders(
-        s, principal, status=status, product_id=product_id, limit=limit, starting_after=starting_after))
+        s, principal, status=status, product_id=product_id, limit=limit, starting_after=starting_after,
+        livemode=livemode))
     return Page(data=views, has_more=more, next_cursor=views[-1]["id"] if more else None)
 
 

@@ -196,8 +196,10 @@ def get_product(session: Session, principal: Principal | None, product_id: str) 
 
 
 def list_products(session: Session, principal: Principal, *, active: bool | None, limit: int,
-                  starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    scope = principal.listing(products, None) or []  # None only for another merchant's filter: there is none
+                  starting_after: str | None, livemode: bool | None = None) -> tuple[list[dict[str, Any]], bool]:
+    scope = principal.listing(products, None, livemode)
+    if scope is None:
+        return [], False
     query = select(products).where(*scope)
     if active is not None:
         query = query.where(products.c.active.is_(active))
@@ -341,8 +343,11 @@ def get_order(session: Session, principal: Principal | None, order_id: str) -> d
 
 
 def list_orders(session: Session, principal: Principal, *, status: str | None, product_id: str | None,
-                limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
-    scope = principal.listing(orders, None) or []  # None only for another merchant's filter: there is none
+                limit: int, starting_after: str | None, livemode: bool | None = None,
+                ) -> tuple[list[dict[str, Any]], bool]:
+    scope = principal.listing(orders, None, livemode)
+    if scope is None:
+        return [], False
     query = select(orders).where(*scope)
     if status:
         query = query.where(orders.c.status == status)
