@@ -33,12 +33,14 @@ _READ = [requires("routing:read")]
 _WRITE = [requires("routing:write")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {"description": "A merchant caller tried to change a platform-wide rule (`platform_rule_read_only`)"},
+    403: {"description": "Writing a rule: a merchant caller tried to change a platform-wide rule "
+          "(`platform_rule_read_only`)"},
     404: {"description": "Unknown, or another merchant's (`routing_rule_not_found`, `unknown_channel`, "
           "`not_found` for a merchant)"},
     422: {"description": "A rule is broken (`validation_error`, `unknown_rule_channel`, `duplicate_rule_channel`, "
           "`rule_channel_unsupported`, `unknown_currency`, `invalid_country`, `invalid_card_bin_prefix`, "
-          "`invalid_amount_range`)"},
+          "`invalid_amount_range`; a preview: `validation_error` with `mode_not_allowed` when a key asks for "
+          "the other mode)"},
 }
 
 

@@ -35,7 +35,8 @@ _READ = [requires("payments:read")]
 _WRITE = [requires("payments:write")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "Unknown or not yours (`payment_not_found`, `refund_not_found`, `wallet_not_found`)"},
+    404: {"description": "Unknown, not yours, or of the other mode (`payment_not_found`, `refund_not_found`, "
+          "`wallet_not_found`, `card_not_found` for a `card_id`)"},
     409: {"description": "Conflict with the payment's state (`payment_state_conflict`, `refund_exceeds_captured`, "
           "`capture_exceeds_authorized`, `channel_not_answering`, `outcome_unconfirmed`, `idempotency_key_reused`, "
           "`idempotency_key_in_use`)"},

@@ -31,8 +31,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown, deleted, or another merchant's (`webhook_endpoint_not_found`, "
           "`event_not_found`, `not_found` for a merchant)"},
     409: {"description": "The endpoint is disabled (`webhook_endpoint_disabled`)"},
-    422: {"description": "A rule is broken (`validation_error`, `invalid_webhook_url`, `unknown_event_type`, "
-          "`merchant_required`)"},
+    422: {"description": "A rule is broken (`validation_error`; writing an endpoint: `invalid_webhook_url`, "
+          "`unknown_event_type`, `merchant_required`)"},
 }
 Limit = Annotated[int, Query(ge=1, le=500)]
 Cursor = Annotated[str | None, Query(max_length=64)]

@@ -33,7 +33,8 @@ _READ = [requires("payments:read")]
 _WRITE = [requires("payments:write")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "Unknown or not yours (`product_not_found`, `order_not_found`)"},
+    404: {"description": "Unknown, not yours, or of the other mode (`product_not_found`, `order_not_found`; "
+          "paying: `card_not_found` for a `card_id`, `wallet_not_found`)"},
     409: {"description": "`out_of_stock`, `product_inactive`, `duplicate_code`, `order_not_delivered`, "
           "`idempotency_key_reused`, `idempotency_key_in_use`"},
     422: {"description": "A rule is broken (`validation_error`, `payment_details_required`, `amount_too_large`, "
