@@ -45,7 +45,9 @@ class Payment(Base):
         # The database's own guard against over-refunding, beside the service's locked check.
         CheckConstraint("amount_refunded >= 0 AND amount_refunded + amount_refund_pending <= amount_captured",
                         name="refunds_within_captured"),
-        Index("ix_payments_merchant", "merchant_id", "id"),
+        # A key's list: its merchant's payments of its mode, newest first (a test key's few test payments are
+        # not looked for among the merchant's many live ones).
+        Index("ix_payments_merchant_mode", "merchant_id", "livemode", "created_at", "id"),
         Index("ix_payments_merchant_created", "merchant_id", "created_at", "id"),  # lists, newest first
         Index("ix_payments_status", "status", "updated_at"),
     )

@@ -91,7 +91,7 @@ class Order(Base):
         CheckConstraint(f"status IN ({sql_list(ORDER_STATUSES)})", name="status"),
         CheckConstraint("quantity > 0", name="quantity_positive"),
         CheckConstraint("amount > 0", name="amount_positive"),
-        Index("ix_orders_merchant", "merchant_id", "id"),
+        Index("ix_orders_merchant_mode", "merchant_id", "livemode", "created_at", "id"),  # a key's list, its mode
         Index("ix_orders_merchant_created", "merchant_id", "created_at", "id"),  # lists, newest first
         Index("ix_orders_status", "status", "updated_at"),
     )
