@@ -63,8 +63,11 @@ SYSTEM_ACTOR = audit.Actor(type="system", id="reconciliation")  # who the audit 
 
 
 def _select_cases() -> Any:
-    """Cases with their class also as ``class_`` (``class`` is a Python keyword)."""
-    return select(*cases.c, cases.c["class"].label("class_"))
+    """Cases with their class also as ``class_`` (``class`` is a Python keyword), and their statement's format as
+    ``statement_format`` (``difference_of``)."""
+    statement_format = (select(statements.c.format).join(runs, runs.c.statement_id == statements.c.id)
+                        .where(runs.c.id == cases.c.reconciliation_id).scalar_subquery())
+    return select(*cases.c, cases.c["class"].label("class_"), statement_format.label("statement_format"))
 
 
 def _who(actor: audit.Actor) -> str:
@@ -82,11 +85,16 @@ def _case(session: Session, case_id: str, *, lock: bool = False) -> Row:
 
 
 def difference_of(row: Any) -> int:
-    """The number a person compares with a tolerance: the fee or amount gap, else the case's delta."""
+    """The number a person compares with a tolerance: the fee or amount gap, else the case's delta.
+
+    The amount gap is the one the matching saw: a bank's line that states no fee is the money received, compared
+    with our net (``matching._ours_compared``), so its gap is their net - our net."""
     if row.class_ == "fee_mismatch":
         return (row.theirs_fee or 0) - (row.ours_fee or 0)
     if row.class_ == "amount_mismatch":
-        return (row.theirs_amount or 0) - (row.ours_amount or 0)
+        net_line = row.theirs_fee is None and getattr(row, "statement_format", None) in BANK_FORMATS
+        ours = (row.ours_amount or 0) - ((row.ours_fee or 0) if net_line else 0)
+        return (row.theirs_amount or 0) - ours
     return row.delta
 
 

@@ -35,6 +35,14 @@ A pair (from any pass) is then classified, first rule that applies:
   count), ``timing`` (booked on different days: the pair crosses a day boundary), else ``matched``.
   ``difference`` is theirs - ours for the amount and fee mismatches.
 
+What a statement line's amount is compared with (passes 1 and 2, and a split's lines added up): our gross
+  amount, for a channel's line (its amount is gross, its fee beside it, stated or not) and for a bank's line that
+  states its fee (a camt.053 entry with ``Chrgs``: the parser adds charges included in the booked amount back,
+  so its amount is gross too); our net (``amount - fee``, what ``channel_clearing:C`` holds for the line) for a
+  bank's line that states no fee (``bank_statement``: every MT940 line, a camt.053 entry without charges), which
+  is the money the channel paid into the bank, its fee kept back. The tolerance is of the amount compared with,
+  and so is ``difference``: for such a line it is their net - our net, the case's delta.
+
 Pass 2, fuzzy (only what pass 1 left; settlement lines are kept for pass 3): same currency, amount
   within the amount tolerance, booked at most ``date_window_days`` apart, and a reference similarity
   of at least ``reference_similarity``: RapidFuzz's normalized Indel similarity, the best of the
@@ -111,6 +119,7 @@ _THEIRS: dict[str, pl.DataType] = {
     "line_no": pl.Int64(), "t_our_ref": pl.String(), "t_channel_ref": pl.String(), "t_kind": pl.String(),
     "theirs_status": pl.String(), "theirs_amount": pl.Int64(), "theirs_fee": pl.Int64(),
     "t_currency": pl.String(), "theirs_booked_on": pl.Date(), "t_description": pl.String(),
+    "t_net": pl.Boolean(),  # a bank's line that states no fee: the money received, compared with our net
 }
 # ... and ours (``row`` is our line's position, a cheap integer key).
 _OURS: dict[str, pl.DataType] = {
@@ -205,18 +214,21 @@ class MatchOutcome:
 
 
 def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
-          period: tuple[date, date], settled: np.ndarray | None = None) -> MatchOutcome:
+          period: tuple[date, date], settled: np.ndarray | None = None, bank_statement: bool = False) -> MatchOutcome:
     """Pair ``statement`` with ``internal`` under ``rules`` for the days ``period`` (first, last).
 
     ``settled`` (a flag per line of ``internal``, or None) marks our lines that an earlier statement of the
-    channel reconciled already: a statement line that names one repeats it (a ``duplicate``)."""
+    channel reconciled already: a statement line that names one repeats it (a ``duplicate``).
+    ``bank_statement``: the statement is a bank's (MT940, camt.053), whose line that states no fee is the money
+    the bank received, net of the channel's fee: it is compared with our net (module docstring)."""
     clock = _Stopwatch()
     theirs = statement.select(
         "line_no", pl.col("our_ref").alias("t_our_ref"), pl.col("channel_ref").alias("t_channel_ref"),
         pl.col("kind").alias("t_kind"), pl.col("status").alias("theirs_status"),
         pl.col("amount").alias("theirs_amount"), pl.col("fee").alias("theirs_fee"),
         pl.col("currency").alias("t_currency"), pl.col("booked_on").alias("theirs_booked_on"),
-        pl.col("description").alias("t_description"))
+        pl.col("description").alias("t_description"),
+        (pl.lit(bank_statement) & pl.col("fee").is_null()).alias("t_net"))
     ours = internal.with_row_index("row").select(
         "row", "our_id", "our_ref", "channel_ref", pl.col("status").alias("ours_status"),
         pl.col("amount").alias("ours_amount"), pl.col("fee").alias("ours_fee"), "currency",
@@ -383,9 +395,10 @@ def _class_code(rules: MatchRules) -> pl.Expr:
     """Each pair's class as a small code (its index in ``_PAIR_CLASSES``), first rule that applies
     (module docstring). Only equality is asked of status and currency, so it holds for their strings
     and for the integer codes ``_compared_pairs`` gives them alike."""
-    amount_gap = pl.col("theirs_amount") - pl.col("ours_amount")
+    amount_gap = pl.col("theirs_amount") - _ours_compared()
     fee_gap = pl.col("theirs_fee") - pl.col("ours_fee")
-    within = (amount_gap.abs() <= _amount_tolerance(rules)) & (pl.col("t_currency") == pl.col("currency"))
+    within = ((amount_gap.abs() <= _amount_tolerance(rules, _ours_compared()))
+              & (pl.col("t_currency") == pl.col("currency")))
     status_differs = pl.col("theirs_status") != pl.col("ours_status")
     fee_differs = fee_gap.abs().fill_null(0) > rules.fee_tolerance_minor
     return (pl.when(status_differs).then(1).when(~within).then(2).when(fee_differs).then(3)
@@ -393,8 +406,17 @@ def _class_code(rules: MatchRules) -> pl.Expr:
             ).cast(pl.UInt8).alias("class_code")
 
 
-def _amount_tolerance(rules: MatchRules) -> pl.Expr:
-    """``MatchRules.amount_tolerance`` of each of our lines, in integers (no rounding, no float).
+def _ours_compared() -> pl.Expr:
+    """Our amount as a statement line's amount is compared with it: our net (amount less the channel cost we
+    booked) for a bank's line that states no fee (``t_net``: the bank booked what the channel paid, net of its
+    fee), else our gross amount (a channel's line, and a camt.053 entry with its charges added back)."""
+    net = pl.col("t_net").fill_null(False)
+    return pl.when(net).then(pl.col("ours_amount") - pl.col("ours_fee").fill_null(0)).otherwise(pl.col("ours_amount"))
+
+
+def _amount_tolerance(rules: MatchRules, compared: pl.Expr | None = None) -> pl.Expr:
+    """``MatchRules.amount_tolerance`` of each of our lines, in integers (no rounding, no float): of the amount of
+    ours the line is compared with (``compared``, our gross amount by default).
 
     |ours| * p / 100 is taken in whole parts and a remainder, never as the product itself: our amount (up
     to 10^15) times the percentage's numerator (up to 10^6) would wrap around 64 bits. The tolerances are
@@ -406,7 +428,7 @@ def _amount_tolerance(rules: MatchRules) -> pl.Expr:
     # numerator <= scale (at most 100%), so (|ours| // scale) * numerator is at most |ours|, and the
     # remainder's product is below scale^2 = 10^12.
     scale = 100 * denominator
-    ours = pl.col("ours_amount").abs()
+    ours = (pl.col("ours_amount") if compared is None else compared).abs()
     return pl.max_horizontal(fixed, (ours // scale) * numerator + (ours % scale) * numerator // scale)
 
 
@@ -414,7 +436,7 @@ def _classify(pairs: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
     """``class`` and ``difference`` of each pair (``_class_code``)."""
     coded = pairs.with_columns(_class_code(rules))
     names = pl.Series("class", _PAIR_CLASSES, dtype=pl.String).gather(coded["class_code"])
-    difference = (pl.when(pl.col("class_code") == 2).then(pl.col("theirs_amount") - pl.col("ours_amount"))
+    difference = (pl.when(pl.col("class_code") == 2).then(pl.col("theirs_amount") - _ours_compared())
                   .when(pl.col("class_code") == 3).then(pl.col("theirs_fee") - pl.col("ours_fee")).otherwise(None))
     return coded.with_columns(names, difference.alias("difference")).drop("class_code")
 
@@ -441,11 +463,13 @@ def _compared_pairs(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame,
         if codes is None:
             return _gathered_pairs(theirs, lines, ours, rows)
         columns[left], columns[right] = codes[0][lines], codes[1][rows]
+    # Every line here states its fee (the fee column has no null), so none is a bank's net line (``t_net``).
+    columns["t_net"] = np.zeros(lines.size, dtype=bool)
     return pl.DataFrame(columns)
 
 
 def _gathered_pairs(theirs: pl.DataFrame, lines: np.ndarray, ours: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
-    needed_theirs = [left for left, _right in (*_COMPARED, *_EQUATED)]
+    needed_theirs = [left for left, _right in (*_COMPARED, *_EQUATED)] + ["t_net"]
     needed_ours = [right for _left, right in (*_COMPARED, *_EQUATED)]
     return pl.concat([theirs.select(needed_theirs)[lines], ours.select(needed_ours)[rows]], how="horizontal")
 
@@ -476,7 +500,7 @@ def _untangle(tangled: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Dat
     """Pairs, many-to-one splits and duplicates from the candidate pairs whose key was not unique.
 
     ``taken``: the candidate of ours was paired already (pass 1a), so the statement line repeats it."""
-    same_money = (pl.col("t_currency") == pl.col("currency")) & (pl.col("theirs_amount") == pl.col("ours_amount"))
+    same_money = (pl.col("t_currency") == pl.col("currency")) & (pl.col("theirs_amount") == _ours_compared())
     # One of ours per statement line: a free one first, the same money, then the lowest our_id.
     chosen = (tangled.with_columns(same_money.fill_null(False).alias("same_money"))
               .sort(["line_no", "taken", "same_money", "our_id"], descending=[False, False, True, False])
@@ -487,15 +511,17 @@ def _untangle(tangled: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Dat
         pl.col("theirs_amount").sum().over(group).alias("lines_total"),
         ((pl.col("theirs_status").n_unique().over(group) == 1)
          & (pl.col("t_currency").n_unique().over(group) == 1)
+         & (pl.col("t_net").n_unique().over(group) == 1)  # all compared with our net, or all with our gross
          & (pl.col("t_currency") == pl.col("currency")).all().over(group)).alias("uniform"),
+        _ours_compared().alias("compared"),
     )
     is_split = ((pl.col("lines") > 1) & ~pl.col("taken") & pl.col("uniform")
-                & (pl.col("lines_total") == pl.col("ours_amount")))
+                & (pl.col("lines_total") == pl.col("compared")))
     chosen = chosen.with_columns(is_split.fill_null(False).alias("split"))
     ranked = chosen.filter(~pl.col("split")).sort(["row", "same_money", "line_no"], descending=[False, True, False])
     best = ranked.with_columns((pl.col("row").is_first_distinct() & ~pl.col("taken")).alias("best"))
     pairs = best.filter(pl.col("best")).drop("best", "same_money", "lines", "lines_total", "uniform", "split",
-                                             "taken")
+                                             "taken", "compared")
     duplicates = best.filter(~pl.col("best")).with_columns(_repeat_sentence(pl.col("earlier")))
     parts = chosen.filter(pl.col("split")).sort("line_no")
     splits = parts.group_by("row", maintain_order=True).agg(
@@ -505,7 +531,7 @@ def _untangle(tangled: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Dat
         # Lines that state no fee make a split that states none (null), not a fee of 0.
         pl.when(pl.col("theirs_fee").is_not_null().any()).then(pl.col("theirs_fee").sum()).alias("theirs_fee"),
         pl.col("t_currency").first(), pl.col("theirs_booked_on").max(), pl.col("t_description").first(),
-        *[pl.col(name).first() for name in _OURS if name != "row"])
+        pl.col("t_net").first(), *[pl.col(name).first() for name in _OURS if name != "row"])
     splits = splits.with_columns(pl.concat_str([
         pl.lit("statement lines "), pl.col("batch_line_nos").cast(pl.List(pl.String)).list.join(", "),
         pl.lit(" add up to our line (a split)")]).alias("detail"))
@@ -541,11 +567,18 @@ def _fuzzy_pairs(theirs: pl.DataFrame, ours: pl.DataFrame, rules: MatchRules) ->
     """Pass 2 pairs, one to one, with ``similarity`` and a ``detail`` sentence."""
     if not theirs.height or not ours.height:
         return pl.DataFrame()
-    tolerance = _amount_tolerance(rules)
-    bounded = ours.with_columns((pl.col("ours_amount") - tolerance).alias("low"),
-                                (pl.col("ours_amount") + tolerance).alias("high"))
+    found = []
+    # A bank's line that states no fee is sought around our net, any other around our gross (``_ours_compared``).
+    for net in (False, True):
+        lines = theirs.filter(pl.col("t_net").fill_null(False) == net)
+        if not lines.height:
+            continue
+        compared = pl.col("ours_amount") - pl.col("ours_fee").fill_null(0) if net else pl.col("ours_amount")
+        tolerance = _amount_tolerance(rules, compared)
+        found.append(_within_amounts(lines, ours.with_columns((compared - tolerance).alias("low"),
+                                                              (compared + tolerance).alias("high"))))
     window = rules.date_window_days
-    candidates = _within_amounts(theirs, bounded).filter(
+    candidates = pl.concat(found).filter(
         (pl.col("theirs_booked_on") - pl.col("ours_booked_on")).dt.total_days().abs() <= window)
     if not candidates.height:
         return pl.DataFrame()
@@ -559,7 +592,7 @@ def _fuzzy_pairs(theirs: pl.DataFrame, ours: pl.DataFrame, rules: MatchRules) ->
     if not candidates.height:
         return pl.DataFrame()
     candidates = candidates.with_columns(
-        (pl.col("theirs_amount") - pl.col("ours_amount")).abs().alias("gap")
+        (pl.col("theirs_amount") - _ours_compared()).abs().alias("gap")
     ).sort(["similarity", "gap", "line_no", "our_id"], descending=[True, False, False, False])
     taken_lines: set[int] = set()
     taken_rows: set[int] = set()
@@ -716,8 +749,14 @@ def _sentence() -> pl.Expr:
     # sentence names it, as the delta counts it.
     fee_beside = pl.when(pl.col("theirs_fee").is_not_null() & (pl.col("theirs_fee") != pl.col("ours_fee"))).then(
         pl.concat_str([pl.lit("; "), fees])).otherwise(pl.lit(""))
+    # A bank's line without a fee was compared with our net: the sentence shows both figures of it.
+    net_line = pl.col("t_net").fill_null(False)
     return (
-        pl.when(class_ == "amount_mismatch").then(pl.concat_str([
+        pl.when((class_ == "amount_mismatch") & net_line).then(pl.concat_str([
+            pl.lit("bank amount "), theirs_amount, pl.lit(" (no fee stated: the money received) against our net "),
+            _major(pl.col("ours_amount") - pl.col("ours_fee").fill_null(0), exponent), pl.lit(" ("), ours_amount,
+            pl.lit(" booked less channel fee "), _major(pl.col("ours_fee").fill_null(0), exponent), pl.lit(")")]))
+        .when(class_ == "amount_mismatch").then(pl.concat_str([
             pl.lit("channel amount "), theirs_amount, pl.lit(" against "), ours_amount, pl.lit(" booked"),
             fee_beside]))
         .when(class_ == "fee_mismatch").then(fees)

@@ -12,7 +12,9 @@ transaction rolls back whole and it is refused like the check would have (``_rac
 A bank statement's lines that paired with ours (``matched``, and ``timing`` pairs: the money is in the bank,
 so it has left the channel) are the channel paying us (docs/accounting.md, recipe 4): in the same transaction,
 one entry per bank account and currency moves their net from ``channel_clearing:C`` to ``bank:<account>``
-(``post_payouts``). Lines that did not pair stay to the cases, whose adjustments move ``bank:<account>``.
+(``post_payouts``). A pair that disagrees on the money (``amount_mismatch``, ``fee_mismatch``) moves our net, what
+the channel held for the line it paid; its case's delta (their net - our net) is the rest, posted by its
+adjustment. Lines that did not pair stay to the cases, whose adjustments move ``bank:<account>``.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ PAYOUTS_KEY = "payouts"
 clearing report, not shown in the run)."""
 PAID_CLASSES = ("matched", "timing")
 """The classes of a bank statement line paired with ours that count as the channel paying it (recipe 4)."""
+MISMATCHED_CLASSES = ("amount_mismatch", "fee_mismatch")
+"""A bank statement line paired with ours that disagrees with it on the money: the channel paid that line of ours,
+so our net leaves ``channel_clearing:C`` (recipe 4) and the case's delta, their net - our net, is the rest of what
+the bank booked, posted by its adjustment (recipe 9)."""
 
 _CASE_COLUMNS = ("our_id", "our_ref", "channel_ref", "line_no", "currency", "ours_amount", "theirs_amount",
                  "ours_fee", "theirs_fee", "ours_status", "theirs_status", "ours_booked_on", "theirs_booked_on",
@@ -318,10 +324,11 @@ def _paired_late(session: Session, latest: dict[date, Any], period: tuple[date, 
 
 
 def run_match(lines: pl.DataFrame, internal: pl.DataFrame, rules: Any, period: tuple[date, date],
-              settled: np.ndarray | None = None) -> Any:
+              settled: np.ndarray | None = None, *, bank_statement: bool = False) -> Any:
+    """``matching.match``; ``bank_statement``: a bank's lines that state no fee are compared with our net."""
     from clearhouse.reconciliation.matching import match
 
-    return match(lines, internal, rules, period=period, settled=settled)
+    return match(lines, internal, rules, period=period, settled=settled, bank_statement=bank_statement)
 
 
 def with_accounts(discrepancies: pl.DataFrame, meta: Any) -> pl.DataFrame:
@@ -393,16 +400,32 @@ def paid_lines(outcome: Any) -> pl.Series:
     return pl.concat(parts).unique().sort() if parts else pl.Series("line_no", [], dtype=pl.Int64)
 
 
-def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series) -> dict[tuple[str | None, str], tuple[int, int]]:
+def mismatched_pairs(outcome: Any) -> pl.DataFrame:
+    """The ``MISMATCHED_CLASSES`` pairs of a statement line (or a split's lines) with one of ours, both succeeded:
+    ``line_no`` (the first line), ``lines`` (how many statement lines), ``currency`` and our ``net``."""
+    pairs = outcome.others.filter(pl.col("class").is_in(MISMATCHED_CLASSES) & pl.col("line_no").is_not_null()
+                                  & pl.col("our_id").is_not_null() & (pl.col("ours_status") == "succeeded")
+                                  & (pl.col("theirs_status") == "succeeded"))
+    return pairs.select("line_no", pl.col("batch_line_nos").list.len().fill_null(1).cast(pl.Int64).alias("lines"),
+                        "currency", (pl.col("ours_amount") - pl.col("ours_fee").fill_null(0)).alias("net"))
+
+
+def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series,
+               mismatched: pl.DataFrame | None = None) -> dict[tuple[str | None, str], tuple[int, int]]:
     """Per (bank account, currency): the net of the ``paid`` lines (their amount less the fee they state, what the
-    bank booked) and how many they are. Nets of 0 are left out: there is nothing to post."""
+    bank booked) with our net of the ``mismatched`` pairs (``mismatched_pairs``: what the channel held for the
+    line it paid; the rest is the case's), and how many statement lines they are. Nets of 0 are left out: there is
+    nothing to post."""
     found: dict[tuple[str | None, str], tuple[int, int]] = {}
     rows = lines.filter(pl.col("line_no").is_in(paid.implode()) & (pl.col("status") == "succeeded")).select(
-        "line_no", "currency", (pl.col("amount") - pl.col("fee").fill_null(0)).alias("net"))
-    for line_no, currency, net in rows.iter_rows():
+        "line_no", pl.lit(1, pl.Int64).alias("lines"), "currency",
+        (pl.col("amount") - pl.col("fee").fill_null(0)).alias("net"))
+    if mismatched is not None and mismatched.height:
+        rows = pl.concat([rows, mismatched.select(rows.columns).cast(rows.schema)])
+    for line_no, lines_paid, currency, net in rows.iter_rows():
         key = (meta.account_of(line_no, currency), currency)
         total, count = found.get(key, (0, 0))
-        found[key] = (total + int(net), count + 1)
+        found[key] = (total + int(net), count + int(lines_paid))
     return {key: figures for key, figures in found.items() if figures[0]}
 
 
@@ -464,13 +487,14 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     settled = transact(engine, lambda s: settled_earlier(s, channel, fmt, period, ours))
     progress("load", 1, 1)
     progress("match", 0, 1)
-    outcome = run_match(parsed.lines, internal, rules, period, settled)
+    outcome = run_match(parsed.lines, internal, rules, period, settled, bank_statement=fmt in BANK_FORMATS)
     progress("match", 1, 1)
     classes = _all_classes(outcome)
     discrepancies = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched")), parsed.meta)
     clearing = clearing_of(parsed.lines, internal, period)
     # A channel's statement is its report, not money arriving: only a bank statement's paid lines post.
-    payouts = payouts_of(parsed.lines, parsed.meta, paid_lines(outcome)) if fmt in BANK_FORMATS else {}
+    payouts = payouts_of(parsed.lines, parsed.meta, paid_lines(outcome),
+                         mismatched_pairs(outcome)) if fmt in BANK_FORMATS else {}
     mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
 
     def work(session: Session) -> str:
@@ -761,7 +785,7 @@ def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_dat
     period = statement_period(parsed.meta, fmt, statement_date)
     internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
     settled = transact(engine, lambda s: settled_earlier(s, channel, fmt, period, internal))
-    outcome = run_match(parsed.lines, internal, rules, period, settled)
+    outcome = run_match(parsed.lines, internal, rules, period, settled, bank_statement=fmt in BANK_FORMATS)
     sample = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched").head(100)), parsed.meta)
     return {"channel": channel, "statement_date": statement_date, "statement_lines": parsed.lines.height,
             "internal_lines": internal.height, **_classes_view(_all_classes(outcome)),
