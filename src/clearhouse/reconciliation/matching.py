@@ -324,9 +324,13 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
         ours_left = ours_left.filter(~pl.col("row").is_in(fuzzy["row"].implode()))
     clock.lap("pass2")
 
-    # Pass 3: a settlement credit against a whole booking day of ours.
+    # Pass 3: a settlement credit against a whole booking day of ours. A bank's credit is money paid: it does not
+    # pay a line a bank statement paid already (``settled`` is then exactly those); a channel's settlement report
+    # may name lines an earlier report of the channel reconciled.
     if rules.batch_matching:
-        batched = _batches(theirs_left, ours_left, rules)
+        payable = ours_left if settled is None or not bank_statement else ours_left.filter(
+            pl.Series(~earlier[ours_left["row"].to_numpy()]))
+        batched = _batches(theirs_left, payable, rules)
         if batched.height:
             parts.append(_emit(batched, pass_no=3))
             theirs_left = theirs_left.filter(~pl.col("line_no").is_in(batched["line_no"].unique().implode()))

@@ -131,6 +131,20 @@ class Reconciliation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ReconPaidLine(Base):
+    """A line of ours (a payment or a refund) that a bank statement paid: the channel's payout was posted for it
+    (recipe 4, ``service.post_payouts``). Its primary key is the line, so no line is paid out twice, however many
+    statements carry it or race to import it; a later statement's line that pays it again is a ``duplicate``."""
+
+    __tablename__ = "recon_paid_lines"
+
+    our_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reconciliation_id: Mapped[str] = mapped_column(String(40), ForeignKey("reconciliations.id"))
+    line_no: Mapped[int] = mapped_column(Integer)
+    """The statement line that paid it (a batch credit's line for each line of ours it paid)."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class ReconCase(Base):
     """One discrepancy: what we booked beside what the statement says, and what people did about it."""
 

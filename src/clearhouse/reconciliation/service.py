@@ -56,6 +56,7 @@ from clearhouse.reconciliation.models import (
     ReconCase,
     ReconCaseEvent,
     Reconciliation,
+    ReconPaidLine,
     ReconRules,
     ReconStatement,
     statement_fingerprint,
@@ -67,6 +68,7 @@ BANK_FORMATS = ("mt940", "camt053")
 statements = ReconStatement.__table__
 runs = Reconciliation.__table__
 cases = ReconCase.__table__
+paid_table = ReconPaidLine.__table__
 case_events = ReconCaseEvent.__table__
 rules_table = ReconRules.__table__
 
@@ -243,6 +245,50 @@ def load_internal(session: Session, channel: str, period: tuple[date, date], rul
     return sources.internal_lines(session, channel, period[0] - widen, period[1] + widen, rules.timezone)
 
 
+def settled_before(session: Session, channel: str, fmt: str, period: tuple[date, date],
+                   internal: pl.DataFrame) -> np.ndarray | None:
+    """Which of our lines an earlier statement settled, by kind: for a bank statement, those a bank statement paid
+    (``paid_before``: the money is in the bank, exactly once); for a channel's, ``settled_earlier``."""
+    if fmt in BANK_FORMATS:
+        return paid_before(session, internal)
+    return settled_earlier(session, channel, fmt, period, internal)
+
+
+def paid_before(session: Session, internal: pl.DataFrame) -> np.ndarray | None:
+    """A flag per line of ours that a bank statement paid already (``recon_paid_lines``; None: none did). A bank
+    statement adds to the earlier ones (it is never a re-issue: the same statement is refused), so a line one of
+    them paid is paid, whatever day or page carried it; a later line that pays it again is a ``duplicate``."""
+    if not internal.height:
+        return None
+    ids = internal["our_id"].to_list()
+    paid: set[str] = set()
+    for start in range(0, len(ids), 5000):
+        paid.update(session.execute(select(paid_table.c.our_id).where(
+            paid_table.c.our_id.in_(ids[start:start + 5000]))).scalars())
+    if not paid:
+        return None
+    return internal.select(pl.col("our_id").is_in(pl.Series(sorted(paid), dtype=pl.String).implode()))[
+        "our_id"].to_numpy()
+
+
+def paid_ours(outcome: Any) -> list[tuple[str, int]]:
+    """(our id, statement line) of every line of ours this bank statement pays: the plain matches, the
+    ``PAID_CLASSES`` pairs (a batch credit's line for each line of ours it pays) and the mismatched pairs
+    ``mismatched_pairs`` posts. What ``payouts_of`` posts the money of, line by line."""
+    found: dict[str, int] = {}
+    if outcome.plain.count:
+        plain_ids = outcome.plain.ours["our_id"].gather(outcome.plain.our_rows).to_list()
+        plain_lines = outcome.plain.theirs["line_no"].gather(outcome.plain.lines).to_list()
+        found.update(zip(plain_ids, plain_lines, strict=True))
+    paired = outcome.others.filter(pl.col("class").is_in(PAID_CLASSES) & pl.col("line_no").is_not_null()
+                                   & pl.col("our_id").is_not_null())
+    for our_id, line_no in paired.select("our_id", "line_no").iter_rows():
+        found.setdefault(our_id, int(line_no))
+    for our_id, line_no in mismatched_pairs(outcome, with_ids=True).select("our_id", "line_no").iter_rows():
+        found.setdefault(our_id, int(line_no))
+    return sorted(found.items())
+
+
 def settled_earlier(session: Session, channel: str, fmt: str, period: tuple[date, date],
                     internal: pl.DataFrame) -> np.ndarray | None:
     """Which of our lines an earlier statement of the channel reconciled (a flag per line; None: none).
@@ -400,14 +446,15 @@ def paid_lines(outcome: Any) -> pl.Series:
     return pl.concat(parts).unique().sort() if parts else pl.Series("line_no", [], dtype=pl.Int64)
 
 
-def mismatched_pairs(outcome: Any) -> pl.DataFrame:
+def mismatched_pairs(outcome: Any, *, with_ids: bool = False) -> pl.DataFrame:
     """The ``MISMATCHED_CLASSES`` pairs of a statement line (or a split's lines) with one of ours, both succeeded:
     ``line_no`` (the first line), ``lines`` (how many statement lines), ``currency`` and our ``net``."""
     pairs = outcome.others.filter(pl.col("class").is_in(MISMATCHED_CLASSES) & pl.col("line_no").is_not_null()
                                   & pl.col("our_id").is_not_null() & (pl.col("ours_status") == "succeeded")
                                   & (pl.col("theirs_status") == "succeeded"))
     return pairs.select("line_no", pl.col("batch_line_nos").list.len().fill_null(1).cast(pl.Int64).alias("lines"),
-                        "currency", (pl.col("ours_amount") - pl.col("ours_fee").fill_null(0)).alias("net"))
+                        "currency", (pl.col("ours_amount") - pl.col("ours_fee").fill_null(0)).alias("net"),
+                        *(["our_id"] if with_ids else []))
 
 
 def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series,
@@ -459,7 +506,8 @@ def post_payouts(session: Session, run_id: str, channel: str, fmt: str,
 def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statement_date: date,
                    mapping: str | dict[str, Any] | None = None, internal: pl.DataFrame | None = None,
                    actor: audit.Actor | str = "cli", file_name: str | None = None,
-                   progress: ProgressFn = _no_progress, approval_threshold: int | None = None) -> dict[str, Any]:
+                   progress: ProgressFn = _no_progress, approval_threshold: int | None = None,
+                   _rematched: bool = False) -> dict[str, Any]:
     """Import ``path`` as ``channel``'s statement of ``statement_date`` and reconcile it; returns the run's view.
 
     ``internal`` replaces our lines read from the database (the benchmark's generated ledger side).
@@ -481,10 +529,11 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     if refusal is not None:  # refused before the work of matching it
         raise refusal
     progress("load", 0, 1)
+    given_internal = internal
     if internal is None:
         internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
     ours = internal  # bound for the closure: ``internal`` is reassigned above
-    settled = transact(engine, lambda s: settled_earlier(s, channel, fmt, period, ours))
+    settled = transact(engine, lambda s: settled_before(s, channel, fmt, period, ours))
     progress("load", 1, 1)
     progress("match", 0, 1)
     outcome = run_match(parsed.lines, internal, rules, period, settled, bank_statement=fmt in BANK_FORMATS)
@@ -495,6 +544,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     # A channel's statement is its report, not money arriving: only a bank statement's paid lines post.
     payouts = payouts_of(parsed.lines, parsed.meta, paid_lines(outcome),
                          mismatched_pairs(outcome)) if fmt in BANK_FORMATS else {}
+    paid_now = paid_ours(outcome) if fmt in BANK_FORMATS else []
     mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
 
     def work(session: Session) -> str:
@@ -523,6 +573,9 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
             clearing_json=orjson.dumps(figures).decode(),
             duration_ms=int((time.perf_counter() - started) * 1000), created_by=f"{who.type}:{who.id}",
             created_at=now))
+        if paid_now:  # each line paid once: another import paying one of them meets the primary key
+            session.execute(paid_table.insert(), [{"our_id": our_id, "reconciliation_id": run_id, "line_no": line_no,
+                                                   "created_at": now} for our_id, line_no in paid_now])
         save_cases(session, run_id, channel, discrepancies, now, progress)
         from clearhouse.reconciliation import cases as case_service
 
@@ -544,6 +597,12 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
             run_id = transact(engine, work)
             break
         except IntegrityError as error:  # rolled back whole: nothing of this import is written
+            if paid_table.name in str(error.orig) and not _rematched:
+                # Another bank statement paid some of these lines while this one matched: match again, so
+                # that they are duplicates here and their money is not posted twice.
+                return reconcile_file(engine, channel=channel, path=path, fmt=fmt, statement_date=statement_date,
+                                      mapping=mapping, internal=given_internal, actor=actor, file_name=file_name,
+                                      progress=progress, approval_threshold=approval_threshold, _rematched=True)
             violated = _violated(error)
             refusal = transact(engine, lambda s, violated=violated: _raced(s, violated, sha256, parsed.meta,
                                                                            fingerprint, identity))
@@ -784,7 +843,7 @@ def dry_run(engine: Engine, *, channel: str, path: Path, fmt: str, statement_dat
     parsed = parse(path, fmt, channel, mapping, rules.timezone)
     period = statement_period(parsed.meta, fmt, statement_date)
     internal = transact(engine, lambda s: load_internal(s, channel, period, rules))
-    settled = transact(engine, lambda s: settled_earlier(s, channel, fmt, period, internal))
+    settled = transact(engine, lambda s: settled_before(s, channel, fmt, period, internal))
     outcome = run_match(parsed.lines, internal, rules, period, settled, bank_statement=fmt in BANK_FORMATS)
     sample = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched").head(100)), parsed.meta)
     return {"channel": channel, "statement_date": statement_date, "statement_lines": parsed.lines.height,

@@ -1,0 +1,73 @@
+"""A line of ours is paid out once (recipe 4), however many bank statements carry it.
+
+Found by the accountant tester: bank statements add up (one is never a re-issue of another), but matched pairs are
+not stored, so a line a first statement paid was paired and paid again by another page of the same day, by the next
+day's statement, and by a settlement credit for the whole day; ``channel_clearing:sandbox_card`` went below zero.
+Now ``recon_paid_lines`` holds each line a bank statement paid (primary key: the line), and a later line that pays it
+again is a ``duplicate``: a case, and no money posted. Through the HTTP API, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.payments.support import ledger_verifies
+from tests.reconciliation.formats.test_session12_formats import mt940_statement
+from tests.reconciliation.support import cases_of, class_counts
+from tests.reconciliation.test_session13 import CNY_IBAN
+from tests.reconciliation.test_session17_bank_net import _eref, _mt940, _mt940_import, sales  # noqa: F401
+from tests.reconciliation.test_session17_channel_payout import BANK_ACCOUNT, CLEARING, _import, _net, _payout, _posted
+
+
+def _paid(app: Any, client: Any) -> tuple[int | None, int | None]:
+    ledger_verifies(app)
+    assert client.get("/v1/ledger/verify").json()["ok"] is True
+    return _posted(client, CLEARING), _posted(client, BANK_ACCOUNT)
+
+
+def test_a_second_statement_carrying_a_paid_line_does_not_pay_it_again(app, client, sales):  # noqa: F811
+    sale, other = sales
+    first = _mt940_import(client, [(_net(sale), _eref(sale.reference))])
+    assert class_counts(first)["matched"] == 1
+    assert _paid(app, client) == (_net(other), _net(sale))
+
+    # Another statement (the next page, or the next day's) that carries the same credit and the other sale's.
+    text = _mt940([(_net(sale), _eref(sale.reference)), (_net(other), _eref(other.reference))], opening=200_000,
+                  number="01718")
+    answer = client.post("/v1/reconciliations", files={"file": ("bank2.sta", text)},
+                         data={"channel": "sandbox_card", "format": "mt940", "statement_date": "2026-11-23"})
+    assert answer.status_code == 201, answer.text
+    second = answer.json()
+    assert class_counts(second) == {"matched": 1, "duplicate": 1}, second
+    (repeat,) = cases_of(client, second["id"])
+    assert (repeat["class"], repeat["our_id"]) == ("duplicate", sale.id)
+    # Only the other sale's money moved: clearing is empty, not below zero.
+    assert _paid(app, client) == (0, _net(sale) + _net(other))
+    assert _payout(client, second["id"]).json()["amount"] == _net(other)
+
+
+def test_a_mismatched_pair_paid_once_is_not_paid_again(app, client, sales):  # noqa: F811
+    sale, other = sales
+    first = _mt940_import(client, [(sale.amount, _eref(sale.reference))])  # gross: our net posted, a 0.38 case
+    assert class_counts(first)["amount_mismatch"] == 1
+    assert _paid(app, client) == (_net(other), _net(sale))
+    text = _mt940([(_net(sale), _eref(sale.reference))], opening=300_000, number="01719")
+    answer = client.post("/v1/reconciliations", files={"file": ("bank3.sta", text)},
+                         data={"channel": "sandbox_card", "format": "mt940", "statement_date": "2026-11-23"})
+    assert answer.status_code == 201, answer.text
+    assert class_counts(answer.json()).get("duplicate") == 1, answer.json()
+    assert _paid(app, client) == (_net(other), _net(sale))
+    assert _payout(client, answer.json()["id"]).status_code == 404
+
+
+def test_a_settlement_credit_does_not_pay_a_line_paid_already(app, client, sales):  # noqa: F811
+    sale, other = sales
+    _mt940_import(client, [(_net(sale), _eref(sale.reference))])
+    whole_day = _net(sale) + _net(other)  # as if the acquirer paid the day again in one credit
+    closing = 400_000 + whole_day
+    text = mt940_statement("01720", CNY_IBAN, "C261122CNY4000,00",
+                           f":61:2611231123C{whole_day // 100},{whole_day % 100:02d}NTRFNONREF//SETTLE\n",
+                           f"C261123CNY{closing // 100},{closing % 100:02d}")
+    run = _import(client, text.encode(), fmt="mt940", name="bank4.sta")
+    assert class_counts(run).get("matched", 0) == 0, run  # the credit pays more than the unpaid sale
+    assert _paid(app, client) == (_net(other), _net(sale))
+    assert _payout(client, run["id"]).status_code == 404
