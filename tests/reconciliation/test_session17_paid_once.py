@@ -71,3 +71,20 @@ def test_a_settlement_credit_does_not_pay_a_line_paid_already(app, client, sales
     assert class_counts(run).get("matched", 0) == 0, run  # the credit pays more than the unpaid sale
     assert _paid(app, client) == (_net(other), _net(sale))
     assert _payout(client, run["id"]).status_code == 404
+
+
+def test_a_camt053_written_on_one_line_pays_only_its_paired_entries(app, client, sales):  # noqa: F811
+    """Entries were numbered by the line they start on, so in a file on one line every entry had one number and a
+    credit for nobody was paid out beside the paired one (the accountant tester's minified camt.053)."""
+    from tests.reconciliation.formats.test_session12_formats import camt_entry
+    from tests.reconciliation.test_session17_channel_payout import _camt, _major
+
+    sale, other = sales
+    content = _camt([camt_entry(_major(_net(sale)), sale.external_id, currency="CNY"),
+                     camt_entry("5.00", "NOBODY-1", currency="CNY")], _net(sale) + 500)
+    one_line = b"".join(part.strip() for part in content.splitlines())
+    run = _import(client, one_line, name="one-line.xml")
+    assert class_counts(run) == {"matched": 1, "missing_in_ledger": 1, "missing_in_statement": 1}, run
+    numbers = [case["line_no"] for case in cases_of(client, run["id"]) if case["line_no"] is not None]
+    assert len(numbers) == 1 and numbers[0] > 1  # the unpaired credit has a number of its own
+    assert _paid(app, client) == (_net(other), _net(sale))  # the 5.00 for nobody waits for its case

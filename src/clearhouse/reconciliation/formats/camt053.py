@@ -266,6 +266,17 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
     current: _Statement | None = None
     identity: BankStatementIdentity | None = None
     seen_root = False
+    numbered = 0  # the last number given to a statement or an entry (``_number``)
+
+    def _number(sourceline: int | None) -> int:
+        """A statement's or an entry's ``line_no``: the line of the file it starts on, or, when it starts on a line
+        an earlier one started on (a file written on one line, as many banks send them), the number after the
+        earlier one's. Each entry has a number of its own, in file order, and the statements' numbers bound their
+        entries' (``StatementMeta.account_of``); in a file of one element a line, the numbers are the lines."""
+        nonlocal numbered
+        numbered = max(sourceline or 0, numbered + 1)
+        return numbered
+
     events = etree.iterparse(str(path), events=("start", "end"), tag=("{*}Document", "{*}Stmt", "{*}Bal", "{*}Ntry",
                                                                        "{*}Id", "{*}Acct", "{*}ElctrncSeqNb",
                                                                        "{*}LglSeqNb", "{*}StmtPgntn"),
@@ -277,7 +288,7 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
                 if name == "Document":
                     seen_root = True
                 elif name == "Stmt":
-                    current = _Statement(element.sourceline or 0)
+                    current = _Statement(_number(element.sourceline))
                     statements.append(current)
                 continue
             parent = element.getparent()
@@ -289,6 +300,7 @@ def parse_camt053(path: Path, *, progress: Callable[[int], None] | None = None) 
                     raise StatementInvalid("entry (Ntry) outside a statement (Stmt)", line=element.sourceline)
                 row = _entry(element)
                 if row is not None:
+                    row["line_no"] = _number(row["line_no"])
                     current.moved[row["currency"]] = current.moved.get(row["currency"], 0) + row.pop("_booked")
                     rows.append(tuple(row[column] for column in COLUMNS))
                     count += 1
