@@ -88,3 +88,19 @@ def test_a_camt053_written_on_one_line_pays_only_its_paired_entries(app, client,
     numbers = [case["line_no"] for case in cases_of(client, run["id"]) if case["line_no"] is not None]
     assert len(numbers) == 1 and numbers[0] > 1  # the unpaired credit has a number of its own
     assert _paid(app, client) == (_net(other), _net(sale))  # the 5.00 for nobody waits for its case
+
+
+def test_adjusting_a_line_the_bank_statement_lacks_moves_clearing_not_the_bank(app, client, sales):  # noqa: F811
+    """A bank statement's ``missing_in_statement`` case is money that never reached the bank: it is still the
+    channel's. Its adjustment used to credit ``bank:<account>`` for it, taking the bank below what it holds."""
+    from tests.reconciliation.test_session17_bank_net import _adjust
+
+    app.state.settings = app.state.settings.model_copy(update={"recon_approval_threshold": 1_000_000})
+    sale, other = sales
+    run = _mt940_import(client, [(_net(sale), _eref(sale.reference))])
+    (missing,) = [case for case in cases_of(client, run["id"]) if case["class"] == "missing_in_statement"]
+    assert (missing["our_id"], missing["line_no"], missing["delta"]) == (other.id, None, -_net(other))
+    assert _paid(app, client) == (_net(other), _net(sale))
+    _adjust(client, missing["id"])  # the operator gives up on it: to suspense
+    assert _paid(app, client) == (0, _net(sale))  # the bank holds what the statement says, clearing is empty
+    assert _posted(client, "suspense") == -_net(other)

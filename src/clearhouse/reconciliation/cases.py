@@ -42,7 +42,14 @@ from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
 from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, ReconCaseEvent, Reconciliation, ReconStatement
-from clearhouse.reconciliation.service import ACCOUNT_EVENT, BANK_FORMATS, SYSTEM, new_event, statement_account_name
+from clearhouse.reconciliation.service import (
+    ACCOUNT_EVENT,
+    BANK_FORMATS,
+    SYSTEM,
+    clearing_account_name,
+    new_event,
+    statement_account_name,
+)
 
 cases = ReconCase.__table__
 case_events = ReconCaseEvent.__table__
@@ -194,14 +201,16 @@ def _approval_pending(session: Session, approval_id: str) -> bool:
 
 
 def _statement_account(session: Session, row: Any) -> str:
-    """Whose money the statement shows: the bank account's (MT940, camt.053: ``bank:<account>``) or the
+    """Whose money the case is about: the bank account's (MT940, camt.053: ``bank:<account>``) or the
     channel's clearing account. In a file with statements of several accounts, a case on another account
-    than the file's first says which in its ``account`` event (``service.save_cases``)."""
+    than the file's first says which in its ``account`` event (``service.save_cases``). A bank statement's
+    case without a line of its own (one of ours it does not carry) is about money that never reached the bank:
+    it is still the channel's, in ``channel_clearing:C``, and the adjustment moves it from there."""
     found = session.execute(select(statements.c.format, statements.c.account)
                             .join(runs, runs.c.statement_id == statements.c.id)
                             .where(runs.c.id == row.reconciliation_id)).one()
-    if found.format not in BANK_FORMATS:
-        return statement_account_name(found.format, None, row.channel)
+    if found.format not in BANK_FORMATS or row.line_no is None:
+        return clearing_account_name(row.channel)
     own = session.execute(select(case_events.c.detail_json).where(
         case_events.c.case_id == row.id, case_events.c.type == ACCOUNT_EVENT)).first()
     account = orjson.loads(own.detail_json)["account"] if own is not None else found.account

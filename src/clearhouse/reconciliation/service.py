@@ -428,11 +428,16 @@ def clearing_of(lines: pl.DataFrame, internal: pl.DataFrame, period: tuple[date,
             for row in both.iter_rows(named=True)}
 
 
+def clearing_account_name(channel: str) -> str:
+    """The ledger account of the money a channel holds for us (accounting.md)."""
+    return f"channel_clearing:{channel}"
+
+
 def statement_account_name(fmt: str, account: str | None, channel: str) -> str:
     """The ledger account a statement's money is on: ``bank:<account>`` for a bank statement (MT940, camt.053;
     the channel's name when the file names no account), ``channel_clearing:C`` for a channel's statement."""
     if fmt not in BANK_FORMATS:
-        return f"channel_clearing:{channel}"
+        return clearing_account_name(channel)
     return f"bank:{account or channel}"
 
 
@@ -489,7 +494,7 @@ def post_payouts(session: Session, run_id: str, channel: str, fmt: str,
         entry_id, bank_name = f"{PAYOUT_ENTRY_PREFIX}{run_id}_{n}", statement_account_name(fmt, account, channel)
         try:
             bank = account_for(session, bank_name, "asset", currency)
-            clearing = account_for(session, f"channel_clearing:{channel}", "asset", currency)
+            clearing = account_for(session, clearing_account_name(channel), "asset", currency)
             debit, credit = (bank, clearing) if net > 0 else (clearing, bank)
             ledger.create_transfer(session, ledger.EntryRequest.transfer(
                 debit, credit, abs(net), currency, id=entry_id, code=PAYOUT_CODE, reference=run_id,
