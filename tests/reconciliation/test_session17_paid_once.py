@@ -104,3 +104,20 @@ def test_adjusting_a_line_the_bank_statement_lacks_moves_clearing_not_the_bank(a
     _adjust(client, missing["id"])  # the operator gives up on it: to suspense
     assert _paid(app, client) == (0, _net(sale))  # the bank holds what the statement says, clearing is empty
     assert _posted(client, "suspense") == -_net(other)
+
+
+def test_a_renumbered_copy_is_refused_naming_the_earlier_imports_number(client):
+    """The same figures under another statement number: refused, and the detail names the number that was
+    imported (it named the refused file's, which the operator could not find among the imports)."""
+    from tests.reconciliation.test_session17_statement_identity import (
+        STATEMENT_1,
+        _already_imported,
+        _imported,
+        _mt940_upload,
+    )
+
+    first = _imported(client, STATEMENT_1, "statement.sta")
+    renumbered = STATEMENT_1.replace(":28C:00101/001", ":28C:00777/001")
+    assert renumbered != STATEMENT_1
+    detail = _already_imported(_mt940_upload(client, renumbered, "renumbered.sta"), first["id"])
+    assert "statement number 101 (sequence 1)" in detail and "this file numbers it 777" in detail, detail

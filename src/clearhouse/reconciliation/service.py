@@ -672,7 +672,10 @@ def _earlier_import(session: Session, meta: Any, fingerprint: str | None,
     if fingerprint is not None:
         run_id = _run_of(session, statements.c.fingerprint == fingerprint)
         if run_id is not None:
-            return _bank_statement_refused(run_id, meta)
+            earlier = session.execute(select(statements.c.bank_statement_number, statements.c.bank_statement_sequence)
+                                      .join(runs, runs.c.statement_id == statements.c.id)
+                                      .where(runs.c.id == run_id)).one()
+            return _bank_statement_refused(run_id, meta, earlier)
     if identity is not None:
         run_id = _run_of(session, *_identity_is(identity))
         if run_id is not None:
@@ -729,11 +732,15 @@ def _raced(session: Session, violated: str | None, sha256: str, meta: Any, finge
     return None
 
 
-def _bank_statement_refused(run_id: str, meta: Any) -> StatementAlreadyImported:
-    identity = meta.identity
-    named = "" if identity is None else f", statement number {identity.number} (sequence {identity.sequence})"
+def _bank_statement_refused(run_id: str, meta: Any, earlier: Any) -> StatementAlreadyImported:
+    """``earlier``: the earlier import's bank number and sequence (named: a file may number the same statement
+    otherwise, and the operator looks for the one imported)."""
+    number = earlier.bank_statement_number
+    named = "" if number is None else f", statement number {number} (sequence {earlier.bank_statement_sequence})"
+    own = meta.identity
+    renumbered = "" if own is None or own.number == number else f"; this file numbers it {own.number}"
     return StatementAlreadyImported(f"this bank statement (account {meta.account}{named}, the same balances, days "
-                                    f"and lines) was imported already, in reconciliation {run_id}")
+                                    f"and lines) was imported already, in reconciliation {run_id}{renumbered}")
 
 
 def _bank_number_used(run_id: str, identity: BankStatementIdentity) -> StatementAlreadyImported:
