@@ -121,3 +121,31 @@ def test_a_renumbered_copy_is_refused_naming_the_earlier_imports_number(client):
     assert renumbered != STATEMENT_1
     detail = _already_imported(_mt940_upload(client, renumbered, "renumbered.sta"), first["id"])
     assert "statement number 101 (sequence 1)" in detail and "this file numbers it 777" in detail, detail
+
+
+def test_a_later_days_payout_imported_early_counts_for_its_own_day(app, client, sales):  # noqa: F811
+    """The clearing report's ``clearing_balance`` of day D left out the payout of a statement of D+1 imported
+    during D (the accountant tester's L1): a payout counts for its statement's day, whenever it is imported."""
+    from datetime import timedelta
+
+    from clearhouse.kit import clock
+    from tests.reconciliation.support import NOON
+    from tests.reconciliation.test_session13 import DAY, NEXT_DAY, _upload_file
+    from tests.reconciliation.test_session17_bank_net import _comma
+    from tests.reconciliation.test_session17_channel_payout import _clearing_row
+
+    sale, other = sales
+    closing = 100_000 + _net(sale)
+    text = mt940_statement("01730", CNY_IBAN, "C261123CNY1000,00",
+                           f":61:2611241124C{_comma(_net(sale))}NTRFNONREF//B1\n:86:{_eref(sale.reference)}\n",
+                           f"C261124CNY{_comma(closing)}")
+    with clock.frozen(NOON + timedelta(hours=6)):  # 18:00 of DAY: the next day's statement arrives early
+        answer = _upload_file(client, text.encode(), fmt="mt940", channel="sandbox_card", day=NEXT_DAY,
+                              name="next-day.sta")
+    assert answer.status_code == 201, answer.text
+    assert class_counts(answer.json()).get("matched") == 1 or class_counts(answer.json()).get("timing") == 1
+    assert _paid(app, client) == (_net(other), _net(sale))
+    # D's own statement, imported now (after D): it pays the other sale.
+    _mt940_import(client, [(_net(other), _eref(other.reference))])
+    assert _paid(app, client) == (0, _net(sale) + _net(other))
+    assert _clearing_row(client, DAY)["clearing_balance"] == _net(sale)  # D paid the other; the sale, on D+1

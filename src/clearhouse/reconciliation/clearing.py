@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 import pygal
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from clearhouse.ledger import service as ledger
@@ -53,22 +53,29 @@ def _clearing_balance(session: Session, channel: str, currency: str, day: date, 
                                                as_of=end)
     except NotFound:  # no entry has touched this channel and currency yet
         return None
-    return balance.posted - _paid_out_later(session, channel, currency, day, end)
+    return balance.posted - _payouts_of_other_days(session, channel, currency, day, end)
 
 
-def _paid_out_later(session: Session, channel: str, currency: str, day: date, end: datetime) -> int:
-    """What the payouts of ``channel``'s bank statements of ``day`` or before, posted after ``end``, took from its
-    clearing account in ``currency`` (an entry is posted in its import's transaction, just after the run's
-    ``created_at``: the runs are read from a minute before ``end``, the entries' own times decide)."""
-    paid = 0
-    for (figures_json,) in session.execute(
-            select(runs.c.clearing_json).join(statements, statements.c.id == runs.c.statement_id)
-            .where(runs.c.channel == channel, statements.c.format.in_(BANK_FORMATS), runs.c.statement_date <= day,
-                   runs.c.created_at > end - timedelta(minutes=1))):
+def _payouts_of_other_days(session: Session, channel: str, currency: str, day: date, end: datetime) -> int:
+    """How far the payouts' timing moves ``day``'s balance off ``day``'s own: a payout counts for its statement's
+    day, not for when it was imported. So what the payouts of bank statements of ``day`` or before, posted after
+    ``end``, took from the clearing account counts (+), and what those of statements of later days, posted by
+    ``end``, took does not (-). (An entry is posted in its import's transaction, just after the run's
+    ``created_at``: the runs are read a minute around ``end``, the entries' own times decide.)"""
+    moved = 0
+    for statement_date, figures_json in session.execute(
+            select(runs.c.statement_date, runs.c.clearing_json)
+            .join(statements, statements.c.id == runs.c.statement_id)
+            .where(runs.c.channel == channel, statements.c.format.in_(BANK_FORMATS),
+                   or_(and_(runs.c.statement_date <= day, runs.c.created_at > end - timedelta(minutes=1)),
+                       and_(runs.c.statement_date > day, runs.c.created_at <= end + timedelta(minutes=1))))):
         for payout in orjson.loads(figures_json).get(currency, {}).get(PAYOUTS_KEY, []):
-            if ledger.get_transfer(session, payout["entry_id"])["created_at"] > end:
-                paid += payout["amount"]
-    return paid
+            posted_late = ledger.get_transfer(session, payout["entry_id"])["created_at"] > end
+            if statement_date <= day and posted_late:
+                moved += payout["amount"]
+            elif statement_date > day and not posted_late:
+                moved -= payout["amount"]
+    return moved
 
 
 def daily_report(session: Session, day: date, *, channel: str | None = None) -> dict[str, Any]:
