@@ -63,7 +63,10 @@ class PaymentCreate(Model):
 
 
 class CaptureIn(Model):
-    amount: Amount | None = Field(default=None, description="Omit to capture the whole authorization")
+    # Left out: the whole authorization. An explicit null is refused (422), not taken as "all": a client's
+    # amount that came out null by mistake must not capture (or refund) everything.
+    amount: Amount = Field(default=None,  # type: ignore[assignment]
+                           description="Omit to capture the whole authorization; null is refused")
 
 
 class CancelIn(Model):
@@ -71,7 +74,8 @@ class CancelIn(Model):
 
 
 class RefundCreate(Model):
-    amount: Amount | None = Field(default=None, description="Omit to refund everything not yet refunded")
+    amount: Amount = Field(default=None,  # type: ignore[assignment]  # as CaptureIn: null is not "everything"
+                           description="Omit to refund everything not yet refunded; null is refused")
     reason: FreeText | None = None
 
 
