@@ -149,3 +149,11 @@ def test_a_later_days_payout_imported_early_counts_for_its_own_day(app, client, 
     _mt940_import(client, [(_net(other), _eref(other.reference))])
     assert _paid(app, client) == (0, _net(sale) + _net(other))
     assert _clearing_row(client, DAY)["clearing_balance"] == _net(sale)  # D paid the other; the sale, on D+1
+
+
+def test_the_clearing_report_refuses_a_channel_no_channel_could_be_named(client):
+    """``channel=BAD NAME`` answered 200 with an empty report, as if the channel had nothing (session 16's tester);
+    it is a 422, as ``recon clearing --channel`` is a usage error."""
+    refused = client.get("/v1/clearing/daily", params={"date": "2026-11-23", "channel": "BAD NAME"})
+    assert (refused.status_code, refused.json()["code"]) == (422, "validation_error"), refused.text
+    assert client.get("/v1/clearing/daily", params={"date": "2026-11-23", "channel": "sandbox_card"}).status_code == 200

@@ -258,7 +258,7 @@ def dry_run(
 @router.get("/clearing/daily", response_model=ClearingReportOut, dependencies=_READ, responses={
     200: {"content": {"text/csv": {}, "text/html": {}, "image/svg+xml": {}}}})
 def clearing_report(request: Request, date_: Annotated[date | None, Query(alias="date")] = None,
-                    channel: Annotated[str | None, Query(max_length=40)] = None,
+                    channel: Annotated[ChannelName | None, Query()] = None,
                     format: Literal["json", "csv", "html", "svg"] = "json") -> Any:
     """Per channel and currency for one day (default: today, UTC): expected (ledger), reported (channel),
     received (bank), net position and the clearing account's balance; as JSON, CSV, an HTML page with a chart,
