@@ -249,7 +249,7 @@ class TestTheMigration:
     def test_the_way_back_refuses_while_a_customer_has_a_wallet_of_each_mode(self, app, shop: Shop):
         from alembic import command
 
-        from clearhouse.kit.db import alembic_config, current_revision
+        from clearhouse.kit.db import alembic_config, current_revision, head_revision
 
         for caller in (shop.test, shop.live):
             created(caller.post("/v1/wallets", json={"customer_id": "cus_both", "currency": "CNY"}))
@@ -257,7 +257,9 @@ class TestTheMigration:
         app.state.engine.dispose()
         with pytest.raises(RuntimeError, match="has a test and a live CNY wallet"):
             command.downgrade(alembic_config(url), "0015_statement_identity")
-        assert current_revision(app.state.engine) == "0016_livemode"
+        # Nothing of 0016 was undone (later revisions may have been: PostgreSQL rolls the whole way back, SQLite
+        # keeps the steps it finished).
+        assert current_revision(app.state.engine) in ("0016_livemode", head_revision())
 
     def test_a_card_or_wallet_a_test_key_used_before_it_stays_with_the_mode_that_made_it(self, app, shop: Shop,
                                                                                          client):
