@@ -40,13 +40,13 @@ from clearhouse.kit.db import bulk_insert
 from clearhouse.kit.ids import new_ids
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
+from clearhouse.payments import postings
 from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, ReconCaseEvent, Reconciliation, ReconStatement
 from clearhouse.reconciliation.service import (
     ACCOUNT_EVENT,
     BANK_FORMATS,
     SYSTEM,
-    clearing_account_name,
     new_event,
     statement_account_name,
 )
@@ -210,7 +210,7 @@ def _statement_account(session: Session, row: Any) -> str:
                             .join(runs, runs.c.statement_id == statements.c.id)
                             .where(runs.c.id == row.reconciliation_id)).one()
     if found.format not in BANK_FORMATS or row.line_no is None:
-        return clearing_account_name(row.channel)
+        return postings.clearing(row.channel)[0]
     own = session.execute(select(case_events.c.detail_json).where(
         case_events.c.case_id == row.id, case_events.c.type == ACCOUNT_EVENT)).first()
     account = orjson.loads(own.detail_json)["account"] if own is not None else found.account

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_id
 from clearhouse.ledger.errors import NotFound
+from clearhouse.payments import postings
 from clearhouse.reconciliation.cases import BANK_FORMATS
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, Reconciliation, ReconStatement
 from clearhouse.reconciliation.service import PAYOUTS_KEY
@@ -49,7 +50,7 @@ def _clearing_balance(session: Session, channel: str, currency: str, day: date, 
     the channel paid, posted when they were imported, a day or more later (recipe 4: ``service.post_payouts``)."""
     end = day_bounds(day, day, timezone)[1]
     try:
-        _row, balance = ledger.account_balance(session, account_id(f"channel_clearing:{channel}", currency),
+        _row, balance = ledger.account_balance(session, account_id(postings.clearing(channel)[0], currency),
                                                as_of=end)
     except NotFound:  # no entry has touched this channel and currency yet
         return None

@@ -41,6 +41,7 @@ from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
 from clearhouse.ledger.errors import LedgerError
+from clearhouse.payments import postings
 from clearhouse.reconciliation import sources
 from clearhouse.reconciliation.errors import (
     ReconciliationNotFound,
@@ -428,16 +429,11 @@ def clearing_of(lines: pl.DataFrame, internal: pl.DataFrame, period: tuple[date,
             for row in both.iter_rows(named=True)}
 
 
-def clearing_account_name(channel: str) -> str:
-    """The ledger account of the money a channel holds for us (accounting.md)."""
-    return f"channel_clearing:{channel}"
-
-
 def statement_account_name(fmt: str, account: str | None, channel: str) -> str:
     """The ledger account a statement's money is on: ``bank:<account>`` for a bank statement (MT940, camt.053;
     the channel's name when the file names no account), ``channel_clearing:C`` for a channel's statement."""
     if fmt not in BANK_FORMATS:
-        return clearing_account_name(channel)
+        return postings.clearing(channel)[0]
     return f"bank:{account or channel}"
 
 
@@ -492,16 +488,17 @@ def post_payouts(session: Session, run_id: str, channel: str, fmt: str,
     ordered = sorted(payouts.items(), key=lambda item: (item[0][0] or "", item[0][1]))
     for n, ((account, currency), (net, count)) in enumerate(ordered, 1):
         entry_id, bank_name = f"{PAYOUT_ENTRY_PREFIX}{run_id}_{n}", statement_account_name(fmt, account, channel)
+        clearing_name, clearing_type = postings.clearing(channel)
         try:
             bank = account_for(session, bank_name, "asset", currency)
-            clearing = account_for(session, clearing_account_name(channel), "asset", currency)
+            clearing = account_for(session, clearing_name, clearing_type, currency)
             debit, credit = (bank, clearing) if net > 0 else (clearing, bank)
             ledger.create_transfer(session, ledger.EntryRequest.transfer(
                 debit, credit, abs(net), currency, id=entry_id, code=PAYOUT_CODE, reference=run_id,
                 metadata={"reconciliation_id": run_id, "channel": channel, "account": bank_name, "lines": count}))
         except LedgerError as error:
             raise type(error)(f"the channel's payout of {count} statement line(s) in {currency} could not be posted "
-                              f"from channel_clearing:{channel} to {bank_name}: {error.detail}; nothing was imported",
+                              f"from {clearing_name} to {bank_name}: {error.detail}; nothing was imported",
                               errors=error.errors, **error.extra) from None
         posted.setdefault(currency, []).append({"entry_id": entry_id, "account": bank_name, "amount": net,
                                                 "lines": count})
