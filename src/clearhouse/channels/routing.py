@@ -714,11 +714,11 @@ def list_rules(session: Session, principal: Principal, *, merchant_id: str | Non
     query = select(rules).order_by(rules.c.id).limit(limit + 1)
     if principal.merchant_id is not None:
         query = query.where(or_(rules.c.merchant_id == principal.merchant_id, rules.c.merchant_id.is_(None)))
-    if livemode is not None and principal.livemode not in (None, livemode):
+    modes = principal.listed_modes(livemode)
+    if not modes:
         return [], False
-    mode = principal.livemode if principal.livemode is not None else livemode
-    if mode is not None:  # a platform-wide rule routes both modes
-        query = query.where(or_(rules.c.livemode == mode, rules.c.merchant_id.is_(None)))
+    if len(modes) == 1:  # a platform-wide rule routes both modes
+        query = query.where(or_(rules.c.livemode == modes[0], rules.c.merchant_id.is_(None)))
     if platform_only:
         query = query.where(rules.c.merchant_id.is_(None))
     elif merchant_id is not None:

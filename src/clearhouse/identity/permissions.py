@@ -146,20 +146,24 @@ class Principal:
         """Whether an object of a merchant and a mode (a payment, a card, an endpoint...) is visible."""
         return self.sees(merchant_id) and self.livemode in (None, livemode)
 
+    def listed_modes(self, asked: bool | None) -> tuple[bool, ...]:
+        """The modes a list of this caller holds, ``asked`` being the list's own ``livemode`` filter: a key's own
+        (none when it asks for the other), else what was asked, else both."""
+        own = (True, False) if self.livemode is None else (self.livemode,)
+        return own if asked is None else tuple(mode for mode in own if mode == asked)
+
     def listing(self, table: Any, merchant_id: str | None, livemode: bool | None = None) -> list[Any] | None:
         """The conditions that keep a list of ``table`` (with ``merchant_id`` and ``livemode`` columns)
         to what this caller may see, ``merchant_id`` and ``livemode`` being the list's own filters; None
         when a filter names another merchant than a merchant caller's own, or a key asks for the other
         mode (the list is empty)."""
-        if self.merchant_id and merchant_id and merchant_id != self.merchant_id:
-            return None
-        if livemode is not None and self.livemode not in (None, livemode):
+        modes = self.listed_modes(livemode)
+        if not modes or (self.merchant_id and merchant_id and merchant_id != self.merchant_id):
             return None
         owner = self.merchant_id or merchant_id
         conditions = [table.c.merchant_id == owner] if owner else []
-        mode = self.livemode if self.livemode is not None else livemode
-        if mode is not None:
-            conditions.append(table.c.livemode == mode)
+        if len(modes) == 1:
+            conditions.append(table.c.livemode == modes[0])
         return conditions
 
 
