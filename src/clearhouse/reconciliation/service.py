@@ -281,8 +281,7 @@ def paid_ours(outcome: Any) -> list[tuple[str, int]]:
         plain_ids = outcome.plain.ours["our_id"].gather(outcome.plain.our_rows).to_list()
         plain_lines = outcome.plain.theirs["line_no"].gather(outcome.plain.lines).to_list()
         found.update(zip(plain_ids, plain_lines, strict=True))
-    paired = outcome.others.filter(pl.col("class").is_in(PAID_CLASSES) & pl.col("line_no").is_not_null()
-                                   & pl.col("our_id").is_not_null())
+    paired = _paid_pairs(outcome).filter(pl.col("our_id").is_not_null())
     for our_id, line_no in paired.select("our_id", "line_no").iter_rows():
         found.setdefault(our_id, int(line_no))
     for our_id, line_no in mismatched_pairs(outcome, with_ids=True).select("our_id", "line_no").iter_rows():
@@ -441,10 +440,15 @@ def paid_lines(outcome: Any) -> pl.Series:
     """The statement's line numbers that paired with ours as ``PAID_CLASSES`` (a split match's every line, a
     pass-3 credit once however many of ours it pays)."""
     plain = outcome.plain.theirs["line_no"].gather(outcome.plain.lines) if outcome.plain.count else None
-    paired = outcome.others.filter(pl.col("class").is_in(PAID_CLASSES) & pl.col("line_no").is_not_null())
+    paired = _paid_pairs(outcome)
     batches = paired["batch_line_nos"].explode().drop_nulls()
     parts = [part.cast(pl.Int64) for part in (plain, paired["line_no"], batches) if part is not None]
     return pl.concat(parts).unique().sort() if parts else pl.Series("line_no", [], dtype=pl.Int64)
+
+
+def _paid_pairs(outcome: Any) -> pl.DataFrame:
+    """The pairs besides the plain matches that pay a statement line of ours (``PAID_CLASSES``, with a line)."""
+    return outcome.others.filter(pl.col("class").is_in(PAID_CLASSES) & pl.col("line_no").is_not_null())
 
 
 def mismatched_pairs(outcome: Any, *, with_ids: bool = False) -> pl.DataFrame:
