@@ -406,10 +406,13 @@ def with_delta(results: pl.DataFrame) -> pl.DataFrame:
     return results.with_columns(delta.cast(pl.Int64).alias("delta"))
 
 
+LINE_NET = pl.col("amount") - pl.col("fee").fill_null(0)
+"""A statement line's net: what the channel reports it paid (or the bank booked); no fee stated (null) is none."""
+
+
 def _reported_frame(lines: pl.DataFrame) -> pl.LazyFrame:
-    # A line whose statement gives no fee (null) counts its whole amount.
     return (lines.lazy().filter(pl.col("status") == "succeeded")
-            .group_by("currency").agg((pl.col("amount") - pl.col("fee").fill_null(0)).sum().alias("reported")))
+            .group_by("currency").agg(LINE_NET.sum().alias("reported")))
 
 
 def reported_of(lines: pl.DataFrame) -> dict[str, int]:
@@ -471,7 +474,7 @@ def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series,
     found: dict[tuple[str | None, str], tuple[int, int]] = {}
     rows = lines.filter(pl.col("line_no").is_in(paid.implode()) & (pl.col("status") == "succeeded")).select(
         "line_no", pl.lit(1, pl.Int64).alias("lines"), "currency",
-        (pl.col("amount") - pl.col("fee").fill_null(0)).alias("net"))
+        LINE_NET.alias("net"))
     if mismatched is not None and mismatched.height:
         rows = pl.concat([rows, mismatched.select(rows.columns).cast(rows.schema)])
     for line_no, lines_paid, currency, net in rows.iter_rows():
