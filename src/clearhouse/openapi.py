@@ -27,6 +27,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from clearhouse.identity import signing
+from clearhouse.identity.middleware import CSRF_HEADER, UNSAFE_METHODS
 from clearhouse.identity.people.service import SESSION_COOKIE
 from clearhouse.identity.permissions import (
     MERCHANT_KEY_SCOPES,
@@ -43,10 +44,6 @@ from clearhouse.kit.money import MAX_AMOUNT
 
 PROBLEM = "Problem"
 PROBLEM_ERROR = "ProblemError"
-CSRF_HEADER = "X-CSRF-Token"
-"""What ``identity.middleware`` reads a session's CSRF token from."""
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-"""The methods a session must send its CSRF token with (``identity.middleware``)."""
 KEY_PERMISSIONS = PLATFORM_KEY_SCOPES | MERCHANT_KEY_SCOPES
 """Every permission some API key may hold: a route needing any other is for people only."""
 

@@ -31,7 +31,10 @@ from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_proble
 from clearhouse.kit.idempotency import HEADER as IDEMPOTENCY_HEADER
 from clearhouse.kit.settings import Settings
 
-_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+"""The methods a session's request sends its CSRF token with (``CSRF_HEADER``)."""
+CSRF_HEADER = "X-CSRF-Token"
+_CSRF = CSRF_HEADER.lower().encode()
 _SAFE = frozenset({"GET", "HEAD"})
 _KEY = signing.KEY_HEADER.lower().encode()
 _TIMESTAMP = signing.TIMESTAMP_HEADER.lower().encode()
@@ -274,10 +277,10 @@ class AuthenticationMiddleware:
         if found is None:
             raise AuthenticationRequired("the session has ended; sign in again")
         principal, csrf_token = found
-        if scope["method"] in _UNSAFE:
-            given = headers.get(b"x-csrf-token", b"")
+        if scope["method"] in UNSAFE_METHODS:
+            given = headers.get(_CSRF, b"")
             if not hmac.compare_digest(given, csrf_token.encode()):
-                raise CsrfFailed("send the session's CSRF token in X-CSRF-Token")
+                raise CsrfFailed(f"send the session's CSRF token in {CSRF_HEADER}")
         return principal
 
 
