@@ -8,7 +8,6 @@ The backends come from ``CLEARHOUSE_TEST_BACKENDS`` (``make test`` sets
 from __future__ import annotations
 
 import base64
-import gc
 import os
 import shutil
 import socket
@@ -36,6 +35,7 @@ from clearhouse.identity import service as identity
 from clearhouse.identity.signing import ClearhouseAuth
 from clearhouse.kit.db import make_engine, transact, upgrade
 from clearhouse.kit.models import Base
+from clearhouse.kit.runtime import settle_heap
 from clearhouse.kit.settings import Settings
 from clearhouse.ledger import chart
 from clearhouse.ledger.models import GENESIS_HASH
@@ -88,9 +88,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     an app is many cycles) scan only what the tests make, not the 250,000 objects of the
     libraries. And fewer passes: a young generation of 10,000 allocations, not 700. Together
     about a tenth of a worker's time."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    settle_heap()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from clearhouse.identity import commands as identity_commands
 from clearhouse.identity.people import commands as people_commands
 from clearhouse.kit.db import make_engine, transact, upgrade
 from clearhouse.kit.logging import configure_logging, operator_console
+from clearhouse.kit.runtime import settle_heap
 from clearhouse.kit.settings import get_settings
 from clearhouse.reconciliation import commands as recon_commands
 
@@ -301,6 +302,7 @@ def main() -> None:
 
     from clearhouse.kit.crypto import CryptoConfigError
 
+    settle_heap()
     try:
         app()
     except KeyboardInterrupt:

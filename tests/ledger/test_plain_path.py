@@ -127,8 +127,8 @@ class TestWhatItHandsOver:
             nums = {row.id: row.num for row in repository.read_accounts_fast(session, {"a", "b"}).values()}
             repository.set_account_closed(session, "b")  # as a concurrent close_account would
             rows = [(1, "t1", None, None, "{}", "0" * 64, nums["a"], nums["b"], 5, "USD")]
-            written = repository.write_plain_transfers(session, rows, clock.now(), [(nums["a"], 5, 0),
-                                                                                     (nums["b"], 0, 5)])
+            written = repository.write_plain_transfers(session, rows, clock.now(), [
+                (nums["a"], "a", "USD", False, 5, 0), (nums["b"], "b", "USD", False, 0, 5)])
             with_rows = session.execute(text("SELECT count(*) FROM ledger_transfers")).scalar_one()
             balances = session.execute(text("SELECT sum(debits_posted + credits_posted) FROM ledger_accounts"))
             return written, with_rows, balances.scalar_one()
@@ -152,4 +152,81 @@ class TestWhatItHandsOver:
             assert stored_forms(engine) == (1, 0, 2)
         assert outcomes == [("t1", "created", None)]
         assert posted(engine, "loose") == (0, 7)
+        assert transact(engine, verify).ok
+
+
+class TestRememberedAccounts:
+    """``repository.plain_accounts`` remembers accounts' numbers and currencies; the balance
+    update checks them on the row, so what it remembers can be stale but never wrong."""
+
+    def test_an_account_is_read_once_then_remembered(self, engine: Engine, monkeypatch) -> None:
+        open_accounts(engine, ("a", "USD", {}), ("b", "USD", {}))
+        reads: list[list[str]] = []
+        read = repository.read_accounts_fast
+        monkeypatch.setattr(repository, "read_accounts_fast",
+                            lambda session, ids: reads.append(sorted(ids)) or read(session, ids))
+        write(engine, [plain("a", "b", 10)])
+        write(engine, [plain("b", "a", 4)])
+        assert reads in ([["a", "b"]], [])  # [] when an earlier test here left them remembered
+        assert posted(engine, "a") == (10, 4)
+
+    def test_a_limited_account_is_read_every_time(self, engine: Engine, monkeypatch) -> None:
+        open_accounts(engine, ("wallet", "USD", {"debits_must_not_exceed_credits": True}), ("bank", "USD", {}))
+        write(engine, [plain("bank", "wallet", 10)])
+        reads: list[list[str]] = []
+        read = repository.read_accounts_fast
+        monkeypatch.setattr(repository, "read_accounts_fast",
+                            lambda session, ids: reads.append(sorted(ids)) or read(session, ids))
+        outcomes = write(engine, [plain("wallet", "bank", 10, id="w1")])
+        assert outcomes == [("w1", "created", None)]
+        outcomes = write(engine, [plain("wallet", "bank", 1, id="w2")])
+        assert outcomes == [("w2", "failed", "insufficient_funds")]
+        assert ["wallet"] in reads
+
+    def _remember(self, engine: Engine, account_id: str, facts: tuple[int, str]) -> None:
+        known = repository._known_accounts.setdefault(str(engine.url), {})
+        known[account_id] = facts
+
+    def test_a_number_remembered_from_another_database_writes_nothing_wrong(self, engine: Engine) -> None:
+        """As after the database behind a URL was replaced: the remembered number is now
+        another account's. The write refuses it, the general path writes it right, and
+        the stale memory is dropped."""
+        open_accounts(engine, ("a", "USD", {}), ("b", "USD", {}), ("c", "USD", {}))
+        nums = transact(engine, lambda s: {k: v.num for k, v in repository.read_accounts_fast(s, {"a", "b", "c"}).items()})
+        self._remember(engine, "a", (nums["a"], "USD"))
+        self._remember(engine, "b", (nums["c"], "USD"))  # b remembered with c's number
+        assert write(engine, [plain("a", "b", 10, id="t1")]) == [("t1", "created", None)]
+        assert posted(engine, "b") == (0, 10)
+        assert posted(engine, "c") == (0, 0)
+        assert repository._known_accounts[str(engine.url)].get("b") in (None, (nums["b"], "USD"))
+        assert write(engine, [plain("b", "a", 3, id="t2")]) == [("t2", "created", None)]
+        assert posted(engine, "b") == (3, 10)
+        assert transact(engine, verify).ok
+
+    def test_a_remembered_currency_that_is_wrong_is_refused(self, engine: Engine) -> None:
+        open_accounts(engine, ("a", "EUR", {}), ("b", "EUR", {}))
+        nums = transact(engine, lambda s: {k: v.num for k, v in repository.read_accounts_fast(s, {"a", "b"}).items()})
+        self._remember(engine, "a", (nums["a"], "USD"))
+        self._remember(engine, "b", (nums["b"], "USD"))
+        outcomes = write(engine, [plain("a", "b", 10, "USD", id="t1")])
+        assert outcomes == [("t1", "failed", "currency_mismatch")]
+        assert stored_forms(engine) == (0, 0, 0)
+        assert write(engine, [plain("a", "b", 10, "EUR", id="t2")]) == [("t2", "created", None)]
+
+    def test_a_limit_set_behind_the_ledgers_back_still_holds(self, engine: Engine) -> None:
+        open_accounts(engine, ("a", "USD", {}), ("b", "USD", {}))
+        write(engine, [plain("a", "b", 1)])  # both remembered as accounts without a limit
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE ledger_accounts SET debits_must_not_exceed_credits = true WHERE id = 'a'"))
+        outcomes = write(engine, [plain("a", "b", 5, id="t1")])
+        assert outcomes == [("t1", "failed", "insufficient_funds")]
+        assert posted(engine, "a") == (1, 0)
+
+    def test_a_total_past_the_largest_amount_is_refused_whole(self, engine: Engine) -> None:
+        open_accounts(engine, ("a", "USD", {}), ("b", "USD", {}))
+        big = 2**63 - 1
+        write(engine, [plain("a", "b", big - 5, id="t0")])
+        outcomes = write(engine, [plain("b", "a", 1, id="t1"), plain("a", "b", 10, id="t2")])
+        assert outcomes == [("t1", "created", None), ("t2", "failed", "balance_overflow")]
+        assert posted(engine, "b") == (1, big - 5)
         assert transact(engine, verify).ok

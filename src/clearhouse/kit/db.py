@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -869,13 +870,34 @@ def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: li
             for row in rows:
                 copy.write_row(row)
     else:
-        statement = f"INSERT INTO {table.name} ({column_list}) VALUES ({', '.join('?' for _ in columns)})"
-        with _driver_errors(session, statement) as dbapi:
-            cursor = dbapi.cursor()
-            try:
-                cursor.executemany(statement, rows)
-            finally:
-                cursor.close()
+        with _driver_errors(session, f"INSERT INTO {table.name}") as dbapi:
+            sqlite_insert_rows(dbapi, table.name, column_list, len(columns), rows)
+
+
+SQLITE_ROWS_PER_INSERT = 1000
+
+
+def sqlite_insert_rows(dbapi: Any, table_name: str, column_list: str, width: int, rows: Sequence[tuple]) -> None:
+    """Insert rows of ``width`` values into an SQLite table as multi-row ``VALUES``
+    statements, up to 1,000 rows each (fewer when SQLite's parameter limit says so).
+
+    One statement per thousand rows opens the table's and its indexes' cursors once, not
+    once a row as ``executemany`` does: about 1.45 times ``executemany``'s rate on the
+    ledger's table (docs/benchmarks.md). A statement succeeds or fails whole; the caller's
+    transaction (or savepoint) decides for the batch.
+    """
+    if not rows:
+        return
+    per_statement = max(1, min(SQLITE_ROWS_PER_INSERT, dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    one_row = f"({', '.join('?' * width)})"
+    head = f"INSERT INTO {table_name} ({column_list}) VALUES "
+    cursor = dbapi.cursor()
+    try:
+        for start in range(0, len(rows), per_statement):
+            part = rows[start:start + per_statement]
+            cursor.execute(head + ", ".join([one_row] * len(part)), list(chain.from_iterable(part)))
+    finally:
+        cursor.close()
 
 
 def bulk_increment(

@@ -43,6 +43,8 @@ from uvicorn._compat import asyncio_run
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Process
 
+from clearhouse.kit.runtime import settle_heap
+
 logger = logging.getLogger("clearhouse.serving")
 
 APP = "clearhouse.app:create_app"
@@ -110,6 +112,7 @@ class Worker(Process):
         self.asked: float | None = None  # when the callback still waiting was scheduled (monotonic)
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover (the child)
+        settle_heap()
         threading.Thread(target=self.always_pong, daemon=True).start()
         threading.Thread(target=self.exit_with_the_supervisor, args=(os.getppid(),), daemon=True).start()
         server = self.server

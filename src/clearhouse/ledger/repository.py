@@ -10,7 +10,7 @@ from sqlalchemy import Row, and_, any_, bindparam, func, insert, literal_column,
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from clearhouse.kit.db import _driver_errors, bulk_increment, bulk_insert, is_postgresql, one_of
+from clearhouse.kit.db import _driver_errors, bulk_increment, bulk_insert, is_postgresql, one_of, sqlite_insert_rows
 from clearhouse.kit.verification import StoredTime, read_all
 from clearhouse.ledger.errors import ChainHeadMissing
 from clearhouse.ledger.models import BLOCK, accounts, chain, entries, postings
@@ -172,7 +172,7 @@ class LockedAccount(NamedTuple):
 _LOCKED_SQL = ", ".join(LockedAccount._fields)
 
 
-def read_accounts_fast(session: Session, account_ids: set[str]) -> dict[str, LockedAccount]:
+def read_accounts_fast(session: Session, account_ids: Iterable[str]) -> dict[str, LockedAccount]:
     """Accounts for the plain-transfer path, read on the driver's cursor without row locks
     (the caller holds the chain: see ``service._create_plain_transfers``). Thousands of
     ids cost one array parameter (PostgreSQL) or a few IN lists (SQLite) instead of a
@@ -230,18 +230,19 @@ _PLAIN_COLUMNS = (
 )
 
 
-def write_plain_transfers(
-    session: Session, rows: list[tuple], created_at: datetime, deltas: list[tuple[int, int, int]]
-) -> bool:
+def write_plain_transfers(session: Session, rows: list[tuple], created_at: datetime, deltas: list[tuple]) -> bool:
     """Plain posted transfers and their accounts' posted balances, straight to the driver;
-    False, with nothing written, when an account is closed by now or a transfer id is
-    already taken (the unique index says so: no lookup of every id beforehand).
+    False, with nothing written, when the accounts are not as the caller took them to be or
+    a transfer id is already taken (the unique index says so: no lookup of every id beforehand).
 
     ``rows`` are (seq, id, code, reference, metadata_json, hash, debit_account,
-    credit_account, amount, currency); ``deltas`` are (account number, debits, credits),
-    already checked against overflow. Both writes run inside a savepoint, rolled back on
-    either refusal. The constant columns are bound once per batch (through the column
-    types, as the ORM would store them).
+    credit_account, amount, currency); ``deltas`` are (account number, account id,
+    currency, limited, debits, credits), one for every account the rows name. The balance
+    update checks, on each account's row, what the caller took from memory
+    (``plain_accounts``): the number belongs to that id, the currency, open, limited or
+    not, and that neither total passes 2^63-1. Both writes run inside a savepoint, rolled
+    back on any refusal. The constant columns are bound once per batch (through the
+    column types, as the ORM would store them).
     """
     dialect = session.get_bind().dialect
     created = entries.c.created_at.type._cached_bind_processor(dialect)
@@ -255,16 +256,9 @@ def write_plain_transfers(
     if is_postgresql(session):
         statement = f"COPY ledger_transfers ({_PLAIN_COLUMNS}) FROM STDIN"
         with _driver_errors(session, statement) as dbapi, dbapi.cursor() as cursor:
-            nums, debits, credits = (list(column) for column in zip(*deltas, strict=True))
             cursor.execute("SAVEPOINT ledger_plain_transfers")
             try:
-                cursor.execute(
-                    "UPDATE ledger_accounts AS t SET debits_posted = t.debits_posted + v.d, "
-                    "credits_posted = t.credits_posted + v.c "
-                    "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(num, d, c) "
-                    "WHERE t.num = v.num AND NOT t.closed",
-                    [nums, debits, credits],
-                )
+                cursor.execute(_PLAIN_BALANCES_POSTGRESQL, [list(column) for column in zip(*deltas, strict=True)])
                 written = cursor.rowcount == len(deltas)
                 if written:
                     with cursor.copy(statement) as copy:
@@ -278,22 +272,17 @@ def write_plain_transfers(
                 cursor.execute("ROLLBACK TO SAVEPOINT ledger_plain_transfers")
             cursor.execute("RELEASE SAVEPOINT ledger_plain_transfers")
         return written
-    # SQLite: the transaction holds the database's write lock, so nothing was closed since
-    # the accounts were read; the NOT closed guard stays as a check of that.
-    statement = f"INSERT INTO ledger_transfers ({_PLAIN_COLUMNS}) VALUES ({', '.join('?' * 13)})"
-    with _driver_errors(session, statement) as dbapi:
+    # SQLite: the transaction holds the database's write lock, so nothing changed since
+    # the accounts were read; the update's conditions check the remembered ones.
+    with _driver_errors(session, "INSERT INTO ledger_transfers") as dbapi:
         cursor = dbapi.cursor()
         try:
             cursor.execute("SAVEPOINT ledger_plain_transfers")
             try:
-                cursor.executemany(
-                    "UPDATE ledger_accounts SET debits_posted = debits_posted + ?, "
-                    "credits_posted = credits_posted + ? WHERE num = ? AND NOT closed",
-                    [(debits, credits, num) for num, debits, credits in deltas],
-                )
+                cursor.executemany(_PLAIN_BALANCES_SQLITE, deltas)
                 written = cursor.rowcount == len(deltas)  # executemany sums the rows changed
                 if written:
-                    cursor.executemany(statement, [row + constants for row in rows])
+                    sqlite_insert_rows(dbapi, "ledger_transfers", _PLAIN_COLUMNS, 13, [row + constants for row in rows])
             except refused as error:
                 if "UNIQUE constraint failed: ledger_transfers.id" not in str(error):
                     raise
@@ -304,6 +293,80 @@ def write_plain_transfers(
         finally:
             cursor.close()
     return written
+
+
+# The balance update of the plain path, for deltas (num, id, currency, limited, debits, credits):
+# it moves an account only if the remembered facts still hold and the totals stay in range.
+_PLAIN_BALANCES_SQLITE = (
+    "UPDATE ledger_accounts SET debits_posted = debits_posted + ?5, credits_posted = credits_posted + ?6 "
+    "WHERE num = ?1 AND id = ?2 AND currency = ?3 AND NOT closed "
+    "AND (debits_must_not_exceed_credits OR credits_must_not_exceed_debits) = ?4 "
+    "AND debits_posted <= 9223372036854775807 - ?5 AND credits_posted <= 9223372036854775807 - ?6"
+)
+_PLAIN_BALANCES_POSTGRESQL = (
+    "UPDATE ledger_accounts AS t SET debits_posted = t.debits_posted + v.d, credits_posted = t.credits_posted + v.c "
+    "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::boolean[], %s::bigint[], %s::bigint[]) "
+    "AS v(num, id, currency, limited, d, c) "
+    "WHERE t.num = v.num AND t.id = v.id AND t.currency = v.currency AND NOT t.closed "
+    "AND (t.debits_must_not_exceed_credits OR t.credits_must_not_exceed_debits) = v.limited "
+    "AND t.debits_posted <= 9223372036854775807 - v.d AND t.credits_posted <= 9223372036854775807 - v.c"
+)
+
+
+# ---------------------------------------------------------------- accounts the plain path remembers
+
+# Per database (its URL): account id -> (number, currency) of accounts seen open and without
+# a limit. Those facts only change if the account is closed or altered behind the ledger's
+# back, and ``write_plain_transfers`` checks them on the row it updates, so a stale entry
+# costs a fallback to the general path, never a wrong write.
+_known_accounts: dict[str, dict[str, tuple[int, str]]] = {}
+KNOWN_ACCOUNTS_LIMIT = 1_000_000
+
+
+class PlainAccount(NamedTuple):
+    num: int
+    currency: str
+    limited: LockedAccount | None  # read now, for an account with a limit; None otherwise
+
+
+def plain_accounts(session: Session, account_ids: set[str]) -> dict[str, PlainAccount] | None:
+    """Number and currency of each account, from memory where it is known, else read
+    (without row locks: the caller holds the chain). An account with a limit is read every
+    time, with its balances, and never remembered. None when one is missing, closed or
+    has no number yet: the general path says why.
+    """
+    known = _known_accounts.setdefault(str(session.get_bind().engine.url), {})
+    found: dict[str, PlainAccount] = {}
+    unknown = []
+    for account_id in account_ids:
+        facts = known.get(account_id)
+        if facts is None:
+            unknown.append(account_id)
+        else:
+            found[account_id] = PlainAccount(*facts, None)
+    if not unknown:
+        return found
+    read = read_accounts_fast(session, unknown)
+    if len(read) != len(unknown):
+        return None
+    if len(known) + len(read) > KNOWN_ACCOUNTS_LIMIT:
+        known.clear()
+    for account_id, row in read.items():
+        if row.closed or row.num is None:  # an account inserted around create_account has no number
+            return None
+        if row.debits_must_not_exceed_credits or row.credits_must_not_exceed_debits:
+            found[account_id] = PlainAccount(row.num, row.currency, row)
+        else:
+            known[account_id] = (row.num, row.currency)
+            found[account_id] = PlainAccount(row.num, row.currency, None)
+    return found
+
+
+def forget_accounts(session: Session, account_ids: Iterable[str]) -> None:
+    """Drop what ``plain_accounts`` remembers of these accounts (a write found it stale)."""
+    known = _known_accounts.get(str(session.get_bind().engine.url), {})
+    for account_id in account_ids:
+        known.pop(account_id, None)
 
 
 def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:

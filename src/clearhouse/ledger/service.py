@@ -410,8 +410,10 @@ def _create_plain_transfers(
     The same rows, hashes and balances as the general path; what it leaves out is the
     per-entry bookkeeping (dicts of touched accounts, prepared objects, generic leg rows)
     that only entries which can fail or resolve need, and the row locks on accounts: the
-    caller holds the chain, so no other writer moves these balances, and the balance
-    update itself refuses a closed account (then nothing of the batch stays written).
+    caller holds the chain, so no other writer moves these balances. Accounts' numbers and
+    currencies come from memory once seen (``repository.plain_accounts``); the balance
+    update checks them, refuses a closed account and a total past 2^63-1, and then
+    nothing of the batch stays written.
     """
     if len(set(ids)) != len(ids):
         return None
@@ -419,65 +421,57 @@ def _create_plain_transfers(
     for request in requests:
         account_ids.add(request.postings[0].account_id)
         account_ids.add(request.postings[1].account_id)
-    locked = repository.read_accounts_fast(session, account_ids)
-    if len(locked) != len(account_ids):
-        return None  # a missing account: the general path says which transfer fails
+    accounts = repository.plain_accounts(session, account_ids)
+    if accounts is None:
+        return None
     # Per account: [number, currency, debits added, credits added]; limited accounts also
     # keep running values checked after every transfer, as the general path does.
-    moves: dict[str, list] = {}
-    limited: dict[str, list[int]] = {}
-    for account_id, row in locked.items():
-        if row.closed or row.num is None:  # an account inserted around create_account has no number
-            return None
-        moves[account_id] = [row.num, row.currency, 0, 0]
-        if row.debits_must_not_exceed_credits or row.credits_must_not_exceed_debits:
-            limited[account_id] = [row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending]
-    legs: list[tuple] = []
-    for request in requests:
-        debit, credit = request.postings
-        amount = debit.amount
-        if type(amount) is not int or not 0 < amount <= MAX_AMOUNT or type(credit.amount) is not int \
-                or credit.amount != amount:
-            return None
-        d, c = moves[debit.account_id], moves[credit.account_id]
-        if d is c or d[1] != debit.currency or c[1] != debit.currency or credit.currency != debit.currency:
-            return None
-        d[2] += amount
-        c[3] += amount
-        if limited and (debit.account_id in limited or credit.account_id in limited):
-            for account_id, slot in ((debit.account_id, 0), (credit.account_id, 1)):
-                values = limited.get(account_id)
-                if values is not None:
-                    values[slot] += amount
-                    if limit_breach(locked[account_id], values) is not None:
-                        return None
-        legs.append((d[0], c[0], amount, debit.currency, debit.account_id, credit.account_id))
-    deltas = []
-    for account_id, (num, _currency, debits, credits) in moves.items():
-        row = locked[account_id]
-        if row.debits_posted + debits > MAX_AMOUNT or row.credits_posted + credits > MAX_AMOUNT:
-            return None
-        if debits or credits:
-            deltas.append((num, debits, credits))
-
+    moves = {account_id: [facts.num, facts.currency, 0, 0] for account_id, facts in accounts.items()}
+    limited = {
+        account_id: [row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending]
+        for account_id, (_num, _currency, row) in accounts.items() if row is not None
+    }
     seq, prev = head
     created_at = clock.now()  # under the chain lock, so time never runs backwards along the chain
     created = clock.rfc3339(created_at)
     sha256, dumps = hashlib.sha256, orjson.dumps
     rows = []
-    for entry_id, request, (d_num, c_num, amount, currency, debit_id, credit_id) in zip(
-        ids, requests, legs, strict=True
-    ):
+    for entry_id, request in zip(ids, requests, strict=True):
+        debit, credit = request.postings
+        amount, currency = debit.amount, debit.currency
+        if type(amount) is not int or not 0 < amount <= MAX_AMOUNT or type(credit.amount) is not int \
+                or credit.amount != amount:
+            return None
+        debit_id, credit_id = debit.account_id, credit.account_id
+        d, c = moves[debit_id], moves[credit_id]
+        if d is c or d[1] != currency or c[1] != currency or credit.currency != currency:
+            return None
+        d[2] += amount
+        c[3] += amount
+        if limited and (debit_id in limited or credit_id in limited):
+            for account_id, slot in ((debit_id, 0), (credit_id, 1)):
+                values = limited.get(account_id)
+                if values is not None:
+                    values[slot] += amount
+                    if limit_breach(accounts[account_id].limited, values) is not None:
+                        return None
         seq += 1
         metadata_json = canonical_json(request.metadata) if request.metadata else "{}"
         prev = sha256(dumps([
             prev, seq, entry_id, created, False, None, None, None, None, request.code, request.reference,
             metadata_json, [(debit_id, DEBIT, POSTED, amount, currency), (credit_id, CREDIT, POSTED, amount, currency)],
         ])).hexdigest()
-        rows.append((seq, entry_id, request.code, request.reference, metadata_json, prev,
-                     d_num, c_num, amount, currency))
+        rows.append((seq, entry_id, request.code, request.reference, metadata_json, prev, d[0], c[0], amount, currency))
+    deltas = []
+    for account_id, (num, currency, debits, credits) in moves.items():
+        if debits > MAX_AMOUNT or credits > MAX_AMOUNT:
+            return None
+        deltas.append((num, account_id, currency, account_id in limited, debits, credits))
+    deltas.sort()  # in number order: neighbouring rows of the accounts table and its index
     if not repository.write_plain_transfers(session, rows, created_at, deltas):
-        return None  # a taken id, or an account closed meanwhile: the general path says which
+        # A taken id, or an account not as remembered (closed, altered): the general path says which.
+        repository.forget_accounts(session, account_ids)
+        return None
     repository.advance_chain(session, seq, prev)
     return [Outcome(index, entry_id, "created") for index, entry_id in enumerate(ids)]
 
