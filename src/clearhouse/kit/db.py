@@ -874,30 +874,40 @@ def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: li
             sqlite_insert_rows(dbapi, table.name, column_list, len(columns), rows)
 
 
-SQLITE_ROWS_PER_INSERT = 1000
+SQLITE_ROWS_PER_STATEMENT = 1000
 
 
 def sqlite_insert_rows(dbapi: Any, table_name: str, column_list: str, width: int, rows: Sequence[tuple]) -> None:
-    """Insert rows of ``width`` values into an SQLite table as multi-row ``VALUES``
-    statements, up to 1,000 rows each (fewer when SQLite's parameter limit says so).
+    """Insert rows of ``width`` values into an SQLite table (``sqlite_values``).
 
     One statement per thousand rows opens the table's and its indexes' cursors once, not
     once a row as ``executemany`` does: about 1.45 times ``executemany``'s rate on the
-    ledger's table (docs/benchmarks.md). A statement succeeds or fails whole; the caller's
-    transaction (or savepoint) decides for the batch.
+    ledger's table (docs/benchmarks.md).
     """
-    if not rows:
-        return
-    per_statement = max(1, min(SQLITE_ROWS_PER_INSERT, dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    sqlite_values(dbapi, f"INSERT INTO {table_name} ({column_list}) VALUES {{values}}", width, rows)
+
+
+def sqlite_values(dbapi: Any, statement: str, width: int, rows: Sequence[tuple]) -> int:
+    """Run ``statement`` over many rows of ``width`` values, a thousand rows at a time (fewer
+    when SQLite's parameter limit says so): ``{values}`` in it stands for the rows' multi-row
+    ``VALUES`` list, ``(?, ?), (?, ?), ...``. Returns the rows the statements changed.
+
+    Each statement succeeds or fails whole; the caller's transaction (or savepoint)
+    decides for the batch.
+    """
+    limit = dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per_statement = max(1, min(SQLITE_ROWS_PER_STATEMENT, limit // width))
     one_row = f"({', '.join('?' * width)})"
-    head = f"INSERT INTO {table_name} ({column_list}) VALUES "
+    changed = 0
     cursor = dbapi.cursor()
     try:
         for start in range(0, len(rows), per_statement):
             part = rows[start:start + per_statement]
-            cursor.execute(head + ", ".join([one_row] * len(part)), list(chain.from_iterable(part)))
+            cursor.execute(statement.format(values=", ".join([one_row] * len(part))), list(chain.from_iterable(part)))
+            changed += cursor.rowcount
     finally:
         cursor.close()
+    return changed
 
 
 def bulk_increment(

@@ -10,7 +10,15 @@ from sqlalchemy import Row, and_, any_, bindparam, func, insert, literal_column,
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from clearhouse.kit.db import _driver_errors, bulk_increment, bulk_insert, is_postgresql, one_of, sqlite_insert_rows
+from clearhouse.kit.db import (
+    _driver_errors,
+    bulk_increment,
+    bulk_insert,
+    is_postgresql,
+    one_of,
+    sqlite_insert_rows,
+    sqlite_values,
+)
 from clearhouse.kit.verification import StoredTime, read_all
 from clearhouse.ledger.errors import ChainHeadMissing
 from clearhouse.ledger.models import BLOCK, accounts, chain, entries, postings
@@ -279,8 +287,7 @@ def write_plain_transfers(session: Session, rows: list[tuple], created_at: datet
         try:
             cursor.execute("SAVEPOINT ledger_plain_transfers")
             try:
-                cursor.executemany(_PLAIN_BALANCES_SQLITE, deltas)
-                written = cursor.rowcount == len(deltas)  # executemany sums the rows changed
+                written = sqlite_values(dbapi, _PLAIN_BALANCES_SQLITE, 6, deltas) == len(deltas)
                 if written:
                     sqlite_insert_rows(dbapi, "ledger_transfers", _PLAIN_COLUMNS, 13, [row + constants for row in rows])
             except refused as error:
@@ -297,11 +304,12 @@ def write_plain_transfers(session: Session, rows: list[tuple], created_at: datet
 
 # The balance update of the plain path, for deltas (num, id, currency, limited, debits, credits):
 # it moves an account only if the remembered facts still hold and the totals stay in range.
-_PLAIN_BALANCES_SQLITE = (
-    "UPDATE ledger_accounts SET debits_posted = debits_posted + ?5, credits_posted = credits_posted + ?6 "
-    "WHERE num = ?1 AND id = ?2 AND currency = ?3 AND NOT closed "
-    "AND (debits_must_not_exceed_credits OR credits_must_not_exceed_debits) = ?4 "
-    "AND debits_posted <= 9223372036854775807 - ?5 AND credits_posted <= 9223372036854775807 - ?6"
+_PLAIN_BALANCES_SQLITE = (  # run by kit.db.sqlite_values: a thousand accounts a statement
+    "UPDATE ledger_accounts SET debits_posted = debits_posted + v.column5, "
+    "credits_posted = credits_posted + v.column6 FROM (VALUES {values}) AS v "
+    "WHERE num = v.column1 AND id = v.column2 AND currency = v.column3 AND NOT closed "
+    "AND (debits_must_not_exceed_credits OR credits_must_not_exceed_debits) = v.column4 "
+    "AND debits_posted <= 9223372036854775807 - v.column5 AND credits_posted <= 9223372036854775807 - v.column6"
 )
 _PLAIN_BALANCES_POSTGRESQL = (
     "UPDATE ledger_accounts AS t SET debits_posted = t.debits_posted + v.d, credits_posted = t.credits_posted + v.c "
