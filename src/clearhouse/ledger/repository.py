@@ -331,29 +331,26 @@ _known_accounts: dict[str, dict[str, tuple[int, str]]] = {}
 KNOWN_ACCOUNTS_LIMIT = 1_000_000
 
 
-class PlainAccount(NamedTuple):
-    num: int
-    currency: str
-    limited: LockedAccount | None  # read now, for an account with a limit; None otherwise
-
-
-def plain_accounts(session: Session, account_ids: set[str]) -> dict[str, PlainAccount] | None:
-    """Number and currency of each account, from memory where it is known, else read
-    (without row locks: the caller holds the chain). An account with a limit is read every
-    time, with its balances, and never remembered. None when one is missing, closed or
-    has no number yet: the general path says why.
+def plain_accounts(
+    session: Session, account_ids: set[str]
+) -> tuple[dict[str, tuple[int, str]], dict[str, LockedAccount]] | None:
+    """(number, currency) of each account, from memory where it is known, else read
+    (without row locks: the caller holds the chain); and the rows, read now with their
+    balances, of the accounts with a limit, which are never remembered. None when one is
+    missing, closed or has no number yet: the general path says why.
     """
     known = _known_accounts.setdefault(str(session.get_bind().engine.url), {})
-    found: dict[str, PlainAccount] = {}
+    found: dict[str, tuple[int, str]] = {}
     unknown = []
     for account_id in account_ids:
         facts = known.get(account_id)
         if facts is None:
             unknown.append(account_id)
         else:
-            found[account_id] = PlainAccount(*facts, None)
+            found[account_id] = facts
+    limited: dict[str, LockedAccount] = {}
     if not unknown:
-        return found
+        return found, limited
     read = read_accounts_fast(session, unknown)
     if len(read) != len(unknown):
         return None
@@ -362,12 +359,12 @@ def plain_accounts(session: Session, account_ids: set[str]) -> dict[str, PlainAc
     for account_id, row in read.items():
         if row.closed or row.num is None:  # an account inserted around create_account has no number
             return None
+        found[account_id] = facts = (row.num, row.currency)
         if row.debits_must_not_exceed_credits or row.credits_must_not_exceed_debits:
-            found[account_id] = PlainAccount(row.num, row.currency, row)
+            limited[account_id] = row
         else:
-            known[account_id] = (row.num, row.currency)
-            found[account_id] = PlainAccount(row.num, row.currency, None)
-    return found
+            known[account_id] = facts
+    return found, limited
 
 
 def forget_accounts(session: Session, account_ids: Iterable[str]) -> None:

@@ -424,12 +424,13 @@ def _create_plain_transfers(
     accounts = repository.plain_accounts(session, account_ids)
     if accounts is None:
         return None
+    facts, limited_rows = accounts
     # Per account: [number, currency, debits added, credits added]; limited accounts also
     # keep running values checked after every transfer, as the general path does.
-    moves = {account_id: [facts.num, facts.currency, 0, 0] for account_id, facts in accounts.items()}
+    moves = {account_id: [num, currency, 0, 0] for account_id, (num, currency) in facts.items()}
     limited = {
         account_id: [row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending]
-        for account_id, (_num, _currency, row) in accounts.items() if row is not None
+        for account_id, row in limited_rows.items()
     }
     seq, prev = head
     created_at = clock.now()  # under the chain lock, so time never runs backwards along the chain
@@ -453,7 +454,7 @@ def _create_plain_transfers(
                 values = limited.get(account_id)
                 if values is not None:
                     values[slot] += amount
-                    if limit_breach(accounts[account_id].limited, values) is not None:
+                    if limit_breach(limited_rows[account_id], values) is not None:
                         return None
         seq += 1
         metadata_json = canonical_json(request.metadata) if request.metadata else "{}"
