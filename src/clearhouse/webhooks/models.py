@@ -58,7 +58,8 @@ class WebhookEvent(Base):
 
     __tablename__ = "webhook_events"
     __table_args__ = (
-        Index("ix_webhook_events_merchant", "merchant_id", "id"),
+        Index("ix_webhook_events_merchant", "merchant_id", "id"),  # a platform caller's list, both modes
+        Index("ix_webhook_events_merchant_mode", "merchant_id", "livemode", "id"),  # a key's list, its mode
         Index("ix_webhook_events_type", "type", "id"),
     )
 
