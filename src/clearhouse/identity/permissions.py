@@ -144,7 +144,7 @@ class Principal:
 
     def sees_object(self, merchant_id: str | None, livemode: bool) -> bool:
         """Whether an object of a merchant and a mode (a payment, a card, an endpoint...) is visible."""
-        return self.sees(merchant_id) and self.livemode in (None, livemode)
+        return within(self.merchant_id, self.livemode, merchant_id, livemode)
 
     def listed_modes(self, asked: bool | None) -> tuple[bool, ...]:
         """The modes a list of this caller holds, ``asked`` being the list's own ``livemode`` filter: a key's own
@@ -165,6 +165,15 @@ class Principal:
         if len(modes) == 1:
             conditions.append(table.c.livemode == modes[0])
         return conditions
+
+
+def within(merchant_id: str | None, livemode: bool | None, object_merchant_id: str | None,
+           object_livemode: bool) -> bool:
+    """Whether an object of ``object_merchant_id`` in ``object_livemode`` is within the scope of
+    ``merchant_id`` and ``livemode`` (None: any merchant, either mode): what a caller sees
+    (``Principal.sees_object``), and what a service called without a principal may touch (the
+    vault's ``reveal_*`` for a payment or a payout)."""
+    return merchant_id in (None, object_merchant_id) and livemode in (None, object_livemode)
 
 
 class AuthenticationRequired(ClearhouseError):

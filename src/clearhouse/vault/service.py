@@ -18,7 +18,7 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
-from clearhouse.identity.permissions import Principal
+from clearhouse.identity.permissions import Principal, within
 from clearhouse.identity.service import owner_of
 from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
@@ -224,7 +224,7 @@ def _shown_id(given: str, prefix: str) -> str:
 def _card(session: Session, card_id: str, merchant_id: str | None, livemode: bool | None) -> Row:
     """The card, when it is of ``merchant_id`` and of mode ``livemode`` (None: any)."""
     row = repository.get_card(session, card_id)
-    if row is None or merchant_id not in (None, row.merchant_id) or livemode not in (None, row.livemode):
+    if row is None or not within(merchant_id, livemode, row.merchant_id, row.livemode):
         raise CardNotFound(f"no card {_shown_id(card_id, 'card')}")
     return row
 
@@ -333,7 +333,7 @@ def create_bank_account(session: Session, cipher: FieldCipher, actor: audit.Acto
 def _bank_account(session: Session, bank_account_id: str, merchant_id: str | None, livemode: bool | None) -> Row:
     """The account, when it is of ``merchant_id`` and of mode ``livemode`` (None: any)."""
     row = repository.get_bank_account(session, bank_account_id)
-    if row is None or merchant_id not in (None, row.merchant_id) or livemode not in (None, row.livemode):
+    if row is None or not within(merchant_id, livemode, row.merchant_id, row.livemode):
         raise BankAccountNotFound(f"no bank account {_shown_id(bank_account_id, 'ba')}")
     return row
 
