@@ -136,3 +136,26 @@ class TestTenancy:
         response = client.post("/v1/products", json={**body, "merchant_id": merchant_id})
         assert response.status_code == 201
         assert response.json()["merchant_id"] == merchant_id
+
+
+class TestProductNames:
+    def test_a_card_number_in_a_products_name_is_stored_masked(self, merchant_client_factory):
+        """The name is the merchant's free text (data-protection.md, "Free text"): a card number typed
+        into it by mistake is never stored, listed or shown whole."""
+        client, _ = merchant_client_factory()
+        response = client.post("/v1/products", json={"name": "Card 4242 4242 4242 4242 top-up",
+                                                     "price": {"amount": 5000, "currency": "CNY"}})
+        assert response.status_code == 201, response.text
+        product = response.json()
+        assert "4242 4242 4242 4242" not in response.text
+        assert "4242" in product["name"] and product["name"].startswith("Card ")
+        renamed = client.patch(f"/v1/products/{product['id']}", json={"name": "Key for 4111111111111111"})
+        assert renamed.status_code == 200, renamed.text
+        assert renamed.json()["name"] == "Key for 411111******1111"
+        assert "4111111111111111" not in client.get("/v1/products").text
+
+    def test_an_ordinary_name_is_kept_as_sent(self, merchant_client_factory):
+        client, _ = merchant_client_factory()
+        response = client.post("/v1/products", json={"name": "Steam 100 CNY (code 2026-11)",
+                                                     "price": {"amount": 10000, "currency": "CNY"}})
+        assert response.json()["name"] == "Steam 100 CNY (code 2026-11)"

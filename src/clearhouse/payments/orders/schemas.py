@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, StrictBool, StringConstraints
 
 from clearhouse.kit.api import CurrencyCode, Model, UtcTime
+from clearhouse.kit.masking import mask_free_form
 from clearhouse.payments.schemas import Amount, PaymentDetails
 from clearhouse.vault.schemas import MerchantRef
 
@@ -27,7 +28,9 @@ def _utf8(value: str) -> str:
     return value
 
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_utf8)]
+# A product's name is the merchant's free text: stored as shown, masked (data-protection.md, "Free text").
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_utf8),
+                 AfterValidator(mask_free_form)]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_utf8)]
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_utf8)]
 
