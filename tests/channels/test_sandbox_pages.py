@@ -75,8 +75,10 @@ class TestPayPage:
     @pytest.mark.parametrize("path", [
         "/sandbox/sandbox_alipay/pay/att_missing", "/sandbox/nowhere/pay/att_1", "/sandbox/sandbox_card/pay/att_1",
         "/sandbox/sandbox_card/challenge/att_missing", "/sandbox/x_walk_missing/pay/x_walk_missing",
+        "/sandbox/sandbox_alipay/challenge/att_1", "/sandbox/nowhere/challenge/att_1",
     ])
-    def test_unknown_channels_and_references_are_a_404_page(self, client, path):
+    def test_unknown_channels_and_references_are_a_404_page(self, channels, client, path):
+        channels["sandbox_alipay"].authorize(charge("att_1", channel="sandbox_alipay"))  # a reference, not a card's
         for response in (client.get(path), client.post(path, json={})):
             assert response.status_code == 404 and response.headers["content-type"].startswith("text/html")
 
@@ -112,3 +114,12 @@ class TestChallengePage:
         channels["sandbox_card"].authorize(charge("att_1", card_data=card(CARD_CHALLENGE)))
         assert client.post("/sandbox/sandbox_card/challenge/att_1", data={"outcome": "maybe"}).status_code == 422
         assert client.post("/sandbox/sandbox_card/challenge/att_1", json={}).status_code == 422
+
+    def test_a_payment_that_was_never_challenged_has_nothing_to_answer(self, channels, client):
+        """Found by the session-18 tester: failing the "challenge" of a payment approved without one
+        answered "Challenge passed"."""
+        channels["sandbox_card"].authorize(charge("att_1", card_data=card("4242424242424242")))
+        answered = client.post("/sandbox/sandbox_card/challenge/att_1", data={"outcome": "fail"})
+        assert answered.status_code == 409
+        assert "there is no challenge to answer" in answered.text and "Challenge passed" not in answered.text
+        assert channels["sandbox_card"].query("att_1").status == APPROVED

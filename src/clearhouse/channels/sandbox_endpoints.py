@@ -138,29 +138,45 @@ async def pay(request: Request, channel: str, reference: str) -> Response:
 # --------------------------------------------------------------------------- card challenge
 
 
-@router.get(f"/{CARD}/challenge/{{reference}}")
-async def challenge_page(request: Request, reference: str) -> Response:
-    """The issuer's challenge (3-D Secure): the customer passes or fails it."""
+async def _challenged_order(request: Request, channel: str, reference: str) -> dict[str, Any] | Response:
+    """The card payment a challenge page is about, or the 404 page (another channel, an unknown payment)."""
+    if channel != CARD:
+        return _not_found(f"There is no sandbox challenge page for {channel}.")
     connector = _connector(request, CARD)
     order = None if connector is None else await run_in_threadpool(connector.order, reference)
-    if connector is None or order is None:
+    if order is None:
         return _not_found("This payment is unknown to the card issuer.")
+    return order
+
+
+def _no_challenge(order: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    return _page(TITLES[CARD], _details(order, CARD) + f"<p>This payment is "
+                 f"{_e(order['status'].replace('_', ' '))}; there is no challenge to answer.</p>", status_code)
+
+
+@router.get("/{channel}/challenge/{reference}")
+async def challenge_page(request: Request, channel: str, reference: str) -> Response:
+    """The issuer's challenge (3-D Secure): the customer passes or fails it."""
+    order = await _challenged_order(request, channel, reference)
+    if isinstance(order, Response):
+        return order
     body = _details(order, CARD)
     if order["status"] == REQUIRES_ACTION:
         body += ('<p>Confirm this payment as the cardholder would in their bank\'s app.</p><form method="post">'
                  '<button type="submit" name="outcome" value="pass">Pass the challenge</button>'
                  '<button type="submit" name="outcome" value="fail">Fail the challenge</button></form>')
-    else:
-        body += f"<p>This payment is {_e(order['status'].replace('_', ' '))}; there is no challenge to answer.</p>"
-    return _page(TITLES[CARD], body)
+        return _page(TITLES[CARD], body)
+    return _no_challenge(order)
 
 
-@router.post(f"/{CARD}/challenge/{{reference}}")
-async def answer_challenge(request: Request, reference: str) -> Response:
+@router.post("/{channel}/challenge/{reference}")
+async def answer_challenge(request: Request, channel: str, reference: str) -> Response:
+    order = await _challenged_order(request, channel, reference)
+    if isinstance(order, Response):
+        return order
+    if order["status"] != REQUIRES_ACTION:  # passed, failed or never challenged: nothing to answer
+        return _no_challenge(order, 409)
     connector = _connector(request, CARD)
-    order = None if connector is None else await run_in_threadpool(connector.order, reference)
-    if connector is None or order is None:
-        return _not_found("This payment is unknown to the card issuer.")
     outcome = (await _form(request)).get("outcome")
     if outcome not in ("pass", "fail"):
         return _page(TITLES[CARD], "<p>Choose to pass or to fail the challenge.</p>" + _details(order, CARD), 422)

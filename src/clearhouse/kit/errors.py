@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
@@ -69,6 +70,15 @@ class ValidationFailed(ClearhouseError):
     code = "validation_error"
     status = 422
     title = "Invalid request"
+
+
+def refuse_nulls(changes: dict[str, Any], names: Iterable[str]) -> None:
+    """A PATCH's fields that may be left out but not sent as ``null`` (there is nothing to clear):
+    ``422 validation_error`` naming the first, before anything changes."""
+    for name in names:
+        if name in changes and changes[name] is None:
+            raise ValidationFailed(f"{name} cannot be null", errors=[
+                {"loc": ["body", name], "type": "null_not_allowed", "msg": f"{name} cannot be null"}])
 
 
 class MalformedRequest(ClearhouseError):

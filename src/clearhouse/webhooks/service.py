@@ -25,7 +25,7 @@ from clearhouse.identity import service as identity
 from clearhouse.identity.permissions import Principal
 from clearhouse.kit import clock
 from clearhouse.kit.crypto import FieldCipher
-from clearhouse.kit.errors import ClearhouseError, NotFound, ValidationFailed
+from clearhouse.kit.errors import ClearhouseError, NotFound, refuse_nulls
 from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.kit.masking import mask_free_form
 from clearhouse.webhooks import repository
@@ -290,10 +290,7 @@ def update_endpoint(session: Session, actor: audit.Actor, principal: Principal, 
                     changes: dict[str, Any], *, allow_private: bool = False) -> Row:
     """Change the URL, filter, description or enabled flag (``changes``: only the fields given;
     a description of None clears it)."""
-    for name in ("url", "event_types", "enabled"):
-        if name in changes and changes[name] is None:
-            raise ValidationFailed(f"{name} cannot be null", errors=[
-                {"loc": ["body", name], "type": "null_not_allowed", "msg": f"{name} cannot be null"}])
+    refuse_nulls(changes, ("url", "event_types", "enabled"))
     before = _endpoint(session, principal, endpoint_id, lock=True)
     old = endpoint_dict(before)
     if "url" in changes:

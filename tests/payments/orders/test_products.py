@@ -138,7 +138,7 @@ class TestTenancy:
         assert response.json()["merchant_id"] == merchant_id
 
 
-class TestProductNames:
+class TestProductFields:
     def test_a_card_number_in_a_products_name_is_stored_masked(self, merchant_client_factory):
         """The name is the merchant's free text (data-protection.md, "Free text"): a card number typed
         into it by mistake is never stored, listed or shown whole."""
@@ -159,3 +159,15 @@ class TestProductNames:
         response = client.post("/v1/products", json={"name": "Steam 100 CNY (code 2026-11)",
                                                      "price": {"amount": 10000, "currency": "CNY"}})
         assert response.json()["name"] == "Steam 100 CNY (code 2026-11)"
+
+    def test_null_is_refused_for_every_field_of_a_patch(self, merchant_client_factory):
+        """orders.md: `active` is true or false, anything else 422; null would have meant "unchanged"."""
+        client, _ = merchant_client_factory()
+        product = make_product(client, [])
+        for field in ("name", "price", "active"):
+            response = client.patch(f"/v1/products/{product['id']}", json={field: None})
+            assert response.status_code == 422, response.text
+            problem = response.json()
+            assert problem["code"] == "validation_error"
+            assert problem["errors"][0]["loc"] == ["body", field]
+        assert client.get(f"/v1/products/{product['id']}").json()["active"] is True

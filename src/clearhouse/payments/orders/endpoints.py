@@ -13,6 +13,7 @@ from clearhouse.identity.permissions import PUBLIC, actor_of, principal_of, requ
 from clearhouse.kit import clock
 from clearhouse.kit.api import ModeFilter, Page, PrefixRouter
 from clearhouse.kit.db import transact
+from clearhouse.kit.errors import refuse_nulls
 from clearhouse.kit.idempotency import derived_id
 from clearhouse.payments import service as payments
 from clearhouse.payments.orders import service as orders
@@ -79,6 +80,7 @@ def get_product(product_id: str, request: Request) -> dict[str, Any]:
 @router.patch("/v1/products/{product_id}", response_model=ProductOut, responses=_ERRORS, dependencies=_WRITE)
 def update_product(product_id: str, body: ProductUpdate, request: Request) -> dict[str, Any]:
     """Change the name, the price (new orders only) or whether it is for sale."""
+    refuse_nulls(body.model_dump(exclude_unset=True), ("name", "price", "active"))
     principal, actor = principal_of(request), actor_of(request)
     return transact(request.app.state.engine, lambda s: orders.update_product(
         s, actor, principal, product_id, name=body.name, amount=body.price.amount if body.price else None,
