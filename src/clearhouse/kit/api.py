@@ -89,6 +89,23 @@ ShortText = Annotated[str, StringConstraints(max_length=256)]
 
 MAX_METADATA_BYTES = 16 * 1024
 """Metadata is hashed into chains and read with every object: keep it to a note, not a document."""
+MAX_METADATA_DEPTH = 32
+"""Objects and lists inside one another, the metadata object itself counted: deeper is refused. The
+records that carry metadata (the audit trail's change, a webhook event) wrap it a few levels deeper,
+and JSON encoders stop at a depth of their own (orjson's: 254, a 500 at 254 before this limit)."""
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and lists nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _canonical_json_safe(value: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +118,8 @@ def _canonical_json_safe(value: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"metadata must be plain JSON: {error}") from None
     if len(encoded) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is at most {MAX_METADATA_BYTES} bytes of JSON")
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata nests objects and lists at most {MAX_METADATA_DEPTH} deep")
     if orjson.loads(encoded) != value:
         raise ValueError("metadata must be plain JSON (no NaN or Infinity)")
     return value

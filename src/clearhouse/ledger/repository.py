@@ -210,7 +210,7 @@ def set_account_closed(session: Session, account_id: str) -> None:
 
 
 def lock_chain(session: Session) -> tuple[int, str]:
-    """Lock the head of the hash chain; taken after the account locks, by every writer."""
+    """Lock the head of the hash chain: the first lock of every writer, before any account's."""
     row = session.connection().execute(_LOCK_CHAIN).one_or_none()
     if row is None:
         raise ChainHeadMissing("The journal's chain head is missing; run `clearhouse ledger verify` and restore it")
