@@ -336,14 +336,21 @@ class LedgerModel:
 
     def apply(self, rows: list[tuple], balances: dict[str, list[int]], *, new_entry: bool) -> None:
         touched: dict[str, list[int]] = {}
-        for account_id, direction, kind, amount, currency in rows:
+        # ledger.md: every posting is looked at first, then one rule is reported, in this order
+        # (an unknown account, a currency mismatch, a closed account), whatever the postings' order.
+        broken = set()
+        for account_id, _direction, _kind, _amount, currency in rows:
             account = self.accounts.get(account_id)
             if account is None:
-                raise Rejected(errors.AccountNotFound.code)
-            if account.currency != currency:
-                raise Rejected(errors.CurrencyMismatch.code)
-            if new_entry and account.closed:
-                raise Rejected(errors.AccountClosed.code)
+                broken.add(errors.AccountNotFound.code)
+            elif account.currency != currency:
+                broken.add(errors.CurrencyMismatch.code)
+            elif new_entry and account.closed:
+                broken.add(errors.AccountClosed.code)
+        for code in (errors.AccountNotFound.code, errors.CurrencyMismatch.code, errors.AccountClosed.code):
+            if code in broken:
+                raise Rejected(code)
+        for account_id, direction, kind, amount, _currency in rows:
             values = touched.setdefault(account_id, list(balances[account_id]))
             slot, sign = SLOT[(direction, kind)]
             values[slot] += sign * amount

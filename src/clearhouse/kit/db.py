@@ -887,15 +887,17 @@ def sqlite_insert_rows(dbapi: Any, table_name: str, column_list: str, width: int
     sqlite_values(dbapi, f"INSERT INTO {table_name} ({column_list}) VALUES {{values}}", width, rows)
 
 
-def sqlite_values(dbapi: Any, statement: str, width: int, rows: Sequence[tuple]) -> int:
+def sqlite_values(dbapi: Any, statement: str, width: int, rows: Sequence[tuple], leading: Sequence[Any] = ()) -> int:
     """Run ``statement`` over many rows of ``width`` values, a thousand rows at a time (fewer
     when SQLite's parameter limit says so): ``{values}`` in it stands for the rows' multi-row
-    ``VALUES`` list, ``(?, ?), (?, ?), ...``. Returns the rows the statements changed.
+    ``VALUES`` list, ``(?, ?), (?, ?), ...``, and ``leading`` are the values of the ``?`` the
+    statement has before it (one value for every row: bound once a statement, not once a
+    row). Returns the rows the statements changed.
 
     Each statement succeeds or fails whole; the caller's transaction (or savepoint)
     decides for the batch.
     """
-    limit = dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    limit = dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - len(leading)
     per_statement = max(1, min(SQLITE_ROWS_PER_STATEMENT, limit // width))
     one_row = f"({', '.join('?' * width)})"
     changed = 0
@@ -903,7 +905,8 @@ def sqlite_values(dbapi: Any, statement: str, width: int, rows: Sequence[tuple])
     try:
         for start in range(0, len(rows), per_statement):
             part = rows[start:start + per_statement]
-            cursor.execute(statement.format(values=", ".join([one_row] * len(part))), list(chain.from_iterable(part)))
+            values = ", ".join([one_row] * len(part))
+            cursor.execute(statement.format(values=values), [*leading, *chain.from_iterable(part)])
             changed += cursor.rowcount
     finally:
         cursor.close()
