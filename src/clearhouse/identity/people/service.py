@@ -19,7 +19,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import pyotp
@@ -635,7 +635,9 @@ def _register_failure(user: User, settings: Settings, now: datetime) -> None:
     user.failed_logins += 1
     seconds = _lock_seconds(user.failed_logins, settings)
     if seconds is not None:
-        user.locked_until = now + timedelta(seconds=seconds)
+        # Ends on a whole second, as an unknown address's lock does (it is kept in epoch seconds), so the
+        # Retry-After of the two is the same number: 61 only ever said "no account" (security tester).
+        user.locked_until = datetime.fromtimestamp(math.ceil(now.timestamp() + seconds), UTC)
     user.updated_at = now
 
 
