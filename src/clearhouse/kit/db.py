@@ -853,7 +853,7 @@ def _driver_errors(session: Session, statement: str) -> Iterator[Any]:
 
 
 def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
-    """Insert many rows fast: ``COPY`` on PostgreSQL, ``executemany`` on SQLite.
+    """Insert many rows fast: ``COPY`` on PostgreSQL, multi-row ``INSERT``s on SQLite (``sqlite_insert_rows``).
 
     Values pass through each column type's bind processing, so the stored form is
     exactly what the ORM would have written.
