@@ -784,7 +784,7 @@ def _classes_view(classes: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def save_cases(session: Session, run_id: str, channel: str, discrepancies: pl.DataFrame, now: Any,
                progress: ProgressFn = _no_progress, chunk: int = 20_000) -> None:
     """Every discrepancy as an open case, inserted in chunks (a large day holds tens of
-    thousands) through ``bulk_insert``: COPY on PostgreSQL, a plain executemany on SQLite.
+    thousands) through ``bulk_insert``: COPY on PostgreSQL, multi-row INSERTs on SQLite.
 
     The cases go in by class with ascending ids, so three of the table's four b-trees
     (the key, the run's cases by class, the open queue) are appended to, not split. A case on
