@@ -366,12 +366,15 @@ def _error_answers(operation: dict[str, Any], method: str, permission: str | Non
     for status, answer in responses.items():
         if "$ref" in answer or any(answer is new for new in added.values()):
             continue
-        if status.startswith("2") and idempotent:
-            # Written out, not a reference: a success answer's references are its body's models.
-            answer.setdefault("headers", {})["Idempotent-Replayed"] = dict(_REPLAYED)
-        elif status[:1] in ("4", "5") and "content" not in answer:
+        if status[:1] in ("4", "5") and "content" not in answer:
             # Declared by the endpoint with its own description: the problem it is sent as.
             answer.update(_problem_answer(answer.get("description", ""), retry_after=status in ("429", "503")))
+            continue
+        headers = answer.setdefault("headers", {})
+        headers["X-Request-Id"] = _header("X-Request-Id")  # every answer carries it (kit.logging)
+        if status.startswith("2") and idempotent:
+            # Written out, not a reference: a success answer's references are its body's models.
+            headers["Idempotent-Replayed"] = dict(_REPLAYED)
     operation["responses"] = dict(sorted(responses.items()))
 
 
