@@ -36,15 +36,29 @@ from clearhouse.kit.errors import ClearhouseError
 
 router = PrefixRouter(prefix="/v1")
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "`invalid_credentials`, `account_locked` (with Retry-After), `totp_required`, "
-          "`totp_invalid`, `authentication_required`"},
-    403: {"description": "`csrf_failed`; `forbidden` for API keys (these routes are for people's sessions); "
-          "`merchant_suspended` at sign-in"},
-    409: {"description": "`totp_already_enabled`, `totp_not_set_up`"},
-    422: {"description": "`validation_error`, `weak_password`, `invalid_current_password`"},
-    429: {"description": "`rate_limited` (with Retry-After)"},
-}
+_NO_SESSION = "`authentication_required`: no session cookie, or the session has ended"
+_SESSION_ONLY = "`forbidden` for API keys (these routes are for a person's own session)"
+_CSRF = "`csrf_failed`: the session's CSRF token is missing or wrong; " + _SESSION_ONLY
+
+
+def _answers(**by_status: str) -> dict[int | str, dict[str, Any]]:
+    """An auth route's error answers, each with the codes it can send (``_401="..."``)."""
+    return {int(status.lstrip("_")): {"description": text} for status, text in by_status.items()}
+
+
+_LOGIN_ERRORS = _answers(
+    _401="`invalid_credentials`, `account_locked` (with Retry-After), `totp_required`, `totp_invalid`",
+    _403="`merchant_suspended`: the person's merchant is suspended",
+    _422="`validation_error`", _429="`rate_limited`: too many sign-ins from this address (with Retry-After)")
+_SESSION_WRITE_ERRORS = _answers(_401=_NO_SESSION, _403=_CSRF)
+_ME_ERRORS = _answers(_401=_NO_SESSION, _403=_SESSION_ONLY)
+_TOTP_SETUP_ERRORS = _answers(_401=_NO_SESSION, _403=_CSRF, _409="`totp_already_enabled`")
+_TOTP_CONFIRM_ERRORS = _answers(
+    _401=f"{_NO_SESSION}; `totp_invalid`: the code does not match", _403=_CSRF,
+    _409="`totp_already_enabled`, `totp_not_set_up` (call `/v1/auth/totp/setup` first)", _422="`validation_error`")
+_PASSWORD_ERRORS = _answers(
+    _401=_NO_SESSION, _403=_CSRF,
+    _422="`validation_error`, `weak_password` (with `reason`), `invalid_current_password`")
 _USER_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "`user_not_found` (also for another merchant's users)"},
     409: {"description": "`email_taken`, `cannot_disable_self`"},
@@ -86,7 +100,7 @@ def _cookie_flags(request: Request) -> dict[str, Any]:
     return {"path": "/", "secure": request.url.scheme == "https", "httponly": True, "samesite": "strict"}
 
 
-@router.post("/auth/login", response_model=LoginOut, tags=["auth"], responses=_AUTH_ERRORS,
+@router.post("/auth/login", response_model=LoginOut, tags=["auth"], responses=_LOGIN_ERRORS,
              dependencies=[requires(PUBLIC)])
 def login(body: LoginIn, request: Request, response: Response) -> LoginOut:
     """Sign in with email, password and (when enabled) a TOTP or recovery code; sets the
@@ -117,7 +131,7 @@ def login(body: LoginIn, request: Request, response: Response) -> LoginOut:
                     expires_at=outcome.session.expires_at, mfa_enrollment_required=outcome.mfa_enrollment_required)
 
 
-@router.post("/auth/logout", status_code=204, tags=["auth"], responses=_AUTH_ERRORS,
+@router.post("/auth/logout", status_code=204, tags=["auth"], responses=_SESSION_WRITE_ERRORS,
              dependencies=[requires(SESSION)])
 def logout(request: Request) -> Response:
     """End this session."""
@@ -129,7 +143,7 @@ def logout(request: Request) -> Response:
     return response
 
 
-@router.post("/auth/logout_all", response_model=LogoutAllOut, tags=["auth"], responses=_AUTH_ERRORS,
+@router.post("/auth/logout_all", response_model=LogoutAllOut, tags=["auth"], responses=_SESSION_WRITE_ERRORS,
              dependencies=[requires(SESSION)])
 def logout_all(request: Request, response: Response) -> LogoutAllOut:
     """End every session of the signed-in person, this one included."""
@@ -140,7 +154,7 @@ def logout_all(request: Request, response: Response) -> LogoutAllOut:
     return LogoutAllOut(sessions_ended=ended)
 
 
-@router.get("/auth/me", response_model=MeOut, tags=["auth"], responses=_AUTH_ERRORS,
+@router.get("/auth/me", response_model=MeOut, tags=["auth"], responses=_ME_ERRORS,
             dependencies=[requires(SESSION)])
 def me(request: Request, response: Response) -> MeOut:
     """The signed-in person, their session, what their role may do, and the session's CSRF token."""
@@ -156,7 +170,7 @@ def me(request: Request, response: Response) -> MeOut:
                  csrf_token=row.csrf_token)
 
 
-@router.post("/auth/totp/setup", response_model=TotpSetupOut, tags=["auth"], responses=_AUTH_ERRORS,
+@router.post("/auth/totp/setup", response_model=TotpSetupOut, tags=["auth"], responses=_TOTP_SETUP_ERRORS,
              dependencies=[requires(SESSION)])
 def totp_setup(request: Request, response: Response) -> TotpSetupOut:
     """A new TOTP seed (as text, otpauth URI and QR code); enabled only by ``/auth/totp/confirm``."""
@@ -169,7 +183,7 @@ def totp_setup(request: Request, response: Response) -> TotpSetupOut:
                         qr_svg=provisioning.qr_svg)
 
 
-@router.post("/auth/totp/confirm", response_model=TotpConfirmOut, tags=["auth"], responses=_AUTH_ERRORS,
+@router.post("/auth/totp/confirm", response_model=TotpConfirmOut, tags=["auth"], responses=_TOTP_CONFIRM_ERRORS,
              dependencies=[requires(SESSION)])
 def totp_confirm(body: TotpConfirmIn, request: Request, response: Response) -> TotpConfirmOut:
     """Turn TOTP on with a code from the app; returns ten recovery codes, shown this once."""
@@ -181,7 +195,7 @@ def totp_confirm(body: TotpConfirmIn, request: Request, response: Response) -> T
     return TotpConfirmOut(recovery_codes=codes)
 
 
-@router.post("/auth/password", status_code=204, tags=["auth"], responses=_AUTH_ERRORS,
+@router.post("/auth/password", status_code=204, tags=["auth"], responses=_PASSWORD_ERRORS,
              dependencies=[requires(SESSION)])
 def change_password(body: PasswordChangeIn, request: Request) -> Response:
     """A new password; every other session of the person ends."""
