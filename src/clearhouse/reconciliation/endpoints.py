@@ -36,14 +36,25 @@ from clearhouse.reconciliation.schemas import (
 router = PrefixRouter(prefix="/v1", tags=["reconciliation"])
 _READ = [requires("recon:read")]
 _WRITE = [requires("recon:write")]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "`reconciliation_not_found`, `recon_case_not_found`"},
-    409: {"description": "`statement_already_imported`, `recon_case_state_conflict`; a bank statement's payout "
-                         "entry the ledger refuses: its own code (`account_closed`, ...), nothing imported"},
+_STATEMENT_ERRORS: dict[int | str, dict[str, Any]] = {  # what a statement file can be refused for
     413: {"description": "`statement_too_large`"},
+    422: {"description": "`statement_invalid` (names the line), `statement_format_unknown`, `validation_error`"},
+}
+_IMPORT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_STATEMENT_ERRORS,
+    409: {"description": "`statement_already_imported`; a bank statement's payout entry the ledger refuses: its "
+                         "own code (`account_closed`, ...), nothing imported"},
     422: {"description": "`statement_invalid` (names the line), `statement_format_unknown`, `validation_error`; "
                          "a payout entry the ledger refuses (`currency_mismatch`, ...)"},
 }
+_RUN_ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "`reconciliation_not_found`"}}
+_CASE_ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "`recon_case_not_found`"}}
+_CASE_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_CASE_ERRORS,
+    409: {"description": "`recon_case_state_conflict` (the case is closed, or its resolution awaits approval)"},
+    422: {"description": "`validation_error`"},
+}
+_RULES_ERRORS: dict[int | str, dict[str, Any]] = {422: {"description": "`validation_error` (names the rule)"}}
 Limit = Annotated[int, Query(ge=1, le=500)]
 Cursor = Annotated[str | None, Query(max_length=64)]
 # Names checked by the parsers, not here: an unknown one is 422 statement_format_unknown, as in the CLI.
@@ -87,7 +98,7 @@ def _spooled(request: Request, upload: UploadFile) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-@router.post("/reconciliations", status_code=201, response_model=ReconciliationOut, responses=_ERRORS,
+@router.post("/reconciliations", status_code=201, response_model=ReconciliationOut, responses=_IMPORT_ERRORS,
              dependencies=_WRITE)
 def create_reconciliation(
     request: Request,
@@ -124,14 +135,14 @@ def list_reconciliations(request: Request, limit: Limit = 50, starting_after: Cu
     return transact(_engine(request), work)
 
 
-@router.get("/reconciliations/{reconciliation_id}", response_model=ReconciliationOut, responses=_ERRORS,
+@router.get("/reconciliations/{reconciliation_id}", response_model=ReconciliationOut, responses=_RUN_ERRORS,
             dependencies=_READ)
 def get_reconciliation(reconciliation_id: str, request: Request) -> Any:
     """Counts and amounts per class, the clearing figures, and how many cases are in each state."""
     return transact(_engine(request), lambda s: service.run_view(s, reconciliation_id))
 
 
-@router.get("/reconciliations/{reconciliation_id}/cases", response_model=Page[CaseOut], responses=_ERRORS,
+@router.get("/reconciliations/{reconciliation_id}/cases", response_model=Page[CaseOut], responses=_RUN_ERRORS,
             dependencies=_READ, response_model_by_alias=True)
 def list_run_cases(reconciliation_id: str, request: Request, limit: Limit = 100, starting_after: Cursor = None,
                    class_: Annotated[ClassName | None, Query(alias="class")] = None,
@@ -157,14 +168,14 @@ def list_all_cases(request: Request, limit: Limit = 100, starting_after: Cursor 
     return _page(rows, more)
 
 
-@router.get("/recon_cases/{case_id}", response_model=CaseOut, responses=_ERRORS, dependencies=_READ,
+@router.get("/recon_cases/{case_id}", response_model=CaseOut, responses=_CASE_ERRORS, dependencies=_READ,
             response_model_by_alias=True)
 def get_case(case_id: str, request: Request) -> Any:
     """The case with both sides, its delta, and its history."""
     return transact(_engine(request), lambda s: cases.case_view(s, case_id))
 
 
-@router.patch("/recon_cases/{case_id}", response_model=CaseOut, responses=_ERRORS, dependencies=_WRITE,
+@router.patch("/recon_cases/{case_id}", response_model=CaseOut, responses=_CASE_WRITE_ERRORS, dependencies=_WRITE,
               response_model_by_alias=True)
 def update_case(case_id: str, body: CaseUpdate, request: Request) -> Any:
     """Take a case (``owner``) or mark it ``investigating``."""
@@ -173,7 +184,7 @@ def update_case(case_id: str, body: CaseUpdate, request: Request) -> Any:
                                                                     state=body.state))
 
 
-@router.post("/recon_cases/{case_id}/comments", response_model=CaseOut, status_code=201, responses=_ERRORS,
+@router.post("/recon_cases/{case_id}/comments", response_model=CaseOut, status_code=201, responses=_CASE_WRITE_ERRORS,
              dependencies=_WRITE, response_model_by_alias=True)
 def comment_case(case_id: str, body: CaseComment, request: Request) -> Any:
     actor = actor_of(request)
@@ -181,7 +192,7 @@ def comment_case(case_id: str, body: CaseComment, request: Request) -> Any:
 
 
 @router.post("/recon_cases/{case_id}/resolve", response_model=CaseOut, responses={
-    **_ERRORS, 202: {"description": "Held for a second person: the answer carries the `approval`"}},
+    **_CASE_WRITE_ERRORS, 202: {"description": "Held for a second person: the answer carries the `approval`"}},
     dependencies=_WRITE, response_model_by_alias=True)
 def resolve_case(case_id: str, body: CaseResolve, request: Request) -> Any:
     """Resolve a case: ``accept`` (no entry), ``adjust`` or ``write_off`` (one adjusting ledger entry).
@@ -215,7 +226,7 @@ def _rules_and_mapping(body: RulesIn, channel: str) -> tuple[Any, dict[str, Any]
     return rules, mapping
 
 
-@router.put("/recon_rules/{channel}", response_model=RulesOut, responses=_ERRORS, dependencies=_WRITE)
+@router.put("/recon_rules/{channel}", response_model=RulesOut, responses=_RULES_ERRORS, dependencies=_WRITE)
 def put_rules(channel: ChannelName, body: RulesIn, request: Request) -> Any:
     """Replace the channel's rules (fields left out take their defaults) and mapping; used by the next import."""
     rules, mapping = _rules_and_mapping(body, channel)
@@ -228,7 +239,8 @@ def put_rules(channel: ChannelName, body: RulesIn, request: Request) -> Any:
     return transact(_engine(request), work)
 
 
-@router.post("/recon_rules/{channel}/dry_run", response_model=DryRunOut, responses=_ERRORS, dependencies=_READ)
+@router.post("/recon_rules/{channel}/dry_run", response_model=DryRunOut, responses=_STATEMENT_ERRORS,
+             dependencies=_READ)
 def dry_run(
     channel: ChannelName,
     request: Request,
