@@ -23,8 +23,8 @@ class TestTheWritesAnswersAreDocumented:
         replay = client.post("/v1/ledger/accounts", json=body)
         assert replay.status_code == 200
         operation = anonymous_client.get("/openapi.json").json()["paths"]["/v1/ledger/accounts"]["post"]
-        assert _refs(operation["responses"]["200"]) == {"AccountOut"}
-        assert _refs(operation["responses"]["201"]) == {"AccountOut"}
+        assert _refs(operation["responses"]["200"]["content"]) == {"AccountOut"}
+        assert _refs(operation["responses"]["201"]["content"]) == {"AccountOut"}
 
     def test_a_transfer_replayed_and_a_held_adjustment_are_documented(self, client, anonymous_client):
         for account in ("acct_s14_a", "acct_s14_b"):
@@ -38,5 +38,5 @@ class TestTheWritesAnswersAreDocumented:
         assert replay.status_code == 200
         assert replay.json()["id"] == "tr_s14_replay"
         responses = anonymous_client.get("/openapi.json").json()["paths"]["/v1/ledger/transfers"]["post"]["responses"]
-        assert _refs(responses["200"]) == {"TransferOut", "BatchOut"}
-        assert _refs(responses["202"]) == {"ApprovalOut"}
+        assert _refs(responses["200"]["content"]) == {"TransferOut", "BatchOut"}
+        assert _refs(responses["202"]["content"]) == {"ApprovalOut"}
