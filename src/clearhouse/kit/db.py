@@ -853,7 +853,7 @@ def _driver_errors(session: Session, statement: str) -> Iterator[Any]:
 
 
 def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
-    """Insert many rows fast: ``COPY`` on PostgreSQL, multi-row ``INSERT``s on SQLite (``sqlite_insert_rows``).
+    """Insert many rows fast: ``COPY`` on PostgreSQL, multi-row ``INSERT``s on SQLite (``sqlite_values``).
 
     Values pass through each column type's bind processing, so the stored form is
     exactly what the ORM would have written.
@@ -870,21 +870,12 @@ def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: li
             for row in rows:
                 copy.write_row(row)
     else:
-        with _driver_errors(session, f"INSERT INTO {table.name}") as dbapi:
-            sqlite_insert_rows(dbapi, table.name, column_list, len(columns), rows)
+        statement = f"INSERT INTO {table.name} ({column_list}) VALUES"
+        with _driver_errors(session, statement) as dbapi:
+            sqlite_values(dbapi, statement + " {values}", len(columns), rows)
 
 
 SQLITE_ROWS_PER_STATEMENT = 1000
-
-
-def sqlite_insert_rows(dbapi: Any, table_name: str, column_list: str, width: int, rows: Sequence[tuple]) -> None:
-    """Insert rows of ``width`` values into an SQLite table (``sqlite_values``).
-
-    One statement per thousand rows opens the table's and its indexes' cursors once, not
-    once a row as ``executemany`` does: about 1.45 times ``executemany``'s rate on the
-    ledger's table (docs/benchmarks.md).
-    """
-    sqlite_values(dbapi, f"INSERT INTO {table_name} ({column_list}) VALUES {{values}}", width, rows)
 
 
 def sqlite_values(dbapi: Any, statement: str, width: int, rows: Sequence[tuple], leading: Sequence[Any] = ()) -> int:
@@ -894,8 +885,10 @@ def sqlite_values(dbapi: Any, statement: str, width: int, rows: Sequence[tuple],
     statement has before it (one value for every row: bound once a statement, not once a
     row). Returns the rows the statements changed.
 
-    Each statement succeeds or fails whole; the caller's transaction (or savepoint)
-    decides for the batch.
+    One statement per thousand rows opens the table's and its indexes' cursors once, not
+    once a row as ``executemany`` does: inserting into the ledger's table ran about 1.45
+    times ``executemany``'s rate (docs/benchmarks.md). Each statement succeeds or fails
+    whole; the caller's transaction (or savepoint) decides for the batch.
     """
     limit = dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - len(leading)
     per_statement = max(1, min(SQLITE_ROWS_PER_STATEMENT, limit // width))
