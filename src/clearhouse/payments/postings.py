@@ -13,9 +13,10 @@ from clearhouse.ledger.chart import account_for
 from clearhouse.ledger.service import CREDIT, DEBIT, EntryRequest, PostingRequest
 
 
-def _legs(session: Session, currency: str, legs: list[tuple[str, str, str, int, dict]]) -> list[PostingRequest]:
-    """The postings; a leg whose amount came out negative is written on the other side (a channel that
-    charges more than it collected: the clearing account is credited the difference)."""
+def leg_postings(session: Session, currency: str, legs: list[tuple[str, str, str, int, dict]]) -> list[PostingRequest]:
+    """The postings of (account name, type, direction, amount, opening flags) legs, accounts opened on first
+    use; a leg whose amount came out negative is written on the other side (a channel that charges more than it
+    collected: the clearing account is credited the difference), and a leg of 0 is left out."""
     return [
         PostingRequest(account_for(session, name, type_, currency, **flags),
                        direction if amount > 0 else (CREDIT if direction == DEBIT else DEBIT), abs(amount), currency)
@@ -26,6 +27,10 @@ def _legs(session: Session, currency: str, legs: list[tuple[str, str, str, int, 
 
 def clearing(channel: str) -> tuple[str, str]:
     return f"channel_clearing:{channel}", "asset"
+
+
+def channel_cost(channel: str) -> tuple[str, str]:
+    return f"channel_cost:{channel}", "expense"
 
 
 def wallet_account(session: Session, wallet_id: str, currency: str) -> str:
@@ -51,7 +56,7 @@ def payment_entry(session: Session, *, payment_id: str, merchant_id: str, channe
     else:
         legs = [
             (*clearing(channel), DEBIT, amount - cost, {}),
-            (f"channel_cost:{channel}", "expense", DEBIT, cost, {}),
+            (*channel_cost(channel), DEBIT, cost, {}),
         ]
     if top_up:
         assert wallet_id is not None
@@ -63,7 +68,7 @@ def payment_entry(session: Session, *, payment_id: str, merchant_id: str, channe
             ("fee_revenue", "revenue", CREDIT, fee, {}),
         ]
     return EntryRequest(
-        id=entry_id, postings=_legs(session, currency, legs), code="payment", reference=payment_id,
+        id=entry_id, postings=leg_postings(session, currency, legs), code="payment", reference=payment_id,
         metadata={"payment_id": payment_id, "merchant_id": merchant_id, "channel": channel},
         pending=pending,
     )
@@ -100,9 +105,9 @@ def refund_entry(session: Session, *, refund_id: str, payment_id: str, merchant_
     else:
         legs.append((*clearing(channel), CREDIT, amount - cost_back, {}))
         if cost_back:
-            legs.append((f"channel_cost:{channel}", "expense", CREDIT, cost_back, {}))
+            legs.append((*channel_cost(channel), CREDIT, cost_back, {}))
     return EntryRequest(
-        id=f"tr_{refund_id}", postings=_legs(session, currency, legs), code="refund", reference=refund_id,
+        id=f"tr_{refund_id}", postings=leg_postings(session, currency, legs), code="refund", reference=refund_id,
         metadata={"payment_id": payment_id, "refund_id": refund_id, "merchant_id": merchant_id, "channel": channel},
         pending=pending,
     )

@@ -60,7 +60,7 @@ statements = ReconStatement.__table__
 ACTIONS = ("accept", "adjust", "write_off")
 COUNTER_ACCOUNTS = {
     "suspense": lambda channel: ("suspense", "liability"),
-    "channel_cost": lambda channel: (f"channel_cost:{channel}", "expense"),
+    "channel_cost": postings.channel_cost,
     "losses:writeoff": lambda channel: ("losses:writeoff", "expense"),
 }
 APPROVAL_ACTION = "recon.resolve"

@@ -39,7 +39,6 @@ from clearhouse.kit import clock
 from clearhouse.kit.db import bulk_insert, transact
 from clearhouse.kit.ids import new_id, new_ids
 from clearhouse.ledger import service as ledger
-from clearhouse.ledger.chart import account_for
 from clearhouse.ledger.errors import LedgerError
 from clearhouse.payments import postings
 from clearhouse.reconciliation import sources
@@ -88,6 +87,9 @@ PAYOUT_ENTRY_PREFIX = "tr_rcb_"
 """A channel payout's entry id: ``tr_rcb_<reconciliation id>_<n>`` (reserved in ``ledger.schemas``)."""
 PAYOUT_CODE = "channel_payout"
 PAYOUTS_KEY = "payouts"
+PAYOUT_DIFFERENCE_ACCOUNT = postings.channel_cost
+"""Where a payout's pairs matched within a tolerance put what the bank booked beyond (or short of) what the
+channel owed: the channel's charge (``post_payouts``)."""
 """In a bank statement's run, beside a currency's clearing figures: the payout entries posted for it (read by the
 clearing report, not shown in the run)."""
 PAID_CLASSES = ("matched", "timing")
@@ -465,50 +467,78 @@ def mismatched_pairs(outcome: Any, *, with_ids: bool = False) -> pl.DataFrame:
                         *(["our_id"] if with_ids else []))
 
 
-def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series,
-               mismatched: pl.DataFrame | None = None) -> dict[tuple[str | None, str], tuple[int, int]]:
-    """Per (bank account, currency): the net of the ``paid`` lines (their amount less the fee they state, what the
-    bank booked) with our net of the ``mismatched`` pairs (``mismatched_pairs``: what the channel held for the
-    line it paid; the rest is the case's), and how many statement lines they are. Nets of 0 are left out: there is
-    nothing to post."""
-    found: dict[tuple[str | None, str], tuple[int, int]] = {}
+def paid_our_nets(outcome: Any) -> pl.DataFrame:
+    """``line_no`` and ``net``: our net (amount less the channel cost we booked: what ``channel_clearing:C`` holds
+    for it) of every succeeded line of ours a statement line pays as ``PAID_CLASSES``, against that line (a batch
+    credit's line for each line of ours it pays, a split's first line). A pair matched within a tolerance shows
+    here what the channel owed, where the statement's line shows what the bank booked."""
+    net = (pl.col("ours_amount") - pl.col("ours_fee").fill_null(0)).alias("net")
+    parts = [_paid_pairs(outcome).filter(pl.col("our_id").is_not_null())
+             .select(pl.col("line_no").cast(pl.Int64), net, "ours_status")]
+    if outcome.plain.count:
+        plain = outcome.plain
+        ours = plain.ours.select(net, "ours_status")[plain.our_rows]
+        parts.append(pl.concat([pl.DataFrame({"line_no": plain.theirs["line_no"].gather(plain.lines)})
+                               .cast(pl.Int64), ours], how="horizontal"))
+    return pl.concat(parts).filter(pl.col("ours_status") == "succeeded").select("line_no", "net")
+
+
+def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series, ours: pl.DataFrame,
+               mismatched: pl.DataFrame | None = None) -> dict[tuple[str | None, str], tuple[int, int, int]]:
+    """Per (bank account, currency): what the bank booked for the ``paid`` lines (their amount less the fee they
+    state), what they take from ``channel_clearing:C`` (our nets of the lines of ours they pay, ``ours``:
+    ``paid_our_nets``), and how many statement lines they are. The two differ only by the pairs matched within a
+    tolerance. The ``mismatched`` pairs (``mismatched_pairs``) count our net on both sides: what the channel held
+    for the line it paid; the rest is the case's. Accounts where both are 0 are left out: nothing to post."""
+    found: dict[tuple[str | None, str], tuple[int, int, int]] = {}
+    owed = ours.group_by("line_no").agg(pl.col("net").sum().alias("ours"))
     rows = lines.filter(pl.col("line_no").is_in(paid.implode()) & (pl.col("status") == "succeeded")).select(
-        "line_no", pl.lit(1, pl.Int64).alias("lines"), "currency",
-        LINE_NET.alias("net"))
+        pl.col("line_no").cast(pl.Int64), pl.lit(1, pl.Int64).alias("lines"), "currency",
+        LINE_NET.alias("net")).join(owed, on="line_no", how="left").with_columns(pl.col("ours").fill_null(0))
     if mismatched is not None and mismatched.height:
-        rows = pl.concat([rows, mismatched.select(rows.columns).cast(rows.schema)])
-    for line_no, lines_paid, currency, net in rows.iter_rows():
+        rows = pl.concat([rows, mismatched.with_columns(pl.col("net").alias("ours")).select(rows.columns)
+                         .cast(rows.schema)])
+    for line_no, lines_paid, currency, net, owed_net in rows.iter_rows():
         key = (meta.account_of(line_no, currency), currency)
-        total, count = found.get(key, (0, 0))
-        found[key] = (total + int(net), count + int(lines_paid))
-    return {key: figures for key, figures in found.items() if figures[0]}
+        banked, cleared, count = found.get(key, (0, 0, 0))
+        found[key] = (banked + int(net), cleared + int(owed_net), count + int(lines_paid))
+    return {key: figures for key, figures in found.items() if figures[0] or figures[1]}
 
 
 def post_payouts(session: Session, run_id: str, channel: str, fmt: str,
-                 payouts: dict[tuple[str | None, str], tuple[int, int]]) -> dict[str, list[dict[str, Any]]]:
-    """Recipe 4, the channel pays us: per bank account and currency, Dr ``bank:<account>``, Cr
-    ``channel_clearing:C`` for the net of the lines the statement paid (the reverse when they add up to money
-    going back). Entry ids ``tr_rcb_<run id>_<n>``, in (account, currency) order, so an entry is written once.
+                 payouts: dict[tuple[str | None, str], tuple[int, int, int]]) -> dict[str, list[dict[str, Any]]]:
+    """Recipe 4, the channel pays us: per bank account and currency, Dr ``bank:<account>`` what the bank booked,
+    Cr ``channel_clearing:C`` what the lines paid took from it (the reverse when they add up to money going back).
+    When pairs matched within a tolerance, the two differ: the difference is the channel's charge, Dr
+    ``channel_cost:C`` when the bank booked less, Cr when more, so the clearing account holds nothing of a line
+    that was paid. Entry ids ``tr_rcb_<run id>_<n>``, in (account, currency) order, so an entry is written once.
     A posting the ledger refuses (an account closed, or in another currency) refuses the whole import: the
     error says so, and the caller's transaction rolls back, leaving nothing of the import."""
     posted: dict[str, list[dict[str, Any]]] = {}
     ordered = sorted(payouts.items(), key=lambda item: (item[0][0] or "", item[0][1]))
-    for n, ((account, currency), (net, count)) in enumerate(ordered, 1):
+    clearing_name, clearing_type = postings.clearing(channel)
+    for n, ((account, currency), (banked, cleared, count)) in enumerate(ordered, 1):
         entry_id, bank_name = f"{PAYOUT_ENTRY_PREFIX}{run_id}_{n}", statement_account_name(fmt, account, channel)
-        clearing_name, clearing_type = postings.clearing(channel)
+        difference = banked - cleared
+        metadata = {"reconciliation_id": run_id, "channel": channel, "account": bank_name, "lines": count}
+        if difference:
+            metadata["tolerance_difference"] = difference
         try:
-            bank = account_for(session, bank_name, "asset", currency)
-            clearing = account_for(session, clearing_name, clearing_type, currency)
-            debit, credit = (bank, clearing) if net > 0 else (clearing, bank)
-            ledger.create_transfer(session, ledger.EntryRequest.transfer(
-                debit, credit, abs(net), currency, id=entry_id, code=PAYOUT_CODE, reference=run_id,
-                metadata={"reconciliation_id": run_id, "channel": channel, "account": bank_name, "lines": count}))
+            legs = postings.leg_postings(session, currency, [
+                (bank_name, "asset", ledger.DEBIT, banked, {}),
+                (clearing_name, clearing_type, ledger.CREDIT, cleared, {}),
+                (*PAYOUT_DIFFERENCE_ACCOUNT(channel), ledger.CREDIT, difference, {}),
+            ])
+            ledger.create_transfer(session, ledger.EntryRequest(
+                postings=legs, id=entry_id, code=PAYOUT_CODE, reference=run_id, metadata=metadata))
         except LedgerError as error:
             raise type(error)(f"the channel's payout of {count} statement line(s) in {currency} could not be posted "
                               f"from {clearing_name} to {bank_name}: {error.detail}; nothing was imported",
                               errors=error.errors, **error.extra) from None
-        posted.setdefault(currency, []).append({"entry_id": entry_id, "account": bank_name, "amount": net,
-                                                "lines": count})
+        payout = {"entry_id": entry_id, "account": bank_name, "amount": cleared, "lines": count}
+        if difference:
+            payout.update(booked=banked, tolerance_difference=difference)
+        posted.setdefault(currency, []).append(payout)
     return posted
 
 
@@ -551,7 +581,7 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     discrepancies = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched")), parsed.meta)
     clearing = clearing_of(parsed.lines, internal, period)
     # A channel's statement is its report, not money arriving: only a bank statement's paid lines post.
-    payouts = payouts_of(parsed.lines, parsed.meta, paid_lines(outcome),
+    payouts = payouts_of(parsed.lines, parsed.meta, paid_lines(outcome), paid_our_nets(outcome),
                          mismatched_pairs(outcome)) if fmt in BANK_FORMATS else {}
     paid_now = paid_ours(outcome) if fmt in BANK_FORMATS else []
     mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
