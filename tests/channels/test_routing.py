@@ -19,6 +19,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from clearhouse.audit.service import SYSTEM
@@ -278,6 +280,26 @@ class TestRollingWindow:
             assert (health.outcomes, health.success_rate, health.mean_latency_ms) == (1, 1.0, 300.0)
             frozen.tick(minutes=5)
             assert router.health("fake_card_a") == routing.Health(0, 0, None, None)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.booleans(), st.floats(0, 60_000, allow_nan=False), st.integers(0, 400)),
+                    max_size=450))
+    def test_the_running_sums_are_the_window_counted_again(self, steps):
+        """``health`` keeps sums as outcomes come and go; they equal a count of the outcomes in the window."""
+        stats = routing.ChannelStats(routing.ScorePolicy())
+        kept: list[tuple[datetime, bool, int]] = []
+        with clock.frozen(NOON) as frozen:
+            for succeeded, latency_ms, seconds in steps:
+                frozen.tick(seconds=seconds)
+                stats.add(succeeded, latency_ms)
+                kept = [*kept, (clock.now(), succeeded, round(latency_ms * 1000))][-200:]
+                horizon = clock.now() - timedelta(seconds=600)
+                kept = [outcome for outcome in kept if outcome[0] >= horizon]
+                health = stats.health()
+                assert health.outcomes == len(kept)
+                assert health.successes == sum(ok for _at, ok, _us in kept)
+                if kept:
+                    assert health.mean_latency_ms == sum(us for _at, _ok, us in kept) / 1000 / len(kept)
 
     def test_an_unknown_outcome_is_refused(self, router):
         with pytest.raises(routing.UnknownOutcome):

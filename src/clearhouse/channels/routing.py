@@ -416,23 +416,35 @@ class ChannelStats:
     def __init__(self, policy: ScorePolicy):
         self.policy = policy
         self._lock = threading.Lock()
-        self._outcomes: deque[tuple[datetime, bool, float]] = deque(maxlen=policy.window_outcomes)
+        self._outcomes: deque[tuple[datetime, bool, int]] = deque()
+        # Sums of what ``_outcomes`` holds, kept as outcomes come and go (``health`` is asked on every payment
+        # and must not walk the window); latencies in whole microseconds, so adding and removing is exact.
+        self._successes = 0
+        self._latency_us = 0
 
     def add(self, succeeded: bool, latency_ms: float) -> None:
+        latency_us = round(latency_ms * 1000)
         with self._lock:
-            self._outcomes.append((clock.now(), succeeded, latency_ms))
+            if len(self._outcomes) >= self.policy.window_outcomes:
+                self._drop()
+            self._outcomes.append((clock.now(), succeeded, latency_us))
+            self._successes += succeeded
+            self._latency_us += latency_us
+
+    def _drop(self) -> None:
+        _at, succeeded, latency_us = self._outcomes.popleft()
+        self._successes -= succeeded
+        self._latency_us -= latency_us
 
     def health(self) -> Health:
         with self._lock:
             horizon = clock.now() - timedelta(seconds=self.policy.window_seconds)
             while self._outcomes and self._outcomes[0][0] < horizon:
-                self._outcomes.popleft()
-            count = len(self._outcomes)
-            successes = sum(1 for _, ok, _ in self._outcomes if ok)
-            latency = sum(ms for _, _, ms in self._outcomes)
+                self._drop()
+            count, successes, latency_us = len(self._outcomes), self._successes, self._latency_us
         if count == 0:
             return Health(0, 0, None, None)
-        return Health(count, successes, successes / count, latency / count)
+        return Health(count, successes, successes / count, latency_us / 1000 / count)
 
 
 # --------------------------------------------------------------------------- the router

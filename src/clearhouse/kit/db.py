@@ -105,18 +105,10 @@ def make_engine(url: str, *, pool_size: int = 10, durable: bool = True, must_exi
             cursor.execute("PRAGMA cache_size=-131072")
             cursor.close()
 
-        @event.listens_for(engine, "begin")
-        def _on_begin(connection: Any) -> None:
-            dbapi_connection = connection.connection.dbapi_connection
-            try:
-                dbapi_connection.queue_for_writing()
-            except sqlite3.OperationalError as error:
-                raise OperationalError("BEGIN IMMEDIATE", None, error) from None
-            try:
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-            except BaseException:
-                dbapi_connection.leave_queue()
-                raise
+        # BEGIN IMMEDIATE as the dialect's own ``do_begin``, not a "begin" event listener: any
+        # connection event listener sends every statement through SQLAlchemy's event dispatch
+        # (about 8% of a card payment's CPU). An error here is wrapped as any DBAPI error is.
+        engine.dialect.do_begin = _begin_immediate  # type: ignore[method-assign]
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -129,6 +121,11 @@ def make_engine(url: str, *, pool_size: int = 10, durable: bool = True, must_exi
         event.listen(engine, "checkout", _refuse_closed_connection)
         return engine
     raise ValueError(f"unsupported database: {parsed.get_backend_name()} (use sqlite or postgresql)")
+
+
+def _begin_immediate(dbapi_connection: Any) -> None:
+    """``make_engine``'s SQLite transactions: queue for the database's writer lock, then ``BEGIN IMMEDIATE``."""
+    dbapi_connection.begin_write()
 
 
 BUSY_SECONDS = 60
