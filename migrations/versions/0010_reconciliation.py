@@ -10,7 +10,10 @@ from alembic import op
 
 from clearhouse.kit.models import sql_list
 from clearhouse.kit.types import UTCDateTime
-from clearhouse.reconciliation.models import CASE_STATES, DISCREPANCIES, RESOLUTIONS
+from clearhouse.reconciliation.models import CASE_STATES, DISCREPANCIES
+
+RESOLUTIONS = ("accept", "adjust", "write_off", "auto_timing", "rule")
+"""The resolutions of this revision (0019 adds ``auto_paid``): a migration describes its own schema, not today's."""
 
 revision = "0010_reconciliation"
 down_revision = "0009_orders"

@@ -42,7 +42,14 @@ from clearhouse.ledger import service as ledger
 from clearhouse.ledger.chart import account_for
 from clearhouse.payments import postings
 from clearhouse.reconciliation.errors import CaseNotFound, CaseStateConflict
-from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, ReconCaseEvent, Reconciliation, ReconStatement
+from clearhouse.reconciliation.models import (
+    OPEN_STATES,
+    ReconCase,
+    ReconCaseEvent,
+    Reconciliation,
+    ReconPaidLine,
+    ReconStatement,
+)
 from clearhouse.reconciliation.service import (
     ACCOUNT_EVENT,
     BANK_FORMATS,
@@ -56,6 +63,7 @@ case_events = ReconCaseEvent.__table__
 approval_table = Approval.__table__
 runs = Reconciliation.__table__
 statements = ReconStatement.__table__
+paid_lines = ReconPaidLine.__table__
 
 ACTIONS = ("accept", "adjust", "write_off")
 COUNTER_ACCOUNTS = {
@@ -217,15 +225,30 @@ def _statement_account(session: Session, row: Any) -> str:
     return statement_account_name(found.format, account, row.channel)
 
 
-def _check_resolvable(session: Session, row: Any, action: str, account: str) -> None:
+def _check_resolvable(session: Session, row: Any, action: str, account: str, *, approving: bool = False) -> None:
+    """``approving``: the resolution waiting for approval is the one being run, not another."""
     if row.state not in OPEN_STATES:
         raise CaseStateConflict(f"case {row.id} is {row.state}")
-    if row.approval_id is not None and _approval_pending(session, row.approval_id):
+    if not approving and row.approval_id is not None and _approval_pending(session, row.approval_id):
         raise CaseStateConflict(f"case {row.id} has a resolution waiting for approval ({row.approval_id})")
     if action not in ACTIONS:
         raise CaseStateConflict(f"unknown action {action}")
     if account not in COUNTER_ACCOUNTS:
         raise CaseStateConflict(f"unknown counter account {account}")
+    if action != "accept" and row.delta:
+        paid_by = _paid_by(session, row)
+        if paid_by is not None:
+            raise CaseStateConflict(f"case {row.id}: a bank statement paid its line {row.our_id} (reconciliation "
+                                    f"{paid_by}): nothing is missing from the channel's clearing account any more, "
+                                    "so only accept is possible")
+
+
+def _paid_by(session: Session, row: Any) -> str | None:
+    """The reconciliation whose bank statement paid the line of ours a case without a statement line is about
+    (``missing_in_statement``, a line-less ``timing``), or None."""
+    if row.line_no is not None or row.our_id is None:
+        return None
+    return session.scalar(select(paid_lines.c.reconciliation_id).where(paid_lines.c.our_id == row.our_id))
 
 
 Expired = list[tuple[str, dict[str, Any] | None]]
@@ -297,8 +320,7 @@ def resolve(session: Session, principal: Principal, actor: audit.Actor, case_id:
 def _apply_approved(session: Session, payload: dict[str, Any], checker: Principal) -> dict[str, Any]:
     """The approved resolution, exactly as held, in the approver's transaction."""
     row = _case(session, payload["case_id"], lock=True)
-    if row.state not in OPEN_STATES:
-        raise CaseStateConflict(f"case {row.id} is {row.state}")
+    _check_resolvable(session, row, payload["action"], payload["account"], approving=True)
     if row.delta != payload["delta"]:
         raise CaseStateConflict(f"case {row.id} changed since the resolution was asked for")
     # The checker resolves it, as for every approved action; the maker is the approval's (approval.request).
@@ -432,16 +454,58 @@ def supersede(session: Session, run_id: str, channel: str, statement_date: Any, 
                        f"with ledger entry {earlier_case[1]}")))
     for key, (case_id, entry_id) in sorted(posted.items(), key=lambda item: item[1][0]):
         if key not in repeated:
-            resolved.append((case_id, _reverse(session, case_id, entry_id, run_id, now)))
+            resolved.append((case_id, _reverse(
+                session, case_id, entry_id, run_id, now,
+                f"the re-issued statement of reconciliation {run_id} no longer reports this discrepancy")))
     return resolved
 
 
-def _reverse(session: Session, case_id: str, entry_id: str, run_id: str, now: datetime) -> dict[str, Any]:
-    """Reverse the entry a case of a replaced statement posted, its discrepancy gone from the re-issue (the
-    line is there now, or the amount right): the ledger is as before the adjustment, as the re-issue says it
-    should be. A new entry, never a change: ``<entry>_reversed``, posted once."""
+SETTLED_BY_PAYMENT = ("missing_in_statement", "timing")
+"""The cases about a line of ours the channel had not shown (no statement line of their own) that a bank
+statement paying the line answers (``settle_paid``)."""
+
+
+def settle_paid(session: Session, run_id: str, channel: str, paid_ids: set[str], now: datetime,
+                expired: Expired) -> Resolved:
+    """The cases of earlier statements of ``channel`` about lines of ours this bank statement pays now
+    (``paid_ids``) that said the channel had not shown them; returns them, for ``record_resolutions``.
+
+    - One still open is accepted, posting nothing: the line is not missing, its money arrived (a line-less
+      ``timing`` case is ``settle_timing``'s, which ran before).
+    - One resolved with an entry (adjusted or written off: our net moved out of ``channel_clearing:C``) has that
+      entry reversed, since this statement's payout takes the line's net out of the clearing account: without
+      the reversal it would leave twice, and the clearing account would hold less than the channel owes."""
+    if not paid_ids:
+        return []
+    reason = f"paid by the bank statement of reconciliation {run_id}"
+    reversed_already = exists().where(case_events.c.case_id == cases.c.id, case_events.c.type == REVERSED_EVENT)
+    resolved: Resolved = []
+    for row in session.execute(_select_cases().where(
+            cases.c.channel == channel, cases.c.reconciliation_id != run_id, cases.c.line_no.is_(None),
+            cases.c["class"].in_(SETTLED_BY_PAYMENT),
+            (cases.c.state.in_(OPEN_STATES) & (cases.c["class"] == "missing_in_statement"))
+            | (cases.c.ledger_entry_id.is_not(None) & ~reversed_already)).order_by(cases.c.id)).all():
+        if row.our_id not in paid_ids:
+            continue
+        if row.state not in OPEN_STATES:
+            resolved.append((row.id, _reverse(session, row.id, row.ledger_entry_id, run_id, now, reason)))
+            continue
+        # Read again under its lock, an approval waiting on it locked first (``approvals.decide``'s order).
+        if row.approval_id is not None:
+            approvals.lock(session, row.approval_id)
+        current = _case(session, row.id, lock=True)
+        if current.state in OPEN_STATES:
+            resolved.append((row.id, _apply(session, current, action="accept", resolution="auto_paid",
+                                            account="suspense", actor=SYSTEM_ACTOR, now=now, reason=reason,
+                                            expired=expired)))
+    return resolved
+
+
+def _reverse(session: Session, case_id: str, entry_id: str, run_id: str, now: datetime, reason: str) -> dict[str, Any]:
+    """Reverse the entry a case posted, its discrepancy gone (a re-issued statement no longer reports it, a bank
+    statement paid the line): the ledger is as before the adjustment. A new entry, never a change:
+    ``<entry>_reversed``, posted once."""
     original = ledger.get_transfer(session, entry_id)
-    reason = f"the re-issued statement of reconciliation {run_id} no longer reports this discrepancy"
     reversal = ledger.EntryRequest(
         postings=[ledger.PostingRequest(p["account_id"], ledger.CREDIT if p["direction"] == ledger.DEBIT
                                         else ledger.DEBIT, p["amount"], p["currency"]) for p in original["postings"]],

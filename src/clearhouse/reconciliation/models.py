@@ -25,7 +25,7 @@ CLASSES = ("matched", "missing_in_ledger", "missing_in_statement", "amount_misma
 DISCREPANCIES = CLASSES[1:]
 CASE_STATES = ("open", "investigating", "resolved", "written_off")
 OPEN_STATES = ("open", "investigating")
-RESOLUTIONS = ("accept", "adjust", "write_off", "auto_timing", "rule")
+RESOLUTIONS = ("accept", "adjust", "write_off", "auto_timing", "rule", "auto_paid")
 
 
 class ReconRules(Base):

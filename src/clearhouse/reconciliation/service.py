@@ -622,6 +622,8 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         resolved = [] if fmt in case_service.BANK_FORMATS else case_service.supersede(
             session, run_id, channel, statement_date, now, expired)
         resolved += case_service.settle_timing(session, run_id, channel, outcome.with_lines, now, expired)
+        resolved += case_service.settle_paid(session, run_id, channel, {our_id for our_id, _line in paid_now}, now,
+                                             expired)
         resolved += case_service.apply_rules(session, run_id, rules, now, approval_threshold, expired)
         case_service.record_resolutions(session, resolved, expired)
         audit.record(session, who, "recon.import", "reconciliation", run_id,
