@@ -26,7 +26,8 @@ AFTER = (*BEFORE, "auto_paid")
 def _allow(resolutions: tuple[str, ...]) -> None:
     with op.batch_alter_table("recon_cases") as batch:
         batch.drop_constraint(op.f("ck_recon_cases_resolution"), type_="check")
-        batch.create_check_constraint(op.f("ck_recon_cases_resolution"), f"resolution IS NULL OR resolution IN ({sql_list(resolutions)})")
+        batch.create_check_constraint(op.f("ck_recon_cases_resolution"),
+                                      f"resolution IS NULL OR resolution IN ({sql_list(resolutions)})")
 
 
 def upgrade() -> None:
