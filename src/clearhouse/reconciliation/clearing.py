@@ -10,7 +10,8 @@ lines move it (recipe 4, posted on import): a statement of the day imported a da
 
 A channel statement is the channel's whole day: when a day's statement is imported again (a
 corrected file), ``expected`` and ``reported`` are those of the latest import, not a sum over
-files; ``received`` adds up every bank statement of the day, and the cases of every run count.
+files; ``received`` adds up every bank statement of the day, and the cases of every run count. A day that only
+bank statements reconciled has no channel figures: ``expected`` is then read from our own lines of the day.
 
 The report is JSON, CSV, or HTML with an SVG bar chart (pygal).
 """
@@ -34,7 +35,8 @@ from clearhouse.ledger.errors import NotFound
 from clearhouse.payments import postings
 from clearhouse.reconciliation.cases import BANK_FORMATS
 from clearhouse.reconciliation.models import OPEN_STATES, ReconCase, Reconciliation, ReconStatement
-from clearhouse.reconciliation.service import PAYOUTS_KEY
+from clearhouse.reconciliation.rules import MatchRules
+from clearhouse.reconciliation.service import PAYOUTS_KEY, expected_of
 from clearhouse.reconciliation.sources import day_bounds
 
 runs = Reconciliation.__table__
@@ -79,6 +81,12 @@ def _payouts_of_other_days(session: Session, channel: str, currency: str, day: d
     return moved
 
 
+def _row(rows: dict[tuple[str, str], dict[str, Any]], channel: str, currency: str) -> dict[str, Any]:
+    return rows.setdefault((channel, currency), {
+        "channel": channel, "currency": currency, "expected": 0, "reported": 0, "received": 0,
+        "discrepancies": 0, "open_cases": 0, "reconciliations": []})
+
+
 def daily_report(session: Session, day: date, *, channel: str | None = None) -> dict[str, Any]:
     """Every channel reconciled on ``day`` (or one), one row per channel and currency."""
     query = (select(runs.c.id, runs.c.channel, runs.c.clearing_json, runs.c.rules_json,
@@ -104,9 +112,7 @@ def daily_report(session: Session, day: date, *, channel: str | None = None) -> 
     for run in day_runs:
         timezones[run.channel] = orjson.loads(run.rules_json).get("timezone", "UTC")
         for currency, figures in orjson.loads(run.clearing_json).items():
-            row = rows.setdefault((run.channel, currency), {
-                "channel": run.channel, "currency": currency, "expected": 0, "reported": 0, "received": 0,
-                "discrepancies": 0, "open_cases": 0, "reconciliations": []})
+            row = _row(rows, run.channel, currency)
             if run.format in BANK_FORMATS:
                 row["received"] += figures["reported"]  # each bank statement shows its own payments in
             elif run.id == latest[run.channel]:
@@ -115,6 +121,13 @@ def daily_report(session: Session, day: date, *, channel: str | None = None) -> 
             row["discrepancies"] += discrepancies
             row["open_cases"] += int(open_cases or 0)
             row["reconciliations"].append(run.id)
+    for chan in {run.channel for run in day_runs} - set(latest):
+        # Bank statements alone: they show what arrived, never what the channel owed for the day. That is read
+        # from our own lines of the day, under the time zone the day's latest import used.
+        rules = MatchRules.model_validate_json(next(run.rules_json for run in reversed(day_runs)
+                                                    if run.channel == chan))
+        for currency, expected in expected_of(session, chan, day, rules).items():
+            _row(rows, chan, currency)["expected"] = expected
     lines = []
     for (chan, currency), row in sorted(rows.items()):
         row["net_position"] = row["expected"] - row["received"]

@@ -422,10 +422,22 @@ def reported_of(lines: pl.DataFrame) -> dict[str, int]:
     return {currency: int(net) for currency, net in _reported_frame(lines).collect().iter_rows() if net}
 
 
+def _expected_frame(internal: pl.DataFrame, period: tuple[date, date]) -> pl.LazyFrame:
+    """Per currency, our net (amount - fee) of the succeeded lines of ours booked in ``period``."""
+    return (internal.lazy().filter((pl.col("status") == "succeeded") & pl.col("booked_on").is_between(*period))
+            .group_by("currency").agg((pl.col("amount") - pl.col("fee")).sum().alias("expected")))
+
+
+def expected_of(session: Session, channel: str, day: date, rules: Any) -> dict[str, int]:
+    """Per currency, what our ledger expects ``channel`` to hold for ``day``, read now: the clearing report's
+    ``expected`` on a day no channel statement reported (its bank statements alone say nothing of it)."""
+    ours = _expected_frame(load_internal(session, channel, (day, day), rules), (day, day)).collect()
+    return {currency: int(expected) for currency, expected in ours.iter_rows()}
+
+
 def clearing_of(lines: pl.DataFrame, internal: pl.DataFrame, period: tuple[date, date]) -> dict[str, dict[str, int]]:
     """Per currency: what our ledger expects the channel to hold for the period, what its statement says."""
-    ours = (internal.lazy().filter((pl.col("status") == "succeeded") & pl.col("booked_on").is_between(*period))
-            .group_by("currency").agg((pl.col("amount") - pl.col("fee")).sum().alias("expected")))
+    ours = _expected_frame(internal, period)
     theirs = _reported_frame(lines)
     both = ours.join(theirs, on="currency", how="full", coalesce=True).fill_null(0).sort("currency").collect()
     return {row["currency"]: {"expected": int(row["expected"]), "reported": int(row["reported"]),
