@@ -316,7 +316,11 @@ class TestRules:
 
     @pytest.mark.parametrize("bad", [{"date_window_days": -1}, {"timezone": "Mars/Olympus"},
                                      {"reference_similarity": 1.5}, {"amount_tolerance_percent": "-1"},
-                                     {"surprise": 1}, {"auto_resolve": [{"class": "matched", "reason": "x"}]}])
+                                     {"surprise": 1}, {"auto_resolve": [{"class": "matched", "reason": "x"}]},
+                                     {"amount_tolerance_percent": 0.1}, {"amount_tolerance_percent": "1e2"},
+                                     {"amount_tolerance_percent": " 1"},
+                                     {"auto_resolve": [{"class": "timing", "reason": "x",
+                                                        "max_difference_minor": 10**15 + 1}]}])
     def test_wrong_rules_are_refused(self, bad):
         with pytest.raises(ValidationError):
             MatchRules.model_validate(bad)
@@ -324,6 +328,7 @@ class TestRules:
     def test_the_percentage_is_a_decimal(self):
         assert MatchRules(amount_tolerance_percent="0.1").amount_tolerance_percent == Decimal("0.1")
         assert MatchRules(amount_tolerance_percent="0.1").amount_tolerance(25_000) == 25
+        assert MatchRules.model_validate({"amount_tolerance_percent": 2}).amount_tolerance_percent == Decimal(2)
 
     def test_auto_resolution_picks_the_first_rule_that_fits(self):
         rounding = AutoResolveRule.model_validate({"class": "fee_mismatch", "max_difference_minor": 1,

@@ -123,9 +123,9 @@ def daily_report(session: Session, day: date, *, channel: str | None = None) -> 
             row["reconciliations"].append(run.id)
     for chan in {run.channel for run in day_runs} - set(latest):
         # Bank statements alone: they show what arrived, never what the channel owed for the day. That is read
-        # from our own lines of the day, under the time zone the day's latest import used.
-        rules = MatchRules.model_validate_json(next(run.rules_json for run in reversed(day_runs)
-                                                    if run.channel == chan))
+        # from our own lines of the day, under the time zone the day's latest import used (only the day itself:
+        # no window around it).
+        rules = MatchRules(timezone=timezones[chan], date_window_days=0, batch_window_days=0)
         for currency, expected in expected_of(session, chan, day, rules).items():
             _row(rows, chan, currency)["expected"] = expected
     lines = []

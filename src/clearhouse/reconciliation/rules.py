@@ -8,6 +8,7 @@ docs/reconciliation.md ("Rules, per channel"); ``matching.match`` reads them.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Literal
 
@@ -25,6 +26,8 @@ nothing more to a person; and the engine adds it to our amounts in 64-bit intege
 MAX_WINDOW_DAYS = 31
 """The widest ``date_window_days`` and ``batch_window_days``: lines are paired at most this many days apart."""
 
+_PERCENT = re.compile(r"[0-9]{1,3}(\.[0-9]{1,4})?")
+
 _MODEL = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
                     serialize_by_alias=True)
 
@@ -40,7 +43,7 @@ class AutoResolveRule(BaseModel):
     model_config = _MODEL
 
     class_: Literal[DISCREPANCY_CLASSES] = Field(alias="class")  # type: ignore[valid-type]
-    max_difference_minor: int | None = Field(default=None, ge=0)
+    max_difference_minor: int | None = Field(default=None, ge=0, le=MAX_TOLERANCE_MINOR)
     action: Literal["accept", "adjust", "write_off"] = "accept"
     account: Literal["suspense", "channel_cost"] = "suspense"
     reason: str = Field(min_length=1, max_length=200)
@@ -80,6 +83,19 @@ class MatchRules(BaseModel):
     @classmethod
     def _known_timezone(cls, value: str) -> str:
         return clock.known_zone(value)
+
+    @field_validator("amount_tolerance_percent", mode="before")
+    @classmethod
+    def _written_exactly(cls, value: object) -> object:
+        """The percentage as written: a string of digits with an optional fraction (``"0.1"``) or an integer. A
+        JSON number with a fraction arrives as a float, whose value is not the one written (0.1 is not
+        one tenth), and an exponent (``"1e2"``) is no way to write a percentage."""
+        if isinstance(value, float):
+            raise ValueError('give the percentage as a string of its digits, such as "0.1", not a JSON number '
+                             "with a fraction (a float)")
+        if isinstance(value, str) and not _PERCENT.fullmatch(value):
+            raise ValueError('the percentage is digits with an optional fraction, such as "0.1"')
+        return value
 
     def amount_tolerance(self, ours: int) -> int:
         """The amount tolerance around ``ours`` in whole minor units: the larger of the absolute and the
