@@ -284,8 +284,11 @@ def _short_rows(path: Path, mapping: CsvMapping, header_line: int, width: int) -
     first_short = data.filter((fields != width) & ~blank).select(
         pl.col("__line").first().cast(pl.Int64).alias("line"), fields.first().alias("fields"))
     # Any quote anywhere: the lines inside a quoted field spanning three or more lines hold none, so
-    # the short line itself cannot tell; the Python reader then decides for the whole file.
-    return pl.concat([first_short, data.select(has_quote.any().alias("quoted"))], how="horizontal")
+    # the short line itself cannot tell; the Python reader then decides for the whole file. So it does for a
+    # carriage return on its own (``cr``): Polars would keep it in an unquoted field, which CSV refuses.
+    lone_cr = line.str.contains("\r", literal=True)  # ``scan_lines`` ends a line at LF and at CR LF
+    return pl.concat([first_short, data.select(has_quote.any().alias("quoted"), lone_cr.any().alias("cr"))],
+                     how="horizontal")
 
 
 def _decode(content: bytes, encoding: str) -> str:
@@ -321,6 +324,22 @@ def _physical_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
+def _lone_carriage_return(kept: list[tuple[int, str]], quote_char: str | None) -> int | None:
+    """The first kept line with a ``\r`` outside a quoted field (the ``csv`` module would keep one in the middle
+    of an unquoted field, or fail with a message about opening files), or None. Quotes are followed across
+    lines, as a quoted field may span them."""
+    quoted = False
+    for number, raw in kept:
+        if "\r" not in raw and not (quote_char and quote_char in raw):
+            continue  # nothing here changes whether the next line starts inside quotes
+        for char in raw:
+            if char == quote_char:
+                quoted = not quoted
+            elif char == "\r" and not quoted:
+                return number
+    return None
+
+
 def _read_exotic(path: Path, mapping: CsvMapping) -> tuple[pl.DataFrame, int, dict[str, str]]:
     """Decode and split in Python (small channel bills): comment lines, preamble, footer, backticks."""
     content = path.read_bytes()
@@ -345,6 +364,10 @@ def _read_exotic(path: Path, mapping: CsvMapping) -> tuple[pl.DataFrame, int, di
         kept.append((number, raw))
     if not kept:
         raise StatementInvalid("the file has no header row", line=max(len(physical), 1))
+    stray = _lone_carriage_return(kept, mapping.quote_char)
+    if stray is not None:
+        raise StatementInvalid("a carriage return (\\r) outside a quoted field: lines end with a line feed "
+                               "(or CR LF), and a carriage return on its own is text only inside quotes", line=stray)
     quoting = csv.QUOTE_MINIMAL if mapping.quote_char else csv.QUOTE_NONE
     reader = csv.reader(io.StringIO("\n".join(raw for _, raw in kept)), delimiter=mapping.delimiter,
                         quotechar=mapping.quote_char or '"', quoting=quoting, strict=True)
@@ -513,7 +536,7 @@ def parse_csv(path: Path, mapping: CsvMapping, *,
         if plain:
             lines, counted = pl.collect_all([converted, _short_rows(path, mapping, header_line, len(header))])
             short = counted.row(0, named=True)
-            reread = short["line"] is not None and bool(short["quoted"])
+            reread = (short["line"] is not None and bool(short["quoted"])) or bool(short["cr"])
         else:
             lines = converted.collect()
     except pl.exceptions.ComputeError:
