@@ -205,9 +205,11 @@ class TestAdjustingEntries:
         assert resolved["resolution_reason"] == decision["reason"]
         ledger_verifies(app)
 
-    def test_an_unexplained_bank_credit_goes_from_the_bank_account_to_suspense(self, app, client):
-        """accounting.md recipe 9: Dr bank:B, Cr suspense; a bank statement's account is the bank's, not a
-        channel's clearing account."""
+    def test_an_unexplained_bank_credit_is_in_suspense_from_its_import_and_leaves_it_when_resolved(self, app,
+                                                                                                   client):
+        """accounting.md recipe 9: Dr bank:B, Cr suspense when reconciliation finds it (the import: a bank
+        statement's account is the bank's, not a channel's clearing account); resolving it moves it from
+        suspense to the right account, a write-off to losses:writeoff. Settled to suspense, it is there already."""
         app.state.settings = app.state.settings.model_copy(update={"recon_approval_threshold": 1_000_000})
         run = _upload(client, MT940.read_bytes(), fmt="mt940", channel=BANK, name="statement.sta")
         assert run.status_code == 201, run.text
@@ -215,14 +217,30 @@ class TestAdjustingEntries:
                            params={"class": "missing_in_ledger"}).json()["data"]
         (credit_100,) = [c for c in found if c["our_ref"] == "att_1"]  # C100,00 for att_1: MT940 states no fee
         assert credit_100["delta"] == 10_000
+        payout = client.get(f"/v1/ledger/transfers/tr_rcb_{run.json()['id']}_1")
+        assert payout.status_code == 200, payout.text
+        legs = {client.get(f"/v1/ledger/accounts/{leg['account_id']}").json()["code"]: (leg["direction"], leg["amount"])
+                for leg in payout.json()["postings"]}
+        unexplained = sum(c["delta"] for c in client.get(
+            f"/v1/reconciliations/{run.json()['id']}/cases").json()["data"] if c["line_no"] is not None)
+        assert legs == {f"bank:{IBAN}": ("debit", unexplained), "suspense": ("credit", unexplained)}
+        assert payout.json()["metadata"]["unexplained"] == unexplained
+
         reason = "a transfer for an order we cannot find; held until the customer is known"
         answer = client.post(f"/v1/recon_cases/{credit_100['id']}/resolve", json={"action": "adjust",
                                                                                   "reason": reason})
         assert answer.status_code == 200, answer.text
+        assert answer.json()["ledger_entry_id"] is None  # in suspense since the import
+
+        (other,) = [c for c in found if c["id"] != credit_100["id"] and c["delta"] > 0][:1]
+        reason = "the bank's own interest: ours to keep"
+        answer = client.post(f"/v1/recon_cases/{other['id']}/resolve", json={"action": "write_off",
+                                                                              "reason": reason})
+        assert answer.status_code == 200, answer.text
         entry = _entry(client, answer.json())
         assert (entry["debit"], entry["credit"], entry["amount"], entry["currency"]) == (
-            f"bank:{IBAN}", "suspense", 10_000, "EUR")
-        assert entry["metadata"] == _expected_metadata(credit_100, "adjust", reason, channel=BANK)
+            "suspense", "losses:writeoff", other["delta"], "EUR")
+        assert entry["metadata"] == _expected_metadata(other, "write_off", reason, channel=BANK)
         ledger_verifies(app)
 
     def test_a_rules_adjustment_carries_the_rules_reason(self, app, client, card_day):

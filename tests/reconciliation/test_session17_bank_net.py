@@ -158,16 +158,18 @@ class TestABankCreditOfAnotherAmount:
             credit, None, 10_000, 38)
         assert "our net 99.62" in case["detail"], case["detail"]
 
-        # The channel paid the sale: our net leaves clearing with the matched line's, nothing is in flight.
-        assert (_posted(client, CLEARING), _posted(client, BANK_ACCOUNT)) == (0, _net(sale) + _net(other))
-        assert _payout(client, run["id"]).json()["metadata"]["lines"] == 2
-
-        resolved = _adjust(client, case["id"])
-        assert resolved["state"] == "resolved" and resolved["ledger_entry_id"] == f"tr_{case['id']}", resolved
-        # Recipe 9: the delta between the bank and suspense; the bank now holds what the statement says.
+        # The channel paid the sale: our net leaves clearing with the matched line's, nothing is in flight. The
+        # bank holds what the statement says, and the case's delta waits in suspense (recipe 9, on import).
         assert (_posted(client, CLEARING), _posted(client, BANK_ACCOUNT), _posted(client, "suspense")) == (
             0, credit + _net(other), delta)
-        assert client.get(f"/v1/ledger/transfers/tr_{case['id']}").json()["amount"] == abs(delta)
+        assert _payout(client, run["id"]).json()["metadata"] == {
+            "reconciliation_id": run["id"], "channel": CHANNEL, "account": BANK_ACCOUNT, "lines": 2,
+            "unexplained": delta}
+
+        resolved = _adjust(client, case["id"])  # to suspense, where it is: nothing to post
+        assert resolved["state"] == "resolved" and resolved["ledger_entry_id"] is None, resolved
+        assert (_posted(client, CLEARING), _posted(client, BANK_ACCOUNT), _posted(client, "suspense")) == (
+            0, credit + _net(other), delta)
         assert _clearing_row(client)["clearing_balance"] == 0
         _verified(app, client)
 
@@ -231,12 +233,12 @@ class TestARefundsBankDebit:
         assert class_counts(run) == {"matched": 1, "amount_mismatch": 1}, run
         (case,) = cases_of(client, run["id"])
         assert (case["our_id"], case["delta"], case["difference"]) == (refund["id"], -17, -17)
-        assert (_posted(client, clearing), _posted(client, BANK_ACCOUNT)) == (0, 9_945 - 2_983)
-        _adjust(client, case["id"])
-        assert _case(client, case["id"])["state"] == "resolved"
-        # Dr suspense 0.17, Cr bank 0.17: the bank holds 99.45 - 30.00, as its statement says.
+        # Dr suspense 0.17, Cr bank 0.17 on import: the bank holds 99.45 - 30.00, as its statement says.
         assert (_posted(client, clearing), _posted(client, BANK_ACCOUNT), _posted(client, "suspense")) == (
             0, 9_945 - 3_000, -17)
+        _adjust(client, case["id"], account="channel_cost")  # the channel gave back none of its fee
+        assert _case(client, case["id"])["state"] == "resolved"
+        assert (_posted(client, BANK_ACCOUNT), _posted(client, "suspense")) == (9_945 - 3_000, 0)
         _verified(app, client)
 
 

@@ -9,7 +9,7 @@ them (single credits, and one credit for several of them: pass 3) moves what it 
 1. the clearing account drops by exactly what the statement paid, the bank account rises by it, the daily clearing
    report's ``clearing_balance`` shows it, and the ledger verifies;
 2. a bank line paired with ours on another day (``timing``) is money that arrived too;
-3. an unexplained bank credit posts nothing until its case is adjusted (recipe 9), and a channel's CSV posts nothing;
+3. an unexplained bank credit waits in suspense from its import (recipe 9), and a channel's CSV posts nothing;
 4. a posting the ledger refuses (an account in another currency, a closed one) refuses the whole import, with a
    problem+json answer and nothing written;
 5. a client cannot take a payout's id first.
@@ -170,24 +170,29 @@ class TestABankLinePairedOnAnotherDay:
 
 
 class TestWhatPostsNoPayout:
-    def test_an_unexplained_bank_credit_posts_nothing_until_its_case_is_adjusted(self, app, client, sales):
+    def test_an_unexplained_bank_credit_waits_in_suspense_from_its_import(self, app, client, sales):
+        """Recipe 9 (session 19): the stray credit is the bank's money, posted on import to suspense beside the
+        payout, never to the channel's clearing account; settling its case to suspense then posts nothing."""
         app.state.settings = app.state.settings.model_copy(update={"recon_approval_threshold": 1_000_000})
         before = _posted(client, CLEARING)
         paid = _net(sales[0])
         run = _import(client, _camt([_charged(sales[0]), camt_entry("50.00", "STRAY-17", currency="CNY")],
                                     paid + 5_000))
         assert class_counts(run) == {"matched": 1, "missing_in_ledger": 1, "missing_in_statement": 3}, run
-        assert _payout(client, run["id"]).json()["amount"] == paid  # the stray 50.00 is not the channel's payout
-        assert (_posted(client, CLEARING), _posted(client, BANK_ACCOUNT)) == (before - paid, paid)
+        metadata = _payout(client, run["id"]).json()["metadata"]
+        assert (metadata["lines"], metadata["unexplained"]) == (1, 5_000)  # the stray 50.00 is not the channel's
+        assert (_posted(client, CLEARING), _posted(client, BANK_ACCOUNT), _posted(client, "suspense")) == (
+            before - paid, paid + 5_000, 5_000)
         assert _clearing_row(client)["clearing_balance"] == before - paid
 
         (stray,) = [case for case in cases_of(client, run["id"]) if case["class"] == "missing_in_ledger"]
         resolved = client.post(f"/v1/recon_cases/{stray['id']}/resolve",
                                json={"action": "adjust", "reason": "unexplained credit"})
         assert resolved.status_code == 200, resolved.text
+        assert resolved.json()["ledger_entry_id"] is None
         assert (_posted(client, CLEARING), _posted(client, BANK_ACCOUNT), _posted(client, "suspense")) == (
-            before - paid, paid + 5_000, 5_000)  # recipe 9: Dr bank, Cr suspense
-        assert _entries_of(client, BANK_ACCOUNT) == sorted([f"tr_rcb_{run['id']}_1", f"tr_{stray['id']}"])
+            before - paid, paid + 5_000, 5_000)
+        assert _entries_of(client, BANK_ACCOUNT) == [f"tr_rcb_{run['id']}_1"]
         ledger_verifies(app)
 
     def test_a_channel_csv_statement_posts_nothing_and_the_bank_statement_after_it_posts_once(self, app, client,

@@ -40,23 +40,28 @@ def test_a_second_statement_carrying_a_paid_line_does_not_pay_it_again(app, clie
     assert class_counts(second) == {"matched": 1, "duplicate": 1}, second
     (repeat,) = cases_of(client, second["id"])
     assert (repeat["class"], repeat["our_id"]) == ("duplicate", sale.id)
-    # Only the other sale's money moved: clearing is empty, not below zero.
-    assert _paid(app, client) == (0, _net(sale) + _net(other))
-    assert _payout(client, second["id"]).json()["amount"] == _net(other)
+    # Only the other sale's money left clearing: it is empty, not below zero. The repeated credit is the bank's
+    # money all the same, waiting in suspense for its case (recipe 9, on import: session 19).
+    assert _paid(app, client) == (0, 2 * _net(sale) + _net(other))
+    assert _posted(client, "suspense") == _net(sale)
+    metadata = _payout(client, second["id"]).json()["metadata"]
+    assert (metadata["lines"], metadata["unexplained"]) == (1, _net(sale))
 
 
 def test_a_mismatched_pair_paid_once_is_not_paid_again(app, client, sales):  # noqa: F811
     sale, other = sales
     first = _mt940_import(client, [(sale.amount, _eref(sale.reference))])  # gross: our net posted, a 0.38 case
     assert class_counts(first)["amount_mismatch"] == 1
-    assert _paid(app, client) == (_net(other), _net(sale))
+    assert _paid(app, client) == (_net(other), sale.amount)  # our net from clearing, the 0.38 from suspense
     text = _mt940([(_net(sale), _eref(sale.reference))], opening=300_000, number="01719")
     answer = client.post("/v1/reconciliations", files={"file": ("bank3.sta", text)},
                          data={"channel": "sandbox_card", "format": "mt940", "statement_date": "2026-11-23"})
     assert answer.status_code == 201, answer.text
     assert class_counts(answer.json()).get("duplicate") == 1, answer.json()
-    assert _paid(app, client) == (_net(other), _net(sale))
-    assert _payout(client, answer.json()["id"]).status_code == 404
+    assert _paid(app, client) == (_net(other), sale.amount + _net(sale))  # clearing paid once
+    assert _posted(client, "suspense") == sale.channel_cost + _net(sale)  # the first 0.38, the repeat
+    metadata = _payout(client, answer.json()["id"]).json()["metadata"]
+    assert (metadata["lines"], metadata["unexplained"]) == (0, _net(sale))
 
 
 def test_a_settlement_credit_does_not_pay_a_line_paid_already(app, client, sales):  # noqa: F811
@@ -69,8 +74,10 @@ def test_a_settlement_credit_does_not_pay_a_line_paid_already(app, client, sales
                            f"C261123CNY{closing // 100},{closing % 100:02d}")
     run = _import(client, text.encode(), fmt="mt940", name="bank4.sta")
     assert class_counts(run).get("matched", 0) == 0, run  # the credit pays more than the unpaid sale
-    assert _paid(app, client) == (_net(other), _net(sale))
-    assert _payout(client, run["id"]).status_code == 404
+    assert _paid(app, client) == (_net(other), _net(sale) + whole_day)  # the credit waits in suspense
+    assert _posted(client, "suspense") == whole_day
+    metadata = _payout(client, run["id"]).json()["metadata"]
+    assert (metadata["lines"], metadata["unexplained"]) == (0, whole_day)
 
 
 def test_a_camt053_written_on_one_line_pays_only_its_paired_entries(app, client, sales):  # noqa: F811
@@ -87,7 +94,8 @@ def test_a_camt053_written_on_one_line_pays_only_its_paired_entries(app, client,
     assert class_counts(run) == {"matched": 1, "missing_in_ledger": 1, "missing_in_statement": 1}, run
     numbers = [case["line_no"] for case in cases_of(client, run["id"]) if case["line_no"] is not None]
     assert len(numbers) == 1 and numbers[0] > 1  # the unpaired credit has a number of its own
-    assert _paid(app, client) == (_net(other), _net(sale))  # the 5.00 for nobody waits for its case
+    assert _paid(app, client) == (_net(other), _net(sale) + 500)  # the 5.00 for nobody: the bank's money...
+    assert _posted(client, "suspense") == 500  # ...waiting for its case
 
 
 def test_adjusting_a_line_the_bank_statement_lacks_moves_clearing_not_the_bank(app, client, sales):  # noqa: F811

@@ -47,7 +47,7 @@ def _legs(client: Any, entry_id: str) -> dict[str, tuple[str, int]]:
     """An entry's postings by account name: (direction, amount)."""
     answer = client.get(f"/v1/ledger/transfers/{entry_id}")
     assert answer.status_code == 200, answer.text
-    names = {account_id(name, "CNY"): name for name in (BANK_ACCOUNT, CLEARING, COST)}
+    names = {account_id(name, "CNY"): name for name in (BANK_ACCOUNT, CLEARING, COST, "suspense")}
     return {names[leg["account_id"]]: (leg["direction"], leg["amount"]) for leg in answer.json()["postings"]}
 
 
@@ -98,13 +98,13 @@ class TestPairsMatchedWithinATolerance:
         assert _posted(client, CLEARING) == sum(_net(row) for row in sales[1:])
         ledger_verifies(app)
 
-    def test_beyond_the_tolerance_it_is_a_case_and_the_payout_stays_a_plain_transfer(self, app, client, sales):
+    def test_beyond_the_tolerance_it_is_a_case_and_its_delta_waits_in_suspense(self, app, client, sales):
         cost_before = _posted(client, COST)
         run = _import(client, _camt([_booked(sales[0], _net(sales[0]) - 6)], _net(sales[0]) - 6))
         assert class_counts(run)["amount_mismatch"] == 1, run
         payout = _payout(client, run["id"]).json()
-        assert "tolerance_difference" not in payout["metadata"]
-        assert _legs(client, payout["id"]) == {BANK_ACCOUNT: ("debit", _net(sales[0])),
-                                               CLEARING: ("credit", _net(sales[0]))}
-        assert _posted(client, COST) == cost_before  # the case's adjustment decides where the 6 go
+        assert "tolerance_difference" not in payout["metadata"] and payout["metadata"]["unexplained"] == -6
+        assert _legs(client, payout["id"]) == {BANK_ACCOUNT: ("debit", _net(sales[0]) - 6),
+                                               CLEARING: ("credit", _net(sales[0])), "suspense": ("debit", 6)}
+        assert _posted(client, COST) == cost_before  # the case's resolution decides where the 6 go
         ledger_verifies(app)

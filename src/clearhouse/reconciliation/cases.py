@@ -4,8 +4,9 @@ A case moves ``open`` -> ``investigating`` (someone took it) -> ``resolved`` or 
 the last two are final. Resolving may post one adjusting ledger entry (docs/accounting.md,
 recipe 9) between the channel's clearing account and a counter-account, for the case's
 ``delta`` (what the channel holds for us by its statement minus by our ledger). The
-statement's side is ``channel_clearing:C`` for a channel's statement and ``bank:<account>`` for
-a bank statement (MT940, camt.053: the account the channel pays into, imported under C):
+statement's side is ``channel_clearing:C`` for a channel's statement; a bank statement's line
+(MT940, camt.053, imported under C) brought its money to ``bank:<account>`` on import, its delta
+to ``suspense`` (``_statement_account``), and its resolution moves it on from there:
 
 - ``accept``: the difference is explained and needs no entry (a timing case, a known quirk);
 - ``adjust``: Dr ``channel_clearing:C`` / Cr ``suspense`` for a surplus (the reverse for a
@@ -53,7 +54,9 @@ from clearhouse.reconciliation.models import (
 from clearhouse.reconciliation.service import (
     ACCOUNT_EVENT,
     BANK_FORMATS,
+    SUSPENSE_KEY,
     SYSTEM,
+    UNEXPLAINED_ACCOUNT,
     new_event,
     statement_account_name,
 )
@@ -67,7 +70,7 @@ paid_lines = ReconPaidLine.__table__
 
 ACTIONS = ("accept", "adjust", "write_off")
 COUNTER_ACCOUNTS = {
-    "suspense": lambda channel: ("suspense", "liability"),
+    "suspense": lambda channel: UNEXPLAINED_ACCOUNT,
     "channel_cost": postings.channel_cost,
     "losses:writeoff": lambda channel: ("losses:writeoff", "expense"),
 }
@@ -186,16 +189,26 @@ def comment(session: Session, actor: audit.Actor, case_id: str, body: str) -> di
 # -- resolution ----------------------------------------------------------------------------------------------------
 
 
+def _sides(session: Session, row: Any, action: str, account: str) -> tuple[tuple[str, str], tuple[str, str]] | None:
+    """The (name, type) of the two accounts a resolution's entry moves the case's delta between: the statement's
+    side (``_statement_account``) and the counter-account; None when it posts nothing (an ``accept``, a delta of
+    0, or a bank line's case settled to ``suspense``, where its import put the money already)."""
+    if action == "accept" or row.delta == 0:
+        return None
+    counter = COUNTER_ACCOUNTS["losses:writeoff" if action == "write_off" else account](row.channel)
+    side = _statement_account(session, row)
+    return None if side == counter else (side, counter)
+
+
 def _entry(session: Session, row: Any, action: str, account: str, reason: str) -> ledger.EntryRequest | None:
     """The adjusting entry of a resolution, or None when nothing is to be posted; it carries the resolution's
     reason, so the ledger says why the money moved without a look at the case."""
-    if action == "accept" or row.delta == 0:
+    sides = _sides(session, row, action, account)
+    if sides is None:
         return None
-    counter_name = "losses:writeoff" if action == "write_off" else account
-    counter = COUNTER_ACCOUNTS[counter_name](row.channel)
-    clearing = account_for(session, _statement_account(session, row), "asset", row.currency)
-    other = account_for(session, counter[0], counter[1], row.currency)
-    debit, credit = (clearing, other) if row.delta > 0 else (other, clearing)
+    statement_side = account_for(session, *sides[0], row.currency)
+    other = account_for(session, *sides[1], row.currency)
+    debit, credit = (statement_side, other) if row.delta > 0 else (other, statement_side)
     return ledger.EntryRequest.transfer(
         debit, credit, abs(row.delta), row.currency, id=f"tr_{row.id}", code="recon_adjustment", reference=row.id,
         metadata={"case_id": row.id, "class": row.class_, "action": action, "channel": row.channel,
@@ -208,21 +221,26 @@ def _approval_pending(session: Session, approval_id: str) -> bool:
     return row is not None and approvals.status_of(row) == "pending"
 
 
-def _statement_account(session: Session, row: Any) -> str:
-    """Whose money the case is about: the bank account's (MT940, camt.053: ``bank:<account>``) or the
-    channel's clearing account. In a file with statements of several accounts, a case on another account
-    than the file's first says which in its ``account`` event (``service.save_cases``). A bank statement's
-    case without a line of its own (one of ours it does not carry) is about money that never reached the bank:
-    it is still the channel's, in ``channel_clearing:C``, and the adjustment moves it from there."""
-    found = session.execute(select(statements.c.format, statements.c.account)
+def _statement_account(session: Session, row: Any) -> tuple[str, str]:
+    """Where the case's money is, as (name, type): the channel's clearing account for a channel's statement and
+    for a bank statement's case without a line of its own (one of ours the bank has not received: still the
+    channel's, the adjustment moves it from there). A bank statement's line is on its bank account, and its
+    import posted what paired with none of ours to ``suspense`` (recipe 9): resolving moves it from there. A
+    bank statement imported before that (its run has no ``SUSPENSE_KEY``) posted nothing of it: resolving
+    moves the delta from the bank account, ``bank:<account>``. In a file with statements of several accounts,
+    a case on another account than the file's first says which in its ``account`` event
+    (``service.save_cases``)."""
+    found = session.execute(select(statements.c.format, statements.c.account, runs.c.clearing_json)
                             .join(runs, runs.c.statement_id == statements.c.id)
                             .where(runs.c.id == row.reconciliation_id)).one()
     if found.format not in BANK_FORMATS or row.line_no is None:
-        return postings.clearing(row.channel)[0]
+        return postings.clearing(row.channel)
+    if SUSPENSE_KEY in orjson.loads(found.clearing_json).get(row.currency, {}):
+        return UNEXPLAINED_ACCOUNT
     own = session.execute(select(case_events.c.detail_json).where(
         case_events.c.case_id == row.id, case_events.c.type == ACCOUNT_EVENT)).first()
     account = orjson.loads(own.detail_json)["account"] if own is not None else found.account
-    return statement_account_name(found.format, account, row.channel)
+    return statement_account_name(found.format, account, row.channel), "asset"
 
 
 def _check_resolvable(session: Session, row: Any, action: str, account: str, *, approving: bool = False) -> None:
@@ -296,7 +314,7 @@ def resolve(session: Session, principal: Principal, actor: audit.Actor, case_id:
     """Resolve now, or hold it for a second person when its entry exceeds ``threshold``; (view, held)."""
     row = _case(session, case_id, lock=True)
     _check_resolvable(session, row, action, account)
-    if _needs_second_person(action, row.delta, threshold):
+    if _needs_second_person(action, row.delta, threshold) and _sides(session, row, action, account) is not None:
         approval = approvals.hold(
             session, principal, action=APPROVAL_ACTION,
             payload={"case_id": case_id, "action": action, "reason": reason, "account": account,
@@ -551,7 +569,9 @@ def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, thresh
                           detail={"action": beyond.action, "reason": beyond.reason, "delta": row.delta,
                                   "max_difference_minor": beyond.max_difference_minor}, now=now)
             continue
-        if _needs_second_person(rule.action, row.delta, threshold):
+        account = getattr(rule, "account", None) or "suspense"
+        if _needs_second_person(rule.action, row.delta, threshold) and _sides(session, row, rule.action,
+                                                                              account) is not None:
             new_event(session, row.id, "rule_held", SYSTEM,
                       body=f"rule ({rule.action}): {rule.reason}: not applied, its entry of {abs(row.delta)}"
                            f" {row.currency} minor units is above the approval threshold of {threshold}:"
@@ -559,7 +579,6 @@ def apply_rules(session: Session, run_id: str, rules: Any, now: datetime, thresh
                       detail={"action": rule.action, "reason": rule.reason, "delta": row.delta,
                               "threshold": threshold}, now=now)
             continue
-        account = getattr(rule, "account", None) or "suspense"
         settled.append((row.id, _apply(session, row, action=rule.action, resolution="rule", account=account,
                                        actor=SYSTEM_ACTOR, now=now, reason=f"rule ({rule.action}): {rule.reason}",
                                        expired=expired)))

@@ -9,12 +9,12 @@ number (its ``BankStatementIdentity``), by unique indexes as much as by the chec
 (``_earlier_import``). Two imports racing past that check meet at the index: the loser's
 transaction rolls back whole and it is refused like the check would have (``_raced``).
 
-A bank statement's lines that paired with ours (``matched``, and ``timing`` pairs: the money is in the bank,
-so it has left the channel) are the channel paying us (docs/accounting.md, recipe 4): in the same transaction,
-one entry per bank account and currency moves their net from ``channel_clearing:C`` to ``bank:<account>``
-(``post_payouts``). A pair that disagrees on the money (``amount_mismatch``, ``fee_mismatch``) moves our net, what
-the channel held for the line it paid; its case's delta (their net - our net) is the rest, posted by its
-adjustment. Lines that did not pair stay to the cases, whose adjustments move ``bank:<account>``.
+A bank statement's lines are money at the bank (docs/accounting.md, recipes 4 and 9): in the same transaction,
+one entry per bank account and currency debits ``bank:<account>`` with what the bank booked (``post_payouts``).
+What the lines that paired with ours paid (``matched``, and ``timing`` pairs: the money is in the bank, so it has
+left the channel) comes from ``channel_clearing:C``; a pair that disagrees on the money (``amount_mismatch``,
+``fee_mismatch``) takes our net from it, what the channel held for the line it paid. The rest, the lines that
+did not pair and the mismatched pairs' deltas, goes to ``suspense``, where the cases' resolutions take it from.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,12 @@ PAYOUT_ENTRY_PREFIX = "tr_rcb_"
 PAYOUT_CODE = "channel_payout"
 PAYOUTS_KEY = "payouts"
 PAYOUT_DIFFERENCE_ACCOUNT = postings.channel_cost
+UNEXPLAINED_ACCOUNT = ("suspense", "liability")
+"""Where a bank statement's money that paid none of ours as owed waits for its cases (recipe 9)."""
+SUSPENSE_KEY = "suspense_on_import"
+"""In a bank statement's run (``clearing_json``, per currency): what its import posted to ``suspense`` for its
+cases. A run without it was imported before recipe 9 was posted on import: its cases post from the bank
+account when resolved."""
 """Where a payout's pairs matched within a tolerance put what the bank booked beyond (or short of) what the
 channel owed: the channel's charge (``post_payouts``)."""
 """In a bank statement's run, beside a currency's clearing figures: the payout entries posted for it (read by the
@@ -470,12 +477,15 @@ def _paid_pairs(outcome: Any) -> pl.DataFrame:
 
 def mismatched_pairs(outcome: Any, *, with_ids: bool = False) -> pl.DataFrame:
     """The ``MISMATCHED_CLASSES`` pairs of a statement line (or a split's lines) with one of ours, both succeeded:
-    ``line_no`` (the first line), ``lines`` (how many statement lines), ``currency`` and our ``net``."""
-    pairs = outcome.others.filter(pl.col("class").is_in(MISMATCHED_CLASSES) & pl.col("line_no").is_not_null()
-                                  & pl.col("our_id").is_not_null() & (pl.col("ours_status") == "succeeded")
-                                  & (pl.col("theirs_status") == "succeeded"))
+    ``line_no`` (the first line), ``lines`` (how many statement lines), ``currency``, our ``net``, and ``banked``:
+    what the bank booked for them less the case's delta (``with_delta``), which is the case's. For an
+    ``amount_mismatch`` that is our net; a ``fee_mismatch`` adds the amounts' gap within the tolerance."""
+    pairs = with_delta(outcome.others.filter(
+        pl.col("class").is_in(MISMATCHED_CLASSES) & pl.col("line_no").is_not_null() & pl.col("our_id").is_not_null()
+        & (pl.col("ours_status") == "succeeded") & (pl.col("theirs_status") == "succeeded")))
     return pairs.select("line_no", pl.col("batch_line_nos").list.len().fill_null(1).cast(pl.Int64).alias("lines"),
                         "currency", (pl.col("ours_amount") - pl.col("ours_fee").fill_null(0)).alias("net"),
+                        (pl.col("theirs_amount") - pl.col("theirs_fee").fill_null(0) - pl.col("delta")).alias("banked"),
                         *(["our_id"] if with_ids else []))
 
 
@@ -495,62 +505,112 @@ def paid_our_nets(outcome: Any) -> pl.DataFrame:
     return pl.concat(parts).filter(pl.col("ours_status") == "succeeded").select("line_no", "net")
 
 
+@dataclass(frozen=True)
+class Payout:
+    """What one bank account's lines in one currency post on import (``payouts_of``, ``post_payouts``)."""
+
+    booked: int
+    """What the bank booked: every line's net (their amount less the fee they state)."""
+    banked: int
+    """Of it, what the lines that paired with ours paid (less the deltas of the mismatched pairs' cases)."""
+    cleared: int
+    """What those lines take from ``channel_clearing:C``: the nets of the lines of ours they paid."""
+    lines: int
+    """How many statement lines paid ours."""
+
+    @property
+    def tolerance_difference(self) -> int:
+        """What the bank booked beyond what the channel owed, for pairs matched within a tolerance."""
+        return self.banked - self.cleared
+
+    @property
+    def unexplained(self) -> int:
+        """What the bank booked that paid none of ours as owed: the cases' (missing in our ledger, duplicates,
+        status and money mismatches), posted to ``suspense`` until they are resolved (recipe 9)."""
+        return self.booked - self.banked
+
+
+def _per_account(meta: Any, frame: pl.DataFrame, sums: list[str]) -> dict[tuple[str | None, str], list[int]]:
+    """``sums`` of ``frame`` (with ``line_no`` and ``currency``) per (bank account of the line, currency)."""
+    if meta.parts:
+        starts = np.array([part.first_line for part in meta.parts])
+        part = np.clip(np.searchsorted(starts, frame["line_no"].to_numpy(), side="right") - 1, 0, None)
+        accounts = [meta.parts[i].account for i in range(len(meta.parts))]
+        frame = frame.with_columns(pl.Series("__part", part, dtype=pl.Int64))
+    else:
+        accounts = [meta.account]
+        frame = frame.with_columns(pl.lit(0, pl.Int64).alias("__part"))
+    found: dict[tuple[str | None, str], list[int]] = {}
+    grouped = frame.group_by("__part", "currency").agg(pl.col(name).sum() for name in sums)
+    for part_no, currency, *values in grouped.iter_rows():
+        totals = found.setdefault((accounts[part_no], currency), [0] * len(sums))
+        for i, value in enumerate(values):
+            totals[i] += int(value)
+    return found
+
+
 def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series, ours: pl.DataFrame,
-               mismatched: pl.DataFrame | None = None) -> dict[tuple[str | None, str], tuple[int, int, int]]:
-    """Per (bank account, currency): what the bank booked for the ``paid`` lines (their amount less the fee they
-    state), what they take from ``channel_clearing:C`` (our nets of the lines of ours they pay, ``ours``:
-    ``paid_our_nets``), and how many statement lines they are. The two differ only by the pairs matched within a
-    tolerance. The ``mismatched`` pairs (``mismatched_pairs``) count our net on both sides: what the channel held
-    for the line it paid; the rest is the case's. Accounts where both are 0 are left out: nothing to post."""
-    found: dict[tuple[str | None, str], tuple[int, int, int]] = {}
+               mismatched: pl.DataFrame | None = None) -> dict[tuple[str | None, str], Payout]:
+    """Per (bank account, currency) of a bank statement, what its lines post (``Payout``): what the bank booked,
+    what the ``paid`` lines paid and took from ``channel_clearing:C`` (our nets of the lines of ours they pay,
+    ``ours``: ``paid_our_nets``), and what the ``mismatched`` pairs (``mismatched_pairs``) paid of our net. The
+    accounts where nothing moves are left out."""
+    succeeded = lines.filter(pl.col("status") == "succeeded").select(pl.col("line_no").cast(pl.Int64), "currency",
+                                                                     LINE_NET.alias("net"))
+    booked = _per_account(meta, succeeded, ["net"])
     owed = ours.group_by("line_no").agg(pl.col("net").sum().alias("ours"))
-    rows = lines.filter(pl.col("line_no").is_in(paid.implode()) & (pl.col("status") == "succeeded")).select(
-        pl.col("line_no").cast(pl.Int64), pl.lit(1, pl.Int64).alias("lines"), "currency",
-        LINE_NET.alias("net")).join(owed, on="line_no", how="left").with_columns(pl.col("ours").fill_null(0))
+    rows = succeeded.filter(pl.col("line_no").is_in(paid.implode())).select(
+        "line_no", pl.lit(1, pl.Int64).alias("lines"), "currency", pl.col("net").alias("banked")).join(
+        owed, on="line_no", how="left").with_columns(pl.col("ours").fill_null(0))
     if mismatched is not None and mismatched.height:
         rows = pl.concat([rows, mismatched.with_columns(pl.col("net").alias("ours")).select(rows.columns)
                          .cast(rows.schema)])
-    for line_no, lines_paid, currency, net, owed_net in rows.iter_rows():
-        key = (meta.account_of(line_no, currency), currency)
-        banked, cleared, count = found.get(key, (0, 0, 0))
-        found[key] = (banked + int(net), cleared + int(owed_net), count + int(lines_paid))
-    return {key: figures for key, figures in found.items() if figures[0] or figures[1]}
+    paying = _per_account(meta, rows, ["banked", "ours", "lines"])
+    found = {}
+    for key in sorted(booked.keys() | paying.keys(), key=lambda key: (key[0] or "", key[1])):
+        banked, cleared, count = paying.get(key, [0, 0, 0])
+        payout = Payout(booked.get(key, [0])[0], banked, cleared, count)
+        if payout.booked or payout.banked or payout.cleared:
+            found[key] = payout
+    return found
 
 
 def post_payouts(session: Session, run_id: str, channel: str, fmt: str,
-                 payouts: dict[tuple[str | None, str], tuple[int, int, int]]) -> dict[str, list[dict[str, Any]]]:
-    """Recipe 4, the channel pays us: per bank account and currency, Dr ``bank:<account>`` what the bank booked,
-    Cr ``channel_clearing:C`` what the lines paid took from it (the reverse when they add up to money going back).
-    When pairs matched within a tolerance, the two differ: the difference is the channel's charge, Dr
-    ``channel_cost:C`` when the bank booked less, Cr when more, so the clearing account holds nothing of a line
-    that was paid. Entry ids ``tr_rcb_<run id>_<n>``, in (account, currency) order, so an entry is written once.
+                 payouts: dict[tuple[str | None, str], Payout]) -> dict[str, list[dict[str, Any]]]:
+    """Recipes 4 and 9 on import, per bank account and currency: Dr ``bank:<account>`` what the bank booked, Cr
+    ``channel_clearing:C`` what the lines that paid ours took from it (the reverse when money goes back), Cr
+    ``suspense`` what no line of ours explains (the cases': recipe 9, resolving one moves it from ``suspense``).
+    When pairs matched within a tolerance, the bank booked a little more or less than the channel owed: the
+    difference is the channel's charge, Cr ``channel_cost:C`` when more, Dr when less. So ``bank:<account>``
+    moves by exactly the statement's lines, and the clearing account holds nothing of a line that was paid.
+    Entry ids ``tr_rcb_<run id>_<n>``, in (account, currency) order, so an entry is written once.
     A posting the ledger refuses (an account closed, or in another currency) refuses the whole import: the
     error says so, and the caller's transaction rolls back, leaving nothing of the import."""
     posted: dict[str, list[dict[str, Any]]] = {}
-    ordered = sorted(payouts.items(), key=lambda item: (item[0][0] or "", item[0][1]))
     clearing_name, clearing_type = postings.clearing(channel)
-    for n, ((account, currency), (banked, cleared, count)) in enumerate(ordered, 1):
+    for n, ((account, currency), payout) in enumerate(payouts.items(), 1):
         entry_id, bank_name = f"{PAYOUT_ENTRY_PREFIX}{run_id}_{n}", statement_account_name(fmt, account, channel)
-        difference = banked - cleared
-        metadata = {"reconciliation_id": run_id, "channel": channel, "account": bank_name, "lines": count}
-        if difference:
-            metadata["tolerance_difference"] = difference
+        metadata = {"reconciliation_id": run_id, "channel": channel, "account": bank_name, "lines": payout.lines}
+        record = {"entry_id": entry_id, "account": bank_name, "amount": payout.cleared, "lines": payout.lines}
+        for name in ("tolerance_difference", "unexplained"):
+            if getattr(payout, name):
+                metadata[name] = record[name] = getattr(payout, name)
+        if payout.booked != payout.cleared:
+            record["booked"] = payout.booked
         try:
             legs = postings.leg_postings(session, currency, [
-                (bank_name, "asset", ledger.DEBIT, banked, {}),
-                (clearing_name, clearing_type, ledger.CREDIT, cleared, {}),
-                (*PAYOUT_DIFFERENCE_ACCOUNT(channel), ledger.CREDIT, difference, {}),
+                (bank_name, "asset", ledger.DEBIT, payout.booked, {}),
+                (clearing_name, clearing_type, ledger.CREDIT, payout.cleared, {}),
+                (*PAYOUT_DIFFERENCE_ACCOUNT(channel), ledger.CREDIT, payout.tolerance_difference, {}),
+                (*UNEXPLAINED_ACCOUNT, ledger.CREDIT, payout.unexplained, {}),
             ])
             ledger.create_transfer(session, ledger.EntryRequest(
                 postings=legs, id=entry_id, code=PAYOUT_CODE, reference=run_id, metadata=metadata))
         except LedgerError as error:
-            raise type(error)(f"the channel's payout of {count} statement line(s) in {currency} could not be posted "
-                              f"from {clearing_name} to {bank_name}: {error.detail}; nothing was imported",
-                              errors=error.errors, **error.extra) from None
-        payout = {"entry_id": entry_id, "account": bank_name, "amount": cleared, "lines": count}
-        if difference:
-            payout.update(booked=banked, tolerance_difference=difference)
-        posted.setdefault(currency, []).append(payout)
+            raise type(error)(f"the payout of the bank statement's {payout.lines} line(s) paying ours in {currency} "
+                              f"could not be posted to {bank_name} from {clearing_name}: {error.detail}; "
+                              "nothing was imported", errors=error.errors, **error.extra) from None
+        posted.setdefault(currency, []).append(record)
     return posted
 
 
@@ -617,6 +677,10 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         figures = {currency: dict(values) for currency, values in clearing.items()}
         for currency, entries in posted.items():
             figures.setdefault(currency, {"expected": 0, "reported": 0, "difference": 0})[PAYOUTS_KEY] = entries
+        if fmt in BANK_FORMATS:
+            for currency, values in figures.items():
+                values[SUSPENSE_KEY] = sum(p.unexplained for (_account, paid_in), p in payouts.items()
+                                           if paid_in == currency)
         session.execute(runs.insert().values(
             id=run_id, statement_id=statement_id, channel=channel, statement_date=statement_date,
             rules_json=rules.model_dump_json(), classes_json=orjson.dumps(classes).decode(),
