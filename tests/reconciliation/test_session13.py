@@ -30,7 +30,6 @@ from tests.payments.support import card_body, ledger_verifies
 from tests.reconciliation.formats.test_session12_formats import camt, camt_entry, camt_statement, mt940_statement
 from tests.reconciliation.support import NOON, cases_of, class_counts, sales_at_noon
 from tests.reconciliation.test_api import CHANNEL, HEADER, _line, _upload
-from tests.reconciliation.test_audit_gaps import _entry
 from tests.test_cli import clearhouse
 
 DAY = NOON.date()

@@ -20,7 +20,14 @@ from tests.payments.support import ledger_verifies
 from tests.reconciliation.formats.test_session12_formats import camt_entry
 from tests.reconciliation.support import cases_of
 from tests.reconciliation.test_session17_channel_payout import (
-    BANK_ACCOUNT, _camt, _charged, _import, _net, _posted, sales)
+    BANK_ACCOUNT,
+    _camt,
+    _charged,
+    _import,
+    _net,
+    _posted,
+    sales,
+)
 
 __all__ = ["sales"]  # the fixture, shared
 
