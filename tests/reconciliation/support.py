@@ -48,3 +48,11 @@ def cases_of(client: Any, run_id: str) -> list[dict[str, Any]]:
     answer = client.get(f"/v1/reconciliations/{run_id}/cases")
     assert answer.status_code == 200, answer.text
     return answer.json()["data"]
+
+
+def changed_amount(amount: int, step: int) -> int:
+    """``amount`` moved by ``step`` away from zero when ``step`` would turn it to 0 or the other way: a property
+    test's mutated line keeps its direction, since money going the other way is never the pair."""
+    if (amount + step < 0) != (amount < 0) or amount + step == 0:
+        step = -step
+    return amount + step

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from clearhouse.reconciliation.frames import INTERNAL_SCHEMA, STATEMENT_SCHEMA
 from clearhouse.reconciliation.matching import match
 from clearhouse.reconciliation.rules import MatchRules
+from tests.reconciliation.support import changed_amount
 
 DAY = date(2026, 11, 23)
 YESTERDAY = DAY - timedelta(days=1)
@@ -78,7 +79,7 @@ def test_exactly_the_injected_discrepancies_are_found(lines: list[dict[str, Any]
             continue
         theirs = _statement_line(ours)
         if mutation == "amount":
-            theirs["amount"] += spec["change"] if spec["earlier"] else -spec["change"]
+            theirs["amount"] = changed_amount(theirs["amount"], spec["change"] if spec["earlier"] else -spec["change"])
         elif mutation == "fee":
             theirs["fee"] += spec["change"]
         elif mutation == "shift":

@@ -100,7 +100,10 @@ class TestToleranceBounds:
                                        "booked_on": DAY, "value_on": None, "description": None}],
                                      schema=STATEMENT_SCHEMA)
             outcome = match(statement, _ours_frame(ours), rules, period=(DAY, DAY))
-            assert outcome.results["class"].to_list() == [expected], (percent, theirs)
+            if theirs < 0:  # 100 %: money going back is never a payment's pair, whatever the tolerance
+                expected = ["missing_in_ledger", "missing_in_statement"]
+            assert outcome.results["class"].to_list() == ([expected] if isinstance(expected, str) else expected), (
+                percent, theirs)
 
 
 def _ours_frame(amount: int) -> pl.DataFrame:

@@ -34,7 +34,7 @@ from clearhouse.reconciliation.rules import MatchRules
 from clearhouse.reconciliation.service import with_delta
 from tests.payments.support import ledger_verifies, paid_by_customer
 from tests.reconciliation.formats.test_session12_formats import camt_entry, mt940_statement
-from tests.reconciliation.support import booked, cases_of, class_counts, sales_at_noon
+from tests.reconciliation.support import booked, cases_of, changed_amount, class_counts, sales_at_noon
 from tests.reconciliation.test_api import CHANNEL
 from tests.reconciliation.test_matching_property import DAY as PROPERTY_DAY
 from tests.reconciliation.test_matching_property import YESTERDAY, batch_line, our_line
@@ -295,7 +295,7 @@ def test_a_bank_statement_of_net_lines_shows_exactly_the_injected_discrepancies(
         theirs = _bank_line(ours, charged)
         class_ = BANK_EXPECTED.get(mutation, "matched")
         if mutation == "amount":
-            theirs["amount"] += spec["change"] if spec["earlier"] else -spec["change"]
+            theirs["amount"] = changed_amount(theirs["amount"], spec["change"] if spec["earlier"] else -spec["change"])
             gaps[ours["our_id"]] = theirs["amount"] - (theirs["fee"] or 0) - (ours["amount"] - ours["fee"])
         elif mutation == "fee" and charged:
             theirs["fee"] += spec["change"]

@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, exists, select, update
+from sqlalchemy import Row, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from clearhouse.audit import service as audit
@@ -253,20 +253,28 @@ def _check_resolvable(session: Session, row: Any, action: str, account: str, *, 
         raise CaseStateConflict(f"unknown action {action}")
     if account not in COUNTER_ACCOUNTS:
         raise CaseStateConflict(f"unknown counter account {account}")
-    if action != "accept" and row.delta:
-        paid_by = _paid_by(session, row)
-        if paid_by is not None:
-            raise CaseStateConflict(f"case {row.id}: a bank statement paid its line {row.our_id} (reconciliation "
-                                    f"{paid_by}): nothing is missing from the channel's clearing account any more, "
-                                    "so only accept is possible")
+    if action == "accept" or not row.delta or row.our_id is None:
+        return
+    if _statement_account(session, row) != postings.clearing(row.channel):
+        return
+    paid_by = session.scalar(select(paid_lines.c.reconciliation_id).where(paid_lines.c.our_id == row.our_id))
+    if paid_by is not None:
+        raise CaseStateConflict(f"case {row.id}: a bank statement paid its line {row.our_id} (reconciliation "
+                                f"{paid_by}), so what the channel's clearing account holds for it is settled; a "
+                                "difference is that statement's case: only accept is possible")
+    moved = session.execute(select(cases.c.id, cases.c.ledger_entry_id).where(
+        cases.c.channel == row.channel, cases.c.our_id == row.our_id, cases.c.id != row.id,
+        cases.c.ledger_entry_id.is_not(None), ~_reversed()).order_by(cases.c.id)).all()
+    for other in moved:
+        if _statement_account(session, _case(session, other.id)) == postings.clearing(row.channel):
+            raise CaseStateConflict(f"case {row.id}: case {other.id} moved this line's money in the channel's "
+                                    f"clearing account already (entry {other.ledger_entry_id}); a second entry "
+                                    "would move it twice: only accept is possible")
 
 
-def _paid_by(session: Session, row: Any) -> str | None:
-    """The reconciliation whose bank statement paid the line of ours a case without a statement line is about
-    (``missing_in_statement``, a line-less ``timing``), or None."""
-    if row.line_no is not None or row.our_id is None:
-        return None
-    return session.scalar(select(paid_lines.c.reconciliation_id).where(paid_lines.c.our_id == row.our_id))
+def _reversed() -> Any:
+    """Whether a case's entry was reversed (``_reverse``): then it is no longer in the ledger."""
+    return exists().where(case_events.c.case_id == cases.c.id, case_events.c.type == REVERSED_EVENT)
 
 
 Expired = list[tuple[str, dict[str, Any] | None]]
@@ -478,36 +486,39 @@ def supersede(session: Session, run_id: str, channel: str, statement_date: Any, 
     return resolved
 
 
-SETTLED_BY_PAYMENT = ("missing_in_statement", "timing")
-"""The cases about a line of ours the channel had not shown (no statement line of their own) that a bank
-statement paying the line answers (``settle_paid``)."""
-
-
 def settle_paid(session: Session, run_id: str, channel: str, paid_ids: set[str], now: datetime,
                 expired: Expired) -> Resolved:
     """The cases of earlier statements of ``channel`` about lines of ours this bank statement pays now
-    (``paid_ids``) that said the channel had not shown them; returns them, for ``record_resolutions``.
+    (``paid_ids``) whose money is in the channel's clearing account: a channel statement's (it reported the
+    line missing, or another amount or fee) and a bank statement's case without a line (the bank had not
+    received it). Returns them, for ``record_resolutions``.
 
-    - One still open is accepted, posting nothing: the line is not missing, its money arrived (a line-less
-      ``timing`` case is ``settle_timing``'s, which ran before).
-    - One resolved with an entry (adjusted or written off: our net moved out of ``channel_clearing:C``) has that
-      entry reversed, since this statement's payout takes the line's net out of the clearing account: without
-      the reversal it would leave twice, and the clearing account would hold less than the channel owes."""
+    The bank's payment settles what the clearing account holds for the line (recipe 4: the payout takes our net
+    out of it), and any difference left is this statement's own case, in ``suspense``. So:
+
+    - one still open is accepted, posting nothing (a line-less ``timing`` case is ``settle_timing``'s, which ran
+      before);
+    - one resolved with an entry (adjusted, written off: our money moved in or out of the clearing account) has
+      that entry reversed, since the payout takes the line's net out of the clearing account: without the
+      reversal the line's money would leave it twice, or part of it never."""
     if not paid_ids:
         return []
     reason = f"paid by the bank statement of reconciliation {run_id}"
-    reversed_already = exists().where(case_events.c.case_id == cases.c.id, case_events.c.type == REVERSED_EVENT)
     resolved: Resolved = []
+    channel_runs = select(runs.c.id).join(statements, statements.c.id == runs.c.statement_id).where(
+        runs.c.channel == channel, statements.c.format.not_in(BANK_FORMATS))
+    on_clearing = or_(cases.c.reconciliation_id.in_(channel_runs), cases.c.line_no.is_(None))
     for row in session.execute(_select_cases().where(
-            cases.c.channel == channel, cases.c.reconciliation_id != run_id, cases.c.line_no.is_(None),
-            cases.c["class"].in_(SETTLED_BY_PAYMENT),
-            (cases.c.state.in_(OPEN_STATES) & (cases.c["class"] == "missing_in_statement"))
-            | (cases.c.ledger_entry_id.is_not(None) & ~reversed_already)).order_by(cases.c.id)).all():
+            cases.c.channel == channel, cases.c.reconciliation_id != run_id, cases.c.our_id.is_not(None),
+            on_clearing, cases.c.state.in_(OPEN_STATES) | (cases.c.ledger_entry_id.is_not(None) & ~_reversed()))
+            .order_by(cases.c.id)).all():
         if row.our_id not in paid_ids:
             continue
         if row.state not in OPEN_STATES:
             resolved.append((row.id, _reverse(session, row.id, row.ledger_entry_id, run_id, now, reason)))
             continue
+        if row.class_ == "timing":
+            continue  # ``settle_timing`` decided it
         # Read again under its lock, an approval waiting on it locked first (``approvals.decide``'s order).
         if row.approval_id is not None:
             approvals.lock(session, row.approval_id)

@@ -22,7 +22,8 @@ Pass 1, exact (one hash join over the whole frames; everything after it sees onl
   takes the one with the same amount, then the lowest ``our_id``; the others stay unpaired.
   Only lines of one currency pair: a line in another currency than the one of ours it names is not
   its pair (its amount is other money, not a difference a tolerance could explain), so the line is
-  ``missing_in_ledger`` in its currency and ours, unless another line pairs it, unpaired in ours.
+  ``missing_in_ledger`` in its currency and ours, unless another line pairs it, unpaired in ours. By our
+  reference too, only lines of one direction pair: a bank's return of a payment carries its reference.
   Our lines that ``settled`` marks (an earlier statement reconciled them: ``service.settled_earlier``)
   are paired already: a line that names one is a ``duplicate``, pass 2 does not offer them, and one of the
   period that no line names is not ``missing_in_statement`` (the channel put it on an earlier day).
@@ -242,6 +243,12 @@ def match(statement: pl.DataFrame, internal: pl.DataFrame, rules: MatchRules, *,
     same = _same_currency(statement["currency"], internal["currency"], currencies, line_rows, our_rows)
     foreign = [] if same.all() else [
         _foreign(pl.concat([theirs[line_rows[~same]], ours[our_rows[~same]]], how="horizontal"))]
+    # Money going the other way is not the pair either: a bank's return of a payment carries its reference.
+    one_way = (statement["amount"].to_numpy()[line_rows] < 0) == (internal["amount"].to_numpy()[our_rows] < 0)
+    if not one_way.all():
+        foreign.append(_other_way(pl.concat([theirs[line_rows[same & ~one_way]], ours[our_rows[same & ~one_way]]],
+                                            how="horizontal")))
+        same &= one_way
     if foreign:
         line_rows, our_rows = line_rows[same], our_rows[same]
     pairs_per_line = np.bincount(line_rows, minlength=statement.height)
@@ -565,6 +572,15 @@ def _foreign(pairs: pl.DataFrame) -> pl.DataFrame:
     return pairs.select("line_no", pl.format(
         "statement line {} names our {}, booked in {}: a line in {} is not its pair", pl.col("line_no"),
         pl.col("our_ref"), pl.col("currency"), pl.col("t_currency")).alias("detail"))
+
+
+def _other_way(pairs: pl.DataFrame) -> pl.DataFrame:
+    """``line_no`` and ``detail`` of statement lines whose reference named one of ours going the other way (money
+    back naming a payment: a return, a chargeback; money in naming a refund)."""
+    return pairs.select("line_no", pl.format(
+        "statement line {} names our {}, money {}: a line of money {} is not its pair", pl.col("line_no"),
+        pl.col("our_ref"), pl.when(pl.col("ours_amount") < 0).then(pl.lit("back")).otherwise(pl.lit("in")),
+        pl.when(pl.col("theirs_amount") < 0).then(pl.lit("back")).otherwise(pl.lit("in"))).alias("detail"))
 
 
 def _fuzzy_pairs(theirs: pl.DataFrame, ours: pl.DataFrame, rules: MatchRules) -> pl.DataFrame:
