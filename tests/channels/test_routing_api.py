@@ -171,6 +171,8 @@ class TestValidation:
         ({"card_bin_prefix": "123456789"}, "invalid_card_bin_prefix"),
         ({"country": "cn"}, "invalid_country"),
         ({"country": "CHN"}, "invalid_country"),
+        ({"country": "ZZ"}, "invalid_country"),  # user-assigned, no country
+        ({"country": "XK"}, "invalid_country"),  # not in ISO 3166-1
         ({"method": "paypal"}, "validation_error"),
         ({"channels": []}, "validation_error"),
         ({"channels": ["fake card"]}, "validation_error"),

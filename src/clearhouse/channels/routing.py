@@ -50,7 +50,7 @@ from clearhouse.channels.models import RoutingRule
 from clearhouse.kit import clock
 from clearhouse.kit.errors import ClearhouseError, NotFound
 from clearhouse.kit.ids import new_id
-from clearhouse.kit.money import is_currency, rate_of
+from clearhouse.kit.money import is_country, is_currency, rate_of
 
 if TYPE_CHECKING:
     from clearhouse.channels.protocol import ChannelSet, Connector
@@ -651,7 +651,6 @@ def rule_matches(rule: Any, *, method: str, currency: str, amount: int, country:
 RULE_FIELDS = ("priority", "method", "currency", "min_amount", "max_amount", "country", "card_bin_prefix",
                "channels", "strategy", "enabled")
 _BIN_PREFIX = re.compile(r"^[0-9]{1,8}$")
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
 def rule_dict(row: Row) -> dict[str, Any]:
@@ -669,8 +668,8 @@ def check_terms(currency: str | None, country: str | None) -> None:
     """A currency and a country as a payment has them (a rule's conditions, a route preview's question)."""
     if currency is not None and not is_currency(currency):
         raise UnknownCurrency(f"{currency!r} is not an ISO 4217 currency code with a minor unit (upper case)")
-    if country is not None and not _COUNTRY.match(country):
-        raise InvalidCountry(f"{country!r} is not an ISO 3166-1 alpha-2 code in upper case")
+    if country is not None and not is_country(country):
+        raise InvalidCountry(f"{country!r} is not an ISO 3166-1 alpha-2 code of a country, in upper case")
 
 
 def check_rule(channels: ChannelSet, values: dict[str, Any]) -> None:

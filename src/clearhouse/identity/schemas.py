@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from clearhouse.identity.permissions import PERMISSIONS
 from clearhouse.kit import clock
-from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, Name, UtcTime
+from clearhouse.kit.api import CountryCode, CurrencyCode, MetadataIn, Model, Name, UtcTime
 
 # Merchant metadata is stored as it is shown: masked (data-protection.md, "Free text").
 Metadata = MetadataIn  # stored masked (kit/api.py)
@@ -20,7 +20,7 @@ def _known_timezone(value: str | None) -> str | None:
 
 
 class MerchantFields(Model):
-    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
+    country: CountryCode | None = Field(default=None, description="ISO 3166-1 alpha-2")
     default_currency: CurrencyCode | None = None
     timezone: str | None = Field(default=None, max_length=64, description="IANA time zone of business dates")
     settlement_cycle: str | None = Field(default=None, pattern=r"^T\+[0-9]{1,2}$", description="T+0, T+1, ... T+N")

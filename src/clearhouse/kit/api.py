@@ -31,7 +31,7 @@ from starlette.routing import Match
 from clearhouse.kit import clock
 from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem
 from clearhouse.kit.masking import mask_free_form
-from clearhouse.kit.money import MAX_AMOUNT, is_currency
+from clearhouse.kit.money import MAX_AMOUNT, is_country, is_currency
 
 T = TypeVar("T")
 
@@ -82,6 +82,16 @@ def _currency(value: str) -> str:
 
 
 CurrencyCode = Annotated[str, StringConstraints(min_length=3, max_length=3), AfterValidator(_currency)]
+
+
+def _country(value: str) -> str:
+    if not is_country(value):
+        raise ValueError("not an ISO 3166-1 alpha-2 code of a country (upper case, e.g. CN)")
+    return value
+
+
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$"), AfterValidator(_country)]
+"""A country as ISO 3166-1 alpha-2 lists it (``kit.money.is_country``)."""
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 """A name people read (a merchant's): spaces around it dropped, and not blank."""
 ShortText = Annotated[str, StringConstraints(max_length=256)]

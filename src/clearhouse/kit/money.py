@@ -7,6 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 
 import iso4217
+import pycountry
 
 MAX_AMOUNT = 2**63 - 1
 """The largest amount a ledger column (BIGINT) can hold."""
@@ -54,6 +55,12 @@ def is_currency(code: str) -> bool:
     except UnknownCurrency:
         return False
     return True
+
+
+def is_country(code: str) -> bool:
+    """An ISO 3166-1 alpha-2 code of a country that exists (``CN``, ``DE``), upper case: ``pycountry``'s list, so
+    user-assigned codes (``ZZ``, ``XX``, ``AA``) and withdrawn ones are not countries."""
+    return len(code) == 2 and code.isupper() and pycountry.countries.get(alpha_2=code) is not None
 
 
 class CurrencyMixed(ValueError):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
-from clearhouse.kit.api import CurrencyCode, MetadataIn, Model, UtcTime
+from clearhouse.kit.api import CountryCode, CurrencyCode, MetadataIn, Model, UtcTime
 from clearhouse.kit.masking import mask_free_form
 from clearhouse.kit.money import MAX_PAYMENT_AMOUNT
 from clearhouse.vault.schemas import CardNumber, HolderName, MerchantRef
@@ -55,7 +55,7 @@ class Customer(Model):
     id: Ref | None = None
     email: Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
     ip: Annotated[str, StringConstraints(max_length=45), AfterValidator(_ip_address)] | None = None
-    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+    country: CountryCode | None = None
 
 
 class PaymentCreate(Model):

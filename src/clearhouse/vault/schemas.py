@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from clearhouse.kit.api import CurrencyCode, Model, UtcTime
+from clearhouse.kit.api import CountryCode, CurrencyCode, Model, UtcTime
 
 # Shapes only; the number's digits, length and Luhn check are the service's rules, so they
 # answer with stable codes (invalid_card_number, ...) rather than a generic validation error.
@@ -48,7 +48,7 @@ class BankAccountCreate(Model):
     iban: Annotated[str, StringConstraints(min_length=1, max_length=50)] | None = None
     bank_code: BankCode | None = None
     holder_name: HolderName
-    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+    country: CountryCode
     currency: CurrencyCode | None = None
     merchant_id: MerchantRef | None = None
 
