@@ -9,7 +9,6 @@ actually moves is ``amount - fee``.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -136,8 +135,15 @@ class StatementMeta:
             return self.account
         if line_no is None:
             return next((part.account for part in self.parts if part.currency == currency), self.account)
-        starts = [part.first_line for part in self.parts]
-        return self.parts[max(bisect_right(starts, line_no) - 1, 0)].account
+        return self.accounts_of_lines(pl.Series([line_no], dtype=pl.Int64))[0]
+
+    def accounts_of_lines(self, line_nos: pl.Series) -> pl.Series:
+        """The account each of ``line_nos`` is on: its statement's, the one that starts last at or before it."""
+        if not self.parts:
+            return pl.Series([self.account] * len(line_nos), dtype=pl.String)
+        starts = pl.Series([part.first_line for part in self.parts], dtype=pl.Int64)
+        index = (starts.search_sorted(line_nos.cast(pl.Int64), side="right") - 1).clip(lower_bound=0)
+        return pl.Series([part.account for part in self.parts], dtype=pl.String).gather(index)
 
 
 @dataclass(frozen=True, slots=True)

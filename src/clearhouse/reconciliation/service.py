@@ -281,21 +281,31 @@ def paid_before(session: Session, internal: pl.DataFrame) -> np.ndarray | None:
         "our_id"].to_numpy()
 
 
-def paid_ours(outcome: Any) -> list[tuple[str, int]]:
+def paid_ours(paying: pl.DataFrame, mismatched: pl.DataFrame) -> list[tuple[str, int]]:
     """(our id, statement line) of every line of ours this bank statement pays: the plain matches, the
     ``PAID_CLASSES`` pairs (a batch credit's line for each line of ours it pays) and the mismatched pairs
-    ``mismatched_pairs`` posts. What ``payouts_of`` posts the money of, line by line."""
-    found: dict[str, int] = {}
+    ``mismatched_pairs`` posts (``paying``: ``_paying``; ``mismatched``: ``mismatched_pairs`` with their ids), each
+    line of ours once (at the first line that pays it). What ``payouts_of`` posts the money of, line by line."""
+    lines = pl.concat([paying.select("our_id", "line_no"),
+                       mismatched.select("our_id", pl.col("line_no").cast(pl.Int64))]).unique(
+        "our_id", keep="first", maintain_order=True).sort("our_id")
+    return [(our_id, int(line_no)) for our_id, line_no in lines.iter_rows()]
+
+
+def _paying(outcome: Any) -> pl.DataFrame:
+    """``our_id``, ``line_no``, ``net`` (our amount less the channel cost we booked: what ``channel_clearing:C``
+    holds for it) and ``ours_status`` of the lines of ours that the plain matches and the ``PAID_CLASSES`` pairs
+    pay, in that order (``paid_ours``, ``paid_our_nets``)."""
+    net = (pl.col("ours_amount") - pl.col("ours_fee").fill_null(0)).alias("net")
+    columns = ["our_id", pl.col("line_no").cast(pl.Int64), net, "ours_status"]
+    parts = []
     if outcome.plain.count:
-        plain_ids = outcome.plain.ours["our_id"].gather(outcome.plain.our_rows).to_list()
-        plain_lines = outcome.plain.theirs["line_no"].gather(outcome.plain.lines).to_list()
-        found.update(zip(plain_ids, plain_lines, strict=True))
-    paired = _paid_pairs(outcome).filter(pl.col("our_id").is_not_null())
-    for our_id, line_no in paired.select("our_id", "line_no").iter_rows():
-        found.setdefault(our_id, int(line_no))
-    for our_id, line_no in mismatched_pairs(outcome, with_ids=True).select("our_id", "line_no").iter_rows():
-        found.setdefault(our_id, int(line_no))
-    return sorted(found.items())
+        plain = outcome.plain
+        parts.append(pl.concat([plain.theirs.select("line_no")[plain.lines],
+                                plain.ours.select("our_id", "ours_amount", "ours_fee", "ours_status")[plain.our_rows]],
+                               how="horizontal").select(columns))
+    parts.append(_paid_pairs(outcome).filter(pl.col("our_id").is_not_null()).select(columns))
+    return pl.concat(parts)
 
 
 def settled_earlier(session: Session, channel: str, fmt: str, period: tuple[date, date],
@@ -489,20 +499,12 @@ def mismatched_pairs(outcome: Any, *, with_ids: bool = False) -> pl.DataFrame:
                         *(["our_id"] if with_ids else []))
 
 
-def paid_our_nets(outcome: Any) -> pl.DataFrame:
-    """``line_no`` and ``net``: our net (amount less the channel cost we booked: what ``channel_clearing:C`` holds
-    for it) of every succeeded line of ours a statement line pays as ``PAID_CLASSES``, against that line (a batch
-    credit's line for each line of ours it pays, a split's first line). A pair matched within a tolerance shows
-    here what the channel owed, where the statement's line shows what the bank booked."""
-    net = (pl.col("ours_amount") - pl.col("ours_fee").fill_null(0)).alias("net")
-    parts = [_paid_pairs(outcome).filter(pl.col("our_id").is_not_null())
-             .select(pl.col("line_no").cast(pl.Int64), net, "ours_status")]
-    if outcome.plain.count:
-        plain = outcome.plain
-        ours = plain.ours.select(net, "ours_status")[plain.our_rows]
-        parts.append(pl.concat([pl.DataFrame({"line_no": plain.theirs["line_no"].gather(plain.lines)})
-                               .cast(pl.Int64), ours], how="horizontal"))
-    return pl.concat(parts).filter(pl.col("ours_status") == "succeeded").select("line_no", "net")
+def paid_our_nets(paying: pl.DataFrame) -> pl.DataFrame:
+    """``line_no`` and ``net``: our net of every succeeded line of ours a statement line pays as ``PAID_CLASSES``
+    (``_paying``), against that line (a batch credit's line for each line of ours it pays, a split's first line).
+    A pair matched within a tolerance shows here what the channel owed, where the statement's line shows what
+    the bank booked."""
+    return paying.filter(pl.col("ours_status") == "succeeded").select("line_no", "net")
 
 
 @dataclass(frozen=True)
@@ -532,21 +534,9 @@ class Payout:
 
 def _per_account(meta: Any, frame: pl.DataFrame, sums: list[str]) -> dict[tuple[str | None, str], list[int]]:
     """``sums`` of ``frame`` (with ``line_no`` and ``currency``) per (bank account of the line, currency)."""
-    if meta.parts:
-        starts = np.array([part.first_line for part in meta.parts])
-        part = np.clip(np.searchsorted(starts, frame["line_no"].to_numpy(), side="right") - 1, 0, None)
-        accounts = [meta.parts[i].account for i in range(len(meta.parts))]
-        frame = frame.with_columns(pl.Series("__part", part, dtype=pl.Int64))
-    else:
-        accounts = [meta.account]
-        frame = frame.with_columns(pl.lit(0, pl.Int64).alias("__part"))
-    found: dict[tuple[str | None, str], list[int]] = {}
-    grouped = frame.group_by("__part", "currency").agg(pl.col(name).sum() for name in sums)
-    for part_no, currency, *values in grouped.iter_rows():
-        totals = found.setdefault((accounts[part_no], currency), [0] * len(sums))
-        for i, value in enumerate(values):
-            totals[i] += int(value)
-    return found
+    grouped = frame.with_columns(meta.accounts_of_lines(frame["line_no"]).alias("__account")).group_by(
+        "__account", "currency").agg(pl.col(name).sum() for name in sums)
+    return {(account, currency): [int(value) for value in values] for account, currency, *values in grouped.iter_rows()}
 
 
 def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series, ours: pl.DataFrame,
@@ -652,10 +642,13 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
     classes = _all_classes(outcome)
     discrepancies = with_accounts(with_delta(outcome.others.filter(pl.col("class") != "matched")), parsed.meta)
     clearing = clearing_of(parsed.lines, internal, period)
-    # A channel's statement is its report, not money arriving: only a bank statement's paid lines post.
-    payouts = payouts_of(parsed.lines, parsed.meta, paid_lines(outcome), paid_our_nets(outcome),
-                         mismatched_pairs(outcome)) if fmt in BANK_FORMATS else {}
-    paid_now = paid_ours(outcome) if fmt in BANK_FORMATS else []
+    # A channel's statement is its report, not money arriving: only a bank statement posts (recipes 4 and 9).
+    payouts: dict[tuple[str | None, str], Payout] = {}
+    paid_now: list[tuple[str, int]] = []
+    if fmt in BANK_FORMATS:
+        paying, mismatched = _paying(outcome), mismatched_pairs(outcome, with_ids=True)
+        payouts = payouts_of(parsed.lines, parsed.meta, paid_lines(outcome), paid_our_nets(paying), mismatched)
+        paid_now = paid_ours(paying, mismatched)
     mapping_name = chosen_mapping if isinstance(chosen_mapping, str) else ("custom" if chosen_mapping else None)
 
     def work(session: Session) -> str:
