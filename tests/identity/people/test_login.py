@@ -4,7 +4,6 @@ backoff, and the per-address rate limit."""
 from __future__ import annotations
 
 import hashlib
-import statistics
 import time
 from http.cookies import SimpleCookie
 
@@ -102,6 +101,9 @@ class TestBadCredentials:
         assert wrong.json()["code"] == "invalid_credentials"
 
     def test_an_unknown_email_costs_a_password_hash_too(self, app, browser, make_user, monkeypatch):
+        """An unknown address is checked against a dummy hash made with the same argon2 cost as a
+        real one, so it answers no faster. Checked by what is computed, not by timing it (a timed
+        comparison of medians failed CI runs under load)."""
         user = make_user("operator")
         client = browser()
         verified: list[str] = []
@@ -112,23 +114,14 @@ class TestBadCredentials:
             return real_matches(password_hash, password)
 
         monkeypatch.setattr(service, "_password_matches", counting)
-
-        def timed(email: str) -> float:
-            started = time.perf_counter()
+        for email in (user.email, "nobody@example.com", "NOBODY@example.com"):
             assert client.post(LOGIN, json={"email": email, "password": "Wrong-password-123"}).status_code == 401
-            return time.perf_counter() - started
-
-        # Interleaved, so a burst of load on the machine falls on both alike; four pairs (under the
-        # lockout's five failures and the address's ten sign-ins a minute), so one slow attempt of
-        # either kind does not decide a median (three pairs failed a CI run once under load).
-        pairs = [(timed(user.email), timed("nobody@example.com")) for _ in range(4)]
-        # Each attempt checked one real argon2 hash: the user's, or the dummy one.
-        assert len(verified) == 8 and all(h.startswith("$argon2id$") for h in verified)
-        assert verified[0] != verified[1], "the unknown address is checked against the dummy hash"
-        known = statistics.median(k for k, _ in pairs)
-        unknown = statistics.median(u for _, u in pairs)
-        # Without the dummy hash an unknown address answers ~50x faster than a known one.
-        assert unknown > known / 3, (known, unknown)
+        # Each attempt checked one real argon2 hash: the user's, then the dummy one.
+        assert len(verified) == 3 and all(h.startswith("$argon2id$") for h in verified)
+        real, dummy = verified[0], verified[1]
+        assert dummy != real and verified[2] == dummy, "an unknown address is checked against the dummy hash"
+        # The same algorithm, version and cost (memory, iterations, lanes): the same work.
+        assert dummy.split("$")[:4] == real.split("$")[:4]
 
     def test_disabled_people_get_the_same_answer(self, app, browser, make_user):
         user = make_user("operator")
