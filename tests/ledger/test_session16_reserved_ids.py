@@ -12,7 +12,7 @@ from tests.payments.support import card_body
 
 
 @pytest.mark.parametrize("entry_id", ["tr_pay_01abc", "tr_pay_01abc_release", "tr_re_01abc", "tr_rcs_01abc",
-                                      "tr_rcs_01abc_reversed", "tr_rcb_rec_01abc_1"])
+                                      "tr_rcs_01abc_reversed", "tr_rcb_rec_01abc_1", "tr_rco_rec_01abc_1"])
 def test_a_system_id_is_refused_and_nothing_is_written(client, entry_id):
     for account_id in ("acct_s16a", "acct_s16b"):
         client.post("/v1/ledger/accounts",

@@ -253,9 +253,10 @@ def _two_account_camt053() -> bytes:
 
 
 class TestABankFileWithStatementsOfTwoAccounts:
-    @pytest.mark.parametrize(("fmt", "content"), [("mt940", _two_account_mt940()), ("camt053", _two_account_camt053())],
-                             ids=["mt940", "camt053"])
-    def test_each_cases_adjustment_posts_to_its_own_lines_account(self, app, client, fmt, content):
+    @pytest.mark.parametrize(("fmt", "content", "openings"), [
+        ("mt940", _two_account_mt940(), {"CNY": 100_000, "EUR": 5_000}),
+        ("camt053", _two_account_camt053(), {"CNY": 100_000, "EUR": 1_000})], ids=["mt940", "camt053"])
+    def test_each_cases_adjustment_posts_to_its_own_lines_account(self, app, client, fmt, content, openings):
         app.state.settings = app.state.settings.model_copy(update={"recon_approval_threshold": 1_000_000})
         answer = _upload_file(client, content, fmt=fmt, channel="bank_two", day=DAY, name=f"two.{fmt}")
         assert answer.status_code == 201, answer.text
@@ -276,8 +277,15 @@ class TestABankFileWithStatementsOfTwoAccounts:
         line_cases = [c for c in found if c["line_no"] is not None]
         for iban, currency in ((EUR_IBAN, "EUR"), (CNY_IBAN, "CNY")):
             unexplained = sum(c["delta"] for c in line_cases if c["currency"] == currency)
-            assert (_posted(client, f"bank:{iban}", currency), _posted(client, "suspense", currency)) == (
-                unexplained, unexplained)
+            # Each account taken up at its own statement's opening balance (session 20), then moved by its lines.
+            assert (_posted(client, f"bank:{iban}", currency), _posted(client, "suspense", currency),
+                    _posted(client, "opening_balances", currency)) == (
+                openings[currency] + unexplained, unexplained, openings[currency])
+        assert [(t["account"], t["currency"], t["opening_balance"], t["ledger_balance"], t["took_up"], t["amount"],
+                 t["gap"]) for t in run["bank_balances"]] == [
+            (f"bank:{CNY_IBAN}", "CNY", 100_000, 0, "first", 100_000, 0),
+            (f"bank:{EUR_IBAN}", "EUR", openings["EUR"], 0, "first", openings["EUR"], 0)]
+        assert all(t["entry_id"].startswith("tr_rco_") for t in run["bank_balances"])
         assert (euro["delta"], yuan["delta"]) == (500, 25_000)
         for case in (euro, yuan):
             resolved = client.post(f"/v1/recon_cases/{case['id']}/resolve",

@@ -67,14 +67,19 @@ def _eref(reference: str) -> str:
     return f"166?00GUTSCHRIFT?20EREF+{reference}"
 
 
-def _mt940(movements: list[tuple[int, str]], opening: int = 100_000, number: str = "01717") -> bytes:
+def _mt940(movements: list[tuple[int, str]], opening: int = 0, number: str = "01717") -> bytes:
     """One MT940 statement of ``CNY_IBAN`` on ``DAY``: each movement (signed minor units, :86: text) a ``:61:``
     line with its ``:86:``, ``_eref`` naming our reference (pass 1) or free text (pass 2 reads it)."""
     lines = "".join(f":61:2611231123{'C' if amount > 0 else 'D'}{_comma(abs(amount))}NTRFNONREF//B{n}\n:86:{text}\n"
                     for n, (amount, text) in enumerate(movements, 1))
     closing = opening + sum(amount for amount, _text in movements)
-    return mt940_statement(number, CNY_IBAN, f"C261122CNY{_comma(opening)}", lines,
-                           f"C261123CNY{_comma(closing)}").encode()
+    return mt940_statement(number, CNY_IBAN, f"{_mark(opening)}261122CNY{_comma(abs(opening))}", lines,
+                           f"{_mark(closing)}261123CNY{_comma(abs(closing))}").encode()
+
+
+def _mark(balance: int) -> str:
+    """An MT940 balance's mark: C for money at the bank, D for an overdrawn account."""
+    return "C" if balance >= 0 else "D"
 
 
 def _mt940_import(client: Any, movements: list[tuple[int, str]], channel: str = CHANNEL) -> dict[str, Any]:

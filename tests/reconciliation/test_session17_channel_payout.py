@@ -56,7 +56,7 @@ def _charged(row: Any) -> str:
     return camt_entry(_major(_net(row)), row.external_id, charges, currency="CNY")
 
 
-def _camt(entries: list[str], total: int, opening: int = 100_000) -> bytes:
+def _camt(entries: list[str], total: int, opening: int = 0) -> bytes:
     return camt(camt_statement("S17", CNY_IBAN, _major(opening), _major(opening + total), "".join(entries),
                                currency="CNY")).encode()
 
@@ -134,7 +134,8 @@ class TestABankStatementPayingTheDaysSales:
                                f"C261123CNY{(100_000 + paid) // 100},{(100_000 + paid) % 100:02d}")
         run = _import(client, text.encode(), fmt="mt940", name="bank.sta")
         assert class_counts(run) == {"matched": 4}, run
-        assert (_posted(client, CLEARING), _posted(client, BANK_ACCOUNT)) == (0, paid)
+        # The account taken up at the statement's opening balance of 1,000.00 (session 20), then the credit.
+        assert (_posted(client, CLEARING), _posted(client, BANK_ACCOUNT)) == (0, 100_000 + paid)
         assert _payout(client, run["id"]).json()["metadata"]["lines"] == 1  # one credit paid four sales
 
         row = _clearing_row(client)
@@ -161,7 +162,7 @@ class TestABankLinePairedOnAnotherDay:
                                       currency="CNY").replace("2026-11-23", NEXT_DAY.isoformat())).encode()
         run = _import(client, content, day=NEXT_DAY)
         assert class_counts(run).get("timing") == 1, run
-        assert _posted(client, BANK_ACCOUNT) == _net(sales[0])
+        assert _posted(client, BANK_ACCOUNT) == 100_000 + _net(sales[0])  # its opening balance and the credit
         assert _payout(client, run["id"]).json()["metadata"]["lines"] == 1
         ledger_verifies(app)
 

@@ -31,8 +31,9 @@ def test_a_second_statement_carrying_a_paid_line_does_not_pay_it_again(app, clie
     assert _paid(app, client) == (_net(other), _net(sale))
 
     # Another statement (the next page, or the next day's) that carries the same credit and the other sale's.
-    text = _mt940([(_net(sale), _eref(sale.reference)), (_net(other), _eref(other.reference))], opening=200_000,
-                  number="01718")
+    # It opens where the first closed: the account's statements follow each other (session 20).
+    text = _mt940([(_net(sale), _eref(sale.reference)), (_net(other), _eref(other.reference))],
+                  opening=_net(sale), number="01718")
     answer = client.post("/v1/reconciliations", files={"file": ("bank2.sta", text)},
                          data={"channel": "sandbox_card", "format": "mt940", "statement_date": "2026-11-23"})
     assert answer.status_code == 201, answer.text
@@ -53,7 +54,7 @@ def test_a_mismatched_pair_paid_once_is_not_paid_again(app, client, sales):  # n
     first = _mt940_import(client, [(sale.amount, _eref(sale.reference))])  # gross: our net posted, a 0.38 case
     assert class_counts(first)["amount_mismatch"] == 1
     assert _paid(app, client) == (_net(other), sale.amount)  # our net from clearing, the 0.38 from suspense
-    text = _mt940([(_net(sale), _eref(sale.reference))], opening=300_000, number="01719")
+    text = _mt940([(_net(sale), _eref(sale.reference))], opening=sale.amount, number="01719")
     answer = client.post("/v1/reconciliations", files={"file": ("bank3.sta", text)},
                          data={"channel": "sandbox_card", "format": "mt940", "statement_date": "2026-11-23"})
     assert answer.status_code == 201, answer.text
@@ -68,8 +69,9 @@ def test_a_settlement_credit_does_not_pay_a_line_paid_already(app, client, sales
     sale, other = sales
     _mt940_import(client, [(_net(sale), _eref(sale.reference))])
     whole_day = _net(sale) + _net(other)  # as if the acquirer paid the day again in one credit
-    closing = 400_000 + whole_day
-    text = mt940_statement("01720", CNY_IBAN, "C261122CNY4000,00",
+    opening = _net(sale)  # where the first statement closed
+    closing = opening + whole_day
+    text = mt940_statement("01720", CNY_IBAN, f"C261122CNY{opening // 100},{opening % 100:02d}",
                            f":61:2611231123C{whole_day // 100},{whole_day % 100:02d}NTRFNONREF//SETTLE\n",
                            f"C261123CNY{closing // 100},{closing % 100:02d}")
     run = _import(client, text.encode(), fmt="mt940", name="bank4.sta")
@@ -143,8 +145,9 @@ def test_a_later_days_payout_imported_early_counts_for_its_own_day(app, client, 
     from tests.reconciliation.test_session17_channel_payout import _clearing_row
 
     sale, other = sales
-    closing = 100_000 + _net(sale)
-    text = mt940_statement("01730", CNY_IBAN, "C261123CNY1000,00",
+    opening = _net(other)  # where D's statement, imported after it, closes
+    closing = opening + _net(sale)
+    text = mt940_statement("01730", CNY_IBAN, f"C261123CNY{_comma(opening)}",
                            f":61:2611241124C{_comma(_net(sale))}NTRFNONREF//B1\n:86:{_eref(sale.reference)}\n",
                            f"C261124CNY{_comma(closing)}")
     with clock.frozen(NOON + timedelta(hours=6)):  # 18:00 of DAY: the next day's statement arrives early
@@ -152,10 +155,14 @@ def test_a_later_days_payout_imported_early_counts_for_its_own_day(app, client, 
                               name="next-day.sta")
     assert answer.status_code == 201, answer.text
     assert class_counts(answer.json()).get("matched") == 1 or class_counts(answer.json()).get("timing") == 1
-    assert _paid(app, client) == (_net(other), _net(sale))
-    # D's own statement, imported now (after D): it pays the other sale.
-    _mt940_import(client, [(_net(other), _eref(other.reference))])
+    # The account is taken up at this statement's opening balance (session 20): the bank's closing balance.
+    assert _paid(app, client) == (_net(other), closing)
+    # D's own statement, imported now (after D): it pays the other sale. It comes before the one the account was
+    # taken up at, which moves back to D's opening balance (0): D's credit was in D+1's opening balance.
+    earlier = _mt940_import(client, [(_net(other), _eref(other.reference))])
+    assert [(b["took_up"], b["amount"], b["gap"]) for b in earlier["bank_balances"]] == [("earlier", -opening, 0)]
     assert _paid(app, client) == (0, _net(sale) + _net(other))
+    assert _posted(client, "opening_balances") == 0
     assert _clearing_row(client, DAY)["clearing_balance"] == _net(sale)  # D paid the other; the sale, on D+1
 
 

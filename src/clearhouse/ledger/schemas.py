@@ -14,18 +14,18 @@ AccountType = Literal["asset", "liability", "equity", "revenue", "expense"]
 Metadata = dict[str, Any]
 MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
 
-SYSTEM_ENTRY_ID = re.compile(r"tr_(pay|re|rcs|rcb)_")
+SYSTEM_ENTRY_ID = re.compile(r"tr_(pay|re|rcs|rcb|rco)_")
 """The ids the system gives its own entries: ``tr_<payment id>`` (and its ``_capture``, ``_release``...),
 ``tr_<refund id>``, ``tr_<reconciliation case id>``, ``tr_rcb_<reconciliation id>_<n>`` (a channel's payout
-seen on a bank statement)."""
+seen on a bank statement), ``tr_rco_<reconciliation id>_<n>`` (a bank account's opening balance)."""
 
 
 def _not_a_system_id(value: str | None) -> str | None:
     # Taken first by a client, such an id made the system's own entry fail: a payment paid at the channel
     # was never recorded, a capture taken at the channel was refused, a case could not be resolved.
     if value is not None and SYSTEM_ENTRY_ID.match(value):
-        raise ValueError("ids starting tr_pay_, tr_re_, tr_rcs_ or tr_rcb_ are the system's own (payments, "
-                         "refunds, reconciliation cases, channel payouts): choose another")
+        raise ValueError("ids starting tr_pay_, tr_re_, tr_rcs_, tr_rcb_ or tr_rco_ are the system's own (payments, "
+                         "refunds, reconciliation cases, channel payouts, bank opening balances): choose another")
     return value
 
 

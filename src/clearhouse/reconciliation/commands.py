@@ -109,6 +109,16 @@ def run(
                                                                for currency, amount in amounts.items()))
     console.print(f"{view['statement_lines']} statement lines, {view['internal_lines']} of ours, "
                   f"{view['case_count']} cases, {view['duration_ms']} ms")
+    for balance in view["bank_balances"]:  # a bank statement's accounts (docs/reconciliation.md, "The bank's balance")
+        where = f"{balance['account']} {balance['currency']}"
+        if balance["took_up"] is not None:
+            console.print(f"{where}: taken up at this statement's opening balance {balance['opening_balance']} "
+                          f"({'its first statement' if balance['took_up'] == 'first' else 'an earlier statement'}; "
+                          f"{balance['amount']} posted from opening_balances)")
+        if balance["gap"]:
+            console.print(f"[yellow]{where}: {balance['gap']} minor units of lines between this statement and the "
+                          "account's others are in no imported statement: one is missing (or came out of order)"
+                          "[/yellow]")
     if as_json:
         typer.echo(json.dumps(view, default=str))
 

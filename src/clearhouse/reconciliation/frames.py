@@ -58,11 +58,17 @@ class StatementPart:
     """One statement of a bank file that may hold several (an MT940 ``:20:`` block, a camt.053 ``Stmt``).
 
     Its lines are those from ``first_line`` (where it starts in the file) up to the next part's: they are
-    on its ``account``, which a file with statements of several accounts needs to post each case to its own."""
+    on its ``account``, which a file with statements of several accounts needs to post each case to its own.
+    ``opening`` and ``closing`` are its balances (signed minor units: positive, money at the bank), the first at
+    the file's line ``opening_line``, dated ``opened_on``."""
 
     account: str | None
     currency: str
     first_line: int
+    opening: int = 0
+    opening_line: int = 0
+    opened_on: date | None = None
+    closing: int = 0
 
 
 IDENTITY_LIMITS = {"account": 64, "number": 35, "sequence": 16}

@@ -145,6 +145,27 @@ class ReconPaidLine(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ReconBankOpening(Base):
+    """Where reconciliation took up a bank account in one currency: the earliest of its bank statements imported,
+    whose opening balance was posted to ``bank:<account>`` against ``opening_balances`` (``service.take_up``).
+    An earlier statement imported later moves it back. One row per account and currency: two imports taking up
+    one account at once meet at the primary key."""
+
+    __tablename__ = "recon_bank_openings"
+
+    account: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The ledger account's name, ``bank:<account>``."""
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    statement_id: Mapped[str] = mapped_column(String(40), ForeignKey("recon_statements.id"))
+    opening_balance: Mapped[int] = mapped_column(BigInteger)
+    """The statement's opening balance, signed minor units (positive: money at the bank)."""
+    opened_on: Mapped[date | None] = mapped_column(Date)
+    """The day of that opening balance."""
+    entry_id: Mapped[str | None] = mapped_column(String(64))
+    """The last entry that posted to ``opening_balances`` for it (null: the ledger held exactly the balance)."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class ReconCase(Base):
     """One discrepancy: what we booked beside what the statement says, and what people did about it."""
 

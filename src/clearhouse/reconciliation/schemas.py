@@ -65,6 +65,24 @@ class StatementOut(BaseModel):
     """Null for a channel's statement, a bank statement without a number, and one imported before migration 0015."""
 
 
+class BankBalanceOut(BaseModel):
+    """How a bank statement's opening balance continues the ledger's account (docs/reconciliation.md, "The bank's
+    balance")."""
+
+    account: str = Field(description="The ledger account, `bank:<account>`")
+    currency: str
+    opening_balance: int = Field(description="The statement's opening balance, signed minor units")
+    ledger_balance: int = Field(description="What `bank:<account>` held before this statement (0 for a new account)")
+    took_up: Literal["first", "earlier"] | None = Field(description=(
+        "`first`: the account's first statement, its opening balance posted; `earlier`: a statement before the one "
+        "the account was taken up at, the take-up moved back to it; null: it continues the account"))
+    amount: int = Field(description="What was posted from `opening_balances` to the account (0: nothing)")
+    entry_id: str | None = Field(description="The ledger entry that posted `amount`; null when it is 0")
+    gap: int = Field(description=(
+        "Lines between this statement and the ones imported before it that no imported statement has brought "
+        "(a statement missing; negative when a later one was imported first): 0 when it continues them"))
+
+
 class ReconciliationOut(BaseModel):
     id: str
     object: Literal["reconciliation"]
@@ -78,6 +96,9 @@ class ReconciliationOut(BaseModel):
     case_count: int
     case_states: dict[str, int]
     clearing: dict[str, ClearingFigures]
+    bank_balances: list[BankBalanceOut] = Field(default_factory=list, description=(
+        "A bank statement's accounts: how each opening balance continues the ledger's `bank:<account>` (empty for "
+        "a channel's statement and a bank statement imported before 2026-11-25)"))
     rules: dict[str, Any]
     duration_ms: int
     created_by: str

@@ -39,6 +39,8 @@ from clearhouse.audit import service as audit
 from clearhouse.kit import clock
 from clearhouse.kit.db import bulk_insert, transact
 from clearhouse.kit.ids import new_id, new_ids
+from clearhouse.ledger import chart
+from clearhouse.ledger import repository as ledger_repository
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.errors import LedgerError
 from clearhouse.payments import postings
@@ -54,6 +56,7 @@ from clearhouse.reconciliation.models import (
     BANK_STATEMENT_INDEX,
     CLASSES,
     FINGERPRINT_INDEX,
+    ReconBankOpening,
     ReconCase,
     ReconCaseEvent,
     Reconciliation,
@@ -70,6 +73,7 @@ statements = ReconStatement.__table__
 runs = Reconciliation.__table__
 cases = ReconCase.__table__
 paid_table = ReconPaidLine.__table__
+openings_table = ReconBankOpening.__table__
 case_events = ReconCaseEvent.__table__
 rules_table = ReconRules.__table__
 
@@ -88,17 +92,23 @@ PAYOUT_ENTRY_PREFIX = "tr_rcb_"
 """A channel payout's entry id: ``tr_rcb_<reconciliation id>_<n>`` (reserved in ``ledger.schemas``)."""
 PAYOUT_CODE = "channel_payout"
 PAYOUTS_KEY = "payouts"
+"""In a bank statement's run, beside a currency's clearing figures: the payout entries posted for it (read by the
+clearing report, not shown in the run)."""
 PAYOUT_DIFFERENCE_ACCOUNT = postings.channel_cost
+"""Where a payout's pairs matched within a tolerance put what the bank booked beyond (or short of) what the
+channel owed: the channel's charge (``post_payouts``)."""
 UNEXPLAINED_ACCOUNT = ("suspense", "liability")
 """Where a bank statement's money that paid none of ours as owed waits for its cases (recipe 9)."""
 SUSPENSE_KEY = "suspense_on_import"
 """In a bank statement's run (``clearing_json``, per currency): what its import posted to ``suspense`` for its
 cases. A run without it was imported before recipe 9 was posted on import: its cases post from the bank
 account when resolved."""
-"""Where a payout's pairs matched within a tolerance put what the bank booked beyond (or short of) what the
-channel owed: the channel's charge (``post_payouts``)."""
-"""In a bank statement's run, beside a currency's clearing figures: the payout entries posted for it (read by the
-clearing report, not shown in the run)."""
+OPENING_ENTRY_PREFIX = "tr_rco_"
+"""A bank account's opening balance entry id: ``tr_rco_<reconciliation id>_<n>`` (reserved in ``ledger.schemas``)."""
+OPENING_CODE = "bank_opening_balance"
+OPENING_ACCOUNT = ("opening_balances", "equity")
+OPENING_KEY = "bank_balances"
+"""In a bank statement's run, per currency: how its opening balances continue the ledger (``take_up_balances``)."""
 PAID_CLASSES = ("matched", "timing")
 """The classes of a bank statement line paired with ours that count as the channel paying it (recipe 4)."""
 MISMATCHED_CLASSES = ("amount_mismatch", "fee_mismatch")
@@ -565,6 +575,95 @@ def payouts_of(lines: pl.DataFrame, meta: Any, paid: pl.Series, ours: pl.DataFra
     return found
 
 
+def take_up_balances(session: Session, statement_id: str, run_id: str, channel: str, fmt: str, meta: Any,
+                     now: Any) -> dict[str, list[dict[str, Any]]]:
+    """A bank statement's balances, before its lines post (``post_payouts``), per account and currency it has.
+
+    ``bank:<account>`` holds the opening balance of the account's earliest statement imported plus the lines of
+    every statement imported, so once every statement up to a day is in, it stands at that day's closing balance
+    (accounting.md's invariant), whatever the order they came in:
+
+    - the account's first statement takes it up: its opening balance is posted, Dr ``bank:<account>``, Cr
+      ``opening_balances`` (equity; the reverse for an overdrawn account), for what the ledger lacks of it (all of
+      it on a new account, the difference on one whose earlier statements were imported before this rule);
+    - a statement earlier than that one (its opening balance dated before, or the same day's page that closes
+      where it opens) moves the take-up back to its own opening balance: the difference is posted the same way,
+      as that one's opening balance held this one's lines, which now post themselves;
+    - each answer says how the statement continues the ledger (``gap``): 0 when it opens where the statements
+      before it left the account; otherwise the lines no imported statement has brought yet (a statement missing
+      between them; negative when a later one was imported first). Nothing is refused for it: the missing
+      statement brings its lines when it comes.
+
+    The account's row (``recon_bank_openings``) is locked first, so two imports of one account run one after
+    the other; two taking up a new account at once meet at its primary key (the import runs again). Entries
+    ``tr_rco_<run id>_<n>``. Returns per currency, what each account's statement found and posted."""
+    firsts: dict[tuple[str, str], Any] = {}
+    lasts: dict[tuple[str, str], Any] = {}
+    for part in meta.parts:
+        key = (statement_account_name(fmt, part.account, channel), part.currency)
+        firsts.setdefault(key, part)
+        lasts[key] = part
+    found: dict[str, list[dict[str, Any]]] = {}
+    for n, ((name, currency), part) in enumerate(sorted(firsts.items()), 1):
+        closing = lasts[name, currency].closing
+        where = (openings_table.c.account == name, openings_table.c.currency == currency)
+        taken = session.execute(select(openings_table).where(*where).with_for_update()).first()
+        account = ledger_repository.get_account(session, chart.account_id(name, currency))
+        stands = 0 if account is None else ledger.balance_of(
+            account.type, account.debits_posted, account.credits_posted, account.debits_pending,
+            account.credits_pending).posted
+        took_up, amount = None, 0
+        gap = part.opening - stands
+        if taken is None:
+            took_up, amount, gap = "first", part.opening - stands, 0
+            # First: another import taking up this account at the same moment meets the primary key here.
+            session.execute(openings_table.insert().values(
+                account=name, currency=currency, statement_id=statement_id, opening_balance=part.opening,
+                opened_on=part.opened_on, created_at=now))
+        elif _earlier(part, closing, taken):
+            took_up, amount, gap = "earlier", part.opening - taken.opening_balance, taken.opening_balance - closing
+        entry_id = None
+        if took_up is not None:
+            if amount:
+                entry_id = f"{OPENING_ENTRY_PREFIX}{run_id}_{n}"
+                _post_opening(session, entry_id, run_id, channel, name, currency, amount, part.opening, stands)
+            session.execute(openings_table.update().where(*where).values(
+                statement_id=statement_id, opening_balance=part.opening, opened_on=part.opened_on,
+                entry_id=entry_id or (taken.entry_id if taken is not None else None)))
+        found.setdefault(currency, []).append({
+            "account": name, "opening_balance": part.opening, "ledger_balance": stands, "took_up": took_up,
+            "amount": amount, "entry_id": entry_id, "gap": gap})
+    return found
+
+
+def _earlier(part: Any, closing: int, taken: Any) -> bool:
+    """Whether a statement (``part``, its first in the file; ``closing``, its last's closing balance) comes before
+    the one an account was taken up at: its opening balance dated before, or on the same day closing where that
+    one opens (the day's earlier page)."""
+    if part.opened_on is None or taken.opened_on is None:
+        return False
+    return part.opened_on < taken.opened_on or (part.opened_on == taken.opened_on
+                                                 and closing == taken.opening_balance
+                                                 and part.opening != taken.opening_balance)
+
+
+def _post_opening(session: Session, entry_id: str, run_id: str, channel: str, name: str, currency: str,
+                  amount: int, opening: int, stood: int) -> None:
+    """Dr ``bank:<account>`` ``amount``, Cr ``opening_balances`` (the other way round when negative)."""
+    legs = postings.leg_postings(session, currency, [
+        (name, "asset", ledger.DEBIT, amount, {}),
+        (*OPENING_ACCOUNT, ledger.CREDIT, amount, {}),
+    ])
+    try:
+        ledger.create_transfer(session, ledger.EntryRequest(
+            postings=legs, id=entry_id, code=OPENING_CODE, reference=run_id,
+            metadata={"reconciliation_id": run_id, "channel": channel, "account": name, "opening_balance": opening,
+                      "ledger_balance": stood}))
+    except LedgerError as error:
+        raise type(error)(f"the opening balance of {name} in {currency} could not be posted: {error.detail}; "
+                          "nothing was imported", errors=error.errors, **error.extra) from None
+
+
 def post_payouts(session: Session, run_id: str, channel: str, fmt: str,
                  payouts: dict[tuple[str | None, str], Payout]) -> dict[str, list[dict[str, Any]]]:
     """Recipes 4 and 9 on import, per bank account and currency: Dr ``bank:<account>`` what the bank booked, Cr
@@ -666,10 +765,13 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
             bank_statement_number=identity and identity.number,
             bank_statement_sequence=identity and identity.sequence,
             bank_statement_closed_on=identity and identity.closed_on))
+        taken = take_up_balances(session, statement_id, run_id, channel, fmt, meta, now) \
+            if fmt in BANK_FORMATS else {}
         posted = post_payouts(session, run_id, channel, fmt, payouts)
         figures = {currency: dict(values) for currency, values in clearing.items()}
-        for currency, entries in posted.items():
-            figures.setdefault(currency, {"expected": 0, "reported": 0, "difference": 0})[PAYOUTS_KEY] = entries
+        for key, found in ((OPENING_KEY, taken), (PAYOUTS_KEY, posted)):
+            for currency, entries in found.items():
+                figures.setdefault(currency, {"expected": 0, "reported": 0, "difference": 0})[key] = entries
         if fmt in BANK_FORMATS:
             for currency, values in figures.items():
                 values[SUSPENSE_KEY] = sum(p.unexplained for (_account, paid_in), p in payouts.items()
@@ -698,7 +800,11 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
         audit.record(session, who, "recon.import", "reconciliation", run_id,
                      changes={"channel": channel, "statement_date": statement_date.isoformat(), "sha256": sha256,
                               "lines": parsed.lines.height, "cases": discrepancies.height,
-                              "payout_entries": [p["entry_id"] for paid in posted.values() for p in paid]})
+                              "payout_entries": [p["entry_id"] for paid in posted.values() for p in paid],
+                              "opening_entries": [t["entry_id"] for found in taken.values() for t in found
+                                                  if t["entry_id"]],
+                              "balance_gaps": {t["account"]: t["gap"] for found in taken.values() for t in found
+                                               if t["gap"]}})
         return run_id
 
     progress("save", 0, 1)
@@ -921,6 +1027,7 @@ def run_view(session: Session, run_id: str) -> dict[str, Any]:
     statement = session.execute(select(statements).where(statements.c.id == row.statement_id)).one()
     states = dict(session.execute(select(cases.c.state, func.count()).where(cases.c.reconciliation_id == run_id)
                                   .group_by(cases.c.state).order_by(cases.c.state)).all())
+    clearing = orjson.loads(row.clearing_json)
     return {
         "id": row.id, "object": "reconciliation", "channel": row.channel, "statement_date": row.statement_date,
         "statement": {
@@ -935,8 +1042,10 @@ def run_view(session: Session, run_id: str) -> dict[str, Any]:
         },
         **_classes_view(orjson.loads(row.classes_json)), "statement_lines": row.statement_lines,
         "internal_lines": row.internal_lines, "case_count": row.case_count, "case_states": states,
-        "clearing": {currency: {name: value for name, value in figures.items() if name != PAYOUTS_KEY}
-                     for currency, figures in orjson.loads(row.clearing_json).items()},
+        "clearing": {currency: {name: value for name, value in figures.items()
+                                if name not in (PAYOUTS_KEY, OPENING_KEY)} for currency, figures in clearing.items()},
+        "bank_balances": [{**taken, "currency": currency} for currency, figures in sorted(clearing.items())
+                          for taken in figures.get(OPENING_KEY, [])],
         "rules": orjson.loads(row.rules_json),
         "duration_ms": row.duration_ms, "created_by": row.created_by, "created_at": row.created_at,
     }

@@ -242,6 +242,10 @@ class _Statement:
         return next((self.balances[code] for code in OPENING if code in self.balances), None)
 
     @property
+    def opened_on(self) -> date | None:
+        return next((self.balance_days[code] for code in OPENING if code in self.balances), None)
+
+    @property
     def closing(self) -> tuple[int, str, int] | None:
         return next((self.balances[code] for code in CLOSING if code in self.balances), None)
 
@@ -391,6 +395,8 @@ def _meta(statements: list[_Statement], lines: pl.DataFrame, identity: BankState
         statement_id=first.identifier, opening_balance=opening[0] if one_currency else None,
         closing_balance=closing[0] if one_currency else None, first_day=days[0], last_day=days[1],
         extra={"statements": str(len(statements)), "last_statement_id": last.identifier or ""},
-        parts=tuple(StatementPart(s.account, s.opening[1], s.first_line) for s in statements if s.opening),
+        parts=tuple(StatementPart(s.account, s.opening[1], s.first_line, s.opening[0], s.opening[2], s.opened_on,
+                                  s.closing[0] if s.closing else 0)
+                    for s in statements if s.opening),
         identity=identity,
     )

@@ -183,7 +183,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
                 raise StatementInvalid(f"statement has no :{tag}: (truncated?)", line=end)
         open_line, open_text = statement.tags["60"]
         close_line, close_text = statement.tags["62"]
-        opened, currency, _ = _balance(open_text, open_line)
+        opened, currency, opened_on = _balance(open_text, open_line)
         exponent_of(currency, line=open_line)
         account = statement.tags["25"][1].strip()
         check_chained(closed_before, account, currency, opened, open_line)
@@ -207,7 +207,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
         opening = opened if opening is None else opening
         closing = closed
         currencies.add(currency)
-        parts.append(StatementPart(account, currency, statement.first_line))
+        parts.append(StatementPart(account, currency, statement.first_line, opened, open_line, opened_on, closed))
         if progress is not None:
             progress(len(rows))
     frame = pl.DataFrame(rows, schema=STATEMENT_SCHEMA) if rows else pl.DataFrame(schema=STATEMENT_SCHEMA)
