@@ -24,7 +24,7 @@ from clearhouse.identity.endpoints import router as identity_router
 from clearhouse.identity.middleware import AuthenticationMiddleware
 from clearhouse.identity.people.endpoints import router as people_router
 from clearhouse.identity.permissions import PUBLIC, requires
-from clearhouse.kit.api import install_input_guards
+from clearhouse.kit.api import HeadAsGet, install_input_guards
 from clearhouse.kit.crypto import FieldCipher, load_master_keys
 from clearhouse.kit.db import current_revision, head_revision, make_engine
 from clearhouse.kit.errors import install_handlers
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     # Middleware added first runs innermost: a replayed answer costs no route work, and
     # is still counted and logged; authentication runs before idempotency, so a key is
     # scoped to its caller and strangers never reach the idempotency table.
+    app.add_middleware(HeadAsGet, fastapi_app=app)  # innermost: a HEAD's signature is checked as sent, then it is a GET
     app.add_middleware(IdempotencyMiddleware, engine=engine, cipher=cipher, bookkeeping_engine=bookkeeping_engine)
     app.add_middleware(AuthenticationMiddleware, fastapi_app=app, engine=bookkeeping_engine, cipher=cipher,
                        settings=settings)
@@ -123,8 +124,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(recon_router)
     app.include_router(sandbox_router)
 
-    # HEAD for probes that send it; kept out of the OpenAPI document, which lists GET.
-    @app.head("/healthz", include_in_schema=False, dependencies=[requires(PUBLIC)])
     @app.get("/healthz", tags=["operations"], dependencies=[requires(PUBLIC)])
     def healthz() -> dict[str, str]:
         """The process is up."""
@@ -132,7 +131,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     expected_revision = head_revision()
 
-    @app.head("/readyz", include_in_schema=False, dependencies=[requires(PUBLIC)])
     @app.get("/readyz", tags=["operations"], dependencies=[requires(PUBLIC)], responses=_READINESS)
     def readyz(request: Request) -> Response:
         """The database answers and its schema is at the revision this code expects."""

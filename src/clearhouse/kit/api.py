@@ -238,6 +238,38 @@ def install_input_guards(app: Any) -> None:
     app.add_middleware(_NoNulInPath)
 
 
+class HeadAsGet:
+    """HEAD answered as GET without its body (RFC 9110, 9.3.2: the same status and headers), for every GET
+    route: FastAPI routes only the methods a route declares, so a HEAD was 405. A route that declares its own
+    HEAD keeps it (the buyer's page answers HEAD without decrypting its codes). Installed innermost, inside
+    authentication, so a signed HEAD is verified as it was sent (its method is in the signature)."""
+
+    def __init__(self, app: Any, fastapi_app: Any):
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self._head_routes: list[Any] | None = None
+
+    def _declared(self, scope: Any) -> bool:
+        if self._head_routes is None:  # the routes are all there by the first request
+            from fastapi.routing import iter_route_contexts
+
+            self._head_routes = [context.original_route for context in iter_route_contexts(self.fastapi_app.routes)
+                                 if "HEAD" in (getattr(context.original_route, "methods", None) or ())]
+        return any(route.matches(scope)[0] == Match.FULL for route in self._head_routes)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or self._declared(scope):
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Any) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
 class _NoNulInPath:
     """Refuse a NUL character in the path or query before any route sees it (pure ASGI: no
     per-request cost beyond the check)."""
