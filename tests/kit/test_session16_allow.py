@@ -7,9 +7,9 @@ import pytest
 
 
 @pytest.mark.parametrize(("method", "path", "allow"), [
-    ("PUT", "/v1/payments", "GET, POST"),
-    ("DELETE", "/v1/ledger/accounts", "GET, POST"),
-    ("PUT", "/v1/merchants/mch_nobody", "GET, PATCH"),
+    ("PUT", "/v1/payments", "GET, HEAD, POST"),  # HEAD with every GET since session 20
+    ("DELETE", "/v1/ledger/accounts", "GET, HEAD, POST"),
+    ("PUT", "/v1/merchants/mch_nobody", "GET, HEAD, PATCH"),
     ("PATCH", "/healthz", "GET, HEAD"),
 ])
 def test_allow_names_every_method_of_the_path(client, method, path, allow):

@@ -117,10 +117,22 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
                 # client can tell it from an object key spelled "3".
                 "loc": [p if type(p) is int else str(p) for p in err.get("loc", ())],
                 "type": err.get("type"),
-                "msg": err.get("msg"),
+                "msg": _readable_limits(err.get("msg"), err.get("ctx")),
             }
         )
     return out
+
+
+def _readable_limits(message: Any, context: dict[str, Any] | None) -> Any:
+    """A message's long numeric limits written with thousands separators ("less than or equal to
+    1,000,000,000,000,000"): written whole, 13 digits or more read as a card number to the masking of every
+    problem (data-protection.md), and the client saw "1000000*****0000" for the largest amount."""
+    if not isinstance(message, str) or not context:
+        return message
+    for value in context.values():
+        if type(value) is int and abs(value) >= 10**12:
+            message = message.replace(str(value), f"{value:,}")
+    return message
 
 
 async def _on_clearhouse_error(request: Request, exc: Exception) -> JSONResponse:
@@ -167,6 +179,8 @@ def _allowed_methods(request: Request) -> str:
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(path):
             methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")  # every GET route answers HEAD (``kit.api.HeadAsGet``)
     return ", ".join(sorted(methods))
 
 
