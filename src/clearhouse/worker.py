@@ -7,6 +7,11 @@ and open their own short transactions around each call: asking channels about pa
 refunds we never heard back from, releasing expired authorizations, delivering webhooks,
 and (for the sandbox channels) sending their queued notifications. A failing job is
 logged and retried on the next tick, never fatal.
+
+The jobs that send over HTTP to others (``SENDING``: merchants' webhook endpoints, the sandbox
+channels' notifications) run on a thread of their own, on the same interval: an endpoint that
+is slow or dead holds up its own deliveries (each up to the webhook timeout), never the payment
+jobs, which settle payments and refunds on time whatever the endpoints do.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ def runtime_jobs() -> list[tuple[str, Callable[[Any], int]]]:
     ]
 
 
+SENDING = frozenset({"webhooks.deliver_due", "sandbox.deliver_notifications"})
+"""The runtime jobs that wait on others' HTTP servers: ``run_forever`` runs them on their own thread."""
+
+
 def build_runtime(settings: Settings, engine: Engine) -> Any:
     """A runtime for a worker process of its own (``clearhouse worker``). It opens the master keys
     (``webhooks.deliver_due`` decrypts endpoint secrets, ``orders.advance`` delivered codes), so a
@@ -77,22 +86,37 @@ def _run(name: str, job: Callable[[], int], done: dict[str, int]) -> None:
         log.info("worker_job", job=name, count=done[name])
 
 
-def run_once(engine: Engine, runtime: Any = None) -> dict[str, int]:
+def run_once(engine: Engine, runtime: Any = None, *, sending: bool = True, others: bool = True) -> dict[str, int]:
+    """Every job once, in order (``clearhouse worker --once``). ``sending``/``others``: whether to run the jobs
+    in ``SENDING`` and the rest (``run_forever`` runs each kind on its own thread)."""
     done: dict[str, int] = {}
-    for name, job in JOBS:
-        _run(name, lambda j=job: transact(engine, j, retry_integrity=True), done)
+    if others:
+        for name, job in JOBS:
+            _run(name, lambda j=job: transact(engine, j, retry_integrity=True), done)
     if runtime is not None:
         for name, job in runtime_jobs():
-            _run(name, lambda j=job: j(runtime), done)
+            if (name in SENDING and sending) or (name not in SENDING and others):
+                _run(name, lambda j=job: j(runtime), done)
     return done
 
 
 def run_forever(engine: Engine, interval: float, stop: threading.Event, runtime: Any = None) -> None:
     log.info("worker_started", interval=interval)
-    while not stop.is_set():
-        run_once(engine, runtime)
-        stop.wait(interval)
+    sender = None
+    if runtime is not None:
+        sender = threading.Thread(target=_every, args=(interval, stop, lambda: run_once(engine, runtime, others=False)),
+                                  name="worker-sending", daemon=True)
+        sender.start()
+    _every(interval, stop, lambda: run_once(engine, runtime, sending=False))
+    if sender is not None:
+        sender.join()
     log.info("worker_stopped")
+
+
+def _every(interval: float, stop: threading.Event, tick: Callable[[], Any]) -> None:
+    while not stop.is_set():
+        tick()
+        stop.wait(interval)
 
 
 def start_in_thread(engine: Engine, interval: float, runtime: Any = None) -> tuple[threading.Thread, threading.Event]:
