@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clearhouse.channels import commands
-from clearhouse.channels.connectors.sandbox import DECLINE_MESSAGES, FaultProfile, deliver_due
+from clearhouse.channels.connectors.sandbox import CARD_DECLINE_MESSAGES, DECLINE_MESSAGES, FaultProfile, deliver_due
 from clearhouse.channels.connectors.sandbox_card import CARD_CHALLENGE, sandbox_card
 from clearhouse.channels.protocol import APPROVED, DECLINED, FAILED, PENDING, REFUNDED, ChannelSet
 from clearhouse.kit import clock
@@ -53,7 +53,9 @@ class TestTheNotificationCarriesTheDecline:
             connector.deliver_due(recorder)
         [notification] = recorder.parsed
         # WeChat Pay says why in its own words (trade_state_desc); the others by their code.
-        message = "已关闭" if name == "sandbox_wechat" else DECLINE_MESSAGES["expired"]
+        # A card's unanswered challenge says so (session 20: it said the customer did not pay in time).
+        message = {"sandbox_wechat": "已关闭", "sandbox_card": CARD_DECLINE_MESSAGES["expired"]}.get(
+            name, DECLINE_MESSAGES["expired"])
         assert (notification.status, notification.decline_code, notification.message) == (FAILED, "expired", message)
 
     @pytest.mark.parametrize("name", SANDBOX_NAMES)

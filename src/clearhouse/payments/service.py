@@ -859,8 +859,13 @@ def capture(rt: Runtime, principal: Principal, payment_id: str, amount: int | No
                                             "captured, but not how much; an operator confirms it (see the "
                                             "timeline); nothing is recorded yet")
         raise errors.PaymentStateConflict(f"the channel refused the capture: {result.decline_code or result.status}")
-    _tx(rt, lambda s: _captured(s, rt, payment_id, captured))
+    recorded = _tx(rt, lambda s: _captured(s, rt, payment_id, captured))
     if captured != amount:
+        if not recorded:  # another capture of ours, sent at the same time, reached the channel and was recorded first
+            fresh = _tx(rt, lambda s: _payment(s, payment_id))
+            raise errors.PaymentStateConflict(
+                f"the payment was captured ({fresh.amount_captured} of {fresh.amount}) by another capture recorded "
+                f"before this one reached the channel, which captures an authorization once; it is {fresh.status}")
         raise errors.PaymentStateConflict(
             f"the channel had already captured {captured} of this authorization (a capture whose answer was "
             f"lost), and captures an authorization once; that capture is now recorded, so the payment is "
@@ -903,19 +908,28 @@ def _ask(rt: Runtime, row: Row, what: str, amount: int | None,
                 "answer says what happened") from error
         return found, True
     except (ChannelUnavailable, ChannelError) as error:
+        unconfirmed = [e["type"].split("_")[0] for e in _tx(rt, lambda s: timeline_of(s, row.id))
+                       if e["type"] in ("capture_unconfirmed", "cancel_unconfirmed")]
+        if unconfirmed:
+            # An earlier request timed out unanswered: this one changed nothing, but that one may have.
+            raise errors.ChannelNotAnswering(
+                f"{row.channel}: {error.detail}; it did not act on this {what}, but the earlier {unconfirmed[-1]} "
+                "is still unconfirmed and may have acted (see the timeline): send it again once the channel "
+                "answers, and the answer says what happened") from error
         raise errors.ChannelNotAnswering(f"{row.channel}: {error.detail}; it did not act: nothing changed, "
                                          "try again") from error
 
 
-def _captured(session: Session, rt: Runtime, payment_id: str, amount: int, source: str = "capture") -> None:
+def _captured(session: Session, rt: Runtime, payment_id: str, amount: int, source: str = "capture") -> bool:
     """Post the capture of ``amount`` of the hold. A partial capture is priced as a payment of the
     captured amount: the plan's fee of it (at least the minimum) and the channel's cost of it, which
     is what the channel charges on it (its statement's fee). The ledger's partial post would scale
     the hold's rounded fee and cost instead, so the hold is voided and the capture posted as its own
-    entry (``tr_{id}_capture``): accounting.md's recipe 2 scales them, payments.md says why not."""
+    entry (``tr_{id}_capture``): accounting.md's recipe 2 scales them, payments.md says why not.
+    False (nothing done) when a concurrent capture or expiry got there first: it recorded the outcome."""
     row = _payment(session, payment_id, lock=True)
     if row.status != state.REQUIRES_CAPTURE:
-        return  # a concurrent capture or expiry got there first; it recorded the outcome
+        return False
     if amount == row.amount:
         fee, cost, entry_id = row.fee_amount, row.channel_cost, row.ledger_entry_id
         try:
@@ -942,6 +956,7 @@ def _captured(session: Session, rt: Runtime, payment_id: str, amount: int, sourc
     _event(session, row.id, "status_changed", from_status=row.status, to_status=state.SUCCEEDED, captured=amount,
            source=source)
     _publish(session, row, state.SUCCEEDED)
+    return True
 
 
 def cancel(rt: Runtime, principal: Principal, payment_id: str, reason: str | None = None) -> dict[str, Any]:
@@ -958,7 +973,9 @@ def cancel(rt: Runtime, principal: Principal, payment_id: str, reason: str | Non
                 raise errors.PaymentStateConflict("the channel says the customer paid another sum than the payment's; "
                                                   "an operator settles it (see the timeline)")
             if row.status != state.REQUIRES_CAPTURE:
-                raise errors.PaymentStateConflict("the customer completed the payment before the cancel")
+                raise errors.PaymentStateConflict(
+                    "the channel approved the card payment before the cancel reached it: refund it instead"
+                    if row.method == "card" else "the customer completed the payment before the cancel")
             if outcome == "captured_amount_unknown":
                 raise errors.PaymentStateConflict("the channel says it captured this authorization before the "
                                                   "cancel, but not how much; an operator confirms it (see the "

@@ -540,7 +540,8 @@ DECLINE_MESSAGES = {
 """The sandboxes' words for their codes, as ``query`` gives them. Not every payment is a card: a
 channel with words of its own (the card acquirer's) sets ``SandboxConnector.decline_messages``."""
 
-CARD_DECLINE_MESSAGES = {**DECLINE_MESSAGES, "do_not_honor": "The card was declined (card_declined)"}
+CARD_DECLINE_MESSAGES = {**DECLINE_MESSAGES, "do_not_honor": "The card was declined (card_declined)",
+                         "expired": "The customer did not complete the authentication challenge in time"}
 """The card acquirer's words: a declined card says so."""
 
 

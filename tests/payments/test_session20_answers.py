@@ -1,0 +1,66 @@
+"""Answers that say what happened (the session 20 testers): two captures of ours racing, and a retry during an
+outage after a capture that timed out unanswered. Through the HTTP API, the money checked."""
+
+from __future__ import annotations
+
+from clearhouse.channels.protocol import ChannelTimeout, ChannelUnavailable
+from clearhouse.kit.db import transact
+from clearhouse.payments import service as payments
+from tests.payments.support import ledger_verifies
+from tests.payments.test_capture_and_cancel import _authorize
+
+CARD = "sandbox_card"
+
+
+def test_a_capture_racing_another_of_ours_says_the_other_was_recorded_first(app, merchant_client_factory,
+                                                                            monkeypatch):
+    shop, _ = merchant_client_factory()
+    payment = _authorize(shop)
+    connector, runtime = app.state.channels[CARD], payments.Runtime.of(app)
+    real, raced = connector.capture, []
+
+    def other_capture_first(reference, amount, currency):
+        if not raced:  # the other capture (3000) reaches the channel and is recorded before ours (7000)
+            raced.append(real(reference, 3000, currency))
+            assert transact(app.state.engine, lambda s: payments._captured(s, runtime, payment["id"], 3000))
+        return real(reference, amount, currency)
+
+    monkeypatch.setattr(connector, "capture", other_capture_first)
+    answer = shop.post(f"/v1/payments/{payment['id']}/capture", json={"amount": 7000})
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["code"] == "payment_state_conflict"
+    assert answer.json()["detail"] == ("the payment was captured (3000 of 10000) by another capture recorded before "
+                                       "this one reached the channel, which captures an authorization once; it is "
+                                       "succeeded")
+    assert "lost" not in answer.json()["detail"]
+    after = shop.get(f"/v1/payments/{payment['id']}").json()
+    assert (after["status"], after["amount_captured"]) == ("succeeded", 3000)
+    ledger_verifies(app)
+
+
+def test_a_retry_during_an_outage_after_an_unconfirmed_capture_does_not_say_nothing_changed(
+        app, merchant_client_factory, monkeypatch):
+    shop, _ = merchant_client_factory()
+    payment = _authorize(shop)
+    connector = app.state.channels[CARD]
+
+    def timed_out(*_args):
+        raise ChannelTimeout("no answer in 10 s")
+
+    def down(*_args):
+        raise ChannelUnavailable("outage")
+
+    monkeypatch.setattr(connector, "capture", timed_out)
+    monkeypatch.setattr(connector, "query", down)
+    first = shop.post(f"/v1/payments/{payment['id']}/capture", json={})
+    assert (first.status_code, first.json()["code"]) == (409, "outcome_unconfirmed"), first.text
+    monkeypatch.setattr(connector, "capture", down)
+    retry = shop.post(f"/v1/payments/{payment['id']}/capture", json={})
+    assert (retry.status_code, retry.json()["code"]) == (409, "channel_not_answering"), retry.text
+    detail = retry.json()["detail"]
+    assert "nothing changed" not in detail and "the earlier capture is still unconfirmed and may have acted" in detail
+    # With the channel back, the retry says what happened: the first capture had not been made, this one is.
+    monkeypatch.undo()
+    done = shop.post(f"/v1/payments/{payment['id']}/capture", json={})
+    assert (done.status_code, done.json()["status"]) == (200, "succeeded"), done.text
+    ledger_verifies(app)
