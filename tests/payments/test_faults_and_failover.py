@@ -175,3 +175,40 @@ class TestChallenge:
         payment = shop.post("/v1/payments", json=card_body(100, number=CARD_CHANNEL_ERROR)).json()
         assert payment["status"] == "failed"
         assert payment["attempts"][0]["status"] == "error"
+
+
+class TestATimeoutTheChannelSaysItNeverSaw:
+    """Not seen yet is not never (the fault tester, session 20): a timed-out call may still reach the channel, so a
+    payment fails over only once the channel has voided the reference, and then refuses the late call."""
+
+    def test_fails_over_once_the_reference_is_voided_and_the_late_call_is_refused(self, app, merchant_client_factory,
+                                                                                  two_acquirers):
+        shop, _ = merchant_client_factory()
+        payment = shop.post("/v1/payments", json=card_body(sandbox.AMOUNT_TIMEOUT_BEFORE_ACTING)).json()
+        first, second = payment["attempts"]
+        assert (first["status"], second["channel"]) == ("timeout", BackupCard.name)
+        assert "the channel had not seen it and voided it" in first["message"]
+        # A call under that reference arrives after all (any amount: the magic one would time out again before the
+        # store): the channel refuses it, charging nothing.
+        connector = app.state.channels["sandbox_card"]
+        late = protocol.ChargeRequest(
+            reference=first["id"], payment_id=payment["id"], merchant_id="mch_x", amount=1000,
+            currency=payment["currency"], method="card", capture=True, card=None, customer={}, description=None,
+            return_url=None)
+        with pytest.raises(protocol.ChannelError, match="different charge"):
+            connector.authorize(late)
+        assert connector.query(first["id"]).status == protocol.CANCELED
+
+    def test_stays_processing_when_the_channel_cannot_void_it(self, app, merchant_client_factory, two_acquirers,
+                                                              monkeypatch):
+        shop, _ = merchant_client_factory()
+        connector = app.state.channels["sandbox_card"]
+
+        def down(_reference):
+            raise protocol.ChannelUnavailable("outage")
+
+        monkeypatch.setattr(connector, "void", down)
+        payment = shop.post("/v1/payments", json=card_body(sandbox.AMOUNT_TIMEOUT_BEFORE_ACTING)).json()
+        # No other channel is tried: the first may still charge. The worker asks again after the in-flight window.
+        assert payment["status"] == "processing"
+        assert [(a["channel"], a["status"]) for a in payment["attempts"]] == [("sandbox_card", "timeout")]

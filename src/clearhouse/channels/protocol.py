@@ -290,6 +290,13 @@ class Connector(Protocol):
         """The channel's current view of one of our references (attempt id or refund id)."""
         ...
 
+    def void(self, reference: str) -> ChannelResult:
+        """Refuse a payment reference the channel has not seen, for good: a call with it still on its way
+        (one that timed out) is refused when it arrives, so nothing is charged under it. ``CANCELED``
+        when voided; the channel's current view of the payment when it has seen it after all. Asked
+        before a timed-out payment fails over to another channel (payments.md, "Failures")."""
+        ...
+
     def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         """Verify the channel's signature and read the message; ``NotificationInvalid`` if not."""
         ...

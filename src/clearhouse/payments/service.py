@@ -535,19 +535,24 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
             result = connector.authorize(_charge_request(row, attempt_id, opened.card))
         except ChannelTimeout:
             timed_out = True
+            latency = _ms(started)  # the call's own, before the question that follows it
             result = _settle_timeout(connector, attempt_id)
+            if result is not None and result.status == protocol.NOT_FOUND:
+                # Not seen yet is not never: the call may still be on its way. Failing over is safe only once
+                # the channel has voided the reference, so that it refuses the call if it arrives.
+                result = _void_unseen(connector, attempt_id)
             if result is None:
                 _record(rt, channel, "failure", started, livemode)
                 _tx(rt, lambda s, a=attempt_id: _timed_out(s, opened.payment_id, a))
                 return None
-            if result.status == protocol.NOT_FOUND:
-                result, failure = None, "timeout"
+            if result.status == protocol.CANCELED:  # voided: the channel refuses it, whenever it comes
+                result, failure = None, f"timeout after {latency} ms; the channel had not seen it and voided it"
         except ChannelUnavailable as error:
             failure = f"unavailable: {error.detail}"
         except ChannelError as error:
             failure = f"error: {error.detail}"
         if result is not None:
-            latency = _ms(started)
+            latency = latency if timed_out else _ms(started)
             note = None
             if timed_out:
                 # The call timed out and the query answered: for the breaker a timeout all the same (a
@@ -596,7 +601,8 @@ def _next_available(rt: Runtime, candidates: list[Any], livemode: bool) -> Any |
 
 def _fail_over(session: Session, payment_id: str, attempt_id: str, failure: str, candidate: Any, seq: int,
                latency_ms: int, cost: int) -> tuple[str | None, str | None]:
-    status = "timeout" if failure == "timeout" else ("unavailable" if failure.startswith("unavailable") else "error")
+    status = "timeout" if failure.startswith("timeout") else (
+        "unavailable" if failure.startswith("unavailable") else "error")
     _mark_attempt(session, attempt_id, status, failure, latency_ms=latency_ms)
     row = _payment(session, payment_id, lock=True)
     if row.status != state.PROCESSING or row.reference != attempt_id:
@@ -606,6 +612,16 @@ def _fail_over(session: Session, payment_id: str, attempt_id: str, failure: str,
         return None, None
     reason = f"failover after {row.channel} {status}; {candidate.reason}"
     return _start_attempt(session, payment_id, seq, candidate.channel, reason, cost), candidate.channel
+
+
+def _void_unseen(connector: Connector, reference: str) -> ChannelResult | None:
+    """The channel's answer to voiding a reference it said it had not seen (``Connector.void``): canceled,
+    or what became of it if it has arrived meanwhile. None: it cannot say, so the call may still land."""
+    try:
+        answer = connector.void(reference)
+    except (ChannelTimeout, ChannelUnavailable, ChannelError):
+        return None
+    return None if answer.status == protocol.NOT_FOUND else answer
 
 
 def _settle_timeout(connector: Connector, reference: str) -> ChannelResult | None:

@@ -808,6 +808,21 @@ class SandboxConnector:
             raise ChannelTimeout(f"{self.name} did not answer the refund in time (it may have acted)")
         return result
 
+    def void(self, reference: str) -> ChannelResult:
+        """An unseen reference is kept as a canceled payment of nothing: a charge that arrives with it later
+        meets it and is refused (``authorize``: a reference used for a different charge), acting on nothing."""
+        self._arrive()
+        now = clock.now()
+        with self.store.write() as connection:
+            connection.execute(
+                "INSERT INTO operations (reference, kind, external_id, method, amount, currency, status, details,"
+                " created_at, updated_at) VALUES (?, 'payment', ?, '', 0, '', ?, ?, ?, ?)"
+                " ON CONFLICT (reference) DO NOTHING",
+                (reference, self.external_id("payment", now), CANCELED, json.dumps({"voided_unseen": True}),
+                 stamp(now), stamp(now)))
+            row = self._advance(connection, _operation(connection, reference), now)
+            return self._result(row) if row["kind"] == "payment" else ChannelResult(NOT_FOUND, reference)
+
     def query(self, reference: str) -> ChannelResult:
         """The channel's view, after any change that fell due (an unpaid QR code expired)."""
         self._arrive()
