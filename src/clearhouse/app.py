@@ -95,6 +95,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         description="Payment and settlement platform. Money is integer minor units plus an ISO 4217 code; "
         "errors are RFC 9457 problem+json with a stable `code`.",
         lifespan=lifespan,
+        # A path with a trailing slash is another path (404), not a redirect: a signed request followed to the
+        # redirect's path failed its signature, which was made for the path sent.
+        redirect_slashes=False,
     )
     app.state.engine = engine
     app.state.settings = settings

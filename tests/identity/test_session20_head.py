@@ -50,3 +50,12 @@ def test_a_route_with_its_own_head_keeps_it(anonymous_client, merchant_client_fa
     head = anonymous_client.head(page_path(order))
     assert (head.status_code, head.content, opened) == (200, b"", [])
     assert anonymous_client.get(page_path(order)).status_code == 200 and opened == ["get"]
+
+
+def test_a_trailing_slash_is_another_path_not_a_redirect(merchant_client_factory):
+    """``GET /v1/payments/`` answered 307 to ``/v1/payments``; a client that followed it re-sent the signature made
+    for the first path and got 401 signature_invalid (the integrator tester, session 20)."""
+    shop, _ = merchant_client_factory()
+    answer = shop.get("/v1/payments/", follow_redirects=False)
+    assert (answer.status_code, answer.json()["code"]) == (404, "not_found"), answer.text
+    assert shop.get("/v1/payments").status_code == 200

@@ -64,3 +64,25 @@ def test_a_retry_during_an_outage_after_an_unconfirmed_capture_does_not_say_noth
     done = shop.post(f"/v1/payments/{payment['id']}/capture", json={})
     assert (done.status_code, done.json()["status"]) == (200, "succeeded"), done.text
     ledger_verifies(app)
+
+
+def test_a_suspended_merchant_takes_no_payment_through_the_platform_either(client, merchant_client_factory):
+    """Its own keys are refused; a platform key took payments for it all the same (the integrator tester, L4).
+    Money going back (a refund of an earlier payment) still goes."""
+    from tests.payments.orders.support import CARD, make_product, order_body
+    from tests.payments.support import card_body
+
+    shop, merchant_id = merchant_client_factory()
+    earlier = shop.post("/v1/payments", json=card_body(5000)).json()
+    product = make_product(shop, ["SUSP-1"])
+    assert client.patch(f"/v1/merchants/{merchant_id}", json={"status": "suspended"}).status_code == 200
+    for path, body in (("/v1/payments", {**card_body(1000), "merchant_id": merchant_id}),
+                       ("/v1/orders", order_body(product["id"], details=CARD))):
+        refused = client.post(path, json=body)
+        assert (refused.status_code, refused.json()["code"]) == (403, "merchant_suspended"), refused.text
+        assert f"merchant {merchant_id} is suspended" in refused.json()["detail"]
+    back = client.post(f"/v1/payments/{earlier['id']}/refunds", json={})
+    assert (back.status_code, back.json()["status"]) == (201, "succeeded"), back.text
+    assert client.patch(f"/v1/merchants/{merchant_id}", json={"status": "active"}).status_code == 200
+    assert [p["id"] for p in shop.get("/v1/payments").json()["data"]] == [earlier["id"]]
+    assert shop.get("/v1/orders").json()["data"] == []

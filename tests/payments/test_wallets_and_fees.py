@@ -169,6 +169,10 @@ class TestTopUpRefund:
         too_much = shop.post(f"/v1/payments/{top_up['id']}/refunds", json={"amount": 600})
         assert too_much.status_code == 409
         assert too_much.json()["code"] == "insufficient_funds"
+        # Named by the wallet and what it holds, not by a ledger account a merchant key cannot read (session 20).
+        assert too_much.json()["detail"] == (
+            f"the wallet {wallet['id']} holds 500 CNY minor units: refunding 600 of this top-up would take it "
+            "below zero (the customer has spent it); nothing was stored")
         assert shop.get(f"/v1/payments/{top_up['id']}/refunds").json()["data"] == []
         refund = shop.post(f"/v1/payments/{top_up['id']}/refunds", json={"amount": 500}).json()
         assert refund["status"] == "succeeded"

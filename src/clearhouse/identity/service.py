@@ -113,17 +113,23 @@ class MerchantRequired(ClearhouseError):
     title = "Merchant required"
 
 
-def owner_of(session: Session, principal: Principal, merchant_id: str | None) -> str:
+def owner_of(session: Session, principal: Principal, merchant_id: str | None, *,
+             taking_payments: bool = False) -> str:
     """The merchant a new object (card, bank account, payment, wallet, webhook endpoint,
     product) belongs to. Merchant callers own theirs, and naming any other merchant is a
-    404 as if it did not exist; platform callers must name one."""
+    404 as if it did not exist; platform callers must name one. ``taking_payments`` (a payment,
+    an order): a suspended merchant takes none, also through a platform caller (its own keys are
+    refused before this)."""
     if principal.merchant_id is not None:
         if merchant_id is not None and merchant_id != principal.merchant_id:
             raise NotFound(f"no merchant {merchant_id}")
         return principal.merchant_id
     if merchant_id is None:
         raise MerchantRequired("platform callers give merchant_id")
-    return get_merchant(session, None, merchant_id).id
+    merchant = get_merchant(session, None, merchant_id)
+    if taking_payments and merchant.status == "suspended":
+        raise MerchantSuspended(f"merchant {merchant.id} is suspended: it takes no payments until it is active again")
+    return merchant.id
 
 
 def merchant_dict(row: Row) -> dict[str, Any]:

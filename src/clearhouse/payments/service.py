@@ -349,7 +349,7 @@ def _open(session: Session, rt: Runtime, principal: Principal, actor: audit.Acto
           payment_id: str | None) -> _Opened:
     if payment_id is not None and _run(session, _PAYMENT_EXISTS, {"the_id": payment_id}).first() is not None:
         return _Opened(payment_id, None, None, [], None, existing=True)
-    merchant_id = identity.owner_of(session, principal, request.merchant_id)
+    merchant_id = identity.owner_of(session, principal, request.merchant_id, taking_payments=True)
     livemode = principal.creates_livemode if request.livemode is None else request.livemode
     if request.capture_method == "manual" and request.method != "card":
         raise errors.CaptureMethodNotSupported("manual capture is for card payments")
@@ -1110,7 +1110,16 @@ def _reserve_refund(session: Session, rt: Runtime, principal: Principal, payment
     if row.purpose == "wallet_top_up":
         # The wallet's money is held now (the ledger refuses it if already spent: 409
         # insufficient_funds, nothing stored), and posted or released with the channel's answer.
-        ledger.create_transfer(session, _refund_entry(session, row, rid, amount, 0, 0, cost_back, pending=True))
+        try:
+            with session.begin_nested():
+                ledger.create_transfer(session, _refund_entry(session, row, rid, amount, 0, 0, cost_back, pending=True))
+        except ledger_errors.InsufficientFunds as error:
+            # Said of the wallet the merchant knows, not of its ledger account, which a merchant key cannot read.
+            held = ledger.account_balance(session, postings.wallet_account(session, row.wallet_id, row.currency))[1]
+            raise type(error)(
+                f"the wallet {row.wallet_id} holds {held.available} {row.currency} minor units: refunding {amount} "
+                "of this top-up would take it below zero (the customer has spent it); nothing was stored",
+                errors=error.errors, **error.extra) from None
     session.execute(update(payments).where(payments.c.id == row.id).values(
         amount_refund_pending=payments.c.amount_refund_pending + amount, updated_at=now))
     _event(session, row.id, "refund_requested", refund=rid, amount=amount, reason=reason)

@@ -454,6 +454,7 @@ def reserve(session: Session, principal: Principal, request: OrderRequest, *, or
     """Step 1, one transaction: the order and its ``quantity`` codes held for it, or
     ``out_of_stock`` and nothing at all."""
     product = _product(session, principal, request.product_id)
+    identity.owner_of(session, principal, product.merchant_id, taking_payments=True)  # none for a suspended merchant
     if not product.active:
         raise ProductInactive(f"product {product.id} is not for sale")
     if product.price_amount * request.quantity > MAX_PAYMENT_AMOUNT:
