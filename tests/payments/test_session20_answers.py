@@ -86,3 +86,30 @@ def test_a_suspended_merchant_takes_no_payment_through_the_platform_either(clien
     assert client.patch(f"/v1/merchants/{merchant_id}", json={"status": "active"}).status_code == 200
     assert [p["id"] for p in shop.get("/v1/payments").json()["data"]] == [earlier["id"]]
     assert shop.get("/v1/orders").json()["data"] == []
+
+
+def test_the_worker_keeps_the_timeout_on_the_attempt_it_settles(app, merchant_client_factory, monkeypatch):
+    """The attempt of a call that timed out lost its message and latency when the worker settled it (the fault
+    tester, L1): the timeline never said the call had timed out."""
+    from clearhouse.channels.connectors import sandbox
+    from tests.payments.support import card_body
+
+    shop, _ = merchant_client_factory()
+    connector = app.state.channels[CARD]
+
+    def down(*_args):
+        raise ChannelUnavailable("outage")
+
+    monkeypatch.setattr(connector, "query", down)  # the question after the timeout goes unanswered
+    payment = shop.post("/v1/payments", json=card_body(sandbox.AMOUNT_TIMEOUT_AFTER_ACTING)).json()
+    (attempt,) = payment["attempts"]
+    assert (payment["status"], attempt["status"]) == ("processing", "timeout")
+    assert attempt["latency_ms"] is not None
+    monkeypatch.undo()
+    assert payments.resolve_stuck(payments.Runtime.of(app), older_than_seconds=0) == 1
+    settled = shop.get(f"/v1/payments/{payment['id']}").json()
+    (attempt,) = settled["attempts"]
+    assert (settled["status"], attempt["status"]) == ("succeeded", "approved")
+    assert attempt["message"].startswith("the channel did not answer in time; the worker's query answered approved")
+    assert attempt["latency_ms"] is not None
+    ledger_verifies(app)

@@ -543,7 +543,7 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
                 result = _void_unseen(connector, attempt_id)
             if result is None:
                 _record(rt, channel, "failure", started, livemode)
-                _tx(rt, lambda s, a=attempt_id: _timed_out(s, opened.payment_id, a))
+                _tx(rt, lambda s, a=attempt_id, ms=latency: _timed_out(s, opened.payment_id, a, ms))
                 return None
             if result.status == protocol.CANCELED:  # voided: the channel refuses it, whenever it comes
                 result, failure = None, f"timeout after {latency} ms; the channel had not seen it and voided it"
@@ -577,11 +577,11 @@ def _drive(rt: Runtime, opened: _Opened) -> dict[str, Any] | None:
                 cost_of(rt, n.channel, row.amount) if n is not None else 0))
 
 
-def _timed_out(session: Session, payment_id: str, attempt_id: str) -> None:
+def _timed_out(session: Session, payment_id: str, attempt_id: str, latency_ms: int) -> None:
     """The channel may have acted: the payment stays ``processing`` (said to the merchant) until the
     worker's query settles it."""
     _mark_attempt(session, attempt_id, "timeout",
-                  "the channel did not answer; the worker will ask it until it is final")
+                  "the channel did not answer; the worker will ask it until it is final", latency_ms=latency_ms)
     row = _payment(session, payment_id, lock=True)  # as apply_result: never after a concurrent succeeded
     if row.status == state.PROCESSING and row.reference == attempt_id:
         _publish(session, row, state.PROCESSING)
@@ -1348,7 +1348,7 @@ def resolve_stuck(rt: Runtime, *, older_than_seconds: float | None = None, limit
 
     def stuck(session: Session) -> list[Row]:
         return session.execute(
-            select(payments.c.id, payments.c.reference, payments.c.channel)
+            select(payments.c.id, payments.c.reference, payments.c.channel, attempts.c.status.label("attempt_status"))
             .join(attempts, attempts.c.id == payments.c.reference)
             .where(payments.c.status.in_((state.PROCESSING, state.REQUIRES_ACTION)),
                    payments.c.updated_at < cutoff, payments.c.reference.is_not(None),
@@ -1368,8 +1368,11 @@ def resolve_stuck(rt: Runtime, *, older_than_seconds: float | None = None, limit
                 # The channel never saw it (we crashed before the call): nothing was charged.
                 _tx(rt, lambda s, r=row: _never_sent(s, r.id, r.reference))
             else:
-                _tx(rt, lambda s, r=row, res=result: apply_result(s, rt, r.reference, res, channel=r.channel,
-                                                                  source="query"))
+                # A call that timed out keeps saying so on its attempt, beside the answer that settled it.
+                note = (f"the channel did not answer in time; the worker's query answered {result.status}"
+                        if row.attempt_status == "timeout" else None)
+                _tx(rt, lambda s, r=row, res=result, n=note: apply_result(s, rt, r.reference, res, channel=r.channel,
+                                                                          source="query", note=n))
         except Exception:  # noqa: BLE001 - one payment that cannot be applied must not hold up the others
             log.exception("payment_resolve_failed", payment=row.id, attempt=row.reference)
         # Asked: to the back of the queue, applied or not.
