@@ -340,8 +340,8 @@ class TestAfterACaptureWhoseAnswerWasLost:
         assert (view["status"], view["amount_captured"]) == ("succeeded", 5000)
         ledger_verifies(app)
 
-    def test_an_attempt_settled_by_the_worker_no_longer_says_the_channel_did_not_answer(
-            self, app, merchant_client_factory, monkeypatch):
+    def test_an_attempt_settled_by_the_worker_says_how_it_was_settled(self, app, merchant_client_factory, monkeypatch):
+        """No longer that the worker will ask (session 13), and still that the call had timed out (session 20)."""
         shop, _ = merchant_client_factory()
         card = app.state.channels["sandbox_card"]
         real_query = card.query
@@ -353,7 +353,8 @@ class TestAfterACaptureWhoseAnswerWasLost:
         payments.resolve_stuck(payments.Runtime.of(app), older_than_seconds=-1)
         view = shop.get(f"/v1/payments/{payment['id']}").json()
         assert view["status"] == "succeeded"
-        assert (view["attempts"][0]["status"], view["attempts"][0]["message"]) == ("approved", None)
+        assert (view["attempts"][0]["status"], view["attempts"][0]["message"]) == (
+            "approved", "the channel did not answer in time; the worker's query answered approved")
         ledger_verifies(app)
 
 

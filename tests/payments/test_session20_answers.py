@@ -113,3 +113,23 @@ def test_the_worker_keeps_the_timeout_on_the_attempt_it_settles(app, merchant_cl
     assert attempt["message"].startswith("the channel did not answer in time; the worker's query answered approved")
     assert attempt["latency_ms"] is not None
     ledger_verifies(app)
+
+
+def test_an_approval_of_another_sum_on_a_hold_is_an_amount_mismatch(app, merchant_client_factory):
+    """A channel's "approved" for 999.99 on a hold of 100.00 was taken as a capture of unknown amount (the fault
+    tester, L5); it is an ``amount_mismatch``, as for any other payment: nothing posted, the hold kept."""
+    from clearhouse.channels.protocol import APPROVED, ChannelResult
+
+    shop, _ = merchant_client_factory()
+    payment = _authorize(shop)
+    reference = payment["attempts"][0]["id"]
+    runtime = payments.Runtime.of(app)
+    answer = ChannelResult(APPROVED, reference, amount=99_999, currency="CNY", captured_amount=99_999)
+    outcome = transact(app.state.engine, lambda s: payments.apply_result(s, runtime, reference, answer,
+                                                                        channel=CARD, source="notification"))
+    assert outcome == "amount_mismatch"
+    after = shop.get(f"/v1/payments/{payment['id']}").json()
+    assert (after["status"], after["amount_captured"]) == ("requires_capture", 0)
+    (event,) = [e for e in after["timeline"] if e["type"] == "amount_mismatch"]
+    assert (event["detail"]["expected"], event["detail"]["received"]) == (10_000, 99_999)
+    ledger_verifies(app)

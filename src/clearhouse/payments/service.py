@@ -696,12 +696,12 @@ def apply_result(session: Session, rt: Runtime, reference: str, result: ChannelR
     if attempt_status is None:
         return f"ignored_status:{result.status}"
     if _PAYMENT_STATUS[result.status] in (state.SUCCEEDED, state.REQUIRES_CAPTURE) \
-            and row.status not in (state.REQUIRES_CAPTURE, *state.FINAL) and row.reference == reference and (
+            and row.status not in state.FINAL and row.reference == reference and (
             (result.amount is not None and result.amount != row.amount)
             or (result.currency is not None and result.currency != row.currency)):
         # The channel says it took another sum than the one asked (a transfer that arrived short or in
-        # another currency, a QR payment of another amount): never booked as the payment, and its
-        # attempt is left as it was. The payment waits; an operator settles the difference with the
+        # another currency, a QR payment of another amount, a hold's approval for another sum): never
+        # booked as the payment, and its attempt is left as it was. The payment waits; an operator settles the difference with the
         # customer. Recorded once per sum the channel names, however often the worker asks again.
         seen = {"received": result.amount, "received_currency": result.currency}
         if not any(e["type"] == "amount_mismatch" and {k: e["detail"].get(k) for k in seen} == seen
