@@ -19,15 +19,19 @@ from clearhouse.kit.db import transact
 from clearhouse.ledger import service as ledger
 from clearhouse.ledger.service import CREDIT, DEBIT, EntryRequest, PostingRequest
 
+# The ledger tour's own accounts (README, "A tour of the API"): made by hand through the ledger, as a client
+# of the ledger API would, with codes of their own ("tour:"). They used the chart's codes, so the demo merchant
+# had two merchant_pending:mch_demo accounts: these and the one its payments post to (ledger/chart.py).
 ACCOUNTS = [
-    ("acct_demo_channel_clearing_card", "asset", "channel_clearing:card", {}),
-    ("acct_demo_bank_main", "asset", "bank:main", {}),
-    ("acct_demo_merchant_pending_m1", "liability", "merchant_pending:mch_demo",
+    ("acct_demo_channel_clearing_card", "asset", "tour:channel_clearing:card", {}),
+    ("acct_demo_bank_main", "asset", "tour:bank:main", {}),
+    ("acct_demo_merchant_pending_m1", "liability", "tour:merchant_pending:mch_demo",
      {"debits_must_not_exceed_credits": True}),
-    ("acct_demo_merchant_available_m1", "liability", "merchant_available:mch_demo", {}),
-    ("acct_demo_fee_revenue", "revenue", "fee_revenue", {}),
-    ("acct_demo_channel_cost_card", "expense", "channel_cost:card", {}),
-    ("acct_demo_customer_wallet_c1", "liability", "customer_wallet:cus_demo", {"debits_must_not_exceed_credits": True}),
+    ("acct_demo_merchant_available_m1", "liability", "tour:merchant_available:mch_demo", {}),
+    ("acct_demo_fee_revenue", "revenue", "tour:fee_revenue", {}),
+    ("acct_demo_channel_cost_card", "expense", "tour:channel_cost:card", {}),
+    ("acct_demo_customer_wallet_c1", "liability", "tour:customer_wallet:cus_demo",
+     {"debits_must_not_exceed_credits": True}),
 ]
 
 
