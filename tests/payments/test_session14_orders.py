@@ -147,3 +147,18 @@ class TestListsAndThePublicPage:
         head = anonymous_client.head("/sandbox/sandbox_bank/pay/nope")  # the bank page takes its form by POST
         assert (head.status_code, head.content) == (404, b""), head.text
         assert anonymous_client.head("/v1/orders").status_code == 401
+
+
+def test_a_browser_opening_a_broken_delivery_link_gets_a_page(anonymous_client, merchant_client_factory):
+    """A buyer clicking a mistyped link saw a JSON problem document (the integrator tester, session 20, L9); a
+    program asking for JSON still gets the problem."""
+    client, _ = merchant_client_factory()
+    product = make_product(client, ["PAGE-404"])
+    order = client.post("/v1/orders", json=order_body(product["id"])).json()
+    broken = page_path(order)[:-3] + "abc"
+    page = anonymous_client.get(broken, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert (page.status_code, page.headers["content-type"]) == (404, "text/html; charset=utf-8")
+    assert "Order not found" in page.text and order["id"] not in page.text
+    assert page.headers["cache-control"] == anonymous_client.get(page_path(order)).headers["cache-control"]
+    problem = anonymous_client.get(broken, headers={"Accept": "application/json"})
+    assert (problem.status_code, problem.json()["code"]) == (404, "order_not_found")

@@ -701,8 +701,9 @@ def apply_result(session: Session, rt: Runtime, reference: str, result: ChannelR
             or (result.currency is not None and result.currency != row.currency)):
         # The channel says it took another sum than the one asked (a transfer that arrived short or in
         # another currency, a QR payment of another amount, a hold's approval for another sum): never
-        # booked as the payment, and its attempt is left as it was. The payment waits; an operator settles the difference with the
-        # customer. Recorded once per sum the channel names, however often the worker asks again.
+        # booked as the payment, and its attempt is left as it was. The payment waits; an operator settles
+        # the difference with the customer. Recorded once per sum the channel names, however often the
+        # worker asks again.
         seen = {"received": result.amount, "received_currency": result.currency}
         if not any(e["type"] == "amount_mismatch" and {k: e["detail"].get(k) for k in seen} == seen
                    for e in timeline_of(session, row.id)):

@@ -167,15 +167,27 @@ _STATUS_TEXT = {
 }
 
 
+_NOT_FOUND_PAGE = (
+    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Order not found</title></head><body>"
+    "<h1>Order not found</h1><p>This link does not open an order. Check that it is the whole link from your "
+    "e-mail, or ask the shop for it again.</p></body></html>"
+)
+
+
 @router.get("/orders/{order_id}/delivery", response_class=HTMLResponse, dependencies=[requires(PUBLIC)],
             responses={404: {"description": "`order_not_found`: unknown order or wrong token"}})
 def delivery_page(order_id: str, request: Request, token: str = "") -> HTMLResponse:
     """The buyer's page: the codes of a delivered order, opened with the token given when
     the order was made. Not cached; every value HTML-escaped."""
     cipher = request.app.state.cipher
-
-    row, product_name, found = transact(request.app.state.engine,
-                                        lambda s: orders.buyer_delivery(s, cipher, order_id, token))
+    try:
+        row, product_name, found = transact(request.app.state.engine,
+                                            lambda s: orders.buyer_delivery(s, cipher, order_id, token))
+    except orders.OrderNotFound:
+        if "text/html" not in request.headers.get("accept", ""):
+            raise  # a program gets the problem (404 order_not_found)
+        # A buyer's browser, from a mistyped or cut link in an e-mail: a page, not a JSON document.
+        return HTMLResponse(_NOT_FOUND_PAGE, status_code=404, headers=_PAGE_HEADERS)
     if found:
         items = "".join(f"<li><code>{html.escape(code)}</code></li>" for code in found)
         body = f"<p>Your codes:</p><ul>{items}</ul>"
