@@ -3,6 +3,8 @@ outage after a capture that timed out unanswered. Through the HTTP API, the mone
 
 from __future__ import annotations
 
+import pytest
+
 from clearhouse.channels.protocol import ChannelTimeout, ChannelUnavailable
 from clearhouse.kit.db import transact
 from clearhouse.payments import service as payments
@@ -133,3 +135,54 @@ def test_an_approval_of_another_sum_on_a_hold_is_an_amount_mismatch(app, merchan
     (event,) = [e for e in after["timeline"] if e["type"] == "amount_mismatch"]
     assert (event["detail"]["expected"], event["detail"]["received"]) == (10_000, 99_999)
     ledger_verifies(app)
+
+
+class TestACaptureWhoseServerDied:
+    """The fault tester's M4: the server died between the capture call and its answer; the customer was charged
+    and the payment stayed ``requires_capture``, with nothing on its timeline, until a retry or the hold's expiry
+    (up to 168 h). The request is now written first, and the worker asks the channel about it."""
+
+    def _requested_and_lost(self, app, shop, monkeypatch, *, captured: bool):
+        payment = _authorize(shop)
+        connector = app.state.channels[CARD]
+        real = connector.capture
+
+        def dies(reference, amount, currency):
+            if captured:
+                real(reference, amount, currency)  # the channel captures...
+            raise SystemExit("the server died")  # ...and the process never hears of it
+
+        monkeypatch.setattr(connector, "capture", dies)
+        runtime = payments.Runtime.of(app)
+        from clearhouse.identity.permissions import Principal
+
+        principal = Principal(kind="api_key", id="ck_x", role="platform", merchant_id=None,
+                              permissions=frozenset({"payments:write"}), mode="test")
+        with pytest.raises(SystemExit):
+            payments.capture(runtime, principal, payment["id"], 4000)
+        monkeypatch.undo()
+        return payment, runtime
+
+    def test_the_worker_posts_a_capture_the_channel_made(self, app, merchant_client_factory, monkeypatch):
+        shop, _ = merchant_client_factory()
+        payment, runtime = self._requested_and_lost(app, shop, monkeypatch, captured=True)
+        assert shop.get(f"/v1/payments/{payment['id']}").json()["status"] == "requires_capture"
+        assert payments.resolve_captures(runtime) == 0  # not before the in-flight window
+        assert payments.resolve_captures(runtime, older_than_seconds=-1) == 1
+        after = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert (after["status"], after["amount_captured"]) == ("succeeded", 4000)
+        types = [e["type"] for e in after["timeline"]]
+        assert types[-2:] == ["capture_requested", "status_changed"], types
+        assert payments.resolve_captures(runtime, older_than_seconds=-1) == 0
+        ledger_verifies(app)
+
+    def test_a_hold_the_channel_still_holds_is_checked_once(self, app, merchant_client_factory, monkeypatch):
+        shop, _ = merchant_client_factory()
+        payment, runtime = self._requested_and_lost(app, shop, monkeypatch, captured=False)
+        assert payments.resolve_captures(runtime, older_than_seconds=-1) == 1
+        after = shop.get(f"/v1/payments/{payment['id']}").json()
+        assert after["status"] == "requires_capture"
+        assert [(e["type"], e["detail"].get("status")) for e in after["timeline"]][-1] == ("capture_checked",
+                                                                                           "authorized")
+        assert payments.resolve_captures(runtime, older_than_seconds=-1) == 0  # asked once, not on every pass
+        ledger_verifies(app)

@@ -863,6 +863,9 @@ def capture(rt: Runtime, principal: Principal, payment_id: str, amount: int | No
     amount = row.amount if amount is None else amount
     if not 0 < amount <= row.amount:
         raise errors.CaptureExceedsAuthorized(f"capture between 1 and {row.amount}")
+    # Written before the call: should this process die before the channel's answer is recorded, the worker
+    # finds the request and asks the channel what became of it (``resolve_captures``).
+    _tx(rt, lambda s: _event(s, row.id, CAPTURE_REQUESTED, amount=amount))
     result, queried = _ask(rt, row, "capture", amount,
                            lambda connector: connector.capture(row.reference, amount, row.currency))
     captured = _capture_taken(result, amount, queried=queried)
@@ -1435,6 +1438,43 @@ def resolve_pending_refunds(rt: Runtime, *, older_than_seconds: float = 30.0, li
     return done
 
 
+CAPTURE_REQUESTED = "capture_requested"
+CAPTURE_CHECKED = "capture_checked"
+
+
+def resolve_captures(rt: Runtime, *, older_than_seconds: float | None = None, limit: int = 100) -> int:
+    """Ask the channel about holds whose capture was requested and never answered (the server died between
+    the call and its answer): a hold the channel captured is posted for what it took, as the capture would
+    have; one it still holds gets a ``capture_checked`` event and waits for the next capture, cancel or its
+    expiry. Not before ``in_flight_window`` has passed since the request (``older_than_seconds`` replaces it):
+    the call may still be on its way. A channel that cannot be asked is asked again on the next pass."""
+    cutoff = clock.now() - (in_flight_window(rt) if older_than_seconds is None
+                            else timedelta(seconds=older_than_seconds))
+    requested, later = events.alias("requested"), events.alias("later")
+    unanswered = select(requested.c.id).where(
+        requested.c.payment_id == payments.c.id, requested.c.type == CAPTURE_REQUESTED,
+        requested.c.created_at < cutoff,
+        ~select(later.c.id).where(later.c.payment_id == payments.c.id, later.c.id > requested.c.id,
+                                  later.c.type.in_((CAPTURE_CHECKED, "status_changed"))).exists()).exists()
+    rows = _tx(rt, lambda s: s.execute(
+        select(payments.c.id, payments.c.reference, payments.c.channel, payments.c.amount)
+        .where(payments.c.status == state.REQUIRES_CAPTURE, unanswered)
+        .order_by(payments.c.id).limit(limit)).all())
+    done = 0
+    for row in rows:
+        try:
+            result = rt.channels[row.channel].query(row.reference)
+        except (ChannelTimeout, ChannelUnavailable, ChannelError):
+            continue
+        taken = result.captured_amount if result.status == protocol.APPROVED else None
+        if taken and taken <= row.amount:
+            _tx(rt, lambda s, r=row, t=taken: _captured(s, rt, r.id, t, source="query"))
+        else:
+            _tx(rt, lambda s, r=row, st=result.status: _event(s, r.id, CAPTURE_CHECKED, status=st))
+        done += 1
+    return done
+
+
 RECHECK_CAPTURED = timedelta(hours=1)
 """How long an expired hold the channel says it captured, without saying how much, waits before it is
 asked again (``expire_authorizations``)."""
@@ -1502,6 +1542,7 @@ def count_by_status(session: Session) -> dict[str, int]:
 Job = Callable[[Runtime], int]
 JOBS: list[tuple[str, Job]] = [
     ("payments.resolve_stuck", resolve_stuck),
+    ("payments.resolve_captures", resolve_captures),
     ("payments.resolve_pending_refunds", resolve_pending_refunds),
     ("payments.expire_authorizations", expire_authorizations),
 ]
