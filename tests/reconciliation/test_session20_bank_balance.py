@@ -177,3 +177,45 @@ def test_recon_run_says_where_the_account_was_taken_up_and_what_is_missing(clien
            "imported statement: one is missing (or came out of order)" in runs[1]
     assert "taken up" not in runs[1]
     assert _posted(client, BANK) == closing_1 + 3_000
+
+
+class TestTheAccountantsFindings:
+    """The treasury accountant tester (session 20), on this file's first version."""
+
+    def test_a_days_next_page_that_returns_to_where_it_began_continues_the_account(self, app, client):
+        """Page 1 goes 3,000.00 to 3,100.00, page 2 back to 3,000.00, one day: page 2, imported second, was taken
+        for the day's earlier page (it closes where page 1 opens), and the account stood 100.00 above the bank."""
+        page_1, closing_1 = _statement(701, 300_000, [10_000], DAY)
+        page_2, closing_2 = _statement(702, closing_1, [-10_000], DAY)
+        _import(client, page_1, DAY)
+        second = _import(client, page_2, DAY)
+        assert _continuity(second) == [(BANK, "CNY", closing_1, closing_1, None, 0, 0)]
+        assert (_posted(client, BANK), _posted(client, "opening_balances")) == (closing_2, 300_000)
+        _verified(app, client)
+
+    def test_a_statement_opening_after_it_closes_is_refused(self, client):
+        content, _closing = _statement(703, 1_000, [100], DAY)
+        backwards = content.replace(f"{_mark(1_000)}{DAY:%y%m%d}".encode(),
+                                    f"{_mark(1_000)}{DAY + timedelta(days=5):%y%m%d}".encode(), 1)
+        assert backwards != content
+        answer = _upload_file(client, backwards, fmt="mt940", channel=CHANNEL, day=DAY, name="backwards.sta")
+        assert (answer.status_code, answer.json()["code"]) == (422, "statement_invalid"), answer.text
+        assert "after the closing balance" in answer.json()["detail"]
+
+    def test_a_camt053_balance_without_its_date_is_refused(self, client):
+        from tests.reconciliation.formats.test_session12_formats import camt, camt_statement
+
+        dated = camt(camt_statement("S704", CNY_IBAN, "10.00", "10.00", currency="CNY"))
+        undated = dated.replace("        <Dt><Dt>2026-11-23</Dt></Dt>\n", "", 1)
+        assert undated != dated
+        answer = _upload_file(client, undated.encode(), fmt="camt053", channel=CHANNEL, day=DAY, name="undated.xml")
+        assert (answer.status_code, answer.json()["code"]) == (422, "statement_invalid"), answer.text
+        assert "opening balance has no date" in answer.json()["detail"]
+
+
+def test_the_run_shows_what_its_import_put_in_suspense(client):
+    """reconciliation.md says each currency of a bank statement's run shows it; the answer's model dropped it."""
+    content, _closing = _statement(801, 5_000, [2_500, -700], DAY)
+    run = _import(client, content, DAY)
+    assert run["clearing"]["CNY"]["suspense_on_import"] == 1_800
+    assert client.get(f"/v1/reconciliations/{run['id']}").json()["clearing"]["CNY"]["suspense_on_import"] == 1_800

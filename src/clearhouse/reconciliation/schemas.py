@@ -36,6 +36,12 @@ class ClearingFigures(BaseModel):
     difference: int
 
 
+class RunClearingFigures(ClearingFigures):
+    suspense_on_import: int | None = Field(default=None, description=(
+        "A bank statement's: what its import posted to `suspense` for its cases in this currency (recipe 9); "
+        "null for a channel's statement and a bank statement imported before 2026-11-25"))
+
+
 class BankStatementOut(BaseModel):
     """How the bank numbers the (first) statement of a bank file, which is imported once
     (docs/reconciliation.md, "Import a statement")."""
@@ -95,7 +101,7 @@ class ReconciliationOut(BaseModel):
     internal_lines: int
     case_count: int
     case_states: dict[str, int]
-    clearing: dict[str, ClearingFigures]
+    clearing: dict[str, RunClearingFigures]
     bank_balances: list[BankBalanceOut] = Field(default_factory=list, description=(
         "A bank statement's accounts: how each opening balance continues the ledger's `bank:<account>` (empty for "
         "a channel's statement and a bank statement imported before 2026-11-25)"))

@@ -620,7 +620,9 @@ def take_up_balances(session: Session, statement_id: str, run_id: str, channel: 
             session.execute(openings_table.insert().values(
                 account=name, currency=currency, statement_id=statement_id, opening_balance=part.opening,
                 opened_on=part.opened_on, created_at=now))
-        elif _earlier(part, closing, taken):
+        elif part.opening != stands and _earlier(part, closing, taken):
+            # A statement that opens where the account stands continues it, whatever its day: the next page of a
+            # day that returns to the balance it started from is not the day's earlier page.
             took_up, amount, gap = "earlier", part.opening - taken.opening_balance, taken.opening_balance - closing
         entry_id = None
         if took_up is not None:
@@ -803,8 +805,8 @@ def reconcile_file(engine: Engine, *, channel: str, path: Path, fmt: str, statem
                               "payout_entries": [p["entry_id"] for paid in posted.values() for p in paid],
                               "opening_entries": [t["entry_id"] for found in taken.values() for t in found
                                                   if t["entry_id"]],
-                              "balance_gaps": {t["account"]: t["gap"] for found in taken.values() for t in found
-                                               if t["gap"]}})
+                              "balance_gaps": {f"{t['account']} {currency}": t["gap"]
+                                               for currency, found in taken.items() for t in found if t["gap"]}})
         return run_id
 
     progress("save", 0, 1)

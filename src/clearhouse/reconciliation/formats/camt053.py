@@ -360,9 +360,19 @@ def _check(statement: _Statement, line: int) -> None:
     opening, closing = statement.opening, statement.closing
     if opening is None or closing is None:
         raise StatementInvalid("statement has no opening (OPBD/PRCD) or closing (CLBD/CLAV) balance", line=line)
-    (opened, currency, _), (closed, closing_currency, closing_line) = opening, closing
+    (opened, currency, opening_line), (closed, closing_currency, closing_line) = opening, closing
     if closing_currency != currency:
         raise StatementInvalid(f"closing balance in {closing_currency}, opening in {currency}", line=closing_line)
+    # ISO 20022 requires each balance's date (Bal/Dt); reconciliation orders an account's statements by them.
+    opened_on = statement.opened_on
+    closed_on = next(statement.balance_days[code] for code in CLOSING if code in statement.balances)
+    if opened_on is None:
+        raise StatementInvalid("the opening balance has no date (Bal/Dt)", line=opening_line)
+    if closed_on is None:
+        raise StatementInvalid("the closing balance has no date (Bal/Dt)", line=closing_line)
+    if opened_on > closed_on:
+        raise StatementInvalid(f"the opening balance is dated {opened_on}, after the closing balance "
+                               f"({closed_on})", line=opening_line)
     other = sorted(set(statement.moved) - {currency})
     if other:
         raise StatementInvalid(f"entries in {other[0]} on a {currency} account", line=line)

@@ -199,6 +199,9 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
                                                 closed_on, line=statement.first_line)
         if closing_currency != currency:
             raise StatementInvalid(f"closing balance in {closing_currency}, opening in {currency}", line=close_line)
+        if opened_on > closed_on:  # reconciliation orders an account's statements by these dates
+            raise StatementInvalid(f"the opening balance is dated {opened_on}, after the closing balance "
+                                   f"({closed_on})", line=open_line)
         closed_before[account, currency] = (closed, close_line)
         if opened + moved != closed:
             raise StatementInvalid(
