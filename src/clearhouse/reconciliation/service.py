@@ -587,12 +587,13 @@ def take_up_balances(session: Session, statement_id: str, run_id: str, channel: 
       ``opening_balances`` (equity; the reverse for an overdrawn account), for what the ledger lacks of it (all of
       it on a new account, the difference on one whose earlier statements were imported before this rule);
     - a statement earlier than that one (its opening balance dated before, or the same day's page that closes
-      where it opens) moves the take-up back to its own opening balance: the difference is posted the same way,
-      as that one's opening balance held this one's lines, which now post themselves;
+      where it opens), unless it opens where the account stands (which continues it), moves the take-up back to
+      its own opening balance: the difference is posted the same way, as that one's opening balance held this
+      one's lines, which now post themselves;
     - each answer says how the statement continues the ledger (``gap``): 0 when it opens where the statements
-      before it left the account; otherwise the lines no imported statement has brought yet (a statement missing
-      between them; negative when a later one was imported first). Nothing is refused for it: the missing
-      statement brings its lines when it comes.
+      imported so far left the account; otherwise what lies between: a statement's lines not imported yet, or
+      minus the lines of a later statement imported first. Nothing is refused for it: the missing statement
+      brings its lines when it comes.
 
     The account's row (``recon_bank_openings``) is locked first, so two imports of one account run one after
     the other; two taking up a new account at once meet at its primary key (the import runs again). Entries
