@@ -95,7 +95,9 @@ class TestReconRun:
         assert (saved["statement_lines"], saved["internal_lines"], saved["case_count"]) == (4, 5, 0)
         assert saved["statement"]["file_name"] == "sandbox_card_20261123.csv"
         assert saved["statement"]["sha256"] == hashlib.sha256(card_day["statement"].read_bytes()).hexdigest()
-        assert saved["clearing"] == {"CNY": {"expected": EXPECTED, "reported": EXPECTED, "difference": 0}}
+        # A channel's statement posts nothing to suspense: null (a bank statement's says how much).
+        assert saved["clearing"] == {"CNY": {"expected": EXPECTED, "reported": EXPECTED, "difference": 0,
+                                             "suspense_on_import": None}}
         assert [r["id"] for r in client.get("/v1/reconciliations").json()["data"]] == [run["id"]]
 
     @pytest.mark.slow  # two runs of the command, several seconds each
