@@ -38,7 +38,8 @@ def _next(count: int) -> tuple[int, int]:
     """The time part and the first body of ``count`` ids whose bodies are ``body, body + 1, ...``, above every
     id made before in this process."""
     global _last
-    fresh, step = os.urandom(10), int.from_bytes(os.urandom(4), "big") + 1
+    drawn = os.urandom(14)  # one draw: a fresh body (10 bytes) or a step (4), whichever the clock asks for
+    fresh, step = drawn[:10], int.from_bytes(drawn[10:], "big") + 1
     with _lock:
         millisecond, body = time.time_ns() // 1_000_000, 0
         last_millisecond, last_body = _last

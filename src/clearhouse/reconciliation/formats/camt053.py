@@ -27,7 +27,7 @@ import polars as pl
 from lxml import etree
 
 from clearhouse.reconciliation.errors import StatementInvalid
-from clearhouse.reconciliation.formats.csvmap import bounded, check_chained, to_minor
+from clearhouse.reconciliation.formats.csvmap import bounded, check_chained, check_dated, to_minor
 from clearhouse.reconciliation.frames import (
     STATEMENT_SCHEMA,
     BankStatementIdentity,
@@ -249,12 +249,15 @@ class _Statement:
     def closing(self) -> tuple[int, str, int] | None:
         return next((self.balances[code] for code in CLOSING if code in self.balances), None)
 
+    @property
+    def closed_on(self) -> date | None:
+        return next((self.balance_days[code] for code in CLOSING if code in self.balances), None)
+
     def identity(self) -> BankStatementIdentity | None:
         """The bank's number of the statement: its electronic sequence number, else its legal one, else its
         ``Id``; its page (``StmtPgntn/PgNb``); its account; the day of its closing balance."""
         number = self.numbers.get("ElctrncSeqNb") or self.numbers.get("LglSeqNb") or self.identifier
-        closed_on = next((self.balance_days[code] for code in CLOSING if code in self.balances), None)
-        return BankStatementIdentity.of(self.account, number, self.numbers.get("PgNb"), closed_on,
+        return BankStatementIdentity.of(self.account, number, self.numbers.get("PgNb"), self.closed_on,
                                         line=self.first_line)
 
 
@@ -364,15 +367,12 @@ def _check(statement: _Statement, line: int) -> None:
     if closing_currency != currency:
         raise StatementInvalid(f"closing balance in {closing_currency}, opening in {currency}", line=closing_line)
     # ISO 20022 requires each balance's date (Bal/Dt); reconciliation orders an account's statements by them.
-    opened_on = statement.opened_on
-    closed_on = next(statement.balance_days[code] for code in CLOSING if code in statement.balances)
+    opened_on, closed_on = statement.opened_on, statement.closed_on
     if opened_on is None:
         raise StatementInvalid("the opening balance has no date (Bal/Dt)", line=opening_line)
     if closed_on is None:
         raise StatementInvalid("the closing balance has no date (Bal/Dt)", line=closing_line)
-    if opened_on > closed_on:
-        raise StatementInvalid(f"the opening balance is dated {opened_on}, after the closing balance "
-                               f"({closed_on})", line=opening_line)
+    check_dated(opened_on, closed_on, opening_line)
     other = sorted(set(statement.moved) - {currency})
     if other:
         raise StatementInvalid(f"entries in {other[0]} on a {currency} account", line=line)

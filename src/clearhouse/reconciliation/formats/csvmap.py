@@ -218,6 +218,14 @@ def check_chained(closed_before: dict[tuple[str, str], tuple[int, int]], account
             line=line)
 
 
+def check_dated(opened_on: date, closed_on: date, line: int) -> None:
+    """A bank statement's opening balance is not dated after its closing balance: reconciliation orders an
+    account's statements by these dates (``service.take_up_balances``)."""
+    if opened_on > closed_on:
+        raise StatementInvalid(f"the opening balance is dated {opened_on}, after the closing balance ({closed_on})",
+                               line=line)
+
+
 # --------------------------------------------------------------------------- reading
 
 

@@ -28,7 +28,7 @@ import mt940 as mt940_library
 import polars as pl
 
 from clearhouse.reconciliation.errors import StatementInvalid
-from clearhouse.reconciliation.formats.csvmap import check_chained, exponent_of, to_minor
+from clearhouse.reconciliation.formats.csvmap import check_chained, check_dated, exponent_of, to_minor
 from clearhouse.reconciliation.frames import (
     STATEMENT_SCHEMA,
     BankStatementIdentity,
@@ -199,9 +199,7 @@ def parse_mt940(path: Path, *, progress: Callable[[int], None] | None = None) ->
                                                 closed_on, line=statement.first_line)
         if closing_currency != currency:
             raise StatementInvalid(f"closing balance in {closing_currency}, opening in {currency}", line=close_line)
-        if opened_on > closed_on:  # reconciliation orders an account's statements by these dates
-            raise StatementInvalid(f"the opening balance is dated {opened_on}, after the closing balance "
-                                   f"({closed_on})", line=open_line)
+        check_dated(opened_on, closed_on, open_line)
         closed_before[account, currency] = (closed, close_line)
         if opened + moved != closed:
             raise StatementInvalid(
