@@ -19,7 +19,8 @@ import pytest
 
 from clearhouse.identity import signing
 from clearhouse.identity.people.service import SESSION_COOKIE
-from clearhouse.identity.permissions import PUBLIC, leaf_routes, route_permission
+from clearhouse.identity.permissions import PUBLIC, route_permission
+from clearhouse.kit.api import leaf_routes
 from clearhouse.openapi import KEY_PERMISSIONS, honours_idempotency_key
 from tests.conftest import Credentials, make_merchant
 from tests.identity.people_support import create_user, login

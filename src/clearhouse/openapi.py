@@ -34,10 +34,9 @@ from clearhouse.identity.permissions import (
     PLATFORM_KEY_SCOPES,
     PUBLIC,
     SESSION,
-    leaf_routes,
     route_permission,
 )
-from clearhouse.kit.api import JsonBodyRoute
+from clearhouse.kit.api import JsonBodyRoute, leaf_routes
 from clearhouse.kit.errors import PROBLEM_JSON
 from clearhouse.kit.idempotency import WINDOW
 from clearhouse.kit.money import MAX_AMOUNT

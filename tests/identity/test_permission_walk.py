@@ -18,9 +18,9 @@ from clearhouse.identity.permissions import (
     PUBLIC,
     ROLE_PERMISSIONS,
     SESSION,
-    leaf_routes,
     route_permission,
 )
+from clearhouse.kit.api import leaf_routes
 from tests.conftest import make_key, make_merchant
 from tests.identity.people_support import login
 

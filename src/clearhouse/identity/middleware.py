@@ -21,10 +21,10 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clearhouse.identity import service, signing
-from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, leaf_routes, route_permission
+from clearhouse.identity.permissions import PUBLIC, AuthenticationRequired, Principal, route_permission
 from clearhouse.identity.ratelimit import RateLimited
 from clearhouse.kit import clock
-from clearhouse.kit.api import RequestTooLarge, limit_body, read_body, replay_body
+from clearhouse.kit.api import RequestTooLarge, leaf_routes, limit_body, read_body, replay_body
 from clearhouse.kit.crypto import CryptoError, FieldCipher
 from clearhouse.kit.db import LoopWriter, transact
 from clearhouse.kit.errors import ClearhouseError, MalformedRequest, send_problem

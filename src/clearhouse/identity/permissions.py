@@ -256,13 +256,6 @@ def requires(permission: str) -> Any:
     return Depends(check)
 
 
-def leaf_routes(app: Any) -> list[Any]:
-    """Every route of the app, routers included (FastAPI keeps an included router as one entry)."""
-    from fastapi.routing import iter_route_contexts
-
-    return [context.original_route for context in iter_route_contexts(app.routes)]
-
-
 def route_permission(route: Any) -> str | None:
     """The permission a FastAPI route declared through ``requires`` (None: undeclared)."""
     dependant = getattr(route, "dependant", None)

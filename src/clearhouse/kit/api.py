@@ -238,6 +238,13 @@ def install_input_guards(app: Any) -> None:
     app.add_middleware(_NoNulInPath)
 
 
+def leaf_routes(app: Any) -> list[Any]:
+    """Every route of the app, routers included (FastAPI keeps an included router as one entry)."""
+    from fastapi.routing import iter_route_contexts
+
+    return [context.original_route for context in iter_route_contexts(app.routes)]
+
+
 class HeadAsGet:
     """HEAD answered as GET without its body (RFC 9110, 9.3.2: the same status and headers), for every GET
     route: FastAPI routes only the methods a route declares, so a HEAD was 405. A route that declares its own
@@ -251,10 +258,8 @@ class HeadAsGet:
 
     def _declared(self, scope: Any) -> bool:
         if self._head_routes is None:  # the routes are all there by the first request
-            from fastapi.routing import iter_route_contexts
-
-            self._head_routes = [context.original_route for context in iter_route_contexts(self.fastapi_app.routes)
-                                 if "HEAD" in (getattr(context.original_route, "methods", None) or ())]
+            self._head_routes = [route for route in leaf_routes(self.fastapi_app)
+                                 if "HEAD" in (getattr(route, "methods", None) or ())]
         return any(route.matches(scope)[0] == Match.FULL for route in self._head_routes)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
